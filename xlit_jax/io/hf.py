@@ -1,0 +1,254 @@
+"""HF LLaMA directories (config.json + safetensors) <-> our config and params.
+
+Params are read tensor by tensor into preallocated stacked arrays, so importing a 13B model needs its
+size in RAM once, not twice. Kernels are stored [in, out] here and [out, in] in HF files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from xlit_jax.models.config import LlamaConfig
+
+# Our path inside a layer -> the HF name under `model.layers.{i}.`; kernels are transposed.
+LAYER_TENSORS = {
+    ("attn", "q", "kernel"): "self_attn.q_proj.weight",
+    ("attn", "k", "kernel"): "self_attn.k_proj.weight",
+    ("attn", "v", "kernel"): "self_attn.v_proj.weight",
+    ("attn", "o", "kernel"): "self_attn.o_proj.weight",
+    ("mlp", "gate", "kernel"): "mlp.gate_proj.weight",
+    ("mlp", "up", "kernel"): "mlp.up_proj.weight",
+    ("mlp", "down", "kernel"): "mlp.down_proj.weight",
+    ("attn_norm", "scale"): "input_layernorm.weight",
+    ("mlp_norm", "scale"): "post_attention_layernorm.weight",
+}
+TOP_TENSORS = {
+    ("embed",): "model.embed_tokens.weight",
+    ("final_norm", "scale"): "model.norm.weight",
+    ("lm_head", "kernel"): "lm_head.weight",
+}
+SUPPORTED_ROPE_TYPES = (None, "default")
+WEIGHTS_INDEX = "model.safetensors.index.json"
+SHARD_BYTES = 4 << 30
+
+
+class WeightsError(ValueError):
+    """A weights file or config that cannot be read or is not supported; the message names the file."""
+
+
+def _hf_tensor_name(path: tuple[str, ...], layer: int | None) -> str:
+    return f"model.layers.{layer}.{LAYER_TENSORS[path]}" if layer is not None else TOP_TENSORS[path]
+
+
+def _is_kernel(path: tuple[str, ...]) -> bool:
+    return path[-1] == "kernel"
+
+
+def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> LlamaConfig:
+    """Map a transformers LlamaConfig dict to ours; refuse what we do not implement."""
+    arch = hf.get("architectures") or ["LlamaForCausalLM"]
+    if hf.get("model_type", "llama") not in ("llama", "mistral") or arch[0] not in ("LlamaForCausalLM",
+                                                                                    "MistralForCausalLM"):
+        raise WeightsError(f"{source}: model_type={hf.get('model_type')!r}, architectures={arch} is not a LLaMA model")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type"))
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise WeightsError(f"{source}: rope scaling type {rope_type!r} is not implemented (supported: plain RoPE)")
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise WeightsError(f"{source}: attention_bias/mlp_bias are not implemented")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise WeightsError(f"{source}: hidden_act={hf['hidden_act']!r} is not implemented (only silu)")
+    eos = hf.get("eos_token_id", 2)
+    fields = dict(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        head_dim=hf.get("head_dim"),
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        max_position_embeddings=hf.get("max_position_embeddings", 4096),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_ids=tuple(eos) if isinstance(eos, list) else (eos,),
+        pad_token_id=hf.get("pad_token_id"),
+    )
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def config_to_hf(c: LlamaConfig) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads,
+        "head_dim": c.dim_per_head,
+        "hidden_act": "silu",
+        "rope_theta": c.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+        "rms_norm_eps": c.rms_norm_eps,
+        "tie_word_embeddings": c.tie_embeddings,
+        "max_position_embeddings": c.max_position_embeddings,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": list(c.eos_token_ids) if len(c.eos_token_ids) > 1 else c.eos_token_ids[0],
+        "pad_token_id": c.pad_token_id,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "torch_dtype": c.param_dtype,
+    }
+
+
+def params_from_tensors(c: LlamaConfig, read: Callable[[str], np.ndarray], dtype=np.float32) -> dict:
+    """Build our param tree from `read(hf_name) -> [out, in] array`, filling stacked layers in place."""
+    from xlit_jax.models.llama import param_shapes  # deferred: keeps this module free of Flax at import
+
+    shapes = param_shapes(c.replace(lora_rank=0))
+    params: dict = {}
+
+    def put(path, value):
+        node = params
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+
+    for path in TOP_TENSORS:
+        if path == ("lm_head", "kernel") and c.tie_embeddings:
+            continue
+        value = read(_hf_tensor_name(path, None))
+        put(path, np.ascontiguousarray(value.T if _is_kernel(path) else value, dtype=dtype))
+    for path in LAYER_TENSORS:
+        node = shapes["layers"]
+        for key in path:
+            node = node[key]
+        stacked = np.empty(node.shape, dtype)
+        for layer in range(c.num_layers):
+            value = read(_hf_tensor_name(path, layer))
+            stacked[layer] = value.T if _is_kernel(path) else value
+        put(("layers",) + path, stacked)
+    return params
+
+
+def tensors_from_params(c: LlamaConfig, params: dict) -> Iterator[tuple[str, np.ndarray]]:
+    """The inverse of `params_from_tensors`: (hf_name, [out, in] array) pairs."""
+
+    def get(path):
+        node = params
+        for key in path:
+            node = node[key]
+        return np.asarray(node)
+
+    for path in TOP_TENSORS:
+        if path == ("lm_head", "kernel") and c.tie_embeddings:
+            continue
+        value = get(path)
+        yield _hf_tensor_name(path, None), value.T if _is_kernel(path) else value
+    for path in LAYER_TENSORS:
+        stacked = get(("layers",) + path)
+        for layer in range(c.num_layers):
+            yield _hf_tensor_name(path, layer), stacked[layer].T if _is_kernel(path) else stacked[layer]
+
+
+class SafetensorsReader:
+    """Reads named tensors from a directory's safetensors files, one at a time, sharded or not."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        index = directory / WEIGHTS_INDEX
+        if index.exists():
+            self.where = {k: directory / v for k, v in _read_json(index)["weight_map"].items()}
+        else:
+            files = sorted(directory.glob("*.safetensors"))
+            if not files:
+                raise WeightsError(f"{directory}: no *.safetensors files (pickled .bin weights are not loaded)")
+            self.where = {}
+            for f in files:
+                with _open_safetensors(f) as handle:
+                    self.where.update({k: f for k in handle.keys()})
+        self._handles: dict[Path, object] = {}
+
+    def __call__(self, name: str) -> np.ndarray:
+        if name not in self.where:
+            raise WeightsError(f"{self.directory}: tensor {name!r} is missing from the safetensors files")
+        path = self.where[name]
+        if path not in self._handles:
+            self._handles[path] = _open_safetensors(path).__enter__()
+        try:
+            return self._handles[path].get_tensor(name)
+        except Exception as e:  # truncated or corrupt payload
+            raise WeightsError(f"{path}: cannot read tensor {name!r}: {e}") from e
+
+
+def _open_safetensors(path: Path):
+    try:
+        return safe_open(str(path), framework="numpy")
+    except Exception as e:
+        raise WeightsError(f"{path}: not a readable safetensors file: {e}") from e
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: missing") from None
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+
+
+def load_hf_dir(directory: str | os.PathLike, **config_overrides):
+    """(config, params) from an HF LLaMA directory. bf16 files are widened to float32 on read."""
+    directory = Path(directory)
+    config = config_from_hf(_read_json(directory / "config.json"), str(directory / "config.json"),
+                            **config_overrides)
+    reader = SafetensorsReader(directory)
+    params = params_from_tensors(config, lambda name: _to_numpy(reader(name)))
+    return config, params
+
+
+def _to_numpy(x) -> np.ndarray:
+    # safetensors' numpy backend yields ml_dtypes bfloat16 for bf16 tensors; widen for exact copies.
+    return x.astype(np.float32) if x.dtype != np.float32 else x
+
+
+def save_hf_dir(config: LlamaConfig, params: dict, directory: str | os.PathLike, tokenizer=None) -> Path:
+    """Write config.json + safetensors (sharded past 4 GiB, with an index) atomically into `directory`."""
+    from xlit_jax.io.files import atomic_directory
+
+    with atomic_directory(directory) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
+        weight_map, shard, shard_bytes, total = {}, {}, 0, 0
+
+        def flush():
+            fname = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
+            save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+            weight_map.update({k: fname for k in shard})
+
+        for name, value in tensors_from_params(config, params):
+            if shard and shard_bytes + value.nbytes > SHARD_BYTES:
+                flush()
+                shard, shard_bytes = {}, 0
+            shard[name] = np.ascontiguousarray(value)
+            shard_bytes += value.nbytes
+            total += value.nbytes
+        flush()
+        if len(set(weight_map.values())) == 1:
+            os.replace(tmp / "model-00001.safetensors", tmp / "model.safetensors")
+        else:
+            (tmp / WEIGHTS_INDEX).write_text(json.dumps({"metadata": {"total_size": total},
+                                                         "weight_map": weight_map}, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+    return Path(directory)

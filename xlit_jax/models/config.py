@@ -1,0 +1,81 @@
+"""The LLaMA-family model config: one dataclass shared by training, decoding and conversion."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int | None = None  # defaults to hidden_size // num_heads
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    max_position_embeddings: int = 4096
+    bos_token_id: int | None = 1
+    eos_token_ids: tuple[int, ...] = (2,)
+    pad_token_id: int | None = None
+    # Numerics and memory: params are kept in `param_dtype`, matmuls run in `dtype`.
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"  # none | full | dots (save matmul outputs, recompute the rest)
+    # LoRA: rank 0 means no adapters; see models/lora.py.
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q", "v")
+
+    def __post_init__(self):
+        problems = []
+        if self.num_heads % self.num_kv_heads:
+            problems.append(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.dtype not in DTYPES or self.param_dtype not in DTYPES:
+            problems.append(f"dtype/param_dtype must be one of {sorted(DTYPES)}")
+        if self.remat not in REMAT_POLICIES:
+            problems.append(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
+        unknown = set(self.lora_targets) - set(LORA_TARGETS)
+        if unknown:
+            problems.append(f"unknown lora_targets {sorted(unknown)}; choose from {LORA_TARGETS}")
+        if problems:
+            raise ValueError("invalid LlamaConfig: " + "; ".join(problems))
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def weights_dtype(self):
+        return DTYPES[self.param_dtype]
+
+    def replace(self, **changes: Any) -> "LlamaConfig":
+        return dataclasses.replace(self, **changes)
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        d, f, hd = self.hidden_size, self.intermediate_size, self.dim_per_head
+        attn = d * hd * (2 * self.num_heads + 2 * self.num_kv_heads)
+        per_layer = attn + 3 * d * f + 2 * d
+        emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return self.num_layers * per_layer + d + (emb if include_embeddings else 0)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token as in PaLM's MFU: 6N for the matmuls plus 12*L*H*D*T for attention."""
+        matmul_params = self.num_params(include_embeddings=False) + self.vocab_size * self.hidden_size
+        attention = 2 * self.num_layers * seq_len * self.num_heads * self.dim_per_head
+        return 6.0 * matmul_params + 6.0 * attention

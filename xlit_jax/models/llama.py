@@ -1,0 +1,209 @@
+"""The LLaMA family in Flax: one definition for training, decoding, benchmarks and conversion.
+
+Shapes: B batch, T query length, S key length (T, or the KV-cache length when decoding), H query heads,
+K key/value heads (grouped-query attention: H = K * G), D head dim, E embed, F mlp, V vocab, L layers.
+
+Attention masking is driven by segment ids: a query attends to a key when the key's slot is not later
+than the query's, both carry the same segment id, and that id is not 0 (0 marks padding). Packed
+training sequences use ids 1, 2, 3...; a left-padded decoding batch uses 0 for padding and 1 for text.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xlit_jax.models.config import LlamaConfig
+from xlit_jax.models.lora import Linear
+
+Cache = dict[str, jax.Array]  # k, v: [L, B, S, K, D]; segments: [B, S]; index: [] (next free slot)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
+        scale = self.param("scale", init, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (scale * normed.astype(self.dtype)).astype(self.dtype)
+
+
+def rotary_embedding(x, positions, theta: float):
+    """Rotate pairs (i, i + D/2) of x [B, T, N, D] by angle position * theta^(-2i/D), as HF LLaMA does."""
+    dim = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    angles = positions.astype(jnp.float32)[:, :, None] * inv_freq  # [B, T, D/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    first, second = jnp.split(x, 2, axis=-1)
+    return x * cos + jnp.concatenate([-second, first], axis=-1) * sin
+
+
+def attention_mask(q_slots, q_segments, k_segments):
+    """[B, T, S] booleans: causal by slot, same segment, key not padding."""
+    k_slots = jnp.arange(k_segments.shape[1])
+    causal = k_slots[None, :] <= q_slots[:, None]
+    same = q_segments[:, :, None] == k_segments[:, None, :]
+    return causal[None] & same & (k_segments != 0)[:, None, :]
+
+
+def projection(c: LlamaConfig, features: int, axes: tuple[str, str], name: str) -> Linear:
+    """A projection named after its role (q, k, v, o, gate, up, down), with LoRA when targeted."""
+    lora = c.lora_rank if name in c.lora_targets else 0
+    return Linear(features, axes, c.compute_dtype, c.weights_dtype, lora, c.lora_alpha, c.lora_dropout, name=name)
+
+
+class Attention(nn.Module):
+    config: LlamaConfig
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x, positions, q_slots, q_segments, k_segments, layer_cache, cache_index):
+        c = self.config
+        b, t, _ = x.shape
+        h, k_heads, d = c.num_heads, c.num_kv_heads, c.dim_per_head
+        q = projection(c, h * d, ("embed", "heads"), "q")(x, self.deterministic).reshape(b, t, h, d)
+        k = projection(c, k_heads * d, ("embed", "kv_heads"), "k")(x, self.deterministic).reshape(b, t, k_heads, d)
+        v = projection(c, k_heads * d, ("embed", "kv_heads"), "v")(x, self.deterministic).reshape(b, t, k_heads, d)
+        q = rotary_embedding(q, positions, c.rope_theta)
+        k = rotary_embedding(k, positions, c.rope_theta)
+        if layer_cache is not None:  # write this step's keys and values, then attend over the whole cache
+            k = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(layer_cache["k"].dtype), cache_index, 1)
+            v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(layer_cache["v"].dtype), cache_index, 1)
+            layer_cache = {"k": k, "v": v}
+        q = q.reshape(b, t, k_heads, h // k_heads, d)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+        scores = scores / np.sqrt(d).astype(np.float32)
+        mask = attention_mask(q_slots, q_segments, k_segments)[:, None, None]
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(c.compute_dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(c.compute_dtype)).reshape(b, t, h * d)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads"))
+        return projection(c, c.hidden_size, ("heads", "embed"), "o")(out, self.deterministic), layer_cache
+
+
+class MLP(nn.Module):
+    config: LlamaConfig
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        gate = projection(c, c.intermediate_size, ("embed", "mlp"), "gate")(x, self.deterministic)
+        up = projection(c, c.intermediate_size, ("embed", "mlp"), "up")(x, self.deterministic)
+        hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return projection(c, c.hidden_size, ("mlp", "embed"), "down")(hidden, self.deterministic)
+
+
+class Block(nn.Module):
+    """One pre-norm decoder layer; scanned over the layer axis by `Llama`."""
+
+    config: LlamaConfig
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, h, layer_cache, positions, q_slots, q_segments, k_segments, cache_index):
+        c = self.config
+        norm = functools.partial(RMSNorm, c.rms_norm_eps, c.compute_dtype, c.weights_dtype)
+        attn, layer_cache = Attention(c, self.deterministic, name="attn")(
+            norm(name="attn_norm")(h), positions, q_slots, q_segments, k_segments, layer_cache, cache_index)
+        h = h + attn
+        h = h + MLP(c, self.deterministic, name="mlp")(norm(name="mlp_norm")(h))
+        return nn.with_logical_constraint(h, ("batch", "length", "embed")), layer_cache
+
+
+def _remat(block_cls, policy: str):
+    if policy == "none":
+        return block_cls
+    checkpoint_policy = None if policy == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    return nn.remat(block_cls, policy=checkpoint_policy, prevent_cse=False)
+
+
+class Llama(nn.Module):
+    """input ids [B, T] -> logits [B, T, V] (float32), and the updated cache when one is given."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, input_ids, positions=None, segment_ids=None, cache: Cache | None = None,
+                 deterministic: bool = True, last_only: bool = False):
+        c = self.config
+        b, t = input_ids.shape
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+        embed_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed"))
+        embedding = self.param("embed", embed_init, (c.vocab_size, c.hidden_size), c.weights_dtype)
+        h = jnp.take(embedding, input_ids, axis=0).astype(c.compute_dtype)
+        h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
+
+        if cache is None:
+            cache_index, q_slots, k_segments, layer_caches = 0, jnp.arange(t), segment_ids, None
+        else:
+            cache_index = cache["index"]
+            q_slots = cache_index + jnp.arange(t)
+            k_segments = jax.lax.dynamic_update_slice_in_dim(cache["segments"], segment_ids, cache_index, 1)
+            layer_caches = {"k": cache["k"], "v": cache["v"]}
+
+        layers = nn.scan(
+            _remat(Block, c.remat),
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=c.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(c, deterministic, name="layers")
+        h, layer_caches = layers(h, layer_caches, positions, q_slots, segment_ids, k_segments, cache_index)
+
+        if last_only:
+            h = h[:, -1:]
+        h = RMSNorm(c.rms_norm_eps, c.compute_dtype, c.weights_dtype, name="final_norm")(h)
+        if c.tie_embeddings:
+            logits = jnp.dot(h, embedding.astype(c.compute_dtype).T)
+        else:
+            logits = Linear(c.vocab_size, ("embed", "vocab"), c.compute_dtype, c.weights_dtype, name="lm_head")(h)
+        logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        if cache is None:
+            return logits, None
+        return logits, {**layer_caches, "segments": k_segments, "index": cache_index + t}
+
+
+def init_cache(config: LlamaConfig, batch: int, length: int) -> Cache:
+    shape = (config.num_layers, batch, length, config.num_kv_heads, config.dim_per_head)
+    return {
+        "k": jnp.zeros(shape, config.compute_dtype),
+        "v": jnp.zeros(shape, config.compute_dtype),
+        "segments": jnp.zeros((batch, length), jnp.int32),
+        "index": jnp.zeros((), jnp.int32),
+    }
+
+
+def _init_boxed(config: LlamaConfig, seed: int):
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return Llama(config).init(jax.random.PRNGKey(seed), ids)["params"]
+
+
+def init_params(config: LlamaConfig, seed: int = 0) -> Any:
+    """Random params (normal 0.02, norms at 1, LoRA B at 0), seeded, without partitioning boxes."""
+    return nn.meta.unbox(jax.jit(_init_boxed, static_argnums=(0, 1))(config, seed))
+
+
+def param_logical_axes(config: LlamaConfig) -> Any:
+    """The logical axis names of every param, as PartitionSpecs, computed without allocating."""
+    boxed = jax.eval_shape(functools.partial(_init_boxed, config, 0))
+    return nn.get_partition_spec(boxed)
+
+
+def param_shapes(config: LlamaConfig) -> Any:
+    return nn.meta.unbox(jax.eval_shape(functools.partial(_init_boxed, config, 0)))

@@ -1,0 +1,88 @@
+"""Our low-rank adapter: a dense layer y = x W + (alpha / r) * dropout(x) A B, with B starting at zero.
+
+Every projection of the model is a `Linear`; when the config asks for LoRA on it, the layer also owns
+`lora_a` [in, r] and `lora_b` [r, out]. Training freezes everything but these (see `lora_mask`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+LORA_PARAMS = ("lora_a", "lora_b")
+
+
+class Linear(nn.Module):
+    """x [..., in] @ kernel [in, out], optionally plus a LoRA delta."""
+
+    features: int
+    kernel_axes: tuple[str, str]
+    dtype: Any
+    param_dtype: Any
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        init = nn.with_logical_partitioning(nn.initializers.normal(0.02), self.kernel_axes)
+        kernel = self.param("kernel", init, (x.shape[-1], self.features), self.param_dtype)
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.lora_rank:
+            y = y + self._lora_delta(x, deterministic)
+        return y
+
+    def _lora_delta(self, x, deterministic):
+        in_axis, out_axis = self.kernel_axes
+        a_init = nn.with_logical_partitioning(nn.initializers.he_uniform(), (in_axis, None))
+        b_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), (None, out_axis))
+        a = self.param("lora_a", a_init, (x.shape[-1], self.lora_rank), self.param_dtype)
+        b = self.param("lora_b", b_init, (self.lora_rank, self.features), self.param_dtype)
+        if self.lora_dropout and not deterministic:
+            x = nn.Dropout(self.lora_dropout)(x, deterministic=False)
+        low = jnp.dot(x.astype(self.dtype), a.astype(self.dtype))
+        return jnp.dot(low, b.astype(self.dtype)) * (self.lora_alpha / self.lora_rank)
+
+
+def lora_mask(params) -> Any:
+    """A pytree of bools, True on LoRA leaves: what an optimizer trains in a LoRA run."""
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({k: k[-1] in LORA_PARAMS for k in flat})
+
+
+def split_lora(params) -> tuple[Any, Any]:
+    """(base, adapters): two disjoint pytrees whose union is `params`."""
+    flat = traverse_util.flatten_dict(params)
+    base = {k: v for k, v in flat.items() if k[-1] not in LORA_PARAMS}
+    lora = {k: v for k, v in flat.items() if k[-1] in LORA_PARAMS}
+    return traverse_util.unflatten_dict(base), traverse_util.unflatten_dict(lora)
+
+
+def merge_params(base, lora) -> Any:
+    """The inverse of `split_lora`."""
+    flat = {**traverse_util.flatten_dict(base), **traverse_util.flatten_dict(lora)}
+    return traverse_util.unflatten_dict(flat)
+
+
+def merge_lora(params, alpha: float) -> Any:
+    """Fold every adapter into its kernel (W + alpha/r * A B) and drop the adapters."""
+    flat = traverse_util.flatten_dict(params)
+    out = {}
+    for key, value in flat.items():
+        if key[-1] in LORA_PARAMS:
+            continue
+        if key[-1] == "kernel" and key[:-1] + ("lora_a",) in flat:
+            a, b = flat[key[:-1] + ("lora_a",)], flat[key[:-1] + ("lora_b",)]
+            rank = a.shape[-1]
+            delta = jnp.matmul(a.astype(jnp.float32), b.astype(jnp.float32)) * (alpha / rank)
+            value = (value.astype(jnp.float32) + delta).astype(value.dtype)
+        out[key] = value
+    return traverse_util.unflatten_dict(out)
+
+
+def count_params(params) -> int:
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))

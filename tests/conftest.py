@@ -32,3 +32,29 @@ def smollm2():
 @pytest.fixture(scope="session")
 def smollm2_tokenizer(smollm2):
     return smollm2.tokenizer
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2():
+    """The PyTorch reference: transformers' LlamaForCausalLM loading the same GGUF, fp32 on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from xlit_jax.io.gguf import smollm2_gguf_path
+
+    path = smollm2_gguf_path()
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    return model.eval()
+
+
+def left_padded(sequences, pad_id=0):
+    """numpy ids and attention mask for sequences of different lengths, padded on the left."""
+    import numpy as np
+
+    length = max(len(s) for s in sequences)
+    ids = np.full((len(sequences), length), pad_id, np.int64)
+    mask = np.zeros((len(sequences), length), np.int64)
+    for i, s in enumerate(sequences):
+        ids[i, length - len(s):] = s
+        mask[i, length - len(s):] = 1
+    return ids, mask

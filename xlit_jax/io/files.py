@@ -74,3 +74,16 @@ def read_jsonl(path: str | os.PathLike, truncated_tail_ok: bool = False):
             if truncated_tail_ok and number == len(lines) and not line.endswith("\n"):
                 return
             raise InputError(f"{path}:{number}: malformed JSON: {e.msg} (column {e.colno})") from None
+
+
+def resume_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The complete rows of an append-only output file, cutting off a half-written last line (a killed
+    writer's) so that new rows can be appended after it."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+    return [row for _, row in read_jsonl(path)]

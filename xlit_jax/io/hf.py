@@ -96,7 +96,7 @@ def config_to_hf(c: LlamaConfig) -> dict:
         "num_hidden_layers": c.num_layers,
         "num_attention_heads": c.num_heads,
         "num_key_value_heads": c.num_kv_heads,
-        "head_dim": c.dim_per_head,
+        "head_dim": c.head_dim,
         "hidden_act": "silu",
         "rope_theta": c.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},

@@ -20,7 +20,7 @@ class LlamaConfig:
     num_layers: int
     num_heads: int
     num_kv_heads: int
-    head_dim: int | None = None  # defaults to hidden_size // num_heads
+    head_dim: int | None = None  # None: hidden_size // num_heads
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     tie_embeddings: bool = False
@@ -39,6 +39,8 @@ class LlamaConfig:
     lora_targets: tuple[str, ...] = ("q", "v")
 
     def __post_init__(self):
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         problems = []
         if self.num_heads % self.num_kv_heads:
             problems.append(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
@@ -53,10 +55,6 @@ class LlamaConfig:
             raise ValueError("invalid LlamaConfig: " + "; ".join(problems))
 
     @property
-    def dim_per_head(self) -> int:
-        return self.head_dim or self.hidden_size // self.num_heads
-
-    @property
     def compute_dtype(self):
         return DTYPES[self.dtype]
 
@@ -68,7 +66,7 @@ class LlamaConfig:
         return dataclasses.replace(self, **changes)
 
     def num_params(self, include_embeddings: bool = True) -> int:
-        d, f, hd = self.hidden_size, self.intermediate_size, self.dim_per_head
+        d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
         attn = d * hd * (2 * self.num_heads + 2 * self.num_kv_heads)
         per_layer = attn + 3 * d * f + 2 * d
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
@@ -77,5 +75,5 @@ class LlamaConfig:
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token as in PaLM's MFU: 6N for the matmuls plus 12*L*H*D*T for attention."""
         matmul_params = self.num_params(include_embeddings=False) + self.vocab_size * self.hidden_size
-        attention = 2 * self.num_layers * seq_len * self.num_heads * self.dim_per_head
+        attention = 2 * self.num_layers * seq_len * self.num_heads * self.head_dim
         return 6.0 * matmul_params + 6.0 * attention

@@ -71,7 +71,7 @@ class Attention(nn.Module):
     def __call__(self, x, positions, q_slots, q_segments, k_segments, layer_cache, cache_index):
         c = self.config
         b, t, _ = x.shape
-        h, k_heads, d = c.num_heads, c.num_kv_heads, c.dim_per_head
+        h, k_heads, d = c.num_heads, c.num_kv_heads, c.head_dim
         q = projection(c, h * d, ("embed", "heads"), "q")(x, self.deterministic).reshape(b, t, h, d)
         k = projection(c, k_heads * d, ("embed", "kv_heads"), "k")(x, self.deterministic).reshape(b, t, k_heads, d)
         v = projection(c, k_heads * d, ("embed", "kv_heads"), "v")(x, self.deterministic).reshape(b, t, k_heads, d)
@@ -180,7 +180,7 @@ class Llama(nn.Module):
 
 
 def init_cache(config: LlamaConfig, batch: int, length: int) -> Cache:
-    shape = (config.num_layers, batch, length, config.num_kv_heads, config.dim_per_head)
+    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
     return {
         "k": jnp.zeros(shape, config.compute_dtype),
         "v": jnp.zeros(shape, config.compute_dtype),

@@ -86,3 +86,14 @@ def merge_lora(params, alpha: float) -> Any:
 
 def count_params(params) -> int:
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def init_adapters(config, seed: int = 0) -> Any:
+    """Fresh adapters (A random, B zero) for `config`'s LoRA targets, without materialising the base."""
+    from xlit_jax.models.llama import Llama  # deferred: llama.py imports this module
+
+    def init():
+        boxed = Llama(config).init(jax.random.PRNGKey(seed), jnp.zeros((1, 1), jnp.int32))["params"]
+        return split_lora(nn.meta.unbox(boxed))[1]
+
+    return jax.jit(init)()  # jit drops the unused base initialisers

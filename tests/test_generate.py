@@ -1,0 +1,88 @@
+"""Greedy decoding against HF `generate(do_sample=False, repetition_penalty=1.1)`: the same tokens."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+import xlit_jax
+from conftest import left_padded
+from xlit_jax.decode.generate import apply_repetition_penalty, bucket
+
+NEW_TOKENS = 64
+HF_PAD = 0  # <|endoftext|>: HF penalizes pad ids too, so pad with a token the model never wants
+
+
+def paper_prompts(shared_data, per_language=2):
+    prompts = []
+    for lang in ("en", "fr", "pt", "ru"):
+        lines = (shared_data / "chirkova2024_eval" / f"alpacaeval_test_subset.{lang}.jsonl").read_text().splitlines()
+        prompts += [json.loads(line) for line in lines[3:3 + per_language]]
+    return prompts
+
+
+def hf_generate(model, prompts):
+    ids, mask = left_padded(prompts, HF_PAD)
+    with torch.no_grad():
+        out = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=NEW_TOKENS,
+                             do_sample=False, repetition_penalty=1.1, pad_token_id=HF_PAD)
+    return [strip_after_eos(row[ids.shape[1]:].tolist(), model.generation_config.eos_token_id) for row in out]
+
+
+def strip_after_eos(tokens, eos):
+    eos = {eos} if isinstance(eos, int) else set(eos)
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[:i]
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(smollm2, shared_data):
+    return [smollm2.encode(p) for p in paper_prompts(shared_data)]
+
+
+def test_batched_greedy_matches_hf_batched(smollm2, hf_smollm2, prompt_ids):
+    ours = smollm2.generate_ids(prompt_ids, NEW_TOKENS, repetition_penalty=1.1, batch_size=8)
+    assert ours == hf_generate(hf_smollm2, prompt_ids)
+    assert all(len(o) > 5 for o in ours)
+
+
+def test_one_by_one_greedy_matches_hf_one_by_one(smollm2, hf_smollm2, prompt_ids):
+    for prompt in prompt_ids:
+        assert smollm2.generate_ids([prompt], NEW_TOKENS, repetition_penalty=1.1) == hf_generate(hf_smollm2, [prompt])
+
+
+def test_repetition_penalty_is_hf_rule():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 50)).astype(np.float32) * 4
+    history = rng.integers(0, 50, (3, 12))
+    seen = np.zeros((3, 50), bool)
+    np.put_along_axis(seen, history, True, axis=1)
+    expected = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor(history), torch.tensor(logits)).numpy()
+    np.testing.assert_allclose(np.asarray(apply_repetition_penalty(jnp.asarray(logits), seen, 1.3)), expected,
+                               rtol=1e-6)
+
+
+def test_shapes_are_bucketed():
+    assert [bucket(n, 32) for n in (1, 32, 33, 100)] == [32, 32, 64, 128]
+    assert [bucket(n) for n in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
+
+
+def test_generation_stops_at_eos_and_handles_uneven_batches():
+    model = xlit_jax.load("preset:tiny", seed=1)
+    prompts = [[5, 6, 7], [9], [10, 11, 12, 13, 14]]
+    batched = model.generate_ids(prompts, 12, batch_size=2)
+    single = [model.generate_ids([p], 12)[0] for p in prompts]
+    assert batched == single
+    eos = model.config.eos_token_ids[0]
+    assert all(eos not in out and len(out) <= 12 for out in batched)
+
+
+def test_prompt_longer_than_model_positions_is_refused():
+    model = xlit_jax.load("preset:tiny")
+    with pytest.raises(ValueError, match="exceed the model's 512 positions"):
+        model.generate_ids([[5] * 500], 20)

@@ -1,0 +1,127 @@
+"""Weights I/O and the CLIs on bad input: clear errors naming the file (and line), nothing half-written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import xlit_jax
+from xlit_jax.io.files import InputError, resume_jsonl
+from xlit_jax.io.gguf import GGUFFile, smollm2_gguf_path
+from xlit_jax.io.hf import WeightsError, config_from_hf, save_hf_dir
+from xlit_jax.models.presets import get_preset
+
+
+def test_missing_and_truncated_gguf_name_the_file(tmp_path):
+    with pytest.raises(WeightsError, match="no such file"):
+        xlit_jax.load(tmp_path / "absent.gguf")
+    truncated = tmp_path / "cut.gguf"
+    with open(smollm2_gguf_path(), "rb") as f:
+        truncated.write_bytes(f.read(50_000_000))
+    with pytest.raises(WeightsError, match=r"cut\.gguf.*(truncated|past the end)"):
+        xlit_jax.load(truncated)
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"not a gguf at all")
+    with pytest.raises(WeightsError, match="garbage.gguf: not a GGUF file"):
+        GGUFFile(garbage)
+
+
+def test_unsupported_config_is_refused_by_name(tmp_path):
+    hf = {"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+          "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+    with pytest.raises(WeightsError, match="config.json: rope scaling type 'yarn' is not implemented"):
+        config_from_hf(hf)
+    with pytest.raises(WeightsError, match="not a LLaMA model"):
+        config_from_hf({**hf, "model_type": "gpt2", "rope_scaling": None})
+
+
+def test_corrupt_or_missing_safetensors(tmp_path):
+    model = xlit_jax.load("preset:tiny")
+    save_hf_dir(model.config, model.params, tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match="model.safetensors"):
+        xlit_jax.load(tmp_path / "hf")
+    weights.unlink()
+    with pytest.raises(WeightsError, match="no \\*.safetensors files"):
+        xlit_jax.load(tmp_path / "hf")
+
+
+def test_sharded_export_round_trips(tmp_path, monkeypatch):
+    import numpy as np
+
+    from xlit_jax.io import hf
+
+    monkeypatch.setattr(hf, "SHARD_BYTES", 60_000)
+    model = xlit_jax.load("preset:tiny", seed=2)
+    save_hf_dir(model.config, model.params, tmp_path / "hf")
+    assert (tmp_path / "hf" / hf.WEIGHTS_INDEX).exists()
+    assert len(list((tmp_path / "hf").glob("*.safetensors"))) > 1
+    again = xlit_jax.load(tmp_path / "hf")
+    np.testing.assert_array_equal(again.params["layers"]["mlp"]["up"]["kernel"],
+                                  model.params["layers"]["mlp"]["up"]["kernel"])
+
+
+def test_export_replaces_directory_atomically(tmp_path):
+    model = xlit_jax.load("preset:tiny")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "stale.txt").write_text("old")
+    save_hf_dir(model.config, model.params, tmp_path / "hf")
+    assert not (tmp_path / "hf" / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no temp dirs left behind
+
+
+def test_resume_cuts_a_half_written_line(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": 1, "output": "a"}\n{"id": 2, "outp')
+    assert resume_jsonl(out) == [{"id": 1, "output": "a"}]
+    assert out.read_text() == '{"id": 1, "output": "a"}\n'
+
+
+def run_generate(*args):
+    return subprocess.run([sys.executable, "-m", "launch.generate", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_generate_cli_rejects_malformed_line_before_any_work(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": 1, "prompt": "hi"}\n{"id": 2, "prompt": 5}\n')
+    result = run_generate("--model=preset:tiny", f"--prompts={prompts}", f"--out={tmp_path / 'o.jsonl'}")
+    assert result.returncode != 0
+    assert f"{prompts}:2: field 'prompt'" in result.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_generate_cli_writes_and_resumes(tmp_path, smollm2):
+    tokenizer_dir = tmp_path / "model"
+    save_hf_dir(get_preset("tiny-tied").replace(vocab_size=smollm2.config.vocab_size),
+                xlit_jax.load("preset:tiny-tied", vocab_size=smollm2.config.vocab_size).params, tokenizer_dir,
+                tokenizer=smollm2.tokenizer)
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"id": i, "prompt": [{"role": "user", "content": f"Count to {i}"}]} for i in range(3)]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "o.jsonl"
+    args = [f"--model={tokenizer_dir}", f"--prompts={prompts}", f"--out={out}", "--max_new_tokens=4",
+            "--batch_size=2"]
+    assert run_generate(*args).returncode == 0
+    first = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in first) == [0, 1, 2]
+    assert all(r["new_tokens"] <= 4 and r["model"] == "model" for r in first)
+    # Drop one finished row and half-write another, as a killed run would leave it: only id 2 is redone.
+    out.write_text("".join(json.dumps(r) + "\n" for r in first if r["id"] != 2) + '{"id": 2, "out')
+    result = run_generate(*args)
+    assert result.returncode == 0 and "1 to generate" in result.stderr
+    again = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert again == {r["id"]: r for r in first}
+
+
+def test_missing_prompts_file_is_an_input_error(tmp_path):
+    from launch.generate import read_prompts
+
+    with pytest.raises(InputError, match="absent.jsonl: no such file"):
+        read_prompts(tmp_path / "absent.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "prompt": "x"}\n{"id": 1, "prompt": "y"}\n')
+    with pytest.raises(InputError, match="bad.jsonl:2: field 'id': duplicate"):
+        read_prompts(bad)

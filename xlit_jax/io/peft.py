@@ -1,0 +1,75 @@
+"""LoRA exports: a PEFT adapter directory (for `peft.PeftModel.from_pretrained` on the HF base model) and
+merged HF weights (the adapters folded into the base; loads as a plain LlamaForCausalLM).
+
+Our adapters are lora_a [in, r] and lora_b [r, out] with scale alpha / r; PEFT stores lora_A.weight [r, in]
+and lora_B.weight [out, r] with the same scale, so export is a transpose per layer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from xlit_jax.io.hf import LAYER_TENSORS, save_hf_dir
+from xlit_jax.models.config import LlamaConfig
+from xlit_jax.models.lora import merge_lora, split_lora
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def _target_modules(config: LlamaConfig) -> dict[tuple[str, str], str]:
+    """(block, projection) -> HF module path inside a layer, e.g. ("attn", "q") -> "self_attn.q_proj"."""
+    return {path[:2]: name.removesuffix(".weight") for path, name in LAYER_TENSORS.items()
+            if path[-1] == "kernel" and path[1] in config.lora_targets}
+
+
+def adapter_tensors(config: LlamaConfig, params) -> dict[str, np.ndarray]:
+    """PEFT-named [r, in] / [out, r] tensors for every adapted projection of every layer."""
+    layers = split_lora(params)[1]["layers"]
+    tensors = {}
+    for (block, proj), module in _target_modules(config).items():
+        a, b = np.asarray(layers[block][proj]["lora_a"]), np.asarray(layers[block][proj]["lora_b"])
+        for i in range(config.num_layers):
+            prefix = f"base_model.model.model.layers.{i}.{module}"
+            tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(a[i].T)
+            tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b[i].T)
+    return tensors
+
+
+def save_peft_adapter(config: LlamaConfig, params, directory: str | os.PathLike,
+                      base_model_name_or_path: str | None = None) -> Path:
+    """Write adapter_config.json + adapter_model.safetensors (float32) atomically into `directory`."""
+    from xlit_jax.io.files import atomic_directory
+
+    if not config.lora_rank:
+        raise ValueError("save_peft_adapter: the config has no LoRA (lora_rank=0)")
+    adapter_config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": config.lora_rank,
+        "lora_alpha": config.lora_alpha,
+        "lora_dropout": config.lora_dropout,
+        "target_modules": sorted({m.split(".")[-1] for m in _target_modules(config).values()}),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }
+    tensors = {k: v.astype(np.float32) for k, v in adapter_tensors(config, params).items()}
+    with atomic_directory(directory) as tmp:
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    return Path(directory)
+
+
+def save_merged_hf(config: LlamaConfig, params, directory: str | os.PathLike, tokenizer=None) -> Path:
+    """An HF LLaMA directory with the adapters folded into the kernels."""
+    merged = merge_lora(params, config.lora_alpha) if config.lora_rank else params
+    return save_hf_dir(config.replace(lora_rank=0), merged, directory, tokenizer)

@@ -4,9 +4,9 @@ Input lines: {"id": ..., "prompt": "text" | [{"role": ..., "content": ...}, ...]
 Output lines: {"id": ..., "output": "...", "model": ..., "prompt_tokens": N, "new_tokens": N}.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from xlit_jax.io.files import InputError, append_jsonl, read_jsonl, resume_jsonl
+from xlit_jax.io.files import InputError, read_jsonl
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "HF dir, .gguf file, checkpoint dir, smollm2-135m or preset:NAME")
@@ -42,25 +42,13 @@ def read_prompts(path) -> list[dict]:
 def main(argv):
     del argv
     import xlit_jax
+    from xlit_jax.decode.runner import generate_to_jsonl
 
     rows = read_prompts(FLAGS.prompts)
-    done = {str(r.get("id")) for r in resume_jsonl(FLAGS.out)}
-    todo = [r for r in rows if str(r["id"]) not in done]
-    logging.info("%d prompts, %d already done, %d to generate", len(rows), len(rows) - len(todo), len(todo))
-    if not todo:
-        return
     overrides = {"dtype": FLAGS.dtype} if FLAGS.dtype else {}
-    model = xlit_jax.load(FLAGS.model, **overrides)
-    ids = [model.encode(r["prompt"]) for r in todo]
-
-    def write(indices, outputs):
-        append_jsonl(FLAGS.out, [
-            {"id": todo[i]["id"], "output": model.tokenizer.decode(out, skip_special_tokens=True),
-             "model": model.name, "prompt_tokens": len(ids[i]), "new_tokens": len(out)}
-            for i, out in zip(indices, outputs)])
-        logging.info("wrote %d responses", len(indices))
-
-    model.generate_ids(ids, FLAGS.max_new_tokens, FLAGS.repetition_penalty, FLAGS.batch_size, on_batch=write)
+    generate_to_jsonl(xlit_jax.load(FLAGS.model, **overrides), rows, FLAGS.out,
+                      max_new_tokens=FLAGS.max_new_tokens, repetition_penalty=FLAGS.repetition_penalty,
+                      batch_size=FLAGS.batch_size)
 
 
 def run():

@@ -1,0 +1,136 @@
+"""Greedy decoding throughput: our JAX generate vs HF transformers `generate`, same prompts, same run.
+
+    python -m xlit_jax.bench.decode_throughput --batch_sizes=1,16 --new_tokens=64
+
+Each (engine, batch size) runs in its own subprocess so that its peak RSS is its own. A first call with
+the same shapes warms up (JAX compiles; torch allocates), then the timed call runs. Tokens/s counts the
+tokens each row generates up to its EOS, over the wall time of the whole batch.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "smollm2-135m", "model for both engines (the HF side loads the same GGUF)")
+flags.DEFINE_list("batch_sizes", ["1", "16"], "batch sizes to measure")
+flags.DEFINE_list("engines", ["jax", "torch"], "jax and/or torch")
+flags.DEFINE_integer("new_tokens", 64, "max new tokens per prompt")
+flags.DEFINE_float("repetition_penalty", 1.1, "as in the paper")
+flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
+flags.DEFINE_string("data", "../shared/data", "shared data dir (the paper's prompts)")
+flags.DEFINE_string("worker", None, "internal: run one measurement as engine:batch_size and print JSON")
+
+
+def prompts(n: int) -> list[list[dict]]:
+    """The first n of the paper's English evaluation instructions, as chat messages (cycled if n > 113)."""
+    from xlit_jax.io.files import read_jsonl
+
+    path = f"{FLAGS.data}/chirkova2024_eval/alpacaeval_test_subset.en.jsonl"
+    messages = [m for _, m in read_jsonl(path)]
+    return [messages[i % len(messages)] for i in range(n)]
+
+
+def measure_jax(batch: int) -> dict:
+    import xlit_jax
+
+    start = time.perf_counter()
+    model = xlit_jax.load(FLAGS.model)
+    load_s = time.perf_counter() - start
+    ids = [model.encode(p) for p in prompts(batch)]
+
+    def run():
+        return model.generate_ids(ids, FLAGS.new_tokens, FLAGS.repetition_penalty, batch_size=batch)
+
+    return {"load_s": load_s, **timed(run)}
+
+
+def measure_torch(batch: int) -> dict:
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import xlit_jax
+    from xlit_jax.io.gguf import smollm2_gguf_path
+
+    torch.set_num_threads(FLAGS.torch_threads)
+    start = time.perf_counter()
+    path = smollm2_gguf_path() if FLAGS.model == "smollm2-135m" else None
+    hf = (AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32) if path
+          else AutoModelForCausalLM.from_pretrained(FLAGS.model, dtype=torch.float32)).eval()
+    load_s = time.perf_counter() - start
+    tokenizer = xlit_jax.load(FLAGS.model).tokenizer if path else None
+    encoded = [tokenizer(tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True),
+                         add_special_tokens=False).input_ids for p in prompts(batch)]
+    width = max(map(len, encoded))
+    ids = np.zeros((batch, width), np.int64)
+    mask = np.zeros_like(ids)
+    for i, e in enumerate(encoded):
+        ids[i, width - len(e):], mask[i, width - len(e):] = e, 1
+    eos = set(hf.generation_config.eos_token_id if isinstance(hf.generation_config.eos_token_id, list)
+              else [hf.generation_config.eos_token_id])
+
+    def run():
+        with torch.no_grad():
+            out = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                              max_new_tokens=FLAGS.new_tokens, repetition_penalty=FLAGS.repetition_penalty,
+                              pad_token_id=0)
+        rows = out[:, width:].tolist()
+        return [row[:next((i for i, t in enumerate(row) if t in eos), len(row))] for row in rows]
+
+    return {"load_s": load_s, **timed(run)}
+
+
+def timed(run) -> dict:
+    start = time.perf_counter()
+    run()
+    first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    outputs = run()
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o) for o in outputs)
+    return {"first_call_s": first_s, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
+
+
+def worker(spec: str) -> None:
+    engine, batch = spec.split(":")
+    result = {"jax": measure_jax, "torch": measure_torch}[engine](int(batch))
+    result.update(engine=engine, batch=int(batch),
+                  peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    print("RESULT " + json.dumps(result))
+
+
+def main(argv):
+    del argv
+    if FLAGS.worker:
+        return worker(FLAGS.worker)
+    rows = []
+    for batch in FLAGS.batch_sizes:
+        for engine in FLAGS.engines:
+            cmd = [sys.executable, "-m", "xlit_jax.bench.decode_throughput", f"--worker={engine}:{batch}",
+                   f"--model={FLAGS.model}", f"--new_tokens={FLAGS.new_tokens}", f"--data={FLAGS.data}",
+                   f"--repetition_penalty={FLAGS.repetition_penalty}", f"--torch_threads={FLAGS.torch_threads}"]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            rows.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:]))
+    print(format_table(rows))
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| batch | engine | load s | first call s | tokens | tokens/s | vs torch | peak RSS GiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    torch_rate = {r["batch"]: r["tokens_per_s"] for r in rows if r["engine"] == "torch"}
+    for r in rows:
+        ratio = r["tokens_per_s"] / torch_rate[r["batch"]] if r["batch"] in torch_rate else float("nan")
+        lines.append(f"| {r['batch']} | {r['engine']} | {r['load_s']:.1f} | {r['first_call_s']:.1f} | {r['tokens']} "
+                     f"| {r['tokens_per_s']:.1f} | {ratio:.2f}x | {r['peak_rss_gib']:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,34 @@
+"""Generate for a list of keyed prompts into an append-only JSONL, resuming what a previous run finished."""
+
+from __future__ import annotations
+
+import os
+
+from absl import logging
+
+from xlit_jax.io.files import append_jsonl, resume_jsonl
+
+
+def generate_to_jsonl(model, rows: list[dict], out: str | os.PathLike, *, max_new_tokens: int,
+                      repetition_penalty: float, batch_size: int) -> list[dict]:
+    """rows: {"id", "prompt", ...}; each output row is the input row (minus the prompt) plus "output",
+    "model", "prompt_tokens", "new_tokens". Rows whose id is already in `out` are not generated again.
+    Results are appended after every batch, so a killed run loses at most one batch. Returns all output rows
+    in the order of `rows`."""
+    finished = {str(r["id"]): r for r in resume_jsonl(out)}
+    todo = [r for r in rows if str(r["id"]) not in finished]
+    logging.info("%d prompts, %d already done, %d to generate", len(rows), len(rows) - len(todo), len(todo))
+    if todo:
+        ids = [model.encode(r["prompt"]) for r in todo]
+
+        def write(indices, outputs):
+            new = [{**{k: v for k, v in todo[i].items() if k != "prompt"},
+                    "output": model.tokenizer.decode(out_ids, skip_special_tokens=True), "model": model.name,
+                    "prompt_tokens": len(ids[i]), "new_tokens": len(out_ids)}
+                   for i, out_ids in zip(indices, outputs)]
+            append_jsonl(out, new)
+            finished.update((str(r["id"]), r) for r in new)
+            logging.info("%d/%d responses written to %s", len(finished), len(rows), out)
+
+        model.generate_ids(ids, max_new_tokens, repetition_penalty, batch_size, on_batch=write)
+    return [finished[str(r["id"])] for r in rows]

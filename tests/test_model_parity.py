@@ -67,3 +67,13 @@ def test_import_export_import_is_bitwise(smollm2, tmp_path):
         np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
         np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(original[key]))
     assert first.tokenizer("Ça va? 123").input_ids == smollm2.tokenizer("Ça va? 123").input_ids
+
+
+def test_bfloat16_compute_agrees_with_float32_within_bf16_precision():
+    fp32 = xlit_jax.load("preset:tiny", seed=4)
+    bf16 = xlit_jax.Model(fp32.config.replace(dtype="bfloat16"), fp32.params, None, "bf16")
+    ids, mask = left_padded(random_sequences(fp32.config.vocab_size, [12, 7], seed=1))
+    exact, approx = fp32.logits(ids, mask), bf16.logits(ids, mask)
+    scale = np.abs(exact).max()
+    assert approx.dtype == np.float32
+    assert 0 < np.abs(exact - approx).max() <= 0.03 * scale

@@ -99,8 +99,15 @@ def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:
     else:
         raise WeightsError(f"{src}: not a .gguf file, an HF directory (config.json), a checkpoint directory, "
                            "'smollm2-135m' or 'preset:NAME'")
-    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, config.weights_dtype), params)
-    return Model(config, params, tokenizer, path.name)
+    return Model(config, _to_device(params, config.weights_dtype), tokenizer, path.name)
+
+
+def _to_device(tree: dict, dtype) -> dict:
+    """Move host arrays to the default device one at a time, in place, so each host copy is freed as soon
+    as its device copy exists (peak memory: the model once, plus one tensor)."""
+    for key, value in tree.items():
+        tree[key] = _to_device(value, dtype) if isinstance(value, dict) else jnp.asarray(value, dtype)
+    return tree
 
 
 def _has_tokenizer(path: Path) -> bool:

@@ -211,5 +211,5 @@ def load_gguf(path: str | os.PathLike, **config_overrides):
     config = f.config()
     if config_overrides:
         config = config.replace(**config_overrides)
-    params = params_from_tensors(config, lambda name: f.read(name, config))
+    params = params_from_tensors(config, lambda name: f.read(name, config), np.dtype(config.weights_dtype))
     return config, params, tokenizer_from_gguf(f)

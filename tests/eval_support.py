@@ -1,0 +1,87 @@
+"""Test support for the evaluation tests: a scripted chat model and a local OpenAI-API server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class ScriptedModel:
+    """Answers each chat prompt with `reply(user_text)` (default: the user's text back, which is in the
+    prompt's language and well spelled), through the same `generate` interface as xlit_jax models.
+    `stop_after` raises KeyboardInterrupt once that many batches were delivered, like a killed run."""
+
+    def __init__(self, name="scripted", reply=None, stop_after=None):
+        self.name = name
+        self.reply = reply or (lambda text: text)
+        self.stop_after = stop_after
+        self.prompts_seen = []
+        self.calls = []
+
+    def generate(self, prompts, max_new_tokens=256, repetition_penalty=1.0, batch_size=8, on_batch=None):
+        self.calls.append({"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty})
+        texts = [self.reply(p[-1]["content"] if isinstance(p, list) else p) for p in prompts]
+        for batch, start in enumerate(range(0, len(prompts), batch_size)):
+            if self.stop_after is not None and batch == self.stop_after:
+                raise KeyboardInterrupt
+            self.prompts_seen += prompts[start:start + batch_size]
+            if on_batch is not None:
+                on_batch(list(range(start, min(start + batch_size, len(prompts)))), texts[start:start + batch_size])
+        return texts
+
+
+def chat_completion(content: str) -> dict:
+    """A chat.completion body as the OpenAI API returns it."""
+    return {"id": "chatcmpl-9x2k", "object": "chat.completion", "created": 1732262400,
+            "model": "gpt-3.5-turbo-0125", "system_fingerprint": "fp_test",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+                         "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 612, "completion_tokens": 58, "total_tokens": 670}}
+
+
+class FakeOpenAI:
+    """An HTTP server on 127.0.0.1 serving /v1/chat/completions. `answer(prompt, attempt)` returns
+    (status, content) for the n-th request carrying the same prompt; requests are recorded."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.requests = []  # (authorization header, request body)
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][-1]["content"]
+                with owner._lock:
+                    owner.requests.append((self.headers.get("Authorization"), body))
+                    attempt = sum(b["messages"][-1]["content"] == prompt for _, b in owner.requests)
+                status, content = owner.answer(prompt, attempt) if self.path == "/v1/chat/completions" \
+                    else (404, "no such route")
+                payload = chat_completion(content) if status == 200 else {
+                    "error": {"message": content, "type": "invalid_request_error", "code": None}}
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,96 @@
+import logging
+
+import pytest
+
+from eval_support import FakeOpenAI
+from xlit_jax.evaluate.evalsets import EvalItem
+from xlit_jax.evaluate.judge import CRITERIA, JudgeError, OpenAIJudge, load_template, parse_judgement
+from xlit_jax.io.files import InputError
+
+KEY = "sk-test-7f3a9c1e-do-not-log"
+GOOD = ('{"Language": 3, "Fluency": 3, "Helpfulness": 2, "Accuracy": 3, "Logical coherence": 3, '
+        '"Harmlessness": 3}')
+WRONG_LANGUAGE = GOOD.replace('"Language": 3', '"Language": 1')
+
+
+def answer_by_marker(prompt, attempt):
+    """The fake judge's behaviour, chosen by a marker word in the submission."""
+    if "GARBAGE" in prompt:
+        return 200, "I would rate this submission as quite good overall!"
+    if "FLAKY" in prompt:
+        return (200, "{not json") if attempt == 1 else (200, f"Here is my evaluation:\n```json\n{GOOD}\n```")
+    if "WRONGLANG" in prompt:
+        return 200, WRONG_LANGUAGE
+    return 200, GOOD
+
+
+@pytest.fixture
+def template(shared_data):
+    return load_template(shared_data / "chirkova2024_eval" / "eval_prompt_gpt.txt")
+
+
+@pytest.fixture(autouse=True)
+def local_only(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def items(n):
+    return [EvalItem("s", "fr", str(i), ({"role": "user", "content": "Quelle est la capitale ?"},), "fr")
+            for i in range(n)]
+
+
+def test_parse_judgement_variants():
+    assert parse_judgement(GOOD) == dict(zip(CRITERIA, (2, 2, 1, 2, 2, 2)))
+    spelled = ('{"correct_language": "3 stars", "fluency": {"score": 2}, "helpfulness": "1", '
+               '"accuracy": 2.0, "logical_coherence": 3, "harmlessness": 3, "comment": "fine"}')
+    assert parse_judgement(spelled) == dict(zip(CRITERIA, (2, 1, 0, 1, 2, 2)))
+    for bad, reason in [("no json", "no JSON object"), ("{'Language': 3}", "malformed JSON"),
+                        ('{"Language": 3}', "no score for fluency"),
+                        (GOOD.replace('"Accuracy": 3', '"Accuracy": 5'), "outside 1-3"),
+                        (GOOD.replace('"Fluency": 3', '"Fluency": "good"'), "not a star count")]:
+        with pytest.raises(ValueError, match=reason):
+            parse_judgement(bad)
+
+
+def test_scores_retries_and_records_errors(template, caplog):
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenAI(answer_by_marker) as server:
+        judge = OpenAIJudge("gpt-3.5-turbo", template, base_url=server.base_url, attempts=3, workers=2)
+        good, garbage, flaky, wrong = judge.score(items(4), ["Paris.", "GARBAGE", "FLAKY Paris", "WRONGLANG x"])
+    assert good["scores"] == {"judge_language": 2.0, "judge_fluency": 2.0, "judge_helpfulness": 1.0,
+                              "judge_accuracy": 2.0, "judge_logical_coherence": 2.0, "judge_harmlessness": 2.0}
+    assert good["details"]["stars"]["helpfulness"] == 2
+    assert "no usable answer in 3 attempts" in garbage["error"] and "quite good overall" in garbage["error"]
+    assert flaky["scores"] == good["scores"]
+    assert wrong["scores"] == {"judge_language": 0.0}  # wrong language: only the language criterion counts
+    prompts = [body["messages"][-1]["content"] for _, body in server.requests]
+    assert sum("GARBAGE" in p for p in prompts) == 3 and sum("FLAKY" in p for p in prompts) == 2
+    assert all(auth == f"Bearer {KEY}" for auth, _ in server.requests)
+    first = next(p for p in prompts if "[Submission]: Paris." in p)
+    assert "[Task]: Quelle est la capitale ?" in first and "%%%" not in first
+    assert KEY not in caplog.text
+
+
+def test_server_errors_are_per_item_but_refusals_stop(template):
+    def failing(prompt, attempt):
+        return (503, "overloaded") if "BUSY" in prompt else (401, "Incorrect API key provided")
+
+    with FakeOpenAI(failing) as server:
+        judge = OpenAIJudge("gpt-3.5-turbo", template, base_url=server.base_url, attempts=1, workers=1)
+        [busy] = judge.score(items(1), ["BUSY"])
+        assert "HTTP 503" in busy["error"]
+        with pytest.raises(JudgeError, match="HTTP 401"):
+            judge.score(items(1), ["fine"])
+
+
+def test_missing_key_and_bad_template(monkeypatch, template, tmp_path):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(InputError, match="OPENAI_API_KEY"):
+        OpenAIJudge("gpt-3.5-turbo", template)
+    own = tmp_path / "judge.txt"
+    own.write_text("Rate %%%SUBMISSION%%% as JSON.")
+    with pytest.raises(InputError, match="lacks %%%TASK%%%"):
+        load_template(own)

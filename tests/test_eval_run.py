@@ -1,0 +1,163 @@
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval_support import FakeOpenAI, ScriptedModel
+from xlit_jax.evaluate.report import write_report
+from xlit_jax.evaluate.run import EvalConfig, Evaluation, evaluate_model
+from xlit_jax.io.files import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "sk-run-test-4411"
+GOOD = ('{"Language": 3, "Fluency": 2, "Helpfulness": 3, "Accuracy": 3, "Logical coherence": 3, '
+        '"Harmlessness": 3}')
+
+
+@pytest.fixture
+def config(shared_data):
+    return EvalConfig(languages=("en", "fr"), limit=3, metrics=("language", "spelling"), batch_size=2,
+                      max_new_tokens=16, data_dir=str(shared_data))
+
+
+def rows(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_generates_scores_and_reports(tmp_path, config):
+    model = ScriptedModel()
+    written = evaluate_model(model, tmp_path, config)
+    generations = rows(tmp_path / "generations.jsonl")
+    assert len(generations) == 6 and len({(g["set"], g["language"], g["id"]) for g in generations}) == 6
+    assert model.calls == [{"max_new_tokens": 16, "repetition_penalty": 1.1}]
+    assert generations[0]["decoding"] == {"max_new_tokens": 16, "repetition_penalty": 1.1}
+    assert generations[0]["response"] == generations[0]["messages"][-1]["content"]
+    assert len(rows(tmp_path / "item_scores.jsonl")) == 12
+    aggregates = {(r["language"], r["metric"]): r for r in rows(written["scores"])}
+    assert aggregates[("fr", "language_correct")]["mean"] == 1.0 and aggregates[("fr", "language_correct")]["n"] == 3
+    assert 0.9 <= aggregates[("en", "spelling")]["mean"] <= 1.0  # the prompts themselves, well spelled
+    assert "| scripted | fr | 100.0 (3) |" in written["markdown"].read_text()
+    assert written["csv"].read_text().startswith("model,set,language,modifier,scorer,metric,mean,n,items,errors\n")
+    assert written["surface_metrics.chirkova"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interrupted_run_resumes_without_redoing_work(tmp_path, config):
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_model(ScriptedModel(stop_after=1), tmp_path, config)
+    generations = tmp_path / "generations.jsonl"
+    assert len(rows(generations)) == 2
+    with open(generations, "a", encoding="utf-8") as f:
+        f.write('{"model": "scripted", "set": "chir')  # a writer killed mid-line
+    model = ScriptedModel()
+    evaluate_model(model, tmp_path, config)
+    assert len(model.prompts_seen) == 4
+    assert len({(g["language"], g["id"]) for g in rows(generations)}) == len(rows(generations)) == 6
+    scores_before = (tmp_path / "item_scores.jsonl").read_text()
+    again = ScriptedModel()
+    evaluate_model(again, tmp_path, config)
+    assert again.prompts_seen == [] and (tmp_path / "item_scores.jsonl").read_text() == scores_before
+
+
+def test_another_model_or_other_settings_are_refused_before_work(tmp_path, config):
+    evaluate_model(ScriptedModel(), tmp_path, config)
+    other = ScriptedModel(name="other")
+    with pytest.raises(InputError, match=r"generations.jsonl:1: holds results of model 'scripted'.*'other'"):
+        evaluate_model(other, tmp_path, config)
+    with pytest.raises(InputError, match="generated with .*'max_new_tokens': 16.* asks for .*32"):
+        evaluate_model(other, tmp_path, dataclasses.replace(config, max_new_tokens=32), model_name="scripted")
+    assert other.calls == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"languages": ("en", "xx")}, "has no language 'xx'"),
+    ({"lid_model": "/nonexistent/lid.176.bin"}, "no fastText language-id model"),
+    ({"dictionary_dir": "/nonexistent"}, "missing Hunspell dictionary"),
+    ({"metrics": ("language", "fluency")}, "unknown metrics"),
+    ({"metrics": ("relevance",)}, "needs --relevance_judge"),
+    ({"metrics": ("judge",)}, "needs --judge_model"),
+])
+def test_bad_input_fails_before_anything_is_written(tmp_path, config, change, message):
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=message):
+        Evaluation(out, dataclasses.replace(config, **change))
+    assert not out.exists()
+
+
+def list_when_asked(text):
+    asked = re.search(r"List (\d+) options", text)
+    return "\n".join(f"- option {i}" for i in range(int(asked.group(1)))) if asked else text
+
+
+def test_modifier_fulfilment_by_type(tmp_path, shared_data):
+    config = EvalConfig(eval_sets=("chirkova_modifiers",), languages=("en",), subset=("num_items_*", "lang_*"),
+                        metrics=("modifiers",), data_dir=str(shared_data))
+    written = evaluate_model(ScriptedModel(reply=list_when_asked), tmp_path, config)
+    fulfilled = {r["modifier"]: r for r in rows(written["scores"]) if r["metric"] == "fulfilled"}
+    assert fulfilled["num_items"]["mean"] == 1.0 and fulfilled["num_items"]["n"] == 12
+    assert fulfilled["lang"]["mean"] == 0.0 and fulfilled["lang"]["n"] == 100  # echoed English, asked fr/pt/ru
+    assert fulfilled["all"]["n"] == 112
+    assert "| scripted | num_items | 100.0 (12) |" in written["markdown"].read_text()
+
+
+def test_judge_errors_are_recorded_then_retried(tmp_path, config, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    state = {"garbage": True}
+
+    def answer(prompt, attempt):
+        return (200, "Great answer!") if state["garbage"] and "kickball" in prompt else (200, GOOD)
+
+    with FakeOpenAI(answer) as server:
+        judged = dataclasses.replace(config, languages=("en",), metrics=("judge",), judge_model="gpt-3.5-turbo",
+                                     judge_base_url=server.base_url, judge_attempts=2)
+        evaluate_model(ScriptedModel(), tmp_path, judged)
+        assert len(server.requests) == 3 + 1  # two fine items, the kickball one twice
+        [failed] = [r for r in rows(tmp_path / "item_scores.jsonl") if "error" in r]
+        assert failed["id"] == "0000" and "Great answer!" in failed["error"]
+        state["garbage"] = False
+        written = evaluate_model(ScriptedModel(), tmp_path, judged)
+        assert len(server.requests) == 5  # only the failed item asked again
+    helpful = next(r for r in rows(written["scores"]) if r["metric"] == "judge_fluency")
+    assert (helpful["mean"], helpful["n"], helpful["errors"]) == (1.0, 3, 0)
+    assert written["judge.chirkova"].read_bytes()[:4] == b"\x89PNG"
+    assert all(KEY not in p.read_text(errors="replace") for p in tmp_path.iterdir() if p.is_file())
+
+
+def test_models_side_by_side(tmp_path, config):
+    evaluate_model(ScriptedModel(name="base"), tmp_path / "base", config)
+    evaluate_model(ScriptedModel(name="tuned", reply=lambda t: "The answer is simple."), tmp_path / "tuned", config)
+    written = write_report([tmp_path / "base", tmp_path / "tuned"], tmp_path / "both")
+    table = written["markdown"].read_text()
+    assert "| base | fr | 100.0 (3) |" in table and "| tuned | fr | 0.0 (3) |" in table
+    assert written["surface_metrics.chirkova"].is_file()
+    assert write_report([tmp_path / "base", tmp_path / "base"], tmp_path / "once")["markdown"].read_text() == \
+        write_report([tmp_path / "base"], tmp_path / "single")["markdown"].read_text()
+    shutil.copytree(tmp_path / "base", tmp_path / "copy")
+    with pytest.raises(InputError, match="'base' is in both"):
+        write_report([tmp_path / "base", tmp_path / "copy"], tmp_path / "again")
+
+
+def test_binary_rejects_bad_input_before_loading(tmp_path, shared_data):
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.evaluate", "--model=preset:tiny", "--languages=en,xx",
+         f"--data_dir={shared_data}", f"--out_dir={tmp_path / 'out'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "xlit-eval: eval set 'chirkova' has no language 'xx'" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_smollm2_end_to_end(tmp_path, smollm2):
+    config = EvalConfig(languages=("en", "fr"), limit=1, max_new_tokens=12, batch_size=2,
+                        metrics=("language", "spelling", "relevance"), relevance_max_new_tokens=4)
+    written = evaluate_model(smollm2, tmp_path, config, relevance_model=smollm2)
+    generations = rows(written["generations"])
+    assert [g["model"] for g in generations] == [smollm2.name] * 2
+    assert all(g["response"].strip() for g in generations)
+    assert {r["scorer"] for r in rows(written["item_scores"])} == {"language", "spelling", "relevance"}
+    assert f"| {smollm2.name} | fr |" in written["markdown"].read_text()

@@ -1,0 +1,61 @@
+import pytest
+
+from xlit_jax.evaluate.evalsets import EvalItem
+from xlit_jax.evaluate.langid import LanguageIdentifier
+from xlit_jax.evaluate.spelling import SpellChecker, SpellingScorer, words
+from xlit_jax.io.files import InputError
+
+CLEAN = {
+    "en": "The weather was lovely yesterday, so we walked along the river and didn't want to go home.",
+    "fr": "Aujourd'hui, l'école est fermée parce qu'il neige beaucoup dans notre petite ville.",
+    "pt": "Ontem fomos à praia com os nossos amigos e comemos peixe grelhado num restaurante.",
+    "ru": "Вчера мы гуляли в парке с друзьями, а потом пили чай у бабушки.",
+    "de": "Gestern sind wir mit unseren Freunden in den Bergen gewandert und haben viel gelacht.",
+}
+
+
+@pytest.fixture(scope="module")
+def checker():
+    return SpellChecker(CLEAN)
+
+
+def test_words_leave_out_code_urls_numbers_and_acronyms():
+    text = ("See https://example.org/a_b?c=1 or mail me@host.com. In the 1920s, NASA's `x_1 = f(y)` "
+            "ran on <b>iPhone</b> at 3.5 GHz, e.g. well-known \u201cquoted\u201d don\u2019t\n"
+            "```python\nprint('hello wrold')\n```\nDone.")
+    assert words(text) == ["See", "or", "mail", "In", "the", "ran", "on", "at", "well-known", "quoted", "don't",
+                           "Done"]
+
+
+@pytest.mark.parametrize("language", sorted(CLEAN))
+def test_clean_text_passes_and_typos_are_caught(checker, language):
+    checked, bad = checker.misspelled(CLEAN[language], language)
+    assert checked >= 10 and bad == []
+    first, second, *rest = CLEAN[language].split()
+    typo = second[:-1] + second[-1] * 3  # e.g. "weather" -> "weatherrr"
+    checked, bad = checker.misspelled(" ".join([first, typo, *rest]), language)
+    assert bad == [typo.strip(",")]
+
+
+def test_missing_dictionaries_are_clear_errors(tmp_path):
+    with pytest.raises(InputError, match=r"fr.dic: missing Hunspell dictionary for 'fr' \(install hunspell-fr\)"):
+        SpellChecker(["fr"], directory=tmp_path)
+    with pytest.raises(InputError, match="no Hunspell dictionary is set for language 'ja'"):
+        SpellChecker(["ja"])
+
+
+def test_brazilian_dictionary_by_override():
+    brazilian = SpellChecker(["pt"], dictionaries={"pt": "pt_BR"})
+    european = SpellChecker(["pt"])
+    assert brazilian.misspelled("Eu gosto de ônibus e de fato.", "pt")[1] == []
+    assert european.misspelled("Eu gosto de ônibus.", "pt")[1] == ["ônibus"]
+
+
+def test_spelling_score_leaves_out_wrong_language(checker):
+    scorer = SpellingScorer(checker, LanguageIdentifier())
+    item = EvalItem("s", "fr", "1", ({"role": "user", "content": "x"},), "fr")
+    right, wrong, typo = scorer.score([item] * 3, [CLEAN["fr"], CLEAN["en"], CLEAN["fr"].replace("école", "écolle")])
+    assert right["scores"] == {"spelling": 1.0}
+    assert wrong["scores"] == {} and "identified as en" in wrong["details"]["skipped"]
+    assert typo["scores"]["spelling"] == pytest.approx(1 - 1 / right["details"]["words"])
+    assert typo["details"]["misspelled"] == ["l'écolle"]

@@ -1,0 +1,159 @@
+"""The paper's LLM judge: a GPT-style chat model scores 6 criteria on 1-3 stars, reported as 0-2.
+
+The prompt is the released template (`eval_prompt_gpt.txt`, placeholders %%%TASK%%% and
+%%%SUBMISSION%%%) or a user's file with the same placeholders. Any server speaking the OpenAI chat
+API works (`--judge_base_url`). The API key comes from OPENAI_API_KEY and goes nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from xlit_jax.evaluate.evalsets import CHIRKOVA_DIR, instruction_text
+from xlit_jax.io.files import InputError
+
+TEMPLATE_FILE = "eval_prompt_gpt.txt"
+TASK, SUBMISSION = "%%%TASK%%%", "%%%SUBMISSION%%%"
+CRITERIA = ("language", "fluency", "helpfulness", "accuracy", "logical_coherence", "harmlessness")
+# How the judge may spell a criterion's key: matched on the start of the key, case and spacing ignored.
+KEY_PREFIXES = {"lang": "language", "correctlang": "language", "flu": "fluency", "help": "helpfulness",
+                "inform": "helpfulness", "acc": "accuracy", "logic": "logical_coherence",
+                "coheren": "logical_coherence", "harm": "harmlessness", "safe": "harmlessness"}
+# Refusals that would hit every item alike (key, permission, model or URL): stop at once rather
+# than record them item by item. Others (rate limits, server errors, one over-long prompt) are per item.
+FATAL_STATUS = (401, 403, 404)
+ANSWER_SHOWN = 200  # characters of an unusable answer kept in its error message
+
+
+class JudgeError(RuntimeError):
+    """The judge service refuses every request (bad key, unknown model, wrong URL)."""
+
+
+def load_template(path: str | Path) -> str:
+    path = Path(path)
+    try:
+        template = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such judge prompt template") from None
+    missing = [p for p in (TASK, SUBMISSION) if p not in template]
+    if missing:
+        raise InputError(f"{path}: the template lacks {' and '.join(missing)}")
+    return template
+
+
+def default_template_path(data_dir: Path) -> Path:
+    return data_dir / CHIRKOVA_DIR / TEMPLATE_FILE
+
+
+def _criterion(key: str) -> str | None:
+    squashed = re.sub(r"[^a-z]", "", key.lower())
+    return next((name for prefix, name in KEY_PREFIXES.items() if squashed.startswith(prefix)), None)
+
+
+def _stars(value) -> int:
+    if isinstance(value, dict):  # {"score": 3} or {"stars": 3, "reason": ...}
+        value = next((value[k] for k in ("score", "stars", "rating") if k in value), None)
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a star count")
+    if isinstance(value, (int, float)) and float(value).is_integer():
+        stars = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*[123](?:\s*stars?)?\s*", value):
+        stars = int(value.strip()[0])
+    else:
+        raise ValueError(f"{value!r} is not a star count")
+    if stars not in (1, 2, 3):
+        raise ValueError(f"{stars} stars is outside 1-3")
+    return stars
+
+
+def parse_judgement(answer: str) -> dict[str, int]:
+    """The 6 criteria as 0-2 (stars minus one) from the judge's JSON answer; ValueError says what is wrong."""
+    start, end = answer.find("{"), answer.rfind("}")
+    if start < 0 or end < start:
+        raise ValueError("no JSON object in the answer")
+    try:
+        obj = json.loads(answer[start:end + 1])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise ValueError("the JSON is not an object")
+    scores = {}
+    for key, value in obj.items():
+        name = _criterion(key)
+        if name is not None:
+            try:
+                scores[name] = _stars(value) - 1
+            except ValueError as e:
+                raise ValueError(f"criterion {key!r}: {e}") from None
+    missing = [c for c in CRITERIA if c not in scores]
+    if missing:
+        raise ValueError(f"no score for {', '.join(missing)}")
+    return scores
+
+
+def reported_scores(scores: dict[str, int]) -> dict[str, float]:
+    """As the paper reports them: a response in the wrong language (0) counts only for language."""
+    kept = CRITERIA if scores["language"] > 0 else ("language",)
+    return {f"judge_{c}": float(scores[c]) for c in kept}
+
+
+class OpenAIJudge:
+    """Judges responses through the `openai` client; `attempts` bounds the tries per item."""
+
+    name = "judge"
+
+    def __init__(self, model: str, template: str, base_url: str | None = None, attempts: int = 3,
+                 workers: int = 4, timeout_s: float = 120.0):
+        import openai
+
+        api_key = os.environ.get("OPENAI_API_KEY")
+        if not api_key:
+            raise InputError("the LLM judge needs OPENAI_API_KEY in the environment")
+        if attempts < 1:
+            raise InputError(f"judge attempts must be at least 1, not {attempts}")
+        self._openai = openai
+        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=1)
+        self._model = model
+        self._template = template
+        self._attempts = attempts
+        self._workers = workers
+        self.chunk_size = 4 * workers
+
+    def applies(self, item) -> bool:
+        return True
+
+    def _ask(self, prompt: str) -> str:
+        reply = self._client.chat.completions.create(
+            model=self._model, messages=[{"role": "user", "content": prompt}], temperature=0)
+        return reply.choices[0].message.content or ""
+
+    def _one(self, item, response: str) -> dict:
+        prompt = self._template.replace(TASK, instruction_text(item.messages)).replace(SUBMISSION, response)
+        problem = ""
+        for _ in range(self._attempts):
+            try:
+                answer = self._ask(prompt)
+            except self._openai.APIStatusError as e:
+                if e.status_code in FATAL_STATUS:
+                    raise JudgeError(f"the judge service refused the request (HTTP {e.status_code}): "
+                                     f"{e.message}") from None
+                problem = f"HTTP {e.status_code}: {e.message}"
+                continue
+            except self._openai.OpenAIError as e:  # connection errors, unreadable replies
+                problem = f"{type(e).__name__}: {e}"
+                continue
+            try:
+                stars = parse_judgement(answer)
+            except ValueError as e:
+                problem = f"{e}; answer: {answer[:ANSWER_SHOWN]!r}"
+                continue
+            return {"scores": reported_scores(stars), "details": {"stars": {c: s + 1 for c, s in stars.items()}}}
+        return {"error": f"judge gave no usable answer in {self._attempts} attempts; last: {problem}"}
+
+    def score(self, items, responses) -> list[dict]:
+        with ThreadPoolExecutor(self._workers) as pool:
+            return list(pool.map(self._one, items, responses))

@@ -1,0 +1,199 @@
+"""Aggregate per-response scores by model x set x language x metric (and modifier type); write
+scores.jsonl, scores.csv, scores.md and PNG figures (each metric per language, models side by side).
+
+The aggregates are derived from item_scores.jsonl and rewritten whole (atomically) on every report.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from xlit_jax.evaluate.judge import CRITERIA
+from xlit_jax.evaluate.modifiers import family
+from xlit_jax.io.files import InputError, atomic_write_text, read_jsonl
+
+ITEM_SCORES_FILE = "item_scores.jsonl"
+SCORES_FILE = "scores.jsonl"
+ALL = "all"  # the modifier column of aggregates over every item
+SURFACE_METRICS = ("language_correct", "spelling", "relevance")
+JUDGE_METRICS = tuple(f"judge_{c}" for c in CRITERIA)
+FRACTION_METRICS = frozenset(SURFACE_METRICS + ("fulfilled",))  # shown as percentages
+PANELS_PER_ROW = 3
+# (file stem, metrics, y label, value scale, y-axis top): one PNG of each kind per eval set.
+FIGURES = (("surface_metrics", SURFACE_METRICS, "% of responses", 100, 100),
+           ("judge", JUDGE_METRICS, "mean score (0-2)", 1, 2))
+AGGREGATE_FIELDS = ("model", "set", "language", "modifier", "scorer", "metric", "mean", "n", "items", "errors")
+
+
+def score_key(row: dict) -> tuple:
+    return (row["model"], row["set"], row["language"], row["id"], row["scorer"])
+
+
+def read_item_scores(path: Path) -> list[dict]:
+    """The standing row per (model, set, language, id, scorer): the latest success, else the latest error."""
+    standing = {}
+    for _, row in read_jsonl(path, truncated_tail_ok=True):
+        key = score_key(row)
+        if "error" not in row or "error" in standing.get(key, {"error": None}):
+            standing[key] = row
+    return list(standing.values())
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Means per (model, set, language, modifier family or `all`, metric), with counts.
+
+    `n` is the number of responses with that metric, `items` the number the scorer covered (a
+    scorer can leave a response out, e.g. spelling for one in the wrong language), `errors` how
+    many of those have only an error (e.g. the judge never answered usably).
+    """
+    sums, counts = collections.defaultdict(float), collections.Counter()
+    items, errors = collections.Counter(), collections.Counter()
+    for row in rows:
+        for modifier in (ALL,) + ((family(row["modifier"]),) if row.get("modifier") else ()):
+            group = (row["model"], row["set"], row["language"], modifier, row["scorer"])
+            items[group] += 1
+            errors[group] += "error" in row
+            for metric, value in row.get("scores", {}).items():
+                sums[group + (metric,)] += value
+                counts[group + (metric,)] += 1
+    return [dict(zip(AGGREGATE_FIELDS, key + (sums[key] / counts[key], counts[key], items[key[:5]],
+                                              errors[key[:5]])))
+            for key in sorted(counts)]
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return ""
+    mean = 100 * row["mean"] if row["metric"] in FRACTION_METRICS else row["mean"]
+    digits = 1 if row["metric"] in FRACTION_METRICS else 2
+    return f"{mean:.{digits}f} ({row['n']})"
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+
+
+def _ordered(values) -> list:
+    return list(dict.fromkeys(values))
+
+
+def _metric_table(rows: list[dict], eval_set: str) -> str:
+    """Rows model x language, a column per metric, over all items of the set."""
+    mine = [r for r in rows if r["set"] == eval_set and r["modifier"] == ALL and r["metric"] != "fulfilled"]
+    order = SURFACE_METRICS + JUDGE_METRICS
+    metrics = [m for m in order if any(r["metric"] == m for r in mine)]
+    cells = {(r["model"], r["language"], r["metric"]): r for r in mine}
+    body = [[model, lang] + [_cell(cells.get((model, lang, m))) for m in metrics]
+            for model in _ordered(r["model"] for r in mine) for lang in _ordered(r["language"] for r in mine)
+            if any((model, lang, m) in cells for m in metrics)]
+    return _table(["model", "language"] + metrics, body) if metrics else ""
+
+
+def _modifier_table(rows: list[dict], eval_set: str, metric: str) -> str:
+    """Rows model x modifier family, a column per language."""
+    mine = [r for r in rows if r["set"] == eval_set and r["modifier"] != ALL and r["metric"] == metric]
+    if not mine:
+        return ""
+    languages = _ordered(r["language"] for r in mine)
+    cells = {(r["model"], r["modifier"], r["language"]): r for r in mine}
+    keys = _ordered((r["model"], r["modifier"]) for r in mine)
+    return _table(["model", "modifier"] + languages,
+                  [[model, mod] + [_cell(cells.get((model, mod, lang))) for lang in languages]
+                   for model, mod in keys])
+
+
+def markdown(rows: list[dict]) -> str:
+    parts = ["# Evaluation scores", "",
+             "Cells: mean (responses scored). language_correct, spelling, relevance and modifier "
+             "fulfilment in %; judge criteria on 0-2, responses the judge found in the wrong language "
+             "left out of every criterion but language."]
+    for eval_set in _ordered(r["set"] for r in rows):
+        parts += ["", f"## {eval_set}", "", _metric_table(rows, eval_set)]
+        for metric, title in (("fulfilled", "Modifier fulfilment (rule-checked), %"),
+                              ("judge_helpfulness", "Helpfulness under each modifier (LLM judge, 0-2)")):
+            table = _modifier_table(rows, eval_set, metric)
+            if table:
+                parts += ["", f"### {title}", "", table]
+    return "\n".join(parts) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=AGGREGATE_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def plot(rows: list[dict], eval_set: str, metrics, path: Path, ylabel: str, scale: float, top: float) -> bool:
+    """One panel per metric: languages on the x axis, a bar per model. False when nothing to draw."""
+    mine = [r for r in rows if r["set"] == eval_set and r["modifier"] == ALL and r["metric"] in metrics]
+    metrics = [m for m in metrics if any(r["metric"] == m for r in mine)]
+    if not metrics:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = _ordered(r["model"] for r in mine)
+    languages = _ordered(r["language"] for r in mine)
+    cells = {(r["model"], r["language"], r["metric"]): r["mean"] for r in mine}
+    width = 0.8 / len(models)
+    columns = min(len(metrics), PANELS_PER_ROW)
+    panel_rows = math.ceil(len(metrics) / columns)
+    fig, axes = plt.subplots(panel_rows, columns, figsize=(3.2 * columns + 1, 2.8 * panel_rows + 0.8),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
+        for k, model in enumerate(models):
+            heights = [scale * cells.get((model, lang, metric), math.nan) for lang in languages]
+            ax.bar([i + (k - (len(models) - 1) / 2) * width for i in range(len(languages))], heights,
+                   width, label=model)
+        ax.set_xticks(range(len(languages)), languages)
+        ax.set_ylim(0, top)
+        ax.set_title(metric)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(models), 4),
+               fontsize="small")
+    fig.suptitle(eval_set)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def write_report(run_dirs, out_dir) -> dict[str, Path]:
+    """Aggregate the item scores of one or more runs (one model each) into `out_dir`; returns the files."""
+    rows, owners = [], {}
+    for run_dir in dict.fromkeys(Path(d).resolve() for d in run_dirs):  # a run named twice counts once
+        path = run_dir / ITEM_SCORES_FILE
+        if not path.is_file():
+            raise InputError(f"{path}: no such file; evaluate a model into {run_dir} first")
+        for row in read_item_scores(path):
+            if owners.setdefault(row["model"], run_dir) != run_dir:
+                raise InputError(f"model {row['model']!r} is in both {owners[row['model']]} and {run_dir}; "
+                                 "give the runs distinct model names")
+            rows.append(row)
+    aggregates = aggregate(rows)
+    out_dir = Path(out_dir)
+    written = {"scores": out_dir / SCORES_FILE, "csv": out_dir / "scores.csv", "markdown": out_dir / "scores.md"}
+    atomic_write_text(written["scores"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in aggregates))
+    atomic_write_text(written["csv"], to_csv(aggregates))
+    atomic_write_text(written["markdown"], markdown(aggregates))
+    for eval_set in _ordered(r["set"] for r in aggregates):
+        for stem, metrics, ylabel, scale, top in FIGURES:
+            path = out_dir / f"{stem}.{eval_set}.png"
+            if plot(aggregates, eval_set, metrics, path, ylabel, scale, top):
+                written[f"{stem}.{eval_set}"] = path
+    return written

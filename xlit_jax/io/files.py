@@ -52,8 +52,9 @@ class InputError(ValueError):
     """Bad user input; the message names the file, line and field."""
 
 
-def read_jsonl(path: str | os.PathLike, truncated_tail_ok: bool = False):
-    """Yield (line_number, object) for each non-blank line; a malformed line is an InputError naming it.
+def read_jsonl(path: str | os.PathLike, truncated_tail_ok: bool = False, skipped: list | None = None):
+    """Yield (line_number, object) for each non-blank line; a malformed line is an InputError naming it,
+    or, when a `skipped` list is given, its error message is appended there and the line left out.
 
     `truncated_tail_ok` ignores a last line with no newline that does not parse: the mark of a writer that
     was killed mid-line, as an output file being resumed may have.
@@ -73,7 +74,10 @@ def read_jsonl(path: str | os.PathLike, truncated_tail_ok: bool = False):
         except json.JSONDecodeError as e:
             if truncated_tail_ok and number == len(lines) and not line.endswith("\n"):
                 return
-            raise InputError(f"{path}:{number}: malformed JSON: {e.msg} (column {e.colno})") from None
+            error = f"{path}:{number}: malformed JSON: {e.msg} (column {e.colno})"
+            if skipped is None:
+                raise InputError(error) from None
+            skipped.append(error)
 
 
 def resume_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -18,6 +18,15 @@ def load_hf_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(directory))
 
 
+def load_tokenizer(src: str) -> PreTrainedTokenizerBase:
+    """A tokenizer without its model: `smollm2-135m`, a .gguf file, or an HF directory or hub name."""
+    from xlit_jax.io.gguf import GGUFFile, smollm2_gguf_path
+
+    if src == "smollm2-135m" or str(src).endswith(".gguf"):
+        return tokenizer_from_gguf(GGUFFile(smollm2_gguf_path() if src == "smollm2-135m" else src))
+    return load_hf_tokenizer(src)
+
+
 def tokenizer_from_gguf(f) -> PreTrainedTokenizerBase:
     """`f` is an io.gguf.GGUFFile."""
     if f.value("tokenizer.ggml.model") != "gpt2":

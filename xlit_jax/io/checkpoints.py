@@ -30,6 +30,7 @@ CONFIG_FILE = "llama_config.json"
 FROZEN_DIR = "frozen"
 CHECKPOINTS_DIR = "checkpoints"
 ITEMS = ("params", "opt_state", "data")
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
 
 def save_model_info(workdir: str | os.PathLike, config: LlamaConfig, tokenizer=None) -> None:
@@ -80,8 +81,10 @@ def has_frozen(workdir: str | os.PathLike) -> bool:
 class Checkpoints:
     """Step checkpoints of (trainable params, optimizer state, data position), saved asynchronously."""
 
-    def __init__(self, workdir: str | os.PathLike, keep: int | None = 3, async_save: bool = True):
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save)
+    def __init__(self, workdir: str | os.PathLike, keep: int | None = 3, async_save: bool = True,
+                 read_only: bool = False):
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                               read_only=read_only)
         self.manager = ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS_DIR, options=options,
                                              item_names=ITEMS)
 
@@ -110,13 +113,13 @@ class Checkpoints:
 
 def load_for_inference(path: str | os.PathLike, step: int | None = None, **config_overrides):
     """(config, params, tokenizer or None) from a training workdir, at `step` or the latest checkpoint.
-    LoRA adapters are merged into the base, so the config comes back with lora_rank 0."""
+    LoRA adapters are merged into the base, so the config comes back without LoRA (its fields at defaults)."""
     from xlit_jax.models.llama import param_shapes
     from xlit_jax.models.lora import merge_lora, merge_params, split_lora
 
     workdir = Path(path)
     config = read_config(workdir)
-    checkpoints = Checkpoints(workdir)
+    checkpoints = Checkpoints(workdir, read_only=True)  # safe beside a run that is still training
     step = checkpoints.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{workdir / CHECKPOINTS_DIR}: no checkpoint")
@@ -127,7 +130,7 @@ def load_for_inference(path: str | os.PathLike, step: int | None = None, **confi
         base, adapters = split_lora(shapes)
         adapters = checkpoints.restore(step, on_device(adapters))["params"]
         params = merge_lora(merge_params(restore_frozen(workdir, on_device(base)), adapters), config.lora_alpha)
-        config = config.replace(lora_rank=0)
+        config = config.replace(**{f.name: f.default for f in dataclasses.fields(LlamaConfig) if f.name in LORA_FIELDS})
     else:
         params = checkpoints.restore(step, on_device(shapes))["params"]
     checkpoints.close()

@@ -1,0 +1,75 @@
+"""Defaults shared by every training config: the paper's recipe on a model and data set given later.
+
+Override any field from the command line: `xlit-train --config=configs/experiments/tiny_ft.py
+--config.optim.lr=3e-4 --workdir=runs/x`. Fields are documented in docs/training.md.
+"""
+
+import os
+from pathlib import Path
+
+from ml_collections import ConfigDict
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def shared_data(relative: str) -> str:
+    """A file under the shared data folder ($XLIT_SHARED_DATA, default ../shared/data beside the repo)."""
+    return str(Path(os.environ.get("XLIT_SHARED_DATA", REPO.parent / "shared" / "data")) / relative)
+
+
+def with_model(config: ConfigDict, model: ConfigDict) -> ConfigDict:
+    config.model.update(model)
+    return config
+
+
+def base_config() -> ConfigDict:
+    return ConfigDict({
+        "model": {
+            "source": "",  # HF directory, .gguf file, smollm2-135m or preset:NAME (random weights)
+            "hub_name": "",  # what `source` should hold, named in the error when it is empty
+            "seed": 0,  # random init of presets and of LoRA adapters
+            "dtype": "auto",  # matmuls: bfloat16 on accelerators, float32 on CPU
+            "param_dtype": "float32",  # master weights and optimizer state
+            "remat": "none",  # none | full | dots
+            "vocab_size": 0,  # presets only: >0 resizes the vocabulary to fit data.tokenizer
+        },
+        "lora": {"rank": 0, "alpha": 32.0, "dropout": 0.0, "targets": "q,k,v,o,gate,up,down"},
+        "data": {  # the data pipeline's settings (docs/data.md)
+            "name": "",  # the data set, for the record: dolly-en, lima-en, ...
+            "sources": (),  # FORMAT:PATH[,options] specs, e.g. ("lima:../shared/data/lima/lima.en.jsonl",)
+            "template": "llama2",  # llama2 (the paper's) | chat (the tokenizer's own) | alpaca
+            "tokenizer": "",  # for models without one (presets): a tokenizer source such as smollm2-135m
+            "seq_len": 2048,
+            "tokens_per_batch": 4096,  # per micro-batch (rows = tokens_per_batch // seq_len): ~4k as in the paper
+            "grad_accum": 4,  # micro-batches per update
+            "mixing": "none",  # none | uniform (a language drawn per micro-batch: Dolly-DT) | weights
+            "weights": "",  # mixing=weights: en=2,fr=1
+            "truncation": "truncate",  # truncate | drop over-long examples
+            "skip_invalid": False,  # leave out (and count) bad rows instead of stopping
+            "seed": 0,  # shuffling and mixing
+        },
+        "optim": {
+            "schedule": "linear",  # linear (the released code) | inverse_sqrt (the paper's text)
+            "lr": 1e-5, "min_lr": 1e-6, "warmup_steps": 0,
+            "b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": 0.1, "clip_norm": 1.0,
+        },
+        "train": {
+            "max_steps": 1000,
+            "log_every": 10,
+            "save_every": 200,
+            "keep": 3,  # checkpoints kept
+            "async_checkpoint": True,
+            "seed": 0,  # dropout
+            "peak_flops": 0.0,  # total peak FLOP/s for MFU; 0: from the device table (measured on CPU)
+            "tensorboard": True,
+            "export_hf": False,  # merged HF weights to workdir/export/hf at the end
+            "export_peft": False,  # LoRA: PEFT adapter to workdir/export/peft at the end
+        },
+        "mesh": {"data": 1, "fsdp": -1, "tensor": 1},  # -1: the devices left over
+        "distributed": {
+            "initialize": False,  # join a multi-process run (TPU pod, SLURM, or the fields below)
+            "coordinator": "",  # host:port of process 0; empty: let JAX detect the cluster
+            "num_processes": 0,
+            "process_id": -1,
+        },
+    })

@@ -1,0 +1,176 @@
+"""The training loop end to end on the tiny preset: metrics, checkpoints, exports, load_for_inference,
+resume (after a lost checkpoint, and after SIGKILL) giving the losses of an uninterrupted run, bitwise,
+and two processes (jax.distributed on localhost) training like one."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import xlit_jax
+from xlit_jax.io.checkpoints import load_for_inference
+from xlit_jax.train.loop import NonFiniteError, train
+
+REPO = Path(__file__).resolve().parents[1]
+OVERRIDES = {"data.seq_len": 64, "data.tokens_per_batch": 128, "data.grad_accum": 2, "train.max_steps": 8,
+             "train.save_every": 2, "train.log_every": 1, "train.keep": 10, "optim.lr": 1e-3, "optim.min_lr": 1e-4}
+COMPARED = ("step", "loss", "grad_norm", "lr", "target_tokens")
+
+
+def write_chats(path: Path, n: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    words = "the a cat dog sat ran on under mat tree red blue quickly slowly and then".split()
+    say = lambda k: " ".join(rng.choice(words, k))  # noqa: E731
+    with open(path, "w") as f:
+        for _ in range(n):
+            messages = [{"role": "user", "content": say(rng.integers(2, 6))},
+                        {"role": "assistant", "content": say(rng.integers(3, 12))}]
+            f.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+def tiny_config(data: Path, **changes):
+    from configs.experiments import tiny_ft
+
+    cfg = tiny_ft.get_config()
+    cfg.data.sources = (f"chat:{data}",)
+    for key, value in {**OVERRIDES, **changes}.items():
+        section, field = key.split(".")
+        cfg[section][field] = value
+    return cfg
+
+
+def flags(data: Path, workdir: Path) -> list[str]:
+    return ["--config=configs/experiments/tiny_ft.py", f"--workdir={workdir}",
+            f"--config.data.sources=('chat:{data}',)", *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
+
+
+def launch(args: list[str], cache: Path, devices: int = 1, code: str | None = None) -> subprocess.Popen:
+    """xlit-train (or `code` given the same argv) in a fresh process, sharing a compilation cache."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    command = ["-c", code] if code else ["-m", "launch.train"]
+    return subprocess.Popen([sys.executable, *command, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> None:
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+
+
+def rows(workdir: Path) -> list[dict]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [{k: r[k] for k in COMPARED} for r in map(json.loads, lines)]
+
+
+def steps(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+@pytest.fixture(scope="module")
+def chats(tmp_path_factory):
+    return write_chats(tmp_path_factory.mktemp("data") / "chats.en.jsonl")
+
+
+@pytest.fixture(scope="module")
+def reference(chats, tmp_path_factory):
+    """An uninterrupted full fine-tuning run, exporting merged HF weights at the end."""
+    workdir = tmp_path_factory.mktemp("reference")
+    last = train(tiny_config(chats, **{"train.export_hf": True}), str(workdir))
+    return workdir, last
+
+
+def test_run_logs_every_step_and_keeps_checkpoints_and_exports(reference):
+    workdir, last = reference
+    logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == list(range(1, 9)) and logged[-1] == last
+    assert {"loss", "grad_norm", "lr", "tokens_per_s", "mfu", "target_tokens"} <= last.keys()
+    assert logged[-1]["loss"] < logged[0]["loss"]
+    assert 0 < last["mfu"] < 1 and last["tokens_per_s"] > 0
+    assert steps(workdir) == [2, 4, 6, 8]
+    assert list((workdir / "tb").glob("events.out.tfevents.*"))
+    config, params, tokenizer = load_for_inference(workdir)
+    exported = xlit_jax.load(workdir / "export" / "hf")
+    assert config == exported.config
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                           params, exported.params)
+    assert tokenizer is not None and tokenizer("a cat").input_ids == exported.tokenizer("a cat").input_ids
+    assert xlit_jax.load(workdir).logits(np.array([[1, 2, 3]])).shape == (1, 3, config.vocab_size)
+
+
+def test_resume_after_losing_the_last_checkpoint_repeats_the_same_losses(reference, chats, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir)
+    shutil.rmtree(workdir / "checkpoints" / "8")
+    shutil.rmtree(workdir / "checkpoints" / "6")
+    train(tiny_config(chats), str(workdir))
+    assert rows(workdir) == rows(reference[0])
+
+
+def test_sigkill_then_restart_logs_the_losses_of_an_uninterrupted_run(reference, chats, tmp_path):
+    """Kill -9 a run (slowed to 0.5 s a step) once its step-4 checkpoint is on disk, restart it: the
+    metrics equal the uninterrupted run's, bitwise."""
+    workdir = tmp_path / "run"
+    slowed = ("import sys, time; import xlit_jax.train.loop as loop; batch = loop.next_batch; "
+              "loop.next_batch = lambda *a: (time.sleep(0.5), batch(*a))[1]; "
+              "from launch.train import run; sys.argv[0] = 'xlit-train'; run()")
+    process = launch(flags(chats, workdir), tmp_path / "cache", code=slowed)
+    deadline = time.monotonic() + 240
+    while not (workdir / "checkpoints" / "4").is_dir():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it was killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert steps(workdir)[-1] < 8
+    finish(launch(flags(chats, workdir), tmp_path / "cache"))
+    assert rows(workdir) == rows(reference[0])
+
+
+def test_two_processes_train_like_one(reference, chats, tmp_path):
+    """Two processes with one CPU device each (fsdp over both) log the single-device run's metrics."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    distributed = ["--config.distributed.initialize=True", f"--config.distributed.coordinator=localhost:{port}",
+                   "--config.distributed.num_processes=2"]
+    processes = [launch([*flags(chats, tmp_path / "run"), *distributed, f"--config.distributed.process_id={i}"],
+                        tmp_path / "cache") for i in range(2)]
+    for process in processes:
+        finish(process)
+    for ours, single in zip(rows(tmp_path / "run"), rows(reference[0]), strict=True):
+        assert ours == pytest.approx(single, rel=1e-5)
+
+
+def test_lora_run_saves_the_base_once_and_loads_merged(chats, tmp_path):
+    cfg = tiny_config(chats, **{"train.max_steps": 2, "train.save_every": 1, "train.export_hf": True,
+                                "train.export_peft": True})
+    cfg.lora.rank = 4
+    workdir = tmp_path / "lora"
+    train(cfg, str(workdir))
+    assert (workdir / "frozen").is_dir() and steps(workdir) == [1, 2]
+    assert json.loads((workdir / "export" / "peft" / "adapter_config.json").read_text())["r"] == 4
+    config, params, _ = load_for_inference(workdir)
+    exported = xlit_jax.load(workdir / "export" / "hf")
+    assert config.lora_rank == 0 and config == exported.config
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                           params, exported.params)
+    first, _, _ = load_for_inference(workdir, step=1)
+    assert first.lora_rank == 0
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(chats, tmp_path):
+    cfg = tiny_config(chats, **{"optim.lr": 1e30, "optim.min_lr": 1e30, "train.save_every": 1})
+    with pytest.raises(NonFiniteError, match=r"step 2: .*last good checkpoint is step 1"):
+        train(cfg, str(tmp_path / "nan"))
+    assert steps(tmp_path / "nan") == [1]

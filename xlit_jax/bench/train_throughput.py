@@ -1,0 +1,176 @@
+"""Training throughput: our jitted train step vs PyTorch (transformers + AdamW; peft for LoRA), same
+model, same batch shape, same run.
+
+    python -m xlit_jax.bench.train_throughput --batch=4 --seq_len=256 --steps=5
+
+Each (engine, method) runs in its own subprocess, so peak RSS and threads are its own. Both sides do a
+full update per step (forward, backward over the masked response-token loss, clipping, AdamW) in fp32;
+one warm-up step (JAX compiles, torch allocates), then `steps` timed ones. Tokens/s counts every position
+of the [batch, seq_len] rows; MFU uses the model FLOPs per token of xlit_jax.train.metrics over the peak
+of xlit_jax.train.metrics.peak_flops (on CPU, a measured fp32 matmul rate).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "smollm2-135m", "model source for both engines")
+flags.DEFINE_list("runs", ["jax:ft", "torch:ft", "jax:lora", "torch:lora"], "engine:method pairs")
+flags.DEFINE_integer("batch", 4, "rows per step")
+flags.DEFINE_integer("seq_len", 256, "tokens per row")
+flags.DEFINE_integer("steps", 5, "timed steps after one warm-up step")
+flags.DEFINE_integer("lora_rank", 16, "LoRA rank (all seven projections)")
+flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
+flags.DEFINE_float("peak_flops", 0.0, "peak FLOP/s for MFU; 0: measured once (CPU) or from the device table")
+flags.DEFINE_string("out", None, "also write the results as JSON here")
+flags.DEFINE_string("worker", None, "internal: run one engine:method and print JSON")
+
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+ADAMW = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0)
+LR = 1e-5
+
+
+def batch_arrays(vocab: int) -> dict[str, np.ndarray]:
+    """One row per sequence, loss on its second half (the 'response')."""
+    rng = np.random.default_rng(0)
+    shape = (FLAGS.batch, FLAGS.seq_len)
+    return {"input_ids": rng.integers(3, vocab, shape).astype(np.int32),
+            "targets": rng.integers(3, vocab, shape).astype(np.int32),
+            "loss_mask": np.broadcast_to(np.arange(FLAGS.seq_len) >= FLAGS.seq_len // 2, shape).astype(np.float32),
+            "segment_ids": np.ones(shape, np.int32),
+            "positions": np.broadcast_to(np.arange(FLAGS.seq_len), shape).astype(np.int32)}
+
+
+def load(method: str):
+    import xlit_jax
+    from xlit_jax.models.lora import init_adapters, merge_params
+
+    model = xlit_jax.load(FLAGS.model)
+    config, params = model.config, model.params
+    if method == "lora":
+        config = config.replace(lora_rank=FLAGS.lora_rank, lora_alpha=2.0 * FLAGS.lora_rank, lora_targets=LORA_TARGETS)
+        params = merge_params(params, init_adapters(config, 0))
+    return config, params
+
+
+def timed(step, steps: int) -> float:
+    step()  # warm-up: compile / allocate
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - start
+
+
+def measure_jax(method: str) -> dict:
+    import jax
+
+    from xlit_jax import sharding
+    from xlit_jax.train import optim, step as step_lib
+
+    config, params = load(method)
+    schedule = optim.make_schedule("linear", LR, 1000, LR / 10)
+    tx = optim.make_optimizer(schedule, **ADAMW)
+    mesh = sharding.make_mesh()
+    state, shardings = step_lib.init_state(config, params, tx, mesh)
+    del params
+    train_step = step_lib.make_train_step(config, tx, schedule, mesh, shardings)
+    batch = sharding.global_batch({k: v[None] for k, v in batch_arrays(config.vocab_size).items()},
+                                  sharding.batch_sharding(mesh, leading=1))
+    holder = {"state": state}
+
+    def step():
+        with sharding.activate(mesh):
+            holder["state"], metrics = train_step(holder["state"], batch)
+        jax.block_until_ready(metrics)
+
+    return {"seconds": timed(step, FLAGS.steps), "config": config}
+
+
+def measure_torch(method: str) -> dict:
+    import tempfile
+
+    import torch
+    import transformers
+
+    from xlit_jax.io.hf import save_hf_dir
+    from xlit_jax.models.lora import split_lora
+
+    torch.set_num_threads(FLAGS.torch_threads)
+    config, params = load(method)
+    with tempfile.TemporaryDirectory() as tmp:  # the same weights as the JAX side, adapters left to peft
+        save_hf_dir(config.replace(lora_rank=0), split_lora(params)[0], f"{tmp}/hf")
+        model = transformers.LlamaForCausalLM.from_pretrained(f"{tmp}/hf", dtype=torch.float32)
+    if method == "lora":
+        import peft
+
+        model = peft.get_peft_model(model, peft.LoraConfig(
+            r=FLAGS.lora_rank, lora_alpha=2 * FLAGS.lora_rank, lora_dropout=0.0, task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=LR, betas=(ADAMW["b1"], ADAMW["b2"]), eps=ADAMW["eps"],
+                            weight_decay=ADAMW["weight_decay"])
+    b = {k: torch.tensor(v) for k, v in batch_arrays(config.vocab_size).items()}
+
+    def step():
+        logits = model(input_ids=b["input_ids"].long(), position_ids=b["positions"].long()).logits
+        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["targets"].long().flatten(), reduction="none")
+        loss = (nll * b["loss_mask"].flatten()).sum() / b["loss_mask"].sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, ADAMW["clip_norm"])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return {"seconds": timed(step, FLAGS.steps), "config": config}
+
+
+def worker(spec: str) -> dict:
+    from xlit_jax.train import metrics
+
+    engine, method = spec.split(":")
+    result = (measure_jax if engine == "jax" else measure_torch)(method)
+    tokens_per_s = FLAGS.steps * FLAGS.batch * FLAGS.seq_len / result["seconds"]
+    peak, _ = metrics.peak_flops(FLAGS.peak_flops)
+    flops = metrics.train_flops_per_token(result["config"], FLAGS.seq_len)
+    return {"engine": engine, "method": method, "batch": FLAGS.batch, "seq_len": FLAGS.seq_len,
+            "tokens_per_s": round(tokens_per_s, 1), "mfu": round(flops * tokens_per_s / peak, 4),
+            "peak_flops": peak,
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
+
+
+def main(argv):
+    del argv
+    if FLAGS.worker:
+        print(json.dumps(worker(FLAGS.worker)))
+        return
+    from xlit_jax.train import metrics
+
+    peak, source = metrics.peak_flops(FLAGS.peak_flops)  # once, before any run loads the machine
+    print(f"peak {peak:.3g} FLOP/s ({source})", flush=True)
+    passed = [FLAGS[name].serialize() for name in ("model", "batch", "seq_len", "steps", "lora_rank", "torch_threads")]
+    passed.append(f"--peak_flops={peak}")
+    results = []
+    for spec in FLAGS.runs:
+        done = subprocess.run([sys.executable, "-m", "xlit_jax.bench.train_throughput", f"--worker={spec}", *passed],
+                              capture_output=True, text=True, check=True)
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    print("\n| engine | method | tokens/s | MFU | peak RSS (GiB) |\n|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['engine']} | {r['method']} | {r['tokens_per_s']} | {r['mfu']:.1%} | {r['peak_rss_gib']} |")
+    if FLAGS.out:
+        from xlit_jax.io.files import atomic_write_text
+
+        atomic_write_text(FLAGS.out, json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

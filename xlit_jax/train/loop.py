@@ -1,0 +1,219 @@
+"""The training loop: model and data in, checkpoints and metrics out, resumable at any checkpoint.
+
+`train(config, workdir)` takes an ml_collections ConfigDict laid out as configs/experiments/base.py.
+A rerun with the same workdir resumes from the latest checkpoint: params, optimizer state, step and the
+data iterator's position, so it logs the same losses an uninterrupted run would (bitwise on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from xlit_jax import sharding
+from xlit_jax.data import pipeline
+from xlit_jax.io import checkpoints as ckpt
+from xlit_jax.models.config import LlamaConfig
+from xlit_jax.models.llama import param_shapes
+from xlit_jax.models.lora import init_adapters, merge_params
+from xlit_jax.train import metrics, optim, step as step_lib
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or gradient norm became NaN/inf; the message names the step and the last good checkpoint."""
+
+
+def compute_dtype(name: str) -> str:
+    """'auto': bf16 matmuls on accelerators, fp32 on CPU (where bf16 is emulated and slow)."""
+    if name != "auto":
+        return name
+    return "float32" if jax.devices()[0].platform == "cpu" else "bfloat16"
+
+
+def model_overrides(cfg) -> dict:
+    overrides = {"dtype": compute_dtype(cfg.model.dtype), "param_dtype": cfg.model.param_dtype,
+                 "remat": cfg.model.remat}
+    return overrides | ({"vocab_size": cfg.model.vocab_size} if cfg.model.vocab_size else {})
+
+
+def lora_fields(cfg) -> dict:
+    if not cfg.lora.rank:
+        return {"lora_rank": 0}
+    targets = tuple(t.strip() for t in cfg.lora.targets.split(",") if t.strip())
+    return {"lora_rank": cfg.lora.rank, "lora_alpha": float(cfg.lora.alpha), "lora_dropout": cfg.lora.dropout,
+            "lora_targets": targets}
+
+
+def load_source(cfg) -> tuple[LlamaConfig, dict, object]:
+    """(config with LoRA fields, host params with fresh adapters, tokenizer) from cfg.model.source; a model
+    without a tokenizer (a preset) takes cfg.data.tokenizer's."""
+    import xlit_jax
+    from xlit_jax.io.tokenizer import load_tokenizer
+
+    cpu = jax.local_devices(backend="cpu")[0]
+    with jax.default_device(cpu):  # keep the weights in host memory until they are sharded
+        model = xlit_jax.load(cfg.model.source, seed=cfg.model.seed, **model_overrides(cfg))
+        config = model.config.replace(**lora_fields(cfg))
+        params = model.params
+        if config.lora_rank:
+            params = merge_params(params, init_adapters(config, cfg.model.seed))
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        if not cfg.data.tokenizer:
+            raise ValueError(f"{cfg.model.source} has no tokenizer: set data.tokenizer (e.g. smollm2-135m)")
+        tokenizer = load_tokenizer(cfg.data.tokenizer)
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but {cfg.model.source} only "
+                         f"{config.vocab_size} embeddings (presets: set model.vocab_size)")
+    return config, params, tokenizer
+
+
+def make_batches(cfg, tokenizer):
+    """The one link to the data pipeline: an iterator of [B, L] numpy batches with state()/restore()."""
+    d = cfg.data
+    weights = pipeline.parse_weights(d.weights) if d.weights else None
+    batches, report = pipeline.build(list(d.sources), tokenizer, d.template, d.seq_len, d.tokens_per_batch, d.seed,
+                                     d.mixing, weights, d.truncation, d.skip_invalid)
+    logging.info("data: %s", report)
+    return batches
+
+
+def next_batch(data, k: int) -> dict[str, np.ndarray]:
+    """k micro-batches stacked on a leading axis, only the keys the step takes."""
+    micro = [next(data) for _ in range(k)]
+    return {key: np.stack([m[key] for m in micro]) for key in pipeline.BATCH_KEYS}
+
+
+class _Run:
+    """What the loop's phases share: the config, mesh, schedule, optimizer and checkpoints."""
+
+    def __init__(self, cfg, workdir: Path):
+        self.cfg, self.workdir = cfg, workdir
+        self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        o = cfg.optim
+        self.schedule = optim.make_schedule(o.schedule, o.lr, cfg.train.max_steps, o.min_lr, o.warmup_steps)
+        self.tx = optim.make_optimizer(self.schedule, o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm)
+        self.checkpoints = ckpt.Checkpoints(workdir, cfg.train.keep, cfg.train.async_checkpoint)
+        rows = pipeline.batch_size_for(cfg.data.tokens_per_batch, cfg.data.seq_len)
+        if rows % sharding.batch_shards(self.mesh):
+            raise ValueError(f"data.tokens_per_batch // data.seq_len = {rows} rows must be a multiple of "
+                             f"data x fsdp = {sharding.batch_shards(self.mesh)}")
+
+    def start(self):
+        """(config, state, shardings, tokenizer, data iterator): fresh from the source, or resumed."""
+        latest = self.checkpoints.latest_step()
+        if latest is None:
+            config, params, tokenizer = load_source(self.cfg)
+            state, shardings = step_lib.init_state(config, params, self.tx, self.mesh)
+            if jax.process_index() == 0:
+                ckpt.save_model_info(self.workdir, config, tokenizer)
+            if config.lora_rank and not ckpt.has_frozen(self.workdir):
+                ckpt.save_frozen(self.workdir, state.frozen)
+            return config, state, shardings, tokenizer, make_batches(self.cfg, tokenizer)
+        config = ckpt.read_config(self.workdir)  # the run's own: config changes to the model do not apply
+        tokenizer = ckpt.read_tokenizer(self.workdir)
+        state, shardings, data_state = self._restore(config, latest)
+        data = make_batches(self.cfg, tokenizer)
+        data.restore(data_state)
+        logging.info("resumed from step %d", latest)
+        return config, state, shardings, tokenizer, data
+
+    def _restore(self, config: LlamaConfig, step: int):
+        shapes = param_shapes(config)
+        shardings = step_lib.state_shardings(config, self.tx, self.mesh, shapes)
+        trainable, frozen = step_lib.split_trainable(config, shapes)
+        opt_shapes = jax.eval_shape(self.tx.init, trainable)
+        restored = self.checkpoints.restore(step, ckpt.abstract(trainable, shardings.params),
+                                            ckpt.abstract(opt_shapes, shardings.opt_state))
+        frozen = ckpt.restore_frozen(self.workdir, ckpt.abstract(frozen, shardings.frozen)) if frozen else {}
+        step_array = sharding.host_to_mesh(np.asarray(step, np.int32), shardings.step)
+        state = step_lib.TrainState(step_array, restored["params"], frozen, restored["opt_state"])
+        return state, shardings, restored["data"]
+
+
+class _Monitor:
+    """Looks at each step's metrics one step late, so fetching them overlaps the next step: stops on a
+    non-finite loss (before anything is saved after it), logs every log_every steps and the last one."""
+
+    def __init__(self, run: _Run, config: LlamaConfig, writer: metrics.MetricsWriter, start: int):
+        cfg = run.cfg
+        self.run, self.writer, self.log_every, self.max_steps = run, writer, cfg.train.log_every, cfg.train.max_steps
+        self.tokens_per_step = (cfg.data.grad_accum * cfg.data.seq_len
+                                * pipeline.batch_size_for(cfg.data.tokens_per_batch, cfg.data.seq_len))
+        self.flops_per_token = metrics.train_flops_per_token(config, cfg.data.seq_len)
+        self.peak, source = metrics.peak_flops(cfg.train.peak_flops)
+        logging.info("peak %.3g FLOP/s (%s)", self.peak, source)
+        self.pending, self.last_row, self.clock = None, {}, (start, time.perf_counter())
+
+    def push(self, step: int, step_metrics: dict) -> None:
+        self.flush()
+        self.pending = (step, step_metrics)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            self._check(*self.pending)
+            self.pending = None
+
+    def _check(self, step: int, step_metrics: dict) -> None:
+        values = {key: float(v) for key, v in jax.device_get(step_metrics).items()}
+        if not values.pop("finite"):
+            self.run.checkpoints.wait()
+            raise NonFiniteError(f"step {step}: loss {values['loss']}, grad norm {values['grad_norm']}; stopped; "
+                                 f"the last good checkpoint is step {self.run.checkpoints.latest_step()} in "
+                                 f"{self.run.workdir / ckpt.CHECKPOINTS_DIR}")
+        self.writer.advance()
+        if step % self.log_every and step != self.max_steps:
+            return
+        now = time.perf_counter()  # the first interval includes compilation
+        tokens_per_s = (step - self.clock[0]) * self.tokens_per_step / (now - self.clock[1])
+        self.last_row = {"step": step, **values, "tokens_per_s": tokens_per_s,
+                         "mfu": self.flops_per_token * tokens_per_s / self.peak}
+        self.writer.write(self.last_row)
+        self.clock = (step, now)
+
+
+def train(cfg, workdir: str) -> dict:
+    """Run (or resume) training to cfg.train.max_steps; returns the last logged metrics row."""
+    workdir = Path(workdir)
+    run = _Run(cfg, workdir)
+    config, state, shardings, tokenizer, data = run.start()
+    start, t = int(jax.device_get(state.step)), cfg.train
+    train_step = step_lib.make_train_step(config, run.tx, run.schedule, run.mesh, shardings, t.seed)
+    batch_sharding = sharding.batch_sharding(run.mesh, leading=1)
+    logging.info("model %s, %d trainable params, mesh %s", cfg.model.source,
+                 sum(x.size for x in jax.tree_util.tree_leaves(state.params)), dict(run.mesh.shape))
+    writer = metrics.MetricsWriter(workdir, start, t.max_steps, t.tensorboard)
+    monitor = _Monitor(run, config, writer, start)
+    with sharding.activate(run.mesh):
+        for step in range(start + 1, t.max_steps + 1):
+            batch = sharding.global_batch(next_batch(data, cfg.data.grad_accum), batch_sharding)
+            state, step_metrics = train_step(state, batch)
+            monitor.push(step, step_metrics)
+            if step % t.save_every == 0 or step == t.max_steps:
+                monitor.flush()
+                run.checkpoints.save(step, state.params, state.opt_state, data.state())
+    run.checkpoints.wait()
+    if t.export_hf or t.export_peft:
+        export(cfg, workdir, config, state, tokenizer)
+    run.checkpoints.close()
+    writer.close()
+    return monitor.last_row
+
+
+def export(cfg, workdir: Path, config: LlamaConfig, state, tokenizer) -> None:
+    """Merged HF weights to workdir/export/hf and, for LoRA, the PEFT adapter to workdir/export/peft."""
+    from xlit_jax.io.peft import save_merged_hf, save_peft_adapter
+
+    params = multihost_utils.process_allgather(state.full_params(), tiled=True)  # every process takes part
+    if jax.process_index() != 0:
+        return
+    if cfg.train.export_hf:
+        save_merged_hf(config, params, workdir / "export" / "hf", tokenizer)
+    if cfg.train.export_peft and config.lora_rank:
+        save_peft_adapter(config, params, workdir / "export" / "peft", cfg.model.hub_name or cfg.model.source)
+

@@ -1,0 +1,125 @@
+"""The train state and the jitted train step: k micro-batches accumulated by a scan, one optimizer update.
+
+Only the trainable params are differentiated and optimized: all params in full fine-tuning, the LoRA
+adapters in a LoRA run, whose frozen base then has neither gradient buffers nor optimizer state.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from xlit_jax import sharding
+from xlit_jax.data.pipeline import BATCH_KEYS
+from xlit_jax.models.config import LlamaConfig
+from xlit_jax.models.llama import Llama, param_logical_axes
+from xlit_jax.models.lora import merge_params, split_lora
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: updates applied so far
+    params: Any  # trainable params
+    frozen: Any  # params without gradients: the LoRA base, {} in full fine-tuning
+    opt_state: Any
+
+    def full_params(self):
+        return merge_params(self.frozen, self.params)
+
+
+def split_trainable(config: LlamaConfig, params) -> tuple[Any, Any]:
+    """(trainable, frozen): the adapters and the base when the config has LoRA, else (params, {})."""
+    if config.lora_rank:
+        base, adapters = split_lora(params)
+        return adapters, base
+    return params, {}
+
+
+def param_shardings(config: LlamaConfig, mesh, params) -> Any:
+    return sharding.logical_shardings(param_logical_axes(config), params, mesh)
+
+
+def state_shardings(config: LlamaConfig, tx: optax.GradientTransformation, mesh, params) -> TrainState:
+    """Shardings for every leaf of the TrainState built from `params` (arrays or ShapeDtypeStructs)."""
+    full = param_shardings(config, mesh, params)
+    trainable, frozen = split_trainable(config, full)
+    abstract_opt = jax.eval_shape(tx.init, split_trainable(config, params)[0])
+    opt = sharding.optimizer_shardings(tx, trainable, abstract_opt, mesh)
+    return TrainState(step=sharding.replicated(mesh), params=trainable, frozen=frozen, opt_state=opt)
+
+
+def init_state(config: LlamaConfig, params, tx: optax.GradientTransformation, mesh) -> tuple[TrainState, TrainState]:
+    """(state at step 0 on the mesh, its shardings) from host params."""
+    shardings = state_shardings(config, tx, mesh, params)
+    trainable, frozen = split_trainable(config, params)
+    trainable = jax.tree_util.tree_map(sharding.host_to_mesh, trainable, shardings.params)
+    frozen = jax.tree_util.tree_map(sharding.host_to_mesh, frozen, shardings.frozen)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)
+    step = sharding.host_to_mesh(np.zeros((), np.int32), shardings.step)
+    return TrainState(step, trainable, frozen, opt_state), shardings
+
+
+def token_losses(config: LlamaConfig, params, batch: dict, deterministic: bool = True, rng=None):
+    """(sum of next-token NLL over loss-masked targets, number of such targets) for one [B, L] batch."""
+    rngs = None if deterministic else {"dropout": rng}
+    logits, _ = Llama(config).apply({"params": params}, batch["input_ids"], positions=batch["positions"],
+                                    segment_ids=batch["segment_ids"], deterministic=deterministic, rngs=rngs)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    mask = batch["loss_mask"].astype(jnp.float32)
+    return jnp.sum(nll * mask), jnp.sum(mask)
+
+
+def _accumulate(config: LlamaConfig, state: TrainState, batch: dict, key, grad_shardings):
+    """Scan over the leading micro-batch axis: summed loss, summed gradients and the target-token count."""
+    deterministic = config.lora_dropout == 0
+
+    def micro(carry, xs):
+        grads, loss, tokens = carry
+        mb, mb_key = xs
+
+        def loss_fn(trainable):
+            return token_losses(config, merge_params(state.frozen, trainable), mb, deterministic, mb_key)
+
+        (mb_loss, mb_tokens), mb_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = jax.tree_util.tree_map(jnp.add, grads, mb_grads)
+        grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
+        return (grads, loss + mb_loss, tokens + mb_tokens), None
+
+    k = batch["input_ids"].shape[0]
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    carry = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    (grads, loss, tokens), _ = jax.lax.scan(micro, carry, (batch, jax.random.split(key, k)))
+    return grads, loss, tokens
+
+
+def train_step(config: LlamaConfig, tx, schedule, seed: int, grad_shardings, state: TrainState, batch: dict):
+    """One update from a batch of [k, B, L] arrays. The loss is the mean NLL over the response-token targets
+    of all k micro-batches. A non-finite loss or gradient leaves the state unchanged and sets `finite` to 0."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
+    grads, loss_sum, tokens = _accumulate(config, state, batch, key, grad_shardings)
+    denom = jnp.maximum(tokens, 1.0)
+    grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
+    loss = loss_sum / denom
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "target_tokens": tokens,
+               "finite": finite}
+    return new, metrics
+
+
+def make_train_step(config: LlamaConfig, tx, schedule, mesh, shardings: TrainState, seed: int = 0):
+    """The jitted step `(state, batch) -> (state, metrics)` with explicit in/out shardings; the input state
+    is donated. Call it inside `sharding.activate(mesh)` so the model's logical constraints apply."""
+    step = functools.partial(train_step, config, tx, schedule, seed, shardings.params)
+    batch = {k: sharding.batch_sharding(mesh, leading=1) for k in BATCH_KEYS}
+    return jax.jit(step, in_shardings=(shardings, batch), out_shardings=(shardings, sharding.replicated(mesh)),
+                   donate_argnums=0)

@@ -1,10 +1,13 @@
 """Greedy decoding throughput: our JAX generate vs HF transformers `generate`, same prompts, same run.
 
-    python -m xlit_jax.bench.decode_throughput --batch_sizes=1,16 --new_tokens=64
+    python -m xlit_jax.bench.decode_throughput --batch_sizes=1,16,64 --new_tokens=64
 
-Each (engine, batch size) runs in its own subprocess so that its peak RSS is its own. A first call with
-the same shapes warms up (JAX compiles; torch allocates), then the timed call runs. Tokens/s counts the
-tokens each row generates up to its EOS, over the wall time of the whole batch.
+Engines: `jax` (`Model.generate_ids` on token ids), `xlit-eval` (the generation stage of xlit-eval on the
+same prompts: chat template, tokenization, decoding, detokenization and the keyed JSONL writes) and
+`torch` (transformers' `generate`). Each (engine, batch size) runs in its own subprocess so that its peak
+RSS is its own. A first call with the same shapes warms up (JAX compiles; torch allocates), then the
+timed call runs. Tokens/s counts the tokens each row generates up to its EOS, over the wall time of the
+whole batch.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model for both engines (the HF side loads the same GGUF)")
 flags.DEFINE_list("batch_sizes", ["1", "16"], "batch sizes to measure")
-flags.DEFINE_list("engines", ["jax", "torch"], "jax and/or torch")
+flags.DEFINE_list("engines", ["jax", "xlit-eval", "torch"], "of jax, xlit-eval, torch")
 flags.DEFINE_integer("new_tokens", 64, "max new tokens per prompt")
 flags.DEFINE_float("repetition_penalty", 1.1, "as in the paper")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
@@ -46,7 +49,40 @@ def measure_jax(batch: int) -> dict:
     ids = [model.encode(p) for p in prompts(batch)]
 
     def run():
-        return model.generate_ids(ids, FLAGS.new_tokens, FLAGS.repetition_penalty, batch_size=batch)
+        outputs = model.generate_ids(ids, FLAGS.new_tokens, FLAGS.repetition_penalty, batch_size=batch)
+        return sum(map(len, outputs))
+
+    return {"load_s": load_s, **timed(run)}
+
+
+def measure_eval(batch: int) -> dict:
+    """The first `batch` English items of the paper's set through xlit-eval's generation stage."""
+    import tempfile
+
+    import xlit_jax
+    from xlit_jax.evaluate import EvalConfig, Evaluation
+
+    start = time.perf_counter()
+    model = xlit_jax.load(FLAGS.model)
+    load_s = time.perf_counter() - start
+    generated = []
+    generate_ids = model.generate_ids
+
+    def counting_generate_ids(*args, **kwargs):  # xlit-eval sees text; count the tokens behind it
+        outputs = generate_ids(*args, **kwargs)
+        generated.append(sum(map(len, outputs)))
+        return outputs
+
+    model.generate_ids = counting_generate_ids
+    config = EvalConfig(eval_sets=("chirkova",), languages=("en",), limit=batch, data_dir=FLAGS.data, metrics=(),
+                        max_new_tokens=FLAGS.new_tokens, repetition_penalty=FLAGS.repetition_penalty,
+                        batch_size=batch)
+
+    def run():
+        generated.clear()
+        with tempfile.TemporaryDirectory() as out_dir:
+            Evaluation(out_dir, config).generate(model, model.name, {})
+        return sum(generated)
 
     return {"load_s": load_s, **timed(run)}
 
@@ -82,25 +118,25 @@ def measure_torch(batch: int) -> dict:
                               max_new_tokens=FLAGS.new_tokens, repetition_penalty=FLAGS.repetition_penalty,
                               pad_token_id=0)
         rows = out[:, width:].tolist()
-        return [row[:next((i for i, t in enumerate(row) if t in eos), len(row))] for row in rows]
+        return sum(next((i for i, t in enumerate(row) if t in eos), len(row)) for row in rows)
 
     return {"load_s": load_s, **timed(run)}
 
 
 def timed(run) -> dict:
+    """Times `run` (which returns the number of tokens generated) twice: a warm-up call, then the measured one."""
     start = time.perf_counter()
     run()
     first_s = time.perf_counter() - start
     start = time.perf_counter()
-    outputs = run()
+    tokens = run()
     seconds = time.perf_counter() - start
-    tokens = sum(len(o) for o in outputs)
     return {"first_call_s": first_s, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
 
 
 def worker(spec: str) -> None:
     engine, batch = spec.split(":")
-    result = {"jax": measure_jax, "torch": measure_torch}[engine](int(batch))
+    result = {"jax": measure_jax, "xlit-eval": measure_eval, "torch": measure_torch}[engine](int(batch))
     result.update(engine=engine, batch=int(batch),
                   peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     print("RESULT " + json.dumps(result))

@@ -21,7 +21,7 @@ import numpy as np
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.lora import Linear
 
-Cache = dict[str, jax.Array]  # k, v: [L, B, S, K, D]; segments: [B, S]; index: [] (next free slot)
+Cache = dict[str, jax.Array]  # k, v: [L, B, K, S, D]; segments: [B, S]; index: [] (next free slot)
 
 
 class RMSNorm(nn.Module):
@@ -68,7 +68,7 @@ class Attention(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x, positions, q_slots, q_segments, k_segments, layer_cache, cache_index):
+    def __call__(self, x, positions, q_slots, q_segments, k_segments, cache, layer, cache_index):
         c = self.config
         b, t, _ = x.shape
         h, k_heads, d = c.num_heads, c.num_kv_heads, c.head_dim
@@ -76,20 +76,22 @@ class Attention(nn.Module):
         k = projection(c, k_heads * d, ("embed", "kv_heads"), "k")(x, self.deterministic).reshape(b, t, k_heads, d)
         v = projection(c, k_heads * d, ("embed", "kv_heads"), "v")(x, self.deterministic).reshape(b, t, k_heads, d)
         q = rotary_embedding(q, positions, c.rope_theta)
-        k = rotary_embedding(k, positions, c.rope_theta)
-        if layer_cache is not None:  # write this step's keys and values, then attend over the whole cache
-            k = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(layer_cache["k"].dtype), cache_index, 1)
-            v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(layer_cache["v"].dtype), cache_index, 1)
-            layer_cache = {"k": k, "v": v}
+        k = rotary_embedding(k, positions, c.rope_theta).transpose(0, 2, 1, 3)  # [B, K, T, D]
+        v = v.transpose(0, 2, 1, 3)
+        if cache is not None:  # write this step's keys and values in place, then attend over the whole cache
+            cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(cache[name].dtype),
+                                                        (layer, 0, 0, cache_index, 0))
+                     for name, new in (("k", k), ("v", v))}
+            k, v = cache["k"][layer], cache["v"][layer]
         q = q.reshape(b, t, k_heads, h // k_heads, d)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+        scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
         scores = scores / np.sqrt(d).astype(np.float32)
         mask = attention_mask(q_slots, q_segments, k_segments)[:, None, None]
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(c.compute_dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(c.compute_dtype)).reshape(b, t, h * d)
+        out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(c.compute_dtype)).reshape(b, t, h * d)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads"))
-        return projection(c, c.hidden_size, ("heads", "embed"), "o")(out, self.deterministic), layer_cache
+        return projection(c, c.hidden_size, ("heads", "embed"), "o")(out, self.deterministic), cache
 
 
 class MLP(nn.Module):
@@ -106,20 +108,25 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm decoder layer; scanned over the layer axis by `Llama`."""
+    """One pre-norm decoder layer; scanned over the layer axis by `Llama`.
+
+    The KV cache of all layers rides in the scan's carry and each layer updates its own slice in place:
+    passing per-layer slices in and out of the scan would copy the whole cache at every decoding step.
+    """
 
     config: LlamaConfig
     deterministic: bool
 
     @nn.compact
-    def __call__(self, h, layer_cache, positions, q_slots, q_segments, k_segments, cache_index):
+    def __call__(self, carry, layer, positions, q_slots, q_segments, k_segments, cache_index):
+        h, cache = carry
         c = self.config
         norm = functools.partial(RMSNorm, c.rms_norm_eps, c.compute_dtype, c.weights_dtype)
-        attn, layer_cache = Attention(c, self.deterministic, name="attn")(
-            norm(name="attn_norm")(h), positions, q_slots, q_segments, k_segments, layer_cache, cache_index)
+        attn, cache = Attention(c, self.deterministic, name="attn")(
+            norm(name="attn_norm")(h), positions, q_slots, q_segments, k_segments, cache, layer, cache_index)
         h = h + attn
         h = h + MLP(c, self.deterministic, name="mlp")(norm(name="mlp_norm")(h))
-        return nn.with_logical_constraint(h, ("batch", "length", "embed")), layer_cache
+        return (nn.with_logical_constraint(h, ("batch", "length", "embed")), cache), None
 
 
 def _remat(block_cls, policy: str):
@@ -149,12 +156,12 @@ class Llama(nn.Module):
         h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
 
         if cache is None:
-            cache_index, q_slots, k_segments, layer_caches = 0, jnp.arange(t), segment_ids, None
+            cache_index, q_slots, k_segments, kv = 0, jnp.arange(t), segment_ids, None
         else:
             cache_index = cache["index"]
             q_slots = cache_index + jnp.arange(t)
             k_segments = jax.lax.dynamic_update_slice_in_dim(cache["segments"], segment_ids, cache_index, 1)
-            layer_caches = {"k": cache["k"], "v": cache["v"]}
+            kv = {"k": cache["k"], "v": cache["v"]}
 
         layers = nn.scan(
             _remat(Block, c.remat),
@@ -164,7 +171,8 @@ class Llama(nn.Module):
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(c, deterministic, name="layers")
-        h, layer_caches = layers(h, layer_caches, positions, q_slots, segment_ids, k_segments, cache_index)
+        layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
+        (h, kv), _ = layers((h, kv), layer_ids, positions, q_slots, segment_ids, k_segments, cache_index)
 
         if last_only:
             h = h[:, -1:]
@@ -176,11 +184,11 @@ class Llama(nn.Module):
         logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
         if cache is None:
             return logits, None
-        return logits, {**layer_caches, "segments": k_segments, "index": cache_index + t}
+        return logits, {**kv, "segments": k_segments, "index": cache_index + t}
 
 
 def init_cache(config: LlamaConfig, batch: int, length: int) -> Cache:
-    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, batch, config.num_kv_heads, length, config.head_dim)
     return {
         "k": jnp.zeros(shape, config.compute_dtype),
         "v": jnp.zeros(shape, config.compute_dtype),

@@ -40,12 +40,17 @@ def prompts(n: int) -> list[list[dict]]:
     return [messages[i % len(messages)] for i in range(n)]
 
 
-def measure_jax(batch: int) -> dict:
+def load_timed():
+    """(our model, seconds `xlit_jax.load` took)."""
     import xlit_jax
 
     start = time.perf_counter()
     model = xlit_jax.load(FLAGS.model)
-    load_s = time.perf_counter() - start
+    return model, time.perf_counter() - start
+
+
+def measure_jax(batch: int) -> dict:
+    model, load_s = load_timed()
     ids = [model.encode(p) for p in prompts(batch)]
 
     def run():
@@ -59,12 +64,9 @@ def measure_eval(batch: int) -> dict:
     """The first `batch` English items of the paper's set through xlit-eval's generation stage."""
     import tempfile
 
-    import xlit_jax
     from xlit_jax.evaluate import EvalConfig, Evaluation
 
-    start = time.perf_counter()
-    model = xlit_jax.load(FLAGS.model)
-    load_s = time.perf_counter() - start
+    model, load_s = load_timed()
     generated = []
     generate_ids = model.generate_ids
 

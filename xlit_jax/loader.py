@@ -64,9 +64,11 @@ class Model:
         return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
-                     repetition_penalty: float = 1.0, batch_size: int = 8, on_batch=None) -> list[list[int]]:
+                     repetition_penalty: float = 1.0, batch_size: int = 8, on_batch=None,
+                     sampling=None) -> list[list[int]]:
         return generate_ids(self.params, self.config, prompts, max_new_tokens=max_new_tokens,
-                            repetition_penalty=repetition_penalty, batch_size=batch_size, on_batch=on_batch)
+                            repetition_penalty=repetition_penalty, batch_size=batch_size, on_batch=on_batch,
+                            sampling=sampling)
 
 
 def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:

@@ -7,10 +7,9 @@
 A rerun with the same --out_dir resumes: finished generations and scores are kept.
 """
 
-import sys
-
 from absl import app, flags, logging
 
+from launch import run_main
 from xlit_jax.evaluate import run as evaluation
 from xlit_jax.evaluate.report import write_report
 from xlit_jax.io.files import InputError
@@ -73,13 +72,6 @@ def config_from_flags() -> evaluation.EvalConfig:
 
 def main(argv):
     del argv
-    try:
-        _evaluate()
-    except InputError as e:
-        sys.exit(f"xlit-eval: {e}")
-
-
-def _evaluate():
     if FLAGS.compare:
         written = write_report(FLAGS.compare, FLAGS.out_dir)
     else:
@@ -95,7 +87,7 @@ def _evaluate():
 
 
 def run():
-    app.run(main)
+    run_main(main, "xlit-eval")
 
 
 if __name__ == "__main__":

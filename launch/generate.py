@@ -4,8 +4,9 @@ Input lines: {"id": ..., "prompt": "text" | [{"role": ..., "content": ...}, ...]
 Output lines: {"id": ..., "output": "...", "model": ..., "prompt_tokens": N, "new_tokens": N}.
 """
 
-from absl import app, flags
+from absl import flags
 
+from launch import run_main
 from xlit_jax.io.files import InputError, read_jsonl
 
 FLAGS = flags.FLAGS
@@ -52,7 +53,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_main(main, "xlit-generate")
 
 
 if __name__ == "__main__":

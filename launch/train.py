@@ -3,10 +3,10 @@
   xlit-train --config=configs/experiments/tiny_lora.py --workdir=runs/tiny_lora --config.train.max_steps=10
 """
 
-import logging as pylogging
-
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from launch import run_main
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiment config file (configs/experiments/*.py[:arg])",
@@ -25,14 +25,8 @@ def check_config(cfg) -> None:
                              "specs (docs/data.md)")
 
 
-def quiet_orbax(record) -> bool:
-    """Orbax logs every save phase at INFO; keep its warnings and errors only."""
-    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
     del argv
-    logging.get_absl_logger().addFilter(quiet_orbax)
     cfg = FLAGS.config
     check_config(cfg)
     if cfg.distributed.initialize:  # before anything touches the devices
@@ -53,7 +47,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_main(main, "xlit-train")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def _chirkova(data_dir: Path, stem: str, set_name: str, language: str) -> list[E
 def _alpaca_farm(data_dir: Path, set_name: str, language: str) -> list[EvalItem]:
     path = data_dir / ALPACA_FARM_FILE
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     items = []

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from xlit_jax.evaluate.evalsets import CHIRKOVA_DIR, instruction_text
-from xlit_jax.io.files import InputError
+from xlit_jax.io.files import InputError, UserError
 
 TEMPLATE_FILE = "eval_prompt_gpt.txt"
 TASK, SUBMISSION = "%%%TASK%%%", "%%%SUBMISSION%%%"
@@ -29,7 +29,7 @@ FATAL_STATUS = (401, 403, 404)
 ANSWER_SHOWN = 200  # characters of an unusable answer kept in its error message
 
 
-class JudgeError(RuntimeError):
+class JudgeError(UserError, RuntimeError):
     """The judge service refuses every request (bad key, unknown model, wrong URL)."""
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from xlit_jax.io.files import InputError
 from xlit_jax.models.config import LlamaConfig
 
 # Our path inside a layer -> the HF name under `model.layers.{i}.`; kernels are transposed.
@@ -39,7 +40,7 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 SHARD_BYTES = 4 << 30
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """A weights file or config that cannot be read or is not supported; the message names the file."""
 
 
@@ -202,7 +203,7 @@ def _open_safetensors(path: Path):
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise WeightsError(f"{path}: missing") from None
     except json.JSONDecodeError as e:

@@ -18,13 +18,14 @@ from jax.experimental import multihost_utils
 from xlit_jax import sharding
 from xlit_jax.data import pipeline
 from xlit_jax.io import checkpoints as ckpt
+from xlit_jax.io.files import UserError
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import param_shapes
 from xlit_jax.models.lora import init_adapters, merge_params
 from xlit_jax.train import metrics, optim, step as step_lib
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
     """The loss or gradient norm became NaN/inf; the message names the step and the last good checkpoint."""
 
 
@@ -163,9 +164,11 @@ class _Monitor:
         values = {key: float(v) for key, v in jax.device_get(step_metrics).items()}
         if not values.pop("finite"):
             self.run.checkpoints.wait()
-            raise NonFiniteError(f"step {step}: loss {values['loss']}, grad norm {values['grad_norm']}; stopped; "
-                                 f"the last good checkpoint is step {self.run.checkpoints.latest_step()} in "
-                                 f"{self.run.workdir / ckpt.CHECKPOINTS_DIR}")
+            last = self.run.checkpoints.latest_step()
+            saved = ("no checkpoint was saved yet" if last is None else
+                     f"the last good checkpoint is step {last} in {self.run.workdir / ckpt.CHECKPOINTS_DIR}")
+            raise NonFiniteError(f"training stopped at step {step}: non-finite loss {values['loss']} "
+                                 f"(grad norm {values['grad_norm']}); {saved}")
         self.writer.advance()
         if step % self.log_every and step != self.max_steps:
             return

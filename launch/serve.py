@@ -10,7 +10,7 @@ import os
 
 from absl import flags, logging
 
-from launch import run_main
+from launch import define_inference_flags, inference_overrides, run_main
 from xlit_jax.io.files import InputError
 
 FLAGS = flags.FLAGS
@@ -24,7 +24,7 @@ flags.DEFINE_integer("max_queue", 256, "requests waiting at most; more are answe
 flags.DEFINE_integer("max_tokens", 512, "the most new tokens a request may ask for (also the default)")
 flags.DEFINE_string("api_key", None, "clients must send 'Authorization: Bearer KEY' (default: "
                     "$XLIT_SERVE_API_KEY; none: no check)")
-flags.DEFINE_string("dtype", None, "compute dtype override: float32 | bfloat16")
+define_inference_flags()
 
 
 def main(argv):
@@ -39,7 +39,7 @@ def main(argv):
             raise InputError(f"--{flag} must be at least 1, not {FLAGS[flag].value}")
     config = ServeConfig(FLAGS.max_batch, FLAGS.max_wait_ms, FLAGS.max_queue, FLAGS.max_tokens,
                          FLAGS.api_key or os.environ.get("XLIT_SERVE_API_KEY") or None)
-    model = xlit_jax.load(FLAGS.model, **({"dtype": FLAGS.dtype} if FLAGS.dtype else {}))
+    model = xlit_jax.load(FLAGS.model, **inference_overrides())
     if model.tokenizer is None:
         raise InputError(f"--model={FLAGS.model} has no tokenizer; the server reads and writes text")
     app = create_app(model, FLAGS.model_name, config)

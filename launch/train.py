@@ -42,7 +42,7 @@ def main(argv):
 
     if jax.process_index() == 0:
         atomic_write_text(f"{FLAGS.workdir}/experiment.json", cfg.to_json_best_effort(indent=2))
-    row = train(cfg, FLAGS.workdir)
+    row = train(cfg, FLAGS.workdir)  # an InputError (e.g. model.attention=cudnn without a GPU) is one line
     logging.info("done: %s", row)
 
 

@@ -19,7 +19,7 @@ from xlit_jax import sharding
 from xlit_jax.data import pipeline
 from xlit_jax.io import checkpoints as ckpt
 from xlit_jax.io.files import UserError
-from xlit_jax.models.config import LlamaConfig
+from xlit_jax.models.config import LlamaConfig, resolve_dtype
 from xlit_jax.models.llama import param_shapes
 from xlit_jax.models.lora import init_adapters, merge_params
 from xlit_jax.train import metrics, optim, step as step_lib
@@ -29,16 +29,9 @@ class NonFiniteError(UserError, FloatingPointError):
     """The loss or gradient norm became NaN/inf; the message names the step and the last good checkpoint."""
 
 
-def compute_dtype(name: str) -> str:
-    """'auto': bf16 matmuls on accelerators, fp32 on CPU (where bf16 is emulated and slow)."""
-    if name != "auto":
-        return name
-    return "float32" if jax.devices()[0].platform == "cpu" else "bfloat16"
-
-
 def model_overrides(cfg) -> dict:
-    overrides = {"dtype": compute_dtype(cfg.model.dtype), "param_dtype": cfg.model.param_dtype,
-                 "remat": cfg.model.remat}
+    overrides = {"dtype": resolve_dtype(cfg.model.dtype), "param_dtype": cfg.model.param_dtype,
+                 "remat": cfg.model.remat, "attention": cfg.model.attention}
     return overrides | ({"vocab_size": cfg.model.vocab_size} if cfg.model.vocab_size else {})
 
 
@@ -116,7 +109,8 @@ class _Run:
             if config.lora_rank and not ckpt.has_frozen(self.workdir):
                 ckpt.save_frozen(self.workdir, state.frozen)
             return config, state, shardings, tokenizer, make_batches(self.cfg, tokenizer)
-        config = ckpt.read_config(self.workdir)  # the run's own: config changes to the model do not apply
+        # the run's own: config changes to the model do not apply, except the attention kernel (per machine)
+        config = ckpt.read_config(self.workdir).replace(attention=self.cfg.model.attention)
         tokenizer = ckpt.read_tokenizer(self.workdir)
         state, shardings, data_state = self._restore(config, latest)
         data = make_batches(self.cfg, tokenizer)

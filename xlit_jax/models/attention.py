@@ -132,7 +132,10 @@ def xla_attention(q, k, v, q_slots, q_segments, k_segments):
     mask = attention_mask(q_slots, q_segments, k_segments)[:, None, None]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    return jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(q.dtype)).reshape(b, t, h, d)
+    # Output in [B, K, G, T, D], a plain batched matmul: asking for [B, T, K, G, D] directly made XLA:CPU
+    # pick a slow non-library dot (the largest op of a decoding step).
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(q.dtype))
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 def _pad_length(x, length: int, axis: int):

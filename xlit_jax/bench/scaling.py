@@ -1,0 +1,130 @@
+"""The paper's grid, planned on compile-only pods (docs/scaling.md): does each config fit, how fast would it run.
+
+    JAX_PLATFORMS=cpu nice -n 10 python -m xlit_jax.bench.scaling --out_dir=runs/scaling
+
+Needs the compile-only stacks (`pip install -e '.[aot-tpu,aot-gpu]'`). One compilation per row (about a
+minute for a 7B model on 2 CPU cores), rows appended to out_dir/{train,decode}.jsonl as they finish: a
+rerun skips the finished ones. out_dir/scaling.md gets the tables.
+
+Training rows keep the paper's update of 16,384 tokens (8 rows of 2,048), split as the mesh allows: the
+batch shards over data x fsdp must divide a micro-batch's rows, so fsdp takes up to 8 devices, `tensor` the
+rest, and a micro-batch holds one row per batch shard (two on one device, the paper's 2 x 4).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out_dir", "runs/scaling", "where the JSONL rows and scaling.md go")
+flags.DEFINE_list("targets", ["v5p-8", "v5e-16", "v6e-8", "v4-8", "8xh100", "8xa100"], "training targets")
+flags.DEFINE_list("models", ["llama2-7b", "llama2-13b", "tower-7b"], "paper models (configs/experiments/paper.py)")
+flags.DEFINE_list("methods", ["ft", "lora"], "ft, lora")
+flags.DEFINE_list("single", ["1xh100:llama2-7b:lora"], "extra target:model:method training rows")
+flags.DEFINE_list("decode_targets", ["1xh100", "v5e-1"], "one-device targets for the decoding rows")
+flags.DEFINE_list("decode_models", ["llama2-7b", "llama2-13b"], "decoding models (presets)")
+flags.DEFINE_list("decode_batches", ["1", "16", "64"], "decoding batch sizes")
+flags.DEFINE_integer("prompt_len", 512, "decoding prompt length (its cache slots come first)")
+flags.DEFINE_integer("new_tokens", 512, "decoding new tokens")
+flags.DEFINE_float("mfu", 0.4, "MFU assumed for the predicted step time")
+flags.DEFINE_integer("steps", 1000, "training steps for the predicted hours (the paper's 1,000)")
+flags.DEFINE_list("kinds", ["train", "decode"], "train, decode")
+
+PAPER_ROWS = 8  # rows of 2,048 tokens per update: 4 micro-batches of 4,096 tokens
+
+
+def paper_config(model: str, method: str, devices: int):
+    from configs.experiments import paper
+
+    cfg = paper.get_config(f"{model},lima-en,{method},1e-5")
+    cfg.model.source = f"preset:{model}"
+    fsdp = min(devices, PAPER_ROWS)
+    rows = max(fsdp, 2)
+    cfg.mesh.update(data=1, fsdp=fsdp, tensor=devices // fsdp)
+    cfg.data.update(tokens_per_batch=rows * cfg.data.seq_len, grad_accum=PAPER_ROWS // rows)
+    return cfg
+
+
+def train_row(target: str, model: str, method: str) -> dict:
+    from xlit_jax import plan
+
+    devices = plan.topology_devices(target)
+    result = plan.plan_training(paper_config(model, method, len(devices)), devices, target)
+    return result.row(FLAGS.mfu, FLAGS.steps) | {"model": model}
+
+
+def decode_row(target: str, model: str, batch: int) -> dict:
+    from xlit_jax import plan
+
+    device = plan.topology_devices(target)[0]
+    return plan.plan_decoding(f"preset:{model}", device, batch, FLAGS.prompt_len, FLAGS.new_tokens, target).row()
+
+
+def run_rows(path: Path, keys: list[tuple], make, key_fields: tuple[str, ...]) -> list[dict]:
+    from xlit_jax.io.files import append_jsonl, resume_jsonl
+
+    done = {tuple(str(r[f]) for f in key_fields): r for r in resume_jsonl(path)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for key in keys:
+        if tuple(map(str, key)) in done:
+            continue
+        logging.info("planning %s", key)
+        row = make(*key)
+        logging.info("%s", row)
+        append_jsonl(path, [row])
+        done[tuple(map(str, key))] = row
+    return [done[tuple(map(str, k))] for k in keys]
+
+
+def _gib(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def train_table(rows: list[dict]) -> str:
+    lines = ["| target | model | method | mesh (data, fsdp, tensor) | micro-batches x rows | remat | peak GiB / device "
+             "| device GiB | fits | model FLOPs / step | compiler FLOPs (scaled) | hours for 1,000 steps at "
+             f"{FLAGS.mfu:.0%} MFU | attention | compile s |", "|" + "---|" * 14]
+    for r in rows:
+        mesh = ", ".join(str(v) for v in r["mesh"].values())
+        hardware = "-" if r["hardware_flops"] is None else f"{r['hardware_flops']:.3g}"
+        lines.append(f"| {r['target']} | {r['model']} | {r['method']} | {mesh} | {r['grad_accum']} x {r['rows']} "
+                     f"| {r['remat']} | {_gib(r['peak_gib'])} | {_gib(r['memory_gib'])} | "
+                     f"{'yes' if r['fits'] else 'no'} | {r['model_flops']:.3g} | {hardware} | {r['hours']:.2f} | "
+                     f"{r['attention']} | {r['compile_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def decode_table(rows: list[dict]) -> str:
+    lines = ["| target | model | batch | peak GiB | weights GiB | KV cache GiB | device GiB | fits | HBM floor ms / "
+             "step | floor tokens/s | compile s |", "|" + "---|" * 11]
+    for r in rows:
+        lines.append(f"| {r['target']} | {r['model']} | {r['batch']} | {_gib(r['peak_gib'])} | {_gib(r['weights_gib'])} "
+                     f"| {_gib(r['cache_gib'])} | {_gib(r['memory_gib'])} | {'yes' if r['fits'] else 'no'} | "
+                     f"{r['floor_ms_per_step']:.2f} | {r['floor_tokens_per_s']:.0f} | {r['compile_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    if os.environ.get("JAX_PLATFORMS") != "cpu":
+        raise app.UsageError("run with JAX_PLATFORMS=cpu: compile-only targets need the CPU as the host platform")
+    from xlit_jax.io.files import atomic_write_text
+
+    out = Path(FLAGS.out_dir)
+    tables = []
+    if "train" in FLAGS.kinds:
+        keys = [(t, m, k) for t in FLAGS.targets for m in FLAGS.models for k in FLAGS.methods]
+        keys += [tuple(s.split(":")) for s in FLAGS.single]
+        tables.append(train_table(run_rows(out / "train.jsonl", keys, train_row, ("target", "model", "method"))))
+    if "decode" in FLAGS.kinds:
+        keys = [(t, m, int(b)) for t in FLAGS.decode_targets for m in FLAGS.decode_models for b in FLAGS.decode_batches]
+        tables.append(decode_table(run_rows(out / "decode.jsonl", keys, decode_row, ("target", "model", "batch"))))
+    atomic_write_text(out / "scaling.md", "\n\n".join(tables) + "\n")
+    print("\n\n".join(tables))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -16,7 +16,9 @@ the GPU compiler reports none. The FLOPs per step we print are the analytic mode
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -35,20 +37,23 @@ TARGETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "targets"
 # compiled without autotuning are estimates.
 HEADROOM = 0.95
 
-# Compile-only targets: name -> (platform, topology, GPU target config). TPU slice names count
-# TensorCores for v4/v5p (v5p-8 = 4 chips; one device per chip, megacore) and chips for v5e/v6e.
+# Compile-only targets: name -> (platform, topology, chips per host for TPUs or the GPU target config).
+# TPU slice names count TensorCores for v4/v5p (v5p-8 = 4 chips; one device per chip, megacore) and chips
+# for v5e/v6e.
 TARGETS = {
-    "v4-8": ("tpu", "v4:2x2x1", None),
-    "v5p-8": ("tpu", "v5p:2x2x1", None),
-    "v5e-1": ("tpu", "v5e:1x1", None),
-    "v5e-4": ("tpu", "v5e:2x2", None),
-    "v5e-16": ("tpu", "v5e:4x4", None),
-    "v6e-8": ("tpu", "v6e:2x4", None),
+    "v4-8": ("tpu", "v4:2x2x1", (2, 2, 1)),
+    "v5p-8": ("tpu", "v5p:2x2x1", (2, 2, 1)),
+    "v5e-1": ("tpu", "v5e:1x1", (1, 1, 1)),
+    "v5e-4": ("tpu", "v5e:2x2", (2, 2, 1)),
+    "v5e-16": ("tpu", "v5e:4x4", (2, 2, 1)),
+    "v6e-8": ("tpu", "v6e:2x4", (2, 4, 1)),
     "1xh100": ("cuda", "1x1x1", "h100_sxm_80gb"),
     "8xh100": ("cuda", "1x1x8", "h100_sxm_80gb"),
     "1xa100": ("cuda", "1x1x1", "a100_sxm_80gb"),
     "8xa100": ("cuda", "1x1x8", "a100_sxm_80gb"),
 }
+# The package that brings each compile-only backend, and the extra that installs it.
+BACKENDS = {"tpu": ("libtpu", "aot-tpu"), "cuda": ("jax_plugins.xla_cuda12", "aot-gpu")}
 
 # device_kind substring -> (memory per device in bytes, memory bandwidth in bytes/s); the first match wins.
 # TPUs: the Cloud TPU system-architecture pages; GPUs: CUDA's totalGlobalMem (as in configs/targets) and
@@ -73,17 +78,18 @@ def topology_devices(name: str) -> list:
 
     if name not in TARGETS:
         raise PlanError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
-    platform, topology, gpu = TARGETS[name]
-    try:
-        if platform == "tpu":
-            desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")
-        else:
-            spec = (TARGETS_DIR / f"{gpu}.txtpb").read_text()
-            desc = topologies.get_topology_desc(gpu, "cuda", target_config=spec, topology=topology)
-    except Exception as e:  # a missing plugin surfaces as RuntimeError/ValueError from different layers
-        extra = "aot-tpu" if platform == "tpu" else "aot-gpu"
-        raise PlanError(f"target {name}: no compile-only {platform} backend ({e}); install it with "
-                        f"pip install -e '.[{extra}]' and run with JAX_PLATFORMS=cpu") from None
+    platform, topology, detail = TARGETS[name]
+    module, extra = BACKENDS[platform]
+    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+        raise PlanError(f"target {name}: no compile-only {platform} backend; install it with "
+                        f"pip install -e '.[{extra}]' and run with JAX_PLATFORMS=cpu")
+    # Compiling needs no chip: let several processes (a test beside a long plan) load libtpu at once.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    if platform == "tpu":
+        desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", chips_per_host_bounds=detail)
+    else:
+        spec = (TARGETS_DIR / f"{detail}.txtpb").read_text()
+        desc = topologies.get_topology_desc(detail, "cuda", target_config=spec, topology=topology)
     return list(desc.devices)
 
 
@@ -119,24 +125,56 @@ class Compiled:
     compiler_flops: float | None  # scan bodies counted once; None where the backend does not say
     compile_s: float
     attention: str  # fused attention kernels found in the executable, or "xla"
+    out_of_memory: str = ""  # the compiler's refusal: the TPU compiler rejects programs that overflow HBM
 
     @classmethod
-    def of(cls, lowered) -> "Compiled":
+    def of(cls, lowered, args) -> "Compiled":
+        """Compile `lowered`, whose inputs are `args` (ShapeDtypeStructs with shardings)."""
         start = time.perf_counter()
-        compiled = lowered.compile()
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            return cls.refused(str(e), shard_bytes(args), time.perf_counter() - start)
         seconds = time.perf_counter() - start
         mem = compiled.memory_analysis()
         args, out, alias, temp = (mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
                                   mem.temp_size_in_bytes)
-        peak = getattr(mem, "peak_memory_in_bytes", 0) or args + out - alias + temp
+        peak = getattr(mem, "peak_memory_in_bytes", 0)
+        if peak < max(args, temp):  # not reported (or, on XLA:CPU, without the temp buffers): the sum
+            peak = args + out - alias + temp
         cost = compiled.cost_analysis()
         flops = cost.get("flops") if cost else None
         return cls(args, out, alias, temp, peak, flops, seconds, fused_attention(compiled.as_text()))
+
+    @classmethod
+    def refused(cls, message: str, argument_bytes: int, seconds: float) -> "Compiled":
+        """From an out-of-memory refusal such as "the total memory required for HLO temporaries (37.92G)
+        exceeds available HBM (15.75G)": the temporaries on top of the (exactly known) arguments."""
+        sizes = [float(n) * UNITS[u] for n, u in re.findall(r"\(([\d.]+)([KMGT])\)", message)]
+        temp = int(sizes[0]) if sizes else 0
+        first_line = message.strip().splitlines()[0]
+        return cls(argument_bytes, 0, 0, temp, argument_bytes + temp, None, seconds, "-", first_line)
+
+
+UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def shard_bytes(tree) -> int:
+    """Bytes per device of a pytree of ShapeDtypeStructs with shardings (the largest shard of each)."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
 
 
 def fused_attention(hlo_text: str) -> str:
     found = sorted({m for _, pattern in ATTENTION_KERNELS for m in pattern.findall(hlo_text)})
     return ",".join(found) or "xla"
+
+
+def fits_memory(compiled: Compiled, memory_bytes: float | None) -> bool | None:
+    if compiled.out_of_memory:
+        return False
+    return None if memory_bytes is None else compiled.peak_bytes <= HEADROOM * memory_bytes
 
 
 @dataclasses.dataclass
@@ -164,9 +202,7 @@ class TrainPlan:
 
     @property
     def fits(self) -> bool | None:
-        if self.memory_bytes is None:
-            return None
-        return self.compiled.peak_bytes <= HEADROOM * self.memory_bytes
+        return fits_memory(self.compiled, self.memory_bytes)
 
     def step_seconds(self, mfu: float) -> float:
         return self.model_flops / (mfu * self.peak_flops * self.devices)
@@ -179,27 +215,33 @@ class TrainPlan:
                 "argument_gib": c.argument_bytes / GiB, "temp_gib": c.temp_bytes / GiB,
                 "peak_gib": c.peak_bytes / GiB,
                 "memory_gib": self.memory_bytes / GiB if self.memory_bytes else None, "fits": self.fits,
-                "attention": c.attention, "compile_s": c.compile_s, "model_flops": self.model_flops,
+                "out_of_memory": c.out_of_memory, "attention": c.attention, "compile_s": c.compile_s, "model_flops": self.model_flops,
                 "hardware_flops": self.hardware_flops, "compiler_flops": c.compiler_flops, "mfu": mfu,
                 "step_s": self.step_seconds(mfu), "hours": steps * self.step_seconds(mfu) / 3600}
 
     def describe(self, mfu: float, steps: int) -> str:
         c, r = self.compiled, self.row(mfu, steps)
-        memory = (f"{r['peak_gib']:.1f} GiB of {r['memory_gib']:.1f} GiB" if self.memory_bytes
-                  else f"{r['peak_gib']:.2f} GiB (no device memory figure for {self.device_kind})")
+        memory = (f"{size(c.peak_bytes)} of {size(self.memory_bytes)}" if self.memory_bytes
+                  else f"{size(c.peak_bytes)} (no device memory figure for {self.device_kind})")
         verdict = {True: "fits", False: f"does NOT fit (over {HEADROOM:.0%} of the device memory)",
                    None: "fit unknown"}[self.fits]
+        if c.out_of_memory:
+            verdict = f"does NOT fit (the compiler: {c.out_of_memory})"
         hardware = f", {self.hardware_flops:.3g} counted by the compiler with remat" if self.hardware_flops else ""
         return "\n".join([
             f"plan: {self.model} {self.method} on {self.target} ({self.devices} x {self.device_kind}), "
             f"mesh {self.mesh}, remat {self.remat}",
             f"  batch: {self.grad_accum} micro-batches x {self.rows} rows x {self.seq_len} tokens "
             f"= {self.tokens_per_step} tokens per step",
-            f"  memory per device: {memory}: {verdict} (arguments {r['argument_gib']:.2f} GiB, "
-            f"temp {r['temp_gib']:.2f} GiB)",
+            f"  memory per device: {memory}: {verdict} (arguments {size(c.argument_bytes)}, "
+            f"temp {size(c.temp_bytes)})",
             f"  FLOPs per step: {self.model_flops:.3g} model (analytic 6N + attention){hardware}",
             f"  step time at {mfu:.0%} MFU: {r['step_s']:.3g} s; {steps} steps: {r['hours']:.3g} h",
             f"  attention: {c.attention}; compiled in {c.compile_s:.1f} s"])
+
+
+def size(n: float) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / (1 << 20):.1f} MiB"
 
 
 def model_config(cfg, platform: str) -> LlamaConfig:
@@ -232,8 +274,9 @@ def plan_training(cfg, devices, target: str = "attached") -> TrainPlan:
     schedule, tx = make_optimizer(cfg)
     state, shardings = step_lib.abstract_state(config, tx, mesh)
     step = step_lib.make_train_step(config, tx, schedule, mesh, shardings, cfg.train.seed)
+    batch = abstract_batch(cfg, mesh)
     with sharding.activate(mesh):
-        compiled = Compiled.of(step.lower(state, abstract_batch(cfg, mesh)))
+        compiled = Compiled.of(step.lower(state, batch), (state, batch))
     d = cfg.data
     rows = pipeline.batch_size_for(d.tokens_per_batch, d.seq_len)
     flops_per_token = metrics.train_flops_per_token(config, d.seq_len)
@@ -321,7 +364,7 @@ class DecodePlan:
 
     @property
     def fits(self) -> bool | None:
-        return None if self.memory_bytes is None else self.compiled.peak_bytes <= HEADROOM * self.memory_bytes
+        return fits_memory(self.compiled, self.memory_bytes)
 
     @property
     def floor_s_per_step(self) -> float | None:
@@ -353,10 +396,8 @@ def plan_decoding(source: str, device, batch: int, prompt_len: int, new_tokens: 
     on_device = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=where)  # noqa: E731
     params = jax.tree_util.tree_map(lambda x: on_device(x.shape, x.dtype), param_shapes(config))
     ids = on_device((batch, prompt_len), jnp.int32)
-    lowered = greedy_decode.lower(params, ids, ids, on_device((), jnp.float32),
-                                  on_device((len(config.eos_token_ids),), jnp.int32), config=config,
-                                  max_new_tokens=new_tokens)
-    compiled = Compiled.of(lowered)
+    args = (params, ids, ids, on_device((), jnp.float32), on_device((len(config.eos_token_ids),), jnp.int32))
+    compiled = Compiled.of(greedy_decode.lower(*args, config=config, max_new_tokens=new_tokens), args)
     itemsize = jnp.dtype(config.compute_dtype).itemsize
     cache = 2 * config.num_layers * batch * config.num_kv_heads * (prompt_len + new_tokens) * config.head_dim
     memory, bandwidth = device_memory(device)

@@ -117,3 +117,10 @@ def test_dry_run_names_a_bad_target_in_one_line():
     done = python(code)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("xlit-train: unknown target 'v9-8'; known: v4-8")
+
+
+def test_accelerator_benchmark_refuses_the_cpu_in_one_line():
+    done = python("import runpy, sys; sys.argv = ['accelerator']; "
+                  "runpy.run_module('xlit_jax.bench.accelerator', run_name='__main__')")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("xlit_jax.bench.accelerator: no GPU or TPU attached")

@@ -398,8 +398,13 @@ def plan_decoding(source: str, device, batch: int, prompt_len: int, new_tokens: 
     ids = on_device((batch, prompt_len), jnp.int32)
     args = (params, ids, ids, on_device((), jnp.float32), on_device((len(config.eos_token_ids),), jnp.int32))
     compiled = Compiled.of(greedy_decode.lower(*args, config=config, max_new_tokens=new_tokens), args)
-    itemsize = jnp.dtype(config.compute_dtype).itemsize
-    cache = 2 * config.num_layers * batch * config.num_kv_heads * (prompt_len + new_tokens) * config.head_dim
     memory, bandwidth = device_memory(device)
     return DecodePlan(target, device.device_kind, source.removeprefix("preset:"), batch, prompt_len, new_tokens,
-                      compiled, memory, bandwidth, config.num_params() * itemsize, cache * itemsize)
+                      compiled, memory, bandwidth, *decode_step_bytes(config, batch, prompt_len + new_tokens))
+
+
+def decode_step_bytes(config: LlamaConfig, batch: int, cache_slots: int) -> tuple[int, int]:
+    """(weight bytes, KV-cache bytes) a decoding step reads at most, in the config's compute dtype."""
+    itemsize = jnp.dtype(config.compute_dtype).itemsize
+    cache = 2 * config.num_layers * batch * config.num_kv_heads * cache_slots * config.head_dim
+    return config.num_params() * itemsize, cache * itemsize

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xlit_jax.models import attention
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_cache
 
@@ -39,7 +40,8 @@ def greedy_decode(params, input_ids, segment_ids, penalty, eos_ids, *, config: L
     model = Llama(config)
     batch, prompt_len = input_ids.shape
     positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
-    cache = init_cache(config, batch, prompt_len + max_new_tokens)
+    implementation = attention.choose(config.attention, config.dtype, config.head_dim)
+    cache = init_cache(config, batch, attention.cache_length(prompt_len + max_new_tokens, implementation))
     logits, cache = model.apply({"params": params}, input_ids, positions, segment_ids, cache, last_only=True)
     rows = jnp.arange(batch)[:, None]
     nowhere = config.vocab_size  # an out-of-range index: scatters to it are dropped

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 REMAT_POLICIES = ("none", "full", "dots")
+ATTENTIONS = ("auto", "xla", "cudnn", "splash")  # see models/attention.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,8 @@ class LlamaConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots (save matmul outputs, recompute the rest)
+    attention: str = "auto"  # auto | xla | cudnn | splash (models/attention.py)
+    splash_block: int = 512  # splash attention's block size (query and key), a multiple of 128
     # LoRA: rank 0 means no adapters; see models/lora.py.
     lora_rank: int = 0
     lora_alpha: float = 32.0
@@ -48,6 +51,10 @@ class LlamaConfig:
             problems.append(f"dtype/param_dtype must be one of {sorted(DTYPES)}")
         if self.remat not in REMAT_POLICIES:
             problems.append(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
+        if self.attention not in ATTENTIONS:
+            problems.append(f"attention={self.attention!r} is not one of {ATTENTIONS}")
+        if self.splash_block <= 0 or self.splash_block % 128:
+            problems.append(f"splash_block={self.splash_block} is not a positive multiple of 128")
         unknown = set(self.lora_targets) - set(LORA_TARGETS)
         if unknown:
             problems.append(f"unknown lora_targets {sorted(unknown)}; choose from {LORA_TARGETS}")

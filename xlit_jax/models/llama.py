@@ -16,8 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from xlit_jax.models import attention
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.lora import Linear
 
@@ -49,14 +49,6 @@ def rotary_embedding(x, positions, theta: float):
     return x * cos + jnp.concatenate([-second, first], axis=-1) * sin
 
 
-def attention_mask(q_slots, q_segments, k_segments):
-    """[B, T, S] booleans: causal by slot, same segment, key not padding."""
-    k_slots = jnp.arange(k_segments.shape[1])
-    causal = k_slots[None, :] <= q_slots[:, None]
-    same = q_segments[:, :, None] == k_segments[:, None, :]
-    return causal[None] & same & (k_segments != 0)[:, None, :]
-
-
 def projection(c: LlamaConfig, features: int, axes: tuple[str, str], name: str) -> Linear:
     """A projection named after its role (q, k, v, o, gate, up, down), with LoRA when targeted."""
     lora = c.lora_rank if name in c.lora_targets else 0
@@ -78,18 +70,14 @@ class Attention(nn.Module):
         q = rotary_embedding(q, positions, c.rope_theta)
         k = rotary_embedding(k, positions, c.rope_theta).transpose(0, 2, 1, 3)  # [B, K, T, D]
         v = v.transpose(0, 2, 1, 3)
-        if cache is not None:  # write this step's keys and values in place, then attend over the whole cache
+        if cache is not None:  # write this step's keys and values in place, then attend over the cache
             cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(cache[name].dtype),
                                                         (layer, 0, 0, cache_index, 0))
                      for name, new in (("k", k), ("v", v))}
             k, v = cache["k"][layer], cache["v"][layer]
-        q = q.reshape(b, t, k_heads, h // k_heads, d)
-        scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
-        scores = scores / np.sqrt(d).astype(np.float32)
-        mask = attention_mask(q_slots, q_segments, k_segments)[:, None, None]
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(c.compute_dtype)
-        out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(c.compute_dtype)).reshape(b, t, h * d)
+        implementation = attention.choose(c.attention, c.dtype, d)
+        out = attention.attend(q, k, v, q_slots, q_segments, k_segments, attention=implementation,
+                               cached=cache is not None, splash_block=c.splash_block).reshape(b, t, h * d)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads"))
         return projection(c, c.hidden_size, ("heads", "embed"), "o")(out, self.deterministic), cache
 

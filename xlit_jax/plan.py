@@ -184,6 +184,7 @@ class TrainPlan:
     device_kind: str
     model: str
     method: str  # ft | lora
+    attention_setting: str  # LlamaConfig.attention: what was asked for
     mesh: dict
     remat: str
     seq_len: int
@@ -210,7 +211,8 @@ class TrainPlan:
     def row(self, mfu: float, steps: int) -> dict:
         c = self.compiled
         return {"target": self.target, "devices": self.devices, "device_kind": self.device_kind,
-                "model": self.model, "method": self.method, "mesh": self.mesh, "remat": self.remat,
+                "model": self.model, "method": self.method, "attention_setting": self.attention_setting,
+                "mesh": self.mesh, "remat": self.remat,
                 "seq_len": self.seq_len, "rows": self.rows, "grad_accum": self.grad_accum,
                 "argument_gib": c.argument_bytes / GiB, "temp_gib": c.temp_bytes / GiB,
                 "peak_gib": c.peak_bytes / GiB,
@@ -263,13 +265,15 @@ def abstract_batch(cfg, mesh) -> dict:
             for k in pipeline.BATCH_KEYS}
 
 
-def plan_training(cfg, devices, target: str = "attached") -> TrainPlan:
-    """Compile the experiment's train step for `devices` (attached or compile-only) without allocating."""
+def plan_training(cfg, devices, target: str = "attached", attention: str | None = None) -> TrainPlan:
+    """Compile the experiment's train step for `devices` (attached or compile-only) without allocating;
+    `attention` overrides the model's implementation (models/attention.py)."""
     from xlit_jax.train import step as step_lib
     from xlit_jax.train.loop import make_mesh, make_optimizer
 
     device = devices[0]
     config = model_config(cfg, device.platform)
+    config = config.replace(attention=attention) if attention else config
     mesh = make_mesh(cfg, devices)
     schedule, tx = make_optimizer(cfg)
     state, shardings = step_lib.abstract_state(config, tx, mesh)
@@ -284,6 +288,7 @@ def plan_training(cfg, devices, target: str = "attached") -> TrainPlan:
     return TrainPlan(
         target=target, devices=len(devices), device_kind=device.device_kind,
         model=cfg.model.source.removeprefix("preset:"), method="lora" if config.lora_rank else "ft",
+        attention_setting=config.attention,
         mesh=dict(mesh.shape), remat=config.remat, seq_len=d.seq_len, rows=rows, grad_accum=d.grad_accum,
         compiled=compiled, memory_bytes=memory, bandwidth=bandwidth, peak_flops=device_peak_flops(device),
         model_flops=flops_per_token * rows * d.grad_accum * d.seq_len,
@@ -353,6 +358,7 @@ class DecodePlan:
     target: str
     device_kind: str
     model: str
+    attention_setting: str
     batch: int
     prompt_len: int
     new_tokens: int
@@ -374,7 +380,8 @@ class DecodePlan:
 
     def row(self) -> dict:
         floor = self.floor_s_per_step
-        return {"target": self.target, "device_kind": self.device_kind, "model": self.model, "batch": self.batch,
+        return {"target": self.target, "device_kind": self.device_kind, "model": self.model,
+                "attention_setting": self.attention_setting, "batch": self.batch,
                 "prompt_len": self.prompt_len, "new_tokens": self.new_tokens,
                 "peak_gib": self.compiled.peak_bytes / GiB, "weights_gib": self.weight_bytes / GiB,
                 "cache_gib": self.cache_bytes / GiB,
@@ -384,22 +391,24 @@ class DecodePlan:
                 "attention": self.compiled.attention, "compile_s": self.compiled.compile_s}
 
 
-def plan_decoding(source: str, device, batch: int, prompt_len: int, new_tokens: int,
-                  target: str = "attached") -> DecodePlan:
+def plan_decoding(source: str, device, batch: int, prompt_len: int, new_tokens: int, target: str = "attached",
+                  attention: str = "auto") -> DecodePlan:
     """Compile greedy decoding (prefill + the whole decode loop) for one device, weights in bf16."""
     from xlit_jax.decode.generate import greedy_decode
     from xlit_jax.loader import load_config
     from xlit_jax.models.llama import param_shapes
 
-    config = load_config(source, dtype="bfloat16", param_dtype="bfloat16")
+    config = load_config(source, dtype="bfloat16", param_dtype="bfloat16", attention=attention)
     where = jax.sharding.SingleDeviceSharding(device)
     on_device = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=where)  # noqa: E731
     params = jax.tree_util.tree_map(lambda x: on_device(x.shape, x.dtype), param_shapes(config))
     ids = on_device((batch, prompt_len), jnp.int32)
     args = (params, ids, ids, on_device((), jnp.float32), on_device((len(config.eos_token_ids),), jnp.int32))
-    compiled = Compiled.of(greedy_decode.lower(*args, config=config, max_new_tokens=new_tokens), args)
+    with jax.set_mesh(jax.sharding.Mesh([device], ("data",))):  # the target the attention is chosen for
+        compiled = Compiled.of(greedy_decode.lower(*args, config=config, max_new_tokens=new_tokens), args)
     memory, bandwidth = device_memory(device)
-    return DecodePlan(target, device.device_kind, source.removeprefix("preset:"), batch, prompt_len, new_tokens,
+    return DecodePlan(target, device.device_kind, source.removeprefix("preset:"), attention, batch, prompt_len,
+                      new_tokens,
                       compiled, memory, bandwidth, *decode_step_bytes(config, batch, prompt_len + new_tokens))
 
 

@@ -32,6 +32,8 @@ flags.DEFINE_integer("new_tokens", 512, "decoding new tokens")
 flags.DEFINE_float("mfu", 0.4, "MFU assumed for the predicted step time")
 flags.DEFINE_integer("steps", 1000, "training steps for the predicted hours (the paper's 1,000)")
 flags.DEFINE_list("kinds", ["train", "decode"], "train, decode")
+flags.DEFINE_list("attention", ["auto"], "LlamaConfig.attention settings to plan each row with: auto (the fused "
+                  "kernel of the target: cudnn on GPUs, splash on TPUs), xla (the reference)")
 
 PAPER_ROWS = 8  # rows of 2,048 tokens per update: 4 micro-batches of 4,096 tokens
 
@@ -48,19 +50,20 @@ def paper_config(model: str, method: str, devices: int):
     return cfg
 
 
-def train_row(target: str, model: str, method: str) -> dict:
+def train_row(target: str, model: str, method: str, attention: str) -> dict:
     from xlit_jax import plan
 
     devices = plan.topology_devices(target)
-    result = plan.plan_training(paper_config(model, method, len(devices)), devices, target)
+    result = plan.plan_training(paper_config(model, method, len(devices)), devices, target, attention)
     return result.row(FLAGS.mfu, FLAGS.steps) | {"model": model}
 
 
-def decode_row(target: str, model: str, batch: int) -> dict:
+def decode_row(target: str, model: str, batch: int, attention: str) -> dict:
     from xlit_jax import plan
 
     device = plan.topology_devices(target)[0]
-    return plan.plan_decoding(f"preset:{model}", device, batch, FLAGS.prompt_len, FLAGS.new_tokens, target).row()
+    return plan.plan_decoding(f"preset:{model}", device, batch, FLAGS.prompt_len, FLAGS.new_tokens, target,
+                              attention).row()
 
 
 def run_rows(path: Path, keys: list[tuple], make, key_fields: tuple[str, ...]) -> list[dict]:
@@ -79,29 +82,33 @@ def run_rows(path: Path, keys: list[tuple], make, key_fields: tuple[str, ...]) -
     return [done[tuple(map(str, k))] for k in keys]
 
 
+def attention_cell(row: dict) -> str:
+    return f"{row['attention_setting']}: {row['attention']}"
+
+
 def _gib(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
 def train_table(rows: list[dict]) -> str:
-    lines = ["| target | model | method | mesh (data, fsdp, tensor) | micro-batches x rows | remat | peak GiB / device "
+    lines = ["| target | model | method | attention (asked: found) | mesh (data, fsdp, tensor) | micro-batches x rows | remat | peak GiB / device "
              "| device GiB | fits | model FLOPs / step | compiler FLOPs (scaled) | hours for 1,000 steps at "
-             f"{FLAGS.mfu:.0%} MFU | attention | compile s |", "|" + "---|" * 14]
+             f"{FLAGS.mfu:.0%} MFU | compile s |", "|" + "---|" * 14]
     for r in rows:
         mesh = ", ".join(str(v) for v in r["mesh"].values())
         hardware = "-" if r["hardware_flops"] is None else f"{r['hardware_flops']:.3g}"
-        lines.append(f"| {r['target']} | {r['model']} | {r['method']} | {mesh} | {r['grad_accum']} x {r['rows']} "
+        lines.append(f"| {r['target']} | {r['model']} | {r['method']} | {attention_cell(r)} | {mesh} | {r['grad_accum']} x {r['rows']} "
                      f"| {r['remat']} | {_gib(r['peak_gib'])} | {_gib(r['memory_gib'])} | "
                      f"{'yes' if r['fits'] else 'no'} | {r['model_flops']:.3g} | {hardware} | {r['hours']:.2f} | "
-                     f"{r['attention']} | {r['compile_s']:.0f} |")
+                     f"{r['compile_s']:.0f} |")
     return "\n".join(lines)
 
 
 def decode_table(rows: list[dict]) -> str:
-    lines = ["| target | model | batch | peak GiB | weights GiB | KV cache GiB | device GiB | fits | HBM floor ms / "
-             "step | floor tokens/s | compile s |", "|" + "---|" * 11]
+    lines = ["| target | model | attention (asked: found) | batch | peak GiB | weights GiB | KV cache GiB | device GiB | fits | HBM floor ms / "
+             "step | floor tokens/s | compile s |", "|" + "---|" * 12]
     for r in rows:
-        lines.append(f"| {r['target']} | {r['model']} | {r['batch']} | {_gib(r['peak_gib'])} | {_gib(r['weights_gib'])} "
+        lines.append(f"| {r['target']} | {r['model']} | {attention_cell(r)} | {r['batch']} | {_gib(r['peak_gib'])} | {_gib(r['weights_gib'])} "
                      f"| {_gib(r['cache_gib'])} | {_gib(r['memory_gib'])} | {'yes' if r['fits'] else 'no'} | "
                      f"{r['floor_ms_per_step']:.2f} | {r['floor_tokens_per_s']:.0f} | {r['compile_s']:.0f} |")
     return "\n".join(lines)
@@ -116,12 +123,16 @@ def main(argv):
     out = Path(FLAGS.out_dir)
     tables = []
     if "train" in FLAGS.kinds:
-        keys = [(t, m, k) for t in FLAGS.targets for m in FLAGS.models for k in FLAGS.methods]
-        keys += [tuple(s.split(":")) for s in FLAGS.single]
-        tables.append(train_table(run_rows(out / "train.jsonl", keys, train_row, ("target", "model", "method"))))
+        keys = [(t, m, k, a) for t in FLAGS.targets for m in FLAGS.models for k in FLAGS.methods
+                for a in FLAGS.attention]
+        keys += [(*s.split(":"), a) for s in FLAGS.single for a in FLAGS.attention]
+        fields = ("target", "model", "method", "attention_setting")
+        tables.append(train_table(run_rows(out / "train.jsonl", keys, train_row, fields)))
     if "decode" in FLAGS.kinds:
-        keys = [(t, m, int(b)) for t in FLAGS.decode_targets for m in FLAGS.decode_models for b in FLAGS.decode_batches]
-        tables.append(decode_table(run_rows(out / "decode.jsonl", keys, decode_row, ("target", "model", "batch"))))
+        keys = [(t, m, int(b), a) for t in FLAGS.decode_targets for m in FLAGS.decode_models
+                for b in FLAGS.decode_batches for a in FLAGS.attention]
+        fields = ("target", "model", "batch", "attention_setting")
+        tables.append(decode_table(run_rows(out / "decode.jsonl", keys, decode_row, fields)))
     atomic_write_text(out / "scaling.md", "\n\n".join(tables) + "\n")
     print("\n\n".join(tables))
 

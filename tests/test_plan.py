@@ -125,3 +125,17 @@ def test_accelerator_benchmark_refuses_the_cpu_in_one_line():
                   "runpy.run_module('xlit_jax.bench.accelerator', run_name='__main__')")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("xlit_jax.bench.accelerator: no GPU or TPU attached")
+
+
+def test_fit_suggestions_go_from_remat_to_smaller_micro_batches_keeping_the_tokens_per_update():
+    from configs.experiments import paper
+    from xlit_jax.plan import fit_suggestions
+
+    cfg = paper.get_config("llama2-7b,lima-en,ft,1e-5")  # 4 micro-batches x 2 rows of 2048
+    with cfg.unlocked():
+        cfg.model.remat = "none"
+        cfg.mesh.data = 2
+    flags = [flag for flag, _ in fit_suggestions(cfg)]
+    assert flags == ["--config.model.remat=dots", "--config.model.remat=full",
+                     "--config.data.tokens_per_batch=2048 --config.data.grad_accum=8",
+                     "--config.mesh.data=1 --config.mesh.fsdp=-1"]

@@ -56,16 +56,18 @@ TARGETS = {
 BACKENDS = {"tpu": ("libtpu", "aot-tpu"), "cuda": ("jax_plugins.xla_cuda12", "aot-gpu")}
 
 # device_kind substring -> (memory per device in bytes, memory bandwidth in bytes/s); the first match wins.
-# TPUs: the Cloud TPU system-architecture pages; GPUs: CUDA's totalGlobalMem (as in configs/targets) and
-# the datasheets' bandwidth.
+# TPUs: the Cloud TPU system-architecture pages; H100/A100: the totalGlobalMem CUDA reports (as in
+# configs/targets); H200: the datasheet's 141 GB. Bandwidths: the datasheets (DESIGN.md's table).
 MEMORY = (
     ("TPU v6 lite", 32 * GiB, 1640e9), ("TPU v5 lite", 16 * GiB, 819e9), ("TPU v5", 95 * GiB, 2765e9),
-    ("TPU v4", 32 * GiB, 1200e9), ("H200", 150_754_820_096, 4.8e12), ("H100", 84_978_434_048, 3.35e12),
+    ("TPU v4", 32 * GiB, 1200e9), ("H200", 141e9, 4.8e12), ("H100", 84_978_434_048, 3.35e12),
     ("A100", 85_100_068_864, 2.039e12),
 )
 
-# Fused attention kernels as they appear in compiled HLO text.
-ATTENTION_KERNELS = (("cudnn", re.compile(r"__cudnn\$fmha\w*")), ("splash", re.compile(r"splash\w*")))
+# Fused attention kernels as they appear in compiled HLO text: cuDNN's custom calls, the Pallas splash
+# kernel (TPU), the Pallas GPU decode kernel (a Triton call traced under jit(gqa)); label None: the match.
+ATTENTION_KERNELS = ((re.compile(r"__cudnn\$fmha\w*"), None), (re.compile(r"splash\w*"), None),
+                     (re.compile(r"jit\(gqa\)[^\"]*pallas_call"), "pallas_gqa_decode"))
 
 
 class PlanError(ValueError):
@@ -167,7 +169,7 @@ def shard_bytes(tree) -> int:
 
 
 def fused_attention(hlo_text: str) -> str:
-    found = sorted({m for _, pattern in ATTENTION_KERNELS for m in pattern.findall(hlo_text)})
+    found = sorted({label or m for pattern, label in ATTENTION_KERNELS for m in pattern.findall(hlo_text)})
     return ",".join(found) or "xla"
 
 
@@ -217,7 +219,8 @@ class TrainPlan:
                 "argument_gib": c.argument_bytes / GiB, "temp_gib": c.temp_bytes / GiB,
                 "peak_gib": c.peak_bytes / GiB,
                 "memory_gib": self.memory_bytes / GiB if self.memory_bytes else None, "fits": self.fits,
-                "out_of_memory": c.out_of_memory, "attention": c.attention, "compile_s": c.compile_s, "model_flops": self.model_flops,
+                "out_of_memory": c.out_of_memory, "attention": c.attention, "compile_s": c.compile_s,
+                "model_flops": self.model_flops,
                 "hardware_flops": self.hardware_flops, "compiler_flops": c.compiler_flops, "mfu": mfu,
                 "step_s": self.step_seconds(mfu), "hours": steps * self.step_seconds(mfu) / 3600}
 
@@ -276,10 +279,10 @@ def plan_training(cfg, devices, target: str = "attached", attention: str | None 
     config = config.replace(attention=attention) if attention else config
     mesh = make_mesh(cfg, devices)
     schedule, tx = make_optimizer(cfg)
-    state, shardings = step_lib.abstract_state(config, tx, mesh)
-    step = step_lib.make_train_step(config, tx, schedule, mesh, shardings, cfg.train.seed)
     batch = abstract_batch(cfg, mesh)
-    with sharding.activate(mesh):
+    with sharding.activate(mesh):  # model code, init included, is traced for the target's attention
+        state, shardings = step_lib.abstract_state(config, tx, mesh)
+        step = step_lib.make_train_step(config, tx, schedule, mesh, shardings, cfg.train.seed)
         compiled = Compiled.of(step.lower(state, batch), (state, batch))
     d = cfg.data
     rows = pipeline.batch_size_for(d.tokens_per_batch, d.seq_len)
@@ -401,10 +404,10 @@ def plan_decoding(source: str, device, batch: int, prompt_len: int, new_tokens: 
     config = load_config(source, dtype="bfloat16", param_dtype="bfloat16", attention=attention)
     where = jax.sharding.SingleDeviceSharding(device)
     on_device = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=where)  # noqa: E731
-    params = jax.tree_util.tree_map(lambda x: on_device(x.shape, x.dtype), param_shapes(config))
     ids = on_device((batch, prompt_len), jnp.int32)
-    args = (params, ids, ids, on_device((), jnp.float32), on_device((len(config.eos_token_ids),), jnp.int32))
-    with jax.set_mesh(jax.sharding.Mesh([device], ("data",))):  # the target the attention is chosen for
+    with jax.set_mesh(jax.sharding.Mesh([device], ("data",))):  # model code is traced for the target's attention
+        params = jax.tree_util.tree_map(lambda x: on_device(x.shape, x.dtype), param_shapes(config))
+        args = (params, ids, ids, on_device((), jnp.float32), on_device((len(config.eos_token_ids),), jnp.int32))
         compiled = Compiled.of(greedy_decode.lower(*args, config=config, max_new_tokens=new_tokens), args)
     memory, bandwidth = device_memory(device)
     return DecodePlan(target, device.device_kind, source.removeprefix("preset:"), attention, batch, prompt_len,

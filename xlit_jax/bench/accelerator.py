@@ -23,6 +23,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from xlit_jax.bench import repeated_step
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "runs/accelerator", "where accelerator.json and accelerator.md go")
 flags.DEFINE_integer("seq_len", 2048, "training sequence length")
@@ -98,14 +100,7 @@ def train_ours(preset: str, method: str, rows: int) -> float:
     step = step_lib.make_train_step(config, tx, schedule, mesh, shardings)
     batch = sharding.global_batch(random_batch(config.vocab_size, rows, FLAGS.seq_len, (1,)),
                                   sharding.batch_sharding(mesh, leading=1))
-    holder = {"state": state}
-
-    def run():
-        with sharding.activate(mesh):
-            holder["state"], metrics = step(holder["state"], batch)
-        jax.block_until_ready(metrics)
-
-    return seconds_per_call(run, FLAGS.steps)
+    return seconds_per_call(repeated_step(step, state, batch, mesh), FLAGS.steps)
 
 
 def hf_model(config, dtype):
@@ -239,7 +234,8 @@ def markdown(device_kind: str, rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['engine']} | {r['model']} | {r['method']} | {r['devices']} | {r['rows']} x {r['seq_len']} | "
               f"{r['tokens_per_s']:.0f} | {r['mfu']:.1%} |" for r in rows if r["kind"] == "train"]
-    lines += ["", "| engine | model | batch | new tokens | tokens/s | share of HBM floor |", "|---|---|---|---|---|---|"]
+    lines += ["", "| engine | model | batch | new tokens | tokens/s | share of HBM floor |",
+              "|---|---|---|---|---|---|"]
     lines += [f"| {r['engine']} | {r['model']} | {r['batch']} | {r['new_tokens']} | {r['tokens_per_s']:.1f} | "
               f"{'-' if r['floor_share'] is None else format(r['floor_share'], '.1%')} |"
               for r in rows if r["kind"] == "decode"]

@@ -82,36 +82,38 @@ def run_rows(path: Path, keys: list[tuple], make, key_fields: tuple[str, ...]) -
     return [done[tuple(map(str, k))] for k in keys]
 
 
+def markdown(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
 def attention_cell(row: dict) -> str:
     return f"{row['attention_setting']}: {row['attention']}"
 
 
-def _gib(x) -> str:
+def gib(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
 def train_table(rows: list[dict]) -> str:
-    lines = ["| target | model | method | attention (asked: found) | mesh (data, fsdp, tensor) | micro-batches x rows | remat | peak GiB / device "
-             "| device GiB | fits | model FLOPs / step | compiler FLOPs (scaled) | hours for 1,000 steps at "
-             f"{FLAGS.mfu:.0%} MFU | compile s |", "|" + "---|" * 14]
-    for r in rows:
-        mesh = ", ".join(str(v) for v in r["mesh"].values())
-        hardware = "-" if r["hardware_flops"] is None else f"{r['hardware_flops']:.3g}"
-        lines.append(f"| {r['target']} | {r['model']} | {r['method']} | {attention_cell(r)} | {mesh} | {r['grad_accum']} x {r['rows']} "
-                     f"| {r['remat']} | {_gib(r['peak_gib'])} | {_gib(r['memory_gib'])} | "
-                     f"{'yes' if r['fits'] else 'no'} | {r['model_flops']:.3g} | {hardware} | {r['hours']:.2f} | "
-                     f"{r['compile_s']:.0f} |")
-    return "\n".join(lines)
+    header = ["target", "model", "method", "attention (asked: found)", "mesh (data, fsdp, tensor)",
+              "micro-batches x rows", "remat", "peak GiB / device", "device GiB", "fits", "model FLOPs / step",
+              "compiler FLOPs (scaled)", f"hours for {FLAGS.steps:,} steps at {FLAGS.mfu:.0%} MFU", "compile s"]
+    return markdown(header, [
+        [r["target"], r["model"], r["method"], attention_cell(r), ", ".join(map(str, r["mesh"].values())),
+         f"{r['grad_accum']} x {r['rows']}", r["remat"], gib(r["peak_gib"]), gib(r["memory_gib"]),
+         "yes" if r["fits"] else "no", f"{r['model_flops']:.3g}",
+         "-" if r["hardware_flops"] is None else f"{r['hardware_flops']:.3g}", f"{r['hours']:.2f}",
+         f"{r['compile_s']:.0f}"] for r in rows])
 
 
 def decode_table(rows: list[dict]) -> str:
-    lines = ["| target | model | attention (asked: found) | batch | peak GiB | weights GiB | KV cache GiB | device GiB | fits | HBM floor ms / "
-             "step | floor tokens/s | compile s |", "|" + "---|" * 12]
-    for r in rows:
-        lines.append(f"| {r['target']} | {r['model']} | {attention_cell(r)} | {r['batch']} | {_gib(r['peak_gib'])} | {_gib(r['weights_gib'])} "
-                     f"| {_gib(r['cache_gib'])} | {_gib(r['memory_gib'])} | {'yes' if r['fits'] else 'no'} | "
-                     f"{r['floor_ms_per_step']:.2f} | {r['floor_tokens_per_s']:.0f} | {r['compile_s']:.0f} |")
-    return "\n".join(lines)
+    header = ["target", "model", "attention (asked: found)", "batch", "peak GiB", "weights GiB", "KV cache GiB",
+              "device GiB", "fits", "HBM floor ms / step", "floor tokens/s", "compile s"]
+    return markdown(header, [
+        [r["target"], r["model"], attention_cell(r), r["batch"], gib(r["peak_gib"]), gib(r["weights_gib"]),
+         gib(r["cache_gib"]), gib(r["memory_gib"]), "yes" if r["fits"] else "no", f"{r['floor_ms_per_step']:.2f}",
+         f"{r['floor_tokens_per_s']:.0f}", f"{r['compile_s']:.0f}"] for r in rows])
 
 
 def main(argv):

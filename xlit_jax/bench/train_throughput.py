@@ -70,9 +70,8 @@ def timed(step, steps: int) -> float:
 
 
 def measure_jax(method: str) -> dict:
-    import jax
-
     from xlit_jax import sharding
+    from xlit_jax.bench import repeated_step
     from xlit_jax.train import optim, step as step_lib
 
     config, params = load(method)
@@ -84,14 +83,7 @@ def measure_jax(method: str) -> dict:
     train_step = step_lib.make_train_step(config, tx, schedule, mesh, shardings)
     batch = sharding.global_batch({k: v[None] for k, v in batch_arrays(config.vocab_size).items()},
                                   sharding.batch_sharding(mesh, leading=1))
-    holder = {"state": state}
-
-    def step():
-        with sharding.activate(mesh):
-            holder["state"], metrics = train_step(holder["state"], batch)
-        jax.block_until_ready(metrics)
-
-    return {"seconds": timed(step, FLAGS.steps), "config": config}
+    return {"seconds": timed(repeated_step(train_step, state, batch, mesh), FLAGS.steps), "config": config}
 
 
 def measure_torch(method: str) -> dict:

@@ -260,6 +260,12 @@ def model_config(cfg, platform: str) -> LlamaConfig:
     return load_config(cfg.model.source, **model_overrides(cfg, platform)).replace(**lora_fields(cfg))
 
 
+def shapes_only(config: LlamaConfig) -> LlamaConfig:
+    """The config to trace parameter shapes with on the host: params do not depend on the attention
+    implementation, and a fused kernel cannot be traced off its target."""
+    return config.replace(attention="xla")
+
+
 def abstract_batch(cfg, mesh) -> dict:
     rows = pipeline.batch_size_for(cfg.data.tokens_per_batch, cfg.data.seq_len)
     shape = (cfg.data.grad_accum, rows, cfg.data.seq_len)
@@ -279,10 +285,10 @@ def plan_training(cfg, devices, target: str = "attached", attention: str | None 
     config = config.replace(attention=attention) if attention else config
     mesh = make_mesh(cfg, devices)
     schedule, tx = make_optimizer(cfg)
+    state, shardings = step_lib.abstract_state(shapes_only(config), tx, mesh)
+    step = step_lib.make_train_step(config, tx, schedule, mesh, shardings, cfg.train.seed)
     batch = abstract_batch(cfg, mesh)
-    with sharding.activate(mesh):  # model code, init included, is traced for the target's attention
-        state, shardings = step_lib.abstract_state(config, tx, mesh)
-        step = step_lib.make_train_step(config, tx, schedule, mesh, shardings, cfg.train.seed)
+    with sharding.activate(mesh):  # the step is traced for the target: its attention, its mesh
         compiled = Compiled.of(step.lower(state, batch), (state, batch))
     d = cfg.data
     rows = pipeline.batch_size_for(d.tokens_per_batch, d.seq_len)
@@ -404,10 +410,10 @@ def plan_decoding(source: str, device, batch: int, prompt_len: int, new_tokens: 
     config = load_config(source, dtype="bfloat16", param_dtype="bfloat16", attention=attention)
     where = jax.sharding.SingleDeviceSharding(device)
     on_device = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=where)  # noqa: E731
+    params = jax.tree_util.tree_map(lambda x: on_device(x.shape, x.dtype), param_shapes(shapes_only(config)))
     ids = on_device((batch, prompt_len), jnp.int32)
-    with jax.set_mesh(jax.sharding.Mesh([device], ("data",))):  # model code is traced for the target's attention
-        params = jax.tree_util.tree_map(lambda x: on_device(x.shape, x.dtype), param_shapes(config))
-        args = (params, ids, ids, on_device((), jnp.float32), on_device((len(config.eos_token_ids),), jnp.int32))
+    args = (params, ids, ids, on_device((), jnp.float32), on_device((len(config.eos_token_ids),), jnp.int32))
+    with jax.set_mesh(jax.sharding.Mesh([device], ("data",))):  # traced for the target's attention
         compiled = Compiled.of(greedy_decode.lower(*args, config=config, max_new_tokens=new_tokens), args)
     memory, bandwidth = device_memory(device)
     return DecodePlan(target, device.device_kind, source.removeprefix("preset:"), attention, batch, prompt_len,

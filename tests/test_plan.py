@@ -139,3 +139,12 @@ def test_fit_suggestions_go_from_remat_to_smaller_micro_batches_keeping_the_toke
     assert flags == ["--config.model.remat=dots", "--config.model.remat=full",
                      "--config.data.tokens_per_batch=2048 --config.data.grad_accum=8",
                      "--config.mesh.data=1 --config.mesh.fsdp=-1"]
+
+
+def test_load_config_reads_the_shapes_without_the_weights():
+    from xlit_jax.loader import load_config
+    from xlit_jax.models.presets import get_preset
+
+    assert load_config("preset:llama2-13b", dtype="bfloat16") == get_preset("llama2-13b").replace(dtype="bfloat16")
+    smollm2 = load_config("smollm2-135m")  # the GGUF header only
+    assert (smollm2.num_layers, smollm2.num_heads, smollm2.num_kv_heads, smollm2.tie_embeddings) == (30, 9, 3, True)

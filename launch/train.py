@@ -7,7 +7,8 @@
 exits without loading weights or writing anything: status 0, or 1 when the config does not fit.
 
   JAX_PLATFORMS=cpu xlit-train --config=configs/experiments/paper.py:llama2-13b,dolly-en,ft,1e-5 --dry_run \
-      --config.model.source=preset:llama2-13b --config.mesh.target=v5p-8
+      --config.model.source=preset:llama2-13b --config.mesh.target=v5p-8 \\
+      --config.data.tokens_per_batch=8192 --config.data.grad_accum=2
 """
 
 import logging as pylogging

@@ -232,7 +232,8 @@ class TrainPlan:
                    None: "fit unknown"}[self.fits]
         if c.out_of_memory:
             verdict = f"does NOT fit (the compiler: {c.out_of_memory})"
-        hardware = f", {self.hardware_flops:.3g} counted by the compiler with remat" if self.hardware_flops else ""
+        hardware = (f", {self.hardware_flops:.3g} by the compiler's count scaled by the trip counts (with what "
+                    "remat recomputes)" if self.hardware_flops else "")
         return "\n".join([
             f"plan: {self.model} {self.method} on {self.target} ({self.devices} x {self.device_kind}), "
             f"mesh {self.mesh}, remat {self.remat}",

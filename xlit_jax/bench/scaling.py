@@ -32,6 +32,7 @@ flags.DEFINE_integer("new_tokens", 512, "decoding new tokens")
 flags.DEFINE_float("mfu", 0.4, "MFU assumed for the predicted step time")
 flags.DEFINE_integer("steps", 1000, "training steps for the predicted hours (the paper's 1,000)")
 flags.DEFINE_list("kinds", ["train", "decode"], "train, decode")
+flags.DEFINE_bool("report_only", False, "compile nothing: tables of the rows already in out_dir")
 flags.DEFINE_list("attention", ["auto"], "LlamaConfig.attention settings to plan each row with: auto (the fused "
                   "kernel of the target: cudnn on GPUs, splash on TPUs), xla (the reference)")
 
@@ -67,19 +68,21 @@ def decode_row(target: str, model: str, batch: int, attention: str) -> dict:
 
 
 def run_rows(path: Path, keys: list[tuple], make, key_fields: tuple[str, ...]) -> list[dict]:
+    """The rows of `keys` in order: those in `path` already, the others made (unless --report_only) and
+    appended as they finish."""
     from xlit_jax.io.files import append_jsonl, resume_jsonl
 
     done = {tuple(str(r[f]) for f in key_fields): r for r in resume_jsonl(path)}
     path.parent.mkdir(parents=True, exist_ok=True)
     for key in keys:
-        if tuple(map(str, key)) in done:
+        ident = tuple(map(str, key))
+        if ident in done or FLAGS.report_only:
             continue
         logging.info("planning %s", key)
-        row = make(*key)
-        logging.info("%s", row)
-        append_jsonl(path, [row])
-        done[tuple(map(str, key))] = row
-    return [done[tuple(map(str, k))] for k in keys]
+        done[ident] = make(*key)
+        logging.info("%s", done[ident])
+        append_jsonl(path, [done[ident]])
+    return [done[k] for k in (tuple(map(str, key)) for key in keys) if k in done]
 
 
 def markdown(header: list[str], rows: list[list]) -> str:

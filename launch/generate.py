@@ -4,9 +4,12 @@ Input lines: {"id": ..., "prompt": "text" | [{"role": ..., "content": ...}, ...]
 Output lines: {"id": ..., "output": "...", "model": ..., "prompt_tokens": N, "new_tokens": N}.
 """
 
+import sys
+
 from absl import app, flags
 
 from xlit_jax.io.files import InputError, read_jsonl
+from xlit_jax.models.config import ATTENTIONS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "HF dir, .gguf file, checkpoint dir, smollm2-135m or preset:NAME")
@@ -15,7 +18,9 @@ flags.DEFINE_string("out", None, "output JSONL (appended; existing ids are skipp
 flags.DEFINE_integer("max_new_tokens", 256, "new tokens per prompt at most")
 flags.DEFINE_float("repetition_penalty", 1.1, "HF-style repetition penalty (1 = off)")
 flags.DEFINE_integer("batch_size", 8, "prompts decoded together")
-flags.DEFINE_string("dtype", None, "compute dtype override: float32 | bfloat16")
+flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
+                  "weights and compute dtype; auto: bfloat16 on accelerators, float32 on CPU")
+flags.DEFINE_enum("attention", "auto", list(ATTENTIONS), "attention implementation (docs/attention.md)")
 
 
 def read_prompts(path) -> list[dict]:
@@ -41,14 +46,21 @@ def read_prompts(path) -> list[dict]:
 
 def main(argv):
     del argv
+    try:
+        _generate()
+    except InputError as e:
+        sys.exit(f"xlit-generate: {e}")
+
+
+def _generate():
     import xlit_jax
     from xlit_jax.decode.runner import generate_to_jsonl
+    from xlit_jax.models.config import inference_dtypes
 
     rows = read_prompts(FLAGS.prompts)
-    overrides = {"dtype": FLAGS.dtype} if FLAGS.dtype else {}
-    generate_to_jsonl(xlit_jax.load(FLAGS.model, **overrides), rows, FLAGS.out,
-                      max_new_tokens=FLAGS.max_new_tokens, repetition_penalty=FLAGS.repetition_penalty,
-                      batch_size=FLAGS.batch_size)
+    model = xlit_jax.load(FLAGS.model, **inference_dtypes(FLAGS.dtype), attention=FLAGS.attention)
+    generate_to_jsonl(model, rows, FLAGS.out, max_new_tokens=FLAGS.max_new_tokens,
+                      repetition_penalty=FLAGS.repetition_penalty, batch_size=FLAGS.batch_size)
 
 
 def run():

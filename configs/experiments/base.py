@@ -31,6 +31,7 @@ def base_config() -> ConfigDict:
             "dtype": "auto",  # matmuls: bfloat16 on accelerators, float32 on CPU
             "param_dtype": "float32",  # master weights and optimizer state
             "remat": "none",  # none | full | dots
+            "attention": "auto",  # auto | xla | cudnn | splash (docs/attention.md)
             "vocab_size": 0,  # presets only: >0 resizes the vocabulary to fit data.tokenizer
         },
         "lora": {"rank": 0, "alpha": 32.0, "dropout": 0.0, "targets": "q,k,v,o,gate,up,down"},

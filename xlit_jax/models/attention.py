@@ -6,7 +6,8 @@
   Decoding steps (one query per row over the KV cache) use the Pallas GPU split-K decode kernel instead,
   which reads only the filled slots of the cache.
 - `splash` (TPUs): Pallas splash attention (causal mask, segment ids) under `shard_map` over the mesh's
-  batch axes. With a KV cache (decoding) it falls back to the reference.
+  batch axes. Decoding steps use a length-aware XLA loop over chunks of the cache that stops at the last
+  filled chunk; a prefill (several queries over a cache) uses the reference.
 - `auto`: cudnn on NVIDIA GPUs in bf16/fp16, splash on TPUs, xla elsewhere; the choice is logged.
 
 Shapes: q [B, T, H, D]; k, v [B, K, S, D] (the KV-cache layout); q_slots [T] (cache slots of the queries);
@@ -34,6 +35,7 @@ from xlit_jax.models.config import ATTENTIONS
 FUSED_DTYPES = ("bfloat16", "float16")
 LANES = 128  # splash blocks are multiples of the TPU's 128 lanes
 DECODE_SPLITS = 16  # split-K parallelism of the GPU decode kernel
+DECODE_CHUNK = 256  # cache slots per step of the length-aware XLA decode loop
 
 
 # ---- choosing an implementation -------------------------------------------------------------------------
@@ -143,9 +145,9 @@ def cudnn_attention(q, k, v, q_slots, q_segments, k_segments, *, cached: bool, i
     """cuDNN flash attention; GQA is native. `implementation='xla'` runs the same call through JAX's XLA
     version (tests on CPU).
 
-    cuDNN has no segment ids: packed rows go in as a boolean mask, which cuDNN reads as a dense
-    [B, 1, T, S] bias (T * S bytes per row, e.g. 4 MiB for a 2,048-token row, plus the bias gradient
-    pass in training). Without a cache the causal part is cuDNN's own (`is_causal`, which skips
+    cuDNN has no segment ids: packed rows go in as a boolean mask, which JAX turns into a dense
+    [B, 1, T, S] bias in the compute dtype that cuDNN reads block by block (8 MiB in bf16 for a 2,048-token
+    row, per layer call; small next to the reference's fp32 scores, 32 MiB per head). Without a cache the causal part is cuDNN's own (`is_causal`, which skips
     masked blocks); with a cache the queries sit at slots q_slots, not at 0, and cuDNN's causal mask is
     aligned top-left, so causality goes into the explicit mask instead."""
     t = q.shape[1]
@@ -161,23 +163,56 @@ def cudnn_attention(q, k, v, q_slots, q_segments, k_segments, *, cached: bool, i
     return out[:, :t]
 
 
+def _filled_slots(q_slots, k_segments):
+    """[start, end) of each row's keys for a one-token decoding step: decoding rows are left-padded, so a
+    row's keys are one contiguous run from its first filled slot to the query's slot."""
+    start = jnp.argmax(k_segments != 0, axis=1).astype(jnp.int32)
+    return start, jnp.broadcast_to(q_slots[0] + 1, start.shape).astype(jnp.int32)
+
+
 def decode_attention(q, k, v, q_slots, k_segments, *, interpret: bool = False):
-    """One query per row over a KV cache with the Pallas GPU split-K kernel, reading only slots
-    [first filled slot, q_slots[0]]: decoding rows are left-padded, so a row's keys are one contiguous run
-    ending at the query. The cache length must be one `cache_length` returns."""
+    """One query per row over a KV cache with the Pallas GPU split-K kernel, which reads only the filled
+    slots. The cache length must be one `cache_length` returns."""
     from jax.experimental.pallas.ops.gpu import decode_attention as kernel
 
-    b, s = k_segments.shape
-    start = jnp.argmax(k_segments != 0, axis=1).astype(jnp.int32)
-    end = jnp.broadcast_to(q_slots[0] + 1, (b,)).astype(jnp.int32)
+    start, end = _filled_slots(q_slots, k_segments)
     out = kernel.gqa(q[:, 0], k.swapaxes(1, 2), v.swapaxes(1, 2), start_idx=start, kv_seq_len=end,
                      k_splits=DECODE_SPLITS, interpret=interpret)
     return out[:, None]
 
 
+def chunked_decode_attention(q, k, v, q_slots, k_segments):
+    """The same in XLA: an online softmax over DECODE_CHUNK-slot chunks of the cache, in a loop that stops
+    after the chunk holding the query, so a step reads only the filled part of the cache. fp32 inside."""
+    b, _, h, d = q.shape
+    k_heads, dtype = k.shape[1], q.dtype
+    q = q.reshape(b, k_heads, h // k_heads, d).astype(jnp.float32) / np.sqrt(d).astype(np.float32)
+    start, end = _filled_slots(q_slots, k_segments)
+
+    def step(i, carry):
+        top, total, acc = carry  # running max, sum of exp, weighted values: [B, K, G], [B, K, G], [B, K, G, D]
+        keys, values = (jax.lax.dynamic_slice_in_dim(x, i * DECODE_CHUNK, DECODE_CHUNK, axis=2) for x in (k, v))
+        scores = jnp.einsum("bkgd,bkcd->bkgc", q, keys.astype(jnp.float32))
+        slots = i * DECODE_CHUNK + jnp.arange(DECODE_CHUNK)
+        visible = ((slots >= start[:, None]) & (slots < end[:, None]))[:, None, None]
+        new_top = jnp.maximum(top, jnp.max(jnp.where(visible, scores, -jnp.inf), axis=-1))
+        weights = jnp.where(visible, jnp.exp(scores - new_top[..., None]), 0.0)
+        rescale = jnp.exp(top - new_top)
+        return (new_top, total * rescale + weights.sum(-1),
+                acc * rescale[..., None] + jnp.einsum("bkgc,bkcd->bkgd", weights, values.astype(jnp.float32)))
+
+    zeros = jnp.zeros(q.shape[:-1], jnp.float32)
+    init = (jnp.full(q.shape[:-1], jnp.finfo(jnp.float32).min), zeros, jnp.zeros(q.shape, jnp.float32))
+    _, total, acc = jax.lax.fori_loop(0, (end[0] - 1) // DECODE_CHUNK + 1, step, init)
+    return (acc / total[..., None]).reshape(b, 1, h, d).astype(dtype)
+
+
 def cache_length(needed: int, attention: str) -> int:
-    """KV-cache slots to allocate for `needed`: the GPU decode kernel splits the cache into DECODE_SPLITS
-    parts of a power-of-two length (>= 16) up to its block of 128, so such caches are rounded up."""
+    """KV-cache slots to allocate for `needed`, rounded up to what the decoding step takes: whole chunks
+    for the length-aware XLA loop (splash); for the GPU decode kernel (cudnn), DECODE_SPLITS parts of a
+    power-of-two length (>= 16) up to its block of 128."""
+    if attention == "splash":
+        return -(-needed // DECODE_CHUNK) * DECODE_CHUNK
     if attention != "cudnn":
         return needed
     smallest = 16 * DECODE_SPLITS
@@ -189,13 +224,16 @@ def cache_length(needed: int, attention: str) -> int:
 
 @functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, length: int, block: int, interpret: bool):
+    """The kernel for one shape, built once: its mask tables are made eagerly (not as values of whatever
+    trace first asks), so every later trace can reuse them."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
     mask = masks.MultiHeadMask([masks.CausalMask((length, length)) for _ in range(heads)])
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
-    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    with jax.ensure_compile_time_eval():
+        return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def splash_attention(q, k, v, segments, *, block: int = 512, interpret: bool = False):
@@ -235,9 +273,11 @@ def splash_attention(q, k, v, segments, *, block: int = 512, interpret: bool = F
 def attend(q, k, v, q_slots, q_segments, k_segments, *, attention: str, cached: bool, splash_block: int = 512):
     """Attention output [B, T, H, D] by the implementation `choose` returned. `cached`: k/v are a KV cache
     (decoding), so slots after the queries are unfilled."""
-    decoding_step = cached and q.shape[1] == 1
-    if attention == "cudnn" and decoding_step and _decode_kernel_fits(q.shape[-1], k.shape[2]):
-        return decode_attention(q, k, v, q_slots, k_segments)
+    if cached and q.shape[1] == 1 and cache_length(k.shape[2], attention) == k.shape[2]:  # a decoding step
+        if attention == "cudnn" and _is_power_of_two(q.shape[-1]):  # (Triton blocks are powers of two)
+            return decode_attention(q, k, v, q_slots, k_segments)
+        if attention == "splash":
+            return chunked_decode_attention(q, k, v, q_slots, k_segments)
     if attention == "cudnn":
         return cudnn_attention(q, k, v, q_slots, q_segments, k_segments, cached=cached)
     if attention == "splash" and not cached:
@@ -245,6 +285,5 @@ def attend(q, k, v, q_slots, q_segments, k_segments, *, attention: str, cached: 
     return xla_attention(q, k, v, q_slots, q_segments, k_segments)
 
 
-def _decode_kernel_fits(head_dim: int, length: int) -> bool:
-    """Triton blocks need a power-of-two head dim; the cache must be one `cache_length` makes."""
-    return head_dim & (head_dim - 1) == 0 and cache_length(length, "cudnn") == length
+def _is_power_of_two(n: int) -> bool:
+    return n & (n - 1) == 0

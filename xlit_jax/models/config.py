@@ -5,12 +5,29 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 REMAT_POLICIES = ("none", "full", "dots")
 ATTENTIONS = ("auto", "xla", "cudnn", "splash")  # see models/attention.py
+
+
+def resolve_dtype(name: str, platform: str | None = None) -> str:
+    """'auto': bfloat16 on accelerators, float32 on CPU (where bf16 is emulated and slow). `platform` defaults
+    to the attached devices'; a compile-only plan passes its target's."""
+    if name != "auto":
+        return name
+    return "float32" if (platform or jax.devices()[0].platform) == "cpu" else "bfloat16"
+
+
+def inference_dtypes(name: str = "auto") -> dict[str, str]:
+    """Config overrides for inference: params stored in the compute dtype (bfloat16 on accelerators halves
+    the weights' memory and bandwidth; there are no master weights to keep). Softmax, norms and logits
+    stay float32 whatever the dtype."""
+    dtype = resolve_dtype(name)
+    return {"dtype": dtype, "param_dtype": dtype}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from xlit_jax import sharding
 from xlit_jax.data import pipeline
 from xlit_jax.io import checkpoints as ckpt
-from xlit_jax.models.config import LlamaConfig
+from xlit_jax.models.config import LlamaConfig, resolve_dtype
 from xlit_jax.models.lora import init_adapters, merge_params
 from xlit_jax.train import metrics, optim, step as step_lib
 
@@ -27,17 +27,11 @@ class NonFiniteError(FloatingPointError):
     """The loss or gradient norm became NaN/inf; the message names the step and the last good checkpoint."""
 
 
-def compute_dtype(name: str, platform: str | None = None) -> str:
-    """'auto': bf16 matmuls on accelerators, fp32 on CPU (where bf16 is emulated and slow). `platform`
-    defaults to the attached devices'; a compile-only plan passes its target's."""
-    if name != "auto":
-        return name
-    return "float32" if (platform or jax.devices()[0].platform) == "cpu" else "bfloat16"
-
-
 def model_overrides(cfg, platform: str | None = None) -> dict:
-    overrides = {"dtype": compute_dtype(cfg.model.dtype, platform), "param_dtype": cfg.model.param_dtype,
-                 "remat": cfg.model.remat}
+    """Config fields from the experiment's model section; `platform` (default: the attached devices') decides
+    what dtype 'auto' means: a compile-only plan passes its target's."""
+    overrides = {"dtype": resolve_dtype(cfg.model.dtype, platform), "param_dtype": cfg.model.param_dtype,
+                 "remat": cfg.model.remat, "attention": cfg.model.attention}
     return overrides | ({"vocab_size": cfg.model.vocab_size} if cfg.model.vocab_size else {})
 
 

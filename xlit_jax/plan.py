@@ -262,8 +262,8 @@ def model_config(cfg, platform: str) -> LlamaConfig:
 
 
 def shapes_only(config: LlamaConfig) -> LlamaConfig:
-    """The config to trace parameter shapes with on the host: params do not depend on the attention
-    implementation, and a fused kernel cannot be traced off its target."""
+    """The config to make or trace parameters with: they do not depend on the attention implementation,
+    and a fused kernel cannot be traced off its target (nor inside a mesh at init's batch of 1)."""
     return config.replace(attention="xla")
 
 

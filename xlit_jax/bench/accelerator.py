@@ -83,6 +83,7 @@ def train_ours(preset: str, method: str, rows: int) -> float:
 
     from xlit_jax import sharding
     from xlit_jax.models.llama import init_params
+    from xlit_jax.plan import shapes_only
     from xlit_jax.train import optim, step as step_lib
 
     config = bench_config(preset, method, remat="full")
@@ -92,7 +93,7 @@ def train_ours(preset: str, method: str, rows: int) -> float:
     _, shardings = step_lib.abstract_state(config, tx, mesh)
 
     def fresh_state():
-        trainable, frozen = step_lib.split_trainable(config, init_params(config, 0))
+        trainable, frozen = step_lib.split_trainable(config, init_params(shapes_only(config), 0))
         return step_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=trainable,
                                    frozen=step_lib.freeze(config, frozen), opt_state=tx.init(trainable))
 
@@ -150,9 +151,10 @@ def decode_ours(batch: int) -> float:
 
     from xlit_jax.decode.generate import greedy_decode
     from xlit_jax.models.llama import init_params
+    from xlit_jax.plan import shapes_only
 
     config = bench_config("llama2-7b", "ft", param_dtype="bfloat16")
-    params = init_params(config, 0)
+    params = init_params(shapes_only(config), 0)
     ids = jnp.asarray(random_batch(config.vocab_size, batch, FLAGS.prompt_len)["input_ids"])
     segments = jnp.ones_like(ids)
     eos = jnp.asarray(config.eos_token_ids, jnp.int32)

@@ -256,25 +256,52 @@ def test_same_tokens_at_batch_sizes_1_3_and_16():
     assert sum(len(o) for o in outputs[0]) > 16 * 5
 
 
-@pytest.mark.parametrize("kernel", ["cudnn", "splash"])
-def test_decoding_through_the_accelerator_paths_gives_the_reference_tokens(monkeypatch, kernel):
-    """The wiring of each accelerator path through a real decoding loop, on CPU. cudnn: prefill with an
-    explicit mask (cuDNN's call through JAX's XLA version), decoding steps through the Pallas kernel
-    (interpreted) over a cache rounded up for it. splash: prefill by the reference, decoding steps by the
-    length-aware XLA loop."""
-    model = xlit_jax.load("preset:tiny", seed=3)
-    prompts = tiny_prompts(3)
-    want = model.generate_ids(prompts, NEW_TOKENS, repetition_penalty=1.1, batch_size=4)
+def run_on_cpu_as(monkeypatch, kernel: str):
+    """Make the model take the `kernel` path on this CPU: cuDNN's call through JAX's XLA version, the Pallas
+    kernels interpreted. The config is unchanged, so jitted functions must be compiled again."""
     monkeypatch.setattr(attention, "choose", lambda *args, **kw: kernel)
     monkeypatch.setattr(attention, "cudnn_attention",
                         functools.partial(attention.cudnn_attention, implementation="xla"))
     monkeypatch.setattr(attention, "decode_attention",
                         functools.partial(attention.decode_attention, interpret=True))
-    greedy_decode.clear_cache()  # the config is the same: compile again with the patched kernels
+    monkeypatch.setattr(attention, "splash_attention",
+                        functools.partial(attention.splash_attention, interpret=True))
+    jax.clear_caches()
+
+
+@pytest.mark.parametrize("kernel", ["cudnn", "splash"])
+def test_decoding_through_the_accelerator_paths_gives_the_reference_tokens(monkeypatch, kernel):
+    """The wiring of each accelerator path through a real decoding loop. cudnn: prefill with an explicit
+    mask, decoding steps through the Pallas kernel over a cache rounded up for it. splash: prefill by the
+    reference, decoding steps by the length-aware XLA loop."""
+    model = xlit_jax.load("preset:tiny", seed=3)
+    prompts = tiny_prompts(3)
+    want = model.generate_ids(prompts, NEW_TOKENS, repetition_penalty=1.1, batch_size=4)
+    run_on_cpu_as(monkeypatch, kernel)
     try:
         assert model.generate_ids(prompts, NEW_TOKENS, repetition_penalty=1.1, batch_size=4) == want
     finally:
-        greedy_decode.clear_cache()
+        jax.clear_caches()
+
+
+@pytest.mark.parametrize("kernel", ["cudnn", "splash"])
+def test_bfloat16_inference_through_each_kernel_agrees_with_float32(monkeypatch, kernel):
+    """The bf16 agreement check of test_model_parity.py through the fused paths, with bf16 weights as
+    inference on accelerators loads them, on a left-padded batch."""
+    fp32 = xlit_jax.load("preset:tiny", seed=4)
+    ids = np.random.default_rng(1).integers(3, 256, (2, 20)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, :6] = 0
+    exact = fp32.logits(ids, mask)
+    run_on_cpu_as(monkeypatch, kernel)
+    try:
+        config = fp32.config.replace(dtype="bfloat16", param_dtype="bfloat16")
+        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), fp32.params)
+        approx = xlit_jax.Model(config, params, None, "bf16").logits(ids, mask)
+    finally:
+        jax.clear_caches()
+    real = mask.astype(bool)
+    assert 0 < np.abs(exact - approx)[real].max() <= 0.03 * np.abs(exact[real]).max()
 
 
 def test_decoding_holds_the_cache_once():

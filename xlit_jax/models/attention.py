@@ -147,9 +147,10 @@ def cudnn_attention(q, k, v, q_slots, q_segments, k_segments, *, cached: bool, i
 
     cuDNN has no segment ids: packed rows go in as a boolean mask, which JAX turns into a dense
     [B, 1, T, S] bias in the compute dtype that cuDNN reads block by block (8 MiB in bf16 for a 2,048-token
-    row, per layer call; small next to the reference's fp32 scores, 32 MiB per head). Without a cache the causal part is cuDNN's own (`is_causal`, which skips
-    masked blocks); with a cache the queries sit at slots q_slots, not at 0, and cuDNN's causal mask is
-    aligned top-left, so causality goes into the explicit mask instead."""
+    row, per layer call; small next to the reference's fp32 scores, 32 MiB per head). Without a cache the
+    causal part is cuDNN's own (`is_causal`, which skips masked blocks); with a cache the queries sit at
+    slots q_slots, not at 0, and cuDNN's causal mask is aligned top-left, so causality goes into the
+    explicit mask instead."""
     t = q.shape[1]
     k, v = k.swapaxes(1, 2).astype(q.dtype), v.swapaxes(1, 2).astype(q.dtype)  # [B, S, K, D]
     if cached:
@@ -222,18 +223,16 @@ def cache_length(needed: int, attention: str) -> int:
     return -(-needed // step) * step
 
 
-@functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, length: int, block: int, interpret: bool):
-    """The kernel for one shape, built once: its mask tables are made eagerly (not as values of whatever
-    trace first asks), so every later trace can reuse them."""
+    """The kernel for one shape. Built anew in each trace: its mask tables become values of the trace that
+    builds them, so a kernel kept across traces would leak them."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
     mask = masks.MultiHeadMask([masks.CausalMask((length, length)) for _ in range(heads)])
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
-    with jax.ensure_compile_time_eval():
-        return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def splash_attention(q, k, v, segments, *, block: int = 512, interpret: bool = False):

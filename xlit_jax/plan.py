@@ -37,16 +37,16 @@ TARGETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "targets"
 # compiled without autotuning are estimates.
 HEADROOM = 0.95
 
-# Compile-only targets: name -> (platform, topology, chips per host for TPUs or the GPU target config).
-# TPU slice names count TensorCores for v4/v5p (v5p-8 = 4 chips; one device per chip, megacore) and chips
-# for v5e/v6e.
+# Compile-only targets: name -> (platform, topology, (chips per host, chip config) for TPUs or the GPU
+# target config). TPU slice names count TensorCores for v4/v5p (v5p-8 = 4 chips) and chips for v5e/v6e;
+# v4 and v5p run "megacore": one device per chip, its two TensorCores together.
 TARGETS = {
-    "v4-8": ("tpu", "v4:2x2x1", (2, 2, 1)),
-    "v5p-8": ("tpu", "v5p:2x2x1", (2, 2, 1)),
-    "v5e-1": ("tpu", "v5e:1x1", (1, 1, 1)),
-    "v5e-4": ("tpu", "v5e:2x2", (2, 2, 1)),
-    "v5e-16": ("tpu", "v5e:4x4", (2, 2, 1)),
-    "v6e-8": ("tpu", "v6e:2x4", (2, 4, 1)),
+    "v4-8": ("tpu", "v4:2x2x1", ((2, 2, 1), "megacore")),
+    "v5p-8": ("tpu", "v5p:2x2x1", ((2, 2, 1), "megacore")),
+    "v5e-1": ("tpu", "v5e:1x1", ((1, 1, 1), "default")),
+    "v5e-4": ("tpu", "v5e:2x2", ((2, 2, 1), "default")),
+    "v5e-16": ("tpu", "v5e:4x4", ((2, 2, 1), "default")),
+    "v6e-8": ("tpu", "v6e:2x4", ((2, 4, 1), "default")),
     "1xh100": ("cuda", "1x1x1", "h100_sxm_80gb"),
     "8xh100": ("cuda", "1x1x8", "h100_sxm_80gb"),
     "1xa100": ("cuda", "1x1x1", "a100_sxm_80gb"),
@@ -88,7 +88,9 @@ def topology_devices(name: str) -> list:
     # Compiling needs no chip: let several processes (a test beside a long plan) load libtpu at once.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     if platform == "tpu":
-        desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", chips_per_host_bounds=detail)
+        host_bounds, chip_config = detail
+        desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", chip_config_name=chip_config,
+                                            chips_per_host_bounds=host_bounds)
     else:
         spec = (TARGETS_DIR / f"{detail}.txtpb").read_text()
         desc = topologies.get_topology_desc(detail, "cuda", target_config=spec, topology=topology)

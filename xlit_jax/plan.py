@@ -10,7 +10,8 @@ indicative.
 FLOPs: the compiler's cost analysis counts the body of a scan (our layers, our micro-batches) once, and
 the GPU compiler reports none. The FLOPs per step we print are the analytic model FLOPs
 (`train_flops_per_token` x tokens); `hardware_flops` scales the compiler's count by the trip counts
-(see `scaled_compiler_flops`), which adds what rematerialisation recomputes.
+(see `scaled_compiler_flops`), which adds what rematerialisation recomputes: a check that holds for
+layouts with several micro-batches (docs/scaling.md says where it does not).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +54,8 @@ def random_qkv(heads: int, kv_heads: int, t: int, s: int, seed: int = 0):
 
 
 def compare(kernel, q, k, v, q_segments, dtype, grads: bool):
-    """Outputs (and gradients of a loss over real queries) of `kernel(q, k, v)` in `dtype` against the fp32
-    reference, which is given the same q/k/v positions by `reference`."""
+    """Outputs at real (non-padding) queries, and gradients of a loss over them, of `kernel.under_test` in
+    `dtype` against `kernel.reference` in fp32."""
     real = jnp.asarray(q_segments != 0)[:, :, None, None]
     cotangent = jax.random.normal(jax.random.PRNGKey(9), q.shape) * real
 
@@ -78,9 +80,9 @@ def check(got, want, dtype):
         assert np.abs(got - want).max() <= BF16_REL * np.abs(want).max()
 
 
-class Kernel:
-    def __init__(self, under_test, reference):
-        self.under_test, self.reference = under_test, reference
+class Kernel(NamedTuple):
+    under_test: Callable  # (q, k, v) -> out, in the dtype of its inputs
+    reference: Callable  # (q, k, v) -> out by xla_attention
 
 
 def no_cache(fn, segments):
@@ -284,6 +286,7 @@ def test_decoding_through_the_accelerator_paths_gives_the_reference_tokens(monke
         jax.clear_caches()
 
 
+@pytest.mark.slow  # (the kernels' own bf16 checks above are in the fast suite)
 @pytest.mark.parametrize("kernel", ["cudnn", "splash"])
 def test_bfloat16_inference_through_each_kernel_agrees_with_float32(monkeypatch, kernel):
     """The bf16 agreement check of test_model_parity.py through the fused paths, with bf16 weights as

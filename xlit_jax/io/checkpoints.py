@@ -46,7 +46,8 @@ def read_config(workdir: str | os.PathLike) -> LlamaConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; is {workdir} a training workdir?")
     fields = json.loads(path.read_text())
-    return LlamaConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    config = LlamaConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    return config.replace(attention="auto")  # the kernel is the running machine's choice, not the model's
 
 
 def read_tokenizer(workdir: str | os.PathLike):

@@ -120,7 +120,8 @@ class _Run:
             if config.lora_rank and not ckpt.has_frozen(self.workdir):
                 ckpt.save_frozen(self.workdir, state.frozen)
             return config, state, shardings, tokenizer, make_batches(self.cfg, tokenizer)
-        config = ckpt.read_config(self.workdir)  # the run's own: config changes to the model do not apply
+        # the run's own: config changes to the model do not apply, except the attention kernel (per machine)
+        config = ckpt.read_config(self.workdir).replace(attention=self.cfg.model.attention)
         tokenizer = ckpt.read_tokenizer(self.workdir)
         state, shardings, data_state = self._restore(config, latest)
         data = make_batches(self.cfg, tokenizer)

@@ -100,8 +100,7 @@ def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:
 
         config, params, tokenizer = load_for_inference(path, **config_overrides)
     else:
-        raise WeightsError(f"{src}: not a .gguf file, an HF directory (config.json), a checkpoint directory, "
-                           "'smollm2-135m' or 'preset:NAME'")
+        raise _unknown_source(src)
     return Model(_checked(config), _to_device(params, config.weights_dtype), tokenizer, name)
 
 
@@ -109,6 +108,31 @@ def _checked(config: LlamaConfig) -> LlamaConfig:
     """Refuse an attention this machine cannot run (InputError) now rather than at the first compilation."""
     attention.choose(config.attention, config.dtype, config.head_dim)
     return config
+
+
+def load_config(src: str | os.PathLike, **config_overrides) -> LlamaConfig:
+    """The config of what `load(src)` would load, reading no weights (for plans and dry runs)."""
+    from xlit_jax.io.gguf import GGUFFile, smollm2_gguf_path
+    from xlit_jax.io.hf import config_from_hf, read_json
+
+    src = str(src)
+    if src.startswith("preset:"):
+        return get_preset(src[len("preset:"):]).replace(**config_overrides)
+    path = smollm2_gguf_path() if src == "smollm2-135m" else Path(src)
+    if path.suffix == ".gguf":
+        return GGUFFile(path).config().replace(**config_overrides)
+    if (path / "config.json").is_file():
+        return config_from_hf(read_json(path / "config.json"), str(path / "config.json"), **config_overrides)
+    if path.is_dir():
+        from xlit_jax.io.checkpoints import read_config
+
+        return read_config(path).replace(**config_overrides)
+    raise _unknown_source(src)
+
+
+def _unknown_source(src: str) -> WeightsError:
+    return WeightsError(f"{src}: not a .gguf file, an HF directory (config.json), a checkpoint directory, "
+                        "'smollm2-135m' or 'preset:NAME'")
 
 
 def _to_device(tree: dict, dtype) -> dict:

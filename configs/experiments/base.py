@@ -66,7 +66,9 @@ def base_config() -> ConfigDict:
             "export_hf": False,  # merged HF weights to workdir/export/hf at the end
             "export_peft": False,  # LoRA: PEFT adapter to workdir/export/peft at the end
         },
-        "mesh": {"data": 1, "fsdp": -1, "tensor": 1},  # -1: the devices left over
+        # -1: the devices left over. target: plan (--dry_run) for a compile-only pod instead of the attached
+        # devices: v4-8, v5p-8, v5e-1/4/16, v6e-8, 1xh100, 8xh100, 1xa100, 8xa100 (xlit_jax/plan.py)
+        "mesh": {"data": 1, "fsdp": -1, "tensor": 1, "target": ""},
         "distributed": {
             "initialize": False,  # join a multi-process run (TPU pod, SLURM, or the fields below)
             "coordinator": "",  # host:port of process 0; empty: let JAX detect the cluster

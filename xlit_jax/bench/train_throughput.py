@@ -16,7 +16,6 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
 from absl import app, flags
 
@@ -36,17 +35,9 @@ flags.DEFINE_string("out", None, "also write the results as JSON here")
 flags.DEFINE_string("worker", None, "internal: run one engine:method and print JSON")
 
 
-def timed(step, steps: int) -> float:
-    step()  # warm-up: compile / allocate
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return time.perf_counter() - start
-
-
 def measure_jax(method: str) -> dict:
     step = workloads.jax_train_step(FLAGS.model, method, FLAGS.batch, FLAGS.seq_len, FLAGS.lora_rank)
-    return {"seconds": timed(step.run, FLAGS.steps), "config": step.config}
+    return {"seconds": workloads.seconds_per_call(step.run, FLAGS.steps), "config": step.config}
 
 
 def measure_torch(method: str) -> dict:
@@ -84,7 +75,7 @@ def measure_torch(method: str) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return {"seconds": timed(step, FLAGS.steps), "config": config}
+    return {"seconds": workloads.seconds_per_call(step, FLAGS.steps), "config": config}
 
 
 def worker(spec: str) -> dict:
@@ -92,7 +83,7 @@ def worker(spec: str) -> dict:
 
     engine, method = spec.split(":")
     result = (measure_jax if engine == "jax" else measure_torch)(method)
-    tokens_per_s = FLAGS.steps * FLAGS.batch * FLAGS.seq_len / result["seconds"]
+    tokens_per_s = FLAGS.batch * FLAGS.seq_len / result["seconds"]
     peak, _ = metrics.peak_flops(FLAGS.peak_flops)
     flops = metrics.train_flops_per_token(result["config"], FLAGS.seq_len)
     return {"engine": engine, "method": method, "batch": FLAGS.batch, "seq_len": FLAGS.seq_len,

@@ -4,6 +4,7 @@ paper's prompts, and one training update of a model (full fine-tuning or LoRA) o
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -21,15 +22,24 @@ def paper_prompts(data_dir: str, n: int) -> list[list[dict]]:
     return [messages[i % len(messages)] for i in range(n)]
 
 
-def train_batch(vocab: int, batch: int, seq_len: int) -> dict[str, np.ndarray]:
-    """Random [batch, seq_len] rows, one sequence each, loss on the second half (the 'response')."""
+def train_batch(vocab: int, batch: int, seq_len: int, leading: tuple = ()) -> dict[str, np.ndarray]:
+    """Random [*leading, batch, seq_len] rows, one sequence each, loss on the second half (the 'response')."""
     rng = np.random.default_rng(0)
-    shape = (batch, seq_len)
+    shape = (*leading, batch, seq_len)
     return {"input_ids": rng.integers(3, vocab, shape).astype(np.int32),
             "targets": rng.integers(3, vocab, shape).astype(np.int32),
             "loss_mask": np.broadcast_to(np.arange(seq_len) >= seq_len // 2, shape).astype(np.float32),
             "segment_ids": np.ones(shape, np.int32),
             "positions": np.broadcast_to(np.arange(seq_len), shape).astype(np.int32)}
+
+
+def seconds_per_call(run: Callable[[], Any], calls: int) -> float:
+    """Mean wall seconds of `calls` calls of `run`, after one warm-up call (JAX compiles, torch allocates)."""
+    run()
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    return (time.perf_counter() - start) / calls
 
 
 def load_for_training(model: str, method: str, lora_rank: int):
@@ -50,7 +60,7 @@ class JaxTrainStep:
     """Our jitted train step on one device mesh, ready to run on a fixed batch."""
 
     config: Any
-    run: Callable[[], Any]  # one update; blocks until done and returns the metrics
+    run: Callable[[], None]  # one update, blocking until it is done
     lower: Callable[[], Any]  # the step lowered for its arguments (for compiled text and analyses)
 
 
@@ -58,6 +68,7 @@ def jax_train_step(model: str, method: str, batch: int, seq_len: int, lora_rank:
     import jax
 
     from xlit_jax import sharding
+    from xlit_jax.bench import repeated_step
     from xlit_jax.train import optim, step as step_lib
 
     config, params = load_for_training(model, method, lora_rank)
@@ -67,17 +78,15 @@ def jax_train_step(model: str, method: str, batch: int, seq_len: int, lora_rank:
     state, shardings = step_lib.init_state(config, params, tx, mesh)
     del params
     step = step_lib.make_train_step(config, tx, schedule, mesh, shardings)
-    arrays = sharding.global_batch({k: v[None] for k, v in train_batch(config.vocab_size, batch, seq_len).items()},
+    arrays = sharding.global_batch(train_batch(config.vocab_size, batch, seq_len, (1,)),
                                    sharding.batch_sharding(mesh, leading=1))
-    holder = {"state": state}
-
-    def run():
-        with sharding.activate(mesh):
-            holder["state"], metrics = step(holder["state"], arrays)
-        return jax.block_until_ready(metrics)
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                                      (state, arrays))  # the state itself is donated by the first run
 
     def lower():
         with sharding.activate(mesh):
-            return step.lower(holder["state"], arrays)
+            return step.lower(*abstract)
+
+    run = repeated_step(step, state, arrays, mesh)
 
     return JaxTrainStep(config, run, lower)

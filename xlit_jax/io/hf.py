@@ -171,7 +171,7 @@ class SafetensorsReader:
         self.directory = directory
         index = directory / WEIGHTS_INDEX
         if index.exists():
-            self.where = {k: directory / v for k, v in _read_json(index)["weight_map"].items()}
+            self.where = {k: directory / v for k, v in read_json(index)["weight_map"].items()}
         else:
             files = sorted(directory.glob("*.safetensors"))
             if not files:
@@ -201,7 +201,7 @@ def _open_safetensors(path: Path):
         raise WeightsError(f"{path}: not a readable safetensors file: {e}") from e
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
@@ -213,7 +213,7 @@ def _read_json(path: Path) -> dict:
 def load_hf_dir(directory: str | os.PathLike, **config_overrides):
     """(config, params) from an HF LLaMA directory. bf16 files are widened to float32 on read."""
     directory = Path(directory)
-    config = config_from_hf(_read_json(directory / "config.json"), str(directory / "config.json"),
+    config = config_from_hf(read_json(directory / "config.json"), str(directory / "config.json"),
                             **config_overrides)
     reader = SafetensorsReader(directory)
     params = params_from_tensors(config, lambda name: _to_numpy(reader(name)), np.dtype(config.weights_dtype))

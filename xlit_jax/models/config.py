@@ -14,11 +14,12 @@ REMAT_POLICIES = ("none", "full", "dots")
 ATTENTIONS = ("auto", "xla", "cudnn", "splash")  # see models/attention.py
 
 
-def resolve_dtype(name: str) -> str:
-    """'auto': bfloat16 on accelerators, float32 on CPU (where bf16 is emulated and slow)."""
+def resolve_dtype(name: str, platform: str | None = None) -> str:
+    """'auto': bfloat16 on accelerators, float32 on CPU (where bf16 is emulated and slow). `platform` defaults
+    to the attached devices'; a compile-only plan passes its target's."""
     if name != "auto":
         return name
-    return "float32" if jax.devices()[0].platform == "cpu" else "bfloat16"
+    return "float32" if (platform or jax.devices()[0].platform) == "cpu" else "bfloat16"
 
 
 def inference_dtypes(name: str = "auto") -> dict[str, str]:

@@ -65,7 +65,6 @@ def test_smollm2_matches_transformers_with_harness_tokenization(smollm2, hf_smol
         ref_logp, ref_greedy = hf_loglikelihood(hf_smollm2, *encode_pair(tok, context, continuation))
         assert abs(logp - ref_logp) <= TOLERANCE, (context, continuation, logp, ref_logp)
         assert greedy == ref_greedy
-    assert len({greedy for _, greedy in ours[:4]}) == 2  # exactly one of the four letters is greedy
 
 
 def test_empty_continuation_is_an_error():

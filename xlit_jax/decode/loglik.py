@@ -57,7 +57,7 @@ def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequenc
                       batch_size: int = 8, on_batch=None) -> list[tuple[float, bool]]:
     """(sum of log p(continuation | context), continuation is greedy) per (context ids, continuation ids),
     in the order given. An empty context is conditioned on the first EOS id, as the harness does with its
-    end-of-text token. `on_batch(pair_indices)` is called as pairs finish."""
+    end-of-text token. `on_batch(indices, results)` sees the pairs of each finished batch."""
     for i, (_, continuation) in enumerate(pairs):
         if not continuation:
             raise ValueError(f"pair {i}: empty continuation (nothing to score)")
@@ -91,5 +91,5 @@ def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequenc
                 results[i] = (float(total[b, k]), bool(is_greedy[b, k]))
                 finished.append(i)
         if on_batch is not None:
-            on_batch(finished)
+            on_batch(finished, [results[i] for i in finished])
     return results

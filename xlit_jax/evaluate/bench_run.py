@@ -45,10 +45,12 @@ class BenchConfig:
     batch_size: int = 8
     data_dir: str | None = None
 
-    def settings(self) -> dict:
-        """What a stored row must have been produced with to be reused."""
-        return {"num_fewshot": self.num_fewshot, "chat_template": self.chat_template,
-                "native_labels": self.native_labels, "max_new_tokens": MAX_NEW_TOKENS}
+    def settings(self, benchmark: str) -> dict:
+        """What a stored row of `benchmark` must have been produced with to be reused."""
+        if benchmark == "mmlu":
+            return {"chat_template": self.chat_template, "num_fewshot": self.num_fewshot}
+        budget = {"chat_template": self.chat_template, "max_new_tokens": MAX_NEW_TOKENS[benchmark]}
+        return budget if benchmark == "bbh" else {**budget, "native_labels": self.native_labels}
 
 
 def defects_csv(loaded) -> str:
@@ -85,9 +87,10 @@ class BenchmarkEvaluation:
             if row.get("model") != model_name:
                 raise InputError(f"{where}: holds results of model {row.get('model')!r}, but this run evaluates "
                                  f"{model_name!r}; use another --out_dir (one model per out_dir)")
-            if row.get("scorer") == SCORER and row.get("settings") != self.config.settings():
-                raise InputError(f"{where}: scored with {row.get('settings')}, but this run asks for "
-                                 f"{self.config.settings()}; use another --out_dir or the same settings")
+            wanted = self.config.settings(row.get("set")) if row.get("scorer") == SCORER else None
+            if wanted is not None and row.get("settings") != wanted:
+                raise InputError(f"{where}: scored with {row.get('settings')}, but this run asks for {wanted}; "
+                                 "use another --out_dir or the same settings")
             done.add(score_key(row))
         return done
 
@@ -97,7 +100,7 @@ class BenchmarkEvaluation:
     def _row(self, model_name: str, item: BenchItem, prediction, scores: dict, **details) -> dict:
         return {"model": model_name, "set": item.benchmark, "language": item.language, "id": item.id,
                 "scorer": SCORER, "task": item.task, "prediction": prediction, "gold": list(item.gold),
-                "scores": scores, **details, "settings": self.config.settings()}
+                "scores": scores, **details, "settings": self.config.settings(item.benchmark)}
 
     def _generate(self, model, model_name: str, items: list[BenchItem]) -> dict:
         benchmark = items[0].benchmark

@@ -10,6 +10,7 @@ from conftest import REPO
 from xlit_jax.evaluate import harness_metrics as hm
 from xlit_jax.evaluate.bench_run import BenchConfig, BenchmarkEvaluation
 from xlit_jax.evaluate.benchmarks import BBH_TARGET_ALIASES, load_benchmarks, parse_answers
+from xlit_jax.evaluate.report import write_report
 from xlit_jax.io.files import InputError
 
 LANGUAGES = ("ar", "de", "en", "es", "it", "zh")
@@ -170,3 +171,20 @@ def test_smollm2_runs_each_benchmark_and_resumes(tmp_path, smollm2, shared_data)
     assert len(again) == len(first) and again[-1]["id"] == first[-1]["id"]
     with pytest.raises(InputError, match="scored with"):
         BenchmarkEvaluation(tmp_path, BenchConfig(**{**config.__dict__, "num_fewshot": 1})).run(smollm2)
+    # a second model's run, side by side (--compare)
+    other = tmp_path.parent / f"{tmp_path.name}-other"
+    other.mkdir()
+    (other / "item_scores.jsonl").write_text("".join(json.dumps({**r, "model": "other"}) + "\n" for r in again))
+    compared = write_report([tmp_path, other], tmp_path / "compare")
+    csv_rows = compared["benchmarks_csv"].read_text().splitlines()
+    assert sorted(r.split(",")[:2] for r in csv_rows[1:]) == [["other", "en"], ["other", "it"],
+                                                              [smollm2.name, "en"], [smollm2.name, "it"]]
+
+
+def test_smollm2_chat_template_wraps_prompts(tmp_path, smollm2, shared_data):
+    config = BenchConfig(benchmarks=("mmlu", "xquad"), languages=("en",), limit=1, chat_template=True,
+                         data_dir=str(shared_data))
+    found = rows(BenchmarkEvaluation(tmp_path, config).run(smollm2)["item_scores"])
+    assert [r["set"] for r in found] == ["mmlu", "xquad"] and found[0]["prediction"] in "ABCD"
+    assert all(r["settings"]["chat_template"] for r in found)
+    assert found[1]["prediction"].strip()  # the assistant answers; nothing is cut before its text

@@ -94,8 +94,14 @@ class BenchmarkEvaluation:
             done.add(score_key(row))
         return done
 
-    def _prompt(self, model, item: BenchItem):
+    def _prompt(self, item: BenchItem):
         return [{"role": "user", "content": item.prompt}] if self.config.chat_template else item.prompt
+
+    def _prompt_ids(self, model, item: BenchItem) -> list[int]:
+        """A raw prompt gets no special tokens (no BOS), as the harness encodes it; a chat one its template's."""
+        prompt = self._prompt(item)
+        return model.encode(prompt) if self.config.chat_template else model.tokenizer(
+            prompt, add_special_tokens=False).input_ids
 
     def _row(self, model_name: str, item: BenchItem, prediction, scores: dict, **details) -> dict:
         return {"model": model_name, "set": item.benchmark, "language": item.language, "id": item.id,
@@ -104,7 +110,7 @@ class BenchmarkEvaluation:
 
     def _generate(self, model, model_name: str, items: list[BenchItem]) -> dict:
         benchmark = items[0].benchmark
-        ids = [model.encode(self._prompt(model, it)) for it in items]
+        ids = [self._prompt_ids(model, it) for it in items]
         progress = tqdm(total=len(items), desc=f"{benchmark}/{items[0].language}", unit="item")
         new_tokens = 0
 
@@ -131,7 +137,7 @@ class BenchmarkEvaluation:
         return metrics.qa_scores(text.strip(), item.gold, item.language)
 
     def _choose(self, model, model_name: str, items: list[BenchItem]) -> dict:
-        contexts = [self._prompt(model, it) for it in items]
+        contexts = [self._prompt(it) for it in items]
         if self.config.chat_template:
             contexts = [model.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                         for c in contexts]

@@ -171,8 +171,9 @@ def _bar_panels(panels: list[tuple[str, dict]], path: Path, ylabel: str, top: fl
     for ax, (panel, cells) in zip(axes.flat, panels):
         for k, model in enumerate(models):
             heights = [cells.get((model, lang), math.nan) for lang in languages]
-            ax.bar([i + (k - (len(models) - 1) / 2) * width for i in range(len(languages))], heights,
-                   width, label=model)
+            bars = ax.bar([i + (k - (len(models) - 1) / 2) * width for i in range(len(languages))], heights,
+                          width, label=model)
+            ax.bar_label(bars, ["" if math.isnan(h) else f"{h:.3g}" for h in heights], fontsize="x-small")
         ax.set_xticks(range(len(languages)), languages)
         ax.set_ylim(0, top)
         ax.set_title(panel)

@@ -65,7 +65,7 @@ class Loaded:
 
 
 def _read_csv(path: Path, header: bool, columns: int):
-    """Rows (line number, fields) of a CSV whose every row has `columns` fields; U+FEFF stripped (counted)."""
+    """The rows of a CSV, each checked to have `columns` fields."""
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     csv.field_size_limit(1 << 30)
@@ -76,7 +76,7 @@ def _read_csv(path: Path, header: bool, columns: int):
         for fields in reader:
             if len(fields) != columns:
                 raise InputError(f"{path}:{reader.line_num}: {len(fields)} fields, expected {columns}")
-            yield reader.line_num, fields
+            yield fields
 
 
 def _strip_bom(fields: list[str], defects, where: tuple) -> list[str]:
@@ -112,41 +112,39 @@ def qa_prompt(context: str, question: str, language: str, native_labels: bool) -
     return f"{c}: {context}\n\n{q}: {question}\n\n{a}:"
 
 
-def _qa_items(benchmark, language, path, order, ids, native_labels, loaded: Loaded) -> None:
-    """order: positions of (context, question, answers) in each row; ids: one per row, or None for row ids."""
+def _qa_items(benchmark, language, path, columns, native_labels, loaded: Loaded, ids=None) -> None:
+    """columns: positions of (id or None for row numbers, context, question, answers); `ids` replaces the
+    file's ids where they are broken."""
     where = (benchmark, language)
-    for n, (line, fields) in enumerate(_read_csv(path, header=True, columns=4)):
+    for n, fields in enumerate(_read_csv(path, header=True, columns=4)):
         loaded.rows[where] += 1
         fields = _strip_bom(fields, loaded.defects, where)
-        context, question, raw = (fields[i] for i in order)
+        row_id, context, question, raw = (None if i is None else fields[i] for i in columns)
         answers = parse_answers(raw, loaded.defects, where)
         if not answers:
             loaded.defects[where + ("left out: no readable answer",)] += 1
             continue
         if not any(a in context for a in answers):
             loaded.defects[where + ("answer not found in the context",)] += 1
-        item_id = ids[n] if ids else f"{n:05d}"
+        item_id = ids[n] if ids else row_id or f"{n:05d}"
         loaded.items.append(BenchItem(benchmark, language, benchmark, item_id,
                                       qa_prompt(context, question, language, native_labels), answers))
 
 
 def _load_xquad(data_dir: Path, language: str, loaded: Loaded, native_labels: bool = False, **_) -> None:
     path = data_dir / LANGUAGE_DIRS[language] / "XQUAD" / f"xquad_{language.upper()}.csv"
-    # Italian ids were machine-translated; Italian is row-aligned with English, so English ids stand in.
     ids = None
-    if language == "it":
+    if language == "it":  # ids machine-translated; Italian is row-aligned with English, whose ids stand in
         english = data_dir / LANGUAGE_DIRS["en"] / "XQUAD" / "xquad_EN.csv"
-        ids = [fields[0] for _, fields in _read_csv(english, header=True, columns=4)]
+        ids = [fields[0] for fields in _read_csv(english, header=True, columns=4)]
         loaded.defects[("xquad", "it", "ids taken from the English file (translated ids)")] += len(ids)
-    else:
-        ids = [fields[0].replace("\ufeff", "") for _, fields in _read_csv(path, header=True, columns=4)]
-    _qa_items("xquad", language, path, (1, 2, 3), ids, native_labels, loaded)
+    _qa_items("xquad", language, path, (0, 1, 2, 3), native_labels, loaded, ids)
 
 
 def _load_mlqa(data_dir: Path, language: str, loaded: Loaded, native_labels: bool = False, **_) -> None:
     # Columns context, question, answers, id; the Italian ids are garbled, so rows are numbered instead.
     path = data_dir / LANGUAGE_DIRS[language] / "MLQA" / f"mlqa_{language.upper()}.csv"
-    _qa_items("mlqa", language, path, (0, 1, 2), None, native_labels, loaded)
+    _qa_items("mlqa", language, path, (None, 0, 1, 2), native_labels, loaded)
 
 
 def mmlu_files(folder: Path) -> dict[str, Path]:
@@ -173,17 +171,16 @@ def _load_mmlu(data_dir: Path, language: str, loaded: Loaded, num_fewshot: int =
                              f"{english_path.name.removesuffix('_test.csv')}")
         subject = english_path.name.removesuffix("_test.csv")
         rows = []
-        for line, fields in _read_csv(mine[key], header=False, columns=6):
+        for fields in _read_csv(mine[key], header=False, columns=6):
             loaded.rows[where] += 1
             fields = [f.strip() if i == 5 else f for i, f in enumerate(_strip_bom(fields, loaded.defects, where))]
             if fields[5] not in LETTERS:
                 loaded.defects[where + ("left out: answer not A-D",)] += 1
                 continue
-            rows.append((line, fields))
-        shots = rows[:num_fewshot]
+            rows.append(fields)
         header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
-        examples = "".join(mmlu_question(f, f[5]) + "\n\n" for _, f in shots)
-        for n, (_, fields) in enumerate(rows[num_fewshot:], num_fewshot):
+        examples = "".join(mmlu_question(f, f[5]) + "\n\n" for f in rows[:num_fewshot])
+        for n, fields in enumerate(rows[num_fewshot:], num_fewshot):
             loaded.items.append(BenchItem("mmlu", language, subject, f"{subject}/{n:04d}",
                                           header + examples + mmlu_question(fields), (fields[5],)))
 
@@ -200,7 +197,7 @@ def _load_bbh(data_dir: Path, language: str, loaded: Loaded, **_) -> None:
     aliases = BBH_TARGET_ALIASES.get(language, {})
     for path in files:
         task = path.stem
-        for n, (_, fields) in enumerate(_read_csv(path, header=True, columns=2)):
+        for n, fields in enumerate(_read_csv(path, header=True, columns=2)):
             loaded.rows[where] += 1
             question, target = (f.strip() for f in _strip_bom(fields, loaded.defects, where))
             if not target:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xlit_jax.decode.generate import generate_ids
+from xlit_jax.decode.loglik import encode_pair, loglikelihood_ids
 from xlit_jax.io.hf import WeightsError
 from xlit_jax.models import attention
 from xlit_jax.models.config import LlamaConfig
@@ -70,6 +71,15 @@ class Model:
         return generate_ids(self.params, self.config, prompts, max_new_tokens=max_new_tokens,
                             repetition_penalty=repetition_penalty, batch_size=batch_size, on_batch=on_batch,
                             sampling=sampling)
+
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
+                      on_batch=None) -> list[tuple[float, bool]]:
+        """(log p(continuation | context), is it the greedy continuation) per (context, continuation) text
+        pair, tokenized with the harness's boundary rule (see decode/loglik.py)."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.name} has no tokenizer; use decode.loglik.loglikelihood_ids instead")
+        ids = [encode_pair(self.tokenizer, context, continuation) for context, continuation in pairs]
+        return loglikelihood_ids(self.params, self.config, ids, batch_size, on_batch)
 
 
 def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:

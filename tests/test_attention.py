@@ -229,7 +229,7 @@ def test_xlit_generate_reports_a_kernel_this_machine_lacks_in_one_line(tmp_path)
     done = subprocess.run([sys.executable, "-m", "launch.generate", "--model=preset:tiny", "--attention=cudnn",
                            f"--prompts={prompts}", f"--out={tmp_path / 'out.jsonl'}"], cwd=REPO,
                           capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(
         "xlit-generate: attention=cudnn: cuDNN attention needs an NVIDIA GPU, and this run is on cpu; use "
         "attention=xla")

@@ -144,8 +144,8 @@ def test_binary_names_the_problem_before_loading(tmp_path, shared_data):
         [sys.executable, "-m", "launch.evaluate", "--model=preset:tiny", "--eval_set=xquad,chirkova",
          f"--data_dir={shared_data}", f"--out_dir={tmp_path / 'out'}"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and not (tmp_path / "out").exists()
-    assert done.stderr.strip().endswith("name only one kind")
+    assert done.returncode == 2 and not (tmp_path / "out").exists()
+    assert done.stderr.strip().startswith("xlit-eval: --eval_set") and done.stderr.strip().endswith("name only one kind")
 
 
 def rows(path):

@@ -116,7 +116,7 @@ def test_dry_run_names_a_bad_target_in_one_line():
     code = ("import sys; sys.argv = ['xlit-train', '--config=configs/experiments/tiny_ft.py', '--dry_run', "
             "'--config.mesh.target=v9-8']\nfrom launch.train import run\nrun()")
     done = python(code)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("xlit-train: unknown target 'v9-8'; known: v4-8")
 
 

@@ -43,7 +43,8 @@ def _study():
             atomic_write_text(workdir / "study.json", cfg.to_json_best_effort(indent=2))
             states = runner.run(cells, workdir, cfg.eval)
             logging.info("cells: %s", json.dumps(states))
-        for kind, path in report.write(cells, workdir, cfg.name).items():
+        fig3 = (cfg.get("report") or {}).get("fig3")
+        for kind, path in report.write(cells, workdir, cfg.name, fig3).items():
             logging.info("%s: %s", kind, path)
         if not FLAGS.report and runner.FAILED in states.values():
             sys.exit(1)

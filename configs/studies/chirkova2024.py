@@ -35,4 +35,8 @@ def get_config():
             "judge_model": "",
         },
         "baselines": {},
+        # Fig. 3's bars: the 13B model on each data set and a LoRA, 7B and Tower on Dolly, each at the lr the
+        # paper found best (1e-5 full fine-tuning, 1e-4 LoRA); globs on cell names.
+        "report": {"fig3": ("llama2-13b.*.ft.lr1e-5", "llama2-13b.dolly-en.lora.lr1e-4", "llama2-7b.dolly-en.ft.lr1e-5",
+                            "tower-7b.dolly-en.ft.lr1e-5")},
     })

@@ -58,20 +58,29 @@ class Cell:
         return {"cell": self.name, "model": self.model, "data": self.data, "method": self.method, "lr": self.lr}
 
 
-def _flatten(tree, prefix: str = "") -> list[tuple[str, str]]:
-    """{"train": {"max_steps": 30}} -> [("train.max_steps", "30")]; tuples become comma lists, "" is left out."""
+def _flatten(tree, sequence, prefix: str = "") -> list[tuple[str, str]]:
+    """{"train": {"max_steps": 30}} -> [("train.max_steps", "30")]; a tuple becomes sequence(values), and
+    "" is left out (the program's default stays)."""
     pairs = []
     for key, value in tree.items():
         path = f"{prefix}{key}"
         if hasattr(value, "items"):
-            pairs += _flatten(value, path + ".")
-        elif value == "":  # unset: the program's default
-            continue
+            pairs += _flatten(value, sequence, path + ".")
         elif isinstance(value, (tuple, list)):
-            pairs.append((path, ",".join(str(v) for v in value)))
-        else:
+            pairs.append((path, sequence(value)))
+        elif value != "":
             pairs.append((path, str(value)))
     return pairs
+
+
+def config_override_pairs(tree) -> list[tuple[str, str]]:
+    """Overrides of an ml_collections config flag: tuples spelled as Python literals."""
+    return _flatten(tree, lambda values: repr(tuple(values)))
+
+
+def flag_pairs(tree) -> list[tuple[str, str]]:
+    """absl flags: lists spelled comma-separated."""
+    return _flatten(tree, lambda values: ",".join(str(v) for v in values))
 
 
 def _strings(config, field: str) -> tuple[str, ...]:
@@ -91,7 +100,7 @@ def expand(config) -> list[Cell]:
     if empty:
         raise InputError(f"study config: the grid axis {empty[0]!r} is empty")
     sources = dict(config.get("model_sources") or {})
-    overrides = tuple(_flatten(config.get("train") or {}))
+    overrides = tuple(config_override_pairs(config.get("train") or {}))
     cells = [Cell(name, "", BASELINE, "", "", str(source), ())
              for name, source in (config.get("baselines") or {}).items()]
     for model in axes["models"]:
@@ -153,7 +162,7 @@ def commands(cell: Cell, paths: CellPaths, eval_flags, launcher: str = "python")
             result["train"] = train_program + [f"--config={cell.experiment}", f"--workdir={paths.train}"] + flags
         model = str(paths.train)
     result["eval"] = eval_program + [f"--model={model}", f"--model_name={cell.name}", f"--out_dir={paths.eval}"] + [
-        f"--{key}={value}" for key, value in _flatten(eval_flags or {})]
+        f"--{key}={value}" for key, value in flag_pairs(eval_flags or {})]
     return result
 
 

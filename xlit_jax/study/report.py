@@ -15,6 +15,8 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import fnmatch
+import functools
 import io
 import math
 from pathlib import Path
@@ -30,17 +32,25 @@ from xlit_jax.study import grid
 MAIN_SET, MODIFIER_SET = "chirkova", "chirkova_modifiers"
 ENGLISH, OTHERS = "en", "non-en"  # the paper's two groups: English, and fr/pt/ru pooled
 BOOTSTRAP_SAMPLES = 1000
+STYLES = ("-", "--", "-.")  # one per method in Fig. 2; colours are data sets
+FIG3_MAX_CELLS = 12  # more bars than this are unreadable: pick cells with the config's report.fig3
 FIELDS = ("cell", "model", "data", "method", "lr", "set", "language", "modifier", "metric", "mean", "ci_low",
           "ci_high", "n")
 ALL = ""  # the modifier column of aggregates over every item
 
 
+@functools.lru_cache(maxsize=64)
+def _draws(n: int, samples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(samples, n))
+
+
 def bootstrap_interval(values, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean (the same seed for every group: reproducible)."""
+    """95% percentile-bootstrap interval of the mean (the same seed for every group: reproducible, and
+    groups of one size share their resampling indices)."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2:
         return (float(values.mean()),) * 2 if len(values) else (math.nan, math.nan)
-    draws = np.random.default_rng(seed).integers(0, len(values), size=(samples, len(values)))
+    draws = _draws(len(values), samples, seed)
     low, high = np.percentile(values[draws].mean(axis=1), [2.5, 97.5])
     return float(low), float(high)
 
@@ -167,13 +177,13 @@ def benchmark_table(stats: list[Stat]) -> list[str]:
     return ["## Benchmarks by language", "", _table(["cell", "set", "metric"] + languages, body), ""]
 
 
-def _figure(rows: int, columns: int):
+def _figure(rows: int, columns: int, legend_rows: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.2, 2.9 * rows + 1.0), squeeze=False,
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.2, 2.9 * rows + 0.8 + 0.2 * legend_rows), squeeze=False,
                              layout="constrained")
     return plt, fig, axes
 
@@ -195,11 +205,14 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
     if not metrics:
         return False
     baselines = [c for c in cells if not c.trains]
-    plt, fig, axes = _figure(len(metrics), 2)
+    lines = _ordered((c.data, c.method) for c in mine)
+    datasets, methods = _ordered(d for d, _ in lines), _ordered(m for _, m in lines)  # colour, line style
+    plt, fig, axes = _figure(len(metrics), 2, legend_rows=math.ceil((len(lines) + len(baselines)) / 4))
     for row, metric in zip(axes, metrics):
         k = _scale(metric)
         for ax, group, title in zip(row, (ENGLISH, OTHERS), ("English", "fr / pt / ru")):
-            for data, method in _ordered((c.data, c.method) for c in mine):
+            for data, method in lines:
+                style = {"color": f"C{datasets.index(data) % 10}", "linestyle": STYLES[methods.index(method) % 3]}
                 points = sorted((_lr_value(c.lr), index[key]) for c in mine if (c.data, c.method) == (data, method)
                                 and (key := (c.name, MAIN_SET, group, ALL, metric)) in index)
                 if not points:
@@ -207,11 +220,11 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
                 x = [p[0] for p in points]
                 y = np.array([k * p[1].mean for p in points])
                 err = np.array([[y[i] - k * p[1].ci_low, k * p[1].ci_high - y[i]] for i, p in enumerate(points)]).T
-                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{data} / {method}")
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{data} / {method}", **style)
             for base in baselines:
                 stat = index.get((base.name, MAIN_SET, group, ALL, metric))
                 if stat is not None:
-                    ax.axhline(k * stat.mean, linestyle="--", color="gray", label=f"{base.name} (n={stat.n})")
+                    ax.axhline(k * stat.mean, linestyle=":", color="gray", label=f"{base.name} (n={stat.n})")
             ax.set_xscale("log")
             ax.set_ylim(0, 105 if k == 100 else 2.05)
             ax.set_title(f"{metric}: {title}", fontsize="medium")
@@ -225,25 +238,31 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
     return True
 
 
-def plot_criteria(stats: list[Stat], cells: list[grid.Cell], path: Path) -> bool:
+def judged_cells(stats: list[Stat], cells: list[grid.Cell]) -> list[grid.Cell]:
+    index = _index(stats)
+    return [c for c in cells if any((c.name, MAIN_SET, ENGLISH, ALL, m) in index for m in JUDGE_METRICS)]
+
+
+def plot_criteria(stats: list[Stat], judged: list[grid.Cell], path: Path) -> bool:
     """Fig. 3: the judge's 6 criteria, a bar per cell, en | non-en panels, 95% intervals."""
     index = _index(stats)
-    judged = [c for c in cells if any((c.name, MAIN_SET, ENGLISH, ALL, m) in index for m in JUDGE_METRICS)]
     if not judged:
         return False
-    plt, fig, axes = _figure(1, 2)
+    criteria = [m for m in JUDGE_METRICS if any((c.name, MAIN_SET, g, ALL, m) in index
+                                                for c in judged for g in (ENGLISH, OTHERS))]
+    plt, fig, axes = _figure(1, 2, legend_rows=math.ceil(len(judged) / 3))
     width = 0.8 / len(judged)
     for ax, group, title in zip(axes[0], (ENGLISH, OTHERS), ("English", "fr / pt / ru")):
         for j, cell in enumerate(judged):
             x, y, err = [], [], []
-            for i, metric in enumerate(JUDGE_METRICS):
+            for i, metric in enumerate(criteria):
                 stat = index.get((cell.name, MAIN_SET, group, ALL, metric))
                 if stat is not None:
                     x.append(i + (j - (len(judged) - 1) / 2) * width)
                     y.append(stat.mean)
                     err.append((stat.mean - stat.ci_low, stat.ci_high - stat.mean))
             ax.bar(x, y, width, yerr=np.array(err).T if err else None, capsize=2, label=cell.name)
-        ax.set_xticks(range(len(JUDGE_METRICS)), [m.removeprefix("judge_") for m in JUDGE_METRICS], rotation=30)
+        ax.set_xticks(range(len(criteria)), [m.removeprefix("judge_") for m in criteria], rotation=30)
         ax.set_ylim(0, 2.05)
         ax.set_ylabel("mean score (0-2)")
         ax.set_title(title)
@@ -254,8 +273,9 @@ def plot_criteria(stats: list[Stat], cells: list[grid.Cell], path: Path) -> bool
     return True
 
 
-def write(cells: list[grid.Cell], workdir: Path, study_name: str) -> dict[str, Path]:
-    """Aggregate every evaluated cell into WORKDIR/report; returns the files written."""
+def write(cells: list[grid.Cell], workdir: Path, study_name: str, fig3_patterns=None) -> dict[str, Path]:
+    """Aggregate every evaluated cell into WORKDIR/report; returns the files written. Fig. 3 shows the
+    judged cells matching `fig3_patterns` (globs; default: all of them, if there are not too many)."""
     out = Path(workdir) / "report"
     stats, missing = collect(cells, workdir)
     written = {"csv": out / "summary.csv", "markdown": out / "report.md"}
@@ -265,7 +285,13 @@ def write(cells: list[grid.Cell], workdir: Path, study_name: str) -> dict[str, P
         if plot_learning_rates(stats, cells, model, path):
             written[f"fig2.{model}"] = path
             figures.append(path)
-    if plot_criteria(stats, cells, out / "fig3_criteria.png"):
+    judged = [c for c in judged_cells(stats, cells)
+              if not fig3_patterns or any(fnmatch.fnmatchcase(c.name, p) for p in fig3_patterns)]
+    notes = []
+    if len(judged) > FIG3_MAX_CELLS:
+        notes.append(f"Fig. 3 is left out: {len(judged)} judged cells are too many bars; name up to "
+                     f"{FIG3_MAX_CELLS} with report.fig3 (globs) in the study config.")
+    elif plot_criteria(stats, judged, out / "fig3_criteria.png"):
         written["fig3"] = out / "fig3_criteria.png"
         figures.append(written["fig3"])
     done = len(cells) - len(missing)
@@ -273,7 +299,7 @@ def write(cells: list[grid.Cell], workdir: Path, study_name: str) -> dict[str, P
              f"{done} of {len(cells)} cells have scores" + (f"; not yet: {', '.join(missing)}." if missing else "."),
              "Cells: mean [95% percentile-bootstrap interval over responses] n=responses; fr/pt/ru pooled. "
              "language_correct, spelling, relevance and fulfilment in %, judge criteria on 0-2 (responses in "
-             "the wrong language left out of every criterion but language).", ""]
+             "the wrong language left out of every criterion but language).", "", *notes]
     parts += [f"![{p.stem}]({p.name})" for p in figures] + [""]
     parts += ["## Main evaluation by metric (Fig. 2, Fig. 3)", ""] + metric_tables(stats, cells)
     parts += modifier_table(stats, cells) + benchmark_table(stats)

@@ -31,7 +31,8 @@ from xlit_jax.evaluate.run import GENERATIONS_FILE
 from xlit_jax.io.files import InputError, atomic_write_text, read_jsonl
 
 KEY_FILE = "key.jsonl"
-SHEET_FIELDS = ("item", "language", "instruction", "response", *CRITERIA, "comment", "annotator")
+# "lang" is the item's language; "language" is the criterion (is the response in the instruction's language?).
+SHEET_FIELDS = ("item", "lang", "instruction", "response", *CRITERIA, "comment", "annotator")
 STARS = (1, 2, 3)
 GUIDELINES_FILE = "evaluation_instruction.txt"
 PAGE_TEMPLATE = Path(__file__).with_name("human_eval.html")
@@ -100,7 +101,7 @@ def export(eval_dirs: list[Path], out_dir: Path, languages: list[str] | None = N
             item = f"{language}-{number:04d}"
             key.append({"item": item, "model": row["model"], "set": row["set"], "language": language,
                         "id": row["id"], "eval_dir": row["eval_dir"]})
-            items.append({"item": item, "language": language, "instruction": instruction_text(row["messages"]),
+            items.append({"item": item, "lang": language, "instruction": instruction_text(row["messages"]),
                           "response": row["response"]})
         written[f"{language}.csv"] = Path(out_dir) / f"sheet.{language}.csv"
         written[f"{language}.html"] = Path(out_dir) / f"sheet.{language}.html"

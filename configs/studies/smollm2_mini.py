@@ -4,9 +4,12 @@ fixed seeded subset of the paper's instructions in en/fr/pt/ru for language corr
 
   xlit-study --config=configs/studies/smollm2_mini.py --workdir=runs/studies/smollm2_mini
 
-Size (docs/results.md has the measured time): 7 cells; each run 30 updates of one micro-batch of 2 x 512
-tokens (31k tokens, ~5% of LIMA's 0.66M; the paper's runs see 16M); 12 instructions per language, 96 new tokens.
-The learning rates are the paper's upper two and one above: so few steps at 1e-6 would change nothing.
+Size (docs/results.md has the measured time): 7 cells; each run 20 updates of one micro-batch of 2 x 512
+tokens (20k tokens, 3% of LIMA's 0.66M; the paper's runs see 16M); 12 instructions per language, 64 new
+tokens. The learning rates are the paper's upper two and one above: so few steps at 1e-6 would change
+nothing. To see the likeliest effects first on a busy machine, run the cells in three passes:
+
+  for only in '*.base,*.lr1e-4' '*.lr1e-3' '*'; do xlit-study --config=... --workdir=... --only="$only"; done
 """
 
 from ml_collections import ConfigDict
@@ -23,7 +26,7 @@ def get_config():
         "model_sources": {},
         "train": {
             "data": {"grad_accum": 1},
-            "train": {"max_steps": 30, "save_every": 5, "log_every": 5, "export_hf": False, "export_peft": False,
+            "train": {"max_steps": 20, "save_every": 5, "log_every": 5, "export_hf": False, "export_peft": False,
                       "tensorboard": False},
         },
         "eval": {
@@ -32,8 +35,8 @@ def get_config():
             "limit": 12,
             "seed": 0,
             "metrics": "language,spelling",
-            "max_new_tokens": 96,
-            "batch_size": 16,
+            "max_new_tokens": 64,
+            "batch_size": 4,  # prefill memory grows with batch x prompt length: ~10 GB at 16 x 1024
         },
         "baselines": {"smollm2-135m": "smollm2-135m"},
     })

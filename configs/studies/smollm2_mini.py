@@ -36,7 +36,7 @@ def get_config():
             "seed": 0,
             "metrics": "language,spelling",
             "max_new_tokens": 64,
-            "batch_size": 4,  # prefill memory grows with batch x prompt length: ~10 GB at 16 x 1024
+            "batch_size": 4,  # prefill memory grows with batch x prompt bucket: 10 GiB at 16 x 2048
         },
         "baselines": {"smollm2-135m": "smollm2-135m"},
     })

@@ -74,12 +74,13 @@ def _cell(row: dict | None) -> str:
     return f"{mean:.{digits}f} ({row['n']})"
 
 
-def _table(header: list[str], body: list[list[str]]) -> str:
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
 
 
-def _ordered(values) -> list:
+def ordered(values) -> list:
+    """The distinct values in first-seen order."""
     return list(dict.fromkeys(values))
 
 
@@ -90,9 +91,9 @@ def _metric_table(rows: list[dict], eval_set: str) -> str:
     metrics = [m for m in order if any(r["metric"] == m for r in mine)]
     cells = {(r["model"], r["language"], r["metric"]): r for r in mine}
     body = [[model, lang] + [_cell(cells.get((model, lang, m))) for m in metrics]
-            for model in _ordered(r["model"] for r in mine) for lang in _ordered(r["language"] for r in mine)
+            for model in ordered(r["model"] for r in mine) for lang in ordered(r["language"] for r in mine)
             if any((model, lang, m) in cells for m in metrics)]
-    return _table(["model", "language"] + metrics, body) if metrics else ""
+    return markdown_table(["model", "language"] + metrics, body) if metrics else ""
 
 
 def _modifier_table(rows: list[dict], eval_set: str, metric: str) -> str:
@@ -100,10 +101,10 @@ def _modifier_table(rows: list[dict], eval_set: str, metric: str) -> str:
     mine = [r for r in rows if r["set"] == eval_set and r["modifier"] != ALL and r["metric"] == metric]
     if not mine:
         return ""
-    languages = _ordered(r["language"] for r in mine)
+    languages = ordered(r["language"] for r in mine)
     cells = {(r["model"], r["modifier"], r["language"]): r for r in mine}
-    keys = _ordered((r["model"], r["modifier"]) for r in mine)
-    return _table(["model", "modifier"] + languages,
+    keys = ordered((r["model"], r["modifier"]) for r in mine)
+    return markdown_table(["model", "modifier"] + languages,
                   [[model, mod] + [_cell(cells.get((model, mod, lang))) for lang in languages]
                    for model, mod in keys])
 
@@ -113,7 +114,7 @@ def markdown(rows: list[dict]) -> str:
              "Cells: mean (responses scored). language_correct, spelling, relevance and modifier "
              "fulfilment in %; judge criteria on 0-2, responses the judge found in the wrong language "
              "left out of every criterion but language."]
-    for eval_set in _ordered(r["set"] for r in rows):
+    for eval_set in ordered(r["set"] for r in rows):
         parts += ["", f"## {eval_set}", "", _metric_table(rows, eval_set)]
         for metric, title in (("fulfilled", "Modifier fulfilment (rule-checked), %"),
                               ("judge_helpfulness", "Helpfulness under each modifier (LLM judge, 0-2)")):
@@ -142,8 +143,8 @@ def plot(rows: list[dict], eval_set: str, metrics, path: Path, ylabel: str, scal
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = _ordered(r["model"] for r in mine)
-    languages = _ordered(r["language"] for r in mine)
+    models = ordered(r["model"] for r in mine)
+    languages = ordered(r["language"] for r in mine)
     cells = {(r["model"], r["language"], r["metric"]): r["mean"] for r in mine}
     width = 0.8 / len(models)
     columns = min(len(metrics), PANELS_PER_ROW)
@@ -191,7 +192,7 @@ def write_report(run_dirs, out_dir) -> dict[str, Path]:
     atomic_write_text(written["scores"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in aggregates))
     atomic_write_text(written["csv"], to_csv(aggregates))
     atomic_write_text(written["markdown"], markdown(aggregates))
-    for eval_set in _ordered(r["set"] for r in aggregates):
+    for eval_set in ordered(r["set"] for r in aggregates):
         for stem, metrics, ylabel, scale, top in FIGURES:
             path = out_dir / f"{stem}.{eval_set}.png"
             if plot(aggregates, eval_set, metrics, path, ylabel, scale, top):

@@ -26,7 +26,7 @@ import numpy as np
 
 from xlit_jax.evaluate.evalsets import CHIRKOVA_DIR, instruction_text
 from xlit_jax.evaluate.judge import CRITERIA
-from xlit_jax.evaluate.report import ITEM_SCORES_FILE, read_item_scores
+from xlit_jax.evaluate.report import ITEM_SCORES_FILE, markdown_table, read_item_scores
 from xlit_jax.evaluate.run import GENERATIONS_FILE
 from xlit_jax.io.files import InputError, atomic_write_text, read_jsonl
 
@@ -255,19 +255,20 @@ def import_sheets(sheets: list[Path], key_path: Path, out_dir: Path) -> dict[str
     atomic_write_text(written["human_scores"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in human))
     fields = ("who", "criterion", "n", "exact_pct", "kappa_w", "spearman")
     atomic_write_text(written["csv"], csv_text(agreed, fields))
+    rated_by_judge = sum(1 for r in human if (r["model"], r["set"], r["language"], r["id"]) in judge)
+    means_table = markdown_table(
+        ["model", "languages", "criterion", "human", "n", "judge", "n"],
+        [[m["model"], m["group"], m["criterion"], f"{m['human']:.2f}", str(m["n_human"]), _fmt(m["judge"]),
+          str(m["n_judge"])] for m in means])
+    agreement_table = markdown_table(
+        ["who", "criterion", "n", "exact %", "kappa_w", "spearman"],
+        [[a["who"], a["criterion"], str(a["n"]), f"{a['exact_pct']:.1f}", _fmt(a["kappa_w"]), _fmt(a["spearman"])]
+         for a in agreed])
     lines = ["# Human evaluation", "",
-             f"{len(human)} ratings by {len({r['annotator'] for r in human})} annotator(s); "
-             f"{sum(1 for r in human if (r['model'], r['set'], r['language'], r['id']) in judge)} of them with a "
-             "judge's score.", "", "## Mean scores (0-2) on the rated items", "",
-             "| model | languages | criterion | human | n | judge | n |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {m['model']} | {m['group']} | {m['criterion']} | {m['human']:.2f} | {m['n_human']} | "
-              f"{_fmt(m['judge'])} | {m['n_judge']} |" for m in means]
-    lines += ["", "## Agreement", "", "Exact: % of items with the same stars; kappa_w: Cohen's kappa, linear "
-              "weights; Spearman's rho (n/a when one side gives a single value).", "",
-              "| who | criterion | n | exact % | kappa_w | spearman |", "|---|---|---|---|---|---|"]
-    lines += [f"| {a['who']} | {a['criterion']} | {a['n']} | {a['exact_pct']:.1f} | {_fmt(a['kappa_w'])} | "
-              f"{_fmt(a['spearman'])} |" for a in agreed]
-    if not agreed:
-        lines.append("| (no item has both a human and a judge score) | | | | | |")
+             f"{len(human)} ratings by {len({r['annotator'] for r in human})} annotator(s); {rated_by_judge} of "
+             "them with a judge's score.", "", "## Mean scores (0-2) on the rated items", "", means_table, "",
+             "## Agreement", "", "Exact: % of items with the same stars; kappa_w: Cohen's kappa, linear weights; "
+             "Spearman's rho (n/a when one side gives a single value).", "",
+             agreement_table if agreed else "No item has both a human and a judge score."]
     atomic_write_text(written["markdown"], "\n".join(lines) + "\n")
     return written

@@ -25,7 +25,7 @@ import numpy as np
 
 from xlit_jax.evaluate.modifiers import family
 from xlit_jax.evaluate.report import FRACTION_METRICS, ITEM_SCORES_FILE, JUDGE_METRICS, SURFACE_METRICS, \
-    read_item_scores
+    markdown_table, ordered, read_item_scores
 from xlit_jax.io.files import atomic_write_text
 from xlit_jax.study import grid
 
@@ -119,15 +119,6 @@ def cell_text(stat: Stat | None) -> str:
     return f"{k * stat.mean:.{digits}f} [{k * stat.ci_low:.{digits}f}, {k * stat.ci_high:.{digits}f}] n={stat.n}"
 
 
-def _table(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
-
-
-def _ordered(values) -> list:
-    return list(dict.fromkeys(values))
-
-
 def _index(stats: list[Stat]) -> dict[tuple, Stat]:
     return {(s.labels["cell"], s.set, s.language, s.modifier, s.metric): s for s in stats}
 
@@ -146,7 +137,7 @@ def metric_tables(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
                  cell_text(index.get((c.name, MAIN_SET, OTHERS, ALL, metric)))]
                 for c in cells if any(k[0] == c.name and k[4] == metric for k in index)]
         unit = "%" if metric in FRACTION_METRICS else "0-2"
-        parts += [f"### {metric} ({unit})", "", _table(["cell", ENGLISH, "fr/pt/ru"], body), ""]
+        parts += [f"### {metric} ({unit})", "", markdown_table(["cell", ENGLISH, "fr/pt/ru"], body), ""]
     return parts
 
 
@@ -160,21 +151,21 @@ def modifier_table(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
     header = ["cell", "modifier"] + [f"{m} {g}" for m in metrics for g in (ENGLISH, "fr/pt/ru")]
     body = [[c.name, mod] + [cell_text(index.get((c.name, MODIFIER_SET, g, mod, m)))
                              for m in metrics for g in (ENGLISH, OTHERS)]
-            for c in cells for mod in _ordered(s.modifier for s in mine if s.labels["cell"] == c.name)]
+            for c in cells for mod in ordered(s.modifier for s in mine if s.labels["cell"] == c.name)]
     return ["## Table 1: modifier fulfilment by type", "",
             "fulfilled: % of responses meeting the modifier's rule-checkable condition; judge_helpfulness: "
-            "0-2.", "", _table(header, body), ""]
+            "0-2.", "", markdown_table(header, body), ""]
 
 
 def benchmark_table(stats: list[Stat]) -> list[str]:
     mine = [s for s in stats if s.set not in (MAIN_SET, MODIFIER_SET) and s.modifier == ALL]
     if not mine:
         return []
-    languages = _ordered(s.language for s in mine if s.language != OTHERS)
+    languages = ordered(s.language for s in mine if s.language != OTHERS)
     index = {(s.labels["cell"], s.set, s.metric, s.language): s for s in mine}
-    rows = _ordered((s.labels["cell"], s.set, s.metric) for s in mine)
+    rows = ordered((s.labels["cell"], s.set, s.metric) for s in mine)
     body = [[*row] + [cell_text(index.get((*row, lang))) for lang in languages] for row in rows]
-    return ["## Benchmarks by language", "", _table(["cell", "set", "metric"] + languages, body), ""]
+    return ["## Benchmarks by language", "", markdown_table(["cell", "set", "metric"] + languages, body), ""]
 
 
 def _figure(rows: int, columns: int, legend_rows: int = 1):
@@ -205,8 +196,8 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
     if not metrics:
         return False
     baselines = [c for c in cells if not c.trains]
-    lines = _ordered((c.data, c.method) for c in mine)
-    datasets, methods = _ordered(d for d, _ in lines), _ordered(m for _, m in lines)  # colour, line style
+    lines = ordered((c.data, c.method) for c in mine)
+    datasets, methods = ordered(d for d, _ in lines), ordered(m for _, m in lines)  # colour, line style
     plt, fig, axes = _figure(len(metrics), 2, legend_rows=math.ceil((len(lines) + len(baselines)) / 4))
     for row, metric in zip(axes, metrics):
         k = _scale(metric)
@@ -280,7 +271,7 @@ def write(cells: list[grid.Cell], workdir: Path, study_name: str, fig3_patterns=
     stats, missing = collect(cells, workdir)
     written = {"csv": out / "summary.csv", "markdown": out / "report.md"}
     figures = []
-    for model in _ordered(c.model for c in cells if c.trains):
+    for model in ordered(c.model for c in cells if c.trains):
         path = out / f"fig2_learning_rate.{model}.png"
         if plot_learning_rates(stats, cells, model, path):
             written[f"fig2.{model}"] = path

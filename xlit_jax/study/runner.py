@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from xlit_jax.study import grid
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
+JAX_CACHE_DIR = "jax_cache"
 REPO = Path(__file__).resolve().parents[2]  # the programs run from here so `configs` imports
 DONE, PARTIAL, FAILED, NOT_STARTED = "done", "partial", "failed", "not started"
 
@@ -70,12 +72,18 @@ def status_table(cells: list[grid.Cell], workdir: Path) -> str:
     return "\n".join(lines + ["", ", ".join(f"{v} {k}" for k, v in counts.items())]) + "\n"
 
 
-def _run_stage(stage: str, argv: list[str], paths: grid.CellPaths) -> int:
+def stage_environment(workdir: Path) -> dict[str, str]:
+    """The programs' environment: cells share one persistent JAX compilation cache (WORKDIR/jax_cache,
+    unless JAX_COMPILATION_CACHE_DIR is set), so cells of one shape compile their steps and decoding once."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(Path(workdir).absolute() / JAX_CACHE_DIR)} | dict(os.environ)
+
+
+def _run_stage(stage: str, argv: list[str], paths: grid.CellPaths, env: dict[str, str]) -> int:
     log_path = paths.log(stage)
     with open(log_path, "a", encoding="utf-8") as out:
         out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
         out.flush()
-        return subprocess.run(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+        return subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
 
 
 def run_cell(cell: grid.Cell, workdir: Path, eval_flags) -> str:
@@ -91,7 +99,7 @@ def run_cell(cell: grid.Cell, workdir: Path, eval_flags) -> str:
             continue
         started = time.perf_counter()
         log.info("%s: %s", cell.name, stage)
-        returncode = _run_stage(stage, argv, paths)
+        returncode = _run_stage(stage, argv, paths, stage_environment(workdir))
         if returncode:
             status["failed"] = {"stage": stage, "returncode": returncode, "log": str(paths.log(stage))}
             _write_status(paths, status)

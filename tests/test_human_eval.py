@@ -125,7 +125,8 @@ def test_weighted_kappa_by_hand():
     (lambda rows: rows[0].update(fluency=""), r"sheet.csv:2: fluency: no score"),
     (lambda rows: rows[2].update(accuracy="4"), r"sheet.csv:6: accuracy: '4' is not 1, 2 or 3 stars"),
     (lambda rows: rows[2].update(harmlessness="2.5"), r"sheet.csv:6: harmlessness: '2.5' is not 1, 2 or 3"),
-    (lambda rows: rows.append(dict(rows[0])), r"sheet.csv:\d+: item 'fr-0001' rated twice by 'anna' \(first at line 2\)"),
+    (lambda rows: rows.append(dict(rows[0])),
+     r"sheet.csv:\d+: item 'fr-0001' rated twice by 'anna' \(first at line 2\)"),
 ])
 def test_bad_sheets_name_file_and_line(eval_dirs, tmp_path, change, message):
     written = human_eval.export(eval_dirs, tmp_path / "sheets", languages=["fr"])

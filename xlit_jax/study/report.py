@@ -174,8 +174,8 @@ def _figure(rows: int, columns: int, legend_rows: int = 1):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.2, 2.9 * rows + 0.8 + 0.2 * legend_rows), squeeze=False,
-                             layout="constrained")
+    size = (4.2 * columns + 1.2, 2.9 * rows + 0.8 + 0.2 * legend_rows)
+    fig, axes = plt.subplots(rows, columns, figsize=size, squeeze=False, layout="constrained")
     return plt, fig, axes
 
 

@@ -166,6 +166,10 @@ def test_report_on_synthetic_scores_has_known_means_and_intervals(tmp_path):
 
     cells = grid.select(grid.expand(chirkova2024.get_config()), ["llama2-7b.lima-en.*"])
     drawn = _synthetic_study(tmp_path, cells, np.random.default_rng(0))
+    benchmark = [{"model": cells[0].name, "set": "mmlu", "language": lang, "id": str(i), "scorer": "mmlu",
+                  "modifier": None, "scores": {"accuracy": float(i < 3)}} for lang in ("de", "it") for i in range(4)]
+    with (grid.cell_paths(tmp_path, cells[0]).eval / "item_scores.jsonl").open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in benchmark)
     written = report.write(cells, tmp_path, "synthetic")
     rows = {(r["cell"], r["language"], r["modifier"], r["metric"]): r
             for r in csv.DictReader(written["csv"].open())}
@@ -183,6 +187,7 @@ def test_report_on_synthetic_scores_has_known_means_and_intervals(tmp_path):
     text = written["markdown"].read_text()
     assert "6 of 6 cells have scores." in text and "## Table 1" in text
     assert "### judge_helpfulness (0-2)" in text and "### language_correct (%)" in text
+    assert f"| {cells[0].name} | mmlu | accuracy | 0.75 [0.25, 1.00] n=4 | 0.75 [0.25, 1.00] n=4 |" in text
     for key in ("fig2.llama2-7b", "fig3"):
         assert written[key].stat().st_size > 10_000
 

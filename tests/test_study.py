@@ -197,3 +197,17 @@ def test_bootstrap_interval_is_seeded_and_degenerate_cases_are_defined():
     assert report.bootstrap_interval(values) == report.bootstrap_interval(values)
     assert report.bootstrap_interval([1.0]) == (1.0, 1.0)
     assert report.bootstrap_interval(np.ones(10)) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("study_name", ["chirkova2024", "crossalpaca", "smollm2_mini"])
+def test_every_cell_of_the_shipped_studies_has_a_valid_training_config(study_name):
+    import importlib
+
+    study_config = importlib.import_module(f"configs.studies.{study_name}").get_config()
+    for cell in grid.expand(study_config):
+        if cell.trains:
+            path, _, arg = cell.experiment.partition(":")
+            module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+            config = module.get_config(arg) if arg else module.get_config()
+            assert config.data.name == cell.data and (config.lora.rank > 0) == (cell.method == "lora")
+            assert config.optim.lr == float(cell.lr), cell.name

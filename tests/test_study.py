@@ -81,6 +81,24 @@ def test_bad_study_config_is_one_line_with_status_2(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == "xlit-study: study config: the grid axis 'methods' is empty"
 
 
+def test_a_cell_another_runner_holds_is_left_alone(tmp_path):
+    import fcntl
+
+    from xlit_jax.study import runner
+
+    config = ConfigDict({"name": "s", "experiment": "x.py", "models": ("m",), "datasets": ("d",),
+                         "methods": ("ft",), "learning_rates": ("1e-4",), "eval": {}})
+    (cell,) = grid.expand(config)
+    paths = grid.cell_paths(tmp_path, cell)
+    paths.root.mkdir(parents=True)
+    with open(paths.root / runner.LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as another runner process would
+        assert runner.run_cell(cell, tmp_path, {}) == runner.RUNNING
+        assert runner.cell_state(cell, paths) == (runner.RUNNING, "checkpoint step 0, 0 responses generated")
+    assert not paths.log("train").exists()  # nothing was started
+    assert runner.cell_state(cell, paths)[0] == runner.PARTIAL
+
+
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -118,7 +136,7 @@ def test_two_tiny_cells_killed_resumed_and_printed_commands_agree(tmp_path, shar
     assert "resumed from step" in (workdir / "cells" / FT / "train.log").read_text()
     assert "/nonexistent/model.gguf" in (workdir / "cells" / "broken.base" / "eval.log").read_text()
     table = study(*flags, "--status").stdout
-    assert "2 done, 0 partial, 1 failed, 0 not started" in table
+    assert "2 done, 0 running, 0 partial, 1 failed, 0 not started" in table
     rows = list(csv.DictReader((workdir / "report" / "summary.csv").open()))
     assert {r["cell"] for r in rows} == {FT, LORA}
     assert {(r["language"], r["metric"]) for r in rows if r["cell"] == FT} >= {("en", "language_correct"),

@@ -9,6 +9,8 @@ cell; finished cells are skipped and a failed one is retried. One failing cell d
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -24,7 +26,8 @@ log = logging.getLogger(__name__)
 STATUS_FILE = "status.json"
 JAX_CACHE_DIR = "jax_cache"
 REPO = Path(__file__).resolve().parents[2]  # the programs run from here so `configs` imports
-DONE, PARTIAL, FAILED, NOT_STARTED = "done", "partial", "failed", "not started"
+LOCK_FILE = ".lock"
+DONE, PARTIAL, FAILED, NOT_STARTED, RUNNING = "done", "partial", "failed", "not started", "running"
 
 
 def read_status(paths: grid.CellPaths) -> dict:
@@ -46,12 +49,25 @@ def _generated(paths: grid.CellPaths) -> int:
     return sum(1 for _ in read_jsonl(path, truncated_tail_ok=True)) if path.is_file() else 0
 
 
+def _running(paths: grid.CellPaths) -> bool:
+    """Whether a runner holds the cell's lock now."""
+    if not (paths.root / LOCK_FILE).exists():
+        return False
+    with open(paths.root / LOCK_FILE) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
+
+
 def cell_state(cell: grid.Cell, paths: grid.CellPaths) -> tuple[str, str]:
-    """(state, detail) of a cell: done / partial / failed / not started, and where it stands."""
+    """(state, detail) of a cell: done / running / partial / failed / not started, and where it stands."""
     status = read_status(paths)
     if status.get("eval") == DONE:
         return DONE, ""
-    if "failed" in status:
+    running = _running(paths)
+    if "failed" in status and not running:
         failed = status["failed"]
         return FAILED, f"{failed['stage']} exited {failed['returncode']}, see {failed['log']}"
     if not paths.root.exists():
@@ -61,12 +77,12 @@ def cell_state(cell: grid.Cell, paths: grid.CellPaths) -> tuple[str, str]:
         step = _checkpoint_step(paths)
         parts.append("trained" if status.get("train") == DONE else f"checkpoint step {step or 0}")
     parts.append(f"{_generated(paths)} responses generated")
-    return PARTIAL, ", ".join(parts)
+    return RUNNING if running else PARTIAL, ", ".join(parts)
 
 
 def status_table(cells: list[grid.Cell], workdir: Path) -> str:
     rows = [(c.name, *cell_state(c, grid.cell_paths(workdir, c))) for c in cells]
-    counts = {s: sum(r[1] == s for r in rows) for s in (DONE, PARTIAL, FAILED, NOT_STARTED)}
+    counts = {s: sum(r[1] == s for r in rows) for s in (DONE, RUNNING, PARTIAL, FAILED, NOT_STARTED)}
     width = max(len(r[0]) for r in rows)
     lines = [f"{'cell':<{width}}  {'state':<11}  detail"] + [f"{n:<{width}}  {s:<11}  {d}" for n, s, d in rows]
     return "\n".join(lines + ["", ", ".join(f"{v} {k}" for k, v in counts.items())]) + "\n"
@@ -86,13 +102,34 @@ def _run_stage(stage: str, argv: list[str], paths: grid.CellPaths, env: dict[str
         return subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
 
 
-def run_cell(cell: grid.Cell, workdir: Path, eval_flags) -> str:
-    """Train (unless done) then evaluate one cell; returns its state afterwards."""
-    paths = grid.cell_paths(workdir, cell)
-    status = read_status(paths)
-    if status.get("eval") == DONE:
-        return DONE
+@contextlib.contextmanager
+def _cell_lock(paths: grid.CellPaths):
+    """Yields True while this process holds the cell (another runner of the study may be on it)."""
     paths.root.mkdir(parents=True, exist_ok=True)
+    with open(paths.root / LOCK_FILE, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def run_cell(cell: grid.Cell, workdir: Path, eval_flags) -> str:
+    """Train (unless done) then evaluate one cell; returns its state afterwards. A cell another runner is
+    working on is left to it, so several runners can share a study."""
+    paths = grid.cell_paths(workdir, cell)
+    if read_status(paths).get("eval") == DONE:
+        return DONE
+    with _cell_lock(paths) as mine:
+        if not mine:
+            log.info("%s: another runner is on it", cell.name)
+            return RUNNING
+        return _run_stages(cell, paths, workdir, eval_flags)
+
+
+def _run_stages(cell: grid.Cell, paths: grid.CellPaths, workdir: Path, eval_flags) -> str:
+    status = read_status(paths)
     status.pop("failed", None)
     for stage, argv in grid.commands(cell, paths, eval_flags).items():
         if status.get(stage) == DONE:

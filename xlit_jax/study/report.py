@@ -212,10 +212,15 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
                 y = np.array([k * p[1].mean for p in points])
                 err = np.array([[y[i] - k * p[1].ci_low, k * p[1].ci_high - y[i]] for i, p in enumerate(points)]).T
                 ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{data} / {method}", **style)
+                for xi, yi, (_, stat) in zip(x, y, points):
+                    ax.annotate(f"n={stat.n}", (xi, yi), textcoords="offset points", xytext=(5, 3), fontsize=7,
+                                color=style["color"])
             for base in baselines:
                 stat = index.get((base.name, MAIN_SET, group, ALL, metric))
                 if stat is not None:
-                    ax.axhline(k * stat.mean, linestyle=":", color="gray", label=f"{base.name} (n={stat.n})")
+                    ax.axhline(k * stat.mean, linestyle=":", color="gray", label=f"{base.name} (untrained)")
+                    ax.annotate(f"n={stat.n}", (1, k * stat.mean), xycoords=("axes fraction", "data"), ha="right",
+                                va="bottom", fontsize=7, color="gray")
             ax.set_xscale("log")
             ax.set_ylim(0, 105 if k == 100 else 2.05)
             ax.set_title(f"{metric}: {title}", fontsize="medium")

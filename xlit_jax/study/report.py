@@ -32,7 +32,7 @@ from xlit_jax.study import grid
 MAIN_SET, MODIFIER_SET = "chirkova", "chirkova_modifiers"
 ENGLISH, OTHERS = "en", "non-en"  # the paper's two groups: English, and fr/pt/ru pooled
 BOOTSTRAP_SAMPLES = 1000
-STYLES = ("-", "--", "-.")  # one per method in Fig. 2; colours are data sets
+STYLES, MARKERS = ("-", "--", "-."), ("o", "s", "^")  # per method in Fig. 2
 FIG3_MAX_CELLS = 12  # more bars than this are unreadable: pick cells with the config's report.fig3
 FIELDS = ("cell", "model", "data", "method", "lr", "set", "language", "modifier", "metric", "mean", "ci_low",
           "ci_high", "n")
@@ -197,13 +197,14 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
         return False
     baselines = [c for c in cells if not c.trains]
     lines = ordered((c.data, c.method) for c in mine)
-    datasets, methods = ordered(d for d, _ in lines), ordered(m for _, m in lines)  # colour, line style
+    methods = ordered(m for _, m in lines)  # a line style and marker each; a colour per line
     plt, fig, axes = _figure(len(metrics), 2, legend_rows=math.ceil((len(lines) + len(baselines)) / 4))
     for row, metric in zip(axes, metrics):
         k = _scale(metric)
         for ax, group, title in zip(row, (ENGLISH, OTHERS), ("English", "fr / pt / ru")):
             for data, method in lines:
-                style = {"color": f"C{datasets.index(data) % 10}", "linestyle": STYLES[methods.index(method) % 3]}
+                m = methods.index(method) % len(STYLES)
+                style = {"color": f"C{lines.index((data, method)) % 10}", "linestyle": STYLES[m], "marker": MARKERS[m]}
                 points = sorted((_lr_value(c.lr), index[key]) for c in mine if (c.data, c.method) == (data, method)
                                 and (key := (c.name, MAIN_SET, group, ALL, metric)) in index)
                 if not points:
@@ -211,10 +212,10 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
                 x = [p[0] for p in points]
                 y = np.array([k * p[1].mean for p in points])
                 err = np.array([[y[i] - k * p[1].ci_low, k * p[1].ci_high - y[i]] for i, p in enumerate(points)]).T
-                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{data} / {method}", **style)
+                ax.errorbar(x, y, yerr=err, capsize=3, label=f"{data} / {method}", **style)
                 for xi, yi, (_, stat) in zip(x, y, points):
-                    ax.annotate(f"n={stat.n}", (xi, yi), textcoords="offset points", xytext=(5, 3), fontsize=7,
-                                color=style["color"])
+                    ax.annotate(f"n={stat.n}", (xi, yi), textcoords="offset points", fontsize=7, color=style["color"],
+                                xytext=(5, 3 - 9 * lines.index((data, method))))  # lines apart where they meet
             for base in baselines:
                 stat = index.get((base.name, MAIN_SET, group, ALL, metric))
                 if stat is not None:
@@ -222,6 +223,7 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
                     ax.annotate(f"n={stat.n}", (1, k * stat.mean), xycoords=("axes fraction", "data"), ha="right",
                                 va="bottom", fontsize=7, color="gray")
             ax.set_xscale("log")
+            ax.margins(x=0.15)
             ax.set_ylim(0, 105 if k == 100 else 2.05)
             ax.set_title(f"{metric}: {title}", fontsize="medium")
             ax.set_xlabel("learning rate")

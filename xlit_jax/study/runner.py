@@ -5,6 +5,7 @@ train.log and eval.log (each attempt appended) and status.json, rewritten atomic
 {"train": "done", "eval": "done"} or, when a stage failed, {"failed": {"stage", "returncode", "log"}}.
 Both programs resume by themselves, so rerunning the study continues a half-trained or half-evaluated
 cell; finished cells are skipped and a failed one is retried. One failing cell does not stop the others.
+A runner holds a cell's lock (.lock) while on it, so several runners can share one study folder.
 """
 
 from __future__ import annotations

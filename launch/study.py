@@ -11,10 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from launch.cli import exit_on_input_error
+from launch import run_main
 from xlit_jax.io.files import atomic_write_text
 from xlit_jax.study import grid, report, runner
 
@@ -52,11 +52,11 @@ def _study():
 
 def main(argv):
     del argv
-    exit_on_input_error("xlit-study", _study)
+    _study()
 
 
 def run():
-    app.run(main)
+    run_main(main, "xlit-study")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ ids already there. See docs/data.md.
 
 from absl import app, flags
 
+from launch import run_main
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "data source FORMAT:PATH[,key=value...] (see docs/data.md)", required=True)
 flags.DEFINE_list("target_langs", ["fr", "pt", "ru"], "languages to translate into")
@@ -64,7 +66,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    run_main(main, "xlit-translate")
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ def test_binary_rejects_bad_input_before_loading(tmp_path, shared_data):
         [sys.executable, "-m", "launch.evaluate", "--model=preset:tiny", "--languages=en,xx",
          f"--data_dir={shared_data}", f"--out_dir={tmp_path / 'out'}"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "xlit-eval: eval set 'chirkova' has no language 'xx'" in done.stderr
     assert not (tmp_path / "out").exists()
 

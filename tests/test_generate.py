@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -86,3 +87,19 @@ def test_prompt_longer_than_model_positions_is_refused():
     model = xlit_jax.load("preset:tiny")
     with pytest.raises(ValueError, match="exceed the model's 512 positions"):
         model.generate_ids([[5] * 500], 20)
+
+
+def test_choose_next_greedy_rows_nucleus_and_per_row_keys():
+    from xlit_jax.decode.generate import Sampling, choose_next, sampling_rows
+
+    logits = jnp.log(jnp.asarray([[0.1, 0.6, 0.3, 0.0001]] * 3, jnp.float32))
+    rows = sampling_rows([Sampling(0.0), Sampling(1.0, top_p=0.5, seed=1), Sampling(1.0, top_p=0.8, seed=2)], 4)
+    draws = np.asarray(jax.vmap(lambda step: choose_next(jnp.concatenate([logits, logits[:1]]), rows, step))(
+        jnp.arange(2000)))
+    assert (draws[:, 0] == 1).all() and (draws[:, 3] == 1).all()  # temperature 0, and a padding row
+    assert (draws[:, 1] == 1).all()  # the top token alone holds 0.6 >= top_p
+    frequencies = np.bincount(draws[:, 2], minlength=4) / len(draws)
+    np.testing.assert_allclose(frequencies, [0, 2 / 3, 1 / 3, 0], atol=0.04)  # 0.6 + 0.3 renormalized
+    # A row's draws depend on its own key and the step only, not on the rows beside it.
+    alone = sampling_rows([Sampling(1.0, top_p=0.8, seed=2)], 1)
+    assert int(choose_next(logits[:1], alone, 5)[0]) == int(draws[5, 2])

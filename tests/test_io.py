@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import xlit_jax
-from xlit_jax.io.files import InputError, resume_jsonl
+from xlit_jax.io.files import InputError, read_jsonl, resume_jsonl
 from xlit_jax.io.gguf import GGUFFile, smollm2_gguf_path
 from xlit_jax.io.hf import WeightsError, config_from_hf, save_hf_dir
 from xlit_jax.models.presets import get_preset
@@ -125,3 +125,27 @@ def test_missing_prompts_file_is_an_input_error(tmp_path):
     bad.write_text('{"id": 1, "prompt": "x"}\n{"id": 1, "prompt": "y"}\n')
     with pytest.raises(InputError, match="bad.jsonl:2: field 'id': duplicate"):
         read_prompts(bad)
+
+
+def test_jsonl_accepts_a_bom_and_names_invalid_utf8_lines(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": 1}\n{"id": "caf\xe9"}\n{"id": 3}\n')
+    with pytest.raises(InputError, match=r"rows.jsonl:2: not UTF-8 text \(invalid continuation byte"):
+        list(read_jsonl(path))
+    skipped = []
+    assert list(read_jsonl(path, skipped=skipped)) == [(1, {"id": 1}), (3, {"id": 3})]
+    assert len(skipped) == 1 and skipped[0].startswith(f"{path}:2: not UTF-8")
+
+
+def test_data_loaders_skip_invalid_utf8_rows_and_accept_a_bom(tmp_path):
+    from xlit_jax.data.records import load_source
+
+    path = tmp_path / "lima.en.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"conversations": ["Hi", "Hello"]}\n{"conversations": ["\xff", "x"]}\n')
+    with pytest.raises(InputError, match=r"lima.en.jsonl:2: not UTF-8"):
+        load_source(f"lima:{path}")
+    loaded = load_source(f"lima:{path}", skip_invalid=True)
+    assert len(loaded.records) == 1 and len(loaded.skipped) == 1
+    array = tmp_path / "set.en.json"
+    array.write_bytes(b'\xef\xbb\xbf[{"conversations": ["Hi", "Hello"]}]')
+    assert len(load_source(f"lima:{array}").records) == 1

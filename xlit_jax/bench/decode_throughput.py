@@ -20,6 +20,8 @@ import time
 
 from absl import app, flags
 
+from xlit_jax.bench import workloads
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model for both engines (the HF side loads the same GGUF)")
 flags.DEFINE_list("batch_sizes", ["1", "16"], "batch sizes to measure")
@@ -29,15 +31,6 @@ flags.DEFINE_float("repetition_penalty", 1.1, "as in the paper")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
 flags.DEFINE_string("data", "../shared/data", "shared data dir (the paper's prompts)")
 flags.DEFINE_string("worker", None, "internal: run one measurement as engine:batch_size and print JSON")
-
-
-def prompts(n: int) -> list[list[dict]]:
-    """The first n of the paper's English evaluation instructions, as chat messages (cycled if n > 113)."""
-    from xlit_jax.io.files import read_jsonl
-
-    path = f"{FLAGS.data}/chirkova2024_eval/alpacaeval_test_subset.en.jsonl"
-    messages = [m for _, m in read_jsonl(path)]
-    return [messages[i % len(messages)] for i in range(n)]
 
 
 def load_timed():
@@ -51,7 +44,7 @@ def load_timed():
 
 def measure_jax(batch: int) -> dict:
     model, load_s = load_timed()
-    ids = [model.encode(p) for p in prompts(batch)]
+    ids = [model.encode(p) for p in workloads.paper_prompts(FLAGS.data, batch)]
 
     def run():
         outputs = model.generate_ids(ids, FLAGS.new_tokens, FLAGS.repetition_penalty, batch_size=batch)
@@ -105,7 +98,7 @@ def measure_torch(batch: int) -> dict:
     load_s = time.perf_counter() - start
     tokenizer = xlit_jax.load(FLAGS.model).tokenizer if path else None
     encoded = [tokenizer(tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True),
-                         add_special_tokens=False).input_ids for p in prompts(batch)]
+                         add_special_tokens=False).input_ids for p in workloads.paper_prompts(FLAGS.data, batch)]
     width = max(map(len, encoded))
     ids = np.zeros((batch, width), np.int64)
     mask = np.zeros_like(ids)

@@ -16,10 +16,11 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
-import numpy as np
 from absl import app, flags
+
+from xlit_jax.bench import workloads
+from xlit_jax.bench.workloads import ADAMW, LR
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model source for both engines")
@@ -33,65 +34,10 @@ flags.DEFINE_float("peak_flops", 0.0, "peak FLOP/s for MFU; 0: measured once (CP
 flags.DEFINE_string("out", None, "also write the results as JSON here")
 flags.DEFINE_string("worker", None, "internal: run one engine:method and print JSON")
 
-LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
-ADAMW = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0)
-LR = 1e-5
-
-
-def batch_arrays(vocab: int) -> dict[str, np.ndarray]:
-    """One row per sequence, loss on its second half (the 'response')."""
-    rng = np.random.default_rng(0)
-    shape = (FLAGS.batch, FLAGS.seq_len)
-    return {"input_ids": rng.integers(3, vocab, shape).astype(np.int32),
-            "targets": rng.integers(3, vocab, shape).astype(np.int32),
-            "loss_mask": np.broadcast_to(np.arange(FLAGS.seq_len) >= FLAGS.seq_len // 2, shape).astype(np.float32),
-            "segment_ids": np.ones(shape, np.int32),
-            "positions": np.broadcast_to(np.arange(FLAGS.seq_len), shape).astype(np.int32)}
-
-
-def load(method: str):
-    import xlit_jax
-    from xlit_jax.models.lora import init_adapters, merge_params
-
-    model = xlit_jax.load(FLAGS.model)
-    config, params = model.config, model.params
-    if method == "lora":
-        config = config.replace(lora_rank=FLAGS.lora_rank, lora_alpha=2.0 * FLAGS.lora_rank, lora_targets=LORA_TARGETS)
-        params = merge_params(params, init_adapters(config, 0))
-    return config, params
-
-
-def timed(step, steps: int) -> float:
-    step()  # warm-up: compile / allocate
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return time.perf_counter() - start
-
 
 def measure_jax(method: str) -> dict:
-    import jax
-
-    from xlit_jax import sharding
-    from xlit_jax.train import optim, step as step_lib
-
-    config, params = load(method)
-    schedule = optim.make_schedule("linear", LR, 1000, LR / 10)
-    tx = optim.make_optimizer(schedule, **ADAMW)
-    mesh = sharding.make_mesh()
-    state, shardings = step_lib.init_state(config, params, tx, mesh)
-    del params
-    train_step = step_lib.make_train_step(config, tx, schedule, mesh, shardings)
-    batch = sharding.global_batch({k: v[None] for k, v in batch_arrays(config.vocab_size).items()},
-                                  sharding.batch_sharding(mesh, leading=1))
-    holder = {"state": state}
-
-    def step():
-        with sharding.activate(mesh):
-            holder["state"], metrics = train_step(holder["state"], batch)
-        jax.block_until_ready(metrics)
-
-    return {"seconds": timed(step, FLAGS.steps), "config": config}
+    step = workloads.jax_train_step(FLAGS.model, method, FLAGS.batch, FLAGS.seq_len, FLAGS.lora_rank)
+    return {"seconds": workloads.seconds_per_call(step.run, FLAGS.steps), "config": step.config}
 
 
 def measure_torch(method: str) -> dict:
@@ -104,7 +50,7 @@ def measure_torch(method: str) -> dict:
     from xlit_jax.models.lora import split_lora
 
     torch.set_num_threads(FLAGS.torch_threads)
-    config, params = load(method)
+    config, params = workloads.load_for_training(FLAGS.model, method, FLAGS.lora_rank)
     with tempfile.TemporaryDirectory() as tmp:  # the same weights as the JAX side, adapters left to peft
         save_hf_dir(config.replace(lora_rank=0), split_lora(params)[0], f"{tmp}/hf")
         model = transformers.LlamaForCausalLM.from_pretrained(f"{tmp}/hf", dtype=torch.float32)
@@ -118,7 +64,7 @@ def measure_torch(method: str) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=LR, betas=(ADAMW["b1"], ADAMW["b2"]), eps=ADAMW["eps"],
                             weight_decay=ADAMW["weight_decay"])
-    b = {k: torch.tensor(v) for k, v in batch_arrays(config.vocab_size).items()}
+    b = {k: torch.tensor(v) for k, v in workloads.train_batch(config.vocab_size, FLAGS.batch, FLAGS.seq_len).items()}
 
     def step():
         logits = model(input_ids=b["input_ids"].long(), position_ids=b["positions"].long()).logits
@@ -129,7 +75,7 @@ def measure_torch(method: str) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return {"seconds": timed(step, FLAGS.steps), "config": config}
+    return {"seconds": workloads.seconds_per_call(step, FLAGS.steps), "config": config}
 
 
 def worker(spec: str) -> dict:
@@ -137,7 +83,7 @@ def worker(spec: str) -> dict:
 
     engine, method = spec.split(":")
     result = (measure_jax if engine == "jax" else measure_torch)(method)
-    tokens_per_s = FLAGS.steps * FLAGS.batch * FLAGS.seq_len / result["seconds"]
+    tokens_per_s = FLAGS.batch * FLAGS.seq_len / result["seconds"]
     peak, _ = metrics.peak_flops(FLAGS.peak_flops)
     flops = metrics.train_flops_per_token(result["config"], FLAGS.seq_len)
     return {"engine": engine, "method": method, "batch": FLAGS.batch, "seq_len": FLAGS.seq_len,

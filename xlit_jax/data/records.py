@@ -159,7 +159,7 @@ def _rows(source: Source, skipped: list | None):
 
             return ((f"{path}:row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist()))
         if path.suffix == ".json":  # a .json file may hold one array or JSON lines
-            with open(path, encoding="utf-8", errors="replace") as f:
+            with open(path, encoding="utf-8-sig", errors="replace") as f:
                 if f.read(4096).lstrip().startswith("["):
                     return _json_array_rows(path)
         return _jsonl_rows(path, skipped)
@@ -178,7 +178,7 @@ def _jsonl_rows(path: Path, skipped: list | None):
 
 def _json_array_rows(path: Path):
     """Items of a top-level JSON array, each with the line it starts on."""
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     while True:

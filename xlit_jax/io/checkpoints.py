@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as pylogging
 import os
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from xlit_jax.io.files import atomic_write_text
 from xlit_jax.models.config import LlamaConfig
@@ -31,6 +33,15 @@ FROZEN_DIR = "frozen"
 CHECKPOINTS_DIR = "checkpoints"
 ITEMS = ("params", "opt_state", "data")
 LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
+
+
+def _quiet_orbax(record) -> bool:
+    """Orbax logs every save phase at INFO; keep its warnings and errors only, for every caller of this
+    module (xlit-train, `make demo`, library users)."""
+    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+
+
+logging.get_absl_logger().addFilter(_quiet_orbax)
 
 
 def save_model_info(workdir: str | os.PathLike, config: LlamaConfig, tokenizer=None) -> None:
@@ -45,8 +56,9 @@ def read_config(workdir: str | os.PathLike) -> LlamaConfig:
     path = Path(workdir) / MODEL_DIR / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; is {workdir} a training workdir?")
-    fields = json.loads(path.read_text())
-    return LlamaConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    fields = json.loads(path.read_text(encoding="utf-8-sig"))
+    config = LlamaConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    return config.replace(attention="auto")  # the kernel is the running machine's choice, not the model's
 
 
 def read_tokenizer(workdir: str | os.PathLike):

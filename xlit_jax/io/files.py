@@ -48,36 +48,48 @@ def append_jsonl(path: str | os.PathLike, rows) -> None:
         os.fsync(f.fileno())
 
 
-class InputError(ValueError):
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors write at the start of a file
+
+
+class UserError(Exception):
+    """An error the user must fix or know about: the binaries report it in one line, without a traceback."""
+
+
+class InputError(UserError, ValueError):
     """Bad user input; the message names the file, line and field."""
 
 
 def read_jsonl(path: str | os.PathLike, truncated_tail_ok: bool = False, skipped: list | None = None):
-    """Yield (line_number, object) for each non-blank line; a malformed line is an InputError naming it,
-    or, when a `skipped` list is given, its error message is appended there and the line left out.
+    """Yield (line_number, object) for each non-blank line (a UTF-8 byte-order mark is allowed); a line
+    that is malformed JSON or not UTF-8 is an InputError naming it, or, when a `skipped` list is given,
+    its error message is appended there and the line left out.
 
     `truncated_tail_ok` ignores a last line with no newline that does not parse: the mark of a writer that
     was killed mid-line, as an output file being resumed may have.
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
+    lines = data.removeprefix(BOM).splitlines(keepends=True)
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
         try:
-            yield number, json.loads(line)
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            error = f"{path}:{number}: not UTF-8 text ({e.reason} at byte {e.start + 1} of the line)"
         except json.JSONDecodeError as e:
-            if truncated_tail_ok and number == len(lines) and not line.endswith("\n"):
+            if truncated_tail_ok and number == len(lines) and not raw.endswith(b"\n"):
                 return
             error = f"{path}:{number}: malformed JSON: {e.msg} (column {e.colno})"
-            if skipped is None:
-                raise InputError(error) from None
-            skipped.append(error)
+        else:
+            yield number, row
+            continue
+        if skipped is None:
+            raise InputError(error) from None
+        skipped.append(error)
 
 
 def resume_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -15,6 +15,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from xlit_jax.io.files import InputError
 from xlit_jax.models.config import LlamaConfig
 
 # Our path inside a layer -> the HF name under `model.layers.{i}.`; kernels are transposed.
@@ -39,7 +40,7 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 SHARD_BYTES = 4 << 30
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """A weights file or config that cannot be read or is not supported; the message names the file."""
 
 
@@ -170,7 +171,7 @@ class SafetensorsReader:
         self.directory = directory
         index = directory / WEIGHTS_INDEX
         if index.exists():
-            self.where = {k: directory / v for k, v in _read_json(index)["weight_map"].items()}
+            self.where = {k: directory / v for k, v in read_json(index)["weight_map"].items()}
         else:
             files = sorted(directory.glob("*.safetensors"))
             if not files:
@@ -200,9 +201,9 @@ def _open_safetensors(path: Path):
         raise WeightsError(f"{path}: not a readable safetensors file: {e}") from e
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise WeightsError(f"{path}: missing") from None
     except json.JSONDecodeError as e:
@@ -212,7 +213,7 @@ def _read_json(path: Path) -> dict:
 def load_hf_dir(directory: str | os.PathLike, **config_overrides):
     """(config, params) from an HF LLaMA directory. bf16 files are widened to float32 on read."""
     directory = Path(directory)
-    config = config_from_hf(_read_json(directory / "config.json"), str(directory / "config.json"),
+    config = config_from_hf(read_json(directory / "config.json"), str(directory / "config.json"),
                             **config_overrides)
     reader = SafetensorsReader(directory)
     params = params_from_tensors(config, lambda name: _to_numpy(reader(name)), np.dtype(config.weights_dtype))

@@ -5,11 +5,29 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 REMAT_POLICIES = ("none", "full", "dots")
+ATTENTIONS = ("auto", "xla", "cudnn", "splash")  # see models/attention.py
+
+
+def resolve_dtype(name: str, platform: str | None = None) -> str:
+    """'auto': bfloat16 on accelerators, float32 on CPU (where bf16 is emulated and slow). `platform` defaults
+    to the attached devices'; a compile-only plan passes its target's."""
+    if name != "auto":
+        return name
+    return "float32" if (platform or jax.devices()[0].platform) == "cpu" else "bfloat16"
+
+
+def inference_dtypes(name: str = "auto") -> dict[str, str]:
+    """Config overrides for inference: params stored in the compute dtype (bfloat16 on accelerators halves
+    the weights' memory and bandwidth; there are no master weights to keep). Softmax, norms and logits
+    stay float32 whatever the dtype."""
+    dtype = resolve_dtype(name)
+    return {"dtype": dtype, "param_dtype": dtype}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +50,8 @@ class LlamaConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots (save matmul outputs, recompute the rest)
+    attention: str = "auto"  # auto | xla | cudnn | splash (models/attention.py)
+    splash_block: int = 512  # splash attention's block size (query and key), a multiple of 128
     # LoRA: rank 0 means no adapters; see models/lora.py.
     lora_rank: int = 0
     lora_alpha: float = 32.0
@@ -48,6 +68,10 @@ class LlamaConfig:
             problems.append(f"dtype/param_dtype must be one of {sorted(DTYPES)}")
         if self.remat not in REMAT_POLICIES:
             problems.append(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
+        if self.attention not in ATTENTIONS:
+            problems.append(f"attention={self.attention!r} is not one of {ATTENTIONS}")
+        if self.splash_block <= 0 or self.splash_block % 128:
+            problems.append(f"splash_block={self.splash_block} is not a positive multiple of 128")
         unknown = set(self.lora_targets) - set(LORA_TARGETS)
         if unknown:
             problems.append(f"unknown lora_targets {sorted(unknown)}; choose from {LORA_TARGETS}")

@@ -16,8 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from xlit_jax.models import attention
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.lora import Linear
 
@@ -38,23 +38,21 @@ class RMSNorm(nn.Module):
         return (scale * normed.astype(self.dtype)).astype(self.dtype)
 
 
-def rotary_embedding(x, positions, theta: float):
-    """Rotate pairs (i, i + D/2) of x [B, T, N, D] by angle position * theta^(-2i/D), as HF LLaMA does."""
-    dim = x.shape[-1]
+def rotary_tables(positions, dim: int, theta: float, dtype):
+    """(cos, sin) [B, T, 1, D] of the angles position * theta^(-2i/D), as HF LLaMA computes them. Computed
+    once per forward pass and shared by every layer (per layer, the trigonometry cost as much as a matmul
+    when decoding on CPU)."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
     angles = positions.astype(jnp.float32)[:, :, None] * inv_freq  # [B, T, D/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+
+
+def rotary_embedding(x, rope):
+    """Rotate pairs (i, i + D/2) of x [B, T, N, D] by the angles of `rope` = rotary_tables(...)."""
+    cos, sin = rope
     first, second = jnp.split(x, 2, axis=-1)
     return x * cos + jnp.concatenate([-second, first], axis=-1) * sin
-
-
-def attention_mask(q_slots, q_segments, k_segments):
-    """[B, T, S] booleans: causal by slot, same segment, key not padding."""
-    k_slots = jnp.arange(k_segments.shape[1])
-    causal = k_slots[None, :] <= q_slots[:, None]
-    same = q_segments[:, :, None] == k_segments[:, None, :]
-    return causal[None] & same & (k_segments != 0)[:, None, :]
 
 
 def projection(c: LlamaConfig, features: int, axes: tuple[str, str], name: str) -> Linear:
@@ -68,28 +66,24 @@ class Attention(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x, positions, q_slots, q_segments, k_segments, cache, layer, cache_index):
+    def __call__(self, x, rope, q_slots, q_segments, k_segments, cache, layer, cache_index):
         c = self.config
         b, t, _ = x.shape
         h, k_heads, d = c.num_heads, c.num_kv_heads, c.head_dim
         q = projection(c, h * d, ("embed", "heads"), "q")(x, self.deterministic).reshape(b, t, h, d)
         k = projection(c, k_heads * d, ("embed", "kv_heads"), "k")(x, self.deterministic).reshape(b, t, k_heads, d)
         v = projection(c, k_heads * d, ("embed", "kv_heads"), "v")(x, self.deterministic).reshape(b, t, k_heads, d)
-        q = rotary_embedding(q, positions, c.rope_theta)
-        k = rotary_embedding(k, positions, c.rope_theta).transpose(0, 2, 1, 3)  # [B, K, T, D]
+        q = rotary_embedding(q, rope)
+        k = rotary_embedding(k, rope).transpose(0, 2, 1, 3)  # [B, K, T, D]
         v = v.transpose(0, 2, 1, 3)
-        if cache is not None:  # write this step's keys and values in place, then attend over the whole cache
+        if cache is not None:  # write this step's keys and values in place, then attend over the cache
             cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(cache[name].dtype),
                                                         (layer, 0, 0, cache_index, 0))
                      for name, new in (("k", k), ("v", v))}
             k, v = cache["k"][layer], cache["v"][layer]
-        q = q.reshape(b, t, k_heads, h // k_heads, d)
-        scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
-        scores = scores / np.sqrt(d).astype(np.float32)
-        mask = attention_mask(q_slots, q_segments, k_segments)[:, None, None]
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(c.compute_dtype)
-        out = jnp.einsum("bkgts,bksd->btkgd", probs, v.astype(c.compute_dtype)).reshape(b, t, h * d)
+        implementation = attention.choose(c.attention, c.dtype, d)
+        out = attention.attend(q, k, v, q_slots, q_segments, k_segments, attention=implementation,
+                               cached=cache is not None, splash_block=c.splash_block).reshape(b, t, h * d)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads"))
         return projection(c, c.hidden_size, ("heads", "embed"), "o")(out, self.deterministic), cache
 
@@ -118,12 +112,12 @@ class Block(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, carry, layer, positions, q_slots, q_segments, k_segments, cache_index):
+    def __call__(self, carry, layer, rope, q_slots, q_segments, k_segments, cache_index):
         h, cache = carry
         c = self.config
         norm = functools.partial(RMSNorm, c.rms_norm_eps, c.compute_dtype, c.weights_dtype)
         attn, cache = Attention(c, self.deterministic, name="attn")(
-            norm(name="attn_norm")(h), positions, q_slots, q_segments, k_segments, cache, layer, cache_index)
+            norm(name="attn_norm")(h), rope, q_slots, q_segments, k_segments, cache, layer, cache_index)
         h = h + attn
         h = h + MLP(c, self.deterministic, name="mlp")(norm(name="mlp_norm")(h))
         return (nn.with_logical_constraint(h, ("batch", "length", "embed")), cache), None
@@ -172,7 +166,8 @@ class Llama(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(c, deterministic, name="layers")
         layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
-        (h, kv), _ = layers((h, kv), layer_ids, positions, q_slots, segment_ids, k_segments, cache_index)
+        rope = rotary_tables(positions, c.head_dim, c.rope_theta, c.compute_dtype)
+        (h, kv), _ = layers((h, kv), layer_ids, rope, q_slots, segment_ids, k_segments, cache_index)
 
         if last_only:
             h = h[:, -1:]

@@ -18,26 +18,21 @@ from jax.experimental import multihost_utils
 from xlit_jax import sharding
 from xlit_jax.data import pipeline
 from xlit_jax.io import checkpoints as ckpt
-from xlit_jax.models.config import LlamaConfig
-from xlit_jax.models.llama import param_shapes
+from xlit_jax.io.files import UserError
+from xlit_jax.models.config import LlamaConfig, resolve_dtype
 from xlit_jax.models.lora import init_adapters, merge_params
 from xlit_jax.train import metrics, optim, step as step_lib
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
     """The loss or gradient norm became NaN/inf; the message names the step and the last good checkpoint."""
 
 
-def compute_dtype(name: str) -> str:
-    """'auto': bf16 matmuls on accelerators, fp32 on CPU (where bf16 is emulated and slow)."""
-    if name != "auto":
-        return name
-    return "float32" if jax.devices()[0].platform == "cpu" else "bfloat16"
-
-
-def model_overrides(cfg) -> dict:
-    overrides = {"dtype": compute_dtype(cfg.model.dtype), "param_dtype": cfg.model.param_dtype,
-                 "remat": cfg.model.remat}
+def model_overrides(cfg, platform: str | None = None) -> dict:
+    """Config fields from the experiment's model section; `platform` (default: the attached devices') decides
+    what dtype 'auto' means: a compile-only plan passes its target's."""
+    overrides = {"dtype": resolve_dtype(cfg.model.dtype, platform), "param_dtype": cfg.model.param_dtype,
+                 "remat": cfg.model.remat, "attention": cfg.model.attention}
     return overrides | ({"vocab_size": cfg.model.vocab_size} if cfg.model.vocab_size else {})
 
 
@@ -89,20 +84,31 @@ def next_batch(data, k: int) -> dict[str, np.ndarray]:
     return {key: np.stack([m[key] for m in micro]) for key in pipeline.BATCH_KEYS}
 
 
+def make_mesh(cfg, devices=None):
+    """The config's mesh over `devices` (default: all); its batch shards must divide the rows of a micro-batch."""
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
+    rows = pipeline.batch_size_for(cfg.data.tokens_per_batch, cfg.data.seq_len)
+    if rows % sharding.batch_shards(mesh):
+        raise ValueError(f"data.tokens_per_batch // data.seq_len = {rows} rows must be a multiple of "
+                         f"data x fsdp = {sharding.batch_shards(mesh)}")
+    return mesh
+
+
+def make_optimizer(cfg):
+    """(schedule, optimizer) from the config's optim section."""
+    o = cfg.optim
+    schedule = optim.make_schedule(o.schedule, o.lr, cfg.train.max_steps, o.min_lr, o.warmup_steps)
+    return schedule, optim.make_optimizer(schedule, o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm)
+
+
 class _Run:
     """What the loop's phases share: the config, mesh, schedule, optimizer and checkpoints."""
 
     def __init__(self, cfg, workdir: Path):
         self.cfg, self.workdir = cfg, workdir
-        self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-        o = cfg.optim
-        self.schedule = optim.make_schedule(o.schedule, o.lr, cfg.train.max_steps, o.min_lr, o.warmup_steps)
-        self.tx = optim.make_optimizer(self.schedule, o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm)
+        self.mesh = make_mesh(cfg)
+        self.schedule, self.tx = make_optimizer(cfg)
         self.checkpoints = ckpt.Checkpoints(workdir, cfg.train.keep, cfg.train.async_checkpoint)
-        rows = pipeline.batch_size_for(cfg.data.tokens_per_batch, cfg.data.seq_len)
-        if rows % sharding.batch_shards(self.mesh):
-            raise ValueError(f"data.tokens_per_batch // data.seq_len = {rows} rows must be a multiple of "
-                             f"data x fsdp = {sharding.batch_shards(self.mesh)}")
 
     def start(self):
         """(config, state, shardings, tokenizer, data iterator): fresh from the source, or resumed."""
@@ -115,7 +121,8 @@ class _Run:
             if config.lora_rank and not ckpt.has_frozen(self.workdir):
                 ckpt.save_frozen(self.workdir, state.frozen)
             return config, state, shardings, tokenizer, make_batches(self.cfg, tokenizer)
-        config = ckpt.read_config(self.workdir)  # the run's own: config changes to the model do not apply
+        # the run's own: config changes to the model do not apply, except the attention kernel (per machine)
+        config = ckpt.read_config(self.workdir).replace(attention=self.cfg.model.attention)
         tokenizer = ckpt.read_tokenizer(self.workdir)
         state, shardings, data_state = self._restore(config, latest)
         data = make_batches(self.cfg, tokenizer)
@@ -124,13 +131,9 @@ class _Run:
         return config, state, shardings, tokenizer, data
 
     def _restore(self, config: LlamaConfig, step: int):
-        shapes = param_shapes(config)
-        shardings = step_lib.state_shardings(config, self.tx, self.mesh, shapes)
-        trainable, frozen = step_lib.split_trainable(config, shapes)
-        opt_shapes = jax.eval_shape(self.tx.init, trainable)
-        restored = self.checkpoints.restore(step, ckpt.abstract(trainable, shardings.params),
-                                            ckpt.abstract(opt_shapes, shardings.opt_state))
-        frozen = ckpt.restore_frozen(self.workdir, ckpt.abstract(frozen, shardings.frozen)) if frozen else {}
+        abstract, shardings = step_lib.abstract_state(config, self.tx, self.mesh)
+        restored = self.checkpoints.restore(step, abstract.params, abstract.opt_state)
+        frozen = ckpt.restore_frozen(self.workdir, abstract.frozen) if abstract.frozen else {}
         step_array = sharding.host_to_mesh(np.asarray(step, np.int32), shardings.step)
         state = step_lib.TrainState(step_array, restored["params"], frozen, restored["opt_state"])
         return state, shardings, restored["data"]
@@ -163,9 +166,11 @@ class _Monitor:
         values = {key: float(v) for key, v in jax.device_get(step_metrics).items()}
         if not values.pop("finite"):
             self.run.checkpoints.wait()
-            raise NonFiniteError(f"step {step}: loss {values['loss']}, grad norm {values['grad_norm']}; stopped; "
-                                 f"the last good checkpoint is step {self.run.checkpoints.latest_step()} in "
-                                 f"{self.run.workdir / ckpt.CHECKPOINTS_DIR}")
+            last = self.run.checkpoints.latest_step()
+            saved = ("no checkpoint was saved yet" if last is None else
+                     f"the last good checkpoint is step {last} in {self.run.workdir / ckpt.CHECKPOINTS_DIR}")
+            raise NonFiniteError(f"training stopped at step {step}: non-finite loss {values['loss']} "
+                                 f"(grad norm {values['grad_norm']}); {saved}")
         self.writer.advance()
         if step % self.log_every and step != self.max_steps:
             return

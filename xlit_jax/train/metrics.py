@@ -54,10 +54,15 @@ def peak_flops(override: float = 0.0) -> tuple[float, str]:
     device = jax.devices()[0]
     if device.platform == "cpu":  # fake CPU devices share the host's cores: one host-wide number
         return measured_cpu_flops(), "measured fp32 matmul"
+    return peak_flops_of(device.device_kind) * jax.device_count(), f"table ({device.device_kind})"
+
+
+def peak_flops_of(device_kind: str) -> float:
+    """Peak dense bf16 FLOP/s of one device of this kind (PEAK_FLOPS)."""
     for kind, flops in PEAK_FLOPS:
-        if kind in device.device_kind:
-            return flops * jax.device_count(), f"table ({kind})"
-    raise ValueError(f"no peak FLOP/s known for {device.device_kind!r}; pass the peak as a flag")
+        if kind in device_kind:
+            return flops
+    raise ValueError(f"no peak FLOP/s known for {device_kind!r}; pass the peak as a flag")
 
 
 class MetricsWriter:

@@ -1,7 +1,10 @@
 """The train state and the jitted train step: k micro-batches accumulated by a scan, one optimizer update.
 
 Only the trainable params are differentiated and optimized: all params in full fine-tuning, the LoRA
-adapters in a LoRA run, whose frozen base then has neither gradient buffers nor optimizer state.
+adapters in a LoRA run, whose frozen base then has neither gradient buffers nor optimizer state. The frozen
+base is also kept in the compute dtype (bf16 on accelerators): it is never updated, so it needs no fp32
+master copy, and every matmul casts it to that dtype anyway. A 7B LoRA base takes 12.6 GiB instead of 25.1;
+what changes numerically is the RMSNorm scales (and a tied embedding), rounded to bf16 as HF's bf16 models do.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import optax
 from xlit_jax import sharding
 from xlit_jax.data.pipeline import BATCH_KEYS
 from xlit_jax.models.config import LlamaConfig
-from xlit_jax.models.llama import Llama, param_logical_axes
+from xlit_jax.models.llama import Llama, param_logical_axes, param_shapes
 from xlit_jax.models.lora import merge_params, split_lora
 
 
@@ -41,6 +44,11 @@ def split_trainable(config: LlamaConfig, params) -> tuple[Any, Any]:
     return params, {}
 
 
+def freeze(config: LlamaConfig, frozen) -> Any:
+    """The frozen params in the compute dtype (arrays or ShapeDtypeStructs)."""
+    return jax.tree_util.tree_map(lambda x: x.astype(config.compute_dtype), frozen)
+
+
 def param_shardings(config: LlamaConfig, mesh, params) -> Any:
     return sharding.logical_shardings(param_logical_axes(config), params, mesh)
 
@@ -54,10 +62,25 @@ def state_shardings(config: LlamaConfig, tx: optax.GradientTransformation, mesh,
     return TrainState(step=sharding.replicated(mesh), params=trainable, frozen=frozen, opt_state=opt)
 
 
+def abstract_state(config: LlamaConfig, tx: optax.GradientTransformation, mesh) -> tuple[TrainState, TrainState]:
+    """(the TrainState as ShapeDtypeStructs carrying their shardings, the shardings), allocating nothing: the
+    target to restore a checkpoint into, or the input to compile a step for."""
+    shapes = param_shapes(config)
+    shardings = state_shardings(config, tx, mesh, shapes)
+    trainable, frozen = split_trainable(config, shapes)
+    shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=trainable,
+                        frozen=jax.eval_shape(functools.partial(freeze, config), frozen),
+                        opt_state=jax.eval_shape(tx.init, trainable))
+    abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                      shapes, shardings)
+    return abstract, shardings
+
+
 def init_state(config: LlamaConfig, params, tx: optax.GradientTransformation, mesh) -> tuple[TrainState, TrainState]:
     """(state at step 0 on the mesh, its shardings) from host params."""
     shardings = state_shardings(config, tx, mesh, params)
     trainable, frozen = split_trainable(config, params)
+    frozen = freeze(config, frozen)
     trainable = jax.tree_util.tree_map(sharding.host_to_mesh, trainable, shardings.params)
     frozen = jax.tree_util.tree_map(sharding.host_to_mesh, frozen, shardings.frozen)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)

@@ -1,0 +1,56 @@
+"""xlit-serve: an OpenAI-compatible API over a model this project loads, e.g. a local judge.
+
+  xlit-serve --model=smollm2-135m [--host=127.0.0.1 --port=8000 --max_batch=16 --max_wait_ms=20]
+
+Then any `openai` client: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything").
+See docs/evaluation.md.
+"""
+
+import os
+
+from absl import flags, logging
+
+from launch import define_inference_flags, inference_overrides, run_main
+from xlit_jax.io.files import InputError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "HF dir, .gguf file, checkpoint dir, smollm2-135m", required=True)
+flags.DEFINE_string("model_name", None, "the name clients send as `model` (default: the loader's)")
+flags.DEFINE_string("host", "127.0.0.1", "interface to listen on (loopback by default; 0.0.0.0 for all)")
+flags.DEFINE_integer("port", 8000, "TCP port")
+flags.DEFINE_integer("max_batch", 16, "requests decoded together at most")
+flags.DEFINE_float("max_wait_ms", 20.0, "how long the first request of a batch waits for others")
+flags.DEFINE_integer("max_queue", 256, "requests waiting at most; more are answered 429 with Retry-After")
+flags.DEFINE_integer("max_tokens", 512, "the most new tokens a request may ask for (also the default)")
+flags.DEFINE_string("api_key", None, "clients must send 'Authorization: Bearer KEY' (default: "
+                    "$XLIT_SERVE_API_KEY; none: no check)")
+define_inference_flags()
+
+
+def main(argv):
+    del argv
+    import uvicorn
+
+    import xlit_jax
+    from xlit_jax.decode.serve import ServeConfig, create_app
+
+    for flag in ("max_batch", "max_queue", "max_tokens"):
+        if FLAGS[flag].value < 1:
+            raise InputError(f"--{flag} must be at least 1, not {FLAGS[flag].value}")
+    config = ServeConfig(FLAGS.max_batch, FLAGS.max_wait_ms, FLAGS.max_queue, FLAGS.max_tokens,
+                         FLAGS.api_key or os.environ.get("XLIT_SERVE_API_KEY") or None)
+    model = xlit_jax.load(FLAGS.model, **inference_overrides())
+    if model.tokenizer is None:
+        raise InputError(f"--model={FLAGS.model} has no tokenizer; the server reads and writes text")
+    app = create_app(model, FLAGS.model_name, config)
+    logging.info("serving %s on http://%s:%d/v1 (API key %s)", FLAGS.model_name or model.name, FLAGS.host,
+                 FLAGS.port, "required" if config.api_key else "not checked")
+    uvicorn.run(app, host=FLAGS.host, port=FLAGS.port, log_level="info")
+
+
+def run():
+    run_main(main, "xlit-serve")
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,46 @@
+"""Every binary reports a user's input error as one line `xlit-NAME: message`, exit status 2, no traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_binary_reports_bad_input_in_one_line(tmp_path, shared_data):
+    bad_utf8 = tmp_path / "prompts.jsonl"
+    bad_utf8.write_bytes(b'{"id": 1, "prompt": "ok"}\n{"id": 2, "prompt": "caf\xe9"}\n')
+    malformed = tmp_path / "chats.en.jsonl"
+    malformed.write_text('{"conversations": ["Hi", "Hello"]}\n{"conversations": [\n')
+    (tmp_path / "src.txt").write_text("a\nb\n")
+    (tmp_path / "tgt.txt").write_text("a\n")
+    missing = tmp_path / "absent"
+    cases = {
+        "generate": ([f"--prompts={bad_utf8}", f"--out={tmp_path / 'o.jsonl'}", "--model=preset:tiny"],
+                     f"{bad_utf8}:2: not UTF-8 text"),
+        "data_stats": ([f"--data=lima:{malformed}", f"--output_dir={tmp_path / 'stats'}", "--nolangid"],
+                       f"{malformed}:2: malformed JSON"),
+        "convert": ([f"--src={missing}", f"--dst={tmp_path / 'hf'}"], f"{missing}: not a .gguf file"),
+        "translate": ([f"--input=lima:{malformed}", f"--output_dir={tmp_path / 't'}"],
+                      f"{malformed}:2: malformed JSON"),
+        "demos": ([f"--src_file={tmp_path / 'src.txt'}", f"--tgt_file={tmp_path / 'tgt.txt'}", "--src_lang=en",
+                   "--tgt_lang=fr", f"--output={tmp_path / 'demos.jsonl'}"], "has 2 lines but"),
+        "train": (["--config=configs/experiments/tiny_lora.py", f"--workdir={tmp_path / 'run'}",
+                   f"--config.data.sources=('lima:{malformed}',)"], f"{malformed}:2: malformed JSON"),
+        "evaluate": (["--model=preset:tiny", "--languages=xx", f"--data_dir={shared_data}",
+                      f"--out_dir={tmp_path / 'eval'}"], "eval set 'chirkova' has no language 'xx'"),
+        "serve": ([f"--model={missing}"], f"{missing}: not a .gguf file"),
+        "study": (["--config=configs/studies/smollm2_mini.py", f"--workdir={tmp_path / 'study'}", "--only=nothing*"],
+                  "--only=nothing* matches no cell"),
+        "human_eval": (["import", f"--sheets={bad_utf8}", f"--key={missing}", f"--out_dir={tmp_path / 'h'}"],
+                       f"{missing}: no such file"),
+    }
+    running = {module: subprocess.Popen([sys.executable, "-m", f"launch.{module}", *args], cwd=REPO, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for module, (args, _) in cases.items()}
+    for module, process in running.items():
+        _, err = process.communicate(timeout=300)
+        name = "xlit-eval" if module == "evaluate" else f"xlit-{module.replace('_', '-')}"
+        lines = [line for line in err.splitlines() if line.startswith(f"{name}: ")]
+        assert process.returncode == 2 and "Traceback" not in err, (module, err[-2000:])
+        assert len(lines) == 1 and cases[module][1] in lines[0], (module, err[-2000:])

@@ -1,0 +1,73 @@
+"""Batched log-likelihood against transformers (fp32 on CPU), pair by pair without padding on their side.
+
+Tolerance 1e-4 on the summed log-probability: log-softmax of fp32 logits; the two sides differ only in
+summation order (SmolLM2's logits differ by up to ~2e-3, but log-probs of likely tokens much less).
+"""
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+import xlit_jax
+from xlit_jax.decode.loglik import encode_pair, loglikelihood_ids, split_boundary
+from xlit_jax.io.hf import save_hf_dir
+
+TOLERANCE = 1e-4
+
+
+def hf_loglikelihood(model, context, continuation):
+    ids = torch.tensor([list(context) + list(continuation)])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), dim=-1).numpy()
+    n = len(continuation)
+    rows = logp[len(context) - 1:len(context) - 1 + n]
+    return float(rows[np.arange(n), continuation].sum()), bool((rows.argmax(-1) == continuation).all())
+
+
+def test_boundary_rule_moves_trailing_space_to_the_continuation():
+    assert split_boundary("Answer: ", "A") == ("Answer:", " A")
+    assert split_boundary("Q:\n\n", "x") == ("Q:", "\n\nx")
+    assert split_boundary("Answer:", " A") == ("Answer:", " A")
+
+
+def test_random_tiny_model_matches_transformers(tmp_path):
+    model = xlit_jax.load("preset:tiny", seed=5)
+    save_hf_dir(model.config, model.params, tmp_path / "hf")
+    reference = LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    rng = np.random.default_rng(0)
+    vocab = model.config.vocab_size
+    context = rng.integers(3, vocab, 11).tolist()
+    pairs = [(context, [5]), (context, [7]), (context, [9, 4, 3]),  # three share one input row
+             (rng.integers(3, vocab, 30).tolist(), rng.integers(3, vocab, 4).tolist()),
+             (rng.integers(3, vocab, 2).tolist(), rng.integers(3, vocab, 1).tolist())]
+    # the greedy token after the context, so one pair is greedy for sure
+    with torch.no_grad():
+        best = int(reference(input_ids=torch.tensor([context])).logits[0, -1].argmax())
+    pairs.append((context, [best]))
+    ours = loglikelihood_ids(model.params, model.config, pairs, batch_size=2)
+    for (ctx, cont), (logp, greedy) in zip(pairs, ours):
+        ref_logp, ref_greedy = hf_loglikelihood(reference, ctx, cont)
+        assert abs(logp - ref_logp) <= TOLERANCE and greedy == ref_greedy
+    assert ours[-1][1]
+
+
+def test_smollm2_matches_transformers_with_harness_tokenization(smollm2, hf_smollm2):
+    tok = smollm2.tokenizer
+    question = "The following are multiple choice questions (with answers) about anatomy.\n\nWhat is 2+2?\n" \
+               "A. 3\nB. 4\nC. 5\nD. 22\nAnswer:"
+    pairs = [(question, f" {letter}") for letter in "ABCD"]
+    pairs += [("Context: Paris is the capital of France.\n\nQuestion: What is the capital?\n\nAnswer: ", "Paris"),
+              ("Die Hauptstadt von Deutschland ist", " Berlin."), ("中国的首都是", "北京")]
+    ours = smollm2.loglikelihood(pairs, batch_size=4)
+    assert encode_pair(tok, pairs[4][0], pairs[4][1])[1] == tok(" Paris", add_special_tokens=False).input_ids
+    for (context, continuation), (logp, greedy) in zip(pairs, ours):
+        ref_logp, ref_greedy = hf_loglikelihood(hf_smollm2, *encode_pair(tok, context, continuation))
+        assert abs(logp - ref_logp) <= TOLERANCE, (context, continuation, logp, ref_logp)
+        assert greedy == ref_greedy
+
+
+def test_empty_continuation_is_an_error():
+    model = xlit_jax.load("preset:tiny", seed=0)
+    with pytest.raises(ValueError, match="pair 1: empty continuation"):
+        loglikelihood_ids(model.params, model.config, [([1, 2], [3]), ([1], [])])

@@ -1,0 +1,217 @@
+"""xlit-serve through the real `openai` client on loopback: schema, batching, sampling, stops, bad requests,
+and the evaluation's judges pointed at it."""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+
+import xlit_jax
+from xlit_jax.decode.serve import ServeConfig, create_app, serve_in_thread
+from xlit_jax.io.tokenizer import load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "sk-serve-test-2b7d-do-not-log"
+CHAT = [{"role": "user", "content": "Name three colours."}]
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Random tiny weights behind SmolLM2's tokenizer: fast, and the model does not matter here."""
+    model = xlit_jax.load("preset:tiny", vocab_size=49152, eos_token_ids=(2,), pad_token_id=2)
+    model.tokenizer = load_tokenizer("smollm2-135m")
+    return model
+
+
+@pytest.fixture(scope="module")
+def served(tiny):
+    app = create_app(tiny, "tiny", ServeConfig(max_batch=32, max_wait_ms=100, max_tokens=64))
+    with serve_in_thread(app) as url:
+        yield url, app.state.batcher
+
+
+def client(url, **kwargs) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url, api_key=kwargs.pop("api_key", "unused"), max_retries=0, **kwargs)
+
+
+def test_chat_and_completion_are_greedy_generate_in_openai_schema(served, tiny):
+    url, _ = served
+    chat = client(url).chat.completions.create(model="tiny", messages=CHAT, max_tokens=8, temperature=0)
+    prompt_ids = tiny.encode(CHAT)
+    [expected] = tiny.generate_ids([prompt_ids], 8)
+    assert chat.choices[0].message.content == tiny.tokenizer.decode(expected, skip_special_tokens=True)
+    assert chat.choices[0].finish_reason == "length" and chat.object == "chat.completion"
+    assert (chat.usage.prompt_tokens, chat.usage.completion_tokens) == (len(prompt_ids), 8)
+    text = client(url).completions.create(model="tiny", prompt="Once upon a time", max_tokens=5, temperature=0)
+    [expected] = tiny.generate_ids([tiny.encode("Once upon a time")], 5)
+    assert text.choices[0].text == tiny.tokenizer.decode(expected, skip_special_tokens=True)
+    assert text.usage.total_tokens == len(tiny.encode("Once upon a time")) + 5
+    assert [m.id for m in client(url).models.list()] == ["tiny"]
+
+
+def test_stop_sequence_cuts_the_text_and_counts_the_tokens_generated(served, tiny):
+    url, _ = served
+    full = client(url).completions.create(model="tiny", prompt="Hello", max_tokens=24, temperature=0).choices[0].text
+    stop = full[len(full) // 2:len(full) // 2 + 3]
+    reply = client(url).completions.create(model="tiny", prompt="Hello", max_tokens=24, temperature=0,
+                                           stop=[stop, "never-there"])
+    assert reply.choices[0].text == full[:full.find(stop)] and reply.choices[0].finish_reason == "stop"
+    [ids] = tiny.generate_ids([tiny.encode("Hello")], 24)
+    used = reply.usage.completion_tokens
+    assert stop in tiny.tokenizer.decode(ids[:used]) and stop not in tiny.tokenizer.decode(ids[:used - 1])
+
+
+def test_seeded_sampling_is_the_same_whatever_the_batch(served):
+    url, batcher = served
+
+    def ask(prompt, seed, temperature=1.0):
+        return client(url).completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=temperature,
+                                              top_p=0.9, seed=seed).choices[0].text
+
+    alone = ask("The weather today", 7)
+    assert ask("The weather today", 7) == alone and ask("The weather today", 8) != alone
+    before = batcher.stats["largest_batch"]
+    with ThreadPoolExecutor(8) as pool:
+        crowd = list(pool.map(ask, ["The weather today"] + [f"Other prompt {i}" for i in range(7)],
+                              [7] + list(range(100, 107)), [1.0] + [0.0, 0.5] * 3 + [1.0]))
+    assert crowd[0] == alone
+    assert max(batcher.stats["largest_batch"], before) > 1
+
+
+def test_32_concurrent_clients_get_their_one_by_one_answers_in_batches(served):
+    url, batcher = served
+    prompts = [f"Question number {i}: what is {i} plus {i}?" for i in range(32)]
+
+    def ask(prompt):
+        messages = [{"role": "user", "content": prompt}]
+        return client(url).chat.completions.create(model="tiny", messages=messages, max_tokens=6,
+                                                   temperature=0).choices[0].message.content
+
+    one_by_one = [ask(p) for p in prompts]
+    batches = batcher.stats["batches"]
+    with ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(ask, prompts))
+    assert together == one_by_one
+    assert batcher.stats["batches"] - batches < 32 and batcher.stats["largest_batch"] > 1
+
+
+def post(url, body: bytes, headers=None):
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.loads(reply.read()), reply.headers
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()), e.headers
+
+
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(served):
+    url, _ = served
+    good = {"model": "tiny", "prompt": "Hi", "max_tokens": 2, "temperature": 0}
+    cases = [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "the body"),
+        (json.dumps({"model": "tiny"}).encode(), 400, "field 'prompt': Field required"),
+        (json.dumps({**good, "model": "gpt-4"}).encode(), 404, "'gpt-4' does not exist"),
+        (json.dumps({**good, "prompt": "word " * 600}).encode(), 400, "exceeds the model's 512 positions"),
+        (json.dumps({**good, "max_tokens": 0}).encode(), 400, "max_tokens=0 is outside 1..64"),
+        (json.dumps({**good, "max_tokens": 65}).encode(), 400, "max_tokens=65 is outside 1..64"),
+        (json.dumps({**good, "stream": True}).encode(), 400, "stream=true is not supported"),
+        (json.dumps({**good, "n": 3}).encode(), 400, "only n=1"),
+        (json.dumps({**good, "temperature": -1}).encode(), 400, "field 'temperature'"),
+    ]
+    for body, status, message in cases:
+        got, error, _ = post(f"{url}/completions", body)
+        assert got == status and message in error["error"]["message"], (body, error)
+        assert set(error["error"]) == {"message", "type", "param", "code"}
+        assert post(f"{url}/completions", json.dumps(good).encode())[0] == 200
+    with pytest.raises(openai.NotFoundError):
+        client(url).chat.completions.create(model="nope", messages=CHAT)
+    # A client that gives up mid-request: its answer is dropped, the server goes on.
+    with pytest.raises(openai.APITimeoutError):
+        client(url, timeout=0.05).completions.create(model="tiny", prompt="Slow", max_tokens=64, temperature=0)
+    assert client(url).completions.create(model="tiny", prompt="Hi", max_tokens=2).choices[0].text is not None
+
+
+def test_full_queue_answers_429_with_retry_after(tiny):
+    app = create_app(tiny, "tiny", ServeConfig(max_batch=1, max_wait_ms=0, max_queue=1, max_tokens=64))
+    with serve_in_thread(app) as url:
+        body = json.dumps({"model": "tiny", "prompt": "Busy", "max_tokens": 64, "temperature": 0}).encode()
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: post(f"{url}/completions", body), range(8)))
+        refused = [(error, headers) for status, error, headers in answers if status == 429]
+        assert refused and all(status in (200, 429) for status, _, _ in answers)
+        assert refused[0][1]["Retry-After"] == "1" and refused[0][0]["error"]["code"] == "queue_full"
+        assert post(f"{url}/completions", body)[0] == 200
+
+
+def test_api_key_is_required_and_never_logged(tiny, caplog):
+    app = create_app(tiny, "tiny", ServeConfig(max_tokens=8, api_key=KEY))
+    with serve_in_thread(app) as url:
+        with pytest.raises(openai.AuthenticationError):
+            client(url, api_key="wrong").models.list()
+        with pytest.raises(openai.AuthenticationError):
+            client(url, api_key=KEY + "x").completions.create(model="tiny", prompt="Hi", max_tokens=2)
+        assert client(url, api_key=KEY).completions.create(model="tiny", prompt="Hi", max_tokens=2).usage
+        assert urllib.request.urlopen(url.removesuffix("/v1") + "/health").status == 200
+    assert KEY not in caplog.text
+
+
+def test_eval_binary_runs_both_judges_against_the_server(served, tiny, tmp_path, shared_data):
+    """xlit-eval generates with a small model, then asks the server as the paper's judge (whose answers,
+    from random weights, are no judgement: recorded as errors) and as the relevance judge."""
+    from xlit_jax.io.hf import save_hf_dir
+
+    url, batcher = served
+    model_dir = save_hf_dir(tiny.config, tiny.params, tmp_path / "tiny_hf", tokenizer=tiny.tokenizer)
+    requests = batcher.stats["requests"]
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.evaluate", f"--model={model_dir}", "--languages=en", "--limit=2",
+         "--max_new_tokens=4", "--metrics=judge,relevance", "--judge_model=tiny", f"--judge_base_url={url}",
+         "--judge_attempts=1", f"--relevance_judge={url}", "--relevance_max_new_tokens=4",
+         f"--data_dir={shared_data}", f"--out_dir={tmp_path / 'eval'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = [json.loads(line) for line in (tmp_path / "eval" / "item_scores.jsonl").read_text().splitlines()]
+    judged = [s for s in scores if s["scorer"] == "judge"]
+    relevance = [s for s in scores if s["scorer"] == "relevance"]
+    assert len(judged) == len(relevance) == 2
+    assert all("no usable answer" in s["error"] for s in judged)
+    assert all(isinstance(s["details"]["judge_answer"], str) for s in relevance)
+    assert batcher.stats["requests"] - requests == 4
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_answers_equal_xlit_generate(smollm2, tmp_path):
+    questions = ["What is the capital of France?", "Give me a synonym for happy.", "Write a haiku about rain."]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": [{"role": "user", "content": q}]}) + "\n"
+                               for i, q in enumerate(questions)))
+    done = subprocess.run([sys.executable, "-m", "launch.generate", f"--prompts={prompts}",
+                           f"--out={tmp_path / 'out.jsonl'}", "--max_new_tokens=24", "--repetition_penalty=1.1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    generated = {r["id"]: r["output"] for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    with serve_in_thread(create_app(smollm2, "smollm2", ServeConfig(max_batch=8, max_wait_ms=200))) as url:
+        def ask(question):
+            return client(url).chat.completions.create(
+                model="smollm2", messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0,
+                extra_body={"repetition_penalty": 1.1}).choices[0].message.content
+
+        with ThreadPoolExecutor(3) as pool:
+            served_answers = list(pool.map(ask, questions))
+    assert served_answers == [generated[i] for i in range(len(questions))]

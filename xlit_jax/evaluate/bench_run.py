@@ -1,0 +1,192 @@
+"""Score one model on XQuAD, MLQA, MMLU and BBH as lm-evaluation-harness 0.4 does, resumably.
+
+Generative benchmarks decode greedily (no repetition penalty) up to a modest per-benchmark token budget and
+cut the text at the first stop sequence, which is what the harness's `until` gives for any answer that
+ends within the budget. MMLU is scored by the log-likelihood of " A" ... " D" after the prompt. Each item
+is written to item_scores.jsonl as soon as its batch finishes, keyed like every other score of
+xlit-eval, so a rerun only does what is missing. Timing per benchmark and language goes to timings.jsonl.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import os
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from xlit_jax.evaluate import harness_metrics as metrics
+from xlit_jax.evaluate.benchmarks import BBH_TARGET_ALIASES, GENERATIVE, LETTERS, BenchItem, load_benchmarks
+from xlit_jax.evaluate.report import BENCHMARK_SCORER, DEFECTS_FILE, ITEM_SCORES_FILE, score_key, write_report
+from xlit_jax.io.files import InputError, append_jsonl, atomic_write_text, resume_jsonl
+
+log = logging.getLogger(__name__)
+
+SCORER = BENCHMARK_SCORER
+TIMINGS_FILE = "timings.jsonl"
+# Token budgets: enough for the answers these tasks want (the harness allows 256 and stops earlier).
+MAX_NEW_TOKENS = {"xquad": 32, "mlqa": 32, "bbh": 64}
+STOPS = {"xquad": ("\n",), "mlqa": ("\n",), "bbh": ("</s>", "Q:", "<|im_end|>")}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    benchmarks: tuple[str, ...] = ("xquad", "mlqa", "mmlu", "bbh")
+    languages: tuple[str, ...] | None = None  # None: every language each benchmark has
+    limit: int | None = None  # items per benchmark, the same ids in every language
+    seed: int | None = None  # with limit: a seeded sample instead of the first ids
+    num_fewshot: int = 0  # MMLU examples, taken from each subject's first rows
+    chat_template: bool = False  # wrap each prompt in the model's chat template
+    native_labels: bool = False  # XQuAD/MLQA labels in the prompt's language instead of English
+    batch_size: int = 8
+    data_dir: str | None = None
+
+    def settings(self, benchmark: str) -> dict:
+        """What a stored row of `benchmark` must have been produced with to be reused."""
+        if benchmark == "mmlu":
+            return {"chat_template": self.chat_template, "num_fewshot": self.num_fewshot}
+        budget = {"chat_template": self.chat_template, "max_new_tokens": MAX_NEW_TOKENS[benchmark]}
+        return budget if benchmark == "bbh" else {**budget, "native_labels": self.native_labels}
+
+
+def defects_csv(loaded) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["benchmark", "language", "rows", "defect", "count"])
+    for (benchmark, language, what), count in sorted(loaded.defects.items()):
+        writer.writerow([benchmark, language, loaded.rows[(benchmark, language)], what, count])
+    return buffer.getvalue()
+
+
+class BenchmarkEvaluation:
+    """One model's benchmark scores in `out_dir`. Construction reads and checks all data; `run` scores."""
+
+    def __init__(self, out_dir, config: BenchConfig = BenchConfig()):
+        if config.batch_size < 1:
+            raise InputError("batch_size must be positive")
+        if config.num_fewshot < 0:
+            raise InputError("--num_fewshot must be 0 or more")
+        self.config, self.out_dir = config, Path(out_dir)
+        self.loaded = load_benchmarks(config.benchmarks, config.languages, config.data_dir, config.limit,
+                                      config.seed, config.num_fewshot, config.native_labels)
+        if not self.loaded.items:
+            raise InputError(f"no items selected from {', '.join(config.benchmarks)}")
+
+    @property
+    def scores_path(self) -> Path:
+        return self.out_dir / ITEM_SCORES_FILE
+
+    def _done(self, model_name: str) -> set[tuple]:
+        done = set()
+        for number, row in enumerate(resume_jsonl(self.scores_path), 1):
+            where = f"{self.scores_path}:{number}"
+            if row.get("model") != model_name:
+                raise InputError(f"{where}: holds results of model {row.get('model')!r}, but this run evaluates "
+                                 f"{model_name!r}; use another --out_dir (one model per out_dir)")
+            wanted = self.config.settings(row.get("set")) if row.get("scorer") == SCORER else None
+            if wanted is not None and row.get("settings") != wanted:
+                raise InputError(f"{where}: scored with {row.get('settings')}, but this run asks for {wanted}; "
+                                 "use another --out_dir or the same settings")
+            done.add(score_key(row))
+        return done
+
+    def _prompt(self, item: BenchItem):
+        return [{"role": "user", "content": item.prompt}] if self.config.chat_template else item.prompt
+
+    def _prompt_ids(self, model, item: BenchItem) -> list[int]:
+        """A raw prompt gets no special tokens (no BOS), as the harness encodes it; a chat one its template's."""
+        prompt = self._prompt(item)
+        return model.encode(prompt) if self.config.chat_template else model.tokenizer(
+            prompt, add_special_tokens=False).input_ids
+
+    def _row(self, model_name: str, item: BenchItem, prediction, scores: dict, **details) -> dict:
+        return {"model": model_name, "set": item.benchmark, "language": item.language, "id": item.id,
+                "scorer": SCORER, "task": item.task, "prediction": prediction, "gold": list(item.gold),
+                "scores": scores, **details, "settings": self.config.settings(item.benchmark)}
+
+    def _generate(self, model, model_name: str, items: list[BenchItem]) -> dict:
+        benchmark = items[0].benchmark
+        ids = [self._prompt_ids(model, it) for it in items]
+        progress = tqdm(total=len(items), desc=f"{benchmark}/{items[0].language}", unit="item")
+        new_tokens = 0
+
+        def save(indices, outputs):
+            nonlocal new_tokens
+            rows = []
+            for i, out in zip(indices, outputs):
+                new_tokens += len(out)
+                item = items[i]
+                text = metrics.cut_at_stop(model.tokenizer.decode(out, skip_special_tokens=True), STOPS[benchmark])
+                rows.append(self._row(model_name, item, text, self._score_text(item, text)))
+            append_jsonl(self.scores_path, rows)
+            progress.update(len(rows))
+
+        model.generate_ids(ids, MAX_NEW_TOKENS[benchmark], 1.0, self.config.batch_size, on_batch=save)
+        progress.close()
+        return {"prompt_tokens": sum(map(len, ids)), "new_tokens": new_tokens}
+
+    @staticmethod
+    def _score_text(item: BenchItem, text: str) -> dict:
+        if item.benchmark == "bbh":
+            return metrics.bbh_scores(text, item.gold[0], item.task, item.options,
+                                      BBH_TARGET_ALIASES.get(item.language, {}))
+        return metrics.qa_scores(text.strip(), item.gold, item.language)
+
+    def _choose(self, model, model_name: str, items: list[BenchItem]) -> dict:
+        contexts = [self._prompt(it) for it in items]
+        if self.config.chat_template:
+            contexts = [model.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                        for c in contexts]
+        pairs = [(context, f" {letter}") for context in contexts for letter in LETTERS]
+        found: dict[int, tuple[float, bool]] = {}
+        written: set[int] = set()
+        progress = tqdm(total=len(items), desc=f"mmlu/{items[0].language}", unit="item")
+
+        def save(indices, results):
+            found.update(zip(indices, results))
+            ready = sorted({i // len(LETTERS) for i in indices} - written)
+            ready = [q for q in ready if all(q * len(LETTERS) + k in found for k in range(len(LETTERS)))]
+            rows = []
+            for q in ready:
+                logliks = [found[q * len(LETTERS) + k][0] for k in range(len(LETTERS))]
+                item = items[q]
+                scores = metrics.choice_scores(logliks, LETTERS.index(item.gold[0]), [1] * len(LETTERS))
+                rows.append(self._row(model_name, item, LETTERS[logliks.index(max(logliks))], scores,
+                                      logliks=logliks))
+            written.update(ready)
+            append_jsonl(self.scores_path, rows)
+            progress.update(len(rows))
+
+        model.loglikelihood(pairs, self.config.batch_size, on_batch=save)
+        progress.close()
+        prompt_tokens = sum(len(model.tokenizer(c, add_special_tokens=False).input_ids) for c in contexts)
+        return {"prompt_tokens": prompt_tokens, "new_tokens": 0}
+
+    def run(self, model, model_name: str | None = None) -> dict[str, Path]:
+        model_name = model_name or model.name
+        done = self._done(model_name)
+        os.makedirs(self.out_dir, exist_ok=True)
+        atomic_write_text(self.out_dir / DEFECTS_FILE, defects_csv(self.loaded))
+        groups: dict[tuple, list[BenchItem]] = {}
+        for item in self.loaded.items:
+            if (model_name, *item.key, SCORER) not in done:
+                groups.setdefault((item.benchmark, item.language), []).append(item)
+        for (benchmark, language), items in groups.items():
+            start = time.perf_counter()
+            stage = self._generate if benchmark in GENERATIVE else self._choose
+            counts = stage(model, model_name, items)
+            seconds = time.perf_counter() - start
+            tokens = counts["prompt_tokens"] + counts["new_tokens"]
+            append_jsonl(self.out_dir / TIMINGS_FILE, [
+                {"model": model_name, "benchmark": benchmark, "language": language, "items": len(items),
+                 **counts, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}])
+            log.info("%s/%s: %d items in %.1f s (%.0f tokens/s)", benchmark, language, len(items), seconds,
+                     tokens / seconds)
+        written = write_report([self.out_dir], self.out_dir)
+        written["item_scores"] = self.scores_path
+        written["defects"] = self.out_dir / DEFECTS_FILE
+        return written

@@ -1,6 +1,8 @@
 """CrossAlpaca as a study: LLaMA-2-7B tuned on Alpaca with and without translation-following
 demonstrations (configs/experiments/crossalpaca.py says how to make them), full fine-tuning and LoRA,
-evaluated on the paper's instructions in en/fr/pt/ru and its modifier prompts.
+evaluated on the paper's instructions in en/fr/pt/ru and its modifier prompts. CrossAlpaca's own
+benchmarks (xlit-eval --eval_set=xquad,mlqa,mmlu,bbh) need their own out_dir, and a study cell has one
+evaluation stage so far: run them per cell with `xlit-eval --model=WORKDIR/cells/NAME/train ...`.
 
   xlit-study --config=configs/studies/crossalpaca.py --workdir=runs/studies/crossalpaca \
       --config.model_sources.llama2-7b=/models/Llama-2-7b-hf

@@ -30,6 +30,10 @@ def test_every_binary_reports_bad_input_in_one_line(tmp_path, shared_data):
         "evaluate": (["--model=preset:tiny", "--languages=xx", f"--data_dir={shared_data}",
                       f"--out_dir={tmp_path / 'eval'}"], "eval set 'chirkova' has no language 'xx'"),
         "serve": ([f"--model={missing}"], f"{missing}: not a .gguf file"),
+        "study": (["--config=configs/studies/smollm2_mini.py", f"--workdir={tmp_path / 'study'}", "--only=nothing*"],
+                  "--only=nothing* matches no cell"),
+        "human_eval": (["import", f"--sheets={bad_utf8}", f"--key={missing}", f"--out_dir={tmp_path / 'h'}"],
+                       f"{missing}: no such file"),
     }
     running = {module: subprocess.Popen([sys.executable, "-m", f"launch.{module}", *args], cwd=REPO, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)

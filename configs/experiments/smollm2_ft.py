@@ -1,13 +1,16 @@
-"""Full fine-tuning of SmolLM2-135M-Instruct on LIMA in its own chat template, with the paper's optimizer
-(lr 1e-5 -> 1e-6)."""
+"""Full fine-tuning of SmolLM2-135M-Instruct on LIMA in its own chat template, with the paper's optimizer:
+lr 1e-5 -> 1e-6, or another peak lr as the config argument (configs/experiments/smollm2_ft.py:1e-4),
+decaying to a tenth of it."""
 
 from configs.experiments.base import base_config, shared_data, with_model
 from configs.models import smollm2_135m
 
 
-def get_config():
+def get_config(lr: str | None = None):
     c = with_model(base_config(), smollm2_135m.get_config())
     c.data.update(name="lima-en", sources=(f"lima:{shared_data('lima/lima.en.jsonl')}",), template="chat",
                   seq_len=512, tokens_per_batch=1024, grad_accum=4)
     c.train.update(max_steps=100, log_every=5, save_every=50, export_hf=True)
+    if lr:
+        c.optim.update(lr=float(lr), min_lr=float(lr) / 10)
     return c

@@ -82,12 +82,13 @@ def _cell(row: dict | None) -> str:
     return f"{mean:.{digits}f} ({row['n']})"
 
 
-def _table(header: list[str], body: list[list[str]]) -> str:
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
 
 
-def _ordered(values) -> list:
+def ordered(values) -> list:
+    """The distinct values in first-seen order."""
     return list(dict.fromkeys(values))
 
 
@@ -98,9 +99,9 @@ def _metric_table(rows: list[dict], eval_set: str) -> str:
     metrics = [m for m in order if any(r["metric"] == m for r in mine)]
     cells = {(r["model"], r["language"], r["metric"]): r for r in mine}
     body = [[model, lang] + [_cell(cells.get((model, lang, m))) for m in metrics]
-            for model in _ordered(r["model"] for r in mine) for lang in _ordered(r["language"] for r in mine)
+            for model in ordered(r["model"] for r in mine) for lang in ordered(r["language"] for r in mine)
             if any((model, lang, m) in cells for m in metrics)]
-    return _table(["model", "language"] + metrics, body) if metrics else ""
+    return markdown_table(["model", "language"] + metrics, body) if metrics else ""
 
 
 def _modifier_table(rows: list[dict], eval_set: str, metric: str) -> str:
@@ -108,10 +109,10 @@ def _modifier_table(rows: list[dict], eval_set: str, metric: str) -> str:
     mine = [r for r in rows if r["set"] == eval_set and r["modifier"] != ALL and r["metric"] == metric]
     if not mine:
         return ""
-    languages = _ordered(r["language"] for r in mine)
+    languages = ordered(r["language"] for r in mine)
     cells = {(r["model"], r["modifier"], r["language"]): r for r in mine}
-    keys = _ordered((r["model"], r["modifier"]) for r in mine)
-    return _table(["model", "modifier"] + languages,
+    keys = ordered((r["model"], r["modifier"]) for r in mine)
+    return markdown_table(["model", "modifier"] + languages,
                   [[model, mod] + [_cell(cells.get((model, mod, lang))) for lang in languages]
                    for model, mod in keys])
 
@@ -124,7 +125,7 @@ def markdown(rows: list[dict]) -> str:
     table = benchmark_markdown(rows)
     if table:
         parts += ["", "## Benchmarks (lm-evaluation-harness 0.4 scoring)", "", table]
-    for eval_set in _ordered(r["set"] for r in rows if r["scorer"] != BENCHMARK_SCORER):
+    for eval_set in ordered(r["set"] for r in rows if r["scorer"] != BENCHMARK_SCORER):
         parts += ["", f"## {eval_set}", "", _metric_table(rows, eval_set)]
         for metric, title in (("fulfilled", "Modifier fulfilment (rule-checked), %"),
                               ("judge_helpfulness", "Helpfulness under each modifier (LLM judge, 0-2)")):
@@ -159,8 +160,8 @@ def _bar_panels(panels: list[tuple[str, dict]], path: Path, ylabel: str, top: fl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = _ordered(model for _, cells in panels for model, _ in cells)
-    languages = _ordered(lang for _, cells in panels for _, lang in cells)
+    models = ordered(model for _, cells in panels for model, _ in cells)
+    languages = ordered(lang for _, cells in panels for _, lang in cells)
     width = 0.8 / len(models)
     columns = min(len(panels), PANELS_PER_ROW)
     panel_rows = math.ceil(len(panels) / columns)
@@ -201,8 +202,8 @@ def _benchmark_cells(rows: list[dict]) -> tuple[list[tuple[str, str]], dict]:
 def benchmark_markdown(rows: list[dict]) -> str:
     """Rows model x language, a column per benchmark metric (% of items; items scored in brackets)."""
     columns, cells = _benchmark_cells(rows)
-    keys = _ordered((model, lang) for model, lang, _, _ in cells)
-    return _table(["model", "language"] + [f"{b} {m}" for b, m in columns],
+    keys = ordered((model, lang) for model, lang, _, _ in cells)
+    return markdown_table(["model", "language"] + [f"{b} {m}" for b, m in columns],
                   [[model, lang] + [_cell(cells.get((model, lang, b, m))) for b, m in columns]
                    for model, lang in keys]) if columns else ""
 
@@ -212,12 +213,12 @@ def benchmark_csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["model", "language"] + [f"{b}_{m}" for b, m in columns] + [f"{b}_n" for b in
-                                                                                  _ordered(b for b, _ in columns)])
-    for model, lang in _ordered((model, lang) for model, lang, _, _ in cells):
+                                                                                  ordered(b for b, _ in columns)])
+    for model, lang in ordered((model, lang) for model, lang, _, _ in cells):
         found = [cells.get((model, lang, b, m)) for b, m in columns]
         counts = {b: r["n"] for (b, _), r in zip(columns, found) if r}
         writer.writerow([model, lang] + [f"{100 * r['mean']:.2f}" if r else "" for r in found]
-                        + [counts.get(b, "") for b in _ordered(b for b, _ in columns)])
+                        + [counts.get(b, "") for b in ordered(b for b, _ in columns)])
     return buffer.getvalue()
 
 
@@ -241,7 +242,7 @@ def _defects_markdown(run_dirs) -> str:
         return ""
     body = [[r["benchmark"], r["language"], r["rows"], r["defect"], r["count"]] for r in found.values()]
     return ("\n## Data defects found while loading (counted over whole files)\n\n"
-            + _table(["benchmark", "language", "rows", "defect", "count"], body) + "\n")
+            + markdown_table(["benchmark", "language", "rows", "defect", "count"], body) + "\n")
 
 
 def write_report(run_dirs, out_dir) -> dict[str, Path]:
@@ -267,7 +268,7 @@ def write_report(run_dirs, out_dir) -> dict[str, Path]:
         atomic_write_text(written["benchmarks_csv"], benchmark_csv(aggregates))
         if plot_benchmarks(aggregates, out_dir / "benchmarks.png"):
             written["benchmarks_png"] = out_dir / "benchmarks.png"
-    for eval_set in _ordered(r["set"] for r in aggregates if r["scorer"] != BENCHMARK_SCORER):
+    for eval_set in ordered(r["set"] for r in aggregates if r["scorer"] != BENCHMARK_SCORER):
         for stem, metrics, ylabel, scale, top in FIGURES:
             path = out_dir / f"{stem}.{eval_set}.png"
             if plot(aggregates, eval_set, metrics, path, ylabel, scale, top):

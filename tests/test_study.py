@@ -1,0 +1,231 @@
+"""xlit-study: the grid, the runner (kill and resume, a failing cell), printed commands, the report."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from xlit_jax.io.files import InputError
+from xlit_jax.study import grid, report
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_STUDY = '''
+from ml_collections import ConfigDict
+
+
+def get_config():
+    return ConfigDict({
+        "name": "tiny", "experiment": "configs/experiments/tiny_{method}.py",
+        "models": ("tiny",), "datasets": ("lima-en",), "methods": ("ft", "lora"), "learning_rates": ("1e-3",),
+        "model_sources": {},
+        "train": {"data": {"seq_len": 128, "tokens_per_batch": 256, "grad_accum": 1},
+                  "train": {"max_steps": 6, "save_every": 2, "log_every": 1, "tensorboard": False,
+                            "export_peft": False, "async_checkpoint": False}},
+        "eval": {"eval_set": "chirkova", "languages": "en,fr", "limit": 2, "seed": 0,
+                 "metrics": "language,spelling", "max_new_tokens": 6, "batch_size": 4},
+        "baselines": {"broken": "/nonexistent/model.gguf"},
+    })
+'''
+FT = "tiny.lima-en.ft.lr1e-3"
+LORA = "tiny.lima-en.lora.lr1e-3"
+
+
+def study(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launch.study", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+def test_paper_study_has_the_72_cells():
+    from configs.studies import chirkova2024
+
+    cells = grid.expand(chirkova2024.get_config())
+    assert len(cells) == 72 and len({c.name for c in cells}) == 72
+    assert cells[0].name == "llama2-13b.dolly-en.ft.lr1e-6"
+    assert cells[0].experiment == "configs/experiments/paper.py:llama2-13b,dolly-en,ft,1e-6"
+    assert [c.name for c in grid.select(cells, ["tower-7b.*.lora.lr1e-4"])] == [
+        f"tower-7b.{d}.lora.lr1e-4" for d in ("dolly-en", "lima-en", "dolly-lima-size", "dolly-dt")]
+    with pytest.raises(InputError, match="--only=nothing.* matches no cell"):
+        grid.select(cells, ["nothing*"])
+
+
+def test_commands_carry_overrides_sources_and_eval_flags(tmp_path):
+    config = ConfigDict({"name": "s", "experiment": "x.py:{model},{lr}", "models": ("m",), "datasets": ("d",),
+                         "methods": ("ft",), "learning_rates": ("1e-4",), "model_sources": {"m": "/w/m"},
+                         "train": {"train": {"max_steps": 3}, "data": {"sources": ("a:1", "b:2")}},
+                         "eval": {"languages": ("en", "fr"), "judge_model": ""}, "baselines": {"base": "smollm2-135m"}})
+    base, cell = grid.expand(config)
+    paths = grid.cell_paths(tmp_path, cell)
+    argv = grid.commands(cell, paths, config.eval, "xlit")
+    assert argv["train"] == ["xlit-train", "--config=x.py:m,1e-4", f"--workdir={paths.train}",
+                             "--config.data.sources=('a:1', 'b:2')", "--config.train.max_steps=3",
+                             "--config.model.source=/w/m"]
+    assert argv["eval"] == ["xlit-eval", f"--model={paths.train}", "--model_name=m.d.ft.lr1e-4",
+                            f"--out_dir={paths.eval}", "--languages=en,fr"]  # an empty flag keeps its default
+    assert list(grid.commands(base, grid.cell_paths(tmp_path, base), config.eval)) == ["eval"]
+    assert grid.commands(base, grid.cell_paths(tmp_path, base), config.eval)["eval"][3] == "--model=smollm2-135m"
+
+
+def test_bad_study_config_is_one_line_with_status_2(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(TINY_STUDY.replace('"methods": ("ft", "lora")', '"methods": ()'))
+    result = study(f"--config={bad}", f"--workdir={tmp_path / 'w'}", "--status")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "xlit-study: study config: the grid axis 'methods' is empty"
+
+
+def test_a_cell_another_runner_holds_is_left_alone(tmp_path):
+    import fcntl
+
+    from xlit_jax.study import runner
+
+    config = ConfigDict({"name": "s", "experiment": "x.py", "models": ("m",), "datasets": ("d",),
+                         "methods": ("ft",), "learning_rates": ("1e-4",), "eval": {}})
+    (cell,) = grid.expand(config)
+    paths = grid.cell_paths(tmp_path, cell)
+    paths.root.mkdir(parents=True)
+    with open(paths.root / runner.LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as another runner process would
+        assert runner.run_cell(cell, tmp_path, {}) == runner.RUNNING
+        assert runner.cell_state(cell, paths) == (runner.RUNNING, "checkpoint step 0, 0 responses generated")
+    assert not paths.log("train").exists()  # nothing was started
+    assert runner.cell_state(cell, paths)[0] == runner.PARTIAL
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, "the study ended before the checkpoint appeared"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.2)
+
+
+def _responses(workdir: Path, cell: str) -> list:
+    lines = (workdir / "cells" / cell / "eval" / "generations.jsonl").read_text().splitlines()
+    return sorted((r["language"], r["id"], r["response"]) for r in map(json.loads, lines))
+
+
+@pytest.mark.slow
+def test_two_tiny_cells_killed_resumed_and_printed_commands_agree(tmp_path, shared_data):
+    """Kill the study mid-training, rerun it to the end; a failing cell does not stop the others; the
+    printed commands, run as printed, give the same responses as the killed and resumed cell."""
+    config = tmp_path / "tiny_study.py"
+    config.write_text(TINY_STUDY)
+    workdir = tmp_path / "study"
+    flags = [f"--config={config}", f"--workdir={workdir}"]
+    process = subprocess.Popen([sys.executable, "-m", "launch.study", *flags], cwd=REPO, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(workdir / "cells" / FT / "train" / "checkpoints" / "2", process)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    status = study(*flags, "--status").stdout
+    assert "broken.base" in status and "failed" in status.split("broken.base")[1].splitlines()[0]
+    assert f"{FT}" in status and "partial" in status.split(FT)[1].splitlines()[0]
+
+    finished = study(*flags)
+    assert finished.returncode == 1, finished.stderr  # the broken baseline failed
+    assert "resumed from step" in (workdir / "cells" / FT / "train.log").read_text()
+    assert "/nonexistent/model.gguf" in (workdir / "cells" / "broken.base" / "eval.log").read_text()
+    table = study(*flags, "--status").stdout
+    assert "2 done, 0 running, 0 partial, 1 failed, 0 not started" in table
+    rows = list(csv.DictReader((workdir / "report" / "summary.csv").open()))
+    assert {r["cell"] for r in rows} == {FT, LORA}
+    assert {(r["language"], r["metric"]) for r in rows if r["cell"] == FT} >= {("en", "language_correct"),
+                                                                                ("non-en", "language_correct")}
+    assert (workdir / "report" / "fig2_learning_rate.tiny.png").stat().st_size > 10_000
+    assert "2 of 3 cells have scores; not yet: broken.base." in (workdir / "report" / "report.md").read_text()
+
+    printed = study(*flags[:1], f"--workdir={tmp_path / 'printed'}", "--print_commands", "--launcher=python",
+                    f"--only={FT}").stdout
+    assert printed.splitlines()[0] == f"# {FT}" and len(printed.splitlines()) == 3
+    ran = subprocess.run(["bash", "-e", "-c", printed], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert _responses(tmp_path / "printed", FT) == _responses(workdir, FT)
+
+
+def _synthetic_study(workdir: Path, cells: list, rng: np.random.Generator, n: int = 100) -> dict:
+    """item_scores.jsonl per cell with Bernoulli language correctness and judge helpfulness; returns the
+    values drawn, by (cell, group, metric)."""
+    drawn = {}
+    for k, cell in enumerate(cells):
+        p = 0.2 + 0.6 * k / max(len(cells) - 1, 1)
+        path = grid.cell_paths(workdir, cell).eval / "item_scores.jsonl"
+        path.parent.mkdir(parents=True)
+        rows = []
+        for language in ("en", "fr", "pt", "ru"):
+            correct = rng.random(n) < (p if language == "en" else p / 2)
+            helpful = rng.integers(0, 3, n)
+            group = "en" if language == "en" else "non-en"
+            drawn.setdefault((cell.name, group, "language_correct"), []).extend(correct.astype(float))
+            drawn.setdefault((cell.name, group, "judge_helpfulness"), []).extend(helpful.astype(float))
+            for i in range(n):
+                rows.append({"model": cell.name, "set": "chirkova", "language": language, "id": str(i),
+                             "scorer": "language", "modifier": None, "scores": {"language_correct": float(correct[i])}})
+                rows.append({"model": cell.name, "set": "chirkova", "language": language, "id": str(i),
+                             "scorer": "judge", "modifier": None, "scores": {"judge_helpfulness": float(helpful[i])}})
+                rows.append({"model": cell.name, "set": "chirkova_modifiers", "language": language, "id": str(i),
+                             "scorer": "modifiers", "modifier": "num_items_5" if i % 2 else "short",
+                             "scores": {"fulfilled": float(i % 4 == 1)}})
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return drawn
+
+
+def test_report_on_synthetic_scores_has_known_means_and_intervals(tmp_path):
+    from configs.studies import chirkova2024
+
+    cells = grid.select(grid.expand(chirkova2024.get_config()), ["llama2-7b.lima-en.*"])
+    drawn = _synthetic_study(tmp_path, cells, np.random.default_rng(0))
+    benchmark = [{"model": cells[0].name, "set": "mmlu", "language": lang, "id": str(i), "scorer": "mmlu",
+                  "modifier": None, "scores": {"accuracy": float(i < 3)}} for lang in ("de", "it") for i in range(4)]
+    with (grid.cell_paths(tmp_path, cells[0]).eval / "item_scores.jsonl").open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in benchmark)
+    written = report.write(cells, tmp_path, "synthetic")
+    rows = {(r["cell"], r["language"], r["modifier"], r["metric"]): r
+            for r in csv.DictReader(written["csv"].open())}
+    for (cell, group, metric), values in drawn.items():
+        row = rows[(cell, group, "", metric)]
+        mean, n = np.mean(values), len(values)
+        assert int(row["n"]) == n == (100 if group == "en" else 300)
+        assert float(row["mean"]) == pytest.approx(mean, abs=1e-12)
+        half = 1.96 * np.std(values) / np.sqrt(n)  # the bootstrap's interval is close to the normal one
+        assert float(row["ci_low"]) == pytest.approx(mean - half, abs=0.25 * half)
+        assert float(row["ci_high"]) == pytest.approx(mean + half, abs=0.25 * half)
+    # Table 1: every other modifier prompt is a list of 5 and fulfilled 1 time in 2 (i % 4 == 1).
+    assert float(rows[(cells[0].name, "en", "num_items", "fulfilled")]["mean"]) == 0.5
+    assert float(rows[(cells[0].name, "fr", "short", "fulfilled")]["mean"]) == 0.0
+    text = written["markdown"].read_text()
+    assert "6 of 6 cells have scores." in text and "## Table 1" in text
+    assert "### judge_helpfulness (0-2)" in text and "### language_correct (%)" in text
+    assert f"| {cells[0].name} | mmlu | accuracy | 0.75 [0.25, 1.00] n=4 | 0.75 [0.25, 1.00] n=4 |" in text
+    for key in ("fig2.llama2-7b", "fig3"):
+        assert written[key].stat().st_size > 10_000
+
+
+def test_bootstrap_interval_is_seeded_and_degenerate_cases_are_defined():
+    values = np.r_[np.zeros(50), np.ones(50)]
+    assert report.bootstrap_interval(values) == report.bootstrap_interval(values)
+    assert report.bootstrap_interval([1.0]) == (1.0, 1.0)
+    assert report.bootstrap_interval(np.ones(10)) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("study_name", ["chirkova2024", "crossalpaca", "smollm2_mini"])
+def test_every_cell_of_the_shipped_studies_has_a_valid_training_config(study_name):
+    import importlib
+
+    study_config = importlib.import_module(f"configs.studies.{study_name}").get_config()
+    for cell in grid.expand(study_config):
+        if cell.trains:
+            path, _, arg = cell.experiment.partition(":")
+            module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+            config = module.get_config(arg) if arg else module.get_config()
+            assert config.data.name == cell.data and (config.lora.rank > 0) == (cell.method == "lora")
+            assert config.optim.lr == float(cell.lr), cell.name

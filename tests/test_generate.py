@@ -11,7 +11,7 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 
 import xlit_jax
 from conftest import left_padded
-from xlit_jax.decode.generate import apply_repetition_penalty, bucket
+from xlit_jax.decode.generate import apply_repetition_penalty, bucket, prompt_bucket
 
 NEW_TOKENS = 64
 HF_PAD = 0  # <|endoftext|>: HF penalizes pad ids too, so pad with a token the model never wants
@@ -71,6 +71,8 @@ def test_repetition_penalty_is_hf_rule():
 def test_shapes_are_bucketed():
     assert [bucket(n, 32) for n in (1, 32, 33, 100)] == [32, 32, 64, 128]
     assert [bucket(n) for n in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
+    assert [prompt_bucket(n) for n in (1, 32, 33, 48, 49, 96, 97, 130, 700)] == [
+        32, 32, 48, 48, 64, 96, 128, 192, 768]
 
 
 def test_generation_stops_at_eos_and_handles_uneven_batches():

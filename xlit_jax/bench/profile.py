@@ -104,12 +104,12 @@ def decode_call():
 
     import xlit_jax
     from xlit_jax.bench.workloads import paper_prompts
-    from xlit_jax.decode.generate import MIN_PROMPT_BUCKET, bucket, greedy_decode, left_pad
+    from xlit_jax.decode.generate import bucket, greedy_decode, left_pad, prompt_bucket
 
     model = xlit_jax.load(FLAGS.model)
     config = model.config
     ids = [model.encode(p) for p in paper_prompts(FLAGS.data, FLAGS.batch)]
-    tokens, segments = left_pad(ids, bucket(max(map(len, ids)), MIN_PROMPT_BUCKET), bucket(len(ids)),
+    tokens, segments = left_pad(ids, prompt_bucket(max(map(len, ids))), bucket(len(ids)),
                                 config.eos_token_ids[0])
     args = (model.params, tokens, segments, jnp.float32(1.1), jnp.asarray(config.eos_token_ids, jnp.int32))
     kwargs = dict(config=config, max_new_tokens=FLAGS.new_tokens)

@@ -1,0 +1,68 @@
+"""The CPU table: our train step and greedy decoding against the PyTorch reference, on this CPU, in one run.
+
+    python -m xlit_jax.bench.cpu [--batch=4 --seq_len=256] [--decode_batches=1,16,64 --new_tokens=64]
+
+Each cell is one worker of the training or decoding benchmark (`bench.train_throughput`,
+`bench.decode_throughput`: SmolLM2-135M-Instruct, fp32, the same inputs for both engines), each engine in
+its own process, one after the other; the table names the CPU (lscpu's model name) because the ratios
+move with it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch", 4, "training rows per step")
+flags.DEFINE_integer("seq_len", 256, "training tokens per row")
+flags.DEFINE_integer("steps", 3, "timed training steps per engine")
+flags.DEFINE_list("decode_batches", ["1", "16", "64"], "decoding batch sizes")
+flags.DEFINE_integer("new_tokens", 64, "new tokens per prompt when decoding")
+flags.DEFINE_string("data", "../shared/data", "shared data dir (the paper's prompts)")
+
+
+def cpu_model() -> str:
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def worker(module: str, *args: str) -> dict:
+    """The JSON result a benchmark worker prints last (decoding prefixes it with 'RESULT ')."""
+    out = subprocess.run([sys.executable, "-m", f"xlit_jax.bench.{module}", *args], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out.strip().splitlines()[-1].removeprefix("RESULT "))
+
+
+def train_rate(engine: str, method: str) -> float:
+    # MFU is not shown here: a fixed peak spares each worker measuring one.
+    return worker("train_throughput", f"--worker={engine}:{method}", f"--batch={FLAGS.batch}",
+                  f"--seq_len={FLAGS.seq_len}", f"--steps={FLAGS.steps}", "--peak_flops=1")["tokens_per_s"]
+
+
+def decode_rate(engine: str, batch: str) -> float:
+    return worker("decode_throughput", f"--worker={engine}:{batch}", f"--new_tokens={FLAGS.new_tokens}",
+                  f"--data={FLAGS.data}")["tokens_per_s"]
+
+
+def main(argv):
+    del argv
+    shape = f"{FLAGS.batch} x {FLAGS.seq_len}"
+    cells = [(f"train step, full FT, {shape}", lambda engine: train_rate(engine, "ft")),
+             (f"train step, LoRA r16, {shape}", lambda engine: train_rate(engine, "lora"))]
+    cells += [(f"greedy decode, batch {b}, {FLAGS.new_tokens} new tokens", lambda engine, b=b: decode_rate(engine, b))
+              for b in FLAGS.decode_batches]
+    print(f"SmolLM2-135M-Instruct, fp32, on {cpu_model()}: tokens/s\n")
+    print("| benchmark | JAX | PyTorch | ratio |\n|---|---:|---:|---:|")
+    for name, rate in cells:
+        ours, theirs = rate("jax"), rate("torch")
+        print(f"| {name} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

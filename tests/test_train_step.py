@@ -96,6 +96,20 @@ def test_k_micro_batches_equal_one_batch_k_times_the_size():
                            grads(state_k), grads(state_1))
 
 
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_rematerialisation_changes_no_loss_or_gradient(remat):
+    """The default policy (save the matmul outputs, recompute the rest: the fastest on CPU) against no and
+    full recomputation: the same loss and SGD update, to within fp32 reassociation of fused ops."""
+    params = init_params(CONFIG, 0)
+    batch = random_batch(1, 4, seed=2)
+    assert CONFIG.remat == "dots"
+    state_dots, metrics_dots = stepper(sgd=True)(params, batch)
+    state_other, metrics_other = stepper(CONFIG.replace(remat=remat), sgd=True)(params, batch)
+    np.testing.assert_allclose(float(metrics_other["loss"]), float(metrics_dots["loss"]), rtol=1e-6)
+    jax.tree_util.tree_map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7),
+                           host(state_other.params), host(state_dots.params))
+
+
 def test_a_non_finite_loss_leaves_the_state_as_it_was():
     params = init_params(CONFIG, 0)
     params["layers"]["mlp"]["up"]["kernel"] = params["layers"]["mlp"]["up"]["kernel"].at[0, 0, 0].set(jnp.nan)

@@ -30,7 +30,7 @@ def base_config() -> ConfigDict:
             "seed": 0,  # random init of presets and of LoRA adapters
             "dtype": "auto",  # matmuls: bfloat16 on accelerators, float32 on CPU
             "param_dtype": "float32",  # master weights and optimizer state
-            "remat": "none",  # none | full | dots
+            "remat": "dots",  # dots (save matmul outputs, recompute the rest: fastest on CPU) | none | full
             "attention": "auto",  # auto | xla | cudnn | splash (docs/attention.md)
             "vocab_size": 0,  # presets only: >0 resizes the vocabulary to fit data.tokenizer
         },

@@ -4,4 +4,4 @@ from ml_collections import ConfigDict
 
 
 def get_config() -> ConfigDict:
-    return ConfigDict({"source": "smollm2-135m", "hub_name": "HuggingFaceTB/SmolLM2-135M-Instruct", "remat": "none"})
+    return ConfigDict({"source": "smollm2-135m", "hub_name": "HuggingFaceTB/SmolLM2-135M-Instruct", "remat": "dots"})

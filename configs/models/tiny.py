@@ -5,4 +5,4 @@ from ml_collections import ConfigDict
 
 
 def get_config() -> ConfigDict:
-    return ConfigDict({"source": "preset:tiny", "hub_name": "", "remat": "none", "vocab_size": 49152})
+    return ConfigDict({"source": "preset:tiny", "hub_name": "", "remat": "dots", "vocab_size": 49152})

@@ -49,7 +49,7 @@ class LlamaConfig:
     # Numerics and memory: params are kept in `param_dtype`, matmuls run in `dtype`.
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: str = "none"  # none | full | dots (save matmul outputs, recompute the rest)
+    remat: str = "dots"  # none | full | dots (save matmul outputs, recompute the rest)
     attention: str = "auto"  # auto | xla | cudnn | splash (models/attention.py)
     splash_block: int = 512  # splash attention's block size (query and key), a multiple of 128
     # LoRA: rank 0 means no adapters; see models/lora.py.

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from xlit_jax.models import attention
 from xlit_jax.models.config import LlamaConfig
-from xlit_jax.models.lora import Linear
+from xlit_jax.models.lora import Linear, matmul
 
 Cache = dict[str, jax.Array]  # k, v: [L, B, K, S, D]; segments: [B, S]; index: [] (next free slot)
 
@@ -173,7 +173,7 @@ class Llama(nn.Module):
             h = h[:, -1:]
         h = RMSNorm(c.rms_norm_eps, c.compute_dtype, c.weights_dtype, name="final_norm")(h)
         if c.tie_embeddings:
-            logits = jnp.dot(h, embedding.astype(c.compute_dtype).T)
+            logits = matmul(h, embedding.astype(c.compute_dtype).T)
         else:
             logits = Linear(c.vocab_size, ("embed", "vocab"), c.compute_dtype, c.weights_dtype, name="lm_head")(h)
         logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))

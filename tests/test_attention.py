@@ -111,6 +111,17 @@ def test_splash_packed_rows_match_reference(kv_heads, dtype):
     compare(kernel, *random_qkv(6, kv_heads, 128, 128, seed=1), segments, dtype, grads=True)
 
 
+@pytest.mark.parametrize("blocks, length", [(4, 200), (3, 130)])
+def test_causal_query_blocks_change_no_output_or_gradient(blocks, length):
+    """The reference split into query blocks that skip the keys after them (uneven blocks at 130 and 200)
+    against the reference in one piece, over packed segments and padding, GQA."""
+    segments = packed_segments(length)
+    blocked = no_cache(lambda q, k, v, slots, segs: attention.xla_attention(
+        q, k, v, slots, segs, segs, causal_blocks=blocks), segments)
+    assert attention.query_blocks(length) == min(4, length // 64) > 1
+    compare(blocked, *random_qkv(6, 2, length, length, seed=3), segments, jnp.float32, grads=True)
+
+
 def test_splash_under_shard_map_on_a_mesh_and_a_length_off_the_block():
     """4 CPU devices, batch over data=2 and heads over tensor=2; length 100 is padded to the 128 block."""
     result = run_with_devices(textwrap.dedent("""

@@ -6,14 +6,15 @@ Engines: `jax` (`Model.generate_ids` on token ids), `xlit-eval` (the generation 
 same prompts: chat template, tokenization, decoding, detokenization and the keyed JSONL writes) and
 `torch` (transformers' `generate`). Each (engine, batch size) runs in its own subprocess so that its peak
 RSS is its own. A first call with the same shapes warms up (JAX compiles; torch allocates), then the
-timed call runs. Tokens/s counts the tokens each row generates up to its EOS, over the wall time of the
-whole batch.
+median of --repeats timed calls counts. Tokens/s counts the tokens each row generates up to its EOS, over
+the wall time of the whole batch.
 """
 
 from __future__ import annotations
 
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ flags.DEFINE_list("engines", ["jax", "xlit-eval", "torch"], "of jax, xlit-eval, 
 flags.DEFINE_integer("new_tokens", 64, "max new tokens per prompt")
 flags.DEFINE_float("repetition_penalty", 1.1, "as in the paper")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
+flags.DEFINE_integer("repeats", 3, "measured calls per cell after the warm-up (the median is reported)")
 flags.DEFINE_string("data", "../shared/data", "shared data dir (the paper's prompts)")
 flags.DEFINE_string("worker", None, "internal: run one measurement as engine:batch_size and print JSON")
 
@@ -119,13 +121,17 @@ def measure_torch(batch: int) -> dict:
 
 
 def timed(run) -> dict:
-    """Times `run` (which returns the number of tokens generated) twice: a warm-up call, then the measured one."""
+    """Times `run` (which returns the number of tokens generated): a warm-up call, then the median of
+    --repeats measured calls (a single call of batch 1 lasts about a second: one noisy moment moved it 20%)."""
     start = time.perf_counter()
     run()
     first_s = time.perf_counter() - start
-    start = time.perf_counter()
-    tokens = run()
-    seconds = time.perf_counter() - start
+    calls = []
+    for _ in range(FLAGS.repeats):
+        start = time.perf_counter()
+        tokens = run()
+        calls.append(time.perf_counter() - start)
+    seconds = statistics.median(calls)
     return {"first_call_s": first_s, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
 
 

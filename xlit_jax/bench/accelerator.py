@@ -24,6 +24,7 @@ from absl import app, flags
 
 from xlit_jax.bench import repeated_step
 from xlit_jax.bench.workloads import seconds_per_call, train_batch
+from xlit_jax.models.config import LORA_TARGETS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "runs/accelerator", "where accelerator.json and accelerator.md go")
@@ -36,7 +37,6 @@ flags.DEFINE_integer("prompt_len", 128, "decoding prompt tokens (random ids)")
 flags.DEFINE_integer("new_tokens", 256, "decoding new tokens")
 flags.DEFINE_bool("hf", True, "also measure HF transformers (+ peft) when torch sees the accelerator")
 
-LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 TRAIN_CASES = (("llama-1b", "ft"), ("llama2-7b", "lora"))
 
 

@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+from xlit_jax.models.config import LORA_TARGETS  # all seven projections
+
 ADAMW = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0)
 LR = 1e-5
 

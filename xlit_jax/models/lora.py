@@ -19,7 +19,7 @@ LORA_PARAMS = ("lora_a", "lora_b")
 def matmul(x, kernel):
     """x [..., in] @ kernel [in, out] as one 2-D matmul over the flattened leading axes. Its gradient for the
     kernel then contracts a single axis: contracting [B, T] jointly, XLA:CPU writes the activation gradients
-    transposed in slow elementwise loops before a non-library dot (a train step 1.x times slower)."""
+    transposed in slow elementwise loops before a non-library dot (a train step 1.3x slower)."""
     return jnp.dot(x.reshape(-1, x.shape[-1]), kernel).reshape(*x.shape[:-1], kernel.shape[-1])
 
 

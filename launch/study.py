@@ -39,6 +39,7 @@ def _study():
     elif FLAGS.print_commands:
         print(grid.command_lines(cells, workdir, cfg.eval, FLAGS.launcher), end="")
     else:
+        states = {}
         if not FLAGS.report:
             atomic_write_text(workdir / "study.json", cfg.to_json_best_effort(indent=2))
             states = runner.run(cells, workdir, cfg.eval)
@@ -46,7 +47,7 @@ def _study():
         fig3 = (cfg.get("report") or {}).get("fig3")
         for kind, path in report.write(cells, workdir, cfg.name, fig3).items():
             logging.info("%s: %s", kind, path)
-        if not FLAGS.report and runner.FAILED in states.values():
+        if runner.FAILED in states.values():
             sys.exit(1)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from xlit_jax.evaluate.judge import CRITERIA
 from xlit_jax.evaluate.modifiers import family
-from xlit_jax.io.files import InputError, atomic_write_text, read_jsonl
+from xlit_jax.io.files import InputError, atomic_write_text, csv_text, read_jsonl
 
 ITEM_SCORES_FILE = "item_scores.jsonl"
 SCORES_FILE = "scores.jsonl"
@@ -136,11 +136,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def to_csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=AGGREGATE_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return csv_text(rows, AGGREGATE_FIELDS)
 
 
 def plot(rows: list[dict], eval_set: str, metrics, path: Path, ylabel: str, scale: float, top: float) -> bool:
@@ -183,12 +179,17 @@ def _bar_panels(panels: list[tuple[str, dict]], path: Path, ylabel: str, top: fl
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(models), 4),
                fontsize="small")
     fig.suptitle(title)
+    save_figure(plt, fig, path, dpi=120)
+    return True
+
+
+def save_figure(plt, fig, path: Path, dpi: int) -> None:
+    """Write `fig` as a PNG atomically (a reader never sees half a file) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     tmp.replace(path)
-    return True
 
 
 def _benchmark_cells(rows: list[dict]) -> tuple[list[tuple[str, str]], dict]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
@@ -24,6 +26,15 @@ def atomic_directory(directory: str | os.PathLike):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def csv_text(rows, fields) -> str:
+    """`rows` (dicts) as CSV text with a header of `fields`; keys outside `fields` are left out."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -28,6 +28,7 @@ from xlit_jax.evaluate.evalsets import CHIRKOVA_DIR, instruction_text
 from xlit_jax.evaluate.judge import CRITERIA
 from xlit_jax.evaluate.report import ITEM_SCORES_FILE, markdown_table, read_item_scores
 from xlit_jax.evaluate.run import GENERATIONS_FILE
+from xlit_jax.io import files
 from xlit_jax.io.files import InputError, atomic_write_text, read_jsonl
 
 KEY_FILE = "key.jsonl"
@@ -55,11 +56,13 @@ def _common_ids(rows: list[dict], languages: list[str], models: list[str]) -> li
 
 
 def csv_text(rows: list[dict], fields=SHEET_FIELDS) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    """Rows as CSV, by default as an annotator's sheet."""
+    return files.csv_text(rows, fields)
+
+
+def _item_key(row: dict) -> tuple:
+    """What identifies a rated response across the sheets, the judge's scores and the answer key."""
+    return row["model"], row["set"], row["language"], row["id"]
 
 
 def page(items: list[dict], language: str, guidelines: str) -> str:
@@ -161,7 +164,7 @@ def judge_stars(eval_dirs) -> dict[tuple, dict[str, int]]:
         if path.is_file():
             for row in read_item_scores(path):
                 if row["scorer"] == "judge" and "error" not in row:
-                    stars[(row["model"], row["set"], row["language"], row["id"])] = row["details"]["stars"]
+                    stars[_item_key(row)] = row["details"]["stars"]
     return stars
 
 
@@ -197,7 +200,7 @@ def agreements(human: list[dict], judge: dict[tuple, dict]) -> list[dict]:
     each pair of annotators."""
     by_annotator = collections.defaultdict(dict)
     for row in human:
-        by_annotator[row["annotator"]][(row["model"], row["set"], row["language"], row["id"])] = row["stars"]
+        by_annotator[row["annotator"]][_item_key(row)] = row["stars"]
     result = []
     for annotator, rated in [*by_annotator.items()] + ([("all annotators", None)] if len(by_annotator) > 1 else []):
         for criterion in CRITERIA:
@@ -222,7 +225,7 @@ def mean_scores(human: list[dict], judge: dict[tuple, dict]) -> list[dict]:
     sums = collections.defaultdict(lambda: [0.0, 0, 0.0, 0])
     for row in human:
         group = "en" if row["language"] == "en" else "non-en"
-        judged = judge.get((row["model"], row["set"], row["language"], row["id"]))
+        judged = judge.get(_item_key(row))
         for criterion in CRITERIA:
             cell = sums[(row["model"], group, criterion)]
             cell[0] += row["stars"][criterion] - 1
@@ -255,7 +258,7 @@ def import_sheets(sheets: list[Path], key_path: Path, out_dir: Path) -> dict[str
     atomic_write_text(written["human_scores"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in human))
     fields = ("who", "criterion", "n", "exact_pct", "kappa_w", "spearman")
     atomic_write_text(written["csv"], csv_text(agreed, fields))
-    rated_by_judge = sum(1 for r in human if (r["model"], r["set"], r["language"], r["id"]) in judge)
+    rated_by_judge = sum(1 for r in human if _item_key(r) in judge)
     means_table = markdown_table(
         ["model", "languages", "criterion", "human", "n", "judge", "n"],
         [[m["model"], m["group"], m["criterion"], f"{m['human']:.2f}", str(m["n_human"]), _fmt(m["judge"]),

@@ -13,11 +13,9 @@ Written to WORKDIR/report: summary.csv (every aggregate, also per language), rep
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 import fnmatch
 import functools
-import io
 import math
 from pathlib import Path
 
@@ -25,8 +23,8 @@ import numpy as np
 
 from xlit_jax.evaluate.modifiers import family
 from xlit_jax.evaluate.report import FRACTION_METRICS, ITEM_SCORES_FILE, JUDGE_METRICS, SURFACE_METRICS, \
-    markdown_table, ordered, read_item_scores
-from xlit_jax.io.files import atomic_write_text
+    markdown_table, ordered, read_item_scores, save_figure
+from xlit_jax.io.files import atomic_write_text, csv_text
 from xlit_jax.study import grid
 
 MAIN_SET, MODIFIER_SET = "chirkova", "chirkova_modifiers"
@@ -73,7 +71,7 @@ class Stat:
                 "n": self.n}
 
 
-def cell_values(cell: grid.Cell, item_scores: Path) -> dict[tuple, list[float]]:
+def cell_values(item_scores: Path) -> dict[tuple, list[float]]:
     """{(set, language, modifier family or ALL, metric): [value per response]} of one cell."""
     values = collections.defaultdict(list)
     for row in read_item_scores(item_scores):
@@ -93,18 +91,14 @@ def collect(cells: list[grid.Cell], workdir: Path) -> tuple[list[Stat], list[str
         if not path.is_file():
             missing.append(cell.name)
             continue
-        for (eval_set, language, modifier, metric), values in sorted(cell_values(cell, path).items()):
+        for (eval_set, language, modifier, metric), values in sorted(cell_values(path).items()):
             stats.append(Stat(cell.labels(), eval_set, language, modifier, metric, float(np.mean(values)),
                               *bootstrap_interval(values), len(values)))
     return stats, missing
 
 
 def to_csv(stats: list[Stat]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(s.row() for s in stats)
-    return buffer.getvalue()
+    return csv_text([s.row() for s in stats], FIELDS)
 
 
 def _scale(metric: str) -> float:
@@ -130,12 +124,13 @@ def _lr_value(lr: str) -> float:
 def metric_tables(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
     """Per metric of the main set: a row per cell, en and non-en columns (Fig. 2 and 3 as numbers)."""
     index = _index(stats)
+    cell_metrics = {(key[0], key[4]) for key in index}
     present = {s.metric for s in stats if s.set == MAIN_SET}
     parts = []
     for metric in [m for m in SURFACE_METRICS + JUDGE_METRICS if m in present]:
         body = [[c.name, cell_text(index.get((c.name, MAIN_SET, ENGLISH, ALL, metric))),
                  cell_text(index.get((c.name, MAIN_SET, OTHERS, ALL, metric)))]
-                for c in cells if any(k[0] == c.name and k[4] == metric for k in index)]
+                for c in cells if (c.name, metric) in cell_metrics]
         unit = "%" if metric in FRACTION_METRICS else "0-2"
         parts += [f"### {metric} ({unit})", "", markdown_table(["cell", ENGLISH, "fr/pt/ru"], body), ""]
     return parts
@@ -177,14 +172,6 @@ def _figure(rows: int, columns: int, legend_rows: int = 1):
     size = (4.2 * columns + 1.2, 2.9 * rows + 0.8 + 0.2 * legend_rows)
     fig, axes = plt.subplots(rows, columns, figsize=size, squeeze=False, layout="constrained")
     return plt, fig, axes
-
-
-def _save(plt, fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
 
 
 def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, path: Path) -> bool:
@@ -232,7 +219,7 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize="small")
     fig.suptitle(f"{model}: metrics vs learning rate (95% bootstrap intervals)")
-    _save(plt, fig, path)
+    save_figure(plt, fig, path, dpi=110)
     return True
 
 
@@ -267,7 +254,7 @@ def plot_criteria(stats: list[Stat], judged: list[grid.Cell], path: Path) -> boo
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(judged), 3),
                fontsize="small")
     fig.suptitle("LLM judge's criteria by model (95% bootstrap intervals)")
-    _save(plt, fig, path)
+    save_figure(plt, fig, path, dpi=110)
     return True
 
 

@@ -75,8 +75,8 @@ def cell_state(cell: grid.Cell, paths: grid.CellPaths) -> tuple[str, str]:
         return NOT_STARTED, ""
     parts = []
     if cell.trains:
-        step = _checkpoint_step(paths)
-        parts.append("trained" if status.get("train") == DONE else f"checkpoint step {step or 0}")
+        trained = status.get("train") == DONE
+        parts.append("trained" if trained else f"checkpoint step {_checkpoint_step(paths) or 0}")
     parts.append(f"{_generated(paths)} responses generated")
     return RUNNING if running else PARTIAL, ", ".join(parts)
 

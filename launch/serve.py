@@ -40,8 +40,6 @@ def main(argv):
     config = ServeConfig(FLAGS.max_batch, FLAGS.max_wait_ms, FLAGS.max_queue, FLAGS.max_tokens,
                          FLAGS.api_key or os.environ.get("XLIT_SERVE_API_KEY") or None)
     model = xlit_jax.load(FLAGS.model, **inference_overrides())
-    if model.tokenizer is None:
-        raise InputError(f"--model={FLAGS.model} has no tokenizer; the server reads and writes text")
     app = create_app(model, FLAGS.model_name, config)
     logging.info("serving %s on http://%s:%d/v1 (API key %s)", FLAGS.model_name or model.name, FLAGS.host,
                  FLAGS.port, "required" if config.api_key else "not checked")

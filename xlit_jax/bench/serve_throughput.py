@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from absl import flags
 
 from launch import run_main
+from xlit_jax.bench import workloads
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model to serve")
@@ -31,14 +32,6 @@ flags.DEFINE_float("max_wait_ms", 20.0, "server --max_wait_ms")
 flags.DEFINE_integer("warmups", 2, "untimed runs of each configuration first (batches split differently "
                      "from run to run, so each split's shapes may need compiling)")
 flags.DEFINE_string("data", "../shared/data", "shared data dir (the paper's prompts)")
-
-
-def paper_prompts(n: int) -> list[list[dict]]:
-    from xlit_jax.io.files import read_jsonl
-
-    path = f"{FLAGS.data}/chirkova2024_eval/alpacaeval_test_subset.en.jsonl"
-    messages = [m for _, m in read_jsonl(path)]
-    return [messages[i % len(messages)] for i in range(n)]
 
 
 def through_server(url: str, prompts, clients: int) -> dict:
@@ -82,7 +75,7 @@ def main(argv):
     from xlit_jax.decode.serve import ServeConfig, create_app, serve_in_thread
 
     model = xlit_jax.load(FLAGS.model)
-    prompts = paper_prompts(FLAGS.requests)
+    prompts = workloads.paper_prompts(FLAGS.data, FLAGS.requests)
     rows = []
     through_xlit_generate(model, prompts)  # warm-up
     rows.append((f"xlit-generate (batch {FLAGS.max_batch})", through_xlit_generate(model, prompts)))

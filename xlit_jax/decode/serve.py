@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from xlit_jax.decode.generate import Sampling
+from xlit_jax.io.files import InputError
 
 MAX_STOPS = 4  # as OpenAI's API
 DISCONNECT_POLL_S = 0.25
@@ -80,14 +81,13 @@ class CompletionRequest(_Request):
 
 @dataclasses.dataclass
 class Job:
-    """One request on its way through the queue; the worker thread resolves `future` on `loop`."""
+    """One request on its way through the queue; the worker thread resolves `future` on its event loop."""
 
     prompt_ids: list[int]
     max_tokens: int
     repetition_penalty: float
     sampling: Sampling
     stops: tuple[str, ...]
-    loop: asyncio.AbstractEventLoop
     future: asyncio.Future
 
     def resolve(self, result=None, error: BaseException | None = None) -> None:
@@ -99,7 +99,7 @@ class Job:
             else:
                 self.future.set_exception(error)
 
-        self.loop.call_soon_threadsafe(settle)
+        self.future.get_loop().call_soon_threadsafe(settle)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +221,7 @@ def create_app(model, name: str | None = None, config: ServeConfig = ServeConfig
     """The server's app for a loaded model (xlit_jax.load's Model, with a tokenizer). The batcher's
     counters are in `app.state.batcher.stats` and in GET /health."""
     if model.tokenizer is None:
-        raise ValueError(f"{model.name} has no tokenizer; the server needs one to read and write text")
+        raise InputError(f"{model.name} has no tokenizer; the server needs one to read and write text")
     name = name or model.name
     batcher = Batcher(lambda jobs: decode_jobs(model, jobs), config.max_batch, config.max_wait_ms,
                       config.max_queue)
@@ -281,9 +281,8 @@ def create_app(model, name: str | None = None, config: ServeConfig = ServeConfig
                            f"exceeds the model's {model.config.max_position_embeddings} positions",
                            param="messages", code="context_length_exceeded")
         seed = body.seed % (1 << 31) if body.seed is not None else secrets.randbits(31)  # PRNGKey's range
-        loop = asyncio.get_running_loop()
         return Job(prompt_ids, max_tokens, body.repetition_penalty, Sampling(body.temperature, body.top_p, seed),
-                   stops, loop, loop.create_future())
+                   stops, asyncio.get_running_loop().create_future())
 
     async def run(job: Job, request: Request) -> Completion | None:
         """The job's result, or None if the client disconnected first (its job is then dropped)."""

@@ -127,6 +127,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(served):
         (json.dumps({"model": "tiny"}).encode(), 400, "field 'prompt': Field required"),
         (json.dumps({**good, "model": "gpt-4"}).encode(), 404, "'gpt-4' does not exist"),
         (json.dumps({**good, "prompt": "word " * 600}).encode(), 400, "exceeds the model's 512 positions"),
+        (json.dumps({"model": "tiny", "prompt": "word " * 600}).encode(), 400, "exceeds the model's 512 positions"),
         (json.dumps({**good, "max_tokens": 0}).encode(), 400, "max_tokens=0 is outside 1..64"),
         (json.dumps({**good, "max_tokens": 65}).encode(), 400, "max_tokens=65 is outside 1..64"),
         (json.dumps({**good, "stream": True}).encode(), 400, "stream=true is not supported"),

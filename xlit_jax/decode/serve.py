@@ -275,7 +275,7 @@ def create_app(model, name: str | None = None, config: ServeConfig = ServeConfig
         room = model.config.max_position_embeddings - len(prompt_ids)
         if max_tokens is not None and not 1 <= max_tokens <= config.max_tokens:
             raise APIError(400, f"max_tokens={max_tokens} is outside 1..{config.max_tokens}", param="max_tokens")
-        max_tokens = max_tokens or min(config.max_tokens, room)
+        max_tokens = max_tokens or max(1, min(config.max_tokens, room))  # no room: refused just below
         if max_tokens > room:
             raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; with max_tokens={max_tokens} that "
                            f"exceeds the model's {model.config.max_position_embeddings} positions",

@@ -21,12 +21,12 @@ from tqdm import tqdm
 
 from xlit_jax.evaluate import harness_metrics as metrics
 from xlit_jax.evaluate.benchmarks import BBH_TARGET_ALIASES, GENERATIVE, LETTERS, BenchItem, load_benchmarks
-from xlit_jax.evaluate.report import BENCHMARK_SCORER, DEFECTS_FILE, ITEM_SCORES_FILE, score_key, write_report
+from xlit_jax.evaluate.report import BENCHMARK_SCORER, DEFECTS_FILE, ITEM_SCORES_FILE, check_model, score_key, \
+    write_report
 from xlit_jax.io.files import InputError, append_jsonl, atomic_write_text, resume_jsonl
 
 log = logging.getLogger(__name__)
 
-SCORER = BENCHMARK_SCORER
 TIMINGS_FILE = "timings.jsonl"
 # Token budgets: enough for the answers these tasks want (the harness allows 256 and stops earlier).
 MAX_NEW_TOKENS = {"xquad": 32, "mlqa": 32, "bbh": 64}
@@ -84,28 +84,28 @@ class BenchmarkEvaluation:
         done = set()
         for number, row in enumerate(resume_jsonl(self.scores_path), 1):
             where = f"{self.scores_path}:{number}"
-            if row.get("model") != model_name:
-                raise InputError(f"{where}: holds results of model {row.get('model')!r}, but this run evaluates "
-                                 f"{model_name!r}; use another --out_dir (one model per out_dir)")
-            wanted = self.config.settings(row.get("set")) if row.get("scorer") == SCORER else None
+            check_model(where, row, model_name)
+            wanted = self.config.settings(row.get("set")) if row.get("scorer") == BENCHMARK_SCORER else None
             if wanted is not None and row.get("settings") != wanted:
                 raise InputError(f"{where}: scored with {row.get('settings')}, but this run asks for {wanted}; "
                                  "use another --out_dir or the same settings")
             done.add(score_key(row))
         return done
 
-    def _prompt(self, item: BenchItem):
-        return [{"role": "user", "content": item.prompt}] if self.config.chat_template else item.prompt
+    def _text(self, model, item: BenchItem) -> str:
+        """The harness's prompt, or it as a user turn in the model's chat template."""
+        if not self.config.chat_template:
+            return item.prompt
+        return model.tokenizer.apply_chat_template([{"role": "user", "content": item.prompt}], tokenize=False,
+                                                   add_generation_prompt=True)
 
     def _prompt_ids(self, model, item: BenchItem) -> list[int]:
-        """A raw prompt gets no special tokens (no BOS), as the harness encodes it; a chat one its template's."""
-        prompt = self._prompt(item)
-        return model.encode(prompt) if self.config.chat_template else model.tokenizer(
-            prompt, add_special_tokens=False).input_ids
+        """No special tokens (no BOS) beyond the template's, as the harness encodes a raw prompt."""
+        return model.tokenizer(self._text(model, item), add_special_tokens=False).input_ids
 
     def _row(self, model_name: str, item: BenchItem, prediction, scores: dict, **details) -> dict:
         return {"model": model_name, "set": item.benchmark, "language": item.language, "id": item.id,
-                "scorer": SCORER, "task": item.task, "prediction": prediction, "gold": list(item.gold),
+                "scorer": BENCHMARK_SCORER, "task": item.task, "prediction": prediction, "gold": list(item.gold),
                 "scores": scores, **details, "settings": self.config.settings(item.benchmark)}
 
     def _generate(self, model, model_name: str, items: list[BenchItem]) -> dict:
@@ -137,10 +137,7 @@ class BenchmarkEvaluation:
         return metrics.qa_scores(text.strip(), item.gold, item.language)
 
     def _choose(self, model, model_name: str, items: list[BenchItem]) -> dict:
-        contexts = [self._prompt(it) for it in items]
-        if self.config.chat_template:
-            contexts = [model.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                        for c in contexts]
+        contexts = [self._text(model, it) for it in items]
         pairs = [(context, f" {letter}") for context in contexts for letter in LETTERS]
         found: dict[int, tuple[float, bool]] = {}
         written: set[int] = set()
@@ -173,7 +170,7 @@ class BenchmarkEvaluation:
         atomic_write_text(self.out_dir / DEFECTS_FILE, defects_csv(self.loaded))
         groups: dict[tuple, list[BenchItem]] = {}
         for item in self.loaded.items:
-            if (model_name, *item.key, SCORER) not in done:
+            if (model_name, *item.key, BENCHMARK_SCORER) not in done:
                 groups.setdefault((item.benchmark, item.language), []).append(item)
         for (benchmark, language), items in groups.items():
             start = time.perf_counter()

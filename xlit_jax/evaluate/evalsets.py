@@ -201,6 +201,5 @@ def load_eval_set(spec: str, languages=None, data_dir=None, subset=None, limit: 
     if subset:
         per_language = {lang: [it for it in items if it.group and any(fnmatch.fnmatch(it.group, p) for p in subset)]
                         for lang, items in per_language.items()}
-    ids = sorted({it.id for items in per_language.values() for it in items})
-    chosen = choose_ids(ids, limit, seed)
+    chosen = choose_ids([it.id for items in per_language.values() for it in items], limit, seed)
     return [it for items in per_language.values() for it in items if it.id in chosen]

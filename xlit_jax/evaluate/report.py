@@ -42,6 +42,13 @@ def score_key(row: dict) -> tuple:
     return (row["model"], row["set"], row["language"], row["id"], row["scorer"])
 
 
+def check_model(where: str, row: dict, model_name: str) -> None:
+    """A resumed out_dir holds one model's results: refuse another's."""
+    if row.get("model") != model_name:
+        raise InputError(f"{where}: holds results of model {row.get('model')!r}, but this run "
+                         f"evaluates {model_name!r}; use another --out_dir (one model per out_dir)")
+
+
 def read_item_scores(path: Path) -> list[dict]:
     """The standing row per (model, set, language, id, scorer): the latest success, else the latest error."""
     standing = {}
@@ -211,15 +218,15 @@ def benchmark_markdown(rows: list[dict]) -> str:
 
 def benchmark_csv(rows: list[dict]) -> str:
     columns, cells = _benchmark_cells(rows)
+    benchmarks = ordered(b for b, _ in columns)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", "language"] + [f"{b}_{m}" for b, m in columns] + [f"{b}_n" for b in
-                                                                                  ordered(b for b, _ in columns)])
+    writer.writerow(["model", "language"] + [f"{b}_{m}" for b, m in columns] + [f"{b}_n" for b in benchmarks])
     for model, lang in ordered((model, lang) for model, lang, _, _ in cells):
         found = [cells.get((model, lang, b, m)) for b, m in columns]
         counts = {b: r["n"] for (b, _), r in zip(columns, found) if r}
         writer.writerow([model, lang] + [f"{100 * r['mean']:.2f}" if r else "" for r in found]
-                        + [counts.get(b, "") for b in ordered(b for b, _ in columns)])
+                        + [counts.get(b, "") for b in benchmarks])
     return buffer.getvalue()
 
 

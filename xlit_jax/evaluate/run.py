@@ -23,7 +23,7 @@ from xlit_jax.evaluate import judge, relevance
 from xlit_jax.evaluate.evalsets import default_data_dir, load_eval_set
 from xlit_jax.evaluate.langid import LanguageIdentifier, LanguageScorer
 from xlit_jax.evaluate.modifiers import ModifierScorer
-from xlit_jax.evaluate.report import ITEM_SCORES_FILE, score_key, write_report
+from xlit_jax.evaluate.report import ITEM_SCORES_FILE, check_model, score_key, write_report
 from xlit_jax.evaluate.spelling import DEFAULT_DICTIONARY_DIR, SpellChecker, SpellingScorer
 from xlit_jax.io.files import InputError, append_jsonl, resume_jsonl
 
@@ -140,11 +140,6 @@ class Evaluation:
     def scores_path(self) -> Path:
         return self.out_dir / ITEM_SCORES_FILE
 
-    def _check_model(self, where: str, row: dict, model_name: str) -> None:
-        if row.get("model") != model_name:
-            raise InputError(f"{where}: holds results of model {row.get('model')!r}, but this run "
-                             f"evaluates {model_name!r}; use another --out_dir (one model per out_dir)")
-
     def _generated(self, model_name: str) -> dict[tuple, dict]:
         """Finished generations by item key, after checking they belong to this model, settings and data."""
         by_key = {it.key: it for it in self.items}
@@ -155,7 +150,7 @@ class Evaluation:
                        if f not in row]
             if missing:
                 raise InputError(f"{where}: no field {missing[0]!r}")
-            self._check_model(where, row, model_name)
+            check_model(where, row, model_name)
             if row["decoding"] != self.config.decoding():
                 raise InputError(f"{where}: generated with {row['decoding']}, but this run asks for "
                                  f"{self.config.decoding()}; use another --out_dir or the same settings")
@@ -170,7 +165,7 @@ class Evaluation:
         """Keys (model, set, language, id, scorer) scored without error; errors are retried."""
         done = set()
         for number, row in enumerate(resume_jsonl(self.scores_path), 1):
-            self._check_model(f"{self.scores_path}:{number}", row, model_name)
+            check_model(f"{self.scores_path}:{number}", row, model_name)
             if "error" not in row:
                 done.add(score_key(row))
         return done

@@ -1,25 +1,11 @@
 """The command-line binaries (xlit-*). Each one's `run()` is `run_main(main, "xlit-NAME")`."""
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
-from xlit_jax.io.files import UserError
+from xlit_jax.cli import run_main
 from xlit_jax.models.config import ATTENTIONS
 
-
-def run_main(main, name: str) -> None:
-    """`absl.app.run(main)`, reporting a user's error (any UserError, e.g. InputError, or a UsageError raised
-    in main) as one line `NAME: message` on stderr with exit status 2, and no traceback."""
-
-    def guarded(argv):
-        try:
-            return main(argv)
-        except (UserError, app.UsageError) as e:
-            print(f"{name}: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    app.run(guarded)
+__all__ = ["define_inference_flags", "inference_overrides", "run_main"]
 
 
 def define_inference_flags() -> None:

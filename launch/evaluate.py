@@ -12,11 +12,11 @@ A rerun with the same --out_dir resumes: finished generations and scores are kep
 from absl import app, flags, logging
 
 from launch import define_inference_flags, inference_overrides, run_main
-from xlit_jax.evaluate import bench_run
-from xlit_jax.evaluate import run as evaluation
-from xlit_jax.evaluate.benchmarks import BENCHMARKS
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.harness import run as bench_run
+from xlit_jax.evaluate.harness.data import BENCHMARKS
+from xlit_jax.evaluate.instructions import run as evaluation
 from xlit_jax.evaluate.report import write_report
-from xlit_jax.io.files import InputError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "HF dir, .gguf file, checkpoint dir (with or without LoRA), smollm2-135m "

@@ -7,7 +7,8 @@ Output lines: {"id": ..., "output": "...", "model": ..., "prompt_tokens": N, "ne
 from absl import flags
 
 from launch import define_inference_flags, inference_overrides, run_main
-from xlit_jax.io.files import InputError, read_jsonl
+from xlit_jax.errors import InputError
+from xlit_jax.io.files import read_jsonl
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "HF dir, .gguf file, checkpoint dir, smollm2-135m or preset:NAME")

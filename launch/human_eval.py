@@ -13,8 +13,8 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from launch import run_main
-from xlit_jax.evaluate.evalsets import default_data_dir
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
+from xlit_jax.resources import shared_data_dir
 from xlit_jax.study import human_eval
 
 FLAGS = flags.FLAGS
@@ -44,7 +44,7 @@ def _human_eval(command: str):
     if command == "export":
         if not FLAGS.eval_dirs:
             raise InputError("export needs --eval_dirs (evaluated out_dirs, e.g. runs/studies/NAME/cells/*/eval)")
-        data_dir = Path(FLAGS.data_dir) if FLAGS.data_dir else default_data_dir()
+        data_dir = Path(FLAGS.data_dir) if FLAGS.data_dir else shared_data_dir()
         written = human_eval.export(_expand(FLAGS.eval_dirs), Path(FLAGS.out_dir), FLAGS.languages, FLAGS.limit,
                                     FLAGS.seed, FLAGS.eval_set, data_dir)
     else:

@@ -11,7 +11,7 @@ import os
 from absl import flags, logging
 
 from launch import define_inference_flags, inference_overrides, run_main
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "HF dir, .gguf file, checkpoint dir, smollm2-135m", required=True)
@@ -32,7 +32,7 @@ def main(argv):
     import uvicorn
 
     import xlit_jax
-    from xlit_jax.decode.serve import ServeConfig, create_app
+    from xlit_jax.serve.app import ServeConfig, create_app
 
     for flag in ("max_batch", "max_queue", "max_tokens"):
         if FLAGS[flag].value < 1:

@@ -3,7 +3,7 @@
   xlit-train --config=configs/experiments/tiny_lora.py --workdir=runs/tiny_lora --config.train.max_steps=10
 
 --dry_run compiles the train step for the attached devices, or for a compile-only target named by
---config.mesh.target (v5p-8, 8xh100, ...: xlit_jax/plan.py; run with JAX_PLATFORMS=cpu), prints the plan and
+--config.mesh.target (v5p-8, 8xh100, ...: xlit_jax/plan/targets.py; run with JAX_PLATFORMS=cpu), prints the plan and
 exits without loading weights or writing anything: status 0, or 1 when the config does not fit.
 
   JAX_PLATFORMS=cpu xlit-train --config=configs/experiments/paper.py:llama2-13b,dolly-en,ft,1e-5 --dry_run \
@@ -71,7 +71,7 @@ def dry_run(cfg) -> int:
     import jax
 
     from xlit_jax import plan
-    from xlit_jax.io.files import InputError
+    from xlit_jax.errors import InputError
 
     try:
         devices = plan.topology_devices(cfg.mesh.target) if cfg.mesh.target else jax.devices()

@@ -23,11 +23,12 @@ import numpy as np
 import pytest
 
 import xlit_jax
-from test_sharding import REPO, run_with_devices
 from xlit_jax.decode.generate import greedy_decode
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
 from xlit_jax.models import attention
 from xlit_jax.models.llama import init_cache, init_params
+
+from test_sharding import REPO, run_with_devices
 
 HEAD_DIM = 16
 FP32_TOL = 1e-5

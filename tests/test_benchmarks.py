@@ -6,12 +6,13 @@ import sys
 
 import pytest
 
-from conftest import REPO
-from xlit_jax.evaluate import harness_metrics as hm
-from xlit_jax.evaluate.bench_run import BenchConfig, BenchmarkEvaluation
-from xlit_jax.evaluate.benchmarks import BBH_TARGET_ALIASES, load_benchmarks, parse_answers
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.harness import metrics as hm
+from xlit_jax.evaluate.harness.data import BBH_TARGET_ALIASES, load_benchmarks, parse_answers
+from xlit_jax.evaluate.harness.run import BenchConfig, BenchmarkEvaluation
 from xlit_jax.evaluate.report import write_report
-from xlit_jax.io.files import InputError
+
+from conftest import REPO
 
 LANGUAGES = ("ar", "de", "en", "es", "it", "zh")
 

@@ -2,9 +2,13 @@
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# launch module -> binary name, as pyproject.toml installs them
+BINARIES = {target.split(":")[0].removeprefix("launch."): name for name, target in
+            tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"].items()}
 
 
 def test_every_binary_reports_bad_input_in_one_line(tmp_path, shared_data):
@@ -23,7 +27,7 @@ def test_every_binary_reports_bad_input_in_one_line(tmp_path, shared_data):
         "convert": ([f"--src={missing}", f"--dst={tmp_path / 'hf'}"], f"{missing}: not a .gguf file"),
         "translate": ([f"--input=lima:{malformed}", f"--output_dir={tmp_path / 't'}"],
                       f"{malformed}:2: malformed JSON"),
-        "demos": ([f"--src_file={tmp_path / 'src.txt'}", f"--tgt_file={tmp_path / 'tgt.txt'}", "--src_lang=en",
+        "translation_demos": ([f"--src_file={tmp_path / 'src.txt'}", f"--tgt_file={tmp_path / 'tgt.txt'}", "--src_lang=en",
                    "--tgt_lang=fr", f"--output={tmp_path / 'demos.jsonl'}"], "has 2 lines but"),
         "train": (["--config=configs/experiments/tiny_lora.py", f"--workdir={tmp_path / 'run'}",
                    f"--config.data.sources=('lima:{malformed}',)"], f"{malformed}:2: malformed JSON"),
@@ -40,7 +44,7 @@ def test_every_binary_reports_bad_input_in_one_line(tmp_path, shared_data):
                for module, (args, _) in cases.items()}
     for module, process in running.items():
         _, err = process.communicate(timeout=300)
-        name = "xlit-eval" if module == "evaluate" else f"xlit-{module.replace('_', '-')}"
+        name = BINARIES[module]
         lines = [line for line in err.splitlines() if line.startswith(f"{name}: ")]
         assert process.returncode == 2 and "Traceback" not in err, (module, err[-2000:])
         assert len(lines) == 1 and cases[module][1] in lines[0], (module, err[-2000:])

@@ -10,7 +10,7 @@ import pytest
 
 from xlit_jax.data.demos import NAMES, PHRASINGS, load_ntrex, load_parallel, make_demos, mix
 from xlit_jax.data.records import Record, Turn, load_source
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = [("The cat sleeps.", "Кошка спит."), ("It is raining.", "Идёт дождь.")]
@@ -84,7 +84,7 @@ def test_demos_cli_mixes_into_instruction_data(shared_data, tmp_path):
     data.write_text("".join(json.dumps({"instruction": f"Q{k}", "context": "", "response": f"A{k}",
                                         "category": "x"}) + "\n" for k in range(30)))
     out = tmp_path / "mixed.jsonl"
-    done = subprocess.run([sys.executable, "-m", "launch.demos", f"--ntrex_dir={shared_data}/ntrex128",
+    done = subprocess.run([sys.executable, "-m", "launch.translation_demos", f"--ntrex_dir={shared_data}/ntrex128",
                            "--langs=fr,ru", "--max_pairs=5", "--instruction_lang=source", f"--mix_with=dolly:{data}",
                            "--ratio=0.25", f"--output={out}"], capture_output=True, text=True, cwd=REPO,
                           env=os.environ, timeout=300)

@@ -6,8 +6,16 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from xlit_jax.data.pipeline import (BATCH_KEYS, Example, PackedBatches, batch_size_for, build, downsample,
-                                    parse_weights, tokenize)
+from xlit_jax.data.pipeline import (
+    BATCH_KEYS,
+    Example,
+    PackedBatches,
+    batch_size_for,
+    build,
+    downsample,
+    parse_weights,
+    tokenize,
+)
 from xlit_jax.data.records import Record, Turn
 from xlit_jax.data.templates import get_template
 

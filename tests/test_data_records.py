@@ -5,7 +5,7 @@ import json
 import pytest
 
 from xlit_jax.data.records import Source, Turn, load_dolly, load_source, parse_source
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
 
 DOLLY_ROWS = [
     {"instruction": "When did Virgin Australia start operating?",

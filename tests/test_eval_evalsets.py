@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 
-from xlit_jax.evaluate.evalsets import PAPER_LANGUAGES, instruction_text, load_eval_set
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.instructions.evalsets import PAPER_LANGUAGES, instruction_text, load_eval_set
 
 
 def test_paper_set_is_aligned_across_languages(shared_data):

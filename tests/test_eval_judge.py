@@ -2,10 +2,11 @@ import logging
 
 import pytest
 
+from xlit_jax.errors import InputError, JudgeError
+from xlit_jax.evaluate.instructions.evalsets import EvalItem
+from xlit_jax.evaluate.instructions.judge import CRITERIA, OpenAIJudge, load_template, parse_judgement
+
 from eval_support import FakeOpenAI
-from xlit_jax.evaluate.evalsets import EvalItem
-from xlit_jax.evaluate.judge import CRITERIA, JudgeError, OpenAIJudge, load_template, parse_judgement
-from xlit_jax.io.files import InputError
 
 KEY = "sk-test-7f3a9c1e-do-not-log"
 GOOD = ('{"Language": 3, "Fluency": 3, "Helpfulness": 2, "Accuracy": 3, "Logical coherence": 3, '

@@ -1,8 +1,9 @@
 import pytest
 
-from xlit_jax.evaluate.evalsets import EvalItem
-from xlit_jax.evaluate.langid import LanguageIdentifier, LanguageScorer, bundled_lid_model
-from xlit_jax.io.files import InputError
+from xlit_jax.data.langid import LanguageIdentifier, bundled_lid_model
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.instructions.evalsets import EvalItem
+from xlit_jax.evaluate.instructions.langid import LanguageScorer
 
 NTREX = {"en": "newstest2019-src.eng.txt", "fr": "newstest2019-ref.fra.txt", "pt": "newstest2019-ref.por.txt",
          "ru": "newstest2019-ref.rus.txt", "de": "newstest2019-ref.deu.txt"}

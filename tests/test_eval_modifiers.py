@@ -1,8 +1,8 @@
 import pytest
 
-from xlit_jax.evaluate.evalsets import EvalItem
-from xlit_jax.evaluate.langid import LanguageIdentifier
-from xlit_jax.evaluate.modifiers import RULES, ModifierScorer, count_list_items, family
+from xlit_jax.data.langid import LanguageIdentifier
+from xlit_jax.evaluate.instructions.evalsets import EvalItem
+from xlit_jax.evaluate.instructions.modifiers import RULES, ModifierScorer, count_list_items, family
 
 LIST_OF_THREE = """Here are some options:
 

@@ -1,9 +1,16 @@
 import pytest
 
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.instructions.evalsets import EvalItem
+from xlit_jax.evaluate.instructions.relevance import (
+    DEFAULT_TEMPLATE,
+    RelevanceJudge,
+    fill,
+    last_binary_digit,
+    load_template,
+)
+
 from eval_support import ScriptedModel
-from xlit_jax.evaluate.evalsets import EvalItem
-from xlit_jax.evaluate.relevance import DEFAULT_TEMPLATE, RelevanceJudge, fill, last_binary_digit, load_template
-from xlit_jax.io.files import InputError
 
 
 @pytest.mark.parametrize("answer, verdict", [

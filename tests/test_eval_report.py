@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from xlit_jax.evaluate.report import aggregate, markdown, read_item_scores
+from xlit_jax.evaluate.items import read_item_scores
+from xlit_jax.evaluate.report import aggregate, markdown
 
 
 def row(id_, scorer, scores=None, language="fr", modifier=None, error=None):

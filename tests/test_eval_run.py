@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from eval_support import FakeOpenAI, ScriptedModel
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.instructions.run import EvalConfig, Evaluation, evaluate_model
 from xlit_jax.evaluate.report import write_report
-from xlit_jax.evaluate.run import EvalConfig, Evaluation, evaluate_model
-from xlit_jax.io.files import InputError
+
+from eval_support import FakeOpenAI, ScriptedModel
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-run-test-4411"

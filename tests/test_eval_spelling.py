@@ -1,9 +1,10 @@
 import pytest
 
-from xlit_jax.evaluate.evalsets import EvalItem
-from xlit_jax.evaluate.langid import LanguageIdentifier
-from xlit_jax.evaluate.spelling import SpellChecker, SpellingScorer, words
-from xlit_jax.io.files import InputError
+from xlit_jax.data.langid import LanguageIdentifier
+from xlit_jax.data.spelling import SpellChecker, words
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.instructions.evalsets import EvalItem
+from xlit_jax.evaluate.instructions.spelling import SpellingScorer
 
 CLEAN = {
     "en": "The weather was lovely yesterday, so we walked along the river and didn't want to go home.",

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from xlit_jax.evaluate.judge import CRITERIA
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.instructions.judge import CRITERIA
 from xlit_jax.study import human_eval
 
 REPO = Path(__file__).resolve().parents[1]

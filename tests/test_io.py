@@ -7,9 +7,10 @@ import sys
 import pytest
 
 import xlit_jax
-from xlit_jax.io.files import InputError, read_jsonl, resume_jsonl
+from xlit_jax.errors import InputError, WeightsError
+from xlit_jax.io.files import read_jsonl, resume_jsonl
 from xlit_jax.io.gguf import GGUFFile, smollm2_gguf_path
-from xlit_jax.io.hf import WeightsError, config_from_hf, save_hf_dir
+from xlit_jax.io.hf import config_from_hf, save_hf_dir
 from xlit_jax.models.presets import get_preset
 
 

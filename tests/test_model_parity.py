@@ -11,8 +11,9 @@ import torch
 from transformers import LlamaForCausalLM
 
 import xlit_jax
-from conftest import left_padded
 from xlit_jax.io.hf import save_hf_dir
+
+from conftest import left_padded
 
 
 def hf_logits(model, ids, mask):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+
 from test_sharding import REPO
 
 

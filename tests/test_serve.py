@@ -14,8 +14,9 @@ import openai
 import pytest
 
 import xlit_jax
-from xlit_jax.decode.serve import ServeConfig, create_app, serve_in_thread
 from xlit_jax.io.tokenizer import load_tokenizer
+from xlit_jax.serve.app import ServeConfig, create_app
+from xlit_jax.serve.server import serve_in_thread
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-serve-test-2b7d-do-not-log"

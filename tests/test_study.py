@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
 from xlit_jax.study import grid, report
 
 REPO = Path(__file__).resolve().parents[1]

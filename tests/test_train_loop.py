@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 import xlit_jax
+from xlit_jax.errors import NonFiniteError
 from xlit_jax.io.checkpoints import load_for_inference
-from xlit_jax.train.loop import NonFiniteError, train
+from xlit_jax.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = {"data.seq_len": 64, "data.tokens_per_batch": 128, "data.grad_accum": 2, "train.max_steps": 8,

@@ -14,8 +14,8 @@ import transformers
 from xlit_jax import sharding
 from xlit_jax.io.hf import save_hf_dir, tensors_from_params
 from xlit_jax.io.peft import adapter_tensors, save_peft_adapter
-from xlit_jax.models.lora import init_adapters, merge_params
 from xlit_jax.models.llama import init_params
+from xlit_jax.models.lora import init_adapters, merge_params
 from xlit_jax.models.presets import get_preset
 from xlit_jax.train import optim, step as step_lib
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from xlit_jax.decode.generate import generate_ids
 from xlit_jax.decode.loglik import encode_pair, loglikelihood_ids
-from xlit_jax.io.hf import WeightsError
+from xlit_jax.errors import WeightsError
 from xlit_jax.models import attention
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_params

@@ -4,17 +4,7 @@ Override any field from the command line: `xlit-train --config=configs/experimen
 --config.optim.lr=3e-4 --workdir=runs/x`. Fields are documented in docs/training.md.
 """
 
-import os
-from pathlib import Path
-
 from ml_collections import ConfigDict
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def shared_data(relative: str) -> str:
-    """A file under the shared data folder ($XLIT_SHARED_DATA, default ../shared/data beside the repo)."""
-    return str(Path(os.environ.get("XLIT_SHARED_DATA", REPO.parent / "shared" / "data")) / relative)
 
 
 def with_model(config: ConfigDict, model: ConfigDict) -> ConfigDict:
@@ -67,7 +57,7 @@ def base_config() -> ConfigDict:
             "export_peft": False,  # LoRA: PEFT adapter to workdir/export/peft at the end
         },
         # -1: the devices left over. target: plan (--dry_run) for a compile-only pod instead of the attached
-        # devices: v4-8, v5p-8, v5e-1/4/16, v6e-8, 1xh100, 8xh100, 1xa100, 8xa100 (xlit_jax/plan.py)
+        # devices: v4-8, v5p-8, v5e-1/4/16, v6e-8, 1xh100, 8xh100, 1xa100, 8xa100 (xlit_jax/plan/targets.py)
         "mesh": {"data": 1, "fsdp": -1, "tensor": 1, "target": ""},
         "distributed": {
             "initialize": False,  # join a multi-process run (TPU pod, SLURM, or the fields below)

@@ -8,8 +8,9 @@ Recipe (paper text; DESIGN.md): 1000 updates of 4 micro-batches of ~4k tokens (2
 (0.9, 0.95), weight decay 0.1, min_lr = lr / 10, bf16 compute, loss on responses only; LoRA rank 16.
 """
 
-from configs.experiments.base import base_config, shared_data, with_model
+from configs.experiments.base import base_config, with_model
 from configs.models import llama2_7b, llama2_13b, tower_7b
+from xlit_jax.resources import shared_data
 
 MODELS = {"llama2-13b": llama2_13b, "llama2-7b": llama2_7b, "tower-7b": tower_7b}
 DOLLY = "dolly:databricks/databricks-dolly-15k"

@@ -2,8 +2,9 @@
 lr 1e-5 -> 1e-6, or another peak lr as the config argument (configs/experiments/smollm2_ft.py:1e-4),
 decaying to a tenth of it."""
 
-from configs.experiments.base import base_config, shared_data, with_model
+from configs.experiments.base import base_config, with_model
 from configs.models import smollm2_135m
+from xlit_jax.resources import shared_data
 
 
 def get_config(lr: str | None = None):

@@ -1,8 +1,9 @@
 """Full fine-tuning of the tiny random preset on LIMA (llama2 template, SmolLM2's tokenizer): seconds a
 step on one CPU."""
 
-from configs.experiments.base import base_config, shared_data, with_model
+from configs.experiments.base import base_config, with_model
 from configs.models import tiny
+from xlit_jax.resources import shared_data
 
 
 def get_config():

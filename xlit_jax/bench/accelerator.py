@@ -7,7 +7,7 @@ On the attached accelerator(s), in about 8 minutes, with random weights (through
   bf16 matmuls over fp32 master weights (the LoRA base in bf16), full remat; tokens/s and MFU from the model
   FLOPs (train.metrics) over the datasheet peak;
 - decoding: the 7B shape in bf16, greedy, at batch 1 and 16: tokens/s and the share of the HBM floor reached
-  (every weight and the KV cache read once per step: xlit_jax.plan);
+  (every weight and the KV cache read once per step: xlit_jax.plan.decoding);
 - the same through HF transformers (+ peft) on the same device when torch sees it (fp32 weights under bf16
   autocast with gradient checkpointing for training; bf16 weights for decoding).
 Results go to out_dir/accelerator.json and accelerator.md. Aims on an H100: MFU >= 45% (7B LoRA) and >= 40%
@@ -173,10 +173,10 @@ def torch_on_gpu() -> bool:
 
 
 def train_rows(device, devices: int) -> list[dict]:
-    from xlit_jax.plan import device_peak_flops
+    from xlit_jax import hardware
     from xlit_jax.train.metrics import train_flops_per_token
 
-    peak = device_peak_flops(device)
+    peak = hardware.peak_flops(device)
     engines = [("xlit_jax", train_ours)] + ([("hf", train_hf)] if FLAGS.hf and torch_on_gpu() else [])
     rows = []
     for preset, method in TRAIN_CASES:
@@ -193,10 +193,11 @@ def train_rows(device, devices: int) -> list[dict]:
 
 
 def decode_rows(device) -> list[dict]:
+    from xlit_jax import hardware
     from xlit_jax.models.presets import get_preset
-    from xlit_jax.plan import decode_step_bytes, device_memory
+    from xlit_jax.plan import decode_step_bytes
 
-    _, bandwidth = device_memory(device)
+    _, bandwidth = hardware.memory(device)
     config = get_preset("llama2-7b").replace(dtype="bfloat16", param_dtype="bfloat16")
     engines = [("xlit_jax", decode_ours)] + ([("hf", decode_hf)] if FLAGS.hf and torch_on_gpu() else [])
     rows = []

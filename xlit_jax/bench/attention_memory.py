@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
 from xlit_jax.models import attention
 from xlit_jax.models.config import ATTENTIONS
 from xlit_jax.models.presets import get_preset

@@ -21,7 +21,9 @@ from absl import app, flags, logging
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "runs/scaling", "where the JSONL rows and scaling.md go")
 flags.DEFINE_list("targets", ["v5p-8", "v5e-16", "v6e-8", "v4-8", "8xh100", "8xa100"], "training targets")
-flags.DEFINE_list("models", ["llama2-7b", "llama2-13b", "tower-7b"], "paper models (configs/experiments/paper.py)")
+flags.DEFINE_string("experiment", "configs/experiments/paper.py", "the paper's grid: a config file taking "
+                    "MODEL,DATA,METHOD,LR")
+flags.DEFINE_list("models", ["llama2-7b", "llama2-13b", "tower-7b"], "paper models (MODEL of --experiment)")
 flags.DEFINE_list("methods", ["ft", "lora"], "ft, lora")
 flags.DEFINE_list("single", ["1xh100:llama2-7b:lora"], "extra target:model:method training rows")
 flags.DEFINE_list("decode_targets", ["1xh100", "v5e-1"], "one-device targets for the decoding rows")
@@ -40,9 +42,9 @@ PAPER_ROWS = 8  # rows of 2,048 tokens per update: 4 micro-batches of 4,096 toke
 
 
 def paper_config(model: str, method: str, devices: int):
-    from configs.experiments import paper
+    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-    cfg = paper.get_config(f"{model},lima-en,{method},1e-5")
+    cfg = ConfigFileFlagParser("experiment").parse(f"{FLAGS.experiment}:{model},lima-en,{method},1e-5")
     cfg.model.source = f"preset:{model}"
     fsdp = min(devices, PAPER_ROWS)
     rows = max(fsdp, 2)

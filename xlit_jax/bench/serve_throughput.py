@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from absl import flags
 
-from launch import run_main
 from xlit_jax.bench import workloads
+from xlit_jax.cli import run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model to serve")
@@ -72,7 +72,8 @@ def through_xlit_generate(model, prompts) -> dict:
 def main(argv):
     del argv
     import xlit_jax
-    from xlit_jax.decode.serve import ServeConfig, create_app, serve_in_thread
+    from xlit_jax.serve.app import ServeConfig, create_app
+    from xlit_jax.serve.server import serve_in_thread
 
     model = xlit_jax.load(FLAGS.model)
     prompts = workloads.paper_prompts(FLAGS.data, FLAGS.requests)

@@ -20,7 +20,7 @@ from pathlib import Path
 from xlit_jax.data.languages import ENGLISH_NAMES, NTREX_CODES, base
 from xlit_jax.data.pipeline import downsample
 from xlit_jax.data.records import Record, Turn
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
 
 DIRECTIONS = ("forward", "backward")
 

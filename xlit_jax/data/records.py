@@ -33,7 +33,8 @@ import json
 import re
 from pathlib import Path
 
-from xlit_jax.io.files import InputError, read_jsonl
+from xlit_jax.errors import InputError
+from xlit_jax.io.files import read_jsonl
 
 ROLES = ("system", "user", "assistant")
 ROLE_ALIASES = {"human": "user", "prompter": "user", "utilisateur": "user",

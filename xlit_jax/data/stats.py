@@ -24,7 +24,7 @@ PERCENTILES = (0, 50, 90, 99, 100)
 
 def detect_languages(texts: list[str], lid_model: str | None = None) -> list[str | None]:
     """fastText lid.176's language per text (None for a text without words)."""
-    from xlit_jax.evaluate.langid import LanguageIdentifier
+    from xlit_jax.data.langid import LanguageIdentifier
 
     return [lang for lang, _ in LanguageIdentifier(lid_model).predict(texts)]
 

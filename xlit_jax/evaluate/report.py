@@ -13,11 +13,12 @@ import json
 import math
 from pathlib import Path
 
-from xlit_jax.evaluate.judge import CRITERIA
-from xlit_jax.evaluate.modifiers import family
-from xlit_jax.io.files import InputError, atomic_write_text, csv_text, read_jsonl
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.instructions.judge import CRITERIA
+from xlit_jax.evaluate.instructions.modifiers import family
+from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
+from xlit_jax.io.files import atomic_write_text, csv_text
 
-ITEM_SCORES_FILE = "item_scores.jsonl"
 SCORES_FILE = "scores.jsonl"
 ALL = "all"  # the modifier column of aggregates over every item
 SURFACE_METRICS = ("language_correct", "spelling", "relevance")
@@ -26,7 +27,7 @@ PANELS_PER_ROW = 3
 # (file stem, metrics, y label, value scale, y-axis top): one PNG of each kind per eval set.
 FIGURES = (("surface_metrics", SURFACE_METRICS, "% of responses", 100, 100),
            ("judge", JUDGE_METRICS, "mean score (0-2)", 1, 2))
-# Benchmarks (xlit_jax.evaluate.bench_run): (benchmark, metric) columns; the plotted ones are each one's main.
+# Benchmarks (xlit_jax.evaluate.harness.run): (benchmark, metric) columns; the plotted ones are each one's main.
 BENCHMARK_SCORER = "harness"
 BENCHMARK_COLUMNS = (("xquad", "exact_match"), ("xquad", "f1"), ("mlqa", "exact_match"), ("mlqa", "f1"),
                      ("mmlu", "acc"), ("mmlu", "acc_norm"), ("bbh", "exact_match_strict"),
@@ -36,27 +37,6 @@ BENCHMARK_METRICS = frozenset(m for _, m in BENCHMARK_COLUMNS)
 DEFECTS_FILE = "data_defects.csv"
 FRACTION_METRICS = frozenset(SURFACE_METRICS + ("fulfilled",)) | BENCHMARK_METRICS  # shown as percentages
 AGGREGATE_FIELDS = ("model", "set", "language", "modifier", "scorer", "metric", "mean", "n", "items", "errors")
-
-
-def score_key(row: dict) -> tuple:
-    return (row["model"], row["set"], row["language"], row["id"], row["scorer"])
-
-
-def check_model(where: str, row: dict, model_name: str) -> None:
-    """A resumed out_dir holds one model's results: refuse another's."""
-    if row.get("model") != model_name:
-        raise InputError(f"{where}: holds results of model {row.get('model')!r}, but this run "
-                         f"evaluates {model_name!r}; use another --out_dir (one model per out_dir)")
-
-
-def read_item_scores(path: Path) -> list[dict]:
-    """The standing row per (model, set, language, id, scorer): the latest success, else the latest error."""
-    standing = {}
-    for _, row in read_jsonl(path, truncated_tail_ok=True):
-        key = score_key(row)
-        if "error" not in row or "error" in standing.get(key, {"error": None}):
-            standing[key] = row
-    return list(standing.values())
 
 
 def aggregate(rows: list[dict]) -> list[dict]:

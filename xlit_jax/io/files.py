@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from xlit_jax.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_directory(directory: str | os.PathLike):
@@ -60,14 +62,6 @@ def append_jsonl(path: str | os.PathLike, rows) -> None:
 
 
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors write at the start of a file
-
-
-class UserError(Exception):
-    """An error the user must fix or know about: the binaries report it in one line, without a traceback."""
-
-
-class InputError(UserError, ValueError):
-    """Bad user input; the message names the file, line and field."""
 
 
 def read_jsonl(path: str | os.PathLike, truncated_tail_ok: bool = False, skipped: list | None = None):

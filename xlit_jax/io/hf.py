@@ -15,7 +15,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import WeightsError
 from xlit_jax.models.config import LlamaConfig
 
 # Our path inside a layer -> the HF name under `model.layers.{i}.`; kernels are transposed.
@@ -38,10 +38,6 @@ TOP_TENSORS = {
 SUPPORTED_ROPE_TYPES = (None, "default")
 WEIGHTS_INDEX = "model.safetensors.index.json"
 SHARD_BYTES = 4 << 30
-
-
-class WeightsError(InputError):
-    """A weights file or config that cannot be read or is not supported; the message names the file."""
 
 
 def _hf_tensor_name(path: tuple[str, ...], layer: int | None) -> str:

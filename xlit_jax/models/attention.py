@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
 from xlit_jax.models.config import ATTENTIONS
 
 FUSED_DTYPES = ("bfloat16", "float16")
@@ -247,8 +247,10 @@ def cache_length(needed: int, attention: str) -> int:
 def _splash_kernel(heads: int, length: int, block: int, interpret: bool):
     """The kernel for one shape. Built anew in each trace: its mask tables become values of the trace that
     builds them, so a kernel kept across traces would leak them."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as splash,
+        splash_attention_mask as masks,
+    )
 
     mask = masks.MultiHeadMask([masks.CausalMask((length, length)) for _ in range(heads)])
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,

@@ -22,7 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
 
 AXES = ("models", "datasets", "methods", "learning_rates")
 BASELINE = "base"  # the method of a baseline cell: evaluated without training

@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from xlit_jax.evaluate.evalsets import CHIRKOVA_DIR, instruction_text
-from xlit_jax.evaluate.judge import CRITERIA
-from xlit_jax.evaluate.report import ITEM_SCORES_FILE, markdown_table, read_item_scores
-from xlit_jax.evaluate.run import GENERATIONS_FILE
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.instructions.evalsets import CHIRKOVA_DIR, instruction_text
+from xlit_jax.evaluate.instructions.judge import CRITERIA
+from xlit_jax.evaluate.instructions.run import GENERATIONS_FILE
+from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
+from xlit_jax.evaluate.report import markdown_table
 from xlit_jax.io import files
-from xlit_jax.io.files import InputError, atomic_write_text, read_jsonl
+from xlit_jax.io.files import atomic_write_text, read_jsonl
 
 KEY_FILE = "key.jsonl"
 # "lang" is the item's language; "language" is the criterion (is the response in the instruction's language?).

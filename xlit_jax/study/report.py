@@ -21,9 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from xlit_jax.evaluate.modifiers import family
-from xlit_jax.evaluate.report import FRACTION_METRICS, ITEM_SCORES_FILE, JUDGE_METRICS, SURFACE_METRICS, \
-    markdown_table, ordered, read_item_scores, save_figure
+from xlit_jax.evaluate.instructions.modifiers import family
+from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
+from xlit_jax.evaluate.report import (
+    FRACTION_METRICS,
+    JUDGE_METRICS,
+    SURFACE_METRICS,
+    markdown_table,
+    ordered,
+    save_figure,
+)
 from xlit_jax.io.files import atomic_write_text, csv_text
 from xlit_jax.study import grid
 

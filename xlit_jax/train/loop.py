@@ -17,15 +17,11 @@ from jax.experimental import multihost_utils
 
 from xlit_jax import sharding
 from xlit_jax.data import pipeline
+from xlit_jax.errors import NonFiniteError
 from xlit_jax.io import checkpoints as ckpt
-from xlit_jax.io.files import UserError
 from xlit_jax.models.config import LlamaConfig, resolve_dtype
 from xlit_jax.models.lora import init_adapters, merge_params
 from xlit_jax.train import metrics, optim, step as step_lib
-
-
-class NonFiniteError(UserError, FloatingPointError):
-    """The loss or gradient norm became NaN/inf; the message names the step and the last good checkpoint."""
 
 
 def model_overrides(cfg, platform: str | None = None) -> dict:

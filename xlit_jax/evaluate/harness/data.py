@@ -15,8 +15,9 @@ import dataclasses
 import re
 from pathlib import Path
 
-from xlit_jax.evaluate.evalsets import choose_ids, default_data_dir
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.items import choose_ids
+from xlit_jax.resources import shared_data_dir
 
 BENCH_DIR = "crossalpaca_bench"
 LANGUAGE_DIRS = {"ar": "Arabic", "de": "German", "en": "English", "es": "Spanish", "it": "Italian", "zh": "Chinese"}
@@ -245,7 +246,7 @@ def load_benchmarks(benchmarks, languages=None, data_dir=None, limit: int | None
                     num_fewshot: int = 0, native_labels: bool = False) -> Loaded:
     """Items of each benchmark in each language it has of `languages`; `limit` items per benchmark (the same
     ids in every language), the first ones or a seeded sample. Defects are counted over whole files."""
-    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    data_dir = Path(data_dir) if data_dir else shared_data_dir()
     plan = check_request(benchmarks, languages, data_dir)
     loaded = Loaded([], collections.Counter(), collections.Counter())
     for benchmark, codes in plan.items():

@@ -1,4 +1,5 @@
-"""Spelling correctness with Hunspell (pyhunspell) and the Debian dictionaries."""
+"""Spell checking with Hunspell (pyhunspell) and the Debian dictionaries: the words of a text a dictionary
+can judge, and which of them it rejects."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
 
 DEFAULT_DICTIONARY_DIR = Path("/usr/share/hunspell")
 # language code -> Hunspell dictionary name; the Debian package that ships it is named in errors.
@@ -86,35 +87,3 @@ class SpellChecker:
         speller = self._spellers[language]
         checked = words(text)
         return len(checked), [w for w in checked if not self._correct(speller, w)]
-
-
-class SpellingScorer:
-    """Share of correctly spelled words, for responses in the language they should be in.
-
-    A response in another language is left out: the expected language's dictionary would count
-    every word of it as misspelled, measuring language, not spelling.
-    """
-
-    name = "spelling"
-    chunk_size = 256
-    listed = 20  # misspelled words kept per response, for a person reading the scores
-
-    def __init__(self, checker: SpellChecker, lid):
-        self._checker = checker
-        self._lid = lid
-
-    def applies(self, item) -> bool:
-        return True
-
-    def _one(self, item, text: str, detected: str | None) -> dict:
-        if detected != item.expected_language:
-            return {"scores": {}, "details": {"skipped": f"response identified as {detected}"}}
-        checked, bad = self._checker.misspelled(text, item.expected_language)
-        if not checked:
-            return {"scores": {}, "details": {"skipped": "no words to check"}}
-        return {"scores": {"spelling": 1.0 - len(bad) / checked},
-                "details": {"words": checked, "misspelled": bad[:self.listed]}}
-
-    def score(self, items, responses) -> list[dict]:
-        detected = self._lid.predict(responses)
-        return [self._one(item, text, language) for item, text, (language, _) in zip(items, responses, detected)]

@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from xlit_jax.evaluate.judge import JudgeError
+from xlit_jax.errors import JudgeError
 
 
 def is_url(src: str) -> bool:

@@ -19,13 +19,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from xlit_jax.evaluate import judge, relevance
-from xlit_jax.evaluate.evalsets import default_data_dir, load_eval_set
-from xlit_jax.evaluate.langid import LanguageIdentifier, LanguageScorer
-from xlit_jax.evaluate.modifiers import ModifierScorer
-from xlit_jax.evaluate.report import ITEM_SCORES_FILE, check_model, score_key, write_report
-from xlit_jax.evaluate.spelling import DEFAULT_DICTIONARY_DIR, SpellChecker, SpellingScorer
-from xlit_jax.io.files import InputError, append_jsonl, resume_jsonl
+from xlit_jax.data.langid import LanguageIdentifier
+from xlit_jax.data.spelling import DEFAULT_DICTIONARY_DIR, SpellChecker
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.instructions import judge, relevance
+from xlit_jax.evaluate.instructions.evalsets import load_eval_set
+from xlit_jax.evaluate.instructions.langid import LanguageScorer
+from xlit_jax.evaluate.instructions.modifiers import ModifierScorer
+from xlit_jax.evaluate.instructions.spelling import SpellingScorer
+from xlit_jax.evaluate.items import ITEM_SCORES_FILE, check_model, score_key
+from xlit_jax.evaluate.report import write_report
+from xlit_jax.io.files import append_jsonl, resume_jsonl
+from xlit_jax.resources import shared_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,7 @@ class EvalConfig:
     subset: tuple[str, ...] | None = None  # glob patterns on modifier type / source dataset
     limit: int | None = None  # items (ids) per set, the same in every language
     seed: int | None = None  # with limit: a seeded sample of ids instead of the first ones
-    data_dir: str | None = None  # default: evalsets.default_data_dir()
+    data_dir: str | None = None  # default: evalsets.shared_data_dir()
     metrics: tuple[str, ...] = DEFAULT_METRICS
     max_new_tokens: int = 512
     repetition_penalty: float = 1.1
@@ -107,7 +112,7 @@ def build_scorers(config: EvalConfig, items, data_dir: Path, relevance_model=Non
 
 def _relevance_model(src: str):
     """A served model for a URL (http://HOST:PORT/v1), else the model loaded in this process."""
-    from xlit_jax.evaluate.served import ServedModel, is_url
+    from xlit_jax.evaluate.instructions.served import ServedModel, is_url
 
     if is_url(src):
         return ServedModel(src)
@@ -124,7 +129,7 @@ class Evaluation:
             raise InputError("batch_size and max_new_tokens must be positive")
         self.config = config
         self.out_dir = Path(out_dir)
-        data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
+        data_dir = Path(config.data_dir) if config.data_dir else shared_data_dir()
         self.items = [it for spec in config.eval_sets
                       for it in load_eval_set(spec, config.languages, data_dir, config.subset, config.limit,
                                               config.seed)]

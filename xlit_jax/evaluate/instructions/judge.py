@@ -14,8 +14,8 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from xlit_jax.evaluate.evalsets import CHIRKOVA_DIR, instruction_text
-from xlit_jax.io.files import InputError, UserError
+from xlit_jax.errors import InputError, JudgeError
+from xlit_jax.evaluate.instructions.evalsets import CHIRKOVA_DIR, instruction_text
 
 TEMPLATE_FILE = "eval_prompt_gpt.txt"
 TASK, SUBMISSION = "%%%TASK%%%", "%%%SUBMISSION%%%"
@@ -28,10 +28,6 @@ KEY_PREFIXES = {"lang": "language", "correctlang": "language", "flu": "fluency",
 # than record them item by item. Others (rate limits, server errors, one over-long prompt) are per item.
 FATAL_STATUS = (401, 403, 404)
 ANSWER_SHOWN = 200  # characters of an unusable answer kept in its error message
-
-
-class JudgeError(UserError, RuntimeError):
-    """The judge service refuses every request (bad key, unknown model, wrong URL)."""
 
 
 def load_template(path: str | Path) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
-import os
-import random
 from pathlib import Path
 
-from xlit_jax.io.files import InputError, read_jsonl
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.items import choose_ids
+from xlit_jax.io.files import read_jsonl
+from xlit_jax.resources import shared_data_dir
 
 PAPER_LANGUAGES = ("en", "fr", "pt", "ru")
 CHIRKOVA_DIR = "chirkova2024_eval"
@@ -36,12 +37,6 @@ class EvalItem:
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.set, self.language, self.id)
-
-
-def default_data_dir() -> Path:
-    """$XLIT_SHARED_DATA, else ../shared/data beside the repository, as in the tests."""
-    env = os.environ.get("XLIT_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def instruction_text(messages) -> str:
@@ -174,16 +169,6 @@ def _read(spec: str, language: str, data_dir: Path) -> list[EvalItem]:
     return _jsonl(spec.removeprefix(JSONL_PREFIX), _jsonl_name(spec), language)
 
 
-def choose_ids(ids: list[str], limit: int | None, seed: int | None) -> set[str]:
-    """All ids, the first `limit` of the sorted ids, or a seeded sample of `limit`."""
-    ids = sorted(set(ids))
-    if limit is None or limit >= len(ids):
-        return set(ids)
-    if seed is None:
-        return set(ids[:limit])
-    return set(random.Random(seed).sample(ids, limit))
-
-
 def load_eval_set(spec: str, languages=None, data_dir=None, subset=None, limit: int | None = None,
                   seed: int | None = None) -> list[EvalItem]:
     """Items of one set in the given languages (default: all it has).
@@ -193,7 +178,7 @@ def load_eval_set(spec: str, languages=None, data_dir=None, subset=None, limit: 
     seeded sample; ids are chosen once, so every language gets the same items.
     """
     languages = check_languages(spec, languages)
-    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    data_dir = Path(data_dir) if data_dir else shared_data_dir()
     per_language = {lang: _read(spec, lang, data_dir) for lang in languages}
     sizes = {lang: len(items) for lang, items in per_language.items()}
     if spec in PAPER_SETS and len(set(sizes.values())) > 1:

@@ -1,11 +1,12 @@
-"""Language identification with fastText's lid.176 (the paper's language-correctness metric)."""
+"""Language identification with fastText's lid.176: the paper's language-correctness metric, and the
+language mix of a data set (data/stats.py)."""
 
 from __future__ import annotations
 
 import importlib.metadata
 from pathlib import Path
 
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
 
 LABEL_PREFIX = "__label__"
 
@@ -58,21 +59,3 @@ class LanguageIdentifier:
             for i, label, prob in zip(nonempty, labels, probs):
                 results[i] = (label[0].removeprefix(LABEL_PREFIX), float(prob[0]))
         return results
-
-
-class LanguageScorer:
-    """Language correctness: 1.0 when the response is identified as the language it should be in."""
-
-    name = "language"
-    chunk_size = 256
-
-    def __init__(self, lid: LanguageIdentifier):
-        self._lid = lid
-
-    def applies(self, item) -> bool:
-        return True
-
-    def score(self, items, responses) -> list[dict]:
-        return [{"scores": {"language_correct": float(language == item.expected_language)},
-                 "details": {"detected": language, "probability": round(probability, 4)}}
-                for item, (language, probability) in zip(items, self._lid.predict(responses))]

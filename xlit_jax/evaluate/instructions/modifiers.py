@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from xlit_jax.evaluate.spelling import NOT_PROSE
+from xlit_jax.data.spelling import NOT_PROSE
 
 # A list item: a bullet or a number (possibly bold or in a markdown heading), then text.
 LIST_ITEM = re.compile(r"^([ \t]*)(?:#{1,6}[ \t]+)?(?:[-*+\u2022]|(?:\*\*)?\d{1,2}[.)])[ \t]+\S", re.MULTILINE)

@@ -1,6 +1,6 @@
 """Relevance: a chat model, run through our own JAX generation, answers 0 or 1 per response.
 
-The prompt lives in a template file (`configs/eval/relevance_prompt.txt` by default) with the
+The prompt lives in a template file (`relevance_prompt.txt` beside this module by default) with the
 placeholders {instruction} and {response}, so a user can swap in their own wording.
 """
 
@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from xlit_jax.evaluate.evalsets import instruction_text
-from xlit_jax.io.files import InputError
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.instructions.evalsets import instruction_text
+from xlit_jax.resources import package_file
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "configs" / "eval" / "relevance_prompt.txt"
+DEFAULT_TEMPLATE = package_file(__package__, "relevance_prompt.txt")
 PLACEHOLDER = re.compile(r"\{(instruction|response)\}")
 # A lone 0 or 1: not part of a longer number such as 10, 0.5 or 2,1.
 BINARY_DIGIT = re.compile(r"(?<![\d.,])[01](?![.,]?\d)")

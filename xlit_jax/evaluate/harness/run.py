@@ -19,11 +19,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from xlit_jax.evaluate import harness_metrics as metrics
-from xlit_jax.evaluate.benchmarks import BBH_TARGET_ALIASES, GENERATIVE, LETTERS, BenchItem, load_benchmarks
-from xlit_jax.evaluate.report import BENCHMARK_SCORER, DEFECTS_FILE, ITEM_SCORES_FILE, check_model, score_key, \
-    write_report
-from xlit_jax.io.files import InputError, append_jsonl, atomic_write_text, resume_jsonl
+from xlit_jax.errors import InputError
+from xlit_jax.evaluate.harness import metrics
+from xlit_jax.evaluate.harness.data import BBH_TARGET_ALIASES, GENERATIVE, LETTERS, BenchItem, load_benchmarks
+from xlit_jax.evaluate.items import ITEM_SCORES_FILE, check_model, score_key
+from xlit_jax.evaluate.report import BENCHMARK_SCORER, DEFECTS_FILE, write_report
+from xlit_jax.io.files import append_jsonl, atomic_write_text, resume_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,64 @@
+"""The layering of docs/architecture.md holds: every import of ours points down (or within its layer)."""
+
+import ast
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("xlit_jax", "configs", "launch")
+
+
+def layers() -> list[list[str]]:
+    block = re.search(r"```layers\n(.*?)```", (REPO / "docs" / "architecture.md").read_text(), re.DOTALL)
+    return [line.split() for line in block.group(1).splitlines() if line.strip()]
+
+
+def layer_of(module: str, rank: dict[str, int]) -> int:
+    """The rank of the longest layer name `module` starts with (`xlit_jax` alone names only the package)."""
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        name = ".".join(parts[:end])
+        if name in rank and (name != "xlit_jax" or module == "xlit_jax"):
+            return rank[name]
+    raise AssertionError(f"{module} is in no layer of docs/architecture.md")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import of our packages in `path`, at any depth (lazy imports count too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from xlit_jax import plan` imports the module xlit_jax.plan when there is one
+            found += [(node.lineno, f"{node.module}.{alias.name}") if (REPO / node.module.replace(".", "/")
+                      / alias.name).exists() or (REPO / node.module.replace(".", "/") / f"{alias.name}.py").exists()
+                      else (node.lineno, node.module) for alias in node.names]
+    return [(line, name) for line, name in found if name.split(".")[0] in PACKAGES]
+
+
+def test_every_import_points_down_the_layers():
+    rank = {name: i for i, line in enumerate(layers()) for name in line}
+    wrong = []
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            here = module_name(path)
+            mine = layer_of(here, rank)
+            for line, target in imports(path):
+                if layer_of(target, rank) > mine:
+                    wrong.append(f"{path.relative_to(REPO)}:{line}: {here} imports {target}, a layer above it")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_layers_are_ordered_as_the_code_needs():
+    rank = {name: i for i, line in enumerate(layers()) for name in line}
+    assert layer_of("xlit_jax.models.attention", rank) < layer_of("xlit_jax.io.files", rank)
+    assert layer_of("xlit_jax.evaluate.instructions.run", rank) > layer_of("xlit_jax.evaluate.report", rank)
+    assert layer_of("xlit_jax.evaluate.instructions.judge", rank) < layer_of("xlit_jax.evaluate.report", rank)
+    assert layer_of("xlit_jax", rank) < layer_of("xlit_jax.train.loop", rank)
+    assert layer_of("xlit_jax.bench.scaling", rank) < layer_of("configs.experiments.paper", rank)

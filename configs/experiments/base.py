@@ -6,9 +6,22 @@ Override any field from the command line: `xlit-train --config=configs/experimen
 
 from ml_collections import ConfigDict
 
+from xlit_jax.models.config import LORA_ALPHA, LORA_DEFAULT_TARGETS, LORA_DROPOUT, LORA_RANK
+from xlit_jax.models.presets import HUB_NAMES, get_preset
 
-def with_model(config: ConfigDict, model: ConfigDict) -> ConfigDict:
-    config.model.update(model)
+
+def with_model(config: ConfigDict, preset: str, **model) -> ConfigDict:
+    """`config` with the model section of a preset (xlit_jax/models/presets.py): its hub name, named in the error
+    when model.source is empty, and the fields given (source, remat, vocab_size)."""
+    get_preset(preset)  # an unknown name fails here, listing the known ones
+    config.model.update(hub_name=HUB_NAMES.get(preset, ""), **model)
+    return config
+
+
+def with_lora(config: ConfigDict) -> ConfigDict:
+    """`config` as the paper's LoRA run: rank 16 and a PEFT adapter exported at the end."""
+    config.lora.rank = LORA_RANK
+    config.train.export_peft = True
     return config
 
 
@@ -24,7 +37,8 @@ def base_config() -> ConfigDict:
             "attention": "auto",  # auto | xla | cudnn | splash (docs/attention.md)
             "vocab_size": 0,  # presets only: >0 resizes the vocabulary to fit data.tokenizer
         },
-        "lora": {"rank": 0, "alpha": 32.0, "dropout": 0.0, "targets": "q,k,v,o,gate,up,down"},
+        # rank 0 is full fine-tuning; with_lora sets the paper's rank (defaults: xlit_jax/models/config.py)
+        "lora": {"rank": 0, "alpha": LORA_ALPHA, "dropout": LORA_DROPOUT, "targets": ",".join(LORA_DEFAULT_TARGETS)},
         "data": {  # the data pipeline's settings (docs/data.md)
             "name": "",  # the data set, for the record: dolly-en, lima-en, ...
             "sources": (),  # FORMAT:PATH[,options] specs, e.g. ("lima:../shared/data/lima/lima.en.jsonl",)

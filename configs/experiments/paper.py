@@ -8,11 +8,12 @@ Recipe (paper text; DESIGN.md): 1000 updates of 4 micro-batches of ~4k tokens (2
 (0.9, 0.95), weight decay 0.1, min_lr = lr / 10, bf16 compute, loss on responses only; LoRA rank 16.
 """
 
-from configs.experiments.base import base_config, with_model
-from configs.models import llama2_7b, llama2_13b, tower_7b
+from configs.experiments.base import base_config, with_lora, with_model
 from xlit_jax.resources import shared_data
 
-MODELS = {"llama2-13b": llama2_13b, "llama2-7b": llama2_7b, "tower-7b": tower_7b}
+# Presets (xlit_jax/models/presets.py). model.source must point at a local copy of the preset's hub name (e.g.
+# huggingface-cli download meta-llama/Llama-2-7b-hf); preset:NAME trains the same shapes from random weights.
+MODELS = ("llama2-13b", "llama2-7b", "tower-7b")
 DOLLY = "dolly:databricks/databricks-dolly-15k"
 # Data sets as data-pipeline sources (docs/data.md). Dolly comes from the hub; Dolly-DT adds its NLLB
 # translations, made beforehand with `xlit-translate --input=dolly:databricks/databricks-dolly-15k
@@ -34,12 +35,10 @@ def get_config(arg: str | None = None):
                                  (method, METHODS, "method"), (lr, LEARNING_RATES, "learning rate")):
         if value not in allowed:
             raise ValueError(f"paper.py: {what} {value!r} is not one of {list(allowed)}")
-    c = with_model(base_config(), MODELS[model].get_config())
+    c = with_model(base_config(), model, remat="full")  # full remat: 7B and 13B activations
     c.data.update(name=data, sources=DATASETS[data], mixing="uniform" if data == "dolly-dt" else "none")
     c.optim.update(lr=float(lr), min_lr=float(lr) / 10)
     if method == "lora":
-        c.lora.rank = 16
-        c.train.export_peft = True
-    else:
-        c.train.export_hf = True
+        return with_lora(c)
+    c.train.export_hf = True
     return c

@@ -3,12 +3,11 @@ lr 1e-5 -> 1e-6, or another peak lr as the config argument (configs/experiments/
 decaying to a tenth of it."""
 
 from configs.experiments.base import base_config, with_model
-from configs.models import smollm2_135m
 from xlit_jax.resources import shared_data
 
 
 def get_config(lr: str | None = None):
-    c = with_model(base_config(), smollm2_135m.get_config())
+    c = with_model(base_config(), "smollm2-135m", source="smollm2-135m")  # the GGUF
     c.data.update(name="lima-en", sources=(f"lima:{shared_data('lima/lima.en.jsonl')}",), template="chat",
                   seq_len=512, tokens_per_batch=1024, grad_accum=4)
     c.train.update(max_steps=100, log_every=5, save_every=50, export_hf=True)

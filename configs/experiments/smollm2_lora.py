@@ -2,10 +2,8 @@
 another peak lr as the config argument (configs/experiments/smollm2_lora.py:1e-3)."""
 
 from configs.experiments import smollm2_ft
+from configs.experiments.base import with_lora
 
 
 def get_config(lr: str | None = None):
-    c = smollm2_ft.get_config(lr or "1e-4")
-    c.lora.rank = 16
-    c.train.export_peft = True
-    return c
+    return with_lora(smollm2_ft.get_config(lr or "1e-4"))

@@ -9,7 +9,15 @@ import jax
 import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # every projection a LoRA can adapt (models/llama.py)
+# LoRA defaults, their one home (LlamaConfig, models/lora.py and configs/experiments/base.py read them). The
+# paper's text names LoRA and no setting of it; the released code (naver/pasero: its config
+# examples/zero-shot-transfer-inst-tuning/config/config_llama13b2_dolly_en_lora.yaml, and pasero's own
+# defaults for what that config leaves out) gives the rest.
+LORA_RANK = 16  # the paper's LoRA runs: the released config's lora_rank: 16
+LORA_ALPHA = 32.0  # our choice (2 x rank, scale 2); pasero's default is 8 (scale 0.5): lora.alpha=8 restores it
+LORA_DROPOUT = 0.0  # as released: pasero has no LoRA dropout
+LORA_DEFAULT_TARGETS = LORA_TARGETS  # as released: pasero adapts every linear of a layer (q, k, v, o, fc1-3)
 REMAT_POLICIES = ("none", "full", "dots")
 ATTENTIONS = ("auto", "xla", "cudnn", "splash")  # see models/attention.py
 
@@ -54,9 +62,9 @@ class LlamaConfig:
     splash_block: int = 512  # splash attention's block size (query and key), a multiple of 128
     # LoRA: rank 0 means no adapters; see models/lora.py.
     lora_rank: int = 0
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ("q", "v")
+    lora_alpha: float = LORA_ALPHA
+    lora_dropout: float = LORA_DROPOUT
+    lora_targets: tuple[str, ...] = LORA_DEFAULT_TARGETS
 
     def __post_init__(self):
         if self.head_dim is None:

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from xlit_jax.models.config import LORA_ALPHA, LORA_DROPOUT
+
 LORA_PARAMS = ("lora_a", "lora_b")
 
 
@@ -31,8 +33,8 @@ class Linear(nn.Module):
     dtype: Any
     param_dtype: Any
     lora_rank: int = 0
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.0
+    lora_alpha: float = LORA_ALPHA
+    lora_dropout: float = LORA_DROPOUT
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):

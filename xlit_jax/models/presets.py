@@ -1,4 +1,6 @@
-"""Named model shapes. Weights for these come from a checkpoint or a seeded random init."""
+"""Named models: their shapes (PRESETS) and, for the real ones, their hub names (HUB_NAMES), the one home of
+both. `preset:NAME` builds the shape with seeded random weights; real weights come from a local copy of
+the hub name (or, for smollm2-135m, the GGUF that xlit_jax.load finds)."""
 
 from xlit_jax.models.config import LlamaConfig
 
@@ -29,6 +31,15 @@ PRESETS = {
         vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
         num_heads=4, num_kv_heads=1, tie_embeddings=True, rope_theta=100000.0,
         max_position_embeddings=512, pad_token_id=0),
+}
+
+
+# What a config's model.source should hold for each real model: a local copy (HF directory) of this repo.
+HUB_NAMES = {
+    "llama2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama2-13b": "meta-llama/Llama-2-13b-hf",
+    "tower-7b": "Unbabel/TowerBase-7B-v0.1",
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
 }
 
 

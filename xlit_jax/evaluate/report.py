@@ -20,7 +20,7 @@ from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
 from xlit_jax.io.files import atomic_write_text, csv_text
 
 SCORES_FILE = "scores.jsonl"
-ALL = "all"  # the modifier column of aggregates over every item
+MODIFIER_ALL = "all"  # the modifier column of aggregates over every item (the study report leaves it blank)
 SURFACE_METRICS = ("language_correct", "spelling", "relevance")
 JUDGE_METRICS = tuple(f"judge_{c}" for c in CRITERIA)
 PANELS_PER_ROW = 3
@@ -49,7 +49,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     sums, counts = collections.defaultdict(float), collections.Counter()
     items, errors = collections.Counter(), collections.Counter()
     for row in rows:
-        for modifier in (ALL,) + ((family(row["modifier"]),) if row.get("modifier") else ()):
+        for modifier in (MODIFIER_ALL,) + ((family(row["modifier"]),) if row.get("modifier") else ()):
             group = (row["model"], row["set"], row["language"], modifier, row["scorer"])
             items[group] += 1
             errors[group] += "error" in row
@@ -81,7 +81,7 @@ def ordered(values) -> list:
 
 def _metric_table(rows: list[dict], eval_set: str) -> str:
     """Rows model x language, a column per metric, over all items of the set."""
-    mine = [r for r in rows if r["set"] == eval_set and r["modifier"] == ALL and r["metric"] != "fulfilled"]
+    mine = [r for r in rows if r["set"] == eval_set and r["modifier"] == MODIFIER_ALL and r["metric"] != "fulfilled"]
     order = SURFACE_METRICS + JUDGE_METRICS
     metrics = [m for m in order if any(r["metric"] == m for r in mine)]
     cells = {(r["model"], r["language"], r["metric"]): r for r in mine}
@@ -93,7 +93,7 @@ def _metric_table(rows: list[dict], eval_set: str) -> str:
 
 def _modifier_table(rows: list[dict], eval_set: str, metric: str) -> str:
     """Rows model x modifier family, a column per language."""
-    mine = [r for r in rows if r["set"] == eval_set and r["modifier"] != ALL and r["metric"] == metric]
+    mine = [r for r in rows if r["set"] == eval_set and r["modifier"] != MODIFIER_ALL and r["metric"] == metric]
     if not mine:
         return ""
     languages = ordered(r["language"] for r in mine)
@@ -128,7 +128,7 @@ def to_csv(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], eval_set: str, metrics, path: Path, ylabel: str, scale: float, top: float) -> bool:
     """One panel per metric: languages on the x axis, a bar per model. False when nothing to draw."""
-    mine = [r for r in rows if r["set"] == eval_set and r["modifier"] == ALL and r["metric"] in metrics]
+    mine = [r for r in rows if r["set"] == eval_set and r["modifier"] == MODIFIER_ALL and r["metric"] in metrics]
     panels = [(m, {(r["model"], r["language"]): scale * r["mean"] for r in mine if r["metric"] == m})
               for m in metrics]
     return _bar_panels([(title, cells) for title, cells in panels if cells], path, ylabel, top, eval_set)
@@ -182,7 +182,7 @@ def save_figure(plt, fig, path: Path, dpi: int) -> None:
 def _benchmark_cells(rows: list[dict]) -> tuple[list[tuple[str, str]], dict]:
     """The (benchmark, metric) columns present and {(model, language, benchmark, metric): aggregate row}."""
     mine = {(r["model"], r["language"], r["set"], r["metric"]): r for r in rows
-            if r["scorer"] == BENCHMARK_SCORER and r["modifier"] == ALL}
+            if r["scorer"] == BENCHMARK_SCORER and r["modifier"] == MODIFIER_ALL}
     columns = [c for c in BENCHMARK_COLUMNS if any(key[2:] == c for key in mine)]
     return columns, mine
 

@@ -41,7 +41,7 @@ STYLES, MARKERS = ("-", "--", "-."), ("o", "s", "^")  # per method in Fig. 2
 FIG3_MAX_CELLS = 12  # more bars than this are unreadable: pick cells with the config's report.fig3
 FIELDS = ("cell", "model", "data", "method", "lr", "set", "language", "modifier", "metric", "mean", "ci_low",
           "ci_high", "n")
-ALL = ""  # the modifier column of aggregates over every item
+MODIFIER_BLANK = ""  # the modifier column of aggregates over every item (xlit-eval's scores.csv writes "all")
 
 
 @functools.lru_cache(maxsize=64)
@@ -79,10 +79,10 @@ class Stat:
 
 
 def cell_values(item_scores: Path) -> dict[tuple, list[float]]:
-    """{(set, language, modifier family or ALL, metric): [value per response]} of one cell."""
+    """{(set, language, modifier family or MODIFIER_BLANK, metric): [value per response]} of one cell."""
     values = collections.defaultdict(list)
     for row in read_item_scores(item_scores):
-        modifiers = (ALL,) + ((family(row["modifier"]),) if row.get("modifier") else ())
+        modifiers = (MODIFIER_BLANK,) + ((family(row["modifier"]),) if row.get("modifier") else ())
         for metric, value in row.get("scores", {}).items():
             for modifier in modifiers:
                 for language in (row["language"],) + ((OTHERS,) if row["language"] != ENGLISH else ()):
@@ -135,8 +135,8 @@ def metric_tables(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
     present = {s.metric for s in stats if s.set == MAIN_SET}
     parts = []
     for metric in [m for m in SURFACE_METRICS + JUDGE_METRICS if m in present]:
-        body = [[c.name, cell_text(index.get((c.name, MAIN_SET, ENGLISH, ALL, metric))),
-                 cell_text(index.get((c.name, MAIN_SET, OTHERS, ALL, metric)))]
+        body = [[c.name, cell_text(index.get((c.name, MAIN_SET, ENGLISH, MODIFIER_BLANK, metric))),
+                 cell_text(index.get((c.name, MAIN_SET, OTHERS, MODIFIER_BLANK, metric)))]
                 for c in cells if (c.name, metric) in cell_metrics]
         unit = "%" if metric in FRACTION_METRICS else "0-2"
         parts += [f"### {metric} ({unit})", "", markdown_table(["cell", ENGLISH, "fr/pt/ru"], body), ""]
@@ -145,7 +145,7 @@ def metric_tables(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
 
 def modifier_table(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
     """Table 1: per cell and modifier type, fulfilment and helpfulness in en and the other languages."""
-    mine = [s for s in stats if s.set == MODIFIER_SET and s.modifier != ALL]
+    mine = [s for s in stats if s.set == MODIFIER_SET and s.modifier != MODIFIER_BLANK]
     if not mine:
         return []
     index = _index(mine)
@@ -160,7 +160,7 @@ def modifier_table(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
 
 
 def benchmark_table(stats: list[Stat]) -> list[str]:
-    mine = [s for s in stats if s.set not in (MAIN_SET, MODIFIER_SET) and s.modifier == ALL]
+    mine = [s for s in stats if s.set not in (MAIN_SET, MODIFIER_SET) and s.modifier == MODIFIER_BLANK]
     if not mine:
         return []
     languages = ordered(s.language for s in mine if s.language != OTHERS)
@@ -186,7 +186,7 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
     index = _index(stats)
     mine = [c for c in cells if c.model == model and c.trains]
     metrics = [m for m in SURFACE_METRICS + JUDGE_METRICS
-               if any((c.name, MAIN_SET, ENGLISH, ALL, m) in index for c in mine)]
+               if any((c.name, MAIN_SET, ENGLISH, MODIFIER_BLANK, m) in index for c in mine)]
     if not metrics:
         return False
     baselines = [c for c in cells if not c.trains]
@@ -200,7 +200,7 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
                 m = methods.index(method) % len(STYLES)
                 style = {"color": f"C{lines.index((data, method)) % 10}", "linestyle": STYLES[m], "marker": MARKERS[m]}
                 points = sorted((_lr_value(c.lr), index[key]) for c in mine if (c.data, c.method) == (data, method)
-                                and (key := (c.name, MAIN_SET, group, ALL, metric)) in index)
+                                and (key := (c.name, MAIN_SET, group, MODIFIER_BLANK, metric)) in index)
                 if not points:
                     continue
                 x = [p[0] for p in points]
@@ -211,7 +211,7 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
                     ax.annotate(f"n={stat.n}", (xi, yi), textcoords="offset points", fontsize=7, color=style["color"],
                                 xytext=(5, 3 - 9 * lines.index((data, method))))  # lines apart where they meet
             for base in baselines:
-                stat = index.get((base.name, MAIN_SET, group, ALL, metric))
+                stat = index.get((base.name, MAIN_SET, group, MODIFIER_BLANK, metric))
                 if stat is not None:
                     ax.axhline(k * stat.mean, linestyle=":", color="gray", label=f"{base.name} (untrained)")
                     ax.annotate(f"n={stat.n}", (1, k * stat.mean), xycoords=("axes fraction", "data"), ha="right",
@@ -232,7 +232,7 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
 
 def judged_cells(stats: list[Stat], cells: list[grid.Cell]) -> list[grid.Cell]:
     index = _index(stats)
-    return [c for c in cells if any((c.name, MAIN_SET, ENGLISH, ALL, m) in index for m in JUDGE_METRICS)]
+    return [c for c in cells if any((c.name, MAIN_SET, ENGLISH, MODIFIER_BLANK, m) in index for m in JUDGE_METRICS)]
 
 
 def plot_criteria(stats: list[Stat], judged: list[grid.Cell], path: Path) -> bool:
@@ -240,7 +240,7 @@ def plot_criteria(stats: list[Stat], judged: list[grid.Cell], path: Path) -> boo
     index = _index(stats)
     if not judged:
         return False
-    criteria = [m for m in JUDGE_METRICS if any((c.name, MAIN_SET, g, ALL, m) in index
+    criteria = [m for m in JUDGE_METRICS if any((c.name, MAIN_SET, g, MODIFIER_BLANK, m) in index
                                                 for c in judged for g in (ENGLISH, OTHERS))]
     plt, fig, axes = _figure(1, 2, legend_rows=math.ceil(len(judged) / 3))
     width = 0.8 / len(judged)
@@ -248,7 +248,7 @@ def plot_criteria(stats: list[Stat], judged: list[grid.Cell], path: Path) -> boo
         for j, cell in enumerate(judged):
             x, y, err = [], [], []
             for i, metric in enumerate(criteria):
-                stat = index.get((cell.name, MAIN_SET, group, ALL, metric))
+                stat = index.get((cell.name, MAIN_SET, group, MODIFIER_BLANK, metric))
                 if stat is not None:
                     x.append(i + (j - (len(judged) - 1) / 2) * width)
                     y.append(stat.mean)

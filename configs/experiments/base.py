@@ -19,7 +19,7 @@ def with_model(config: ConfigDict, preset: str, **model) -> ConfigDict:
 
 
 def with_lora(config: ConfigDict) -> ConfigDict:
-    """`config` as the paper's LoRA run: rank 16 and a PEFT adapter exported at the end."""
+    """`config` as the paper's LoRA run: rank LORA_RANK, and a PEFT adapter exported at the end."""
     config.lora.rank = LORA_RANK
     config.train.export_peft = True
     return config

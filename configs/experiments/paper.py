@@ -4,8 +4,9 @@ dolly-dt} x {ft, lora} x lr {1e-6, 1e-5, 1e-4}, chosen by a config argument:
   xlit-train --config=configs/experiments/paper.py:llama2-7b,dolly-dt,lora,1e-4 --workdir=runs/...
       --config.model.source=/path/to/Llama-2-7b-hf
 
-Recipe (paper text; DESIGN.md): 1000 updates of 4 micro-batches of ~4k tokens (2 x 2048), Adam
-(0.9, 0.95), weight decay 0.1, min_lr = lr / 10, bf16 compute, loss on responses only; LoRA rank 16.
+Recipe (the paper and its released configs, naver/pasero): 1000 updates of 4 micro-batches of ~4k tokens
+(2 x 2048), Adam (0.9, 0.95), weight decay 0.1, min_lr = lr / 10, bf16 compute, loss on responses only;
+LoRA rank 16 (xlit_jax/models/config.py has the LoRA defaults and their sources).
 """
 
 from configs.experiments.base import base_config, with_lora, with_model

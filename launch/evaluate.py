@@ -42,7 +42,8 @@ flags.DEFINE_list("dictionaries", [], "language=HunspellName overrides, e.g. pt=
 flags.DEFINE_string("relevance_judge", None, "chat model judging relevance: anything --model accepts, or "
                     "an OpenAI-compatible server's URL (http://127.0.0.1:8000/v1, e.g. xlit-serve)")
 flags.DEFINE_string("relevance_prompt", evaluation.EvalConfig.relevance_prompt,
-                    "relevance prompt template with {instruction} and {response}")
+                    "relevance prompt: table3 (the paper's Table 3), ours (our wording), or a template file "
+                    "with {instruction} and {response} (or %%%TASK%%% and %%%SUBMISSION%%%)")
 flags.DEFINE_integer("relevance_max_new_tokens", 48, "tokens the relevance judge may write")
 flags.DEFINE_string("judge_model", None, "OpenAI-API chat model for the LLM judge, e.g. gpt-4o-mini "
                     "(key from $OPENAI_API_KEY)")

@@ -80,6 +80,7 @@ def test_another_model_or_other_settings_are_refused_before_work(tmp_path, confi
     ({"dictionary_dir": "/nonexistent"}, "missing Hunspell dictionary"),
     ({"metrics": ("language", "fluency")}, "unknown metrics"),
     ({"metrics": ("relevance",)}, "needs --relevance_judge"),
+    ({"metrics": ("relevance",), "relevance_prompt": "/nonexistent.txt"}, "no such relevance prompt template"),
     ({"metrics": ("judge",)}, "needs --judge_model"),
 ])
 def test_bad_input_fails_before_anything_is_written(tmp_path, config, change, message):

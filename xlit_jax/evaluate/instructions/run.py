@@ -56,7 +56,7 @@ class EvalConfig:
     dictionary_dir: str = str(DEFAULT_DICTIONARY_DIR)
     dictionaries: tuple[tuple[str, str], ...] = ()  # (language, Hunspell name) overrides, e.g. ("pt", "pt_BR")
     relevance_judge: str | None = None  # what xlit_jax.load takes, or a server's URL (no model object given)
-    relevance_prompt: str = str(relevance.DEFAULT_TEMPLATE)
+    relevance_prompt: str = relevance.PROMPTS[0]  # table3 (the paper's), ours, or a template file
     relevance_max_new_tokens: int = 48
     judge_model: str | None = None  # an OpenAI-API chat model name
     judge_base_url: str | None = None  # default: the openai client's (OPENAI_BASE_URL or api.openai.com)
@@ -99,7 +99,7 @@ def build_scorers(config: EvalConfig, items, data_dir: Path, relevance_model=Non
         scorers.append(judge.OpenAIJudge(config.judge_model, template, config.judge_base_url,
                                          config.judge_attempts, config.judge_workers))
     if "relevance" in wanted:  # last: loading a judge model is the slowest check
-        template = relevance.load_template(config.relevance_prompt)
+        template = relevance.load_template(relevance.template_path(config.relevance_prompt, data_dir))
         if relevance_model is None:
             if not config.relevance_judge:
                 raise InputError("the relevance metric needs --relevance_judge (a chat model to load, or the "

@@ -4,6 +4,7 @@
               [--languages=en,fr] [--limit=20 --seed=0] [--metrics=language,spelling,modifiers,relevance,judge]
     xlit-eval --model=PATH --out_dir=runs/bench/NAME --eval_set=xquad,mlqa,mmlu,bbh
               [--languages=ar,de,en,es,it,zh] [--limit=100 --seed=0] [--num_fewshot=5] [--chat_template]
+              [--bench_max_new_tokens=256] [--xquad_normalization=squad|mlqa]
     xlit-eval --compare=runs/eval/a,runs/eval/b --out_dir=runs/eval/compare
 
 A rerun with the same --out_dir resumes: finished generations and scores are kept.
@@ -56,6 +57,12 @@ flags.DEFINE_integer("num_fewshot", 0, "benchmarks: MMLU examples from each subj
 flags.DEFINE_bool("chat_template", False, "benchmarks: wrap each prompt in the model's chat template")
 flags.DEFINE_bool("native_labels", False, "benchmarks: XQuAD/MLQA prompt labels in the prompt's language "
                   "(the harness's XQuAD tasks) instead of English (its MLQA tasks)")
+flags.DEFINE_integer("bench_max_new_tokens", bench_run.HARNESS_MAX_NEW_TOKENS, "benchmarks: new tokens at most "
+                     "for XQuAD, MLQA and BBH (the harness's 256; fewer is faster but cuts long answers, which "
+                     "changes their scores)")
+flags.DEFINE_enum("xquad_normalization", bench_run.QA_NORMALIZATIONS[0], bench_run.QA_NORMALIZATIONS,
+                  "benchmarks: XQuAD scored with SQuAD's English normalisation against the first answer (the "
+                  "harness's XQuAD tasks) or MLQA's per-language rules, best over the answers")
 flags.DEFINE_list("compare", None, "only write a side-by-side report of these evaluated out_dirs")
 
 
@@ -86,7 +93,8 @@ def bench_config_from_flags() -> bench_run.BenchConfig:
     return bench_run.BenchConfig(
         benchmarks=tuple(FLAGS.eval_set), languages=tuple(FLAGS.languages) if FLAGS.languages else None,
         limit=FLAGS.limit, seed=FLAGS.seed, num_fewshot=FLAGS.num_fewshot, chat_template=FLAGS.chat_template,
-        native_labels=FLAGS.native_labels, batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir)
+        native_labels=FLAGS.native_labels, max_new_tokens=FLAGS.bench_max_new_tokens,
+        xquad_normalization=FLAGS.xquad_normalization, batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir)
 
 
 def _plan():

@@ -4,6 +4,7 @@
               [--languages=en,fr] [--limit=20 --seed=0] [--metrics=language,spelling,modifiers,relevance,judge]
     xlit-eval --model=PATH --out_dir=runs/bench/NAME --eval_set=xquad,mlqa,mmlu,bbh
               [--languages=ar,de,en,es,it,zh] [--limit=100 --seed=0] [--num_fewshot=5] [--chat_template]
+              [--bench_max_new_tokens=256] [--xquad_normalization=squad|mlqa]
     xlit-eval --compare=runs/eval/a,runs/eval/b --out_dir=runs/eval/compare
 
 A rerun with the same --out_dir resumes: finished generations and scores are kept.
@@ -42,7 +43,8 @@ flags.DEFINE_list("dictionaries", [], "language=HunspellName overrides, e.g. pt=
 flags.DEFINE_string("relevance_judge", None, "chat model judging relevance: anything --model accepts, or "
                     "an OpenAI-compatible server's URL (http://127.0.0.1:8000/v1, e.g. xlit-serve)")
 flags.DEFINE_string("relevance_prompt", evaluation.EvalConfig.relevance_prompt,
-                    "relevance prompt template with {instruction} and {response}")
+                    "relevance prompt: table3 (the paper's Table 3), ours (our wording), or a template file "
+                    "with {instruction} and {response} (or %%%TASK%%% and %%%SUBMISSION%%%)")
 flags.DEFINE_integer("relevance_max_new_tokens", 48, "tokens the relevance judge may write")
 flags.DEFINE_string("judge_model", None, "OpenAI-API chat model for the LLM judge, e.g. gpt-4o-mini "
                     "(key from $OPENAI_API_KEY)")
@@ -55,6 +57,12 @@ flags.DEFINE_integer("num_fewshot", 0, "benchmarks: MMLU examples from each subj
 flags.DEFINE_bool("chat_template", False, "benchmarks: wrap each prompt in the model's chat template")
 flags.DEFINE_bool("native_labels", False, "benchmarks: XQuAD/MLQA prompt labels in the prompt's language "
                   "(the harness's XQuAD tasks) instead of English (its MLQA tasks)")
+flags.DEFINE_integer("bench_max_new_tokens", bench_run.HARNESS_MAX_NEW_TOKENS, "benchmarks: new tokens at most "
+                     "for XQuAD, MLQA and BBH (the harness's 256; fewer is faster but cuts long answers, which "
+                     "changes their scores)")
+flags.DEFINE_enum("xquad_normalization", bench_run.QA_NORMALIZATIONS[0], bench_run.QA_NORMALIZATIONS,
+                  "benchmarks: XQuAD scored with SQuAD's English normalisation against the first answer (the "
+                  "harness's XQuAD tasks) or MLQA's per-language rules, best over the answers")
 flags.DEFINE_list("compare", None, "only write a side-by-side report of these evaluated out_dirs")
 
 
@@ -85,7 +93,8 @@ def bench_config_from_flags() -> bench_run.BenchConfig:
     return bench_run.BenchConfig(
         benchmarks=tuple(FLAGS.eval_set), languages=tuple(FLAGS.languages) if FLAGS.languages else None,
         limit=FLAGS.limit, seed=FLAGS.seed, num_fewshot=FLAGS.num_fewshot, chat_template=FLAGS.chat_template,
-        native_labels=FLAGS.native_labels, batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir)
+        native_labels=FLAGS.native_labels, max_new_tokens=FLAGS.bench_max_new_tokens,
+        xquad_normalization=FLAGS.xquad_normalization, batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir)
 
 
 def _plan():

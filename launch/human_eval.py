@@ -1,6 +1,7 @@
 """xlit-human-eval: blinded human evaluation sheets, and the filled sheets compared with the GPT judge.
 
-  xlit-human-eval export --eval_dirs='runs/studies/NAME/cells/*/eval' --out_dir=out/human [--limit=30]
+  xlit-human-eval export --eval_dirs='runs/studies/NAME/cells/*/eval' --out_dir=out/human
+      [--ids=my30.txt | --limit=30 --seed=0] [--all_items_model=CELL]
       -> sheet.LANG.csv and sheet.LANG.html (send these to annotators), key.jsonl (keep it)
   xlit-human-eval import --sheets=ratings.fr.anna.csv,ratings.fr.ben.csv --key=out/human/key.jsonl \
       --out_dir=out/human/results
@@ -20,7 +21,11 @@ from xlit_jax.study import human_eval
 FLAGS = flags.FLAGS
 flags.DEFINE_list("eval_dirs", None, "export: evaluated out_dirs (globs allowed), one model each")
 flags.DEFINE_list("languages", None, "export: languages (default: every language of the generations)")
-flags.DEFINE_integer("limit", None, "export: instructions per language (a seeded sample; the paper rated 30)")
+flags.DEFINE_string("ids", None, "export: a file of the instruction ids to rate, one a line (the paper rated 30 "
+                    "balanced over tasks; the released data has no task labels, so you choose them)")
+flags.DEFINE_integer("limit", None, "export: without --ids, a seeded sample of this many instructions")
+flags.DEFINE_string("all_items_model", None, "export: this model's responses to every other instruction are rated "
+                    "too (the paper's default model; it rated it on \"the remaining 85\")")
 flags.DEFINE_integer("seed", 0, "export: seed of the sample and of the shuffling")
 flags.DEFINE_string("eval_set", "chirkova", "export: the evaluation set whose responses are rated")
 flags.DEFINE_string("data_dir", None, "the shared data folder, for the guidelines (default: ../shared/data)")
@@ -46,7 +51,8 @@ def _human_eval(command: str):
             raise InputError("export needs --eval_dirs (evaluated out_dirs, e.g. runs/studies/NAME/cells/*/eval)")
         data_dir = Path(FLAGS.data_dir) if FLAGS.data_dir else shared_data_dir()
         written = human_eval.export(_expand(FLAGS.eval_dirs), Path(FLAGS.out_dir), FLAGS.languages, FLAGS.limit,
-                                    FLAGS.seed, FLAGS.eval_set, data_dir)
+                                    FLAGS.seed, FLAGS.eval_set, data_dir,
+                                    Path(FLAGS.ids) if FLAGS.ids else None, FLAGS.all_items_model)
     else:
         if not (FLAGS.sheets and FLAGS.key):
             raise InputError("import needs --sheets (filled CSVs) and --key (the key.jsonl written by export)")

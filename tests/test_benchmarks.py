@@ -42,6 +42,24 @@ def test_f1_and_exact_match_by_hand():
                                                                            "f1": pytest.approx(2 / 3)}
 
 
+@pytest.mark.parametrize("prediction, gold, em, f1", [
+    # SQuAD's normalisation (the harness's XQuAD, through transformers' squad_metrics), hand-computed
+    (" The Eiffel Tower!\n", "Eiffel Tower", 1.0, 1.0),
+    ("Die Grade von Privilegien.", "Grade von Privilegien", 0.0, pytest.approx(6 / 7)),  # "die" stays: P 3/4, R 1
+    ("«Paris»", "Paris", 0.0, 0.0),  # « » are not ASCII punctuation: the token is «paris»
+    ("北京大学", "北京", 0.0, 0.0),  # no CJK segmentation: one token each
+    ("", "Paris", 0.0, 0.0), ("the", "a", 1.0, 1.0),  # both normalise to nothing: F1 is 1
+])
+def test_squad_normalisation_as_the_harness_xquad(prediction, gold, em, f1):
+    assert hm.squad_scores(prediction, gold) == {"exact_match": em, "f1": f1}
+
+
+def test_squad_and_mlqa_rules_differ_where_expected():
+    assert hm.f1("北京", "北京大学", "zh") == pytest.approx(2 / 3)  # MLQA: characters
+    assert hm.squad_scores("北京", "北京大学")["f1"] == 0.0  # SQuAD: whole strings
+    assert hm.exact_match("Die Grade", "Grade", "de") == 1.0 and hm.squad_scores("Die Grade", "Grade")["exact_match"] == 0.0
+
+
 def test_stop_sequences_and_choices():
     assert hm.cut_at_stop(" Paris\nQuestion: x", ("\n",)) == " Paris"
     assert hm.cut_at_stop(" (A)\n\nQ: next", ("</s>", "Q:")) == " (A)\n\n"
@@ -155,8 +173,13 @@ def rows(path):
 
 def test_smollm2_runs_each_benchmark_and_resumes(tmp_path, smollm2, shared_data):
     config = BenchConfig(languages=("en", "it"), limit=1, batch_size=2, data_dir=str(shared_data))
+    assert (config.max_new_tokens, config.xquad_normalization) == (256, "squad")  # the harness's
     written = BenchmarkEvaluation(tmp_path, config).run(smollm2)
     first = rows(written["item_scores"])
+    for r in first:
+        if r["set"] == "xquad":  # scored as the harness's XQuAD: SQuAD's rules against the first answer
+            assert r["scores"] == hm.squad_scores(r["prediction"], r["gold"][0])
+            assert r["settings"]["normalization"] == "squad" and r["settings"]["max_new_tokens"] == 256
     assert sorted((r["set"], r["language"]) for r in first) == sorted(
         [(b, lang) for b in ("xquad", "mmlu", "bbh") for lang in ("en", "it")] + [("mlqa", "it")])
     assert all("\n" not in r["prediction"] for r in first if r["set"] in ("xquad", "mlqa"))
@@ -170,8 +193,9 @@ def test_smollm2_runs_each_benchmark_and_resumes(tmp_path, smollm2, shared_data)
     BenchmarkEvaluation(tmp_path, config).run(smollm2)
     again = rows(written["item_scores"])
     assert len(again) == len(first) and again[-1]["id"] == first[-1]["id"]
-    with pytest.raises(InputError, match="scored with"):
-        BenchmarkEvaluation(tmp_path, BenchConfig(**{**config.__dict__, "num_fewshot": 1})).run(smollm2)
+    for change in ({"num_fewshot": 1}, {"max_new_tokens": 32}, {"xquad_normalization": "mlqa"}):
+        with pytest.raises(InputError, match="scored with"):
+            BenchmarkEvaluation(tmp_path, BenchConfig(**{**config.__dict__, **change})).run(smollm2)
     # a second model's run, side by side (--compare)
     other = tmp_path.parent / f"{tmp_path.name}-other"
     other.mkdir()

@@ -4,7 +4,7 @@ import pytest
 
 from xlit_jax.errors import InputError, JudgeError
 from xlit_jax.evaluate.instructions.evalsets import EvalItem
-from xlit_jax.evaluate.instructions.judge import CRITERIA, OpenAIJudge, load_template, parse_judgement
+from xlit_jax.evaluate.instructions.judge import CRITERIA, OpenAIJudge, load_template, parse_judgement, reported_scores
 
 from eval_support import FakeOpenAI
 
@@ -54,6 +54,15 @@ def test_parse_judgement_variants():
                         (GOOD.replace('"Fluency": 3', '"Fluency": "good"'), "not a star count")]:
         with pytest.raises(ValueError, match=reason):
             parse_judgement(bad)
+
+
+def test_the_wrong_language_rule():
+    stars = dict(zip(CRITERIA, (0, 2, 1, 2, 2, 2)))
+    assert reported_scores(stars) == {"judge_language": 0.0}  # the judge found it in the wrong language
+    assert reported_scores({**stars, "language": 1}) == {f"judge_{c}": float(v) for c, v in {**stars, "language": 1}.items()}
+    # asked in another language (lang_X): identification against X decides; the judge's Language is left out
+    assert reported_scores(stars, right_language=True) == {f"judge_{c}": float(stars[c]) for c in CRITERIA[1:]}
+    assert reported_scores(stars, right_language=False) == {}
 
 
 def test_scores_retries_and_records_errors(template, caplog):

@@ -3,12 +3,14 @@ import pytest
 from xlit_jax.errors import InputError
 from xlit_jax.evaluate.instructions.evalsets import EvalItem
 from xlit_jax.evaluate.instructions.relevance import (
-    DEFAULT_TEMPLATE,
+    OUR_TEMPLATE,
     RelevanceJudge,
     fill,
     last_binary_digit,
     load_template,
+    template_path,
 )
+from xlit_jax.evaluate.instructions.run import EvalConfig
 
 from eval_support import ScriptedModel
 
@@ -22,14 +24,24 @@ def test_last_binary_digit(answer, verdict):
     assert last_binary_digit(answer) == verdict
 
 
-def test_templates(tmp_path):
-    template = load_template()
-    assert DEFAULT_TEMPLATE.is_file()
-    filled = fill(template, "Explain {response} in C", "Use {instruction} braces")
-    assert "Explain {response} in C" in filled and "Use {instruction} braces" in filled
+def test_the_papers_table3_prompt_is_the_default(shared_data):
+    assert EvalConfig().relevance_prompt == "table3"
+    table3 = load_template(template_path("table3", shared_data))
+    filled = fill(table3, "Name a fruit.", "Apple.")
+    assert "[Task]: Name a fruit.\n**\n[Submission]: Apple.\n**" in filled
+    assert filled.endswith("Does the submission meet the criterion? Print 0 or 1. Do not output anything else.\n")
+    assert "%%%" not in filled
+
+
+def test_templates(tmp_path, shared_data):
+    template = load_template(template_path("ours", shared_data))
+    assert template_path("ours", shared_data) == OUR_TEMPLATE and template_path("x.txt", shared_data).name == "x.txt"
+    filled = fill(template, "Explain {response} and %%%SUBMISSION%%% in C", "Use {instruction} braces")
+    assert "Explain {response} and %%%SUBMISSION%%% in C" in filled and "Use {instruction} braces" in filled
     own = tmp_path / "mine.txt"
-    own.write_text("Q: {instruction}\nIs it relevant? 0/1")
-    with pytest.raises(InputError, match=r"mine.txt: the template lacks \{response\}"):
+    own.write_text("Q: {instruction}\nA: %%%SUBMISSION%%%\nIs it relevant? 0/1")  # two halves of two styles
+    with pytest.raises(InputError, match=r"mine.txt: the template needs \{instruction\} and \{response\}, or "
+                                         r"%%%TASK%%% and %%%SUBMISSION%%%"):
         load_template(own)
     with pytest.raises(InputError, match="no such relevance prompt template"):
         load_template(tmp_path / "none.txt")
@@ -48,7 +60,7 @@ def test_judge_reads_the_verdicts():
 
 
 def test_smollm2_as_judge(smollm2):
-    judge = RelevanceJudge(smollm2, load_template(), max_new_tokens=6, batch_size=2)
+    judge = RelevanceJudge(smollm2, load_template(OUR_TEMPLATE), max_new_tokens=6, batch_size=2)
     item = EvalItem("s", "en", "1", ({"role": "user", "content": "What is the capital of France?"},), "en")
     results = judge.score([item, item], ["The capital of France is Paris.", "Bananas are yellow."])
     for r in results:

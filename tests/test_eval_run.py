@@ -80,6 +80,7 @@ def test_another_model_or_other_settings_are_refused_before_work(tmp_path, confi
     ({"dictionary_dir": "/nonexistent"}, "missing Hunspell dictionary"),
     ({"metrics": ("language", "fluency")}, "unknown metrics"),
     ({"metrics": ("relevance",)}, "needs --relevance_judge"),
+    ({"metrics": ("relevance",), "relevance_prompt": "/nonexistent.txt"}, "no such relevance prompt template"),
     ({"metrics": ("judge",)}, "needs --judge_model"),
 ])
 def test_bad_input_fails_before_anything_is_written(tmp_path, config, change, message):
@@ -103,6 +104,40 @@ def test_modifier_fulfilment_by_type(tmp_path, shared_data):
     assert fulfilled["lang"]["mean"] == 0.0 and fulfilled["lang"]["n"] == 100  # echoed English, asked fr/pt/ru
     assert fulfilled["all"]["n"] == 112
     assert "| scripted | num_items | 100.0 (12) |" in written["markdown"].read_text()
+
+
+def test_answer_in_x_modifiers_take_x_as_the_right_language(tmp_path, shared_data, monkeypatch):
+    """`lang_fr` on an English prompt: a French answer is in the right language for the surface metrics and
+    for the judge's wrong-language rule (decided by language identification, since the judge compares with
+    the prompt's language: it gives Language 1 star to every answer here); an English answer is not."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    french = "La capitale de la France est Paris, une très belle ville au bord de la Seine."
+    english = "The capital of France is Paris, a very beautiful city on the river Seine."
+    with FakeOpenAI(lambda prompt, attempt: (200, GOOD.replace('"Language": 3', '"Language": 1'))) as server:
+        results = {}
+        for name, reply in (("french", french), ("english", english)):
+            config = EvalConfig(eval_sets=("chirkova_modifiers",), languages=("en",), subset=("lang_fr",), limit=2,
+                                metrics=("language", "spelling", "modifiers", "judge"), judge_model="gpt-3.5-turbo",
+                                judge_base_url=server.base_url, data_dir=str(shared_data))
+            written = evaluate_model(ScriptedModel(name=name, reply=lambda text, r=reply: r), tmp_path / name, config)
+            results[name] = {(r["scorer"], r["id"]): r for r in rows(written["item_scores"])}
+    for (scorer, _), row in results["french"].items():
+        assert row["modifier"] == "lang_fr"
+        if scorer == "language":
+            assert row["scores"] == {"language_correct": 1.0} and row["details"]["detected"] == "fr"
+        elif scorer == "spelling":
+            assert row["scores"]["spelling"] == 1.0  # checked with the French dictionary
+        elif scorer == "modifiers":
+            assert row["scores"] == {"fulfilled": 1.0}
+        else:  # the judge's Language (vs the prompt's English) is left out; the rest counts
+            assert set(row["scores"]) == {f"judge_{c}" for c in ("fluency", "helpfulness", "accuracy",
+                                                                 "logical_coherence", "harmlessness")}
+            assert row["details"]["detected"] == "fr" and row["details"]["stars"]["language"] == 1
+    english_rows = results["english"].values()
+    assert {r["scorer"]: r["scores"] for r in english_rows if r["scorer"] in ("language", "modifiers", "judge")} == {
+        "language": {"language_correct": 0.0}, "modifiers": {"fulfilled": 0.0}, "judge": {}}
+    assert all(r["scores"] == {} for r in english_rows if r["scorer"] == "spelling")  # wrong language: left out
 
 
 def test_judge_errors_are_recorded_then_retried(tmp_path, config, monkeypatch):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from xlit_jax.errors import InputError
-from xlit_jax.evaluate.instructions.judge import CRITERIA
+from xlit_jax.evaluate.instructions.judge import CRITERIA, reported_scores
 from xlit_jax.study import human_eval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,26 +44,28 @@ def eval_dirs(tmp_path) -> list[Path]:
                                     "decoding": {}})
                 stars = judge_stars_of(model, language, item)
                 scores.append({"model": model, "set": "chirkova", "language": language, "id": item, "scorer": "judge",
-                               "modifier": None, "scores": {}, "details": {"stars": stars}})
+                               "modifier": None, "scores": reported_scores({c: s - 1 for c, s in stars.items()}),
+                               "details": {"stars": stars}})
         (out / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in generations))
         (out / "item_scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scores))
         dirs.append(out)
     return dirs
 
 
-def _fill(sheet: Path, annotator: str, stars_for) -> Path:
-    """A filled copy of a CSV sheet: stars_for(key_row) gives each item's stars."""
+def _fill(sheet: Path, annotator: str, scores_for) -> Path:
+    """A filled copy of a CSV sheet: scores_for(key_row) gives each item's scores (0-2)."""
     key = human_eval.read_key(sheet.parent / "key.jsonl")
     rows = list(csv.DictReader(sheet.open(encoding="utf-8")))
     for row in rows:
-        row.update(stars_for(key[row["item"]]), annotator=annotator)
+        row.update(scores_for(key[row["item"]]), annotator=annotator)
     filled = sheet.with_name(f"ratings.{annotator}.{sheet.name}")
     filled.write_text(human_eval.csv_text(rows), encoding="utf-8")
     return filled
 
 
 def _judge_like(key_row: dict) -> dict:
-    return {c: str(s) for c, s in judge_stars_of(key_row["model"], key_row["language"], key_row["id"]).items()}
+    """The judge's stars on the human scale (stars minus one)."""
+    return {c: str(s - 1) for c, s in judge_stars_of(key_row["model"], key_row["language"], key_row["id"]).items()}
 
 
 def test_export_is_blinded_shuffled_and_keyed(eval_dirs, tmp_path, shared_data):
@@ -90,10 +92,10 @@ def test_import_unblinds_and_agrees_with_the_judge(eval_dirs, tmp_path):
     written = human_eval.export(eval_dirs, tmp_path / "sheets")
     perfect = _fill(written["fr.csv"], "anna", _judge_like)
 
-    def one_off(key_row):  # every fluency rating one star away from the judge's, others equal
-        stars = _judge_like(key_row)
-        stars["fluency"] = str(2 if stars["fluency"] != "2" else 3)
-        return stars
+    def one_off(key_row):  # every fluency rating one point away from the judge's, others equal
+        scores = _judge_like(key_row)
+        scores["fluency"] = str(1 if scores["fluency"] != "1" else 2)
+        return scores
 
     off = _fill(written["fr.csv"], "ben", one_off)
     results = human_eval.import_sheets([perfect, off], written["key"], tmp_path / "results")
@@ -113,18 +115,49 @@ def test_import_unblinds_and_agrees_with_the_judge(eval_dirs, tmp_path):
 
 
 def test_weighted_kappa_by_hand():
-    # observed: (1,1) .25, (1,2) .25, (2,2) .5; expected disagreement .25 -> 1 - .125 / .25
-    assert human_eval.weighted_kappa([1, 1, 2, 2], [1, 2, 2, 2]) == pytest.approx(0.5)
+    # observed: (0,0) .25, (0,1) .25, (1,1) .5; expected disagreement .25 -> 1 - .125 / .25
+    assert human_eval.weighted_kappa([0, 0, 1, 1], [0, 1, 1, 1]) == pytest.approx(0.5)
     # reversed: observed disagreement (1 + 0 + 1) / 3, expected (uniform margins) 4 / 9 -> 1 - 1.5
-    assert human_eval.weighted_kappa([1, 2, 3], [3, 2, 1]) == pytest.approx(-0.5)
+    assert human_eval.weighted_kappa([0, 1, 2], [2, 1, 0]) == pytest.approx(-0.5)
+
+
+def test_means_apply_the_wrong_language_rule_to_humans_and_judge(eval_dirs, tmp_path):
+    written = human_eval.export(eval_dirs, tmp_path / "sheets", languages=["fr"])
+
+    def rated(key_row):  # helpfulness 2 everywhere; item 0's responses rated in the wrong language
+        scores = {c: "2" for c in CRITERIA}
+        return scores | ({"language": "0", "helpfulness": "0"} if key_row["id"] == "0" else {})
+
+    results = human_eval.import_sheets([_fill(written["fr.csv"], "anna", rated)], written["key"], tmp_path / "r")
+    text = results["markdown"].read_text()
+    judge = [judge_stars_of("model-a", "fr", i) for i in IDS]
+    judge_help = [stars["helpfulness"] - 1 for stars in judge if stars["language"] > 1]  # 1 star: wrong language
+    assert len(judge_help) == 4
+    assert f"| model-a | non-en | helpfulness | 2.00 | 5 | {sum(judge_help) / 4:.2f} | 4 |" in text
+    assert "| model-a | non-en | language | 1.67 | 6 |" in text  # 5 x 2 + 0, over all 6
+
+
+def test_export_takes_an_ids_file_and_the_default_model_on_the_rest(eval_dirs, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# the task-balanced sample\n3\n1  # twice\n1\n")
+    written = human_eval.export(eval_dirs, tmp_path / "sheets", languages=["en"], ids_file=ids,
+                                all_items_model="model-b")
+    key = human_eval.read_key(written["key"])
+    assert sorted((k["model"], k["id"]) for k in key.values()) == sorted(
+        [("model-a", "1"), ("model-a", "3")] + [("model-b", i) for i in IDS])
+    ids.write_text("1\n99\n")
+    with pytest.raises(InputError, match=r"ids.txt: id '99' was not answered by every model"):
+        human_eval.export(eval_dirs, tmp_path / "sheets", ids_file=ids)
+    with pytest.raises(InputError, match="all_items_model 'model-c' is none of the models"):
+        human_eval.export(eval_dirs, tmp_path / "sheets", all_items_model="model-c")
 
 
 @pytest.mark.parametrize("change, message", [
     # each record spans two lines (the instruction has a newline): record k starts on line 2 + 2k
     (lambda rows: rows[1].update(item="fr-9999"), r"sheet.csv:4: unknown item 'fr-9999'"),
     (lambda rows: rows[0].update(fluency=""), r"sheet.csv:2: fluency: no score"),
-    (lambda rows: rows[2].update(accuracy="4"), r"sheet.csv:6: accuracy: '4' is not 1, 2 or 3 stars"),
-    (lambda rows: rows[2].update(harmlessness="2.5"), r"sheet.csv:6: harmlessness: '2.5' is not 1, 2 or 3"),
+    (lambda rows: rows[2].update(accuracy="3"), r"sheet.csv:6: accuracy: '3' is not 0, 1 or 2"),
+    (lambda rows: rows[2].update(harmlessness="1.5"), r"sheet.csv:6: harmlessness: '1.5' is not 0, 1 or 2"),
     (lambda rows: rows.append(dict(rows[0])),
      r"sheet.csv:\d+: item 'fr-0001' rated twice by 'anna' \(first at line 2\)"),
 ])
@@ -143,7 +176,7 @@ def test_bad_sheets_name_file_and_line(eval_dirs, tmp_path, change, message):
 def test_line_numbers_count_multiline_fields(eval_dirs, tmp_path):
     written = human_eval.export(eval_dirs, tmp_path / "sheets", languages=["fr"])
     rows = list(csv.DictReader(_fill(written["fr.csv"], "anna", _judge_like).open(encoding="utf-8")))
-    rows[1]["fluency"] = "0"
+    rows[1]["fluency"] = "3"  # off the 0-2 scale
     bad = tmp_path / "sheet.csv"
     bad.write_text(human_eval.csv_text(rows), encoding="utf-8")
     text = bad.read_text()

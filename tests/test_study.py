@@ -229,3 +229,33 @@ def test_every_cell_of_the_shipped_studies_has_a_valid_training_config(study_nam
             config = module.get_config(arg) if arg else module.get_config()
             assert config.data.name == cell.data and (config.lora.rank > 0) == (cell.method == "lora")
             assert config.optim.lr == float(cell.lr), cell.name
+
+
+def test_paired_bootstrap_over_items_sees_what_unpaired_intervals_miss():
+    rng = np.random.default_rng(0)
+    a = rng.random(100) < 0.5
+    b = a.copy()
+    b[np.flatnonzero(~a)[:10]] = True  # the same items, ten answered better
+    before = {("fr", str(i)): float(v) for i, v in enumerate(a)}
+    after = {("fr", str(i)): float(v) for i, v in enumerate(b)} | {("fr", "extra"): 1.0}  # one item only in b
+    difference, low, high, n = report.paired_difference(before, after)
+    assert (difference, n) == (pytest.approx(0.1), 100)
+    assert 0.03 < low < 0.1 < high < 0.17  # excludes 0 ...
+    assert report.bootstrap_interval(b.astype(float))[0] < report.bootstrap_interval(a.astype(float))[1]  # ... overlap
+    assert report.paired_difference(before, {}) [3] == 0
+
+
+def test_report_compares_each_cell_with_its_baseline_and_the_next_lower_learning_rate(tmp_path):
+    from configs.studies import smollm2_mini
+
+    cells = grid.expand(smollm2_mini.get_config())
+    pairs = {(c.name, r.name) for c, r in report.comparisons(cells)}
+    assert ("smollm2-135m.lima-en.ft.lr1e-3", "smollm2-135m.lima-en.ft.lr1e-4") in pairs
+    assert ("smollm2-135m.lima-en.lora.lr1e-5", "smollm2-135m.base") in pairs
+    assert len(pairs) == 6 + 4  # every trained cell vs the baseline; each lr above the lowest vs the one below
+    _synthetic_study(tmp_path, cells, np.random.default_rng(1), n=20)
+    written = report.write(cells, tmp_path, "mini")
+    rows = list(csv.DictReader(written["differences"].open()))
+    assert len(rows) == 10 * 2 * 2  # pairs x (language_correct, judge_helpfulness) x (en, non-en)
+    assert {r["n"] for r in rows if r["language"] == "non-en"} == {"60"}
+    assert "## Differences between cells (paired bootstrap over items)" in written["markdown"].read_text()

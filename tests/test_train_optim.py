@@ -62,3 +62,15 @@ def test_clipping_bounds_the_gradient_norm_before_adam():
     _, ref_state = reference.update({"w": jnp.array([0.6, 0.8])}, ref_state, params)
     ref_updates, _ = reference.update({"w": jnp.array([0.0, 1.0])}, ref_state, params)
     np.testing.assert_allclose(updates["w"], ref_updates["w"], rtol=1e-6)
+
+
+def test_the_paper_grid_uses_the_papers_schedule_and_the_released_one_is_one_flag_away():
+    from configs.experiments import paper
+    from xlit_jax.train.loop import make_optimizer
+
+    cfg = paper.get_config("llama2-7b,dolly-en,lora,1e-4")
+    schedule, _ = make_optimizer(cfg)  # the paper's text: inverse square root, no warm-up
+    np.testing.assert_allclose(values(schedule, [0, 3, 99]), [1e-4, 5e-5, 1e-5], rtol=1e-6)
+    cfg.optim.schedule = "linear"  # --config.optim.schedule=linear: the released code's decay to lr / 10
+    schedule, _ = make_optimizer(cfg)
+    np.testing.assert_allclose(values(schedule, [0, 999]), [1e-4 - 9e-5 / 1000, 1e-5], rtol=1e-6)

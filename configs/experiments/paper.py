@@ -5,8 +5,13 @@ dolly-dt} x {ft, lora} x lr {1e-6, 1e-5, 1e-4}, chosen by a config argument:
       --config.model.source=/path/to/Llama-2-7b-hf
 
 Recipe (the paper and its released configs, naver/pasero): 1000 updates of 4 micro-batches of ~4k tokens
-(2 x 2048), Adam (0.9, 0.95), weight decay 0.1, min_lr = lr / 10, bf16 compute, loss on responses only;
-LoRA rank 16 (xlit_jax/models/config.py has the LoRA defaults and their sources).
+(2 x 2048), Adam (0.9, 0.95), weight decay 0.1, bf16 compute, loss on responses only; LoRA rank 16
+(xlit_jax/models/config.py has the LoRA defaults and their sources).
+
+Schedule: the paper's text ("Adam optimizer with standard inverse square root LR schedule and without
+warm up", its Appendix) by default, lr / sqrt(n). The released code's schedule (naver/pasero: warm-up 0
+means a linear decay from lr to min_lr = lr / 10 over the run) is one flag away:
+  --config.optim.schedule=linear
 """
 
 from configs.experiments.base import base_config, with_lora, with_model
@@ -38,8 +43,13 @@ def get_config(arg: str | None = None):
             raise ValueError(f"paper.py: {what} {value!r} is not one of {list(allowed)}")
     c = with_model(base_config(), model, remat="full")  # full remat: 7B and 13B activations
     c.data.update(name=data, sources=DATASETS[data], mixing="uniform" if data == "dolly-dt" else "none")
-    c.optim.update(lr=float(lr), min_lr=float(lr) / 10)
+    # min_lr (the released configs': a tenth of lr) is used by the linear schedule only.
+    c.optim.update(schedule="inverse_sqrt", warmup_steps=0, lr=float(lr), min_lr=float(lr) / 10)
+    # clip_norm 1.0 (base config): the paper is silent; pasero's default (config.py `clip_norm`, not set in
+    # the released YAMLs).
     if method == "lora":
+        # Rank 16: the paper and the released LoRA config (lora_rank: 16); alpha, dropout and targets: the
+        # defaults of xlit_jax/models/config.py, with their sources (the released code's alpha is 8).
         return with_lora(c)
     c.train.export_hf = True
     return c

@@ -107,8 +107,9 @@ def _modifier_table(rows: list[dict], eval_set: str, metric: str) -> str:
 def markdown(rows: list[dict]) -> str:
     parts = ["# Evaluation scores", "",
              "Cells: mean (responses scored). language_correct, spelling, relevance and modifier "
-             "fulfilment in %; judge criteria on 0-2, responses the judge found in the wrong language "
-             "left out of every criterion but language."]
+             "fulfilment in %; judge criteria on 0-2, responses in the wrong language (by the judge's "
+             "Language; for an answer asked in another language, by language identification) left out of every "
+             "criterion but language."]
     table = benchmark_markdown(rows)
     if table:
         parts += ["", "## Benchmarks (lm-evaluation-harness 0.4 scoring)", "", table]

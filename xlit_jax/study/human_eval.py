@@ -1,19 +1,24 @@
 """Human evaluation, as in the paper: annotators rate (instruction, response) pairs on the judge's 6
-criteria with 1-3 stars, without knowing which model wrote the response; their ratings are compared with
-the GPT judge's and with each other's.
+criteria on the guidelines' scale 0 / 1 / 2, without knowing which model wrote the response; their
+ratings are compared with the GPT judge's (its 1-3 stars minus one) and with each other's.
 
-export: from evaluated out_dirs (one model each), a seeded subset of instructions (the same ids in every
-language), one shuffled, blinded sheet per language as CSV and as a self-contained HTML page that works
-offline and saves the ratings back to CSV; key.jsonl (kept from annotators) maps sheet items back.
+export: from evaluated out_dirs (one model each), the instructions to rate (the same ids in every
+language): those of an ids file (e.g. the paper's 30 task-balanced ones, which the released data does not
+label: the user chooses them), or a seeded sample, or all; optionally one model's responses to every
+other instruction too (the paper's default model). One shuffled, blinded sheet per language as CSV and as
+a self-contained HTML page that works offline and saves the ratings back to CSV; key.jsonl (kept from
+annotators) maps sheet items back.
 import: validates every row of the filled CSVs, unblinds them, and writes human_scores.jsonl and
 agreement.md/.csv: per criterion exact agreement, Cohen's linearly weighted kappa and Spearman's rho
-between human and judge (its stars from item_scores.jsonl) and between annotators.
+between human and judge (from item_scores.jsonl) and between annotators, and mean scores per model with
+the paper's wrong-language rule applied to both.
 """
 
 from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import hashlib
 import html
 import io
@@ -26,7 +31,7 @@ import numpy as np
 
 from xlit_jax.errors import InputError
 from xlit_jax.evaluate.instructions.evalsets import CHIRKOVA_DIR, instruction_text
-from xlit_jax.evaluate.instructions.judge import CRITERIA
+from xlit_jax.evaluate.instructions.judge import CRITERIA, kept_criteria
 from xlit_jax.evaluate.instructions.run import GENERATIONS_FILE
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
 from xlit_jax.evaluate.report import markdown_table
@@ -36,7 +41,7 @@ from xlit_jax.io.files import atomic_write_text, read_jsonl
 KEY_FILE = "key.jsonl"
 # "lang" is the item's language; "language" is the criterion (is the response in the instruction's language?).
 SHEET_FIELDS = ("item", "lang", "instruction", "response", *CRITERIA, "comment", "annotator")
-STARS = (1, 2, 3)
+SCALE = (0, 1, 2)  # the guidelines' (evaluation_instruction.txt); the judge's stars are 1-3, one more
 GUIDELINES_FILE = "evaluation_instruction.txt"
 PAGE_TEMPLATE = Path(__file__).with_name("human_eval.html")
 
@@ -71,14 +76,28 @@ def page(items: list[dict], language: str, guidelines: str) -> str:
     """The sheet as one HTML page: everything inline, the items as JSON, no network."""
     digest = hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]  # names the browser's saved state
     data = json.dumps({"sheet": f"{language}-{digest}", "language": language, "criteria": CRITERIA,
-                       "fields": SHEET_FIELDS, "items": items}, ensure_ascii=False).replace("</", "<\\/")
+                       "scale": SCALE, "fields": SHEET_FIELDS, "items": items}, ensure_ascii=False).replace("</", "<\\/")
     return (PAGE_TEMPLATE.read_text(encoding="utf-8").replace("{{LANGUAGE}}", html.escape(language))
             .replace("{{GUIDELINES}}", html.escape(guidelines)).replace("{{DATA}}", data))
 
 
+def read_ids(path: Path) -> list[str]:
+    """Item ids, one a line (e.g. `0007`, as in generations.jsonl); blank lines and `#` comments ignored."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such ids file") from None
+    ids = [line.split("#")[0].strip() for line in lines]
+    return list(dict.fromkeys(i for i in ids if i))
+
+
 def export(eval_dirs: list[Path], out_dir: Path, languages: list[str] | None = None, limit: int | None = None,
-           seed: int = 0, eval_set: str = "chirkova", data_dir: Path | None = None) -> dict[str, Path]:
-    """Write sheet.LANG.csv, sheet.LANG.html per language and key.jsonl; returns the files."""
+           seed: int = 0, eval_set: str = "chirkova", data_dir: Path | None = None, ids_file: Path | None = None,
+           all_items_model: str | None = None) -> dict[str, Path]:
+    """Write sheet.LANG.csv, sheet.LANG.html per language and key.jsonl; returns the files.
+
+    The rated instructions: those in `ids_file`, else a `seed`ed sample of `limit`, else all answered by
+    every model in every language. `all_items_model` adds that model's responses to all the others."""
     rows, owner = [], {}
     for eval_dir in eval_dirs:
         for row in _generations(Path(eval_dir), eval_set):
@@ -92,14 +111,23 @@ def export(eval_dirs: list[Path], out_dir: Path, languages: list[str] | None = N
         raise InputError(f"no {eval_set} instruction was answered by every model in every language "
                          f"({', '.join(languages)})")
     rng = random.Random(seed)
-    if limit is not None and limit < len(ids):
+    if ids_file is not None:
+        wanted = read_ids(ids_file)
+        missing = [i for i in wanted if i not in ids]
+        if missing:
+            raise InputError(f"{ids_file}: id {missing[0]!r} was not answered by every model in every language "
+                             f"({len(missing)} of {len(wanted)} ids)")
+        ids = wanted
+    elif limit is not None and limit < len(ids):
         ids = rng.sample(ids, limit)
     chosen = set(ids)
+    if all_items_model is not None and all_items_model not in models:
+        raise InputError(f"all_items_model {all_items_model!r} is none of the models: {', '.join(models)}")
     guidelines_path = (data_dir or Path()) / CHIRKOVA_DIR / GUIDELINES_FILE
     guidelines = guidelines_path.read_text(encoding="utf-8") if data_dir and guidelines_path.is_file() else ""
     written, key = {}, []
     for language in languages:
-        mine = [r for r in rows if r["language"] == language and r["id"] in chosen]
+        mine = [r for r in rows if r["language"] == language and (r["id"] in chosen or r["model"] == all_items_model)]
         rng.shuffle(mine)
         items = []
         for number, row in enumerate(mine, 1):
@@ -117,17 +145,17 @@ def export(eval_dirs: list[Path], out_dir: Path, languages: list[str] | None = N
     return written
 
 
-def _stars(value: str, where: str, criterion: str) -> int:
+def _score(value: str, where: str, criterion: str) -> int:
     text = (value or "").strip()
     if not text:
-        raise InputError(f"{where}: {criterion}: no score (give 1, 2 or 3 stars)")
-    if text not in {str(s) for s in STARS}:
-        raise InputError(f"{where}: {criterion}: {text!r} is not 1, 2 or 3 stars")
+        raise InputError(f"{where}: {criterion}: no score (give 0, 1 or 2)")
+    if text not in {str(s) for s in SCALE}:
+        raise InputError(f"{where}: {criterion}: {text!r} is not 0, 1 or 2")
     return int(text)
 
 
 def read_sheet(path: Path, key: dict[str, dict]) -> list[dict]:
-    """The rows of one filled sheet, each checked, unblinded ({annotator, item, model, ..., stars})."""
+    """The rows of one filled sheet, each checked, unblinded ({annotator, item, model, ..., scores 0-2})."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -149,8 +177,8 @@ def read_sheet(path: Path, key: dict[str, dict]) -> list[dict]:
             raise InputError(f"{where}: item {item!r} rated twice by {annotator!r} (first at line "
                              f"{first_seen[(annotator, item)]})")
         first_seen[(annotator, item)] = start
-        stars = {c: _stars(record.get(c), where, c) for c in CRITERIA}
-        rows.append({"annotator": annotator, **key[item], "stars": stars})
+        scores = {c: _score(record.get(c), where, c) for c in CRITERIA}
+        rows.append({"annotator": annotator, **key[item], "scores": scores})
     return rows
 
 
@@ -158,20 +186,28 @@ def read_key(path: Path) -> dict[str, dict]:
     return {row["item"]: row for _, row in read_jsonl(path)}
 
 
-def judge_stars(eval_dirs) -> dict[tuple, dict[str, int]]:
-    """{(model, set, language, id): stars} from the judge's scores in the evaluated out_dirs."""
-    stars = {}
+@dataclasses.dataclass(frozen=True)
+class Judged:
+    """The judge on one response: every criterion on 0-2, and those its wrong-language rule keeps."""
+    scores: dict[str, int]
+    reported: dict[str, float]
+
+
+def judged(eval_dirs) -> dict[tuple, Judged]:
+    """{(model, set, language, id): Judged} from the judge's scores in the evaluated out_dirs."""
+    found = {}
     for eval_dir in eval_dirs:
         path = Path(eval_dir) / ITEM_SCORES_FILE
         if path.is_file():
             for row in read_item_scores(path):
                 if row["scorer"] == "judge" and "error" not in row:
-                    stars[_item_key(row)] = row["details"]["stars"]
-    return stars
+                    found[_item_key(row)] = Judged({c: s - 1 for c, s in row["details"]["stars"].items()},
+                                                   row["scores"])
+    return found
 
 
-def weighted_kappa(a, b, categories=STARS) -> float:
-    """Cohen's kappa with linear weights (disagreeing by 2 stars costs twice disagreeing by 1)."""
+def weighted_kappa(a, b, categories=SCALE) -> float:
+    """Cohen's kappa with linear weights (disagreeing by 2 costs twice disagreeing by 1)."""
     k = len(categories)
     index = {c: i for i, c in enumerate(categories)}
     observed = np.zeros((k, k))
@@ -197,12 +233,13 @@ def _pairs(rows_a: dict, rows_b: dict, criterion: str) -> tuple[list[int], list[
     return [rows_a[k][criterion] for k in common], [rows_b[k][criterion] for k in common]
 
 
-def agreements(human: list[dict], judge: dict[tuple, dict]) -> list[dict]:
+def agreements(human: list[dict], judge: dict[tuple, Judged]) -> list[dict]:
     """Rows (who, criterion, n, exact_pct, kappa_w, spearman): each annotator and all vs the judge, then
-    each pair of annotators."""
+    each pair of annotators; every criterion of every rated response (no wrong-language rule)."""
+    judge = {key: j.scores for key, j in judge.items()}
     by_annotator = collections.defaultdict(dict)
     for row in human:
-        by_annotator[row["annotator"]][_item_key(row)] = row["stars"]
+        by_annotator[row["annotator"]][_item_key(row)] = row["scores"]
     result = []
     for annotator, rated in [*by_annotator.items()] + ([("all annotators", None)] if len(by_annotator) > 1 else []):
         for criterion in CRITERIA:
@@ -221,21 +258,23 @@ def agreements(human: list[dict], judge: dict[tuple, dict]) -> list[dict]:
     return result
 
 
-def mean_scores(human: list[dict], judge: dict[tuple, dict]) -> list[dict]:
+def mean_scores(human: list[dict], judge: dict[tuple, Judged]) -> list[dict]:
     """Per model and language group, the mean human and judge score (0-2) of each criterion on the rated items
-    (the paper's Fig. 3: human left, GPT right)."""
+    (the paper's Fig. 3: human left, GPT right). Both apply the paper's rule: a response rated in the wrong
+    language (0) counts only for language, by the annotator's rating or by the judge's (as its reports)."""
     sums = collections.defaultdict(lambda: [0.0, 0, 0.0, 0])
     for row in human:
         group = "en" if row["language"] == "en" else "non-en"
-        judged = judge.get(_item_key(row))
-        for criterion in CRITERIA:
+        judge_kept = judge[_item_key(row)].reported if _item_key(row) in judge else {}
+        for criterion in kept_criteria(row["scores"]["language"] > 0):
             cell = sums[(row["model"], group, criterion)]
-            cell[0] += row["stars"][criterion] - 1
+            cell[0] += row["scores"][criterion]
             cell[1] += 1
-            if judged:
-                cell[2] += judged[criterion] - 1
-                cell[3] += 1
-    return [{"model": m, "group": g, "criterion": c, "human": h / n, "n_human": n,
+        for name, value in judge_kept.items():
+            cell = sums[(row["model"], group, name.removeprefix("judge_"))]
+            cell[2] += value
+            cell[3] += 1
+    return [{"model": m, "group": g, "criterion": c, "human": (h / n) if n else float("nan"), "n_human": n,
              "judge": (j / nj) if nj else float("nan"), "n_judge": nj}
             for (m, g, c), (h, n, j, nj) in sorted(sums.items())]
 
@@ -251,7 +290,7 @@ def import_sheets(sheets: list[Path], key_path: Path, out_dir: Path) -> dict[str
     human = [row for sheet in sheets for row in read_sheet(Path(sheet), key)]
     if not human:
         raise InputError(f"no ratings in {', '.join(str(s) for s in sheets)}")
-    judge = judge_stars(dict.fromkeys(row["eval_dir"] for row in key.values()))
+    judge = judged(dict.fromkeys(row["eval_dir"] for row in key.values()))
     agreed = agreements(human, judge)
     means = mean_scores(human, judge)
     out = Path(out_dir)
@@ -263,7 +302,7 @@ def import_sheets(sheets: list[Path], key_path: Path, out_dir: Path) -> dict[str
     rated_by_judge = sum(1 for r in human if _item_key(r) in judge)
     means_table = markdown_table(
         ["model", "languages", "criterion", "human", "n", "judge", "n"],
-        [[m["model"], m["group"], m["criterion"], f"{m['human']:.2f}", str(m["n_human"]), _fmt(m["judge"]),
+        [[m["model"], m["group"], m["criterion"], _fmt(m["human"]), str(m["n_human"]), _fmt(m["judge"]),
           str(m["n_judge"])] for m in means])
     agreement_table = markdown_table(
         ["who", "criterion", "n", "exact %", "kappa_w", "spearman"],
@@ -271,9 +310,12 @@ def import_sheets(sheets: list[Path], key_path: Path, out_dir: Path) -> dict[str
          for a in agreed])
     lines = ["# Human evaluation", "",
              f"{len(human)} ratings by {len({r['annotator'] for r in human})} annotator(s); {rated_by_judge} of "
-             "them with a judge's score.", "", "## Mean scores (0-2) on the rated items", "", means_table, "",
-             "## Agreement", "", "Exact: % of items with the same stars; kappa_w: Cohen's kappa, linear weights; "
-             "Spearman's rho (n/a when one side gives a single value).", "",
+             "them with a judge's score.", "", "## Mean scores (0-2) on the rated items", "",
+             "A response rated in the wrong language (0) counts only for language: by the annotator's rating for "
+             "the human means, by the judge's rule for the judge's (n: the responses counted).", "", means_table,
+             "", "## Agreement", "", "Human scores 0-2 against the judge's stars minus one, on every rated response. "
+             "Exact: % of items with the same score; kappa_w: Cohen's kappa, linear weights; Spearman's rho "
+             "(n/a when one side gives a single value).", "",
              agreement_table if agreed else "No item has both a human and a judge score."]
     atomic_write_text(written["markdown"], "\n".join(lines) + "\n")
     return written

@@ -1,13 +1,16 @@
 """The paper's figures and tables from a study folder: every cell's per-response scores, aggregated with
-their n and a 95% percentile-bootstrap interval.
+their n and a 95% percentile-bootstrap interval; and differences between cells, which answer the same
+items, by a paired bootstrap over those items.
 
 - Fig. 2: each metric (surface metrics and the judge's criteria) against the learning rate, one line
   per data set and method, English and the other languages (pooled) apart; baselines as dashed lines.
 - Fig. 3: the judge's criteria by cell, English and the other languages apart.
 - Table 1: modifier fulfilment (and the judge's helpfulness) by modifier type.
 - Benchmarks: any other evaluation set, by language.
+- Differences: each trained cell against its model's baseline and against the next lower learning rate.
 
-Written to WORKDIR/report: summary.csv (every aggregate, also per language), report.md and PNGs.
+Written to WORKDIR/report: summary.csv (every aggregate, also per language), differences.csv, report.md
+and PNGs.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ FIG3_MAX_CELLS = 12  # more bars than this are unreadable: pick cells with the c
 FIELDS = ("cell", "model", "data", "method", "lr", "set", "language", "modifier", "metric", "mean", "ci_low",
           "ci_high", "n")
 MODIFIER_BLANK = ""  # the modifier column of aggregates over every item (xlit-eval's scores.csv writes "all")
+DIFFERENCE_FIELDS = ("cell", "against", "set", "language", "modifier", "metric", "difference", "ci_low", "ci_high",
+                     "n")
 
 
 @functools.lru_cache(maxsize=64)
@@ -78,30 +83,89 @@ class Stat:
                 "n": self.n}
 
 
-def cell_values(item_scores: Path) -> dict[tuple, list[float]]:
-    """{(set, language, modifier family or MODIFIER_BLANK, metric): [value per response]} of one cell."""
-    values = collections.defaultdict(list)
+def cell_values(item_scores: Path) -> dict[tuple, dict[tuple, float]]:
+    """{(set, language, modifier family or MODIFIER_BLANK, metric): {(language, id): value per response}} of one cell."""
+    values = collections.defaultdict(dict)
     for row in read_item_scores(item_scores):
         modifiers = (MODIFIER_BLANK,) + ((family(row["modifier"]),) if row.get("modifier") else ())
         for metric, value in row.get("scores", {}).items():
             for modifier in modifiers:
                 for language in (row["language"],) + ((OTHERS,) if row["language"] != ENGLISH else ()):
-                    values[(row["set"], language, modifier, metric)].append(value)
+                    values[(row["set"], language, modifier, metric)][(row["language"], row["id"])] = value
     return values
 
 
-def collect(cells: list[grid.Cell], workdir: Path) -> tuple[list[Stat], list[str]]:
-    """Stats of every evaluated cell, and the names of cells without scores yet."""
-    stats, missing = [], []
+def collect(cells: list[grid.Cell], workdir: Path) -> tuple[list[Stat], list[str], dict[str, dict]]:
+    """Stats of every evaluated cell, the names of cells without scores yet, and each evaluated cell's
+    values by item (cell_values)."""
+    stats, missing, by_cell = [], [], {}
     for cell in cells:
         path = grid.cell_paths(workdir, cell).eval / ITEM_SCORES_FILE
         if not path.is_file():
             missing.append(cell.name)
             continue
-        for (eval_set, language, modifier, metric), values in sorted(cell_values(path).items()):
+        by_cell[cell.name] = cell_values(path)
+        for (eval_set, language, modifier, metric), by_item in sorted(by_cell[cell.name].items()):
+            values = list(by_item.values())
             stats.append(Stat(cell.labels(), eval_set, language, modifier, metric, float(np.mean(values)),
                               *bootstrap_interval(values), len(values)))
-    return stats, missing
+    return stats, missing, by_cell
+
+
+def paired_difference(a: dict[tuple, float], b: dict[tuple, float]) -> tuple[float, float, float, int]:
+    """b - a over the items both scored: (mean difference, 95% percentile-bootstrap interval, items). The
+    items are resampled together, so what the cells share (an item's difficulty) cancels out."""
+    common = sorted(a.keys() & b.keys())
+    if not common:
+        return math.nan, math.nan, math.nan, 0
+    differences = np.array([b[k] - a[k] for k in common])
+    return (float(differences.mean()), *bootstrap_interval(differences), len(common))
+
+
+def comparisons(cells: list[grid.Cell]) -> list[tuple[grid.Cell, grid.Cell]]:
+    """(cell, reference) pairs: each trained cell against its model's baselines and against the same model,
+    data and method at the next lower learning rate."""
+    pairs = []
+    for cell in (c for c in cells if c.trains):
+        pairs += [(cell, base) for base in cells if not base.trains and base.model == cell.model]
+        lower = [c for c in cells if c.trains and (c.model, c.data, c.method) == (cell.model, cell.data, cell.method)
+                 and _lr_value(c.lr) < _lr_value(cell.lr)]
+        if lower:
+            pairs.append((cell, max(lower, key=lambda c: _lr_value(c.lr))))
+    return pairs
+
+
+def differences(cells: list[grid.Cell], by_cell: dict[str, dict]) -> list[dict]:
+    """Paired differences (cell - reference) on the main set, per metric, in English and fr/pt/ru."""
+    rows = []
+    for cell, reference in comparisons(cells):
+        if cell.name not in by_cell or reference.name not in by_cell:
+            continue
+        mine, theirs = by_cell[cell.name], by_cell[reference.name]
+        for metric in SURFACE_METRICS + JUDGE_METRICS:
+            for group in (ENGLISH, OTHERS):
+                key = (MAIN_SET, group, MODIFIER_BLANK, metric)
+                if key in mine and key in theirs:
+                    rows.append(dict(zip(DIFFERENCE_FIELDS, (cell.name, reference.name, *key,
+                                                             *paired_difference(theirs[key], mine[key])))))
+    return rows
+
+
+def difference_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    body = []
+    for r in rows:
+        k, digits = _scale(r["metric"]), 1 if r["metric"] in FRACTION_METRICS else 2
+        holds = "yes" if r["ci_low"] > 0 or r["ci_high"] < 0 else "no"
+        body.append([r["cell"], r["against"], r["metric"], "fr/pt/ru" if r["language"] == OTHERS else r["language"],
+                     f"{k * r['difference']:+.{digits}f} [{k * r['ci_low']:+.{digits}f}, {k * r['ci_high']:+.{digits}f}] "
+                     f"n={r['n']}", holds])
+    return ["## Differences between cells (paired bootstrap over items)", "",
+            "cell minus the cell it is compared with, on the items both scored (n), 95% percentile-bootstrap "
+            "interval of 1,000 resamples of those items; holds: the interval excludes 0. Percentage points for "
+            "fractions.", "", markdown_table(["cell", "against", "metric", "languages", "difference", "holds"], body),
+            ""]
 
 
 def to_csv(stats: list[Stat]) -> str:
@@ -269,8 +333,9 @@ def write(cells: list[grid.Cell], workdir: Path, study_name: str, fig3_patterns=
     """Aggregate every evaluated cell into WORKDIR/report; returns the files written. Fig. 3 shows the
     judged cells matching `fig3_patterns` (globs; default: all of them, if there are not too many)."""
     out = Path(workdir) / "report"
-    stats, missing = collect(cells, workdir)
-    written = {"csv": out / "summary.csv", "markdown": out / "report.md"}
+    stats, missing, by_cell = collect(cells, workdir)
+    diffs = differences(cells, by_cell)
+    written = {"csv": out / "summary.csv", "differences": out / "differences.csv", "markdown": out / "report.md"}
     figures = []
     for model in ordered(c.model for c in cells if c.trains):
         path = out / f"fig2_learning_rate.{model}.png"
@@ -294,7 +359,8 @@ def write(cells: list[grid.Cell], workdir: Path, study_name: str, fig3_patterns=
              "the wrong language left out of every criterion but language).", "", *notes]
     parts += [f"![{p.stem}]({p.name})" for p in figures] + [""]
     parts += ["## Main evaluation by metric (Fig. 2, Fig. 3)", ""] + metric_tables(stats, cells)
-    parts += modifier_table(stats, cells) + benchmark_table(stats)
+    parts += modifier_table(stats, cells) + benchmark_table(stats) + difference_table(diffs)
     atomic_write_text(written["csv"], to_csv(stats))
+    atomic_write_text(written["differences"], csv_text(diffs, DIFFERENCE_FIELDS))
     atomic_write_text(written["markdown"], "\n".join(parts).rstrip() + "\n")
     return written

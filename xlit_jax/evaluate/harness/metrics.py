@@ -1,6 +1,8 @@
-"""Metrics as lm-evaluation-harness 0.4 computes them: SQuAD-style exact match / F1 with MLQA's official
-per-language normalisation (XQuAD, MLQA), accuracy from log-likelihoods (MMLU), and BBH's exact match with
-the strict and the flexible extraction. Our code, written from the published definitions.
+"""Metrics as lm-evaluation-harness 0.4 computes them: exact match / F1 with SQuAD's English normalisation
+against the first gold answer (its XQuAD tasks, through transformers' squad_metrics) or with MLQA's official
+per-language normalisation, best over the gold answers (its MLQA tasks; an option for XQuAD), accuracy from
+log-likelihoods (MMLU), and BBH's exact match with the strict and the flexible extraction. Our code,
+written from the published definitions.
 """
 
 from __future__ import annotations
@@ -47,8 +49,7 @@ def exact_match(prediction: str, gold: str, language: str) -> float:
     return float(normalize_answer(prediction, language) == normalize_answer(gold, language))
 
 
-def f1(prediction: str, gold: str, language: str) -> float:
-    predicted, reference = normalize_answer(prediction, language).split(), normalize_answer(gold, language).split()
+def _token_f1(predicted: list[str], reference: list[str]) -> float:
     same = sum((collections.Counter(predicted) & collections.Counter(reference)).values())
     if same == 0:
         return 0.0
@@ -56,10 +57,29 @@ def f1(prediction: str, gold: str, language: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def f1(prediction: str, gold: str, language: str) -> float:
+    return _token_f1(normalize_answer(prediction, language).split(), normalize_answer(gold, language).split())
+
+
 def qa_scores(prediction: str, golds, language: str) -> dict[str, float]:
-    """Exact match and F1, each the best over the gold answers."""
+    """MLQA's: exact match and F1, each the best over the gold answers."""
     return {"exact_match": max(exact_match(prediction, g, language) for g in golds),
             "f1": max(f1(prediction, g, language) for g in golds)}
+
+
+def squad_normalize(text: str) -> str:
+    """SQuAD's normalisation, the same in every language: lower case, ASCII punctuation removed, the English
+    articles a/an/the removed, whitespace collapsed."""
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def squad_scores(prediction: str, gold: str) -> dict[str, float]:
+    """SQuAD's exact match and F1 against one gold answer (the harness's XQuAD: the first); when either side
+    normalises to nothing, F1 is whether both do."""
+    predicted, reference = squad_normalize(prediction).split(), squad_normalize(gold).split()
+    f1_score = float(predicted == reference) if not (predicted and reference) else _token_f1(predicted, reference)
+    return {"exact_match": float(predicted == reference), "f1": f1_score}
 
 
 def cut_at_stop(text: str, stops) -> str:

@@ -1,8 +1,8 @@
 """Score one model on XQuAD, MLQA, MMLU and BBH as lm-evaluation-harness 0.4 does, resumably.
 
-Generative benchmarks decode greedily (no repetition penalty) up to a modest per-benchmark token budget and
-cut the text at the first stop sequence, which is what the harness's `until` gives for any answer that
-ends within the budget. MMLU is scored by the log-likelihood of " A" ... " D" after the prompt. Each item
+Generative benchmarks decode greedily (no repetition penalty) up to the harness's token budget (256, its
+HF backend's `max_gen_toks`) and cut the text at the first stop sequence, which is what the harness's
+`until` gives. MMLU is scored by the log-likelihood of " A" ... " D" after the prompt. Each item
 is written to item_scores.jsonl as soon as its batch finishes, keyed like every other score of
 xlit-eval, so a rerun only does what is missing. Timing per benchmark and language goes to timings.jsonl.
 """
@@ -29,9 +29,12 @@ from xlit_jax.io.files import append_jsonl, atomic_write_text, resume_jsonl
 log = logging.getLogger(__name__)
 
 TIMINGS_FILE = "timings.jsonl"
-# Token budgets: enough for the answers these tasks want (the harness allows 256 and stops earlier).
-MAX_NEW_TOKENS = {"xquad": 32, "mlqa": 32, "bbh": 64}
+# lm-evaluation-harness 0.4's generate_until budget (HFLM max_gen_toks) when a task sets none, as XQuAD,
+# MLQA and BBH's zero-shot tasks do. A smaller one (--bench_max_new_tokens) cuts long answers short.
+HARNESS_MAX_NEW_TOKENS = 256
 STOPS = {"xquad": ("\n",), "mlqa": ("\n",), "bbh": ("</s>", "Q:", "<|im_end|>")}
+# XQuAD's scoring: squad (the harness's XQuAD tasks) or mlqa (MLQA's per-language rules, as its MLQA tasks).
+QA_NORMALIZATIONS = ("squad", "mlqa")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +46,8 @@ class BenchConfig:
     num_fewshot: int = 0  # MMLU examples, taken from each subject's first rows
     chat_template: bool = False  # wrap each prompt in the model's chat template
     native_labels: bool = False  # XQuAD/MLQA labels in the prompt's language instead of English
+    max_new_tokens: int = HARNESS_MAX_NEW_TOKENS  # XQuAD, MLQA, BBH
+    xquad_normalization: str = QA_NORMALIZATIONS[0]
     batch_size: int = 8
     data_dir: str | None = None
 
@@ -50,8 +55,11 @@ class BenchConfig:
         """What a stored row of `benchmark` must have been produced with to be reused."""
         if benchmark == "mmlu":
             return {"chat_template": self.chat_template, "num_fewshot": self.num_fewshot}
-        budget = {"chat_template": self.chat_template, "max_new_tokens": MAX_NEW_TOKENS[benchmark]}
-        return budget if benchmark == "bbh" else {**budget, "native_labels": self.native_labels}
+        budget = {"chat_template": self.chat_template, "max_new_tokens": self.max_new_tokens}
+        if benchmark == "bbh":
+            return budget
+        scoring = {"normalization": self.xquad_normalization} if benchmark == "xquad" else {}
+        return {**budget, "native_labels": self.native_labels, **scoring}
 
 
 def defects_csv(loaded) -> str:
@@ -71,6 +79,11 @@ class BenchmarkEvaluation:
             raise InputError("batch_size must be positive")
         if config.num_fewshot < 0:
             raise InputError("--num_fewshot must be 0 or more")
+        if config.max_new_tokens < 1:
+            raise InputError("--bench_max_new_tokens must be positive")
+        if config.xquad_normalization not in QA_NORMALIZATIONS:
+            raise InputError(f"--xquad_normalization: {config.xquad_normalization!r} is not one of "
+                             f"{', '.join(QA_NORMALIZATIONS)}")
         self.config, self.out_dir = config, Path(out_dir)
         self.loaded = load_benchmarks(config.benchmarks, config.languages, config.data_dir, config.limit,
                                       config.seed, config.num_fewshot, config.native_labels)
@@ -126,15 +139,16 @@ class BenchmarkEvaluation:
             append_jsonl(self.scores_path, rows)
             progress.update(len(rows))
 
-        model.generate_ids(ids, MAX_NEW_TOKENS[benchmark], 1.0, self.config.batch_size, on_batch=save)
+        model.generate_ids(ids, self.config.max_new_tokens, 1.0, self.config.batch_size, on_batch=save)
         progress.close()
         return {"prompt_tokens": sum(map(len, ids)), "new_tokens": new_tokens}
 
-    @staticmethod
-    def _score_text(item: BenchItem, text: str) -> dict:
+    def _score_text(self, item: BenchItem, text: str) -> dict:
         if item.benchmark == "bbh":
             return metrics.bbh_scores(text, item.gold[0], item.task, item.options,
                                       BBH_TARGET_ALIASES.get(item.language, {}))
+        if item.benchmark == "xquad" and self.config.xquad_normalization == "squad":
+            return metrics.squad_scores(text, item.gold[0])
         return metrics.qa_scores(text.strip(), item.gold, item.language)
 
     def _choose(self, model, model_name: str, items: list[BenchItem]) -> dict:

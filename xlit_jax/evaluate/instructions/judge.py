@@ -1,4 +1,6 @@
-"""The paper's LLM judge: a GPT-style chat model scores 6 criteria on 1-3 stars, reported as 0-2.
+"""The paper's LLM judge: a GPT-style chat model scores 6 criteria on 1-3 stars, reported as 0-2, a
+response in the wrong language counting only for language (for a lang_X modifier: not in X, by language
+identification).
 
 The prompt is the released template (`eval_prompt_gpt.txt`, placeholders %%%TASK%%% and
 %%%SUBMISSION%%%) or a user's file with the same placeholders. Any server speaking the OpenAI chat
@@ -92,10 +94,19 @@ def parse_judgement(answer: str) -> dict[str, int]:
     return scores
 
 
-def reported_scores(scores: dict[str, int]) -> dict[str, float]:
-    """As the paper reports them: a response in the wrong language (0) counts only for language."""
-    kept = CRITERIA if scores["language"] > 0 else ("language",)
-    return {f"judge_{c}": float(scores[c]) for c in kept}
+def kept_criteria(right_language: bool) -> tuple[str, ...]:
+    """The paper's rule: a response in the wrong language counts only for the language criterion."""
+    return CRITERIA if right_language else ("language",)
+
+
+def reported_scores(scores: dict[str, int], right_language: bool | None = None) -> dict[str, float]:
+    """The criteria (0-2) as the paper reports them. The judge's Language criterion (0: wrong) decides the
+    rule, unless the answer should be in another language than the prompt's (a lang_X modifier): then
+    `right_language` (language identification against X) decides, and Language, which the judge rates
+    against the prompt's language, is left out."""
+    if right_language is None:
+        return {f"judge_{c}": float(scores[c]) for c in kept_criteria(scores["language"] > 0)}
+    return {f"judge_{c}": float(scores[c]) for c in kept_criteria(right_language) if c != "language"}
 
 
 class OpenAIJudge:
@@ -104,7 +115,7 @@ class OpenAIJudge:
     name = "judge"
 
     def __init__(self, model: str, template: str, base_url: str | None = None, attempts: int = 3,
-                 workers: int = 4, timeout_s: float = 120.0):
+                 workers: int = 4, timeout_s: float = 120.0, lid=None):
         import openai
 
         api_key = os.environ.get("OPENAI_API_KEY")
@@ -118,6 +129,7 @@ class OpenAIJudge:
         self._template = template
         self._attempts = attempts
         self._workers = workers
+        self._lid = lid  # language identification, for items whose answer is asked in another language
         self.chunk_size = 4 * workers
 
     def applies(self, item) -> bool:
@@ -128,7 +140,7 @@ class OpenAIJudge:
             model=self._model, messages=[{"role": "user", "content": prompt}], temperature=0)
         return reply.choices[0].message.content or ""
 
-    def _one(self, item, response: str) -> dict:
+    def _one(self, item, response: str, detected: str | None) -> dict:
         prompt = self._template.replace(TASK, instruction_text(item.messages)).replace(SUBMISSION, response)
         problem = ""
         for _ in range(self._attempts):
@@ -148,9 +160,20 @@ class OpenAIJudge:
             except ValueError as e:
                 problem = f"{e}; answer: {answer[:ANSWER_SHOWN]!r}"
                 continue
-            return {"scores": reported_scores(stars), "details": {"stars": {c: s + 1 for c, s in stars.items()}}}
+            details = {"stars": {c: s + 1 for c, s in stars.items()}}
+            if item.expected_language == item.language:
+                return {"scores": reported_scores(stars), "details": details}
+            return {"scores": reported_scores(stars, detected == item.expected_language),
+                    "details": details | {"detected": detected}}
         return {"error": f"judge gave no usable answer in {self._attempts} attempts; last: {problem}"}
 
     def score(self, items, responses) -> list[dict]:
+        redirected = [i for i, it in enumerate(items) if it.expected_language != it.language]
+        detected = {}
+        if redirected:
+            if self._lid is None:
+                raise ValueError("items whose answer is asked in another language need the judge's `lid`")
+            found = self._lid.predict([responses[i] for i in redirected])
+            detected = {i: language for i, (language, _) in zip(redirected, found)}
         with ThreadPoolExecutor(self._workers) as pool:
-            return list(pool.map(self._one, items, responses))
+            return list(pool.map(self._one, items, responses, [detected.get(i) for i in range(len(items))]))

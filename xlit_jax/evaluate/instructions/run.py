@@ -56,7 +56,7 @@ class EvalConfig:
     dictionary_dir: str = str(DEFAULT_DICTIONARY_DIR)
     dictionaries: tuple[tuple[str, str], ...] = ()  # (language, Hunspell name) overrides, e.g. ("pt", "pt_BR")
     relevance_judge: str | None = None  # what xlit_jax.load takes, or a server's URL (no model object given)
-    relevance_prompt: str = str(relevance.DEFAULT_TEMPLATE)
+    relevance_prompt: str = relevance.PROMPTS[0]  # table3 (the paper's), ours, or a template file
     relevance_max_new_tokens: int = 48
     judge_model: str | None = None  # an OpenAI-API chat model name
     judge_base_url: str | None = None  # default: the openai client's (OPENAI_BASE_URL or api.openai.com)
@@ -82,7 +82,9 @@ def build_scorers(config: EvalConfig, items, data_dir: Path, relevance_model=Non
     languages = {it.expected_language for it in items}
     wanted = set(config.metrics)
     scorers = []
-    if wanted & NEEDS_LID:
+    lid = None
+    # The judge's wrong-language rule identifies the language where the answer is asked in another one.
+    if wanted & NEEDS_LID or ("judge" in wanted and any(it.expected_language != it.language for it in items)):
         lid = LanguageIdentifier(config.lid_model)
         lid.check_languages(languages)
     if "language" in wanted:
@@ -97,9 +99,9 @@ def build_scorers(config: EvalConfig, items, data_dir: Path, relevance_model=Non
             raise InputError("the judge metric needs --judge_model (an OpenAI-API chat model name)")
         template = judge.load_template(config.judge_prompt or judge.default_template_path(data_dir))
         scorers.append(judge.OpenAIJudge(config.judge_model, template, config.judge_base_url,
-                                         config.judge_attempts, config.judge_workers))
+                                         config.judge_attempts, config.judge_workers, lid=lid))
     if "relevance" in wanted:  # last: loading a judge model is the slowest check
-        template = relevance.load_template(config.relevance_prompt)
+        template = relevance.load_template(relevance.template_path(config.relevance_prompt, data_dir))
         if relevance_model is None:
             if not config.relevance_judge:
                 raise InputError("the relevance metric needs --relevance_judge (a chat model to load, or the "

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+PAPER_LORA_RANK = 16  # the paper's LoRA runs (configs/experiments/paper.py; docs/training.md)
+PAPER_LORA_ALPHA = 32.0  # the released configs' alpha (configs/experiments/base.py's lora section)
 REMAT_POLICIES = ("none", "full", "dots")
 ATTENTIONS = ("auto", "xla", "cudnn", "splash")  # see models/attention.py
 

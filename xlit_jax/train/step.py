@@ -170,7 +170,7 @@ class TrainStep:
     """A model's jitted train step on a mesh, with its optimizer and the layout of its state."""
 
     config: LlamaConfig
-    mesh: Any
+    mesh: jax.sharding.Mesh
     schedule: Callable
     tx: optax.GradientTransformation
     shardings: TrainState  # of every leaf of the state

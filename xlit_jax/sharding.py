@@ -65,12 +65,17 @@ def mesh_shape(data: int = 1, fsdp: int = -1, tensor: int = 1, num_devices: int 
     return tuple(sizes)
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all devices; JAX places `tensor` (the chattiest axis) on
-    neighbouring devices. Axis types are Auto, so shardings propagate through jit as GSPMD decides."""
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None, rows: int | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all); JAX places `tensor` (the chattiest axis) on
+    neighbouring devices. Axis types are Auto, so shardings propagate through jit as GSPMD decides. `rows`,
+    when given, is the rows of a micro-batch, which the batch shards must divide."""
     devices = jax.devices() if devices is None else devices
     shape = mesh_shape(data, fsdp, tensor, len(devices))
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+    mesh = jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+    if rows is not None and rows % batch_shards(mesh):
+        raise ValueError(f"data.tokens_per_batch // data.seq_len = {rows} rows must be a multiple of "
+                         f"data x fsdp = {batch_shards(mesh)}")
+    return mesh
 
 
 @contextlib.contextmanager

@@ -10,21 +10,21 @@ On the attached accelerator(s), in about 8 minutes, with random weights (through
   (every weight and the KV cache read once per step: xlit_jax.plan.decoding);
 - the same through HF transformers (+ peft) on the same device when torch sees it (fp32 weights under bf16
   autocast with gradient checkpointing for training; bf16 weights for decoding).
-Results go to out_dir/accelerator.json and accelerator.md. Aims on an H100: MFU >= 45% (7B LoRA) and >= 40%
+Each time is the median of timed calls after a warm-up (bench.common.time_calls); the optimizer and the
+adapters are the benchmarks' (workloads.SETTINGS, models.config's paper LoRA defaults). Results go to
+out_dir/accelerator.json and accelerator.md. Aims on an H100: MFU >= 45% (7B LoRA) and >= 40%
 (1B full FT); decoding >= 70% of the HBM floor at batch 1 and >= 1.5x HF.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from absl import app, flags
 
-from xlit_jax.bench import repeated_step
-from xlit_jax.bench.workloads import seconds_per_call, train_batch
-from xlit_jax.models.config import LORA_TARGETS
+from xlit_jax.bench import common, workloads
+from xlit_jax.bench.workloads import train_batch
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "runs/accelerator", "where accelerator.json and accelerator.md go")
@@ -53,36 +53,17 @@ def check_accelerator():
 def bench_config(preset: str, method: str, **fields):
     from xlit_jax.models.presets import get_preset
 
-    lora = {"lora_rank": 16, "lora_alpha": 32.0, "lora_targets": LORA_TARGETS} if method == "lora" else {}
     # eos -1: never produced, so decoding runs its full length on random weights
-    return get_preset(preset).replace(dtype="bfloat16", eos_token_ids=(-1,), **lora, **fields)
+    config = get_preset(preset).replace(dtype="bfloat16", eos_token_ids=(-1,), **fields)
+    return workloads.with_lora(config, method)
 
 
 def train_ours(preset: str, method: str, rows: int) -> float:
     """Seconds per step of our jitted train step, the state built on the devices (nothing through the host)."""
-    import jax
-
-    from xlit_jax import sharding
-    from xlit_jax.models.llama import init_params
-    from xlit_jax.plan import shapes_only
-    from xlit_jax.train import optim, step as step_lib
-
-    config = bench_config(preset, method, remat="full")
-    schedule = optim.make_schedule("linear", 1e-5, 1000, 1e-6)
-    tx = optim.make_optimizer(schedule)
-    mesh = sharding.make_mesh()
-    _, shardings = step_lib.abstract_state(config, tx, mesh)
-
-    def fresh_state():
-        trainable, frozen = step_lib.split_trainable(config, init_params(shapes_only(config), 0))
-        return step_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=trainable,
-                                   frozen=step_lib.freeze(config, frozen), opt_state=tx.init(trainable))
-
-    state = jax.jit(fresh_state, out_shardings=shardings)()
-    step = step_lib.make_train_step(config, tx, schedule, mesh, shardings)
-    batch = sharding.global_batch(train_batch(config.vocab_size, rows, FLAGS.seq_len, (1,)),
-                                  sharding.batch_sharding(mesh, leading=1))
-    return seconds_per_call(repeated_step(step, state, batch, mesh), FLAGS.steps)
+    train_step = workloads.bench_step(bench_config(preset, method, remat="full"))
+    state = train_step.init_on_device()
+    run = workloads.repeated_step(train_step, state, workloads.device_batch(train_step, rows, FLAGS.seq_len))
+    return common.time_calls(run, FLAGS.steps).seconds
 
 
 def hf_model(config, dtype):
@@ -103,14 +84,10 @@ def train_hf(preset: str, method: str, rows: int) -> float:
     model = hf_model(config, torch.float32)
     model.gradient_checkpointing_enable()
     if method == "lora":
-        import peft
-
-        model = peft.get_peft_model(model, peft.LoraConfig(
-            r=16, lora_alpha=32, task_type="CAUSAL_LM",
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        model = workloads.torch_lora(model, config)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    opt = workloads.torch_adamw(trainable, fused=True)
     b = {k: torch.tensor(v, device="cuda") for k, v in train_batch(config.vocab_size, rows, FLAGS.seq_len).items()}
 
     def run():
@@ -118,12 +95,12 @@ def train_hf(preset: str, method: str, rows: int) -> float:
             logits = model(input_ids=b["input_ids"].long()).logits
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), b["targets"].long().flatten())
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, workloads.SETTINGS.clip_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
 
-    return seconds_per_call(run, FLAGS.steps)
+    return common.time_calls(run, FLAGS.steps).seconds
 
 
 def decode_ours(batch: int) -> float:
@@ -132,7 +109,7 @@ def decode_ours(batch: int) -> float:
 
     from xlit_jax.decode.generate import greedy_decode
     from xlit_jax.models.llama import init_params
-    from xlit_jax.plan import shapes_only
+    from xlit_jax.train.step import shapes_only
 
     config = bench_config("llama2-7b", "ft", param_dtype="bfloat16")
     params = init_params(shapes_only(config), 0)
@@ -145,7 +122,7 @@ def decode_ours(batch: int) -> float:
                                   max_new_tokens=FLAGS.new_tokens)
         jax.block_until_ready(tokens)
 
-    return seconds_per_call(run, 1)
+    return common.time_calls(run, 1).seconds
 
 
 def decode_hf(batch: int) -> float:
@@ -161,7 +138,7 @@ def decode_hf(batch: int) -> float:
                            min_new_tokens=FLAGS.new_tokens, pad_token_id=0)
         torch.cuda.synchronize()
 
-    return seconds_per_call(run, 1)
+    return common.time_calls(run, 1).seconds
 
 
 def torch_on_gpu() -> bool:
@@ -214,16 +191,13 @@ def decode_rows(device) -> list[dict]:
 
 
 def markdown(device_kind: str, rows: list[dict]) -> str:
-    lines = [f"Device: {device_kind}", "", "| engine | model | method | devices | rows x seq | tokens/s | MFU |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['engine']} | {r['model']} | {r['method']} | {r['devices']} | {r['rows']} x {r['seq_len']} | "
-              f"{r['tokens_per_s']:.0f} | {r['mfu']:.1%} |" for r in rows if r["kind"] == "train"]
-    lines += ["", "| engine | model | batch | new tokens | tokens/s | share of HBM floor |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['engine']} | {r['model']} | {r['batch']} | {r['new_tokens']} | {r['tokens_per_s']:.1f} | "
-              f"{'-' if r['floor_share'] is None else format(r['floor_share'], '.1%')} |"
-              for r in rows if r["kind"] == "decode"]
-    return "\n".join(lines) + "\n"
+    train = common.markdown_table(["engine", "model", "method", "devices", "rows x seq", "tokens/s", "MFU"], [
+        [r["engine"], r["model"], r["method"], r["devices"], f"{r['rows']} x {r['seq_len']}",
+         f"{r['tokens_per_s']:.0f}", f"{r['mfu']:.1%}"] for r in rows if r["kind"] == "train"])
+    decode = common.markdown_table(["engine", "model", "batch", "new tokens", "tokens/s", "share of HBM floor"], [
+        [r["engine"], r["model"], r["batch"], r["new_tokens"], f"{r['tokens_per_s']:.1f}",
+         "-" if r["floor_share"] is None else format(r["floor_share"], ".1%")] for r in rows if r["kind"] == "decode"])
+    return f"Device: {device_kind}\n\n{train}\n\n{decode}"
 
 
 def main(argv):
@@ -231,13 +205,10 @@ def main(argv):
     device = check_accelerator()
     import jax
 
-    from xlit_jax.io.files import atomic_write_text
-
-    rows = train_rows(device, jax.device_count()) + decode_rows(device)
-    out = Path(FLAGS.out_dir)
-    atomic_write_text(out / "accelerator.json", json.dumps({"device_kind": device.device_kind, "rows": rows}, indent=2))
+    rows = [r | {"device_kind": device.device_kind}
+            for r in train_rows(device, jax.device_count()) + decode_rows(device)]
     table = markdown(device.device_kind, rows)
-    atomic_write_text(out / "accelerator.md", table)
+    common.write_rows(Path(FLAGS.out_dir) / "accelerator.json", rows, table)
     print(table)
 
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from xlit_jax.bench import common
 from xlit_jax.errors import InputError
 from xlit_jax.models import attention
 from xlit_jax.models.config import ATTENTIONS
@@ -50,16 +51,17 @@ def main(argv):
     config = get_preset(FLAGS.preset)
     print(f"{FLAGS.preset}: {config.num_heads} heads, {config.num_kv_heads} KV heads, head dim {config.head_dim}; "
           f"{FLAGS.rows} rows x {FLAGS.seq_len} tokens, {FLAGS.dtype}, on {jax.devices()[0].device_kind}")
-    print("| attention | forward temp | forward + backward temp |\n|---|---|---|")
+    rows = []
     for name in ATTENTIONS[1:]:
         try:
             implementation = attention.choose(name, FLAGS.dtype, config.head_dim)
         except InputError as e:
-            print(f"| {name} | not compiled here: {str(e).split(': ', 1)[1].split(';')[0]} | |")
+            rows.append([name, f"not compiled here: {str(e).split(': ', 1)[1].split(';')[0]}", ""])
             continue
         temp = attention_memory(implementation, FLAGS.rows, FLAGS.seq_len, config.num_heads, config.num_kv_heads,
                                 config.head_dim, jnp.dtype(FLAGS.dtype))
-        print(f"| {name} | {temp['forward'] / 2**20:,.0f} MiB | {temp['forward+backward'] / 2**20:,.0f} MiB |")
+        rows.append([name, f"{temp['forward'] / 2**20:,.0f} MiB", f"{temp['forward+backward'] / 2**20:,.0f} MiB"])
+    print(common.markdown_table(["attention", "forward temp", "forward + backward temp"], rows))
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ move with it.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 from absl import app, flags
+
+from xlit_jax.bench import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 4, "training rows per step")
@@ -22,7 +23,7 @@ flags.DEFINE_integer("seq_len", 256, "training tokens per row")
 flags.DEFINE_integer("steps", 3, "timed training steps per engine")
 flags.DEFINE_list("decode_batches", ["1", "16", "64"], "decoding batch sizes")
 flags.DEFINE_integer("new_tokens", 64, "new tokens per prompt when decoding")
-flags.DEFINE_string("data", "../shared/data", "shared data dir (the paper's prompts)")
+common.define_data_flag()
 
 
 def cpu_model() -> str:
@@ -33,10 +34,10 @@ def cpu_model() -> str:
 
 
 def worker(module: str, *args: str) -> dict:
-    """The JSON result a benchmark worker prints last (decoding prefixes it with 'RESULT ')."""
+    """The row a benchmark worker prints (common.print_result)."""
     out = subprocess.run([sys.executable, "-m", f"xlit_jax.bench.{module}", *args], capture_output=True, text=True,
                          check=True).stdout
-    return json.loads(out.strip().splitlines()[-1].removeprefix("RESULT "))
+    return common.read_result(out)
 
 
 def train_rate(engine: str, method: str) -> float:
@@ -58,10 +59,10 @@ def main(argv):
     cells += [(f"greedy decode, batch {b}, {FLAGS.new_tokens} new tokens", lambda engine, b=b: decode_rate(engine, b))
               for b in FLAGS.decode_batches]
     print(f"SmolLM2-135M-Instruct, fp32, on {cpu_model()}: tokens/s\n")
-    print("| benchmark | JAX | PyTorch | ratio |\n|---|---:|---:|---:|")
+    print(common.markdown_table(["benchmark", "JAX", "PyTorch", "ratio"], []))
     for name, rate in cells:
         ours, theirs = rate("jax"), rate("torch")
-        print(f"| {name} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x |", flush=True)
+        print(common.markdown_row([name, f"{ours:.1f}", f"{theirs:.1f}", f"{ours / theirs:.2f}x"]), flush=True)
 
 
 if __name__ == "__main__":

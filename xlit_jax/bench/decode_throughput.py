@@ -6,22 +6,20 @@ Engines: `jax` (`Model.generate_ids` on token ids), `xlit-eval` (the generation 
 same prompts: chat template, tokenization, decoding, detokenization and the keyed JSONL writes) and
 `torch` (transformers' `generate`). Each (engine, batch size) runs in its own subprocess so that its peak
 RSS is its own. A first call with the same shapes warms up (JAX compiles; torch allocates), then the
-median of --repeats timed calls counts. Tokens/s counts the tokens each row generates up to its EOS, over
+median of --repeats timed calls counts (bench.common.time_calls). Tokens/s counts the tokens each row generates up to its EOS, over
 the wall time of the whole batch.
 """
 
 from __future__ import annotations
 
-import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
 
 from absl import app, flags
 
-from xlit_jax.bench import workloads
+from xlit_jax.bench import common, workloads
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model for both engines (the HF side loads the same GGUF)")
@@ -31,7 +29,7 @@ flags.DEFINE_integer("new_tokens", 64, "max new tokens per prompt")
 flags.DEFINE_float("repetition_penalty", 1.1, "as in the paper")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
 flags.DEFINE_integer("repeats", 3, "measured calls per cell after the warm-up (the median is reported)")
-flags.DEFINE_string("data", "../shared/data", "shared data dir (the paper's prompts)")
+common.define_data_flag()
 flags.DEFINE_string("worker", None, "internal: run one measurement as engine:batch_size and print JSON")
 
 
@@ -121,18 +119,11 @@ def measure_torch(batch: int) -> dict:
 
 
 def timed(run) -> dict:
-    """Times `run` (which returns the number of tokens generated): a warm-up call, then the median of
-    --repeats measured calls (a single call of batch 1 lasts about a second: one noisy moment moved it 20%)."""
-    start = time.perf_counter()
-    run()
-    first_s = time.perf_counter() - start
-    calls = []
-    for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
-        tokens = run()
-        calls.append(time.perf_counter() - start)
-    seconds = statistics.median(calls)
-    return {"first_call_s": first_s, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
+    """Times `run` (which returns the number of tokens generated): a single call of batch 1 lasts about a
+    second, so the median of --repeats (one noisy moment moved one call 20%)."""
+    timing = common.time_calls(run, FLAGS.repeats)
+    return {"first_call_s": timing.first_s, "seconds": timing.seconds, "tokens": timing.result,
+            "tokens_per_s": timing.result / timing.seconds}
 
 
 def worker(spec: str) -> None:
@@ -140,7 +131,7 @@ def worker(spec: str) -> None:
     result = {"jax": measure_jax, "xlit-eval": measure_eval, "torch": measure_torch}[engine](int(batch))
     result.update(engine=engine, batch=int(batch),
                   peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    print("RESULT " + json.dumps(result))
+    common.print_result(result)
 
 
 def main(argv):
@@ -153,20 +144,18 @@ def main(argv):
             cmd = [sys.executable, "-m", "xlit_jax.bench.decode_throughput", f"--worker={engine}:{batch}",
                    f"--model={FLAGS.model}", f"--new_tokens={FLAGS.new_tokens}", f"--data={FLAGS.data}",
                    f"--repetition_penalty={FLAGS.repetition_penalty}", f"--torch_threads={FLAGS.torch_threads}"]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            rows.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:]))
+            rows.append(common.read_result(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout))
     print(format_table(rows))
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| batch | engine | load s | first call s | tokens | tokens/s | vs torch | peak RSS GiB |",
-             "|---|---|---|---|---|---|---|---|"]
     torch_rate = {r["batch"]: r["tokens_per_s"] for r in rows if r["engine"] == "torch"}
-    for r in rows:
-        ratio = r["tokens_per_s"] / torch_rate[r["batch"]] if r["batch"] in torch_rate else float("nan")
-        lines.append(f"| {r['batch']} | {r['engine']} | {r['load_s']:.1f} | {r['first_call_s']:.1f} | {r['tokens']} "
-                     f"| {r['tokens_per_s']:.1f} | {ratio:.2f}x | {r['peak_rss_gib']:.2f} |")
-    return "\n".join(lines)
+    header = ["batch", "engine", "load s", "first call s", "tokens", "tokens/s", "vs torch", "peak RSS GiB"]
+    return common.markdown_table(header, [
+        [r["batch"], r["engine"], f"{r['load_s']:.1f}", f"{r['first_call_s']:.1f}", r["tokens"],
+         f"{r['tokens_per_s']:.1f}",
+         f"{r['tokens_per_s'] / torch_rate[r['batch']]:.2f}x" if r["batch"] in torch_rate else "-",
+         f"{r['peak_rss_gib']:.2f}"] for r in rows])
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import time
 import jax
 from absl import app, flags
 
+from xlit_jax.bench import common
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("what", "train", ["train", "decode"], "the train step (full FT or LoRA) or greedy decoding")
 flags.DEFINE_string("model", "smollm2-135m", "model source")
@@ -30,7 +32,7 @@ flags.DEFINE_enum("method", "ft", ["ft", "lora"], "train: full fine-tuning or Lo
 flags.DEFINE_integer("batch", 4, "rows")
 flags.DEFINE_integer("seq_len", 256, "train: tokens per row")
 flags.DEFINE_integer("new_tokens", 64, "decode: new tokens per prompt")
-flags.DEFINE_string("data", "../shared/data", "decode: shared data dir (the paper's prompts)")
+common.define_data_flag()
 
 # (group, pattern on op_name), first match wins. Order: the specific before the general.
 GROUPS = (
@@ -93,10 +95,10 @@ def breakdown(call, hlo_text: str) -> tuple[float, list[tuple[str, float, bool]]
 
 def train_call():
     """(a no-argument function running one train step, the compiled program's text)."""
-    from xlit_jax.bench.workloads import jax_train_step
+    from xlit_jax.bench.workloads import device_batch, jax_train_step
 
-    step = jax_train_step(FLAGS.model, FLAGS.method, FLAGS.batch, FLAGS.seq_len)
-    return step.run, step.lower().compile().as_text()
+    train_step, run = jax_train_step(FLAGS.model, FLAGS.method, FLAGS.batch, FLAGS.seq_len)
+    return run, train_step.lower(device_batch(train_step, FLAGS.batch, FLAGS.seq_len)).compile().as_text()
 
 
 def decode_call():
@@ -124,9 +126,9 @@ def main(argv):
     wall, rows = breakdown(call, text)
     total = sum(seconds for _, seconds, _ in rows)
     print(f"{FLAGS.what}: one call {wall:.2f} s wall (traced), ops {total:.2f} s\n")
-    print("| group | pass | seconds | share |\n|---|---|---:|---:|")
-    for group, seconds, backward in rows:
-        print(f"| {group} | {'backward' if backward else 'forward'} | {seconds:.3f} | {seconds / total:.1%} |")
+    print(common.markdown_table(["group", "pass", "seconds", "share"], [
+        [group, "backward" if backward else "forward", f"{seconds:.3f}", f"{seconds / total:.1%}"]
+        for group, seconds, backward in rows]))
 
 
 if __name__ == "__main__":

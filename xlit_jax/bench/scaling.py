@@ -18,6 +18,8 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from xlit_jax.bench.common import markdown_table
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "runs/scaling", "where the JSONL rows and scaling.md go")
 flags.DEFINE_list("targets", ["v5p-8", "v5e-16", "v6e-8", "v4-8", "8xh100", "8xa100"], "training targets")
@@ -87,11 +89,6 @@ def run_rows(path: Path, keys: list[tuple], make, key_fields: tuple[str, ...]) -
     return [done[k] for k in (tuple(map(str, key)) for key in keys) if k in done]
 
 
-def markdown(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
-
-
 def attention_cell(row: dict) -> str:
     """'asked: found', the kernels found named by family (the rows keep their full names)."""
     found = dict.fromkeys("splash" if "splash" in k else "cudnn" if k.startswith("__cudnn") else k
@@ -107,7 +104,7 @@ def train_table(rows: list[dict]) -> str:
     header = ["target", "model", "method", "attention (asked: found)", "mesh (data, fsdp, tensor)",
               "micro-batches x rows", "remat", "peak GiB / device", "device GiB", "fits", "model FLOPs / step",
               "compiler FLOPs (scaled)", f"hours for {FLAGS.steps:,} steps at {FLAGS.mfu:.0%} MFU", "compile s"]
-    return markdown(header, [
+    return markdown_table(header, [
         [r["target"], r["model"], r["method"], attention_cell(r), ", ".join(map(str, r["mesh"].values())),
          f"{r['grad_accum']} x {r['rows']}", r["remat"], gib(r["peak_gib"]), gib(r["memory_gib"]),
          "yes" if r["fits"] else "no", f"{r['model_flops']:.3g}",
@@ -118,7 +115,7 @@ def train_table(rows: list[dict]) -> str:
 def decode_table(rows: list[dict]) -> str:
     header = ["target", "model", "attention (asked: found)", "batch", "peak GiB", "weights GiB", "KV cache GiB",
               "device GiB", "fits", "HBM floor ms / step", "floor tokens/s", "compile s"]
-    return markdown(header, [
+    return markdown_table(header, [
         [r["target"], r["model"], attention_cell(r), r["batch"], gib(r["peak_gib"]), gib(r["weights_gib"]),
          gib(r["cache_gib"]), gib(r["memory_gib"]), "yes" if r["fits"] else "no", f"{r['floor_ms_per_step']:.2f}",
          f"{r['floor_tokens_per_s']:.0f}", f"{r['compile_s']:.0f}"] for r in rows])

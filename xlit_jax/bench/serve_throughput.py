@@ -6,7 +6,7 @@ The server (our batching queue, uvicorn on loopback) and the `openai` clients ru
 client thread sends its share of the requests one after another. `xlit-generate` is its generation stage
 (`generate_to_jsonl`: tokenize, decode in batches of --batch_size, detokenize, append to a JSONL) on the
 same model object. Every configuration runs --warmups times untimed (JAX compiles each shape once),
-then is timed. Tokens/s counts completion tokens (up to EOS) over the wall time of all requests.
+then is timed once (bench.common.time_calls). Tokens/s counts completion tokens (up to EOS) over the wall time of all requests.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from absl import flags
 
-from xlit_jax.bench import workloads
+from xlit_jax.bench import common, workloads
 from xlit_jax.cli import run_main
 
 FLAGS = flags.FLAGS
@@ -31,7 +31,7 @@ flags.DEFINE_integer("max_batch", 32, "server --max_batch, and xlit-generate's -
 flags.DEFINE_float("max_wait_ms", 20.0, "server --max_wait_ms")
 flags.DEFINE_integer("warmups", 2, "untimed runs of each configuration first (batches split differently "
                      "from run to run, so each split's shapes may need compiling)")
-flags.DEFINE_string("data", "../shared/data", "shared data dir (the paper's prompts)")
+common.define_data_flag()
 
 
 def through_server(url: str, prompts, clients: int) -> dict:
@@ -46,12 +46,10 @@ def through_server(url: str, prompts, clients: int) -> dict:
             extra_body={"repetition_penalty": FLAGS.repetition_penalty})
         return time.perf_counter() - start, reply.usage.completion_tokens
 
-    start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         answers = list(pool.map(ask, prompts))
-    wall = time.perf_counter() - start
     latencies = sorted(seconds for seconds, _ in answers)
-    return {"wall_s": wall, "tokens": sum(tokens for _, tokens in answers), "p50_s": statistics.median(latencies),
+    return {"tokens": sum(tokens for _, tokens in answers), "p50_s": statistics.median(latencies),
             "p95_s": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]}
 
 
@@ -60,13 +58,16 @@ def through_xlit_generate(model, prompts) -> dict:
 
     rows = [{"id": i, "prompt": p} for i, p in enumerate(prompts)]
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
         out = generate_to_jsonl(model, rows, f"{tmp}/out.jsonl", max_new_tokens=FLAGS.new_tokens,
                                 repetition_penalty=FLAGS.repetition_penalty, batch_size=FLAGS.max_batch)
-        wall = time.perf_counter() - start
     # new_tokens excludes EOS; the server counts it, as OpenAI does: add it where a row stopped early.
-    tokens = sum(r["new_tokens"] + (r["new_tokens"] < FLAGS.new_tokens) for r in out)
-    return {"wall_s": wall, "tokens": tokens, "p50_s": wall, "p95_s": wall}
+    return {"tokens": sum(r["new_tokens"] + (r["new_tokens"] < FLAGS.new_tokens) for r in out)}
+
+
+def timed(run, warmups: int) -> dict:
+    """`run`'s row with the wall seconds of one call after `warmups` untimed ones."""
+    timing = common.time_calls(run, 1, warmups)
+    return {"wall_s": timing.seconds, "p50_s": timing.seconds, "p95_s": timing.seconds} | timing.result
 
 
 def main(argv):
@@ -77,25 +78,22 @@ def main(argv):
 
     model = xlit_jax.load(FLAGS.model)
     prompts = workloads.paper_prompts(FLAGS.data, FLAGS.requests)
-    rows = []
-    through_xlit_generate(model, prompts)  # warm-up
-    rows.append((f"xlit-generate (batch {FLAGS.max_batch})", through_xlit_generate(model, prompts)))
+    rows = [(f"xlit-generate (batch {FLAGS.max_batch})", timed(lambda: through_xlit_generate(model, prompts), 1))]
     config = ServeConfig(max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms, max_tokens=FLAGS.new_tokens)
     app_ = create_app(model, "bench", config)
+    stats = app_.state.batcher.stats
     with serve_in_thread(app_) as url:
+        def served(clients: int) -> dict:
+            before = stats["batches"]
+            return through_server(url, prompts, clients) | {"batches": stats["batches"] - before}
+
         for clients in map(int, FLAGS.clients):
-            for _ in range(FLAGS.warmups):
-                through_server(url, prompts, clients)
-            batches = app_.state.batcher.stats["batches"]
-            result = through_server(url, prompts, clients)
-            result["batches"] = app_.state.batcher.stats["batches"] - batches
-            rows.append((f"xlit-serve, {clients} clients", result))
-    print(f"| engine ({FLAGS.requests} requests, max {FLAGS.new_tokens} new tokens) | requests/s | tokens/s "
-          "| p50 latency s | p95 latency s | batches |")
-    print("|---|---|---|---|---|---|")
-    for name, r in rows:
-        print(f"| {name} | {FLAGS.requests / r['wall_s']:.2f} | {r['tokens'] / r['wall_s']:.1f} | "
-              f"{r['p50_s']:.2f} | {r['p95_s']:.2f} | {r.get('batches', '-')} |")
+            rows.append((f"xlit-serve, {clients} clients", timed(lambda: served(clients), FLAGS.warmups)))
+    header = [f"engine ({FLAGS.requests} requests, max {FLAGS.new_tokens} new tokens)", "requests/s", "tokens/s",
+              "p50 latency s", "p95 latency s", "batches"]
+    print(common.markdown_table(header, [
+        [name, f"{FLAGS.requests / r['wall_s']:.2f}", f"{r['tokens'] / r['wall_s']:.1f}", f"{r['p50_s']:.2f}",
+         f"{r['p95_s']:.2f}", r.get("batches", "-")] for name, r in rows]))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ model, same batch shape, same run.
     python -m xlit_jax.bench.train_throughput --batch=4 --seq_len=256 --steps=5
 
 Each (engine, method) runs in its own subprocess, so peak RSS and threads are its own. Both sides do a
-full update per step (forward, backward over the masked response-token loss, clipping, AdamW) in fp32;
-one warm-up step (JAX compiles, torch allocates), then `steps` timed ones. Tokens/s counts every position
+full update per step (forward, backward over the masked response-token loss, clipping, AdamW with the
+released configs' settings: workloads.SETTINGS) in fp32; one warm-up step (JAX compiles, torch allocates),
+then the median of `steps` timed ones (bench.common.time_calls). Tokens/s counts every position
 of the [batch, seq_len] rows; MFU uses the model FLOPs per token of xlit_jax.train.metrics over the peak
 of xlit_jax.train.metrics.peak_flops (on CPU, a measured fp32 matmul rate).
 """
@@ -19,8 +20,8 @@ import sys
 
 from absl import app, flags
 
-from xlit_jax.bench import workloads
-from xlit_jax.bench.workloads import ADAMW, LR
+from xlit_jax.bench import common, workloads
+from xlit_jax.models.config import LORA_RANK
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model source for both engines")
@@ -28,7 +29,7 @@ flags.DEFINE_list("runs", ["jax:ft", "torch:ft", "jax:lora", "torch:lora"], "eng
 flags.DEFINE_integer("batch", 4, "rows per step")
 flags.DEFINE_integer("seq_len", 256, "tokens per row")
 flags.DEFINE_integer("steps", 5, "timed steps after one warm-up step")
-flags.DEFINE_integer("lora_rank", 16, "LoRA rank (all seven projections)")
+flags.DEFINE_integer("lora_rank", LORA_RANK, "LoRA rank (all seven projections)")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
 flags.DEFINE_float("peak_flops", 0.0, "peak FLOP/s for MFU; 0: measured once (CPU) or from the device table")
 flags.DEFINE_string("out", None, "also write the results as JSON here")
@@ -36,8 +37,8 @@ flags.DEFINE_string("worker", None, "internal: run one engine:method and print J
 
 
 def measure_jax(method: str) -> dict:
-    step = workloads.jax_train_step(FLAGS.model, method, FLAGS.batch, FLAGS.seq_len, FLAGS.lora_rank)
-    return {"seconds": workloads.seconds_per_call(step.run, FLAGS.steps), "config": step.config}
+    train_step, run = workloads.jax_train_step(FLAGS.model, method, FLAGS.batch, FLAGS.seq_len, FLAGS.lora_rank)
+    return {"seconds": common.time_calls(run, FLAGS.steps).seconds, "config": train_step.config}
 
 
 def measure_torch(method: str) -> dict:
@@ -55,15 +56,10 @@ def measure_torch(method: str) -> dict:
         save_hf_dir(config.replace(lora_rank=0), split_lora(params)[0], f"{tmp}/hf")
         model = transformers.LlamaForCausalLM.from_pretrained(f"{tmp}/hf", dtype=torch.float32)
     if method == "lora":
-        import peft
-
-        model = peft.get_peft_model(model, peft.LoraConfig(
-            r=FLAGS.lora_rank, lora_alpha=2 * FLAGS.lora_rank, lora_dropout=0.0, task_type="CAUSAL_LM",
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        model = workloads.torch_lora(model, config)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=LR, betas=(ADAMW["b1"], ADAMW["b2"]), eps=ADAMW["eps"],
-                            weight_decay=ADAMW["weight_decay"])
+    opt = workloads.torch_adamw(trainable)
     b = {k: torch.tensor(v) for k, v in workloads.train_batch(config.vocab_size, FLAGS.batch, FLAGS.seq_len).items()}
 
     def step():
@@ -71,11 +67,11 @@ def measure_torch(method: str) -> dict:
         nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["targets"].long().flatten(), reduction="none")
         loss = (nll * b["loss_mask"].flatten()).sum() / b["loss_mask"].sum()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, ADAMW["clip_norm"])
+        torch.nn.utils.clip_grad_norm_(trainable, workloads.SETTINGS.clip_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return {"seconds": workloads.seconds_per_call(step, FLAGS.steps), "config": config}
+    return {"seconds": common.time_calls(step, FLAGS.steps).seconds, "config": config}
 
 
 def worker(spec: str) -> dict:
@@ -92,10 +88,15 @@ def worker(spec: str) -> dict:
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
 
 
+def table(results: list[dict]) -> str:
+    return common.markdown_table(["engine", "method", "tokens/s", "MFU", "peak RSS (GiB)"], [
+        [r["engine"], r["method"], r["tokens_per_s"], f"{r['mfu']:.1%}", r["peak_rss_gib"]] for r in results])
+
+
 def main(argv):
     del argv
     if FLAGS.worker:
-        print(json.dumps(worker(FLAGS.worker)))
+        common.print_result(worker(FLAGS.worker))
         return
     from xlit_jax.train import metrics
 
@@ -107,15 +108,11 @@ def main(argv):
     for spec in FLAGS.runs:
         done = subprocess.run([sys.executable, "-m", "xlit_jax.bench.train_throughput", f"--worker={spec}", *passed],
                               capture_output=True, text=True, check=True)
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results.append(common.read_result(done.stdout))
         print(json.dumps(results[-1]), flush=True)
-    print("\n| engine | method | tokens/s | MFU | peak RSS (GiB) |\n|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['engine']} | {r['method']} | {r['tokens_per_s']} | {r['mfu']:.1%} | {r['peak_rss_gib']} |")
+    print("\n" + table(results))
     if FLAGS.out:
-        from xlit_jax.io.files import atomic_write_text
-
-        atomic_write_text(FLAGS.out, json.dumps(results, indent=2))
+        common.write_rows(FLAGS.out, results)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,15 @@
 """The workloads every benchmark measures, free of flags so that several benchmarks can share them: the
-paper's prompts, and one training update of a model (full fine-tuning or LoRA) on a fixed batch."""
+paper's prompts, and one training update of a model (full fine-tuning or LoRA) on a fixed batch, ours
+through train.step.build and the PyTorch reference's with the same optimizer settings and adapters."""
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from typing import Any, Callable
-
 import numpy as np
 
-from xlit_jax.models.config import LORA_TARGETS  # all seven projections
+from xlit_jax.models.config import LORA_ALPHA, LORA_RANK, LORA_TARGETS
+from xlit_jax.train.optim import OptimSettings
 
-ADAMW = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0)
-LR = 1e-5
+SETTINGS = OptimSettings()  # the released configs' AdamW and schedule, for both engines
 
 
 def paper_prompts(data_dir: str, n: int) -> list[list[dict]]:
@@ -34,60 +31,80 @@ def train_batch(vocab: int, batch: int, seq_len: int, leading: tuple = ()) -> di
             "positions": np.broadcast_to(np.arange(seq_len), shape).astype(np.int32)}
 
 
-def seconds_per_call(run: Callable[[], Any], calls: int) -> float:
-    """Mean wall seconds of `calls` calls of `run`, after one warm-up call (JAX compiles, torch allocates)."""
-    run()
-    start = time.perf_counter()
-    for _ in range(calls):
-        run()
-    return (time.perf_counter() - start) / calls
+def with_lora(config, method: str, rank: int = LORA_RANK):
+    """`config` with the benchmarks' adapters (all seven projections, the released alpha) for method 'lora'."""
+    if method != "lora":
+        return config
+    return config.replace(lora_rank=rank, lora_alpha=LORA_ALPHA, lora_targets=LORA_TARGETS)
 
 
-def load_for_training(model: str, method: str, lora_rank: int):
-    """(config, params) of `model`, with fresh adapters on all seven projections for method 'lora'."""
+def load_for_training(model: str, method: str, lora_rank: int = LORA_RANK):
+    """(config, params) of `model`, with fresh adapters for method 'lora'."""
     import xlit_jax
     from xlit_jax.models.lora import init_adapters, merge_params
 
     loaded = xlit_jax.load(model)
-    config, params = loaded.config, loaded.params
-    if method == "lora":
-        config = config.replace(lora_rank=lora_rank, lora_alpha=2.0 * lora_rank, lora_targets=LORA_TARGETS)
+    config, params = with_lora(loaded.config, method, lora_rank), loaded.params
+    if config.lora_rank:
         params = merge_params(params, init_adapters(config, 0))
     return config, params
 
 
-@dataclasses.dataclass
-class JaxTrainStep:
-    """Our jitted train step on one device mesh, ready to run on a fixed batch."""
+def bench_step(config):
+    """Our train step of `config` with SETTINGS on all devices."""
+    from xlit_jax import sharding
+    from xlit_jax.train import step as step_lib
 
-    config: Any
-    run: Callable[[], None]  # one update, blocking until it is done
-    lower: Callable[[], Any]  # the step lowered for its arguments (for compiled text and analyses)
+    return step_lib.build(config, SETTINGS, sharding.make_mesh())
 
 
-def jax_train_step(model: str, method: str, batch: int, seq_len: int, lora_rank: int = 16) -> JaxTrainStep:
+def jax_train_step(model: str, method: str, rows: int, seq_len: int, lora_rank: int = LORA_RANK):
+    """(our TrainStep of `model`, a no-argument function running one blocking update on a fixed batch)."""
+    config, params = load_for_training(model, method, lora_rank)
+    train_step = bench_step(config)
+    state = train_step.init(params)
+    del params
+    return train_step, repeated_step(train_step, state, device_batch(train_step, rows, seq_len))
+
+
+def repeated_step(train_step, state, batch):
+    """A no-argument function running one blocking step of `train_step` (a TrainStep) on `batch`, carrying
+    the state along."""
     import jax
 
     from xlit_jax import sharding
-    from xlit_jax.bench import repeated_step
-    from xlit_jax.train import optim, step as step_lib
 
-    config, params = load_for_training(model, method, lora_rank)
-    schedule = optim.make_schedule("linear", LR, 1000, LR / 10)
-    tx = optim.make_optimizer(schedule, **ADAMW)
-    mesh = sharding.make_mesh()
-    state, shardings = step_lib.init_state(config, params, tx, mesh)
-    del params
-    step = step_lib.make_train_step(config, tx, schedule, mesh, shardings)
-    arrays = sharding.global_batch(train_batch(config.vocab_size, batch, seq_len, (1,)),
-                                   sharding.batch_sharding(mesh, leading=1))
-    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-                                      (state, arrays))  # the state itself is donated by the first run
+    holder = {"state": state}
 
-    def lower():
-        with sharding.activate(mesh):
-            return step.lower(*abstract)
+    def step():
+        with sharding.activate(train_step.mesh):
+            holder["state"], metrics = train_step.step(holder["state"], batch)
+        jax.block_until_ready(metrics)
 
-    run = repeated_step(step, state, arrays, mesh)
+    return step
 
-    return JaxTrainStep(config, run, lower)
+
+def device_batch(train_step, rows: int, seq_len: int):
+    """A fixed random [1, rows, seq_len] batch on the step's mesh."""
+    from xlit_jax import sharding
+
+    host = train_batch(train_step.config.vocab_size, rows, seq_len, (1,))
+    return sharding.global_batch(host, train_step.batch_sharding)
+
+
+def torch_lora(model, config):
+    """`model` (HF transformers) with peft adapters like `config`'s."""
+    import peft
+
+    return peft.get_peft_model(model, peft.LoraConfig(
+        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
+        target_modules=[f"{t}_proj" for t in config.lora_targets]))
+
+
+def torch_adamw(trainable, **kwargs):
+    """torch.optim.AdamW with SETTINGS' constant learning rate, betas, eps and weight decay."""
+    import torch
+
+    s = SETTINGS
+    return torch.optim.AdamW(trainable, lr=s.lr, betas=(s.b1, s.b2), eps=s.eps, weight_decay=s.weight_decay,
+                             **kwargs)

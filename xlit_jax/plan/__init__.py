@@ -12,7 +12,7 @@ from xlit_jax.plan.compiled import HEADROOM, Compiled, size
 from xlit_jax.plan.decoding import DecodePlan, decode_step_bytes, plan_decoding
 from xlit_jax.plan.fit import fit_suggestions, smallest_fitting_change
 from xlit_jax.plan.targets import TARGETS, topology_devices
-from xlit_jax.plan.training import TrainPlan, plan_training, shapes_only
+from xlit_jax.plan.training import TrainPlan, plan_training
 
 __all__ = ["HEADROOM", "TARGETS", "Compiled", "DecodePlan", "TrainPlan", "decode_step_bytes", "fit_suggestions",
-           "plan_decoding", "plan_training", "shapes_only", "size", "smallest_fitting_change", "topology_devices"]
+           "plan_decoding", "plan_training", "size", "smallest_fitting_change", "topology_devices"]

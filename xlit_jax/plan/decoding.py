@@ -12,7 +12,6 @@ from xlit_jax import hardware
 from xlit_jax.hardware import GiB
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.plan.compiled import Compiled, fits_memory
-from xlit_jax.plan.training import shapes_only
 
 
 @dataclasses.dataclass
@@ -59,6 +58,7 @@ def plan_decoding(source: str, device, batch: int, prompt_len: int, new_tokens: 
     from xlit_jax.decode.generate import greedy_decode
     from xlit_jax.loader import load_config
     from xlit_jax.models.llama import param_shapes
+    from xlit_jax.train.step import shapes_only
 
     config = load_config(source, dtype="bfloat16", param_dtype="bfloat16", attention=attention)
     where = jax.sharding.SingleDeviceSharding(device)

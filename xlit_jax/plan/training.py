@@ -16,7 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from xlit_jax import hardware, sharding
+from xlit_jax import hardware
 from xlit_jax.data import pipeline
 from xlit_jax.errors import PlanError
 from xlit_jax.hardware import GiB
@@ -103,16 +103,10 @@ def model_config(cfg, platform: str) -> LlamaConfig:
     return load_config(cfg.model.source, **model_overrides(cfg, platform)).replace(**lora_fields(cfg))
 
 
-def shapes_only(config: LlamaConfig) -> LlamaConfig:
-    """The config to make or trace parameters with: they do not depend on the attention implementation,
-    and a fused kernel cannot be traced off its target (nor inside a mesh at init's batch of 1)."""
-    return config.replace(attention="xla")
-
-
-def abstract_batch(cfg, mesh) -> dict:
+def abstract_batch(cfg, train_step) -> dict:
     rows = pipeline.batch_size_for(cfg.data.tokens_per_batch, cfg.data.seq_len)
     shape = (cfg.data.grad_accum, rows, cfg.data.seq_len)
-    spec = sharding.batch_sharding(mesh, leading=1)
+    spec = train_step.batch_sharding
     return {k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == "loss_mask" else jnp.int32, sharding=spec)
             for k in pipeline.BATCH_KEYS}
 
@@ -121,18 +115,16 @@ def plan_training(cfg, devices, target: str = "attached", attention: str | None 
     """Compile the experiment's train step for `devices` (attached or compile-only) without allocating;
     `attention` overrides the model's implementation (models/attention.py)."""
     from xlit_jax.train import step as step_lib
-    from xlit_jax.train.loop import make_mesh, make_optimizer
+    from xlit_jax.train.loop import mesh_for
+    from xlit_jax.train.optim import OptimSettings
 
     device = devices[0]
     config = model_config(cfg, device.platform)
     config = config.replace(attention=attention) if attention else config
-    mesh = make_mesh(cfg, devices)
-    schedule, tx = make_optimizer(cfg)
-    state, shardings = step_lib.abstract_state(shapes_only(config), tx, mesh)
-    step = step_lib.make_train_step(config, tx, schedule, mesh, shardings, cfg.train.seed)
-    batch = abstract_batch(cfg, mesh)
-    with sharding.activate(mesh):  # the step is traced for the target: its attention, its mesh
-        compiled = Compiled.of(step.lower(state, batch), (state, batch))
+    mesh = mesh_for(cfg, devices)
+    train_step = step_lib.build(config, OptimSettings.from_config(cfg), mesh, cfg.train.seed)
+    batch = abstract_batch(cfg, train_step)
+    compiled = Compiled.of(train_step.lower(batch), (train_step.abstract, batch))
     d = cfg.data
     rows = pipeline.batch_size_for(d.tokens_per_batch, d.seq_len)
     flops_per_token = metrics.train_flops_per_token(config, d.seq_len)

@@ -80,59 +80,53 @@ def next_batch(data, k: int) -> dict[str, np.ndarray]:
     return {key: np.stack([m[key] for m in micro]) for key in pipeline.BATCH_KEYS}
 
 
-def make_mesh(cfg, devices=None):
+def mesh_for(cfg, devices=None):
     """The config's mesh over `devices` (default: all); its batch shards must divide the rows of a micro-batch."""
-    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
     rows = pipeline.batch_size_for(cfg.data.tokens_per_batch, cfg.data.seq_len)
-    if rows % sharding.batch_shards(mesh):
-        raise ValueError(f"data.tokens_per_batch // data.seq_len = {rows} rows must be a multiple of "
-                         f"data x fsdp = {sharding.batch_shards(mesh)}")
-    return mesh
-
-
-def make_optimizer(cfg):
-    """(schedule, optimizer) from the config's optim section."""
-    o = cfg.optim
-    schedule = optim.make_schedule(o.schedule, o.lr, cfg.train.max_steps, o.min_lr, o.warmup_steps)
-    return schedule, optim.make_optimizer(schedule, o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm)
+    return sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices, rows=rows)
 
 
 class _Run:
-    """What the loop's phases share: the config, mesh, schedule, optimizer and checkpoints."""
+    """What the loop's phases share: the config, mesh, optimizer settings and checkpoints."""
 
     def __init__(self, cfg, workdir: Path):
         self.cfg, self.workdir = cfg, workdir
-        self.mesh = make_mesh(cfg)
-        self.schedule, self.tx = make_optimizer(cfg)
+        self.mesh = mesh_for(cfg)
+        self.settings = optim.OptimSettings.from_config(cfg)
         self.checkpoints = ckpt.Checkpoints(workdir, cfg.train.keep, cfg.train.async_checkpoint)
 
     def start(self):
-        """(config, state, shardings, tokenizer, data iterator): fresh from the source, or resumed."""
+        """(train step, state, tokenizer, data iterator): fresh from the source, or resumed."""
         latest = self.checkpoints.latest_step()
         if latest is None:
             config, params, tokenizer = load_source(self.cfg)
-            state, shardings = step_lib.init_state(config, params, self.tx, self.mesh)
+            train_step = self._build(config)
+            state = train_step.init(params)
             if jax.process_index() == 0:
                 ckpt.save_model_info(self.workdir, config, tokenizer)
             if config.lora_rank and not ckpt.has_frozen(self.workdir):
                 ckpt.save_frozen(self.workdir, state.frozen)
-            return config, state, shardings, tokenizer, make_batches(self.cfg, tokenizer)
+            return train_step, state, tokenizer, make_batches(self.cfg, tokenizer)
         # the run's own: config changes to the model do not apply, except the attention kernel (per machine)
         config = ckpt.read_config(self.workdir).replace(attention=self.cfg.model.attention)
         tokenizer = ckpt.read_tokenizer(self.workdir)
-        state, shardings, data_state = self._restore(config, latest)
+        train_step = self._build(config)
+        state, data_state = self._restore(train_step, latest)
         data = make_batches(self.cfg, tokenizer)
         data.restore(data_state)
         logging.info("resumed from step %d", latest)
-        return config, state, shardings, tokenizer, data
+        return train_step, state, tokenizer, data
 
-    def _restore(self, config: LlamaConfig, step: int):
-        abstract, shardings = step_lib.abstract_state(config, self.tx, self.mesh)
+    def _build(self, config: LlamaConfig) -> step_lib.TrainStep:
+        return step_lib.build(config, self.settings, self.mesh, self.cfg.train.seed)
+
+    def _restore(self, train_step: step_lib.TrainStep, step: int):
+        abstract = train_step.abstract
         restored = self.checkpoints.restore(step, abstract.params, abstract.opt_state)
         frozen = ckpt.restore_frozen(self.workdir, abstract.frozen) if abstract.frozen else {}
-        step_array = sharding.host_to_mesh(np.asarray(step, np.int32), shardings.step)
+        step_array = sharding.host_to_mesh(np.asarray(step, np.int32), train_step.shardings.step)
         state = step_lib.TrainState(step_array, restored["params"], frozen, restored["opt_state"])
-        return state, shardings, restored["data"]
+        return state, restored["data"]
 
 
 class _Monitor:
@@ -182,18 +176,16 @@ def train(cfg, workdir: str) -> dict:
     """Run (or resume) training to cfg.train.max_steps; returns the last logged metrics row."""
     workdir = Path(workdir)
     run = _Run(cfg, workdir)
-    config, state, shardings, tokenizer, data = run.start()
-    start, t = int(jax.device_get(state.step)), cfg.train
-    train_step = step_lib.make_train_step(config, run.tx, run.schedule, run.mesh, shardings, t.seed)
-    batch_sharding = sharding.batch_sharding(run.mesh, leading=1)
+    train_step, state, tokenizer, data = run.start()
+    config, start, t = train_step.config, int(jax.device_get(state.step)), cfg.train
     logging.info("model %s, %d trainable params, mesh %s", cfg.model.source,
                  sum(x.size for x in jax.tree_util.tree_leaves(state.params)), dict(run.mesh.shape))
     writer = metrics.MetricsWriter(workdir, start, t.max_steps, t.tensorboard)
     monitor = _Monitor(run, config, writer, start)
     with sharding.activate(run.mesh):
         for step in range(start + 1, t.max_steps + 1):
-            batch = sharding.global_batch(next_batch(data, cfg.data.grad_accum), batch_sharding)
-            state, step_metrics = train_step(state, batch)
+            batch = sharding.global_batch(next_batch(data, cfg.data.grad_accum), train_step.batch_sharding)
+            state, step_metrics = train_step.step(state, batch)
             monitor.push(step, step_metrics)
             if step % t.save_every == 0 or step == t.max_steps:
                 monitor.flush()

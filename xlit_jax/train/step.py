@@ -5,11 +5,16 @@ adapters in a LoRA run, whose frozen base then has neither gradient buffers nor 
 base is also kept in the compute dtype (bf16 on accelerators): it is never updated, so it needs no fp32
 master copy, and every matmul casts it to that dtype anyway. A 7B LoRA base takes 12.6 GiB instead of 25.1;
 what changes numerically is the RMSNorm scales (and a tied embedding), rounded to bf16 as HF's bf16 models do.
+
+`build` is the one place a train step is made: the loop, the compile-only plans and the benchmarks all
+take a `TrainStep` from it (the functions below it are its parts; tests use them to swap the optimizer).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -21,8 +26,9 @@ import optax
 from xlit_jax import sharding
 from xlit_jax.data.pipeline import BATCH_KEYS
 from xlit_jax.models.config import LlamaConfig
-from xlit_jax.models.llama import Llama, param_logical_axes, param_shapes
+from xlit_jax.models.llama import Llama, init_params, param_logical_axes, param_shapes
 from xlit_jax.models.lora import merge_params, split_lora
+from xlit_jax.train.optim import OptimSettings
 
 
 @flax.struct.dataclass
@@ -34,6 +40,12 @@ class TrainState:
 
     def full_params(self):
         return merge_params(self.frozen, self.params)
+
+
+def shapes_only(config: LlamaConfig) -> LlamaConfig:
+    """The config to make or trace parameters with: they do not depend on the attention implementation,
+    and a fused kernel cannot be traced off its target (nor inside a mesh at init's batch of 1)."""
+    return config.replace(attention="xla")
 
 
 def split_trainable(config: LlamaConfig, params) -> tuple[Any, Any]:
@@ -50,7 +62,7 @@ def freeze(config: LlamaConfig, frozen) -> Any:
 
 
 def param_shardings(config: LlamaConfig, mesh, params) -> Any:
-    return sharding.logical_shardings(param_logical_axes(config), params, mesh)
+    return sharding.logical_shardings(param_logical_axes(shapes_only(config)), params, mesh)
 
 
 def state_shardings(config: LlamaConfig, tx: optax.GradientTransformation, mesh, params) -> TrainState:
@@ -65,7 +77,7 @@ def state_shardings(config: LlamaConfig, tx: optax.GradientTransformation, mesh,
 def abstract_state(config: LlamaConfig, tx: optax.GradientTransformation, mesh) -> tuple[TrainState, TrainState]:
     """(the TrainState as ShapeDtypeStructs carrying their shardings, the shardings), allocating nothing: the
     target to restore a checkpoint into, or the input to compile a step for."""
-    shapes = param_shapes(config)
+    shapes = param_shapes(shapes_only(config))
     shardings = state_shardings(config, tx, mesh, shapes)
     trainable, frozen = split_trainable(config, shapes)
     shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=trainable,
@@ -77,15 +89,20 @@ def abstract_state(config: LlamaConfig, tx: optax.GradientTransformation, mesh) 
 
 
 def init_state(config: LlamaConfig, params, tx: optax.GradientTransformation, mesh) -> tuple[TrainState, TrainState]:
-    """(state at step 0 on the mesh, its shardings) from host params."""
+    """(state at step 0 on the mesh, its shardings) from host params, for any optimizer."""
     shardings = state_shardings(config, tx, mesh, params)
+    return _place(config, params, tx, shardings), shardings
+
+
+def _place(config: LlamaConfig, params, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+    """The state at step 0 from host params, each leaf copied to its shards."""
     trainable, frozen = split_trainable(config, params)
     frozen = freeze(config, frozen)
     trainable = jax.tree_util.tree_map(sharding.host_to_mesh, trainable, shardings.params)
     frozen = jax.tree_util.tree_map(sharding.host_to_mesh, frozen, shardings.frozen)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)
     step = sharding.host_to_mesh(np.zeros((), np.int32), shardings.step)
-    return TrainState(step, trainable, frozen, opt_state), shardings
+    return TrainState(step, trainable, frozen, opt_state)
 
 
 def token_losses(config: LlamaConfig, params, batch: dict, deterministic: bool = True, rng=None):
@@ -146,3 +163,50 @@ def make_train_step(config: LlamaConfig, tx, schedule, mesh, shardings: TrainSta
     batch = {k: sharding.batch_sharding(mesh, leading=1) for k in BATCH_KEYS}
     return jax.jit(step, in_shardings=(shardings, batch), out_shardings=(shardings, sharding.replicated(mesh)),
                    donate_argnums=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """A model's jitted train step on a mesh, with its optimizer and the layout of its state."""
+
+    config: LlamaConfig
+    mesh: jax.sharding.Mesh
+    schedule: Callable
+    tx: optax.GradientTransformation
+    shardings: TrainState  # of every leaf of the state
+    abstract: TrainState  # ShapeDtypeStructs carrying those shardings: a restore target, a plan's input
+    step: Callable  # (state, [k, B, L] batch) -> (state, metrics); call it inside sharding.activate(mesh)
+
+    @property
+    def batch_sharding(self):
+        return sharding.batch_sharding(self.mesh, leading=1)
+
+    def lower(self, batch):
+        """The step lowered for the abstract state and `batch` (arrays or ShapeDtypeStructs), traced on the
+        mesh (its attention kernel, its shardings)."""
+        with sharding.activate(self.mesh):
+            return self.step.lower(self.abstract, batch)
+
+    def init(self, params) -> TrainState:
+        """The state at step 0 from host params."""
+        return _place(self.config, params, self.tx, self.shardings)
+
+    def init_on_device(self, seed: int = 0) -> TrainState:
+        """The state at step 0 from random params made on the devices, nothing through the host (benchmarks
+        of models too big for one device)."""
+        config, tx = self.config, self.tx
+
+        def fresh():
+            trainable, frozen = split_trainable(config, init_params(shapes_only(config), seed))
+            return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, frozen=freeze(config, frozen),
+                              opt_state=tx.init(trainable))
+
+        return jax.jit(fresh, out_shardings=self.shardings)()
+
+
+def build(config: LlamaConfig, settings: OptimSettings, mesh, seed: int = 0) -> TrainStep:
+    """The train step of `config` on `mesh`, optimized as `settings` say; `seed` seeds dropout."""
+    schedule, tx = settings.build()
+    abstract, shardings = abstract_state(config, tx, mesh)
+    step = make_train_step(config, tx, schedule, mesh, shardings, seed)
+    return TrainStep(config, mesh, schedule, tx, shardings, abstract, step)

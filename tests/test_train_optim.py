@@ -66,11 +66,11 @@ def test_clipping_bounds_the_gradient_norm_before_adam():
 
 def test_the_paper_grid_uses_the_papers_schedule_and_the_released_one_is_one_flag_away():
     from configs.experiments import paper
-    from xlit_jax.train.loop import make_optimizer
+    from xlit_jax.train.optim import OptimSettings
 
     cfg = paper.get_config("llama2-7b,dolly-en,lora,1e-4")
-    schedule, _ = make_optimizer(cfg)  # the paper's text: inverse square root, no warm-up
+    schedule, _ = OptimSettings.from_config(cfg).build()  # the paper's text: inverse square root, no warm-up
     np.testing.assert_allclose(values(schedule, [0, 3, 99]), [1e-4, 5e-5, 1e-5], rtol=1e-6)
     cfg.optim.schedule = "linear"  # --config.optim.schedule=linear: the released code's decay to lr / 10
-    schedule, _ = make_optimizer(cfg)
+    schedule, _ = OptimSettings.from_config(cfg).build()
     np.testing.assert_allclose(values(schedule, [0, 999]), [1e-4 - 9e-5 / 1000, 1e-5], rtol=1e-6)

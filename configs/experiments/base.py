@@ -4,10 +4,13 @@ Override any field from the command line: `xlit-train --config=configs/experimen
 --config.optim.lr=3e-4 --workdir=runs/x`. Fields are documented in docs/training.md.
 """
 
+import dataclasses
+
 from ml_collections import ConfigDict
 
 from xlit_jax.models.config import LORA_ALPHA, LORA_DEFAULT_TARGETS, LORA_DROPOUT, LORA_RANK
 from xlit_jax.models.presets import HUB_NAMES, get_preset
+from xlit_jax.train.optim import OptimSettings
 
 
 def with_model(config: ConfigDict, preset: str, **model) -> ConfigDict:
@@ -53,11 +56,9 @@ def base_config() -> ConfigDict:
             "skip_invalid": False,  # leave out (and count) bad rows instead of stopping
             "seed": 0,  # shuffling and mixing
         },
-        "optim": {
-            "schedule": "linear",  # linear (the released code) | inverse_sqrt (the paper's text)
-            "lr": 1e-5, "min_lr": 1e-6, "warmup_steps": 0,
-            "b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": 0.1, "clip_norm": 1.0,
-        },
+        # schedule: linear (the released code) | inverse_sqrt (the paper's text); lr, min_lr, warmup_steps,
+        # b1, b2, eps, weight_decay, clip_norm: xlit_jax/train/optim.py's OptimSettings and its defaults
+        "optim": {k: v for k, v in dataclasses.asdict(OptimSettings()).items() if k != "max_steps"},
         "train": {
             "max_steps": 1000,
             "log_every": 10,

@@ -32,7 +32,7 @@ def train_batch(vocab: int, batch: int, seq_len: int, leading: tuple = ()) -> di
 
 
 def with_lora(config, method: str, rank: int = LORA_RANK):
-    """`config` with the benchmarks' adapters (all seven projections, the released alpha) for method 'lora'."""
+    """`config` with the benchmarks' adapters (all seven projections, the default alpha) for method 'lora'."""
     if method != "lora":
         return config
     return config.replace(lora_rank=rank, lora_alpha=LORA_ALPHA, lora_targets=LORA_TARGETS)

@@ -10,7 +10,7 @@ from xlit_jax.evaluate.instructions.relevance import (
     load_template,
 )
 
-from eval_support import ScriptedModel
+from support import ScriptedModel
 
 
 @pytest.mark.parametrize("answer, verdict", [

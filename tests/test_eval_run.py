@@ -4,7 +4,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -12,9 +11,8 @@ from xlit_jax.errors import InputError
 from xlit_jax.evaluate.instructions.run import EvalConfig, Evaluation, evaluate_model
 from xlit_jax.evaluate.report import write_report
 
-from eval_support import FakeOpenAI, ScriptedModel
+from support import REPO, FakeOpenAI, ScriptedModel
 
-REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-run-test-4411"
 GOOD = ('{"Language": 3, "Fluency": 2, "Helpfulness": 3, "Accuracy": 3, "Logical coherence": 3, '
         '"Harmlessness": 3}')
@@ -105,9 +103,8 @@ def test_modifier_fulfilment_by_type(tmp_path, shared_data):
     assert "| scripted | num_items | 100.0 (12) |" in written["markdown"].read_text()
 
 
-def test_judge_errors_are_recorded_then_retried(tmp_path, config, monkeypatch):
+def test_judge_errors_are_recorded_then_retried(tmp_path, config, monkeypatch, loopback_only):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     state = {"garbage": True}
 
     def answer(prompt, attempt):

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-aot bench clean
+.PHONY: demo test test-slow test-aot clean
 
 $(STAMP): pyproject.toml scripts/install_system_packages.sh
 	bash scripts/install_system_packages.sh

@@ -1,4 +1,5 @@
-"""Shared test setup: no network, paths to the shared data, and session-wide real models."""
+"""Shared fixtures: no network, the shared data folder, session-wide real models, loopback-only HTTP.
+Plain helpers and constants (REPO, run_with_devices, ...) are in support.py."""
 
 import os
 
@@ -10,15 +11,20 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("XLIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+from xlit_jax.resources import SHARED_DATA_ENV, shared_data_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    """The shared data folder. A developer without it skips the tests that read it; under CI=true they
+    fail, so that a CI run cannot pass without testing the data paths."""
+    folder = shared_data_dir()
+    if not folder.is_dir():
+        message = f"shared data not found at {folder} (set ${SHARED_DATA_ENV} to its folder)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; CI=true requires it", pytrace=False)
+        pytest.skip(message)
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +36,11 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer(smollm2):
-    return smollm2.tokenizer
+def tok():
+    """SmolLM2's tokenizer alone (no weights), loaded once per test session."""
+    from xlit_jax.io.tokenizer import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
@@ -47,14 +56,9 @@ def hf_smollm2():
     return model.eval()
 
 
-def left_padded(sequences, pad_id=0):
-    """numpy ids and attention mask for sequences of different lengths, padded on the left."""
-    import numpy as np
-
-    length = max(len(s) for s in sequences)
-    ids = np.full((len(sequences), length), pad_id, np.int64)
-    mask = np.zeros((len(sequences), length), np.int64)
-    for i, s in enumerate(sequences):
-        ids[i, length - len(s):] = s
-        mask[i, length - len(s):] = 1
-    return ids, mask
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """HTTP clients reach 127.0.0.1 directly, whatever proxy this machine sets."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)

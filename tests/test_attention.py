@@ -28,7 +28,7 @@ from xlit_jax.errors import InputError
 from xlit_jax.models import attention
 from xlit_jax.models.llama import init_cache, init_params
 
-from test_sharding import REPO, run_with_devices
+from support import REPO, run_with_devices
 
 HEAD_DIM = 16
 FP32_TOL = 1e-5

@@ -12,7 +12,7 @@ from xlit_jax.evaluate.harness.data import BBH_TARGET_ALIASES, load_benchmarks, 
 from xlit_jax.evaluate.harness.run import BenchConfig, BenchmarkEvaluation
 from xlit_jax.evaluate.report import write_report
 
-from conftest import REPO
+from support import REPO
 
 LANGUAGES = ("ar", "de", "en", "es", "it", "zh")
 

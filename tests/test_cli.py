@@ -3,9 +3,9 @@
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
+
 # launch module -> binary name, as pyproject.toml installs them
 BINARIES = {target.split(":")[0].removeprefix("launch."): name for name, target in
             tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"].items()}

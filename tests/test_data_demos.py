@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,8 @@ from xlit_jax.data.demos import NAMES, PHRASINGS, load_ntrex, load_parallel, mak
 from xlit_jax.data.records import Record, Turn, load_source
 from xlit_jax.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
+
 PAIRS = [("The cat sleeps.", "Кошка спит."), ("It is raining.", "Идёт дождь.")]
 
 

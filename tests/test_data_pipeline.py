@@ -22,13 +22,6 @@ from xlit_jax.data.templates import get_template
 L, B = 64, 3
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from xlit_jax.io.tokenizer import load_tokenizer
-
-    return load_tokenizer("smollm2-135m")
-
-
 def synthetic(n=200, langs=("en",), seed=0):
     """Examples with distinct token ids (so each can be traced in the batches) and a target tail."""
     rng = np.random.default_rng(seed)

@@ -4,20 +4,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from xlit_jax.data.stats import compute_stats, markdown, write_stats
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from xlit_jax.io.tokenizer import load_tokenizer
-
-    return load_tokenizer("smollm2-135m")
+from support import REPO
 
 
 @pytest.fixture(scope="module")

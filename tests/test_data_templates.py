@@ -11,13 +11,6 @@ CONVERSATION = (Turn("system", "Be brief."), Turn("user", "Hi there"), Turn("ass
                 Turn("user", "Capital of Peru?"), Turn("assistant", "Lima."))
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from xlit_jax.io.tokenizer import load_tokenizer
-
-    return load_tokenizer("smollm2-135m")
-
-
 class TextTokenizer:
     """A stand-in with just what the text side of the templates reads; `adds_bos` as LLaMA's tokenizer."""
 

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,8 @@ from xlit_jax.data.records import Record, Turn, load_source
 from xlit_jax.data.translate import LLMTranslator, Seq2SeqTranslator, split_units, translate_file, translate_records
 from xlit_jax.io.files import read_jsonl
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
+
 RESPONSE = ("Here is how. Run the code below!\n\n```python\nprint('Hello. World')\n```\n"
             "1. First step. Then wait.\n  - a nested point\n## Notes\n42\n")
 

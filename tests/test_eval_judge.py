@@ -6,7 +6,7 @@ from xlit_jax.errors import InputError, JudgeError
 from xlit_jax.evaluate.instructions.evalsets import EvalItem
 from xlit_jax.evaluate.instructions.judge import CRITERIA, OpenAIJudge, load_template, parse_judgement, reported_scores
 
-from eval_support import FakeOpenAI
+from support import FakeOpenAI
 
 KEY = "sk-test-7f3a9c1e-do-not-log"
 GOOD = ('{"Language": 3, "Fluency": 3, "Helpfulness": 2, "Accuracy": 3, "Logical coherence": 3, '
@@ -31,11 +31,8 @@ def template(shared_data):
 
 
 @pytest.fixture(autouse=True)
-def local_only(monkeypatch):
+def local_only(monkeypatch, loopback_only):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
 
 
 def items(n):

@@ -12,7 +12,7 @@ from xlit_jax.evaluate.instructions.relevance import (
 )
 from xlit_jax.evaluate.instructions.run import EvalConfig
 
-from eval_support import ScriptedModel
+from support import ScriptedModel
 
 
 @pytest.mark.parametrize("answer, verdict", [

@@ -4,7 +4,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -12,9 +11,8 @@ from xlit_jax.errors import InputError
 from xlit_jax.evaluate.instructions.run import EvalConfig, Evaluation, evaluate_model
 from xlit_jax.evaluate.report import write_report
 
-from eval_support import FakeOpenAI, ScriptedModel
+from support import REPO, FakeOpenAI, ScriptedModel
 
-REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-run-test-4411"
 GOOD = ('{"Language": 3, "Fluency": 2, "Helpfulness": 3, "Accuracy": 3, "Logical coherence": 3, '
         '"Harmlessness": 3}')
@@ -106,12 +104,11 @@ def test_modifier_fulfilment_by_type(tmp_path, shared_data):
     assert "| scripted | num_items | 100.0 (12) |" in written["markdown"].read_text()
 
 
-def test_answer_in_x_modifiers_take_x_as_the_right_language(tmp_path, shared_data, monkeypatch):
+def test_answer_in_x_modifiers_take_x_as_the_right_language(tmp_path, shared_data, monkeypatch, loopback_only):
     """`lang_fr` on an English prompt: a French answer is in the right language for the surface metrics and
     for the judge's wrong-language rule (decided by language identification, since the judge compares with
     the prompt's language: it gives Language 1 star to every answer here); an English answer is not."""
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     french = "La capitale de la France est Paris, une très belle ville au bord de la Seine."
     english = "The capital of France is Paris, a very beautiful city on the river Seine."
     with FakeOpenAI(lambda prompt, attempt: (200, GOOD.replace('"Language": 3', '"Language": 1'))) as server:
@@ -140,9 +137,8 @@ def test_answer_in_x_modifiers_take_x_as_the_right_language(tmp_path, shared_dat
     assert all(r["scores"] == {} for r in english_rows if r["scorer"] == "spelling")  # wrong language: left out
 
 
-def test_judge_errors_are_recorded_then_retried(tmp_path, config, monkeypatch):
+def test_judge_errors_are_recorded_then_retried(tmp_path, config, monkeypatch, loopback_only):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     state = {"garbage": True}
 
     def answer(prompt, attempt):

@@ -12,7 +12,7 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 import xlit_jax
 from xlit_jax.decode.generate import apply_repetition_penalty, bucket, prompt_bucket
 
-from conftest import left_padded
+from support import left_padded
 
 NEW_TOKENS = 64
 HF_PAD = 0  # <|endoftext|>: HF penalizes pad ids too, so pad with a token the model never wants

@@ -15,7 +15,8 @@ from xlit_jax.errors import InputError
 from xlit_jax.evaluate.instructions.judge import CRITERIA, reported_scores
 from xlit_jax.study import human_eval
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
+
 MODELS = ("model-a", "model-b")
 LANGUAGES = ("en", "fr")
 IDS = [str(i) for i in range(6)]

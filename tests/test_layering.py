@@ -4,7 +4,8 @@ import ast
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
+
 PACKAGES = ("xlit_jax", "configs", "launch")
 
 

@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM
 import xlit_jax
 from xlit_jax.io.hf import save_hf_dir
 
-from conftest import left_padded
+from support import left_padded
 
 
 def hf_logits(model, ids, mask):

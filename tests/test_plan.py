@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from test_sharding import REPO
+from support import REPO
 
 
 def installed(distribution: str) -> bool:

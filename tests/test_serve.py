@@ -8,33 +8,28 @@ import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import openai
 import pytest
 
 import xlit_jax
-from xlit_jax.io.tokenizer import load_tokenizer
 from xlit_jax.serve.app import ServeConfig, create_app
 from xlit_jax.serve.server import serve_in_thread
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
+
 KEY = "sk-serve-test-2b7d-do-not-log"
 CHAT = [{"role": "user", "content": "Name three colours."}]
 
 
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("loopback_only")
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(tok):
     """Random tiny weights behind SmolLM2's tokenizer: fast, and the model does not matter here."""
     model = xlit_jax.load("preset:tiny", vocab_size=49152, eos_token_ids=(2,), pad_token_id=2)
-    model.tokenizer = load_tokenizer("smollm2-135m")
+    model.tokenizer = tok
     return model
 
 

@@ -3,29 +3,12 @@
 Multi-device checks run in a subprocess with 8 fake CPU devices (the pytest process has one).
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import jax
 import pytest
 
 from xlit_jax import sharding
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_with_devices(code: str, devices: int = 8, timeout: int = 300) -> dict:
-    """Run `code` in a fresh Python with `devices` CPU devices; it prints one JSON line last."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONPATH=str(REPO),
-               JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
+from support import run_with_devices
 
 def test_mesh_shape_fills_in_minus_one_and_checks_the_product():
     assert sharding.mesh_shape(1, -1, 2, num_devices=8) == (1, 4, 2)

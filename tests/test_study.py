@@ -16,7 +16,8 @@ from ml_collections import ConfigDict
 from xlit_jax.errors import InputError
 from xlit_jax.study import grid, report
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
+
 TINY_STUDY = '''
 from ml_collections import ConfigDict
 

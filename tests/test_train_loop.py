@@ -21,7 +21,8 @@ from xlit_jax.errors import NonFiniteError
 from xlit_jax.io.checkpoints import load_for_inference
 from xlit_jax.train.loop import train
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
+
 OVERRIDES = {"data.seq_len": 64, "data.tokens_per_batch": 128, "data.grad_accum": 2, "train.max_steps": 8,
              "train.save_every": 2, "train.log_every": 1, "train.keep": 10, "optim.lr": 1e-3, "optim.min_lr": 1e-4}
 COMPARED = ("step", "loss", "grad_norm", "lr", "target_tokens")

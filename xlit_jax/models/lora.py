@@ -93,10 +93,6 @@ def merge_lora(params, alpha: float) -> Any:
     return traverse_util.unflatten_dict(out)
 
 
-def count_params(params) -> int:
-    return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
-
-
 def init_adapters(config, seed: int = 0) -> Any:
     """Fresh adapters (A random, B zero) for `config`'s LoRA targets, without materialising the base."""
     from xlit_jax.models.llama import Llama  # deferred: llama.py imports this module

@@ -1,10 +1,41 @@
-"""Test support for the evaluation tests: a scripted chat model and a local OpenAI-API server."""
+"""Helpers shared by the tests (fixtures live in conftest.py): the repository root, a fresh Python with
+several CPU devices, left padding, a scripted chat model and a local OpenAI-API server.
+Test modules import from here, never from each other."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_with_devices(code: str, devices: int = 8, timeout: int = 300) -> dict:
+    """Run `code` in a fresh Python with `devices` CPU devices; it prints one JSON line last."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONPATH=str(REPO),
+               JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def left_padded(sequences, pad_id=0):
+    """numpy ids and attention mask for sequences of different lengths, padded on the left."""
+    length = max(len(s) for s in sequences)
+    ids = np.full((len(sequences), length), pad_id, np.int64)
+    mask = np.zeros((len(sequences), length), np.int64)
+    for i, s in enumerate(sequences):
+        ids[i, length - len(s):] = s
+        mask[i, length - len(s):] = 1
+    return ids, mask
 
 
 class ScriptedModel:

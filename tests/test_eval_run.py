@@ -193,3 +193,21 @@ def test_smollm2_end_to_end(tmp_path, smollm2):
     assert all(g["response"].strip() for g in generations)
     assert {r["scorer"] for r in rows(written["item_scores"])} == {"language", "spelling", "relevance"}
     assert f"| {smollm2.name} | fr |" in written["markdown"].read_text()
+
+
+
+def test_every_scorer_implements_the_scorer_protocol():
+    import importlib
+    import inspect
+    import pkgutil
+
+    from xlit_jax.evaluate import instructions
+    from xlit_jax.evaluate.instructions.scorer import Scorer
+
+    modules = [importlib.import_module(f"{instructions.__name__}.{info.name}")
+               for info in pkgutil.iter_modules(instructions.__path__)]
+    scorers = {cls for module in modules for _, cls in inspect.getmembers(module, inspect.isclass)
+               if hasattr(cls, "score") and cls is not Scorer}  # what scores responses
+    assert {cls.__name__ for cls in scorers} >= {"LanguageScorer", "SpellingScorer", "ModifierScorer",
+                                                  "OpenAIJudge", "RelevanceJudge"}
+    assert all(issubclass(cls, Scorer) for cls in scorers), scorers

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from xlit_jax.errors import InputError, JudgeError
 from xlit_jax.evaluate.instructions.evalsets import CHIRKOVA_DIR, instruction_text
+from xlit_jax.evaluate.instructions.scorer import Scorer
 
 TEMPLATE_FILE = "eval_prompt_gpt.txt"
 TASK, SUBMISSION = "%%%TASK%%%", "%%%SUBMISSION%%%"
@@ -109,7 +110,7 @@ def reported_scores(scores: dict[str, int], right_language: bool | None = None) 
     return {f"judge_{c}": float(scores[c]) for c in kept_criteria(right_language) if c != "language"}
 
 
-class OpenAIJudge:
+class OpenAIJudge(Scorer):
     """Judges responses through the `openai` client; `attempts` bounds the tries per item."""
 
     name = "judge"
@@ -131,9 +132,6 @@ class OpenAIJudge:
         self._workers = workers
         self._lid = lid  # language identification, for items whose answer is asked in another language
         self.chunk_size = 4 * workers
-
-    def applies(self, item) -> bool:
-        return True
 
     def _ask(self, prompt: str) -> str:
         reply = self._client.chat.completions.create(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from xlit_jax.data.langid import LanguageIdentifier
+from xlit_jax.evaluate.instructions.scorer import Scorer
 
 
-class LanguageScorer:
+class LanguageScorer(Scorer):
     """Language correctness: 1.0 when the response is identified as the language it should be in."""
 
     name = "language"
@@ -13,9 +14,6 @@ class LanguageScorer:
 
     def __init__(self, lid: LanguageIdentifier):
         self._lid = lid
-
-    def applies(self, item) -> bool:
-        return True
 
     def score(self, items, responses) -> list[dict]:
         return [{"scores": {"language_correct": float(language == item.expected_language)},

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from xlit_jax.data.spelling import NOT_PROSE
+from xlit_jax.evaluate.instructions.scorer import Scorer
 
 # A list item: a bullet or a number (possibly bold or in a markdown heading), then text.
 LIST_ITEM = re.compile(r"^([ \t]*)(?:#{1,6}[ \t]+)?(?:[-*+\u2022]|(?:\*\*)?\d{1,2}[.)])[ \t]+\S", re.MULTILINE)
@@ -69,7 +70,7 @@ RULES = {
 CHECKABLE = frozenset(RULES) | {"lang"}
 
 
-class ModifierScorer:
+class ModifierScorer(Scorer):
     """Did the response do what the modifier asked? 1.0 or 0.0 per response, for checkable types."""
 
     name = "modifiers"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from xlit_jax.errors import InputError
 from xlit_jax.evaluate.instructions.evalsets import CHIRKOVA_DIR, instruction_text
+from xlit_jax.evaluate.instructions.scorer import Scorer
 from xlit_jax.resources import package_file
 
 TABLE3_FILE = "relevance_prompt_table3.txt"  # in the data folder's CHIRKOVA_DIR
@@ -60,7 +61,7 @@ def last_binary_digit(answer: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-class RelevanceJudge:
+class RelevanceJudge(Scorer):
     """Scores relevance with any chat model that has `.generate(prompts, ...)` (greedy decoding)."""
 
     name = "relevance"
@@ -71,9 +72,6 @@ class RelevanceJudge:
         self._max_new_tokens = max_new_tokens
         self._batch_size = batch_size
         self.chunk_size = batch_size
-
-    def applies(self, item) -> bool:
-        return True
 
     def score(self, items, responses) -> list[dict]:
         prompts = [[{"role": "user", "content": fill(self._template, instruction_text(item.messages), text)}]

@@ -5,8 +5,7 @@ judge key and templates, an out_dir holding another model's or other settings' g
 checked before any generation or scoring. Generations and per-response scores are appended to
 keyed JSONL files batch by batch, so an interrupted run resumes where it stopped.
 
-A scorer is any object with `name`, `chunk_size`, `applies(item) -> bool` and
-`score(items, responses) -> [{"scores": {metric: value}, "details": {...}} or {"error": "..."}]`.
+Scorers implement scorer.Scorer: `name`, `chunk_size`, `applies(item)` and `score(items, responses)`.
 """
 
 from __future__ import annotations

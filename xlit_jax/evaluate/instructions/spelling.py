@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from xlit_jax.data.spelling import SpellChecker
+from xlit_jax.evaluate.instructions.scorer import Scorer
 
 
-class SpellingScorer:
+class SpellingScorer(Scorer):
     """Share of correctly spelled words, for responses in the language they should be in.
 
     A response in another language is left out: the expected language's dictionary would count
@@ -19,9 +20,6 @@ class SpellingScorer:
     def __init__(self, checker: SpellChecker, lid):
         self._checker = checker
         self._lid = lid
-
-    def applies(self, item) -> bool:
-        return True
 
     def _one(self, item, text: str, detected: str | None) -> dict:
         if detected != item.expected_language:

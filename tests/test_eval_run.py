@@ -207,7 +207,7 @@ def test_every_scorer_implements_the_scorer_protocol():
     modules = [importlib.import_module(f"{instructions.__name__}.{info.name}")
                for info in pkgutil.iter_modules(instructions.__path__)]
     scorers = {cls for module in modules for _, cls in inspect.getmembers(module, inspect.isclass)
-               if hasattr(cls, "score") and cls is not Scorer}  # what scores responses
+               if hasattr(cls, "score") and hasattr(cls, "name") and cls is not Scorer}  # what scores responses
     assert {cls.__name__ for cls in scorers} >= {"LanguageScorer", "SpellingScorer", "ModifierScorer",
                                                   "OpenAIJudge", "RelevanceJudge"}
     assert all(Scorer in cls.__mro__ for cls in scorers), scorers  # subclasses, not look-alikes

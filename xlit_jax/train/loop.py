@@ -120,19 +120,20 @@ class _Run:
         # the run's own: config changes to the model do not apply, except the attention kernel (per machine)
         config = ckpt.read_config(self.workdir).replace(attention=self.cfg.model.attention)
         tokenizer = ckpt.read_tokenizer(self.workdir)
-        state, shardings, data_state = self._restore(config, latest)
+        state, shardings, data_state, step = self._restore(config)
         data = make_batches(self.cfg, tokenizer)
         data.restore(data_state)
-        logging.info("resumed from step %d", latest)
+        logging.info("resumed from step %d", step)
         return config, state, shardings, tokenizer, data
 
-    def _restore(self, config: LlamaConfig, step: int):
+    def _restore(self, config: LlamaConfig):
+        """The newest checkpoint that restores (unreadable newer ones are set aside, io/checkpoints.py)."""
         abstract, shardings = step_lib.abstract_state(config, self.tx, self.mesh)
-        restored = self.checkpoints.restore(step, abstract.params, abstract.opt_state)
+        step, restored = self.checkpoints.restore_latest(abstract.params, abstract.opt_state)
         frozen = ckpt.restore_frozen(self.workdir, abstract.frozen) if abstract.frozen else {}
         step_array = sharding.host_to_mesh(np.asarray(step, np.int32), shardings.step)
         state = step_lib.TrainState(step_array, restored["params"], frozen, restored["opt_state"])
-        return state, shardings, restored["data"]
+        return state, shardings, restored["data"], step
 
 
 class _Monitor:

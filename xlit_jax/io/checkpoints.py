@@ -49,38 +49,33 @@ LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
 def _quiet_orbax(record) -> bool:
     """Orbax logs every save phase at INFO; keep its warnings and errors only, for every caller of this
-    module (xlit-train, `make demo`, library users), less the traceback its background threads log of an
-    exception that the caller gets anyway (and this module reports)."""
+    module (xlit-train, `make demo`, library users), less the errors it logs from its background threads
+    or with a traceback: Orbax raises each of them again in the caller, which reports it (Checkpoints.save)."""
     if "/orbax/" not in record.pathname:
         return True
-    return record.levelno >= pylogging.WARNING and "raised an exception" not in record.getMessage()
+    if record.levelno >= pylogging.ERROR:
+        return record.threadName == "MainThread" and not record.exc_info
+    return record.levelno >= pylogging.WARNING
 
 
 logging.get_absl_logger().addFilter(_quiet_orbax)
 
 
-def _quiet_aftermath() -> None:
-    """After a failed restore or save that this module reports, the reads and writes Orbax cancelled still
-    finish on TensorStore's threads into a closed event loop, or are collected at exit, and Python prints a
-    traceback for each ("Event loop is closed", "Exception ignored in <coroutine>"): drop those only."""
-    previous = sys.unraisablehook
-    if getattr(previous, "quiets_orbax", False):
-        return
+def _quiet_orbax_aftermath(unraisable, report=sys.unraisablehook) -> None:
+    """After a failed restore or save, the reads and writes Orbax cancelled still finish on TensorStore's
+    threads into a closed event loop, or are collected at exit, and Python prints a traceback for each
+    ("Event loop is closed", "Exception ignored in <coroutine>"): the failure itself reaches the caller, so
+    drop these, and only these."""
+    files = [getattr(getattr(unraisable.object, "cr_code", None), "co_filename", "")]
+    trace = unraisable.exc_traceback
+    while trace is not None:
+        files.append(trace.tb_frame.f_code.co_filename)
+        trace = trace.tb_next
+    if not any("/orbax/" in f or "/asyncio/" in f for f in files):
+        report(unraisable)
 
-    def hook(unraisable):
-        trace = unraisable.exc_traceback
-        files = []
-        while trace is not None:
-            files.append(trace.tb_frame.f_code.co_filename)
-            trace = trace.tb_next
-        code = getattr(unraisable.object, "cr_code", None)
-        if code is not None:
-            files.append(code.co_filename)
-        if not any("/orbax/" in f or "/asyncio/" in f for f in files):
-            previous(unraisable)
 
-    hook.quiets_orbax = True
-    sys.unraisablehook = hook
+sys.unraisablehook = _quiet_orbax_aftermath
 
 
 def _everywhere(ok: bool) -> bool:
@@ -181,7 +176,6 @@ class Checkpoints:
             reason = os_error(e)
             if reason is None:
                 raise
-            _quiet_aftermath()
             saved = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
             kept = f"step {saved[-1]} and the checkpoints before it are intact" if saved else "nothing was saved yet"
             raise UserError(f"cannot save checkpoint step {self.saving} in {self.directory}: {reason}; {kept}: "
@@ -202,7 +196,6 @@ class Checkpoints:
                 restored, reason = self.restore(step, params_target, opt_target), None
             except Exception as e:  # Orbax and TensorStore raise ValueError, OSError, bare Exception, ...
                 restored, reason = None, _reason(e, self.directory / str(step))
-                _quiet_aftermath()
                 if jax.process_count() > 1:  # the barrier that ends Orbax's restore, which this process missed
                     multihost_utils.sync_global_devices("Checkpointer:restore")
             if _everywhere(reason is None):

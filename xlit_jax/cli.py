@@ -7,6 +7,7 @@ import sys
 from absl import app, flags
 from ml_collections import ConfigDict
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+from tqdm import tqdm
 
 from xlit_jax.errors import UserError
 
@@ -17,6 +18,8 @@ def run_main(main, name: str) -> None:
     override naming no field of its config (check_overrides) is such an error too, found before main runs."""
 
     def report(error: Exception):
+        for bar in list(getattr(tqdm, "_instances", ())):  # a progress bar the error cut short ends its line
+            bar.close()
         print(f"{name}: {error}", file=sys.stderr)
         sys.exit(2)
 

@@ -48,3 +48,24 @@ def test_every_binary_reports_bad_input_in_one_line(tmp_path, shared_data):
         lines = [line for line in err.splitlines() if line.startswith(f"{name}: ")]
         assert process.returncode == 2 and "Traceback" not in err, (module, err[-2000:])
         assert len(lines) == 1 and cases[module][1] in lines[0], (module, err[-2000:])
+
+
+def test_a_mistyped_override_names_the_field_its_section_and_the_closest_match(tmp_path):
+    """xlit-train and xlit-study: one line, exit 2, before anything is loaded or written."""
+    cases = [("train", ["--config=configs/experiments/tiny_ft.py", f"--workdir={tmp_path / 'run'}",
+                        "--config.train.eval_evry=5"],
+              "xlit-train: --config.train.eval_evry: no field 'eval_evry' in section train (did you mean "
+              "'log_every'? its fields: async_checkpoint, export_hf, export_peft, keep, log_every, max_steps, "
+              "peak_flops, save_every, seed, tensorboard)"),
+             ("train", ["--config=configs/experiments/tiny_ft.py", "--config.trian.max_steps=5"],
+              "xlit-train: --config.trian.max_steps: no field 'trian' in the config (did you mean 'train'? its "
+              "fields: data, distributed, lora, mesh, model, optim, train)"),
+             ("study", ["--config=configs/studies/smollm2_mini.py", f"--workdir={tmp_path / 'study'}",
+                        "--config.eval.limt=3"],
+              "xlit-study: --config.eval.limt: no field 'limt' in section eval (did you mean 'limit'? its fields: "
+              "batch_size, eval_set, languages, limit, max_new_tokens, metrics, seed)")]
+    for module, args, line in cases:
+        result = subprocess.run([sys.executable, "-m", f"launch.{module}", *args], cwd=REPO, capture_output=True,
+                                text=True, timeout=300)
+        assert (result.returncode, result.stderr.strip()) == (2, line)
+    assert not list(tmp_path.iterdir())

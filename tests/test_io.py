@@ -8,7 +8,7 @@ import pytest
 
 import xlit_jax
 from xlit_jax.errors import InputError, WeightsError
-from xlit_jax.io.files import read_jsonl, resume_jsonl
+from xlit_jax.io.files import read_jsonl, read_output_jsonl, resume_jsonl
 from xlit_jax.io.gguf import GGUFFile, smollm2_gguf_path
 from xlit_jax.io.hf import config_from_hf, save_hf_dir
 from xlit_jax.models.presets import get_preset
@@ -78,6 +78,61 @@ def test_resume_cuts_a_half_written_line(tmp_path):
     out.write_text('{"id": 1, "output": "a"}\n{"id": 2, "outp')
     assert resume_jsonl(out) == [{"id": 1, "output": "a"}]
     assert out.read_text() == '{"id": 1, "output": "a"}\n'
+
+
+def test_resume_sets_a_damaged_middle_line_aside_and_names_it(tmp_path, caplog):
+    """A line damaged in the middle of a keyed output (a failing disk, an edit) is named by file and line,
+    moved to FILE.damaged and dropped, so its item is redone; reports leave it out with the same warning."""
+    out = tmp_path / "item_scores.jsonl"
+    out.write_bytes(b'{"id": 1}\n{"id": 2, "sco\x00\x00\n[3]\n{"id": 4}\n{"id": 5')
+    assert [r["id"] for r in read_output_jsonl(out)] == [1, 4]
+    assert f"{out}:2: malformed JSON" in caplog.text and f"{out}:3: not a JSON object" in caplog.text
+    caplog.clear()
+    assert resume_jsonl(out) == [{"id": 1}, {"id": 4}]
+    assert out.read_text() == '{"id": 1}\n{"id": 4}\n'
+    assert (tmp_path / "item_scores.jsonl.damaged").read_bytes() == b'{"id": 2, "sco\x00\x00\n[3]\n'
+    assert f"{out}:2: malformed JSON" in caplog.text and "its work is redone" in caplog.text
+    with pytest.raises(InputError, match=r"damaged:1: malformed JSON"):  # an input file's bad line stays an error
+        list(read_jsonl(tmp_path / "item_scores.jsonl.damaged"))
+
+
+FULL_DISK = """\
+import resource, signal, sys
+import numpy as np
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+import xlit_jax
+from xlit_jax.errors import UserError
+from xlit_jax.io.files import append_jsonl
+from xlit_jax.io.hf import save_hf_dir
+model = xlit_jax.load("preset:tiny")
+out, hf = sys.argv[1:]
+save_hf_dir(model.config, model.params, hf)
+append_jsonl(out, [{"id": 1}])
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.RLIM_INFINITY))
+for attempt in (lambda: append_jsonl(out, [{"id": 2, "text": "x" * 100000}]),
+                lambda: save_hf_dir(model.config.replace(num_layers=1), model.params, hf)):
+    try:
+        attempt()
+    except UserError as e:
+        print(e)
+"""
+
+
+def test_a_full_disk_leaves_outputs_whole_and_says_so_in_one_line(tmp_path):
+    """Writes refused by the kernel (RLIMIT_FSIZE, EFBIG): the JSONL keeps its complete rows only, the old
+    HF export stays as it was with no temp directory beside it, and each failure is one UserError line."""
+    out, hf = tmp_path / "out.jsonl", tmp_path / "hf"
+    result = subprocess.run([sys.executable, "-c", FULL_DISK, str(out), str(hf)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        f"cannot write {out}: [Errno 27] File too large; free space (or raise the quota) and rerun the same "
+        "command: finished work is kept",
+        f"cannot write {hf}: [Errno 27] File too large; free space (or raise the quota) and rerun the same "
+        "command: finished work is kept"]
+    assert out.read_text() == '{"id": 1}\n'
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert xlit_jax.load(hf).config.num_layers == xlit_jax.load("preset:tiny").config.num_layers
 
 
 def run_generate(*args):

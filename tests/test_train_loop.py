@@ -4,6 +4,7 @@ and two processes (jax.distributed on localhost) training like one."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -179,3 +180,92 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(chat
     cfg = tiny_config(chats, **{"optim.lr": 1e30, "optim.min_lr": 1e30, "train.save_every": 100})
     with pytest.raises(NonFiniteError, match=r"stopped at step 2: non-finite loss .*; no checkpoint was saved yet"):
         train(cfg, str(tmp_path / "nan_early"))
+
+
+def one_liners(err: str) -> list[str]:
+    """The `xlit-train: ...` lines of stderr (tqdm's progress bar ends its lines in carriage returns)."""
+    return [line for line in re.split(r"[\r\n]", err) if line.startswith("xlit-train: ")]
+
+
+def _damage(how: str, step_dir: Path) -> None:
+    """Truncate or delete the largest data file of the step's params, or overwrite bytes of their metadata."""
+    data = max((step_dir / "params").rglob("d/*"), key=lambda p: p.stat().st_size)
+    if how == "truncate":
+        os.truncate(data, 100)
+    elif how == "delete":
+        data.unlink()
+    else:
+        metadata = step_dir / "params" / "_METADATA"
+        with open(metadata, "r+b") as f:
+            f.seek(5)
+            f.write(b"\x00garbage\x00" * 4)
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete", "corrupt"])
+def test_an_unreadable_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_previous(
+        reference, chats, tmp_path, caplog, how):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir)
+    _damage(how, workdir / "checkpoints" / "8")
+    shutil.rmtree(workdir / "checkpoints" / "6")  # so the resumed run computes steps 5 to 8 again
+    with caplog.at_level("WARNING"):
+        train(tiny_config(chats), str(workdir))
+    assert rows(workdir) == rows(reference[0])
+    aside = workdir / "checkpoints" / "unreadable" / "8"
+    assert (aside / "params").is_dir() and steps(workdir) == [2, 4, 6, 8]
+    [line] = [r.getMessage() for r in caplog.records if "cannot be restored" in r.getMessage()]
+    assert line.startswith(f"checkpoint step 8 cannot be restored ({workdir.absolute() / 'checkpoints' / '8'}")
+    assert line.endswith(f"moved to {aside.absolute()}, resuming from step 4")
+
+
+def test_no_readable_checkpoint_is_one_line_and_moves_nothing(reference, chats, tmp_path):
+    """xlit-train on a workdir whose every checkpoint has every data file truncated: one line, exit 2,
+    no Orbax or asyncio tracebacks, the checkpoints left where they were."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir)
+    for data in (workdir / "checkpoints").rglob("d/*"):
+        os.truncate(data, 10)
+    process = launch(flags(chats, workdir), tmp_path / "cache")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 2, err[-3000:]
+    assert "Traceback" not in err and "Event loop is closed" not in err, err[-3000:]
+    [last] = one_liners(err)
+    assert last.startswith(f"xlit-train: no checkpoint in {workdir.absolute() / 'checkpoints'} can be restored "
+                           "(steps 8, 6, 4, 2; step 8: "), last
+    assert "to start over, move" in last
+    assert steps(workdir) == [2, 4, 6, 8] and not (workdir / "checkpoints" / "unreadable").exists()
+
+
+FILE_LIMITED = """\
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+from xlit_jax.io import checkpoints
+save = checkpoints.Checkpoints.save
+def limited(self, step, *args):
+    if step == 4:  # from here on, no file may grow past 1 MiB: a full disk for checkpoints, not for metrics
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+    return save(self, step, *args)
+checkpoints.Checkpoints.save = limited
+from launch.train import run
+sys.argv[0] = "xlit-train"
+run()
+"""
+
+
+def test_a_save_that_fails_at_the_filesystem_stops_in_one_line_and_the_rerun_completes(reference, chats, tmp_path):
+    """The step-4 save fails for real (RLIMIT_FSIZE: the kernel refuses the write, EFBIG): one line naming
+    the step, the directory and the OS error, exit 2, step 2 intact; the same command then finishes with
+    the uninterrupted run's losses."""
+    workdir = tmp_path / "run"
+    process = launch(flags(chats, workdir), tmp_path / "cache", code=FILE_LIMITED)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert one_liners(err) == [
+        f"xlit-train: cannot save checkpoint step 4 in {workdir.absolute() / 'checkpoints'}: [Errno 27] File too "
+        "large; step 2 and the checkpoints before it are intact: free space (or raise the quota) and rerun the "
+        "same command to resume"]
+    assert steps(workdir) == [2]
+    finish(launch(flags(chats, workdir), tmp_path / "cache"))
+    assert rows(workdir) == rows(reference[0])
+    assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]

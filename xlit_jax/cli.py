@@ -1,21 +1,89 @@
 """The one error surface of the binaries (launch/ and the benchmark scripts)."""
 
+import difflib
+import re
 import sys
 
-from absl import app
+from absl import app, flags
+from ml_collections import ConfigDict
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+from tqdm import tqdm
 
 from xlit_jax.errors import UserError
 
 
 def run_main(main, name: str) -> None:
     """`absl.app.run(main)`, reporting a user's error (any UserError, e.g. InputError, or a UsageError raised
-    in main) as one line `NAME: message` on stderr with exit status 2, and no traceback."""
+    in main) as one line `NAME: message` on stderr with exit status 2, and no traceback. A --CONFIG.FIELD
+    override naming no field of its config (check_overrides) is such an error too, found before main runs."""
+
+    def report(error: Exception):
+        for bar in list(getattr(tqdm, "_instances", ())):  # a progress bar the error cut short ends its line
+            bar.close()
+        print(f"{name}: {error}", file=sys.stderr)
+        sys.exit(2)
+
+    def parse(argv):
+        try:
+            check_overrides(argv)
+        except UserError as e:
+            report(e)
+        return app.parse_flags_with_usage(argv)
 
     def guarded(argv):
         try:
             return main(argv)
         except (UserError, app.UsageError) as e:
-            print(f"{name}: {e}", file=sys.stderr)
-            sys.exit(2)
+            report(e)
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=parse)
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        for form in (f"--{name}=", f"-{name}="):
+            if arg.startswith(form):
+                return arg[len(form):]
+        if arg in (f"--{name}", f"-{name}") and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _unknown_field(config, path: str) -> str | None:
+    """What is wrong with the override path `a.b.c` of `config`, or None if it names a field."""
+    node, parts = config, path.split(".")
+    for depth, part in enumerate(parts):
+        if "[" in part:  # an index into a sequence: ml_collections checks it
+            return None
+        section = ".".join(parts[:depth])
+        if not isinstance(node, (ConfigDict, dict)):
+            return f"{section} is a setting ({type(node).__name__}), not a section: it has no field {part!r}"
+        if part not in node:
+            fields = sorted(node.keys())
+            close = difflib.get_close_matches(part, fields, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            return (f"no field {part!r} in {f'section {section}' if section else 'the config'} "
+                    f"({hint}its fields: {', '.join(fields)})")
+        node = node[part]
+    return None
+
+
+def check_overrides(argv: list[str], flag_values=flags.FLAGS) -> None:
+    """A UserError naming the first --NAME.FIELD override of a config-file flag (config_flags) that names
+    no field of the config, its section's fields and the closest match; nothing else is loaded first."""
+    for name in list(flag_values):
+        flag = flag_values[name]
+        if not isinstance(flag.parser, ConfigFileFlagParser):
+            continue
+        overrides = [m.group(2) for arg in argv[1:] if (m := re.match(rf"-{{1,2}}(no)?{re.escape(name)}\.([^=]+)", arg))]
+        path = _flag_value(argv[1:], name)
+        if not overrides or path is None:
+            continue
+        try:
+            config = flag.parser.parse(path)
+        except Exception:  # an unreadable config file: the flag's own parsing reports it
+            continue
+        for override in overrides:
+            problem = _unknown_field(config, override)
+            if problem:
+                raise UserError(f"--{name}.{override}: {problem}")

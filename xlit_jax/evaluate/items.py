@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from xlit_jax.errors import InputError
-from xlit_jax.io.files import read_jsonl
+from xlit_jax.io.files import read_output_jsonl
 
 ITEM_SCORES_FILE = "item_scores.jsonl"
 
@@ -37,7 +37,7 @@ def check_model(where: str, row: dict, model_name: str) -> None:
 def read_item_scores(path: Path) -> list[dict]:
     """The standing row per (model, set, language, id, scorer): the latest success, else the latest error."""
     standing = {}
-    for _, row in read_jsonl(path, truncated_tail_ok=True):
+    for row in read_output_jsonl(path):
         key = score_key(row)
         if "error" not in row or "error" in standing.get(key, {"error": None}):
             standing[key] = row

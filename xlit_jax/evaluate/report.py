@@ -17,7 +17,7 @@ from xlit_jax.errors import InputError
 from xlit_jax.evaluate.instructions.judge import CRITERIA
 from xlit_jax.evaluate.instructions.modifiers import family
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
-from xlit_jax.io.files import atomic_write_text, csv_text
+from xlit_jax.io.files import atomic_write_text, csv_text, reported_write
 
 SCORES_FILE = "scores.jsonl"
 MODIFIER_ALL = "all"  # the modifier column of aggregates over every item (the study report leaves it blank)
@@ -173,11 +173,15 @@ def _bar_panels(panels: list[tuple[str, dict]], path: Path, ylabel: str, top: fl
 
 def save_figure(plt, fig, path: Path, dpi: int) -> None:
     """Write `fig` as a PNG atomically (a reader never sees half a file) and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with reported_write(path):  # a full disk: one line, and no half figure left behind
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(tmp, dpi=dpi)
+            tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
 def _benchmark_cells(rows: list[dict]) -> tuple[list[tuple[str, str]], dict]:

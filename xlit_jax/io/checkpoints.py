@@ -7,41 +7,94 @@ A run's workdir holds:
   checkpoints/<step>/        params (trainable: all params, or the LoRA adapters), opt_state, and data
                              (the batch iterator's position), saved every N steps and at the end, async;
                              the last N are kept
+  checkpoints/unreadable/<step>/  a checkpoint that could not be restored on resume, set aside (never deleted)
+
+Damage and full disks (docs/training.md, "Recovery"): resuming takes the newest checkpoint that every
+process can restore, setting newer unreadable ones aside; a save that fails at the filesystem stops the run
+with one line (UserError) and leaves the earlier checkpoints as they were.
 A LoRA step therefore costs the adapters' size, not the model's; `load_for_inference` merges the
 adapters into the base and returns a plain model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging as pylogging
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
-from xlit_jax.io.files import atomic_write_text
+from xlit_jax.errors import UserError
+from xlit_jax.io.files import atomic_write_text, os_error
 from xlit_jax.models.config import LlamaConfig
 
 MODEL_DIR = "model"
 CONFIG_FILE = "llama_config.json"
 FROZEN_DIR = "frozen"
 CHECKPOINTS_DIR = "checkpoints"
+UNREADABLE_DIR = "unreadable"
 ITEMS = ("params", "opt_state", "data")
 LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
 
 def _quiet_orbax(record) -> bool:
     """Orbax logs every save phase at INFO; keep its warnings and errors only, for every caller of this
-    module (xlit-train, `make demo`, library users)."""
-    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+    module (xlit-train, `make demo`, library users), less the errors it logs from its background threads
+    or with a traceback: Orbax raises each of them again in the caller, which reports it (Checkpoints.save)."""
+    if "/orbax/" not in record.pathname:
+        return True
+    if record.levelno >= pylogging.ERROR:
+        return record.threadName == "MainThread" and not record.exc_info
+    return record.levelno >= pylogging.WARNING
 
 
 logging.get_absl_logger().addFilter(_quiet_orbax)
+
+
+def _quiet_orbax_aftermath(unraisable, report=sys.unraisablehook) -> None:
+    """After a failed restore or save, the reads and writes Orbax cancelled still finish on TensorStore's
+    threads into a closed event loop, or are collected at exit, and Python prints a traceback for each
+    ("Event loop is closed", "Exception ignored in <coroutine>"): the failure itself reaches the caller, so
+    drop these, and only these."""
+    files = [getattr(getattr(unraisable.object, "cr_code", None), "co_filename", "")]
+    trace = unraisable.exc_traceback
+    while trace is not None:
+        files.append(trace.tb_frame.f_code.co_filename)
+        trace = trace.tb_next
+    if not any("/orbax/" in f or "/asyncio/" in f for f in files):
+        report(unraisable)
+
+
+sys.unraisablehook = _quiet_orbax_aftermath
+
+
+def _everywhere(ok: bool) -> bool:
+    """Whether `ok` holds on every process (a collective: every process calls it, in the same order)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _reason(error: BaseException, step_dir: Path) -> str:
+    """'FILE: REASON' of a failed restore: the file under `step_dir` the error names (else the step's
+    directory) and the innermost error's first line."""
+    messages = []
+    while error is not None:
+        messages.append(str(error).strip() or type(error).__name__)
+        error = error.__cause__ or error.__context__
+    named = re.search(re.escape(str(step_dir)) + r"[^\s\"']*", " ".join(messages))
+    reason = messages[-1].splitlines()[0]
+    return f"{named.group(0) if named else step_dir}: {reason[:400]}"
 
 
 def save_model_info(workdir: str | os.PathLike, config: LlamaConfig, tokenizer=None) -> None:
@@ -95,19 +148,87 @@ class Checkpoints:
 
     def __init__(self, workdir: str | os.PathLike, keep: int | None = 3, async_save: bool = True,
                  read_only: bool = False):
+        # a save cut short (a kill, a full disk) leaves a temporary directory: removed when training restarts
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                               read_only=read_only)
-        self.manager = ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS_DIR, options=options,
-                                             item_names=ITEMS)
+                                               read_only=read_only, cleanup_tmp_directories=not read_only)
+        self.directory = Path(workdir).absolute() / CHECKPOINTS_DIR
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        self.saving = None  # the step whose asynchronous save may still be running
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, params: Any, opt_state: Any, data_state: dict) -> None:
-        """Starts the save and returns once the arrays are copied off the devices; the write goes on."""
-        self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-            data=ocp.args.JsonSave(data_state)), force=True)
+        """Starts the save and returns once the arrays are copied off the devices; the write goes on. A save
+        that fails at the filesystem (here or, asynchronously, at the next save or wait) is a UserError."""
+        self.wait()
+        self.saving = step
+        with self._reported_save():
+            self.manager.save(step, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+                data=ocp.args.JsonSave(data_state)), force=True)
+
+    @contextlib.contextmanager
+    def _reported_save(self):
+        try:
+            yield
+        except Exception as e:
+            reason = os_error(e)
+            if reason is None:
+                raise
+            saved = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+            kept = f"step {saved[-1]} and the checkpoints before it are intact" if saved else "nothing was saved yet"
+            raise UserError(f"cannot save checkpoint step {self.saving} in {self.directory}: {reason}; {kept}: "
+                            "free space (or raise the quota) and rerun the same command to resume") from None
+
+    def restore_latest(self, params_target: Any, opt_target: Any) -> tuple[int, dict] | None:
+        """(step, restored) from the newest checkpoint that every process can restore, or None when there is
+        no checkpoint. Newer ones that cannot be restored (a truncated, missing or overwritten file, bad
+        metadata, another config's shapes) are moved to checkpoints/unreadable/STEP, one log line each;
+        when none can be restored nothing is moved and a UserError says so.
+
+        Multi-host: each process restores its own shards, so only some may see a damaged file. Every
+        process tries the steps in the same order and a step is taken only if it restored on all of them
+        (one allgather of a flag per step); process 0 moves the rejected ones aside."""
+        failures = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored, reason = self.restore(step, params_target, opt_target), None
+            except Exception as e:  # Orbax and TensorStore raise ValueError, OSError, bare Exception, ...
+                restored, reason = None, _reason(e, self.directory / str(step))
+                if jax.process_count() > 1:  # the barrier that ends Orbax's restore, which this process missed
+                    multihost_utils.sync_global_devices("Checkpointer:restore")
+            if _everywhere(reason is None):
+                self._set_aside(failures, step)
+                return step, restored
+            failures.append((step, reason))
+        if not failures:
+            return None
+        newest, reason = failures[0]
+        raise UserError(f"no checkpoint in {self.directory} can be restored (steps "
+                        f"{', '.join(str(s) for s, _ in failures)}; step {newest}: "
+                        f"{reason or 'unreadable on another process, see its log'}); if the model or optimizer "
+                        "settings changed since they were saved, rerun with the ones that saved them; to start "
+                        f"over, move {self.directory} away")
+
+    def _set_aside(self, failures: list[tuple[int, str | None]], resumed: int) -> None:
+        """Process 0 moves each rejected step to checkpoints/unreadable/STEP (STEP.1, ... if that is taken)."""
+        for step, reason in failures:
+            target = self.directory / UNREADABLE_DIR / str(step)
+            for n in range(1, 1000):
+                if not target.exists():
+                    break
+                target = target.with_name(f"{step}.{n}")
+            if jax.process_index() == 0:
+                target.parent.mkdir(exist_ok=True)
+                os.replace(self.directory / str(step), target)
+            if reason or jax.process_index() == 0:
+                logging.warning("checkpoint step %d cannot be restored (%s); moved to %s, resuming from step %d",
+                                step, reason or "unreadable on another process, see its log", target, resumed)
+        if failures:
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("xlit_jax checkpoints set aside")
+            self.manager.reload()
 
     def restore(self, step: int, params_target: Any, opt_target: Any | None = None) -> dict:
         """Restore into the targets' shapes and shardings; without `opt_target`, params (and data) only."""
@@ -117,7 +238,8 @@ class Checkpoints:
         return dict(self.manager.restore(step, args=ocp.args.Composite(**items)).items())
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._reported_save():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()

@@ -1,4 +1,10 @@
-"""Atomic file output: a reader never sees half a file, and a crash leaves the old version intact."""
+"""Atomic file output: a reader never sees half a file, and a crash or a full disk leaves the old version intact.
+
+A write that fails at the filesystem (no space, quota, file size limit, permissions) is a UserError naming
+the file and the OS error: the binaries report it in one line and the same command, rerun once there is room,
+carries on. Append-only outputs (keyed JSONL) never keep a damaged line: resuming one sets it aside and the
+work it held is redone.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,44 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from xlit_jax.errors import InputError
+from xlit_jax.errors import InputError, UserError
+
+log = logging.getLogger(__name__)
+DAMAGED_SUFFIX = ".damaged"  # resume_jsonl moves an output's damaged lines to PATH.damaged
+
+
+def os_error(error: BaseException) -> str | None:
+    """The OS error behind a failed write, as "[Errno 28] No space left on device": from an OSError in the
+    exception chain, or from the text TensorStore (Orbax) and safetensors wrap it in; None if there is none."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno:
+            return f"[Errno {error.errno}] {error.strerror or os.strerror(error.errno)}"
+        found = re.search(r"os_error_code='(\d+)'|\(os error (\d+)\)", str(error))
+        if found:
+            code = int(found.group(1) or found.group(2))
+            return f"[Errno {code}] {os.strerror(code)}"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def reported_write(path: str | os.PathLike):
+    """Turn a write that fails at the filesystem into a UserError naming `path` and the OS error."""
+    try:
+        yield
+    except Exception as e:
+        reason = os_error(e)
+        if reason is None:
+            raise
+        raise UserError(f"cannot write {path}: {reason}; free space (or raise the quota) and rerun the same "
+                        "command: finished work is kept") from None
 
 
 @contextlib.contextmanager
@@ -19,15 +57,16 @@ def atomic_directory(directory: str | os.PathLike):
     """Yield a temp dir beside `directory`; on success it replaces `directory` in one rename."""
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with reported_write(target):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            yield tmp
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
 
 
 def csv_text(rows, fields) -> str:
@@ -41,24 +80,34 @@ def csv_text(rows, fields) -> str:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with reported_write(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
 
 def append_jsonl(path: str | os.PathLike, rows) -> None:
-    """Append rows and flush to disk, so finished work survives a crash of the writer."""
-    with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append rows and flush to disk, so finished work survives a crash of the writer; a write that fails
+    (a full disk) is cut off again, so the file never ends in part of a row."""
+    data = memoryview("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
+    with reported_write(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        size = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+        finally:
+            os.close(fd)
 
 
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors write at the start of a file
@@ -97,9 +146,32 @@ def read_jsonl(path: str | os.PathLike, truncated_tail_ok: bool = False, skipped
         skipped.append(error)
 
 
+def _output_rows(path: Path, truncated_tail_ok: bool) -> tuple[dict[int, dict], list[str]]:
+    """An output file's rows by line number, and an error message for each damaged line (not UTF-8, not
+    JSON, or not a JSON object)."""
+    errors = []
+    rows = {}
+    for number, row in read_jsonl(path, truncated_tail_ok, skipped=errors):
+        if isinstance(row, dict):
+            rows[number] = row
+        else:
+            errors.append(f"{path}:{number}: not a JSON object")
+    return rows, errors
+
+
+def read_output_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The rows of a keyed output file that may be being written or resumed (for reports and status): a
+    half-written last line is ignored, a damaged line is logged by file and line and left out."""
+    rows, errors = _output_rows(Path(path), truncated_tail_ok=True)
+    for error in errors:
+        log.warning("%s: left out (the run that resumes this file redoes it)", error)
+    return list(rows.values())
+
+
 def resume_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The complete rows of an append-only output file, cutting off a half-written last line (a killed
-    writer's) so that new rows can be appended after it."""
+    """The complete rows of an append-only output file, to append new ones after. A half-written last line
+    (a killed writer's) is cut off; a damaged line anywhere else (a failing disk, an editor) is logged by
+    file and line, moved to PATH.damaged and taken out of the file, so its work is redone, never trusted."""
     path = Path(path)
     if not path.exists():
         return []
@@ -107,4 +179,13 @@ def resume_jsonl(path: str | os.PathLike) -> list[dict]:
     if data and not data.endswith(b"\n"):
         with open(path, "r+b") as f:
             f.truncate(data.rfind(b"\n") + 1)
-    return [row for _, row in read_jsonl(path)]
+    rows, errors = _output_rows(path, truncated_tail_ok=False)
+    if errors:
+        lines = path.read_bytes().removeprefix(BOM).splitlines(keepends=True)
+        damaged = [line for number, line in enumerate(lines, 1) if line.strip() and number not in rows]
+        with reported_write(path), open(f"{path}{DAMAGED_SUFFIX}", "ab") as f:
+            f.write(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in damaged))
+        atomic_write_text(path, "".join(lines[n - 1].decode("utf-8") for n in rows))
+        for error in errors:
+            log.warning("%s: damaged, moved to %s%s; its work is redone", error, path, DAMAGED_SUFFIX)
+    return list(rows.values())

@@ -36,7 +36,7 @@ from xlit_jax.evaluate.instructions.run import GENERATIONS_FILE
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
 from xlit_jax.evaluate.report import markdown_table
 from xlit_jax.io import files
-from xlit_jax.io.files import atomic_write_text, read_jsonl
+from xlit_jax.io.files import atomic_write_text, read_jsonl, read_output_jsonl
 
 KEY_FILE = "key.jsonl"
 # "lang" is the item's language; "language" is the criterion (is the response in the instruction's language?).
@@ -50,7 +50,7 @@ def _generations(eval_dir: Path, eval_set: str) -> list[dict]:
     path = eval_dir / GENERATIONS_FILE
     if not path.is_file():
         raise InputError(f"{path}: no such file; evaluate a model into {eval_dir} first")
-    return [row for _, row in read_jsonl(path, truncated_tail_ok=True) if row["set"] == eval_set]
+    return [row for row in read_output_jsonl(path) if row["set"] == eval_set]
 
 
 def _common_ids(rows: list[dict], languages: list[str], models: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from xlit_jax.io.files import atomic_write_text, read_jsonl
+from xlit_jax.io.files import atomic_write_text, read_output_jsonl
 from xlit_jax.study import grid
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def _checkpoint_step(paths: grid.CellPaths) -> int | None:
 
 def _generated(paths: grid.CellPaths) -> int:
     path = paths.eval / "generations.jsonl"
-    return sum(1 for _ in read_jsonl(path, truncated_tail_ok=True)) if path.is_file() else 0
+    return len(read_output_jsonl(path)) if path.is_file() else 0
 
 
 def _running(paths: grid.CellPaths) -> bool:

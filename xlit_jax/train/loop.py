@@ -111,22 +111,23 @@ class _Run:
         config = ckpt.read_config(self.workdir).replace(attention=self.cfg.model.attention)
         tokenizer = ckpt.read_tokenizer(self.workdir)
         train_step = self._build(config)
-        state, data_state = self._restore(train_step, latest)
+        state, data_state, step = self._restore(train_step)
         data = make_batches(self.cfg, tokenizer)
         data.restore(data_state)
-        logging.info("resumed from step %d", latest)
+        logging.info("resumed from step %d", step)
         return train_step, state, tokenizer, data
 
     def _build(self, config: LlamaConfig) -> step_lib.TrainStep:
         return step_lib.build(config, self.settings, self.mesh, self.cfg.train.seed)
 
-    def _restore(self, train_step: step_lib.TrainStep, step: int):
+    def _restore(self, train_step: step_lib.TrainStep):
+        """The newest checkpoint that restores (unreadable newer ones are set aside, io/checkpoints.py)."""
         abstract = train_step.abstract
-        restored = self.checkpoints.restore(step, abstract.params, abstract.opt_state)
+        step, restored = self.checkpoints.restore_latest(abstract.params, abstract.opt_state)
         frozen = ckpt.restore_frozen(self.workdir, abstract.frozen) if abstract.frozen else {}
         step_array = sharding.host_to_mesh(np.asarray(step, np.int32), train_step.shardings.step)
         state = step_lib.TrainState(step_array, restored["params"], frozen, restored["opt_state"])
-        return state, restored["data"]
+        return state, restored["data"], step
 
 
 class _Monitor:

@@ -229,3 +229,15 @@ def test_every_cell_of_the_shipped_studies_has_a_valid_training_config(study_nam
             config = module.get_config(arg) if arg else module.get_config()
             assert config.data.name == cell.data and (config.lora.rank > 0) == (cell.method == "lora")
             assert config.optim.lr == float(cell.lr), cell.name
+
+
+def test_table1_has_each_language_and_the_average_over_types(tmp_path):
+    from configs.studies import chirkova2024
+
+    cells = grid.select(grid.expand(chirkova2024.get_config()), ["llama2-7b.lima-en.ft.lr1e-5"])
+    _synthetic_study(tmp_path, cells, np.random.default_rng(0), n=8)
+    text = report.write(cells, tmp_path, "synthetic")["markdown"].read_text()
+    table = text[text.index("### fulfilled"):]
+    assert table.splitlines()[2] == "| cell | modifier | en | fr | pt | ru | fr/pt/ru |"
+    # short is never fulfilled (i % 4 == 1 only for odd i, the lists of 5), num_items 1 time in 2: Average 25%.
+    assert f"| {cells[0].name} | Average | " + " | ".join(["25.0 (2 types)"] * 5) + " |" in table

@@ -28,7 +28,7 @@ def get_config():
         "eval": {  # xlit-eval flags
             "eval_set": "chirkova,chirkova_modifiers",
             "languages": "en,fr,pt,ru",
-            "metrics": "language,spelling,relevance,modifiers,judge",
+            "metrics": "language,spelling,relevance,modifiers,judge,modifier_judge",
             "max_new_tokens": 512,
             "repetition_penalty": 1.1,
             "relevance_judge": "",

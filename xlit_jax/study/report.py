@@ -24,12 +24,14 @@ import numpy as np
 from xlit_jax.evaluate.instructions.modifiers import family
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
 from xlit_jax.evaluate.report import (
+    AVERAGE,
     FRACTION_METRICS,
     JUDGE_METRICS,
     SURFACE_METRICS,
     markdown_table,
     ordered,
     save_figure,
+    type_average,
 )
 from xlit_jax.io.files import atomic_write_text, csv_text
 from xlit_jax.study import grid
@@ -144,19 +146,30 @@ def metric_tables(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
 
 
 def modifier_table(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
-    """Table 1: per cell and modifier type, fulfilment and helpfulness in en and the other languages."""
+    """Table 1: per cell and modifier type, fulfilment and the judge's helpfulness in each language (the
+    paper shows en and ru apart) and fr/pt/ru pooled, with each cell's Average over the types."""
     mine = [s for s in stats if s.set == MODIFIER_SET and s.modifier != ALL]
     if not mine:
         return []
     index = _index(mine)
-    metrics = [m for m in ("fulfilled", "judge_helpfulness") if any(s.metric == m for s in mine)]
-    header = ["cell", "modifier"] + [f"{m} {g}" for m in metrics for g in (ENGLISH, "fr/pt/ru")]
-    body = [[c.name, mod] + [cell_text(index.get((c.name, MODIFIER_SET, g, mod, m)))
-                             for m in metrics for g in (ENGLISH, OTHERS)]
-            for c in cells for mod in ordered(s.modifier for s in mine if s.labels["cell"] == c.name)]
-    return ["## Table 1: modifier fulfilment by type", "",
-            "fulfilled: % of responses meeting the modifier's rule-checkable condition; judge_helpfulness: "
-            "0-2.", "", markdown_table(header, body), ""]
+    groups = ordered(s.language for s in mine if s.language != OTHERS) + [OTHERS]
+    parts = ["## Table 1: modifier fulfilment by type", "",
+             "fulfilled: % of responses doing what the modifier asked (rules; short/long against the answer "
+             "to the base prompt; the LLM judge for the styles and two-hop tasks); judge_helpfulness: 0-2. "
+             f"{AVERAGE}: the unweighted mean over the types, as the paper's.", ""]
+    for metric in [m for m in ("fulfilled", "judge_helpfulness") if any(s.metric == m for s in mine)]:
+        body = []
+        for c in cells:
+            modifiers = ordered(s.modifier for s in mine if s.labels["cell"] == c.name and s.metric == metric)
+            body += [[c.name, mod] + [cell_text(index.get((c.name, MODIFIER_SET, g, mod, metric))) for g in groups]
+                     for mod in modifiers]
+            if modifiers:
+                body.append([c.name, AVERAGE] + [type_average(
+                    [index[key].mean for mod in modifiers if (key := (c.name, MODIFIER_SET, g, mod, metric)) in index],
+                    metric) for g in groups])
+        header = ["cell", "modifier"] + [g if g != OTHERS else "fr/pt/ru" for g in groups]
+        parts += [f"### {metric}", "", markdown_table(header, body), ""]
+    return parts
 
 
 def benchmark_table(stats: list[Stat]) -> list[str]:

@@ -241,3 +241,31 @@ def test_table1_has_each_language_and_the_average_over_types(tmp_path):
     assert table.splitlines()[2] == "| cell | modifier | en | fr | pt | ru | fr/pt/ru |"
     # short is never fulfilled (i % 4 == 1 only for odd i, the lists of 5), num_items 1 time in 2: Average 25%.
     assert f"| {cells[0].name} | Average | " + " | ".join(["25.0 (2 types)"] * 5) + " |" in table
+
+
+def test_fig3_is_the_papers_seven_models_and_figs_4_and_5_are_drawn(tmp_path):
+    from configs.studies import chirkova2024
+    from xlit_jax.evaluate.instructions.judge import CRITERIA
+    from xlit_jax.io.files import csv_text
+
+    config = chirkova2024.get_config()
+    cells = grid.expand(config)
+    picked = grid.select(cells, list(config.report.fig3))
+    assert sorted(c.name for c in picked) == sorted([
+        "llama2-13b.dolly-en.ft.lr1e-5", "llama2-7b.dolly-en.ft.lr1e-5", "llama2-13b.lima-en.ft.lr1e-5",
+        "llama2-13b.dolly-en.lora.lr1e-4", "llama2-13b.dolly-dt.ft.lr1e-5", "tower-7b.dolly-en.ft.lr1e-5",
+        "tower-7b.dolly-dt.ft.lr1e-5"])  # not the 13B on down-sampled Dolly; TowerBase-7B on Dolly-DT in
+    shown = picked[:2] + grid.select(cells, ["llama2-13b.dolly-lima-size.ft.lr1e-5"])
+    _synthetic_study(tmp_path, shown, np.random.default_rng(0), n=6)
+    written = report.write(shown, tmp_path, "synthetic", config.report.fig3)
+    assert {"fig3", "fig4"} <= set(written) and "fig5" not in written  # no human evaluation yet
+    human = tmp_path / "human" / "results"
+    human.mkdir(parents=True)
+    rows = [{"who": who, "criterion": c, "n": 30, "exact_pct": 70.0, "kappa_w": 0.4, "spearman": 0.5}
+            for who in ("anna vs judge", "anna vs ben") for c in CRITERIA]
+    (human / "agreement.csv").write_text(csv_text(rows, ("who", "criterion", "n", "exact_pct", "kappa_w", "spearman")))
+    assert [r["who"] for r in report.read_agreement(human / "agreement.csv")] == ["anna vs judge"] * 6
+    written = report.write(shown, tmp_path, "synthetic", config.report.fig3)
+    for key in ("fig3", "fig4", "fig5"):
+        assert written[key].read_bytes()[:4] == b"\x89PNG" and written[key].stat().st_size > 10_000
+    assert "![fig5_agreement](fig5_agreement.png)" in written["markdown"].read_text()

@@ -3,7 +3,9 @@ their n and a 95% percentile-bootstrap interval.
 
 - Fig. 2: each metric (surface metrics and the judge's criteria) against the learning rate, one line
   per data set and method, English and the other languages (pooled) apart; baselines as dashed lines.
-- Fig. 3: the judge's criteria by cell, English and the other languages apart.
+- Fig. 3: the judge's criteria by cell, English and the other languages apart; Fig. 4 the same per language.
+- Fig. 5: human vs judge agreement per criterion, from xlit-human-eval's agreement.csv when it is in
+  WORKDIR/human/results (`xlit-human-eval import --out_dir=WORKDIR/human/results`).
 - Table 1: modifier fulfilment (and the judge's helpfulness) by modifier type.
 - Benchmarks: any other evaluation set, by language.
 
@@ -13,6 +15,7 @@ Written to WORKDIR/report: summary.csv (every aggregate, also per language), rep
 from __future__ import annotations
 
 import collections
+import csv
 import dataclasses
 import fnmatch
 import functools
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xlit_jax.evaluate.instructions.judge import CRITERIA
 from xlit_jax.evaluate.instructions.modifiers import family
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
 from xlit_jax.evaluate.report import (
@@ -248,16 +252,19 @@ def judged_cells(stats: list[Stat], cells: list[grid.Cell]) -> list[grid.Cell]:
     return [c for c in cells if any((c.name, MAIN_SET, ENGLISH, ALL, m) in index for m in JUDGE_METRICS)]
 
 
-def plot_criteria(stats: list[Stat], judged: list[grid.Cell], path: Path) -> bool:
-    """Fig. 3: the judge's 6 criteria, a bar per cell, en | non-en panels, 95% intervals."""
+def plot_criteria(stats: list[Stat], judged: list[grid.Cell], path: Path, groups=((ENGLISH, "English"),
+                  (OTHERS, "fr / pt / ru")), title: str = "LLM judge's criteria by model") -> bool:
+    """Fig. 3 (en | non-en) and Fig. 4 (a panel per language): the judge's 6 criteria, a bar per cell, 95%
+    intervals. `groups` are (language or OTHERS, panel title)."""
     index = _index(stats)
     if not judged:
         return False
     criteria = [m for m in JUDGE_METRICS if any((c.name, MAIN_SET, g, ALL, m) in index
-                                                for c in judged for g in (ENGLISH, OTHERS))]
-    plt, fig, axes = _figure(1, 2, legend_rows=math.ceil(len(judged) / 3))
+                                                for c in judged for g, _ in groups)]
+    columns = min(len(groups), 2)
+    plt, fig, axes = _figure(math.ceil(len(groups) / columns), columns, legend_rows=math.ceil(len(judged) / 3))
     width = 0.8 / len(judged)
-    for ax, group, title in zip(axes[0], (ENGLISH, OTHERS), ("English", "fr / pt / ru")):
+    for ax, (group, panel) in zip(axes.flat, groups):
         for j, cell in enumerate(judged):
             x, y, err = [], [], []
             for i, metric in enumerate(criteria):
@@ -270,10 +277,55 @@ def plot_criteria(stats: list[Stat], judged: list[grid.Cell], path: Path) -> boo
         ax.set_xticks(range(len(criteria)), [m.removeprefix("judge_") for m in criteria], rotation=30)
         ax.set_ylim(0, 2.05)
         ax.set_ylabel("mean score (0-2)")
-        ax.set_title(title)
+        ax.set_title(panel)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(judged), 3),
                fontsize="small")
-    fig.suptitle("LLM judge's criteria by model (95% bootstrap intervals)")
+    fig.suptitle(f"{title} (95% bootstrap intervals)")
+    save_figure(plt, fig, path, dpi=110)
+    return True
+
+
+def plot_languages(stats: list[Stat], judged: list[grid.Cell], path: Path) -> bool:
+    """Fig. 4: Fig. 3 with a panel per language."""
+    languages = ordered(s.language for s in stats if s.set == MAIN_SET and s.language != OTHERS
+                        and s.labels["cell"] in {c.name for c in judged} and s.metric in JUDGE_METRICS)
+    return plot_criteria(stats, judged, path, [(lang, lang) for lang in languages],
+                         "LLM judge's criteria by model and language")
+
+
+HUMAN_RESULTS = Path("human") / "results"  # xlit-human-eval import --out_dir, under the study's workdir
+AGREEMENT_FILE = "agreement.csv"
+
+
+def read_agreement(path: Path) -> list[dict]:
+    """The human-vs-judge rows of xlit-human-eval's agreement.csv (annotator pairs left out)."""
+    with path.open(encoding="utf-8") as f:
+        return [row for row in csv.DictReader(f) if row["who"].endswith(" vs judge")]
+
+
+def plot_agreement(rows: list[dict], path: Path) -> bool:
+    """Fig. 5: agreement of human and judge per criterion: exact agreement (%) and linearly weighted kappa,
+    a bar per annotator (and all annotators pooled), n rated items on each bar."""
+    if not rows:
+        return False
+    criteria = [c for c in CRITERIA if any(r["criterion"] == c for r in rows)]
+    raters = ordered(r["who"] for r in rows)
+    found = {(r["who"], r["criterion"]): r for r in rows}
+    plt, fig, axes = _figure(1, 2, legend_rows=math.ceil(len(raters) / 3))
+    width = 0.8 / len(raters)
+    for ax, (field, label, top) in zip(axes[0], (("exact_pct", "exact agreement (%)", 100),
+                                                 ("kappa_w", "Cohen's kappa, linear weights", 1))):
+        for j, who in enumerate(raters):
+            x = [i + (j - (len(raters) - 1) / 2) * width for i, c in enumerate(criteria) if (who, c) in found]
+            picked = [found[(who, c)] for c in criteria if (who, c) in found]
+            bars = ax.bar(x, [float(r[field]) for r in picked], width, label=who)
+            ax.bar_label(bars, [f"n={r['n']}" for r in picked], fontsize=6)
+        ax.set_xticks(range(len(criteria)), criteria, rotation=30)
+        ax.set_ylim(min(0, ax.get_ylim()[0]), top * 1.08)
+        ax.set_title(label)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(raters), 3),
+               fontsize="small")
+    fig.suptitle("Human vs LLM judge agreement per criterion")
     save_figure(plt, fig, path, dpi=110)
     return True
 
@@ -296,9 +348,16 @@ def write(cells: list[grid.Cell], workdir: Path, study_name: str, fig3_patterns=
     if len(judged) > FIG3_MAX_CELLS:
         notes.append(f"Fig. 3 is left out: {len(judged)} judged cells are too many bars; name up to "
                      f"{FIG3_MAX_CELLS} with report.fig3 (globs) in the study config.")
-    elif plot_criteria(stats, judged, out / "fig3_criteria.png"):
-        written["fig3"] = out / "fig3_criteria.png"
-        figures.append(written["fig3"])
+    else:
+        for key, draw, name in (("fig3", plot_criteria, "fig3_criteria.png"),
+                                ("fig4", plot_languages, "fig4_languages.png")):
+            if draw(stats, judged, out / name):
+                written[key] = out / name
+                figures.append(written[key])
+    agreement = Path(workdir) / HUMAN_RESULTS / AGREEMENT_FILE
+    if agreement.is_file() and plot_agreement(read_agreement(agreement), out / "fig5_agreement.png"):
+        written["fig5"] = out / "fig5_agreement.png"
+        figures.append(written["fig5"])
     done = len(cells) - len(missing)
     parts = [f"# Study {study_name}: report", "",
              f"{done} of {len(cells)} cells have scores" + (f"; not yet: {', '.join(missing)}." if missing else "."),

@@ -217,7 +217,7 @@ def test_bootstrap_interval_is_seeded_and_degenerate_cases_are_defined():
     assert report.bootstrap_interval(np.ones(10)) == (1.0, 1.0)
 
 
-@pytest.mark.parametrize("study_name", ["chirkova2024", "crossalpaca", "smollm2_mini"])
+@pytest.mark.parametrize("study_name", ["chirkova2024", "crossalpaca", "smollm2_mini", "crossalpaca_mini"])
 def test_every_cell_of_the_shipped_studies_has_a_valid_training_config(study_name):
     import importlib
 
@@ -227,7 +227,8 @@ def test_every_cell_of_the_shipped_studies_has_a_valid_training_config(study_nam
             path, _, arg = cell.experiment.partition(":")
             module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
             config = module.get_config(arg) if arg else module.get_config()
-            assert config.data.name == cell.data and (config.lora.rank > 0) == (cell.method == "lora")
+            assert dict(cell.train_overrides).get("data.name", config.data.name) == cell.data
+            assert (config.lora.rank > 0) == (cell.method == "lora")
             assert config.optim.lr == float(cell.lr), cell.name
 
 
@@ -269,3 +270,47 @@ def test_fig3_is_the_papers_seven_models_and_figs_4_and_5_are_drawn(tmp_path):
     for key in ("fig3", "fig4", "fig5"):
         assert written[key].read_bytes()[:4] == b"\x89PNG" and written[key].stat().st_size > 10_000
     assert "![fig5_agreement](fig5_agreement.png)" in written["markdown"].read_text()
+
+
+def test_data_preparation_and_benchmark_stage_commands(tmp_path):
+    from configs.studies import crossalpaca
+
+    config = crossalpaca.get_config()
+    cells = {c.name: c for c in grid.expand(config)}
+    demos, plain = cells["llama2-7b.alpaca-demos.lora.lr1e-4"], cells["llama2-7b.alpaca-en.lora.lr1e-4"]
+    folder = tmp_path / "data" / "alpaca-demos"
+    [(step, argv)] = grid.prep_commands(demos, tmp_path, "xlit").items()
+    assert step == "demos" and argv[0] == "xlit-demos"
+    assert f"--output={folder}/alpaca_demos.jsonl" in argv and "--langs=ar,de,es,it,zh" in argv
+    assert grid.prep_commands(plain, tmp_path) == {}
+    stages = grid.commands(demos, grid.cell_paths(tmp_path, demos), config.eval, "xlit")
+    assert list(stages) == ["train", "eval", "bench"] and demos.last_stage == "bench"
+    assert f"--config.data.sources=('chat:{folder}/alpaca_demos.jsonl',)" in stages["train"]
+    assert "--eval_set=xquad,mlqa,mmlu,bbh" in stages["bench"] and stages["bench"][-1] == "--languages=ar,de,en,es,it,zh"
+    assert stages["bench"][3].endswith(f"cells/{demos.name}/bench")
+    # The translated variant: xlit-translate first, then one --mix_with per source.
+    mt = grid.expand(ConfigDict({**config.to_dict(), "datasets": ("alpaca-mt-demos",)}))[0]
+    translate, mixed = grid.prep_commands(mt, tmp_path, "xlit").values()
+    assert translate[0] == "xlit-translate" and f"--output_dir={tmp_path}/data/alpaca-mt-demos/mt" in translate
+    assert sum(a.startswith("--mix_with=") for a in mixed) == 6
+    printed = grid.command_lines(list(cells.values()), tmp_path, config.eval, "xlit")
+    assert printed.count("xlit-demos") == 1 and printed.index("# data set alpaca-demos") < printed.index(demos.name)
+    bad = ConfigDict({**config.to_dict(), "data_prep": {"alpaca-demos": {"steps": ({"program": "rm"},),
+                                                                          "sources": ("a",)}}})
+    with pytest.raises(InputError, match="program must be one of demos, translate, each once"):
+        grid.expand(bad)
+
+
+def test_benchmark_differences_from_the_reference_cell(tmp_path):
+    cells = grid.expand(ConfigDict({"name": "s", "experiment": "x.py", "models": ("m",), "datasets": ("a", "b"),
+                                    "methods": ("ft",), "learning_rates": ("1e-4",)}))
+    for cell, right in zip(cells, (2, 3)):
+        path = grid.cell_paths(tmp_path, cell).bench / "item_scores.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(json.dumps({"model": cell.name, "set": "mmlu", "language": lang, "id": str(i),
+                                            "scorer": "harness", "modifier": None, "scores": {"acc": float(i < right)}})
+                                + "\n" for lang in ("ar", "zh") for i in range(4)))
+    text = report.write(cells, tmp_path, "s")["markdown"].read_text()
+    assert "## Benchmark differences from m.a.ft.lr1e-4 (points)" in text
+    assert "| m.b.ft.lr1e-4 | mmlu acc | +25.0 | +25.0 |" in text
+    assert "| m.b.ft.lr1e-4 | mmlu | acc | 75.0 [" in text

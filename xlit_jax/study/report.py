@@ -7,7 +7,8 @@ their n and a 95% percentile-bootstrap interval.
 - Fig. 5: human vs judge agreement per criterion, from xlit-human-eval's agreement.csv when it is in
   WORKDIR/human/results (`xlit-human-eval import --out_dir=WORKDIR/human/results`).
 - Table 1: modifier fulfilment (and the judge's helpfulness) by modifier type.
-- Benchmarks: any other evaluation set, by language.
+- Benchmarks: any other evaluation set (a cell's eval/ and bench/ stages), by language, and each cell's
+  main benchmark scores minus a reference cell's (CrossAlpaca's comparison).
 
 Written to WORKDIR/report: summary.csv (every aggregate, also per language), report.md and PNGs.
 """
@@ -29,6 +30,7 @@ from xlit_jax.evaluate.instructions.modifiers import family
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
 from xlit_jax.evaluate.report import (
     AVERAGE,
+    BENCHMARK_PLOTTED,
     FRACTION_METRICS,
     JUDGE_METRICS,
     SURFACE_METRICS,
@@ -100,11 +102,16 @@ def collect(cells: list[grid.Cell], workdir: Path) -> tuple[list[Stat], list[str
     """Stats of every evaluated cell, and the names of cells without scores yet."""
     stats, missing = [], []
     for cell in cells:
-        path = grid.cell_paths(workdir, cell).eval / ITEM_SCORES_FILE
-        if not path.is_file():
+        paths = grid.cell_paths(workdir, cell)
+        found = [path for folder in (paths.eval, paths.bench) if (path := folder / ITEM_SCORES_FILE).is_file()]
+        if not found:
             missing.append(cell.name)
             continue
-        for (eval_set, language, modifier, metric), values in sorted(cell_values(path).items()):
+        pooled = collections.defaultdict(list)
+        for path in found:
+            for key, values in cell_values(path).items():
+                pooled[key] += values
+        for (eval_set, language, modifier, metric), values in sorted(pooled.items()):
             stats.append(Stat(cell.labels(), eval_set, language, modifier, metric, float(np.mean(values)),
                               *bootstrap_interval(values), len(values)))
     return stats, missing
@@ -185,6 +192,30 @@ def benchmark_table(stats: list[Stat]) -> list[str]:
     rows = ordered((s.labels["cell"], s.set, s.metric) for s in mine)
     body = [[*row] + [cell_text(index.get((*row, lang))) for lang in languages] for row in rows]
     return ["## Benchmarks by language", "", markdown_table(["cell", "set", "metric"] + languages, body), ""]
+
+
+def benchmark_differences(stats: list[Stat], cells: list[grid.Cell], reference: str | None = None) -> list[str]:
+    """CrossAlpaca's comparison: each cell's main benchmark scores (F1, accuracy, flexible exact match)
+    minus the reference cell's (default: the first cell with benchmark scores), per language, in points."""
+    mine = [s for s in stats if (s.set, s.metric) in BENCHMARK_PLOTTED and s.modifier == ALL and s.language != OTHERS]
+    scored = [c.name for c in cells if any(s.labels["cell"] == c.name for s in mine)]
+    reference = reference or (scored[0] if scored else None)
+    if len(scored) < 2 or reference not in scored:
+        return []
+    index = {(s.labels["cell"], s.set, s.metric, s.language): s for s in mine}
+    languages = ordered(s.language for s in mine)
+    body = []
+    for name in (n for n in scored if n != reference):
+        for benchmark, metric in ordered((s.set, s.metric) for s in mine):
+            cells_here = [(index.get((name, benchmark, metric, lang)), index.get((reference, benchmark, metric, lang)))
+                          for lang in languages]
+            if any(a and b for a, b in cells_here):
+                body.append([name, f"{benchmark} {metric}"] + [f"{100 * (a.mean - b.mean):+.1f}" if a and b else ""
+                                                               for a, b in cells_here])
+    return [f"## Benchmark differences from {reference} (points)", "",
+            "Each cell's score minus the reference cell's on the same items (points of %); the scores "
+            "with their intervals are in the table above.", "",
+            markdown_table(["cell", "benchmark"] + languages, body), ""]
 
 
 def _figure(rows: int, columns: int, legend_rows: int = 1):
@@ -330,9 +361,11 @@ def plot_agreement(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def write(cells: list[grid.Cell], workdir: Path, study_name: str, fig3_patterns=None) -> dict[str, Path]:
+def write(cells: list[grid.Cell], workdir: Path, study_name: str, fig3_patterns=None,
+          reference: str | None = None) -> dict[str, Path]:
     """Aggregate every evaluated cell into WORKDIR/report; returns the files written. Fig. 3 shows the
-    judged cells matching `fig3_patterns` (globs; default: all of them, if there are not too many)."""
+    judged cells matching `fig3_patterns` (globs; default: all of them, if there are not too many);
+    benchmark differences are from the `reference` cell (default: the first with benchmark scores)."""
     out = Path(workdir) / "report"
     stats, missing = collect(cells, workdir)
     written = {"csv": out / "summary.csv", "markdown": out / "report.md"}
@@ -366,7 +399,7 @@ def write(cells: list[grid.Cell], workdir: Path, study_name: str, fig3_patterns=
              "the wrong language left out of every criterion but language).", "", *notes]
     parts += [f"![{p.stem}]({p.name})" for p in figures] + [""]
     parts += ["## Main evaluation by metric (Fig. 2, Fig. 3)", ""] + metric_tables(stats, cells)
-    parts += modifier_table(stats, cells) + benchmark_table(stats)
+    parts += modifier_table(stats, cells) + benchmark_table(stats) + benchmark_differences(stats, cells, reference)
     atomic_write_text(written["csv"], to_csv(stats))
     atomic_write_text(written["markdown"], "\n".join(parts).rstrip() + "\n")
     return written

@@ -2,7 +2,7 @@
 
   xlit-study --config=configs/studies/smollm2_mini.py --workdir=runs/studies/smollm2_mini   # run, resume
   xlit-study ... --status            # a table of cells: done, partial, failed, not started
-  xlit-study ... --print_commands    # each cell's xlit-train and xlit-eval lines, for a scheduler
+  xlit-study ... --print_commands    # data preparation, each cell's xlit-train and xlit-eval lines, for a scheduler
   xlit-study ... --report            # figures and tables in WORKDIR/report
   --only=GLOB[,GLOB] picks cells by name (MODEL.DATA.METHOD.lrLR, or MODEL.base for a baseline).
 """

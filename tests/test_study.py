@@ -314,3 +314,53 @@ def test_benchmark_differences_from_the_reference_cell(tmp_path):
     assert "## Benchmark differences from m.a.ft.lr1e-4 (points)" in text
     assert "| m.b.ft.lr1e-4 | mmlu acc | +25.0 | +25.0 |" in text
     assert "| m.b.ft.lr1e-4 | mmlu | acc | 75.0 [" in text
+
+
+TINY_CROSSALPACA = '''
+from ml_collections import ConfigDict
+
+from xlit_jax.resources import shared_data
+
+
+def get_config():
+    return ConfigDict({
+        "name": "tiny-crossalpaca", "experiment": "configs/experiments/tiny_lora.py",
+        "models": ("tiny",), "datasets": ("lima-en", "lima-demos"), "methods": ("lora",),
+        "learning_rates": ("1e-3",),
+        "train": {"data": {"seq_len": 128, "tokens_per_batch": 256, "grad_accum": 1},
+                  "train": {"max_steps": 2, "save_every": 2, "log_every": 1, "tensorboard": False,
+                            "export_peft": False, "async_checkpoint": False}},
+        "data_prep": {"lima-demos": {
+            "steps": ({"program": "demos", "ntrex_dir": str(shared_data("ntrex128")), "langs": "ar,zh",
+                       "max_pairs": 3, "ratio": 0.01, "mix_with": f"lima:{shared_data('lima/lima.en.jsonl')}",
+                       "output": "{prep}/lima_demos.jsonl"},),
+            "sources": ("chat:{prep}/lima_demos.jsonl",)}},
+        "eval": {"eval_set": "chirkova", "languages": "en", "limit": 1, "metrics": "language", "max_new_tokens": 4},
+        "bench": {"eval_set": "mmlu", "languages": "ar,zh", "limit": 2},
+    })
+'''
+
+
+@pytest.mark.slow
+def test_tiny_crossalpaca_prepares_data_once_and_runs_the_benchmark_stage(tmp_path, shared_data):
+    config = tmp_path / "tiny_crossalpaca.py"
+    config.write_text(TINY_CROSSALPACA)
+    workdir = tmp_path / "study"
+    flags = [f"--config={config}", f"--workdir={workdir}"]
+    done = study(*flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    prepared = workdir / "data" / "lima-demos"
+    assert json.loads((prepared / "status.json").read_text())["demos"] == "done"
+    demos = [json.loads(line) for line in (prepared / "lima_demos.jsonl").read_text().splitlines()]
+    assert len(demos) == 1030 + 10 and {d["lang"] for d in demos} == {"en", "ar", "zh"}
+    cell = "tiny.lima-demos.lora.lr1e-3"
+    status = json.loads((workdir / "cells" / cell / "status.json").read_text())
+    assert [status.get(s) for s in ("train", "eval", "bench")] == ["done"] * 3
+    trained_on = json.loads((workdir / "cells" / cell / "train" / "experiment.json").read_text())
+    assert trained_on["data"]["sources"] == [f"chat:{prepared}/lima_demos.jsonl"]
+    text = (workdir / "report" / "report.md").read_text()
+    assert "## Benchmark differences from tiny.lima-en.lora.lr1e-3 (points)" in text and f"| {cell} | mmlu acc |" in text
+    again = study(*flags, "--status")
+    assert "2 done" in again.stdout
+    assert study(*flags).returncode == 0
+    assert (prepared / "demos.log").read_text().count("\n=== ") == 1  # prepared once

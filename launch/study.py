@@ -2,7 +2,7 @@
 
   xlit-study --config=configs/studies/smollm2_mini.py --workdir=runs/studies/smollm2_mini   # run, resume
   xlit-study ... --status            # a table of cells: done, partial, failed, not started
-  xlit-study ... --print_commands    # each cell's xlit-train and xlit-eval lines, for a scheduler
+  xlit-study ... --print_commands    # data preparation, each cell's xlit-train and xlit-eval lines, for a scheduler
   xlit-study ... --report            # figures and tables in WORKDIR/report
   --only=GLOB[,GLOB] picks cells by name (MODEL.DATA.METHOD.lrLR, or MODEL.base for a baseline).
 """
@@ -44,8 +44,8 @@ def _study():
             atomic_write_text(workdir / "study.json", cfg.to_json_best_effort(indent=2))
             states = runner.run(cells, workdir, cfg.eval)
             logging.info("cells: %s", json.dumps(states))
-        fig3 = (cfg.get("report") or {}).get("fig3")
-        for kind, path in report.write(cells, workdir, cfg.name, fig3).items():
+        shown = cfg.get("report") or {}
+        for kind, path in report.write(cells, workdir, cfg.name, shown.get("fig3"), shown.get("reference")).items():
             logging.info("%s: %s", kind, path)
         if runner.FAILED in states.values():
             sys.exit(1)

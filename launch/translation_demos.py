@@ -1,7 +1,7 @@
 """xlit-demos: translation-following demonstrations from a parallel corpus, optionally mixed into
 instruction data.
 
-  xlit-demos --ntrex_dir=../shared/data/ntrex128 --langs=fr,pt,ru --output=data/demos.jsonl
+  xlit-demos --ntrex_dir=../shared/data/ntrex128 --output=data/demos.jsonl   # en <-> ar,de,es,it,zh
   xlit-demos --src_file=a.en.txt --tgt_file=a.de.txt --src_lang=en --tgt_lang=de --instruction_lang=source \\
       --mix_with=lima:../shared/data/lima/lima.en.jsonl --ratio=0.2 --output=data/lima_demos.jsonl
 
@@ -11,10 +11,12 @@ Writes chat records ({id, lang, source, messages}) in one JSONL, atomically. See
 from absl import app, flags
 
 from launch import run_main
+from xlit_jax.data.demos import BENCHMARK_LANGUAGES
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("ntrex_dir", None, "NTREX-128 directory: pairs English <-> each of --langs")
-flags.DEFINE_list("langs", ["fr", "pt", "ru"], "with --ntrex_dir: the non-English languages")
+flags.DEFINE_list("langs", list(BENCHMARK_LANGUAGES), "with --ntrex_dir: the non-English languages "
+                  "(default: CrossAlpaca's benchmark languages; the Chirkova study's are fr,pt,ru)")
 flags.DEFINE_string("src_file", None, "a parallel corpus: source side, one sentence per line")
 flags.DEFINE_string("tgt_file", None, "a parallel corpus: target side, line-aligned with --src_file")
 flags.DEFINE_string("hf_dataset", None, "a parallel corpus on the HF hub (or a local dataset directory)")

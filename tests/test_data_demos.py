@@ -99,3 +99,24 @@ def test_demos_cli_mixes_into_instruction_data(shared_data, tmp_path):
         line = int(demo.id.split("-")[1])
         assert demo.turns[0].content.endswith("\n\n" + pairs[line][0]) and demo.turns[1].content == pairs[line][1]
     assert {r.lang for r in records} == {"en", "fr", "ru"}
+
+
+def test_benchmark_language_demos_round_trip_through_smollm2s_tokenizer(shared_data):
+    """CrossAlpaca's languages from NTREX-128, phrased in the target language; SmolLM2's byte-level BPE
+    gives back every NTREX sentence of Arabic and Chinese exactly (at about 1 and 0.6 characters a token)."""
+    from xlit_jax.data.demos import BENCHMARK_LANGUAGES
+    from xlit_jax.io.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    for lang in BENCHMARK_LANGUAGES:
+        pairs = load_ntrex(shared_data / "ntrex128", "en", lang)
+        assert len(pairs) == 1997 and all(b and "\r" not in b for _, b in pairs)
+        demos = make_demos(pairs, "en", lang, "ntrex", max_pairs=4, seed=0)
+        assert [d.lang for d in demos] == [lang, "en"] * 4
+        for demo in demos:
+            instruction, sentence = demo.turns[0].content.split("\n\n", 1)
+            assert phrasing_language(instruction, *demo.id.split("-")[-2:]) == demo.lang  # the target's
+        if lang in ("ar", "zh"):
+            texts = [b for _, b in pairs[:200]] + [d.turns[0].content for d in demos]
+            assert all(tokenizer.decode(tokenizer.encode(t, add_special_tokens=False)) == t for t in texts)
+    assert PHRASINGS["ar"][0].format(tgt=NAMES["ar"]["en"]) == "ترجم النص التالي إلى اللغة الإنجليزية."

@@ -4,7 +4,16 @@ import pytest
 
 from xlit_jax.errors import InputError, JudgeError
 from xlit_jax.evaluate.instructions.evalsets import EvalItem
-from xlit_jax.evaluate.instructions.judge import CRITERIA, OpenAIJudge, load_template, parse_judgement, reported_scores
+from xlit_jax.evaluate.instructions.judge import (
+    CRITERIA,
+    FulfilmentJudge,
+    OpenAIJudge,
+    load_fulfilment_template,
+    load_template,
+    parse_fulfilment,
+    parse_judgement,
+    reported_scores,
+)
 
 from support import FakeOpenAI
 
@@ -101,3 +110,39 @@ def test_missing_key_and_bad_template(monkeypatch, template, tmp_path):
     own.write_text("Rate %%%SUBMISSION%%% as JSON.")
     with pytest.raises(InputError, match="lacks %%%TASK%%%"):
         load_template(own)
+
+
+def test_parse_fulfilment():
+    assert parse_fulfilment('{"fulfilled": 1}') is True
+    assert parse_fulfilment('Sure.\n```json\n{"fulfilled": "no", "why": "too technical"}\n```') is False
+    assert parse_fulfilment('{"fulfilled": true}') is True and parse_fulfilment('{"fulfilled": 0}') is False
+    for bad, reason in [("yes", "no JSON object"), ('{"ok": 1}', "no JSON object"), ('{"fulfilled": 2}', "not 0 or 1"),
+                        ('{"fulfilled": [1]}', "not 0 or 1"), ("{fulfilled: 1}", "malformed")]:
+        with pytest.raises(ValueError, match=reason):
+            parse_fulfilment(bad)
+
+
+def test_fulfilment_judge_asks_about_the_modifier_only(tmp_path):
+    def answer(prompt, attempt):
+        if "simple words" in prompt:
+            return (200, "hmm") if attempt == 1 else (200, '{"fulfilled": 0}')
+        return 200, '{"fulfilled": 1}'
+
+    prompt = ({"role": "user", "content": "Explain tides. Write in a scientific style."},)
+    styled = [EvalItem("chirkova_modifiers", "en", "1", prompt, "en", modifier="scientific_style"),
+              EvalItem("chirkova_modifiers", "en", "2", prompt, "en", modifier="simple_style")]
+    template = load_fulfilment_template()
+    with FakeOpenAI(answer) as server:
+        judge = FulfilmentJudge("gpt-3.5-turbo", template, base_url=server.base_url, workers=2)
+        assert all(judge.applies(it) for it in styled)
+        assert not judge.applies(EvalItem("m", "en", "3", prompt, "en", modifier="short"))
+        assert not judge.applies(EvalItem("m", "en", "4", prompt, "en"))
+        scientific, simple = judge.score(styled, ["Tidal forcing arises from gravitational gradients.", "Moon pulls."])
+    assert scientific["scores"] == {"fulfilled": 1.0} and simple["scores"] == {"fulfilled": 0.0}
+    asked = [body["messages"][-1]["content"] for _, body in server.requests]
+    assert len(asked) == 3 and all("%%%" not in p and "[Task]: Explain tides." in p for p in asked)
+    assert any("scientific style: formal" in p and "gravitational gradients" in p for p in asked)
+    own = tmp_path / "fulfil.txt"
+    own.write_text("Task %%%TASK%%% answer %%%SUBMISSION%%%: 0 or 1?")
+    with pytest.raises(InputError, match="lacks %%%REQUIREMENT%%%"):
+        load_fulfilment_template(own)

@@ -59,3 +59,24 @@ def test_scorer_covers_checkable_types_and_uses_language_id():
     results = scorer.score(items, ["Le chat dort sur le canapé depuis ce matin.", LIST_OF_THREE])
     assert [r["scores"]["fulfilled"] for r in results] == [1.0, 1.0]
     assert scorer.score([lang], ["The cat has been sleeping on the sofa."])[0]["scores"]["fulfilled"] == 0.0
+
+
+def test_short_and_long_against_the_base_prompts_answer():
+    scorer = ModifierScorer(LanguageIdentifier())
+    base = "How do I wrap a present neatly?"
+    short = EvalItem("m", "en", "1", ({"role": "user", "content": base + " Answer briefly in just a few sentences."},),
+                     "en", modifier="short")
+    long = EvalItem("m", "en", "2", ({"role": "user", "content": base + " Give a detailed answer."},), "en",
+                    modifier="long")
+    other = EvalItem("m", "fr", "3", ({"role": "user", "content": base + " Give a detailed answer."},), "fr",
+                     modifier="long")
+    assert not scorer.applies(short)  # no base answer seen yet
+    scorer.prepare({("chirkova", "en", "0007"): {"language": "en", "modifier": None, "response": "Fold it well.",
+                                                  "messages": [{"role": "user", "content": base}]},
+                    ("m", "en", "1"): {"language": "en", "modifier": "short", "response": "x",
+                                       "messages": list(short.messages)}})
+    assert scorer.applies(short) and scorer.applies(long) and not scorer.applies(other)  # fr has no base answer
+    results = scorer.score([short, long, short, long], ["Fold.", "Fold it well, then tape it.", "Fold it well.",
+                                                        "Fold it."])
+    assert [r["scores"]["fulfilled"] for r in results] == [1.0, 1.0, 0.0, 0.0]  # equal length fulfils neither
+    assert results[0]["details"] == {"words": 1, "base_words": 3}

@@ -137,6 +137,41 @@ def test_answer_in_x_modifiers_take_x_as_the_right_language(tmp_path, shared_dat
     assert all(r["scores"] == {} for r in english_rows if r["scorer"] == "spelling")  # wrong language: left out
 
 
+def test_all_eleven_modifier_types_with_length_and_judge(tmp_path, shared_data, monkeypatch, loopback_only):
+    """Table 1's 11 types: rules, short/long against the base prompt's answer (the chirkova set, generated in
+    the same run), and the three styles by the LLM judge over HTTP; a rerun asks the judge nothing."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+
+    def reply(text):
+        if text.endswith("Answer briefly in just a few sentences."):
+            return "Briefly: no."
+        return text + " " + text if text.endswith("Give a detailed answer.") else list_when_asked(text)
+
+    def verdict(prompt, attempt):
+        if "two things" in prompt and attempt == 1:
+            return 200, "It does both."  # unusable: asked again
+        return 200, '{"fulfilled": %d}' % ("simple words" not in prompt)
+
+    with FakeOpenAI(verdict) as server:
+        config = EvalConfig(eval_sets=("chirkova", "chirkova_modifiers"), languages=("en",),
+                            metrics=("modifiers", "modifier_judge"), judge_model="gpt-3.5-turbo",
+                            judge_base_url=server.base_url, data_dir=str(shared_data))
+        evaluate_model(ScriptedModel(reply=reply), tmp_path, config)
+        assert len(server.requests) == 14 + 14 + 2 * 15
+        written = evaluate_model(ScriptedModel(reply=reply), tmp_path, config)
+        assert len(server.requests) == 58  # resumed from item_scores.jsonl
+    fulfilled = {r["modifier"]: r for r in rows(written["scores"]) if r["metric"] == "fulfilled"}
+    assert len(fulfilled) == 12  # 11 types and all
+    for kind, mean, n, scorer in [("short", 1.0, 20, "modifiers"), ("long", 1.0, 20, "modifiers"),
+                                  ("scientific_style", 1.0, 14, "modifier_judge"),
+                                  ("simple_style", 0.0, 14, "modifier_judge"),
+                                  ("complex_inst", 1.0, 15, "modifier_judge")]:
+        assert (fulfilled[kind]["mean"], fulfilled[kind]["n"], fulfilled[kind]["scorer"]) == (mean, n, scorer)
+    # Average: the unweighted mean over the 11 types (echoed prompts fail cap/arrow/markdown/html and lang).
+    types = [r["mean"] for kind, r in fulfilled.items() if kind != "all"]
+    assert f"| scripted | Average | {100 * sum(types) / 11:.1f} (11 types) |" in written["markdown"].read_text()
+
+
 def test_judge_errors_are_recorded_then_retried(tmp_path, config, monkeypatch, loopback_only):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     state = {"garbage": True}

@@ -218,7 +218,7 @@ def test_bootstrap_interval_is_seeded_and_degenerate_cases_are_defined():
     assert report.bootstrap_interval(np.ones(10)) == (1.0, 1.0)
 
 
-@pytest.mark.parametrize("study_name", ["chirkova2024", "crossalpaca", "smollm2_mini"])
+@pytest.mark.parametrize("study_name", ["chirkova2024", "crossalpaca", "smollm2_mini", "crossalpaca_mini"])
 def test_every_cell_of_the_shipped_studies_has_a_valid_training_config(study_name):
     import importlib
 
@@ -228,7 +228,8 @@ def test_every_cell_of_the_shipped_studies_has_a_valid_training_config(study_nam
             path, _, arg = cell.experiment.partition(":")
             module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
             config = module.get_config(arg) if arg else module.get_config()
-            assert config.data.name == cell.data and (config.lora.rank > 0) == (cell.method == "lora")
+            assert dict(cell.train_overrides).get("data.name", config.data.name) == cell.data
+            assert (config.lora.rank > 0) == (cell.method == "lora")
             assert config.optim.lr == float(cell.lr), cell.name
 
 
@@ -260,3 +261,137 @@ def test_report_compares_each_cell_with_its_baseline_and_the_next_lower_learning
     assert len(rows) == 10 * 2 * 2  # pairs x (language_correct, judge_helpfulness) x (en, non-en)
     assert {r["n"] for r in rows if r["language"] == "non-en"} == {"60"}
     assert "## Differences between cells (paired bootstrap over items)" in written["markdown"].read_text()
+
+
+def test_table1_has_each_language_and_the_average_over_types(tmp_path):
+    from configs.studies import chirkova2024
+
+    cells = grid.select(grid.expand(chirkova2024.get_config()), ["llama2-7b.lima-en.ft.lr1e-5"])
+    _synthetic_study(tmp_path, cells, np.random.default_rng(0), n=8)
+    text = report.write(cells, tmp_path, "synthetic")["markdown"].read_text()
+    table = text[text.index("### fulfilled"):]
+    assert table.splitlines()[2] == "| cell | modifier | en | fr | pt | ru | fr/pt/ru |"
+    # short is never fulfilled (i % 4 == 1 only for odd i, the lists of 5), num_items 1 time in 2: Average 25%.
+    assert f"| {cells[0].name} | Average | " + " | ".join(["25.0 (2 types)"] * 5) + " |" in table
+
+
+def test_fig3_is_the_papers_seven_models_and_figs_4_and_5_are_drawn(tmp_path):
+    from configs.studies import chirkova2024
+    from xlit_jax.evaluate.instructions.judge import CRITERIA
+    from xlit_jax.io.files import csv_text
+
+    config = chirkova2024.get_config()
+    cells = grid.expand(config)
+    picked = grid.select(cells, list(config.report.fig3))
+    assert sorted(c.name for c in picked) == sorted([
+        "llama2-13b.dolly-en.ft.lr1e-5", "llama2-7b.dolly-en.ft.lr1e-5", "llama2-13b.lima-en.ft.lr1e-5",
+        "llama2-13b.dolly-en.lora.lr1e-4", "llama2-13b.dolly-dt.ft.lr1e-5", "tower-7b.dolly-en.ft.lr1e-5",
+        "tower-7b.dolly-dt.ft.lr1e-5"])  # not the 13B on down-sampled Dolly; TowerBase-7B on Dolly-DT in
+    shown = picked[:2] + grid.select(cells, ["llama2-13b.dolly-lima-size.ft.lr1e-5"])
+    _synthetic_study(tmp_path, shown, np.random.default_rng(0), n=6)
+    written = report.write(shown, tmp_path, "synthetic", config.report.fig3)
+    assert {"fig3", "fig4"} <= set(written) and "fig5" not in written  # no human evaluation yet
+    human = tmp_path / "human" / "results"
+    human.mkdir(parents=True)
+    rows = [{"who": who, "criterion": c, "n": 30, "exact_pct": 70.0, "kappa_w": 0.4, "spearman": 0.5}
+            for who in ("anna vs judge", "anna vs ben") for c in CRITERIA]
+    (human / "agreement.csv").write_text(csv_text(rows, ("who", "criterion", "n", "exact_pct", "kappa_w", "spearman")))
+    assert [r["who"] for r in report.read_agreement(human / "agreement.csv")] == ["anna vs judge"] * 6
+    written = report.write(shown, tmp_path, "synthetic", config.report.fig3)
+    for key in ("fig3", "fig4", "fig5"):
+        assert written[key].read_bytes()[:4] == b"\x89PNG" and written[key].stat().st_size > 10_000
+    assert "![fig5_agreement](fig5_agreement.png)" in written["markdown"].read_text()
+
+
+def test_data_preparation_and_benchmark_stage_commands(tmp_path):
+    from configs.studies import crossalpaca
+
+    config = crossalpaca.get_config()
+    cells = {c.name: c for c in grid.expand(config)}
+    demos, plain = cells["llama2-7b.alpaca-demos.lora.lr1e-4"], cells["llama2-7b.alpaca-en.lora.lr1e-4"]
+    folder = tmp_path / "data" / "alpaca-demos"
+    [(step, argv)] = grid.prep_commands(demos, tmp_path, "xlit").items()
+    assert step == "demos" and argv[0] == "xlit-demos"
+    assert f"--output={folder}/alpaca_demos.jsonl" in argv and "--langs=ar,de,es,it,zh" in argv
+    assert grid.prep_commands(plain, tmp_path) == {}
+    stages = grid.commands(demos, grid.cell_paths(tmp_path, demos), config.eval, "xlit")
+    assert list(stages) == ["train", "eval", "bench"] and demos.last_stage == "bench"
+    assert f"--config.data.sources=('chat:{folder}/alpaca_demos.jsonl',)" in stages["train"]
+    assert "--eval_set=xquad,mlqa,mmlu,bbh" in stages["bench"] and stages["bench"][-1] == "--languages=ar,de,en,es,it,zh"
+    assert stages["bench"][3].endswith(f"cells/{demos.name}/bench")
+    # The translated variant: xlit-translate first, then one --mix_with per source.
+    mt = grid.expand(ConfigDict({**config.to_dict(), "datasets": ("alpaca-mt-demos",)}))[0]
+    translate, mixed = grid.prep_commands(mt, tmp_path, "xlit").values()
+    assert translate[0] == "xlit-translate" and f"--output_dir={tmp_path}/data/alpaca-mt-demos/mt" in translate
+    assert sum(a.startswith("--mix_with=") for a in mixed) == 6
+    printed = grid.command_lines(list(cells.values()), tmp_path, config.eval, "xlit")
+    assert printed.count("xlit-demos") == 1 and printed.index("# data set alpaca-demos") < printed.index(demos.name)
+    bad = ConfigDict({**config.to_dict(), "data_prep": {"alpaca-demos": {"steps": ({"program": "rm"},),
+                                                                          "sources": ("a",)}}})
+    with pytest.raises(InputError, match="program must be one of demos, translate, each once"):
+        grid.expand(bad)
+
+
+def test_benchmark_differences_from_the_reference_cell(tmp_path):
+    cells = grid.expand(ConfigDict({"name": "s", "experiment": "x.py", "models": ("m",), "datasets": ("a", "b"),
+                                    "methods": ("ft",), "learning_rates": ("1e-4",)}))
+    for cell, right in zip(cells, (2, 3)):
+        path = grid.cell_paths(tmp_path, cell).bench / "item_scores.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(json.dumps({"model": cell.name, "set": "mmlu", "language": lang, "id": str(i),
+                                            "scorer": "harness", "modifier": None, "scores": {"acc": float(i < right)}})
+                                + "\n" for lang in ("ar", "zh") for i in range(4)))
+    text = report.write(cells, tmp_path, "s")["markdown"].read_text()
+    assert "## Benchmark differences from m.a.ft.lr1e-4 (points)" in text
+    assert "| m.b.ft.lr1e-4 | mmlu acc | +25.0 | +25.0 |" in text
+    assert "| m.b.ft.lr1e-4 | mmlu | acc | 75.0 [" in text
+
+
+TINY_CROSSALPACA = '''
+from ml_collections import ConfigDict
+
+from xlit_jax.resources import shared_data
+
+
+def get_config():
+    return ConfigDict({
+        "name": "tiny-crossalpaca", "experiment": "configs/experiments/tiny_lora.py",
+        "models": ("tiny",), "datasets": ("lima-en", "lima-demos"), "methods": ("lora",),
+        "learning_rates": ("1e-3",),
+        "train": {"data": {"seq_len": 128, "tokens_per_batch": 256, "grad_accum": 1},
+                  "train": {"max_steps": 2, "save_every": 2, "log_every": 1, "tensorboard": False,
+                            "export_peft": False, "async_checkpoint": False}},
+        "data_prep": {"lima-demos": {
+            "steps": ({"program": "demos", "ntrex_dir": str(shared_data("ntrex128")), "langs": "ar,zh",
+                       "max_pairs": 3, "ratio": 0.01, "mix_with": f"lima:{shared_data('lima/lima.en.jsonl')}",
+                       "output": "{prep}/lima_demos.jsonl"},),
+            "sources": ("chat:{prep}/lima_demos.jsonl",)}},
+        "eval": {"eval_set": "chirkova", "languages": "en", "limit": 1, "metrics": "language", "max_new_tokens": 4},
+        "bench": {"eval_set": "mmlu", "languages": "ar,zh", "limit": 2},
+    })
+'''
+
+
+@pytest.mark.slow
+def test_tiny_crossalpaca_prepares_data_once_and_runs_the_benchmark_stage(tmp_path, shared_data):
+    config = tmp_path / "tiny_crossalpaca.py"
+    config.write_text(TINY_CROSSALPACA)
+    workdir = tmp_path / "study"
+    flags = [f"--config={config}", f"--workdir={workdir}"]
+    done = study(*flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    prepared = workdir / "data" / "lima-demos"
+    assert json.loads((prepared / "status.json").read_text())["demos"] == "done"
+    demos = [json.loads(line) for line in (prepared / "lima_demos.jsonl").read_text().splitlines()]
+    assert len(demos) == 1030 + 10 and {d["lang"] for d in demos} == {"en", "ar", "zh"}
+    cell = "tiny.lima-demos.lora.lr1e-3"
+    status = json.loads((workdir / "cells" / cell / "status.json").read_text())
+    assert [status.get(s) for s in ("train", "eval", "bench")] == ["done"] * 3
+    trained_on = json.loads((workdir / "cells" / cell / "train" / "experiment.json").read_text())
+    assert trained_on["data"]["sources"] == [f"chat:{prepared}/lima_demos.jsonl"]
+    text = (workdir / "report" / "report.md").read_text()
+    assert "## Benchmark differences from tiny.lima-en.lora.lr1e-3 (points)" in text and f"| {cell} | mmlu acc |" in text
+    again = study(*flags, "--status")
+    assert "2 done" in again.stdout
+    assert study(*flags).returncode == 0
+    assert (prepared / "demos.log").read_text().count("\n=== ") == 1  # prepared once

@@ -31,7 +31,16 @@ NAMES = {
     "fr": {"en": "anglais", "fr": "français", "pt": "portugais", "ru": "russe", "de": "allemand"},
     "pt": {"en": "inglês", "fr": "francês", "pt": "português", "ru": "russo", "de": "alemão"},
     "ru": {"en": "английский", "fr": "французский", "pt": "португальский", "ru": "русский", "de": "немецкий"},
-    "de": {"en": "Englische", "fr": "Französische", "pt": "Portugiesische", "ru": "Russische", "de": "Deutsche"},
+    "de": {"en": "Englische", "fr": "Französische", "pt": "Portugiesische", "ru": "Russische", "de": "Deutsche",
+           "es": "Spanische", "it": "Italienische", "zh": "Chinesische", "ar": "Arabische"},
+    # CrossAlpaca's benchmark languages. Arabic names take the article: "إلى اللغة الإنجليزية".
+    "es": {"en": "inglés", "es": "español", "de": "alemán", "it": "italiano", "zh": "chino", "ar": "árabe",
+           "fr": "francés"},
+    "it": {"en": "inglese", "it": "italiano", "de": "tedesco", "es": "spagnolo", "zh": "cinese", "ar": "arabo",
+           "fr": "francese"},
+    "zh": {"en": "英文", "zh": "中文", "de": "德文", "es": "西班牙文", "it": "意大利文", "ar": "阿拉伯文", "fr": "法文"},
+    "ar": {"en": "الإنجليزية", "ar": "العربية", "de": "الألمانية", "es": "الإسبانية", "it": "الإيطالية",
+           "zh": "الصينية", "fr": "الفرنسية"},
 }
 
 PHRASINGS = {
@@ -56,7 +65,25 @@ PHRASINGS = {
            "Bitte übersetze diesen Satz ins {tgt}.",
            "Wie lautet die Übersetzung ins {tgt}?",
            "Gib die Übersetzung ins {tgt} an:"),
+    "es": ("Traduce el siguiente texto al {tgt}.",
+           "¿Cómo se dice esto en {tgt}?",
+           "Por favor, traduce esta frase al {tgt}:",
+           "Dame la traducción al {tgt} de este texto."),
+    "it": ("Traduci il seguente testo in {tgt}.",
+           "Come si dice questo in {tgt}?",
+           "Per favore, traduci questa frase in {tgt}:",
+           "Qual è la traduzione in {tgt} di questo testo?"),
+    "zh": ("请把下面的文字翻译成{tgt}。",
+           "这句话用{tgt}怎么说？",
+           "请将以下内容译为{tgt}：",
+           "把这段话翻译成{tgt}。"),
+    "ar": ("ترجم النص التالي إلى اللغة {tgt}.",
+           "ما الترجمة {tgt} لهذه الجملة؟",
+           "من فضلك ترجم هذا إلى {tgt}:",
+           "كيف نقول هذا باللغة {tgt}؟"),
 }
+# CrossAlpaca's benchmark languages besides English: xlit-demos's default.
+BENCHMARK_LANGUAGES = ("ar", "de", "es", "it", "zh")
 
 
 def load_parallel(src_path: str | Path, tgt_path: str | Path) -> list[tuple[str, str]]:

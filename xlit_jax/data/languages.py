@@ -8,7 +8,8 @@ NLLB_CODES = {"en": "eng_Latn", "fr": "fra_Latn", "pt": "por_Latn", "ru": "rus_C
               "nl": "nld_Latn", "pl": "pol_Latn", "uk": "ukr_Cyrl", "ja": "jpn_Jpan", "ko": "kor_Hang"}
 
 # NTREX-128 file codes (newstest2019-ref.{code}.txt).
-NTREX_CODES = {"en": "eng", "fr": "fra", "pt": "por", "pt-BR": "por-BR", "ru": "rus", "de": "deu"}
+NTREX_CODES = {"en": "eng", "fr": "fra", "pt": "por", "pt-BR": "por-BR", "ru": "rus", "de": "deu", "ar": "arb",
+               "es": "spa", "it": "ita", "zh": "zho-CN"}
 
 ENGLISH_NAMES = {"en": "English", "fr": "French", "pt": "Portuguese", "ru": "Russian", "de": "German",
                  "es": "Spanish", "it": "Italian", "zh": "Chinese", "ar": "Arabic", "fi": "Finnish",

@@ -91,17 +91,32 @@ def _metric_table(rows: list[dict], eval_set: str) -> str:
     return markdown_table(["model", "language"] + metrics, body) if metrics else ""
 
 
+AVERAGE = "Average"  # the modifier table's last row per model: the mean over types, as the paper's Table 1
+
+
+def type_average(means: list[float], metric: str) -> str:
+    """The Average cell: the unweighted mean over modifier types (each type counts once, as in Table 1)."""
+    if not means:
+        return ""
+    k, digits = (100, 1) if metric in FRACTION_METRICS else (1, 2)
+    return f"{k * sum(means) / len(means):.{digits}f} ({len(means)} types)"
+
+
 def _modifier_table(rows: list[dict], eval_set: str, metric: str) -> str:
-    """Rows model x modifier family, a column per language."""
+    """Rows model x modifier family and the Average over families, a column per language."""
     mine = [r for r in rows if r["set"] == eval_set and r["modifier"] != MODIFIER_ALL and r["metric"] == metric]
     if not mine:
         return ""
     languages = ordered(r["language"] for r in mine)
     cells = {(r["model"], r["modifier"], r["language"]): r for r in mine}
-    keys = ordered((r["model"], r["modifier"]) for r in mine)
-    return markdown_table(["model", "modifier"] + languages,
-                  [[model, mod] + [_cell(cells.get((model, mod, lang))) for lang in languages]
-                   for model, mod in keys])
+    body = []
+    for model in ordered(r["model"] for r in mine):
+        modifiers = ordered(r["modifier"] for r in mine if r["model"] == model)
+        body += [[model, mod] + [_cell(cells.get((model, mod, lang))) for lang in languages] for mod in modifiers]
+        body.append([model, AVERAGE] + [type_average([cells[key]["mean"] for mod in modifiers
+                                                      if (key := (model, mod, lang)) in cells], metric)
+                                        for lang in languages])
+    return markdown_table(["model", "modifier"] + languages, body)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -115,7 +130,8 @@ def markdown(rows: list[dict]) -> str:
         parts += ["", "## Benchmarks (lm-evaluation-harness 0.4 scoring)", "", table]
     for eval_set in ordered(r["set"] for r in rows if r["scorer"] != BENCHMARK_SCORER):
         parts += ["", f"## {eval_set}", "", _metric_table(rows, eval_set)]
-        for metric, title in (("fulfilled", "Modifier fulfilment (rule-checked), %"),
+        for metric, title in (("fulfilled", "Modifier fulfilment (rules, length against the base prompt's "
+                                             "answer, LLM judge for styles), %"),
                               ("judge_helpfulness", "Helpfulness under each modifier (LLM judge, 0-2)")):
             table = _modifier_table(rows, eval_set, metric)
             if table:

@@ -4,9 +4,12 @@ items, by a paired bootstrap over those items.
 
 - Fig. 2: each metric (surface metrics and the judge's criteria) against the learning rate, one line
   per data set and method, English and the other languages (pooled) apart; baselines as dashed lines.
-- Fig. 3: the judge's criteria by cell, English and the other languages apart.
+- Fig. 3: the judge's criteria by cell, English and the other languages apart; Fig. 4 the same per language.
+- Fig. 5: human vs judge agreement per criterion, from xlit-human-eval's agreement.csv when it is in
+  WORKDIR/human/results (`xlit-human-eval import --out_dir=WORKDIR/human/results`).
 - Table 1: modifier fulfilment (and the judge's helpfulness) by modifier type.
-- Benchmarks: any other evaluation set, by language.
+- Benchmarks: any other evaluation set (a cell's eval/ and bench/ stages), by language, and each cell's
+  main benchmark scores minus a reference cell's (CrossAlpaca's comparison).
 - Differences: each trained cell against its model's baseline and against the next lower learning rate.
 
 Written to WORKDIR/report: summary.csv (every aggregate, also per language), differences.csv, report.md
@@ -16,6 +19,7 @@ and PNGs.
 from __future__ import annotations
 
 import collections
+import csv
 import dataclasses
 import fnmatch
 import functools
@@ -24,15 +28,19 @@ from pathlib import Path
 
 import numpy as np
 
+from xlit_jax.evaluate.instructions.judge import CRITERIA
 from xlit_jax.evaluate.instructions.modifiers import family
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
 from xlit_jax.evaluate.report import (
+    AVERAGE,
+    BENCHMARK_PLOTTED,
     FRACTION_METRICS,
     JUDGE_METRICS,
     SURFACE_METRICS,
     markdown_table,
     ordered,
     save_figure,
+    type_average,
 )
 from xlit_jax.io.files import atomic_write_text, csv_text
 from xlit_jax.study import grid
@@ -84,7 +92,8 @@ class Stat:
 
 
 def cell_values(item_scores: Path) -> dict[tuple, dict[tuple, float]]:
-    """{(set, language, modifier family or MODIFIER_BLANK, metric): {(language, id): value per response}} of one cell."""
+    """{(set, language, modifier family or MODIFIER_BLANK, metric): {(language, id): value per response}} of one
+    cell."""
     values = collections.defaultdict(dict)
     for row in read_item_scores(item_scores):
         modifiers = (MODIFIER_BLANK,) + ((family(row["modifier"]),) if row.get("modifier") else ())
@@ -100,13 +109,18 @@ def collect(cells: list[grid.Cell], workdir: Path) -> tuple[list[Stat], list[str
     values by item (cell_values)."""
     stats, missing, by_cell = [], [], {}
     for cell in cells:
-        path = grid.cell_paths(workdir, cell).eval / ITEM_SCORES_FILE
-        if not path.is_file():
+        paths = grid.cell_paths(workdir, cell)
+        found = [path for folder in (paths.eval, paths.bench) if (path := folder / ITEM_SCORES_FILE).is_file()]
+        if not found:
             missing.append(cell.name)
             continue
-        by_cell[cell.name] = cell_values(path)
-        for (eval_set, language, modifier, metric), by_item in sorted(by_cell[cell.name].items()):
-            values = list(by_item.values())
+        by_item = collections.defaultdict(dict)
+        for path in found:  # the instruction and benchmark stages score different sets
+            for key, values in cell_values(path).items():
+                by_item[key].update(values)
+        by_cell[cell.name] = by_item
+        for (eval_set, language, modifier, metric), scored in sorted(by_item.items()):
+            values = list(scored.values())
             stats.append(Stat(cell.labels(), eval_set, language, modifier, metric, float(np.mean(values)),
                               *bootstrap_interval(values), len(values)))
     return stats, missing, by_cell
@@ -208,19 +222,30 @@ def metric_tables(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
 
 
 def modifier_table(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
-    """Table 1: per cell and modifier type, fulfilment and helpfulness in en and the other languages."""
+    """Table 1: per cell and modifier type, fulfilment and the judge's helpfulness in each language (the
+    paper shows en and ru apart) and fr/pt/ru pooled, with each cell's Average over the types."""
     mine = [s for s in stats if s.set == MODIFIER_SET and s.modifier != MODIFIER_BLANK]
     if not mine:
         return []
     index = _index(mine)
-    metrics = [m for m in ("fulfilled", "judge_helpfulness") if any(s.metric == m for s in mine)]
-    header = ["cell", "modifier"] + [f"{m} {g}" for m in metrics for g in (ENGLISH, "fr/pt/ru")]
-    body = [[c.name, mod] + [cell_text(index.get((c.name, MODIFIER_SET, g, mod, m)))
-                             for m in metrics for g in (ENGLISH, OTHERS)]
-            for c in cells for mod in ordered(s.modifier for s in mine if s.labels["cell"] == c.name)]
-    return ["## Table 1: modifier fulfilment by type", "",
-            "fulfilled: % of responses meeting the modifier's rule-checkable condition; judge_helpfulness: "
-            "0-2.", "", markdown_table(header, body), ""]
+    groups = ordered(s.language for s in mine if s.language != OTHERS) + [OTHERS]
+    parts = ["## Table 1: modifier fulfilment by type", "",
+             "fulfilled: % of responses doing what the modifier asked (rules; short/long against the answer "
+             "to the base prompt; the LLM judge for the styles and two-hop tasks); judge_helpfulness: 0-2. "
+             f"{AVERAGE}: the unweighted mean over the types, as the paper's.", ""]
+    for metric in [m for m in ("fulfilled", "judge_helpfulness") if any(s.metric == m for s in mine)]:
+        body = []
+        for c in cells:
+            modifiers = ordered(s.modifier for s in mine if s.labels["cell"] == c.name and s.metric == metric)
+            body += [[c.name, mod] + [cell_text(index.get((c.name, MODIFIER_SET, g, mod, metric))) for g in groups]
+                     for mod in modifiers]
+            if modifiers:
+                body.append([c.name, AVERAGE] + [type_average(
+                    [index[key].mean for mod in modifiers if (key := (c.name, MODIFIER_SET, g, mod, metric)) in index],
+                    metric) for g in groups])
+        header = ["cell", "modifier"] + [g if g != OTHERS else "fr/pt/ru" for g in groups]
+        parts += [f"### {metric}", "", markdown_table(header, body), ""]
+    return parts
 
 
 def benchmark_table(stats: list[Stat]) -> list[str]:
@@ -232,6 +257,31 @@ def benchmark_table(stats: list[Stat]) -> list[str]:
     rows = ordered((s.labels["cell"], s.set, s.metric) for s in mine)
     body = [[*row] + [cell_text(index.get((*row, lang))) for lang in languages] for row in rows]
     return ["## Benchmarks by language", "", markdown_table(["cell", "set", "metric"] + languages, body), ""]
+
+
+def benchmark_differences(stats: list[Stat], cells: list[grid.Cell], reference: str | None = None) -> list[str]:
+    """CrossAlpaca's comparison: each cell's main benchmark scores (F1, accuracy, flexible exact match)
+    minus the reference cell's (default: the first cell with benchmark scores), per language, in points."""
+    mine = [s for s in stats
+            if (s.set, s.metric) in BENCHMARK_PLOTTED and s.modifier == MODIFIER_BLANK and s.language != OTHERS]
+    scored = [c.name for c in cells if any(s.labels["cell"] == c.name for s in mine)]
+    reference = reference or (scored[0] if scored else None)
+    if len(scored) < 2 or reference not in scored:
+        return []
+    index = {(s.labels["cell"], s.set, s.metric, s.language): s for s in mine}
+    languages = ordered(s.language for s in mine)
+    body = []
+    for name in (n for n in scored if n != reference):
+        for benchmark, metric in ordered((s.set, s.metric) for s in mine):
+            cells_here = [(index.get((name, benchmark, metric, lang)), index.get((reference, benchmark, metric, lang)))
+                          for lang in languages]
+            if any(a and b for a, b in cells_here):
+                body.append([name, f"{benchmark} {metric}"] + [f"{100 * (a.mean - b.mean):+.1f}" if a and b else ""
+                                                               for a, b in cells_here])
+    return [f"## Benchmark differences from {reference} (points)", "",
+            "Each cell's score minus the reference cell's on the same items (points of %); the scores "
+            "with their intervals are in the table above.", "",
+            markdown_table(["cell", "benchmark"] + languages, body), ""]
 
 
 def _figure(rows: int, columns: int, legend_rows: int = 1):
@@ -299,16 +349,19 @@ def judged_cells(stats: list[Stat], cells: list[grid.Cell]) -> list[grid.Cell]:
     return [c for c in cells if any((c.name, MAIN_SET, ENGLISH, MODIFIER_BLANK, m) in index for m in JUDGE_METRICS)]
 
 
-def plot_criteria(stats: list[Stat], judged: list[grid.Cell], path: Path) -> bool:
-    """Fig. 3: the judge's 6 criteria, a bar per cell, en | non-en panels, 95% intervals."""
+def plot_criteria(stats: list[Stat], judged: list[grid.Cell], path: Path, groups=((ENGLISH, "English"),
+                  (OTHERS, "fr / pt / ru")), title: str = "LLM judge's criteria by model") -> bool:
+    """Fig. 3 (en | non-en) and Fig. 4 (a panel per language): the judge's 6 criteria, a bar per cell, 95%
+    intervals. `groups` are (language or OTHERS, panel title)."""
     index = _index(stats)
     if not judged:
         return False
     criteria = [m for m in JUDGE_METRICS if any((c.name, MAIN_SET, g, MODIFIER_BLANK, m) in index
-                                                for c in judged for g in (ENGLISH, OTHERS))]
-    plt, fig, axes = _figure(1, 2, legend_rows=math.ceil(len(judged) / 3))
+                                                for c in judged for g, _ in groups)]
+    columns = min(len(groups), 2)
+    plt, fig, axes = _figure(math.ceil(len(groups) / columns), columns, legend_rows=math.ceil(len(judged) / 3))
     width = 0.8 / len(judged)
-    for ax, group, title in zip(axes[0], (ENGLISH, OTHERS), ("English", "fr / pt / ru")):
+    for ax, (group, panel) in zip(axes.flat, groups):
         for j, cell in enumerate(judged):
             x, y, err = [], [], []
             for i, metric in enumerate(criteria):
@@ -321,17 +374,64 @@ def plot_criteria(stats: list[Stat], judged: list[grid.Cell], path: Path) -> boo
         ax.set_xticks(range(len(criteria)), [m.removeprefix("judge_") for m in criteria], rotation=30)
         ax.set_ylim(0, 2.05)
         ax.set_ylabel("mean score (0-2)")
-        ax.set_title(title)
+        ax.set_title(panel)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(judged), 3),
                fontsize="small")
-    fig.suptitle("LLM judge's criteria by model (95% bootstrap intervals)")
+    fig.suptitle(f"{title} (95% bootstrap intervals)")
     save_figure(plt, fig, path, dpi=110)
     return True
 
 
-def write(cells: list[grid.Cell], workdir: Path, study_name: str, fig3_patterns=None) -> dict[str, Path]:
+def plot_languages(stats: list[Stat], judged: list[grid.Cell], path: Path) -> bool:
+    """Fig. 4: Fig. 3 with a panel per language."""
+    languages = ordered(s.language for s in stats if s.set == MAIN_SET and s.language != OTHERS
+                        and s.labels["cell"] in {c.name for c in judged} and s.metric in JUDGE_METRICS)
+    return plot_criteria(stats, judged, path, [(lang, lang) for lang in languages],
+                         "LLM judge's criteria by model and language")
+
+
+HUMAN_RESULTS = Path("human") / "results"  # xlit-human-eval import --out_dir, under the study's workdir
+AGREEMENT_FILE = "agreement.csv"
+
+
+def read_agreement(path: Path) -> list[dict]:
+    """The human-vs-judge rows of xlit-human-eval's agreement.csv (annotator pairs left out)."""
+    with path.open(encoding="utf-8") as f:
+        return [row for row in csv.DictReader(f) if row["who"].endswith(" vs judge")]
+
+
+def plot_agreement(rows: list[dict], path: Path) -> bool:
+    """Fig. 5: agreement of human and judge per criterion: exact agreement (%) and linearly weighted kappa,
+    a bar per annotator (and all annotators pooled), n rated items on each bar."""
+    if not rows:
+        return False
+    criteria = [c for c in CRITERIA if any(r["criterion"] == c for r in rows)]
+    raters = ordered(r["who"] for r in rows)
+    found = {(r["who"], r["criterion"]): r for r in rows}
+    plt, fig, axes = _figure(1, 2, legend_rows=math.ceil(len(raters) / 3))
+    width = 0.8 / len(raters)
+    for ax, (field, label, top) in zip(axes[0], (("exact_pct", "exact agreement (%)", 100),
+                                                 ("kappa_w", "Cohen's kappa, linear weights", 1))):
+        for j, who in enumerate(raters):
+            x = [i + (j - (len(raters) - 1) / 2) * width for i, c in enumerate(criteria) if (who, c) in found]
+            picked = [found[(who, c)] for c in criteria if (who, c) in found]
+            bars = ax.bar(x, [float(r[field]) for r in picked], width, label=who)
+            ax.bar_label(bars, [f"n={r['n']}" for r in picked], fontsize=6)
+        ax.set_xticks(range(len(criteria)), criteria, rotation=30)
+        ax.set_ylim(min(0, ax.get_ylim()[0]), top * 1.08)
+        ax.set_title(label)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(raters), 3),
+               fontsize="small")
+    fig.suptitle("Human vs LLM judge agreement per criterion")
+    save_figure(plt, fig, path, dpi=110)
+    return True
+
+
+def write(cells: list[grid.Cell], workdir: Path, study_name: str, fig3_patterns=None,
+          reference: str | None = None) -> dict[str, Path]:
     """Aggregate every evaluated cell into WORKDIR/report; returns the files written. Fig. 3 shows the
-    judged cells matching `fig3_patterns` (globs; default: all of them, if there are not too many)."""
+    judged cells matching `fig3_patterns` (globs; default: all of them, if there are not too many);
+    benchmark differences are from the `reference` cell (default: the first with benchmark scores)."""
     out = Path(workdir) / "report"
     stats, missing, by_cell = collect(cells, workdir)
     diffs = differences(cells, by_cell)
@@ -348,9 +448,16 @@ def write(cells: list[grid.Cell], workdir: Path, study_name: str, fig3_patterns=
     if len(judged) > FIG3_MAX_CELLS:
         notes.append(f"Fig. 3 is left out: {len(judged)} judged cells are too many bars; name up to "
                      f"{FIG3_MAX_CELLS} with report.fig3 (globs) in the study config.")
-    elif plot_criteria(stats, judged, out / "fig3_criteria.png"):
-        written["fig3"] = out / "fig3_criteria.png"
-        figures.append(written["fig3"])
+    else:
+        for key, draw, name in (("fig3", plot_criteria, "fig3_criteria.png"),
+                                ("fig4", plot_languages, "fig4_languages.png")):
+            if draw(stats, judged, out / name):
+                written[key] = out / name
+                figures.append(written[key])
+    agreement = Path(workdir) / HUMAN_RESULTS / AGREEMENT_FILE
+    if agreement.is_file() and plot_agreement(read_agreement(agreement), out / "fig5_agreement.png"):
+        written["fig5"] = out / "fig5_agreement.png"
+        figures.append(written["fig5"])
     done = len(cells) - len(missing)
     parts = [f"# Study {study_name}: report", "",
              f"{done} of {len(cells)} cells have scores" + (f"; not yet: {', '.join(missing)}." if missing else "."),
@@ -359,7 +466,8 @@ def write(cells: list[grid.Cell], workdir: Path, study_name: str, fig3_patterns=
              "the wrong language left out of every criterion but language).", "", *notes]
     parts += [f"![{p.stem}]({p.name})" for p in figures] + [""]
     parts += ["## Main evaluation by metric (Fig. 2, Fig. 3)", ""] + metric_tables(stats, cells)
-    parts += modifier_table(stats, cells) + benchmark_table(stats) + difference_table(diffs)
+    parts += (modifier_table(stats, cells) + benchmark_table(stats) + benchmark_differences(stats, cells, reference)
+              + difference_table(diffs))
     atomic_write_text(written["csv"], to_csv(stats))
     atomic_write_text(written["differences"], csv_text(diffs, DIFFERENCE_FIELDS))
     atomic_write_text(written["markdown"], "\n".join(parts).rstrip() + "\n")

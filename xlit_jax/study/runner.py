@@ -1,11 +1,14 @@
-"""Run a study's cells one after the other, each stage a subprocess (xlit-train, then xlit-eval).
+"""Run a study's cells one after the other, each stage a subprocess (xlit-train, then xlit-eval, then
+xlit-eval's benchmarks where the study has a second evaluation stage).
 
 A cell's folder (WORKDIR/cells/NAME) holds train/ (the training workdir), eval/ (the evaluation out_dir),
-train.log and eval.log (each attempt appended) and status.json, rewritten atomically after every stage:
-{"train": "done", "eval": "done"} or, when a stage failed, {"failed": {"stage", "returncode", "log"}}.
-Both programs resume by themselves, so rerunning the study continues a half-trained or half-evaluated
-cell; finished cells are skipped and a failed one is retried. One failing cell does not stop the others.
-A runner holds a cell's lock (.lock) while on it, so several runners can share one study folder.
+bench/, train.log, eval.log and bench.log (each attempt appended) and status.json, rewritten atomically
+after every stage: {"train": "done", "eval": "done"} or, when a stage failed, {"failed": {"stage",
+"returncode", "log"}}. The programs resume by themselves, so rerunning the study continues a half-trained
+or half-evaluated cell; finished cells are skipped and a failed one is retried. One failing cell does not
+stop the others. A runner holds a cell's lock (.lock) while on it, so several runners can share one study
+folder. A data set's preparation (xlit-demos, xlit-translate) runs the same way in WORKDIR/data/DATASET
+(its own status.json, step logs and lock, waited for) before the first cell that trains on it.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def _running(paths: grid.CellPaths) -> bool:
 def cell_state(cell: grid.Cell, paths: grid.CellPaths) -> tuple[str, str]:
     """(state, detail) of a cell: done / running / partial / failed / not started, and where it stands."""
     status = read_status(paths)
-    if status.get("eval") == DONE:
+    if status.get(cell.last_stage) == DONE:
         return DONE, ""
     running = _running(paths)
     if "failed" in status and not running:
@@ -104,12 +107,13 @@ def _run_stage(stage: str, argv: list[str], paths: grid.CellPaths, env: dict[str
 
 
 @contextlib.contextmanager
-def _cell_lock(paths: grid.CellPaths):
-    """Yields True while this process holds the cell (another runner of the study may be on it)."""
+def _cell_lock(paths: grid.CellPaths, wait: bool = False):
+    """Yields True while this process holds the cell (another runner of the study may be on it); with
+    `wait`, waits for another runner to let go."""
     paths.root.mkdir(parents=True, exist_ok=True)
     with open(paths.root / LOCK_FILE, "w") as lock:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             yield False
             return
@@ -120,28 +124,41 @@ def run_cell(cell: grid.Cell, workdir: Path, eval_flags) -> str:
     """Train (unless done) then evaluate one cell; returns its state afterwards. A cell another runner is
     working on is left to it, so several runners can share a study."""
     paths = grid.cell_paths(workdir, cell)
-    if read_status(paths).get("eval") == DONE:
+    if read_status(paths).get(cell.last_stage) == DONE:
         return DONE
     with _cell_lock(paths) as mine:
         if not mine:
             log.info("%s: another runner is on it", cell.name)
             return RUNNING
-        return _run_stages(cell, paths, workdir, eval_flags)
+        if cell.prep_steps and _prepare(cell, workdir) == FAILED:
+            status = read_status(paths)
+            status["failed"] = read_status(grid.data_paths(workdir, cell.data))["failed"]
+            _write_status(paths, status)
+            return FAILED
+        return _run_stages(cell.name, grid.commands(cell, paths, eval_flags), paths, workdir)
 
 
-def _run_stages(cell: grid.Cell, paths: grid.CellPaths, workdir: Path, eval_flags) -> str:
+def _prepare(cell: grid.Cell, workdir: Path) -> str:
+    """Make the cell's data set unless done (waiting for a runner preparing it)."""
+    paths = grid.data_paths(workdir, cell.data)
+    with _cell_lock(paths, wait=True):
+        return _run_stages(f"data set {cell.data}", grid.prep_commands(cell, workdir), paths, workdir)
+
+
+def _run_stages(name: str, stages: dict[str, list[str]], paths: grid.CellPaths, workdir: Path) -> str:
+    """Run the stages not done yet, in order, recording each in paths' status.json."""
     status = read_status(paths)
     status.pop("failed", None)
-    for stage, argv in grid.commands(cell, paths, eval_flags).items():
+    for stage, argv in stages.items():
         if status.get(stage) == DONE:
             continue
         started = time.perf_counter()
-        log.info("%s: %s", cell.name, stage)
+        log.info("%s: %s", name, stage)
         returncode = _run_stage(stage, argv, paths, stage_environment(workdir))
         if returncode:
             status["failed"] = {"stage": stage, "returncode": returncode, "log": str(paths.log(stage))}
             _write_status(paths, status)
-            log.error("%s: %s failed (exit %d); its log: %s", cell.name, stage, returncode, paths.log(stage))
+            log.error("%s: %s failed (exit %d); its log: %s", name, stage, returncode, paths.log(stage))
             return FAILED
         status[stage] = DONE
         status[f"{stage}_seconds"] = status.get(f"{stage}_seconds", 0) + round(time.perf_counter() - started, 1)

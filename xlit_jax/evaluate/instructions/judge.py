@@ -6,6 +6,11 @@ The prompt is the released template (`eval_prompt_gpt.txt`, placeholders %%%TASK
 %%%SUBMISSION%%%) or a user's file with the same placeholders. Any server speaking the OpenAI chat
 API works (`--judge_base_url`, e.g. xlit-serve's). The API key comes from OPENAI_API_KEY and goes nowhere
 else; a server given by URL may need none.
+
+FulfilmentJudge asks the same judge, through the same client, whether a response fulfils a modifier
+no rule can check (scientific_style, simple_style, complex_inst): a prompt of our own,
+`modifier_fulfilment_prompt.txt` beside this module (placeholders %%%TASK%%%, %%%REQUIREMENT%%% and
+%%%SUBMISSION%%%), answered by a JSON object {"fulfilled": 0 or 1}.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from xlit_jax.errors import InputError, JudgeError
 from xlit_jax.evaluate.instructions.evalsets import CHIRKOVA_DIR, instruction_text
 from xlit_jax.evaluate.instructions.scorer import Scorer
+from xlit_jax.resources import package_file
 
 TEMPLATE_FILE = "eval_prompt_gpt.txt"
 TASK, SUBMISSION = "%%%TASK%%%", "%%%SUBMISSION%%%"
@@ -138,8 +144,21 @@ class OpenAIJudge(Scorer):
             model=self._model, messages=[{"role": "user", "content": prompt}], temperature=0)
         return reply.choices[0].message.content or ""
 
+    def _prompt(self, item, response: str) -> str:
+        return self._template.replace(TASK, instruction_text(item.messages)).replace(SUBMISSION, response)
+
+    def _result(self, item, answer: str, detected: str | None) -> dict:
+        """The item's scores from the judge's answer (`detected`: the answer's language where it is asked in
+        another language than the prompt's); ValueError when the answer is unusable."""
+        stars = parse_judgement(answer)
+        details = {"stars": {c: s + 1 for c, s in stars.items()}}
+        if item.expected_language == item.language:
+            return {"scores": reported_scores(stars), "details": details}
+        return {"scores": reported_scores(stars, detected == item.expected_language),
+                "details": details | {"detected": detected}}
+
     def _one(self, item, response: str, detected: str | None) -> dict:
-        prompt = self._template.replace(TASK, instruction_text(item.messages)).replace(SUBMISSION, response)
+        prompt = self._prompt(item, response)
         problem = ""
         for _ in range(self._attempts):
             try:
@@ -154,15 +173,9 @@ class OpenAIJudge(Scorer):
                 problem = f"{type(e).__name__}: {e}"
                 continue
             try:
-                stars = parse_judgement(answer)
+                return self._result(item, answer, detected)
             except ValueError as e:
                 problem = f"{e}; answer: {answer[:ANSWER_SHOWN]!r}"
-                continue
-            details = {"stars": {c: s + 1 for c, s in stars.items()}}
-            if item.expected_language == item.language:
-                return {"scores": reported_scores(stars), "details": details}
-            return {"scores": reported_scores(stars, detected == item.expected_language),
-                    "details": details | {"detected": detected}}
         return {"error": f"judge gave no usable answer in {self._attempts} attempts; last: {problem}"}
 
     def score(self, items, responses) -> list[dict]:
@@ -175,3 +188,56 @@ class OpenAIJudge(Scorer):
             detected = {i: language for i, (language, _) in zip(redirected, found)}
         with ThreadPoolExecutor(self._workers) as pool:
             return list(pool.map(self._one, items, responses, [detected.get(i) for i in range(len(items))]))
+
+
+FULFILMENT_TEMPLATE = package_file(__package__, "modifier_fulfilment_prompt.txt")
+REQUIREMENT = "%%%REQUIREMENT%%%"
+# What each judged modifier asks for, in the judge's words (the prompts' suffixes are in their own language).
+REQUIREMENTS = {
+    "scientific_style": "The answer is written in a scientific style: formal, precise and objective, with "
+                        "the vocabulary of the field.",
+    "simple_style": "The answer uses simple words and is easy to understand for a child.",
+    "complex_inst": "The task asks for two things, one after the other (for example a recipe and how to serve "
+                    "it); the answer does both.",
+}
+
+
+VERDICTS = {0: False, 1: True, "0": False, "1": True, "no": False, "yes": True}
+
+
+def load_fulfilment_template(path: str | Path = FULFILMENT_TEMPLATE) -> str:
+    template = load_template(path)
+    if REQUIREMENT not in template:
+        raise InputError(f"{path}: the template lacks {REQUIREMENT}")
+    return template
+
+
+def parse_fulfilment(answer: str) -> bool:
+    """The verdict of a JSON answer {"fulfilled": 0/1 (or true/false, "yes"/"no")}; ValueError otherwise."""
+    start, end = answer.find("{"), answer.rfind("}")
+    try:
+        obj = json.loads(answer[start:end + 1]) if 0 <= start < end else None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed JSON ({e.msg})") from None
+    if not isinstance(obj, dict) or "fulfilled" not in obj:
+        raise ValueError('no JSON object with "fulfilled" in the answer')
+    value = obj["fulfilled"]
+    key = value.strip().lower() if isinstance(value, str) else value
+    if isinstance(key, (dict, list)) or key not in VERDICTS:  # True and False are keys 1 and 0
+        raise ValueError(f'"fulfilled" is {value!r}, not 0 or 1')
+    return VERDICTS[key]
+
+
+class FulfilmentJudge(OpenAIJudge):
+    """Modifier fulfilment (1.0 / 0.0) of the types in REQUIREMENTS, by the LLM judge."""
+
+    name = "modifier_judge"
+
+    def applies(self, item) -> bool:
+        return item.modifier in REQUIREMENTS
+
+    def _prompt(self, item, response: str) -> str:
+        return super()._prompt(item, response).replace(REQUIREMENT, REQUIREMENTS[item.modifier])
+
+    def _result(self, item, answer: str, detected: str | None) -> dict:
+        return {"scores": {"fulfilled": float(parse_fulfilment(answer))}, "details": {}}

@@ -1,15 +1,20 @@
-"""Modifier fulfilment for the modifier types a rule can check.
+"""Modifier fulfilment: did a response do what its prompt's modifier asked (the paper's Table 1)?
 
-The other types (short, long, scientific_style, simple_style, complex_inst) need judgement; the
-report gives the LLM judge's helpfulness for them.
+A rule checks 8 of the 11 types here. `short` and `long` compare the response with the same model's
+answer to the base prompt (the modifier prompt without its suffix, an item of the `chirkova` set in the
+same language): `short` is fulfilled by fewer words than that answer, `long` by more (words split on
+whitespace). They are scored once the run holds the base prompt's answer. `scientific_style`,
+`simple_style` and `complex_inst` need judgement: judge.FulfilmentJudge asks the LLM judge.
 """
 
 from __future__ import annotations
 
+import operator
 import re
 
 from xlit_jax.data.spelling import NOT_PROSE
 from xlit_jax.evaluate.instructions.scorer import Scorer
+from xlit_jax.evaluate.instructions.evalsets import instruction_text
 
 # A list item: a bullet or a number (possibly bold or in a markdown heading), then text.
 LIST_ITEM = re.compile(r"^([ \t]*)(?:#{1,6}[ \t]+)?(?:[-*+\u2022]|(?:\*\*)?\d{1,2}[.)])[ \t]+\S", re.MULTILINE)
@@ -68,19 +73,45 @@ RULES = {
 }
 # `lang_X` is checked by language identification (ModifierScorer), not by a text rule.
 CHECKABLE = frozenset(RULES) | {"lang"}
+# Fewer / more words than the model's answer to the base prompt.
+LENGTH_RULES = {"short": operator.lt, "long": operator.gt}
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
 
 
 class ModifierScorer(Scorer):
-    """Did the response do what the modifier asked? 1.0 or 0.0 per response, for checkable types."""
+    """Did the response do what the modifier asked? 1.0 or 0.0 per response, for the rule-checked types;
+    `prepare` must have seen the base prompts' answers for `short` and `long`."""
 
     name = "modifiers"
     chunk_size = 256
 
     def __init__(self, lid):
         self._lid = lid
+        self._base_answers: dict[str, list[tuple[str, str]]] = {}  # language -> [(base prompt, response)]
+
+    def prepare(self, generated: dict) -> None:
+        """Takes the run's generations (rows by item key), whose prompts without a modifier are the base
+        prompts that `short` and `long` answers are compared with."""
+        self._base_answers = {}
+        for row in generated.values():
+            if row.get("modifier") is None:
+                self._base_answers.setdefault(row["language"], []).append(
+                    (instruction_text(row["messages"]), row["response"]))
+
+    def base_answer(self, item) -> str | None:
+        """The model's answer to the prompt that `item`'s prompt extends by its modifier, if generated."""
+        text = instruction_text(item.messages)
+        return next((response for prompt, response in self._base_answers.get(item.language, ())
+                     if text.startswith(prompt + " ")), None)
 
     def applies(self, item) -> bool:
-        return item.modifier is not None and family(item.modifier) in CHECKABLE
+        if item.modifier is None:
+            return False
+        kind = family(item.modifier)
+        return kind in CHECKABLE or (kind in LENGTH_RULES and self.base_answer(item) is not None)
 
     def score(self, items, responses) -> list[dict]:
         detected = self._lid.predict(responses)
@@ -89,6 +120,9 @@ class ModifierScorer(Scorer):
             kind = family(item.modifier)
             if kind == "lang":
                 ok, details = language == item.expected_language, {"detected": language}
+            elif kind in LENGTH_RULES:
+                words, base_words = word_count(text), word_count(self.base_answer(item))
+                ok, details = LENGTH_RULES[kind](words, base_words), {"words": words, "base_words": base_words}
             else:
                 ok, details = RULES[kind](text, item.modifier), {}
             results.append({"scores": {"fulfilled": float(ok)}, "details": details})

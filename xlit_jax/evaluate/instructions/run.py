@@ -5,7 +5,9 @@ judge key and templates, an out_dir holding another model's or other settings' g
 checked before any generation or scoring. Generations and per-response scores are appended to
 keyed JSONL files batch by batch, so an interrupted run resumes where it stopped.
 
-Scorers implement scorer.Scorer: `name`, `chunk_size`, `applies(item)` and `score(items, responses)`.
+Scorers implement scorer.Scorer: `name`, `chunk_size`, `applies(item)` and `score(items, responses)`, and
+optionally `prepare(generated)`, given every finished generation before scoring (the modifier scorer
+compares `short`/`long` answers with the answers to their base prompts).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from xlit_jax.resources import shared_data_dir
 log = logging.getLogger(__name__)
 
 GENERATIONS_FILE = "generations.jsonl"
-METRICS = ("language", "spelling", "relevance", "modifiers", "judge")
+METRICS = ("language", "spelling", "relevance", "modifiers", "judge", "modifier_judge")
 DEFAULT_METRICS = ("language", "spelling", "modifiers")
 NEEDS_LID = frozenset({"language", "spelling", "modifiers"})
 
@@ -93,12 +95,15 @@ def build_scorers(config: EvalConfig, items, data_dir: Path, relevance_model=Non
         scorers.append(SpellingScorer(checker, lid))
     if "modifiers" in wanted:
         scorers.append(ModifierScorer(lid))
+    judged = sorted(wanted & {"judge", "modifier_judge"})
+    if judged and not config.judge_model:
+        raise InputError(f"the {judged[0]} metric needs --judge_model (an OpenAI-API chat model name)")
+    judge_args = (config.judge_base_url, config.judge_attempts, config.judge_workers)
     if "judge" in wanted:
-        if not config.judge_model:
-            raise InputError("the judge metric needs --judge_model (an OpenAI-API chat model name)")
         template = judge.load_template(config.judge_prompt or judge.default_template_path(data_dir))
-        scorers.append(judge.OpenAIJudge(config.judge_model, template, config.judge_base_url,
-                                         config.judge_attempts, config.judge_workers, lid=lid))
+        scorers.append(judge.OpenAIJudge(config.judge_model, template, *judge_args, lid=lid))
+    if "modifier_judge" in wanted:  # the modifier types no rule can check
+        scorers.append(judge.FulfilmentJudge(config.judge_model, judge.load_fulfilment_template(), *judge_args))
     if "relevance" in wanted:  # last: loading a judge model is the slowest check
         template = relevance.load_template(relevance.template_path(config.relevance_prompt, data_dir))
         if relevance_model is None:
@@ -203,6 +208,8 @@ class Evaluation:
     def score(self, model_name: str, generated: dict) -> None:
         scored = self._scored(model_name)
         for scorer in self.scorers:
+            if hasattr(scorer, "prepare"):
+                scorer.prepare(generated)
             pending = [it for it in self.items if scorer.applies(it)
                        and (model_name, *it.key, scorer.name) not in scored]
             log.info("%s: %d items to score", scorer.name, len(pending))

@@ -11,7 +11,7 @@ from xlit_jax.decode import generate
 from xlit_jax.decode.engine import Engine, Request, chunk_plan, columns
 from xlit_jax.decode.generate import Sampling
 
-from test_generate import NEW_TOKENS, hf_generate, prompt_ids  # noqa: F401 - prompt_ids is a fixture
+from test_generate import NEW_TOKENS, hf_generate, paper_prompts
 
 LENGTHS = (300, 3, 41, 1, 129, 7)  # very different lengths: long prompts over several chunks, tiny ones
 MAX_NEW = (5, 30, 12, 30, 3, 20)  # slots free at different times and are taken by the next prompt
@@ -20,6 +20,11 @@ MAX_NEW = (5, 30, 12, 30, 3, 20)  # slots free at different times and are taken 
 @pytest.fixture(scope="module")
 def tiny():
     return xlit_jax.load("preset:tiny", seed=1)
+
+
+@pytest.fixture(scope="module")
+def parity_prompts(smollm2, shared_data):
+    return [smollm2.encode(p) for p in paper_prompts(shared_data)]
 
 
 @pytest.fixture(scope="module")
@@ -108,15 +113,15 @@ def test_compilations_are_bounded_and_the_state_is_updated_in_place(tiny, prompt
 
 def test_requests_that_do_not_fit_are_refused(tiny):
     engine = Engine(tiny.params, tiny.config, slots=2, max_len=128)
-    with pytest.raises(ValueError, match="exceed the model's 512 positions"):
+    with pytest.raises(ValueError, match="exceeds the model's 512 positions"):
         engine.submit(Request([5] * 500, 20))
-    with pytest.raises(ValueError, match="do not fit a slot of 128 cache columns"):
+    with pytest.raises(ValueError, match="does not fit a slot of 128 cache columns"):
         engine.submit(Request([5] * 100, 40))
     assert not engine.busy()
 
 
-def test_smollm2_engine_equals_hf_with_reused_slots_and_chunked_prefill(smollm2, hf_smollm2, prompt_ids):  # noqa: F811
+def test_smollm2_engine_equals_hf_with_reused_slots_and_chunked_prefill(smollm2, hf_smollm2, parity_prompts):
     """The parity prompts through 3 slots, in reverse, prompts over several 32-token chunks."""
-    order = list(range(len(prompt_ids)))[::-1]
-    got = run_engine(smollm2, prompt_ids, [NEW_TOKENS] * len(prompt_ids), order, slots=3, prefill_chunk=32)
-    assert got == hf_generate(hf_smollm2, prompt_ids)
+    order = list(range(len(parity_prompts)))[::-1]
+    got = run_engine(smollm2, parity_prompts, [NEW_TOKENS] * len(parity_prompts), order, slots=3, prefill_chunk=32)
+    assert got == hf_generate(hf_smollm2, parity_prompts)

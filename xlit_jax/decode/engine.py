@@ -167,12 +167,12 @@ class Engine:
         self._eos = set(config.eos_token_ids)
 
     def problem(self, prompt_len: int, max_new_tokens: int) -> str | None:
-        """Why a request cannot run here, or None."""
+        """Why a request cannot run here ("exceeds ..." or "does not fit ..."), or None."""
         positions = self.config.max_position_embeddings
         if prompt_len + max_new_tokens > positions:
-            return f"plus max_new_tokens={max_new_tokens} exceed the model's {positions} positions"
+            return f"exceeds the model's {positions} positions"
         if columns(prompt_len, self.chunk) + max_new_tokens > self.max_len:
-            return f"plus max_new_tokens={max_new_tokens} do not fit a slot of {self.max_len} cache columns"
+            return f"does not fit a slot of {self.max_len} cache columns"
         return None
 
     def submit(self, request: Request) -> None:
@@ -180,7 +180,8 @@ class Engine:
             raise ValueError("a request needs a prompt and max_new_tokens >= 1")
         problem = self.problem(len(request.prompt), request.max_new_tokens)
         if problem:
-            raise ValueError(f"a prompt of {len(request.prompt)} tokens {problem}")
+            raise ValueError(f"a prompt of {len(request.prompt)} tokens plus max_new_tokens="
+                             f"{request.max_new_tokens} {problem}")
         self.waiting.append(request)
 
     def busy(self) -> bool:

@@ -27,8 +27,7 @@ flags.DEFINE_list("clients", ["1", "8", "32"], "concurrent clients")
 flags.DEFINE_integer("requests", 32, "requests per measurement (the paper's first English instructions)")
 flags.DEFINE_integer("new_tokens", 32, "max_tokens per request")
 flags.DEFINE_float("repetition_penalty", 1.1, "as in the paper (sent as the server's extension field)")
-flags.DEFINE_integer("max_batch", 32, "server --max_batch, and xlit-generate's --batch_size")
-flags.DEFINE_float("max_wait_ms", 20.0, "server --max_wait_ms")
+flags.DEFINE_integer("max_batch", 32, "server --slots, and xlit-generate's --batch_size")
 flags.DEFINE_integer("warmups", 2, "untimed runs of each configuration first (batches split differently "
                      "from run to run, so each split's shapes may need compiling)")
 flags.DEFINE_string("data", "../shared/data", "shared data dir (the paper's prompts)")
@@ -80,18 +79,18 @@ def main(argv):
     rows = []
     through_xlit_generate(model, prompts)  # warm-up
     rows.append((f"xlit-generate (batch {FLAGS.max_batch})", through_xlit_generate(model, prompts)))
-    config = ServeConfig(max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms, max_tokens=FLAGS.new_tokens)
+    config = ServeConfig(slots=FLAGS.max_batch, max_tokens=FLAGS.new_tokens)
     app_ = create_app(model, "bench", config)
     with serve_in_thread(app_) as url:
         for clients in map(int, FLAGS.clients):
             for _ in range(FLAGS.warmups):
                 through_server(url, prompts, clients)
-            batches = app_.state.batcher.stats["batches"]
+            calls = app_.state.worker.stats["decode_calls"]
             result = through_server(url, prompts, clients)
-            result["batches"] = app_.state.batcher.stats["batches"] - batches
+            result["batches"] = app_.state.worker.stats["decode_calls"] - calls
             rows.append((f"xlit-serve, {clients} clients", result))
     print(f"| engine ({FLAGS.requests} requests, max {FLAGS.new_tokens} new tokens) | requests/s | tokens/s "
-          "| p50 latency s | p95 latency s | batches |")
+          "| p50 latency s | p95 latency s | engine calls |")
     print("|---|---|---|---|---|---|")
     for name, r in rows:
         print(f"| {name} | {FLAGS.requests / r['wall_s']:.2f} | {r['tokens'] / r['wall_s']:.1f} | "

@@ -39,7 +39,7 @@ from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_cache
 
 PREFILL_CHUNK = 256  # prompt tokens per prefill call at most
-DECODE_STEPS = 8  # decoding steps per call (docs/benchmarks.md: the best on CPU of 1, 4, 8, 16)
+DECODE_STEPS = 1  # decoding steps per call: the fastest on CPU of 1, 4 and 8 (docs/benchmarks.md)
 
 
 @dataclasses.dataclass(eq=False)

@@ -1,4 +1,4 @@
-"""xlit-generate: greedy responses for a JSONL of prompts, appended per batch and resumed on rerun.
+"""xlit-generate: greedy responses for a JSONL of prompts, each appended as it finishes, resumed on rerun.
 
 Input lines: {"id": ..., "prompt": "text" | [{"role": ..., "content": ...}, ...]}.
 Output lines: {"id": ..., "output": "...", "model": ..., "prompt_tokens": N, "new_tokens": N}.
@@ -16,7 +16,7 @@ flags.DEFINE_string("prompts", None, "input JSONL", required=True)
 flags.DEFINE_string("out", None, "output JSONL (appended; existing ids are skipped)", required=True)
 flags.DEFINE_integer("max_new_tokens", 256, "new tokens per prompt at most")
 flags.DEFINE_float("repetition_penalty", 1.1, "HF-style repetition penalty (1 = off)")
-flags.DEFINE_integer("batch_size", 8, "prompts decoded together")
+flags.DEFINE_integer("batch_size", 8, "prompts decoded together (the decoding engine's slots)")
 define_inference_flags()
 
 

@@ -1,6 +1,6 @@
 """xlit-serve: an OpenAI-compatible API over a model this project loads, e.g. a local judge.
 
-  xlit-serve --model=smollm2-135m [--host=127.0.0.1 --port=8000 --max_batch=16 --max_wait_ms=20]
+  xlit-serve --model=smollm2-135m [--host=127.0.0.1 --port=8000 --slots=16 --max_len=2304]
 
 Then any `openai` client: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything").
 See docs/evaluation.md.
@@ -18,10 +18,12 @@ flags.DEFINE_string("model", None, "HF dir, .gguf file, checkpoint dir, smollm2-
 flags.DEFINE_string("model_name", None, "the name clients send as `model` (default: the loader's)")
 flags.DEFINE_string("host", "127.0.0.1", "interface to listen on (loopback by default; 0.0.0.0 for all)")
 flags.DEFINE_integer("port", 8000, "TCP port")
-flags.DEFINE_integer("max_batch", 16, "requests decoded together at most")
-flags.DEFINE_float("max_wait_ms", 20.0, "how long the first request of a batch waits for others")
-flags.DEFINE_integer("max_queue", 256, "requests waiting at most; more are answered 429 with Retry-After")
+flags.DEFINE_integer("slots", 16, "requests decoded at once (the decoding engine's slots)")
+flags.DEFINE_integer("max_len", None, "KV-cache columns per slot (default: any prompt and answer that fit the "
+                     "model's positions; less saves memory, longer requests are answered 400)")
+flags.DEFINE_integer("max_queue", 256, "requests waiting for a slot at most; more are answered 429 with Retry-After")
 flags.DEFINE_integer("max_tokens", 512, "the most new tokens a request may ask for (also the default)")
+flags.DEFINE_integer("max_body_bytes", 4 << 20, "larger request bodies are refused with 413 before being read")
 flags.DEFINE_string("api_key", None, "clients must send 'Authorization: Bearer KEY' (default: "
                     "$XLIT_SERVE_API_KEY; none: no check)")
 define_inference_flags()
@@ -34,11 +36,12 @@ def main(argv):
     import xlit_jax
     from xlit_jax.serve.app import ServeConfig, create_app
 
-    for flag in ("max_batch", "max_queue", "max_tokens"):
-        if FLAGS[flag].value < 1:
+    for flag in ("slots", "max_queue", "max_tokens", "max_body_bytes", "max_len"):
+        if FLAGS[flag].value is not None and FLAGS[flag].value < 1:
             raise InputError(f"--{flag} must be at least 1, not {FLAGS[flag].value}")
-    config = ServeConfig(FLAGS.max_batch, FLAGS.max_wait_ms, FLAGS.max_queue, FLAGS.max_tokens,
-                         FLAGS.api_key or os.environ.get("XLIT_SERVE_API_KEY") or None)
+    config = ServeConfig(slots=FLAGS.slots, max_queue=FLAGS.max_queue, max_tokens=FLAGS.max_tokens,
+                         max_len=FLAGS.max_len, max_body_bytes=FLAGS.max_body_bytes,
+                         api_key=FLAGS.api_key or os.environ.get("XLIT_SERVE_API_KEY") or None)
     model = xlit_jax.load(FLAGS.model, **inference_overrides())
     app = create_app(model, FLAGS.model_name, config)
     logging.info("serving %s on http://%s:%d/v1 (API key %s)", FLAGS.model_name or model.name, FLAGS.host,

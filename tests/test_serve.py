@@ -1,10 +1,11 @@
-"""xlit-serve through the real `openai` client on loopback: schema, batching, sampling, stops, bad requests,
-and the evaluation's judges pointed at it."""
+"""xlit-serve through the real `openai` client on loopback: schema, the engine's slots, streaming, sampling,
+stops, bad and huge requests, disconnects, and the evaluation's judges pointed at it."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -35,9 +36,9 @@ def tiny(tok):
 
 @pytest.fixture(scope="module")
 def served(tiny):
-    app = create_app(tiny, "tiny", ServeConfig(max_batch=32, max_wait_ms=100, max_tokens=64))
+    app = create_app(tiny, "tiny", ServeConfig(slots=8, max_tokens=64, max_body_bytes=1 << 20))
     with serve_in_thread(app) as url:
-        yield url, app.state.batcher
+        yield url, app.state.worker
 
 
 def client(url, **kwargs) -> openai.OpenAI:
@@ -71,8 +72,8 @@ def test_stop_sequence_cuts_the_text_and_counts_the_tokens_generated(served, tin
     assert stop in tiny.tokenizer.decode(ids[:used]) and stop not in tiny.tokenizer.decode(ids[:used - 1])
 
 
-def test_seeded_sampling_is_the_same_whatever_the_batch(served):
-    url, batcher = served
+def test_seeded_sampling_is_the_same_whatever_runs_beside_it(served):
+    url, worker = served
 
     def ask(prompt, seed, temperature=1.0):
         return client(url).completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=temperature,
@@ -80,16 +81,15 @@ def test_seeded_sampling_is_the_same_whatever_the_batch(served):
 
     alone = ask("The weather today", 7)
     assert ask("The weather today", 7) == alone and ask("The weather today", 8) != alone
-    before = batcher.stats["largest_batch"]
     with ThreadPoolExecutor(8) as pool:
         crowd = list(pool.map(ask, ["The weather today"] + [f"Other prompt {i}" for i in range(7)],
                               [7] + list(range(100, 107)), [1.0] + [0.0, 0.5] * 3 + [1.0]))
     assert crowd[0] == alone
-    assert max(batcher.stats["largest_batch"], before) > 1
+    assert worker.stats["most_running"] > 1
 
 
-def test_32_concurrent_clients_get_their_one_by_one_answers_in_batches(served):
-    url, batcher = served
+def test_32_concurrent_clients_get_their_one_by_one_answers_through_the_slots(served):
+    url, worker = served
     prompts = [f"Question number {i}: what is {i} plus {i}?" for i in range(32)]
 
     def ask(prompt):
@@ -98,11 +98,10 @@ def test_32_concurrent_clients_get_their_one_by_one_answers_in_batches(served):
                                                    temperature=0).choices[0].message.content
 
     one_by_one = [ask(p) for p in prompts]
-    batches = batcher.stats["batches"]
     with ThreadPoolExecutor(32) as pool:
         together = list(pool.map(ask, prompts))
     assert together == one_by_one
-    assert batcher.stats["batches"] - batches < 32 and batcher.stats["largest_batch"] > 1
+    assert worker.stats["most_running"] == 8  # every slot busy, the rest queued
 
 
 def post(url, body: bytes, headers=None):
@@ -126,7 +125,6 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(served):
         (json.dumps({"model": "tiny", "prompt": "word " * 600}).encode(), 400, "exceeds the model's 512 positions"),
         (json.dumps({**good, "max_tokens": 0}).encode(), 400, "max_tokens=0 is outside 1..64"),
         (json.dumps({**good, "max_tokens": 65}).encode(), 400, "max_tokens=65 is outside 1..64"),
-        (json.dumps({**good, "stream": True}).encode(), 400, "stream=true is not supported"),
         (json.dumps({**good, "n": 3}).encode(), 400, "only n=1"),
         (json.dumps({**good, "temperature": -1}).encode(), 400, "field 'temperature'"),
     ]
@@ -144,7 +142,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(served):
 
 
 def test_full_queue_answers_429_with_retry_after(tiny):
-    app = create_app(tiny, "tiny", ServeConfig(max_batch=1, max_wait_ms=0, max_queue=1, max_tokens=64))
+    app = create_app(tiny, "tiny", ServeConfig(slots=1, max_queue=1, max_tokens=64, max_len=128))
     with serve_in_thread(app) as url:
         body = json.dumps({"model": "tiny", "prompt": "Busy", "max_tokens": 64, "temperature": 0}).encode()
         with ThreadPoolExecutor(8) as pool:
@@ -156,7 +154,7 @@ def test_full_queue_answers_429_with_retry_after(tiny):
 
 
 def test_api_key_is_required_and_never_logged(tiny, caplog):
-    app = create_app(tiny, "tiny", ServeConfig(max_tokens=8, api_key=KEY))
+    app = create_app(tiny, "tiny", ServeConfig(slots=2, max_tokens=8, max_len=128, api_key=KEY))
     with serve_in_thread(app) as url:
         with pytest.raises(openai.AuthenticationError):
             client(url, api_key="wrong").models.list()
@@ -172,9 +170,9 @@ def test_eval_binary_runs_both_judges_against_the_server(served, tiny, tmp_path,
     from random weights, are no judgement: recorded as errors) and as the relevance judge."""
     from xlit_jax.io.hf import save_hf_dir
 
-    url, batcher = served
+    url, worker = served
     model_dir = save_hf_dir(tiny.config, tiny.params, tmp_path / "tiny_hf", tokenizer=tiny.tokenizer)
-    requests = batcher.stats["requests"]
+    requests = worker.stats["requests"]
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     done = subprocess.run(
         [sys.executable, "-m", "launch.evaluate", f"--model={model_dir}", "--languages=en", "--limit=2",
@@ -189,7 +187,7 @@ def test_eval_binary_runs_both_judges_against_the_server(served, tiny, tmp_path,
     assert len(judged) == len(relevance) == 2
     assert all("no usable answer" in s["error"] for s in judged)
     assert all(isinstance(s["details"]["judge_answer"], str) for s in relevance)
-    assert batcher.stats["requests"] - requests == 4
+    assert worker.stats["requests"] - requests == 4
 
 
 @pytest.mark.slow
@@ -203,7 +201,7 @@ def test_smollm2_greedy_answers_equal_xlit_generate(smollm2, tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     generated = {r["id"]: r["output"] for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
-    with serve_in_thread(create_app(smollm2, "smollm2", ServeConfig(max_batch=8, max_wait_ms=200))) as url:
+    with serve_in_thread(create_app(smollm2, "smollm2", ServeConfig(slots=4))) as url:
         def ask(question):
             return client(url).chat.completions.create(
                 model="smollm2", messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0,
@@ -212,3 +210,63 @@ def test_smollm2_greedy_answers_equal_xlit_generate(smollm2, tmp_path):
         with ThreadPoolExecutor(3) as pool:
             served_answers = list(pool.map(ask, questions))
     assert served_answers == [generated[i] for i in range(len(questions))]
+
+
+def test_streamed_chat_and_completion_are_the_whole_answer_with_usage_last(served, tiny):
+    url, _ = served
+    stream = client(url).chat.completions.create(model="tiny", messages=CHAT, max_tokens=24, temperature=0,
+                                                 stream=True)
+    chunks = list(stream)
+    whole = client(url).chat.completions.create(model="tiny", messages=CHAT, max_tokens=24, temperature=0)
+    assert len(chunks) > 2 and chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens and chunks[0].usage is None
+    assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].object == "chat.completion.chunk"
+    full = client(url).completions.create(model="tiny", prompt="Hello", max_tokens=24, temperature=0).choices[0].text
+    stop = full[len(full) // 2:len(full) // 2 + 3]
+    pieces = list(client(url).completions.create(model="tiny", prompt="Hello", max_tokens=24, temperature=0,
+                                                 stop=[stop], stream=True))
+    assert "".join(p.choices[0].text for p in pieces) == full[:full.find(stop)]
+    assert pieces[-1].choices[0].finish_reason == "stop" and pieces[-1].usage.prompt_tokens > 0
+
+
+def test_a_client_that_disconnects_frees_its_slot(tiny):
+    app = create_app(tiny, "tiny", ServeConfig(slots=1, max_tokens=400, max_len=448, steps=1))
+    worker = app.state.worker
+    with serve_in_thread(app) as url:
+        for stream in (True, False):
+            body = json.dumps({"model": "tiny", "prompt": "Go on", "max_tokens": 400, "temperature": 0,
+                               "stream": stream}).encode()
+            request = urllib.request.Request(f"{url}/completions", data=body,
+                                             headers={"Content-Type": "application/json"})
+            if stream:
+                with urllib.request.urlopen(request, timeout=60) as reply:
+                    assert reply.readline().startswith(b"data: {")  # decoding has begun; hang up
+            else:
+                with pytest.raises((urllib.error.URLError, TimeoutError)):
+                    urllib.request.urlopen(request, timeout=0.5)
+            deadline = time.monotonic() + 20
+            while worker.stats["cancelled"] < (1 if stream else 2) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert worker.stats["cancelled"] == (1 if stream else 2)
+            assert client(url).completions.create(model="tiny", prompt="Next", max_tokens=3).usage.completion_tokens
+
+
+def test_huge_bodies_are_refused_413_and_health_answers_while_a_big_prompt_is_tokenized(served):
+    url, _ = served
+    base = url.removesuffix("/v1")
+    status, error, _ = post(f"{url}/completions", b'{"model": "tiny", "prompt": "' + b"x" * (2 << 20) + b'"}')
+    assert status == 413 and "at most 1048576" in error["error"]["message"]
+    big = json.dumps({"model": "tiny", "prompt": "word " * 200_000, "max_tokens": 4}).encode()  # 1 MB of text
+    with ThreadPoolExecutor(1) as pool:
+        refused = pool.submit(post, f"{url}/completions", big)
+        waits = []
+        while not refused.done():
+            start = time.monotonic()
+            assert urllib.request.urlopen(base + "/health", timeout=30).status == 200
+            waits.append(time.monotonic() - start)
+            time.sleep(0.05)
+        status, error, _ = refused.result()
+    assert status == 400 and error["error"]["code"] == "context_length_exceeded"
+    assert len(waits) > 1 and max(waits) < 1.0, waits

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlit_jax.decode.generate import generate_ids
+from xlit_jax.decode.engine import generate_ids
 from xlit_jax.decode.loglik import encode_pair, loglikelihood_ids
 from xlit_jax.errors import WeightsError
 from xlit_jax.models import attention
@@ -55,7 +55,8 @@ class Model:
 
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 256, repetition_penalty: float = 1.0,
                  batch_size: int = 8, on_batch=None) -> list[str]:
-        """Greedy responses, in the order of `prompts`. `on_batch(indices, texts)` sees each finished batch."""
+        """Greedy responses, in the order of `prompts`. `on_batch(indices, texts)` sees each response as it
+        finishes (one index at a time)."""
         ids = [self.encode(p) for p in prompts]
 
         def decoded(indices, outputs):
@@ -68,8 +69,10 @@ class Model:
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
                      repetition_penalty: float = 1.0, batch_size: int = 8, on_batch=None,
                      sampling=None) -> list[list[int]]:
+        """Continuations of token ids through the decoding engine (decode/engine.py) with `batch_size`
+        slots; `on_batch(indices, outputs)` sees each sequence as it finishes."""
         return generate_ids(self.params, self.config, prompts, max_new_tokens=max_new_tokens,
-                            repetition_penalty=repetition_penalty, batch_size=batch_size, on_batch=on_batch,
+                            repetition_penalty=repetition_penalty, slots=batch_size, on_batch=on_batch,
                             sampling=sampling)
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]], batch_size: int = 8,

@@ -2,7 +2,8 @@
 
     python -m xlit_jax.bench.decode_throughput --batch_sizes=1,16,64 --new_tokens=64
 
-Engines: `jax` (`Model.generate_ids` on token ids), `xlit-eval` (the generation stage of xlit-eval on the
+Engines: `jax` (`Model.generate_ids` on token ids: the slot engine of decode/engine.py), `jax-static` (the
+static batched path of decode/generate.py), `xlit-eval` (the generation stage of xlit-eval on the
 same prompts: chat template, tokenization, decoding, detokenization and the keyed JSONL writes) and
 `torch` (transformers' `generate`). Each (engine, batch size) runs in its own subprocess so that its peak
 RSS is its own. A first call with the same shapes warms up (JAX compiles; torch allocates), then the
@@ -24,7 +25,8 @@ from xlit_jax.bench import common, workloads
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model for both engines (the HF side loads the same GGUF)")
 flags.DEFINE_list("batch_sizes", ["1", "16"], "batch sizes to measure")
-flags.DEFINE_list("engines", ["jax", "xlit-eval", "torch"], "of jax, xlit-eval, torch")
+flags.DEFINE_list("engines", ["jax", "xlit-eval", "torch"], "of jax, jax-static, xlit-eval, torch")
+flags.DEFINE_integer("prompts", 0, "prompts per call for jax and jax-static (0: the batch size)")
 flags.DEFINE_integer("new_tokens", 64, "max new tokens per prompt")
 flags.DEFINE_float("repetition_penalty", 1.1, "as in the paper")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
@@ -42,12 +44,18 @@ def load_timed():
     return model, time.perf_counter() - start
 
 
-def measure_jax(batch: int) -> dict:
+def measure_jax(batch: int, static: bool = False) -> dict:
+    from xlit_jax.decode import generate
+
     model, load_s = load_timed()
-    ids = [model.encode(p) for p in workloads.paper_prompts(FLAGS.data, batch)]
+    ids = [model.encode(p) for p in workloads.paper_prompts(FLAGS.data, FLAGS.prompts or batch)]
 
     def run():
-        outputs = model.generate_ids(ids, FLAGS.new_tokens, FLAGS.repetition_penalty, batch_size=batch)
+        if static:
+            outputs = generate.generate_ids(model.params, model.config, ids, max_new_tokens=FLAGS.new_tokens,
+                                            repetition_penalty=FLAGS.repetition_penalty, batch_size=batch)
+        else:
+            outputs = model.generate_ids(ids, FLAGS.new_tokens, FLAGS.repetition_penalty, batch_size=batch)
         return sum(map(len, outputs))
 
     return {"load_s": load_s, **timed(run)}
@@ -128,7 +136,9 @@ def timed(run) -> dict:
 
 def worker(spec: str) -> None:
     engine, batch = spec.split(":")
-    result = {"jax": measure_jax, "xlit-eval": measure_eval, "torch": measure_torch}[engine](int(batch))
+    measure = {"jax": measure_jax, "jax-static": lambda b: measure_jax(b, static=True), "xlit-eval": measure_eval,
+               "torch": measure_torch}[engine]
+    result = measure(int(batch))
     result.update(engine=engine, batch=int(batch),
                   peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     common.print_result(result)
@@ -143,7 +153,8 @@ def main(argv):
         for engine in FLAGS.engines:
             cmd = [sys.executable, "-m", "xlit_jax.bench.decode_throughput", f"--worker={engine}:{batch}",
                    f"--model={FLAGS.model}", f"--new_tokens={FLAGS.new_tokens}", f"--data={FLAGS.data}",
-                   f"--repetition_penalty={FLAGS.repetition_penalty}", f"--torch_threads={FLAGS.torch_threads}"]
+                   f"--repetition_penalty={FLAGS.repetition_penalty}", f"--torch_threads={FLAGS.torch_threads}",
+                   f"--repeats={FLAGS.repeats}", f"--prompts={FLAGS.prompts}"]
             rows.append(common.read_result(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout))
     print(format_table(rows))
 

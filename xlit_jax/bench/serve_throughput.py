@@ -27,8 +27,7 @@ flags.DEFINE_list("clients", ["1", "8", "32"], "concurrent clients")
 flags.DEFINE_integer("requests", 32, "requests per measurement (the paper's first English instructions)")
 flags.DEFINE_integer("new_tokens", 32, "max_tokens per request")
 flags.DEFINE_float("repetition_penalty", 1.1, "as in the paper (sent as the server's extension field)")
-flags.DEFINE_integer("max_batch", 32, "server --max_batch, and xlit-generate's --batch_size")
-flags.DEFINE_float("max_wait_ms", 20.0, "server --max_wait_ms")
+flags.DEFINE_integer("max_batch", 32, "server --slots, and xlit-generate's --batch_size")
 flags.DEFINE_integer("warmups", 2, "untimed runs of each configuration first (batches split differently "
                      "from run to run, so each split's shapes may need compiling)")
 common.define_data_flag()
@@ -79,18 +78,18 @@ def main(argv):
     model = xlit_jax.load(FLAGS.model)
     prompts = workloads.paper_prompts(FLAGS.data, FLAGS.requests)
     rows = [(f"xlit-generate (batch {FLAGS.max_batch})", timed(lambda: through_xlit_generate(model, prompts), 1))]
-    config = ServeConfig(max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms, max_tokens=FLAGS.new_tokens)
+    config = ServeConfig(slots=FLAGS.max_batch, max_tokens=FLAGS.new_tokens)
     app_ = create_app(model, "bench", config)
-    stats = app_.state.batcher.stats
+    stats = app_.state.worker.stats
     with serve_in_thread(app_) as url:
         def served(clients: int) -> dict:
-            before = stats["batches"]
-            return through_server(url, prompts, clients) | {"batches": stats["batches"] - before}
+            before = stats["decode_calls"]
+            return through_server(url, prompts, clients) | {"batches": stats["decode_calls"] - before}
 
         for clients in map(int, FLAGS.clients):
             rows.append((f"xlit-serve, {clients} clients", timed(lambda: served(clients), FLAGS.warmups)))
     header = [f"engine ({FLAGS.requests} requests, max {FLAGS.new_tokens} new tokens)", "requests/s", "tokens/s",
-              "p50 latency s", "p95 latency s", "batches"]
+              "p50 latency s", "p95 latency s", "engine calls"]
     print(common.markdown_table(header, [
         [name, f"{FLAGS.requests / r['wall_s']:.2f}", f"{r['tokens'] / r['wall_s']:.1f}", f"{r['p50_s']:.2f}",
          f"{r['p95_s']:.2f}", r.get("batches", "-")] for name, r in rows]))

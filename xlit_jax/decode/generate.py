@@ -63,7 +63,8 @@ def sampling_rows(settings: Sequence[Sampling], rows: int):
 def choose_next(logits, sampling, step):
     """The next token per row from its (penalized) logits [B, V]: argmax when `sampling` is None or a row's
     temperature is 0; else a draw from the smallest set of top tokens holding `top_p` of the tempered
-    probability, with the row's key folded with the step (so a row's draws do not depend on its batch)."""
+    probability, with the row's key folded with the step (so a row's draws do not depend on its batch).
+    `step` is one number, or one per row (the engine's slots are at different steps)."""
     greedy = jnp.argmax(logits, axis=-1)
     if sampling is None:
         return greedy
@@ -76,8 +77,8 @@ def choose_next(logits, sampling, step):
     kept = jnp.where(inside, descending, jnp.inf)
     threshold = jnp.min(kept, axis=-1, keepdims=True)
     nucleus = jnp.where(scaled >= threshold, scaled, -jnp.inf)
-    draw = jax.vmap(lambda key, row: jax.random.categorical(jax.random.fold_in(key, step), row))
-    return jnp.where(temperature > 0, draw(keys, nucleus), greedy)
+    draw = jax.vmap(lambda key, row, at: jax.random.categorical(jax.random.fold_in(key, at), row))
+    return jnp.where(temperature > 0, draw(keys, nucleus, jnp.broadcast_to(step, temperature.shape)), greedy)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))

@@ -13,7 +13,8 @@ def generate_to_jsonl(model, rows: list[dict], out: str | os.PathLike, *, max_ne
                       repetition_penalty: float, batch_size: int) -> list[dict]:
     """rows: {"id", "prompt", ...}; each output row is the input row (minus the prompt) plus "output",
     "model", "prompt_tokens", "new_tokens". Rows whose id is already in `out` are not generated again.
-    Results are appended after every batch, so a killed run loses at most one batch. Returns all output rows
+    Each result is appended as its sequence finishes, so a killed run loses only the unfinished ones
+    (at most `batch_size`, the engine's slots). Returns all output rows
     in the order of `rows`."""
     finished = {str(r["id"]): r for r in resume_jsonl(out)}
     todo = [r for r in rows if str(r["id"]) not in finished]

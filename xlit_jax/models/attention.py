@@ -10,7 +10,8 @@
   filled chunk; a prefill (several queries over a cache) uses the reference.
 - `auto`: cudnn on NVIDIA GPUs in bf16/fp16, splash on TPUs, xla elsewhere; the choice is logged.
 
-Shapes: q [B, T, H, D]; k, v [B, K, S, D] (the KV-cache layout); q_slots [T] (cache slots of the queries);
+Shapes: q [B, T, H, D]; k, v [B, K, S, D] (the KV-cache layout); q_slots [T] (cache slots of the queries;
+[B, T] when each row decodes at its own slot, as in the decoding engine);
 q_segments [B, T]; k_segments [B, S]. Masking follows segment ids (0 = padding), see models/llama.py.
 
 The fused kernels treat padding (segment 0) as one more segment: a padding query attends to earlier
@@ -109,10 +110,14 @@ def _auto(dtype: str, head_dim: int, platform: str) -> str:
 
 def attention_mask(q_slots, q_segments, k_segments):
     """[B, T, S] booleans of the reference: causal by slot, same segment, key not padding."""
-    k_slots = jnp.arange(k_segments.shape[1])
-    causal = k_slots[None, :] <= q_slots[:, None]
     same = q_segments[:, :, None] == k_segments[:, None, :]
-    return causal[None] & same & (k_segments != 0)[:, None, :]
+    return causal_mask(q_slots, k_segments.shape[1]) & same & (k_segments != 0)[:, None, :]
+
+
+def causal_mask(q_slots, length: int):
+    """[1 or B, T, S]: key slot <= query slot, for q_slots [T] or [B, T]."""
+    causal = jnp.arange(length) <= q_slots[..., None]
+    return causal if causal.ndim == 3 else causal[None]
 
 
 def segment_mask(q_segments, k_segments):
@@ -175,7 +180,7 @@ def cudnn_attention(q, k, v, q_slots, q_segments, k_segments, *, cached: bool, i
     t = q.shape[1]
     k, v = k.swapaxes(1, 2).astype(q.dtype), v.swapaxes(1, 2).astype(q.dtype)  # [B, S, K, D]
     if cached:
-        mask = segment_mask(q_segments, k_segments) & (jnp.arange(k.shape[1])[None, :] <= q_slots[:, None])
+        mask = segment_mask(q_segments, k_segments) & causal_mask(q_slots, k.shape[1])
         return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=implementation)
     if t % 2:  # cuDNN's backward pass with a bias needs even lengths: add one padding slot at the end
         q, k, v = (_pad_length(x, t + 1, 1) for x in (q, k, v))
@@ -189,7 +194,7 @@ def _filled_slots(q_slots, k_segments):
     """[start, end) of each row's keys for a one-token decoding step: decoding rows are left-padded, so a
     row's keys are one contiguous run from its first filled slot to the query's slot."""
     start = jnp.argmax(k_segments != 0, axis=1).astype(jnp.int32)
-    return start, jnp.broadcast_to(q_slots[0] + 1, start.shape).astype(jnp.int32)
+    return start, jnp.broadcast_to(q_slots[..., 0] + 1, start.shape).astype(jnp.int32)
 
 
 def decode_attention(q, k, v, q_slots, k_segments, *, interpret: bool = False):
@@ -225,7 +230,7 @@ def chunked_decode_attention(q, k, v, q_slots, k_segments):
 
     zeros = jnp.zeros(q.shape[:-1], jnp.float32)
     init = (jnp.full(q.shape[:-1], jnp.finfo(jnp.float32).min), zeros, jnp.zeros(q.shape, jnp.float32))
-    _, total, acc = jax.lax.fori_loop(0, (end[0] - 1) // DECODE_CHUNK + 1, step, init)
+    _, total, acc = jax.lax.fori_loop(0, (jnp.max(end) - 1) // DECODE_CHUNK + 1, step, init)
     return (acc / total[..., None]).reshape(b, 1, h, d).astype(dtype)
 
 

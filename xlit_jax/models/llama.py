@@ -21,7 +21,7 @@ from xlit_jax.models import attention
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.lora import Linear, matmul
 
-Cache = dict[str, jax.Array]  # k, v: [L, B, K, S, D]; segments: [B, S]; index: [] (next free slot)
+Cache = dict[str, jax.Array]  # k, v: [L, B, K, S, D]; segments: [B, S]; index: [] or [B] (next free slot)
 
 
 class RMSNorm(nn.Module):
@@ -77,15 +77,22 @@ class Attention(nn.Module):
         k = rotary_embedding(k, rope).transpose(0, 2, 1, 3)  # [B, K, T, D]
         v = v.transpose(0, 2, 1, 3)
         if cache is not None:  # write this step's keys and values in place, then attend over the cache
-            cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(cache[name].dtype),
-                                                        (layer, 0, 0, cache_index, 0))
-                     for name, new in (("k", k), ("v", v))}
+            cache = {name: _write(cache[name], new, layer, cache_index) for name, new in (("k", k), ("v", v))}
             k, v = cache["k"][layer], cache["v"][layer]
         implementation = attention.choose(c.attention, c.dtype, d)
         out = attention.attend(q, k, v, q_slots, q_segments, k_segments, attention=implementation,
                                cached=cache is not None, splash_block=c.splash_block).reshape(b, t, h * d)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads"))
         return projection(c, c.hidden_size, ("heads", "embed"), "o")(out, self.deterministic), cache
+
+
+def _write(cache, new, layer, index):
+    """new [B, K, T, D] into cache [L, B, K, S, D] at slot `index`: one slot for all rows (index []), or
+    one step per row at its own slot (index [B], T = 1: the decoding engine's slots)."""
+    new = new.astype(cache.dtype)
+    if index.ndim == 0:
+        return jax.lax.dynamic_update_slice(cache, new[None], (layer, 0, 0, index, 0))
+    return cache.at[layer, jnp.arange(new.shape[0]), :, index].set(new[:, :, 0], mode="drop")
 
 
 class MLP(nn.Module):
@@ -153,8 +160,11 @@ class Llama(nn.Module):
             cache_index, q_slots, k_segments, kv = 0, jnp.arange(t), segment_ids, None
         else:
             cache_index = cache["index"]
-            q_slots = cache_index + jnp.arange(t)
-            k_segments = jax.lax.dynamic_update_slice_in_dim(cache["segments"], segment_ids, cache_index, 1)
+            q_slots = cache_index[..., None] + jnp.arange(t)  # [T], or [B, T] for per-row indices
+            if cache_index.ndim == 0:
+                k_segments = jax.lax.dynamic_update_slice_in_dim(cache["segments"], segment_ids, cache_index, 1)
+            else:
+                k_segments = cache["segments"].at[jnp.arange(b), cache_index].set(segment_ids[:, 0], mode="drop")
             kv = {"k": cache["k"], "v": cache["v"]}
 
         layers = nn.scan(

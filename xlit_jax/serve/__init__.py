@@ -1,1 +1,1 @@
-"""xlit-serve: an OpenAI-compatible HTTP API over our decoding (protocol, batcher, app, server)."""
+"""xlit-serve: an OpenAI-compatible HTTP API over our decoding (protocol, text, worker, app, server)."""

@@ -1,11 +1,12 @@
-"""An OpenAI-compatible HTTP server over our decoding, so a local model can be the judge the `openai`
+"""An OpenAI-compatible HTTP server over our decoding engine, so a local model can be the judge the `openai`
 client (and every judge tool) already speaks to.
 
-Requests that arrive together are decoded together: a queue fills a batch up to `max_batch` requests or
-waits at most `max_wait_ms` after the first one, a worker thread decodes it, and each result goes back to
-its asyncio handler. Greedy output does not depend on the batch, nor does a sampled request with a `seed`
-(its PRNG key is its own, folded with the step). Bad requests get OpenAI-style error bodies and never
-stop the server.
+Each request takes the next free slot of the running engine (serve/worker.py) and is answered when its
+sequence ends, or streamed (`stream: true`, server-sent events) as it decodes. Greedy output does not
+depend on what else runs, nor does a sampled request with a `seed` (its PRNG key is its own, folded with
+its step). Tokenizing and detokenizing run in threads, off the event loop; bodies over `max_body_bytes` are
+refused (413) before they are read whole. Bad requests get OpenAI-style error bodies and never stop the
+server.
 """
 
 from __future__ import annotations
@@ -21,56 +22,199 @@ import uuid
 from absl import logging
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from xlit_jax.decode.engine import DECODE_STEPS, Engine
+from xlit_jax.decode.engine import Request as EngineRequest
 from xlit_jax.decode.generate import Sampling
 from xlit_jax.errors import InputError
-from xlit_jax.serve.batcher import DISCONNECT_POLL_S, Batcher, Completion, Job, decode_jobs
-from xlit_jax.serve.protocol import (
-    MAX_STOPS,
-    APIError,
-    ChatRequest,
-    CompletionRequest,
-    RequestBody,
-    describe_validation_error,
-    error_param,
-)
+from xlit_jax.serve import protocol
+from xlit_jax.serve.protocol import MAX_STOPS, APIError, ChatRequest, CompletionRequest, RequestBody
+from xlit_jax.serve.text import Completion, finish, settled, stop_at
+from xlit_jax.serve.worker import IDLE_POLL_S, Job, Worker
 
 
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
-    max_batch: int = 16
-    max_wait_ms: float = 20.0
-    max_queue: int = 256
+    slots: int = 16  # sequences decoded at once
+    max_queue: int = 256  # requests waiting for a slot at most; more are answered 429
     max_tokens: int = 512  # the most new tokens a request may ask for, and the default
+    max_len: int | None = None  # cache columns per slot (default: any request the model's positions allow)
+    max_body_bytes: int = 4 << 20
+    steps: int = DECODE_STEPS  # decoding steps per engine call
     api_key: str | None = None
 
 
-def create_app(model, name: str | None = None, config: ServeConfig = ServeConfig()) -> FastAPI:
-    """The server's app for a loaded model (xlit_jax.load's Model, with a tokenizer). The batcher's
-    counters are in `app.state.batcher.stats` and in GET /health."""
-    if model.tokenizer is None:
-        raise InputError(f"{model.name} has no tokenizer; the server needs one to read and write text")
-    name = name or model.name
-    batcher = Batcher(lambda jobs: decode_jobs(model, jobs), config.max_batch, config.max_wait_ms,
-                      config.max_queue)
+class ClientGone(Exception):
+    """The client disconnected before its answer was complete."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_app):
-        yield
-        batcher.close()
 
-    app = FastAPI(title="xlit-serve", lifespan=lifespan)
-    app.state.batcher = batcher
+class Service:
+    """What the routes do: check a request, run it through the worker, and shape the answer."""
 
+    def __init__(self, model, name: str, config: ServeConfig):
+        self.model, self.name, self.config = model, name, config
+        self.worker = Worker(lambda: Engine(model.params, model.config, slots=config.slots, max_len=config.max_len,
+                                            steps=config.steps), config.max_queue)
+
+    def authorize(self, request: Request) -> None:
+        if self.config.api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.config.api_key.encode()):
+            raise APIError(401, "incorrect or missing API key (send it as 'Authorization: Bearer KEY')",
+                           code="invalid_api_key")
+
+    async def encode(self, prompt) -> list[int]:
+        try:
+            return await asyncio.to_thread(self.model.encode, prompt)
+        except Exception as e:  # noqa: BLE001 - e.g. a chat template refusing a role order
+            raise APIError(400, f"cannot encode the prompt: {e}") from None
+
+    async def decode(self, ids: list[int]) -> str:
+        return await asyncio.to_thread(self.model.tokenizer.decode, ids, skip_special_tokens=True)
+
+    def job(self, body: RequestBody, prompt_ids: list[int], max_tokens: int | None) -> Job:
+        if body.model != self.name:
+            raise APIError(404, f"the model {body.model!r} does not exist; this server has {self.name!r}",
+                           kind="not_found_error", param="model", code="model_not_found")
+        if body.n != 1:
+            raise APIError(400, f"n={body.n}: only n=1 is supported", param="n")
+        stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        if len(stops) > MAX_STOPS or not all(stops):
+            raise APIError(400, f"stop: at most {MAX_STOPS} non-empty strings", param="stop")
+        limit, positions = self.config.max_tokens, self.model.config.max_position_embeddings
+        if max_tokens is not None and not 1 <= max_tokens <= limit:
+            raise APIError(400, f"max_tokens={max_tokens} is outside 1..{limit}", param="max_tokens")
+        max_tokens = max_tokens or max(1, min(limit, positions - len(prompt_ids)))  # no room: refused below
+        problem = self.worker.engine.problem(len(prompt_ids), max_tokens)
+        if problem:
+            raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; with max_tokens={max_tokens} that "
+                           f"{problem}", param="messages", code="context_length_exceeded")
+        seed = body.seed % (1 << 31) if body.seed is not None else secrets.randbits(31)  # PRNGKey's range
+        request = EngineRequest(prompt_ids, max_tokens, body.repetition_penalty,
+                                Sampling(body.temperature, body.top_p, seed))
+        return Job.create(request, stops)
+
+    async def progress(self, job: Job, client: Request | None = None):
+        """(ids so far, finish reason or None) after each engine call that reached the job, until it ends.
+        The job is cancelled, freeing its slot, when the consumer stops early or `client` disconnects."""
+        checked = time.monotonic()
+        try:
+            while True:
+                try:
+                    update = await asyncio.wait_for(job.updates.get(), IDLE_POLL_S)
+                except TimeoutError:
+                    update = None
+                if client is not None and time.monotonic() - checked >= IDLE_POLL_S:
+                    checked = time.monotonic()
+                    if await client.is_disconnected():
+                        raise ClientGone
+                if update is None:
+                    continue
+                if isinstance(update, BaseException):
+                    raise update
+                count, reason = update
+                yield job.request.output[:count], reason
+                if reason is not None:
+                    return
+        finally:
+            job.request.cancelled = True
+
+    async def complete(self, job: Job, client: Request) -> Completion:
+        """The whole answer; decoding stops at the first stop sequence."""
+        ids, reason = [], None
+        async with contextlib.aclosing(self.progress(job, client)) as updates:
+            async for ids, reason in updates:
+                if reason is None and job.stops and stop_at(await self.decode(ids), job.stops) is not None:
+                    break
+        return await asyncio.to_thread(finish, self.model.tokenizer, ids, reason or "length", job.stops)
+
+    async def events(self, job: Job, chat: bool):
+        """The answer as server-sent events: text as it settles, then the finish reason with the usage."""
+        response_id, created = _response_id(chat), int(time.time())
+        ids, reason, sent = [], None, 0
+        async with contextlib.aclosing(self.progress(job)) as updates:
+            async for ids, reason in updates:
+                text = await self.decode(ids)
+                if reason is not None or stop_at(text, job.stops) is not None:
+                    break
+                end = settled(text, job.stops)
+                if end > sent:
+                    choice = protocol.choice(chat, text[sent:end], None, delta=True, role=sent == 0)
+                    yield protocol.server_sent_event(protocol.response_body(chat, response_id, created, self.name,
+                                                                            choice, None, chunk=True))
+                    sent = end
+        result = await asyncio.to_thread(finish, self.model.tokenizer, ids, reason or "length", job.stops)
+        choice = protocol.choice(chat, result.text[sent:], result.finish_reason, delta=True, role=sent == 0)
+        yield protocol.server_sent_event(protocol.response_body(chat, response_id, created, self.name, choice,
+                                                                self.usage(job, result), chunk=True))
+        yield protocol.server_sent_event("[DONE]")
+
+    def usage(self, job: Job, result: Completion) -> dict:
+        prompt = len(job.request.prompt)
+        return {"prompt_tokens": prompt, "completion_tokens": result.completion_tokens,
+                "total_tokens": prompt + result.completion_tokens}
+
+    async def answer(self, body: RequestBody, prompt_ids: list[int], max_tokens: int | None, client: Request,
+                     chat: bool):
+        job = self.job(body, prompt_ids, max_tokens)
+        self.worker.submit(job)
+        if body.stream:
+            return StreamingResponse(self.events(job, chat), media_type="text/event-stream")
+        try:
+            result = await self.complete(job, client)
+        except ClientGone:
+            return Response(status_code=499)
+        choice = protocol.choice(chat, result.text, result.finish_reason)
+        return protocol.response_body(chat, _response_id(chat), int(time.time()), self.name, choice,
+                                      self.usage(job, result))
+
+
+def _response_id(chat: bool) -> str:
+    return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is a 413, from its Content-Length before any of
+    it is read, or as soon as a body without one grows past the limit."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    def _refusal(self, size: str) -> HTTPException:
+        return HTTPException(413, f"the request body has {size} bytes; this server takes at most {self.limit}")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            refusal = self._refusal(declared.decode())
+            return await APIError(413, refusal.detail).response()(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise self._refusal(f"more than {self.limit}")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(_request, e: APIError):
         return e.response()
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(_request, e: RequestValidationError):
-        return APIError(400, describe_validation_error(e.errors()), param=error_param(e.errors())).response()
+        errors = e.errors()
+        return APIError(400, protocol.describe_validation_error(errors), param=protocol.error_param(errors)).response()
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, e: HTTPException):
@@ -82,88 +226,44 @@ def create_app(model, name: str | None = None, config: ServeConfig = ServeConfig
         logging.exception("request failed")
         return APIError(500, f"internal error: {type(e).__name__}: {e}", kind="server_error").response()
 
-    def authorize(request: Request) -> None:
-        if config.api_key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), config.api_key.encode()):
-            raise APIError(401, "incorrect or missing API key (send it as 'Authorization: Bearer KEY')",
-                           code="invalid_api_key")
 
-    def job_for(body: RequestBody, prompt_ids: list[int], max_tokens: int | None) -> Job:
-        if body.model != name:
-            raise APIError(404, f"the model {body.model!r} does not exist; this server has {name!r}",
-                           kind="not_found_error", param="model", code="model_not_found")
-        if body.stream:
-            raise APIError(400, "stream=true is not supported; send the request without streaming",
-                           param="stream")
-        if body.n != 1:
-            raise APIError(400, f"n={body.n}: only n=1 is supported", param="n")
-        stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        if len(stops) > MAX_STOPS or not all(stops):
-            raise APIError(400, f"stop: at most {MAX_STOPS} non-empty strings", param="stop")
-        room = model.config.max_position_embeddings - len(prompt_ids)
-        if max_tokens is not None and not 1 <= max_tokens <= config.max_tokens:
-            raise APIError(400, f"max_tokens={max_tokens} is outside 1..{config.max_tokens}", param="max_tokens")
-        max_tokens = max_tokens or max(1, min(config.max_tokens, room))  # no room: refused just below
-        if max_tokens > room:
-            raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; with max_tokens={max_tokens} that "
-                           f"exceeds the model's {model.config.max_position_embeddings} positions",
-                           param="messages", code="context_length_exceeded")
-        seed = body.seed % (1 << 31) if body.seed is not None else secrets.randbits(31)  # PRNGKey's range
-        return Job(prompt_ids, max_tokens, body.repetition_penalty, Sampling(body.temperature, body.top_p, seed),
-                   stops, asyncio.get_running_loop().create_future())
+def add_routes(app: FastAPI, service: Service) -> None:
+    authorized = [Depends(service.authorize)]
 
-    async def run(job: Job, request: Request) -> Completion | None:
-        """The job's result, or None if the client disconnected first (its job is then dropped)."""
-        batcher.submit(job)
-        while True:
-            done, _ = await asyncio.wait({job.future}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return job.future.result()
-            if await request.is_disconnected():
-                job.future.cancel()
-                return None
-
-    def encode(prompt) -> list[int]:
-        try:
-            return model.encode(prompt)
-        except Exception as e:  # noqa: BLE001 - e.g. a chat template refusing a role order
-            raise APIError(400, f"cannot encode the prompt: {e}") from None
-
-    def usage(job: Job, result: Completion) -> dict:
-        return {"prompt_tokens": len(job.prompt_ids), "completion_tokens": result.completion_tokens,
-                "total_tokens": len(job.prompt_ids) + result.completion_tokens}
-
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    @app.post("/v1/chat/completions", dependencies=authorized)
     async def chat_completions(body: ChatRequest, request: Request):
-        messages = [m.model_dump() for m in body.messages]
-        job = job_for(body, encode(messages), body.max_completion_tokens or body.max_tokens)
-        result = await run(job, request)
-        if result is None:
-            return Response(status_code=499)
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": name, "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                                            "finish_reason": result.finish_reason, "logprobs": None}],
-                "usage": usage(job, result)}
+        prompt_ids = await service.encode([m.model_dump() for m in body.messages])
+        return await service.answer(body, prompt_ids, body.max_completion_tokens or body.max_tokens, request, True)
 
-    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    @app.post("/v1/completions", dependencies=authorized)
     async def completions(body: CompletionRequest, request: Request):
-        job = job_for(body, encode(body.prompt), body.max_tokens)
-        result = await run(job, request)
-        if result is None:
-            return Response(status_code=499)
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": name, "choices": [{"index": 0, "text": result.text, "finish_reason": result.finish_reason,
-                                            "logprobs": None}],
-                "usage": usage(job, result)}
+        return await service.answer(body, await service.encode(body.prompt), body.max_tokens, request, False)
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    @app.get("/v1/models", dependencies=authorized)
     async def models():
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "xlit_jax"}]}
+        return {"object": "list", "data": [{"id": service.name, "object": "model", "created": 0,
+                                            "owned_by": "xlit_jax"}]}
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": name, "queued": batcher.queued(), **batcher.stats}
+        return {"status": "ok", "model": service.name, "queued": service.worker.queued(), **service.worker.stats}
 
+
+def create_app(model, name: str | None = None, config: ServeConfig = ServeConfig()) -> FastAPI:
+    """The server's app for a loaded model (xlit_jax.load's Model, with a tokenizer). The worker's
+    counters are in `app.state.worker.stats` and in GET /health."""
+    if model.tokenizer is None:
+        raise InputError(f"{model.name} has no tokenizer; the server needs one to read and write text")
+    service = Service(model, name or model.name, config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        service.worker.close()
+
+    app = FastAPI(title="xlit-serve", lifespan=lifespan)
+    app.state.worker = service.worker
+    add_error_handlers(app)
+    add_routes(app, service)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     return app

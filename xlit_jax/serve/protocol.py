@@ -3,6 +3,8 @@ errors in OpenAI's shape, so every `openai` client reads them as it reads OpenAI
 
 from __future__ import annotations
 
+import json
+
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,7 +41,7 @@ class RequestBody(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = 1
-    stream: bool = False
+    stream: bool = False  # server-sent events; the last chunk carries the usage
     repetition_penalty: float = Field(1.0, gt=0)  # an extension (as vLLM's): HF's rule, 1 = off
 
 
@@ -66,3 +68,22 @@ def error_param(errors) -> str | None:
         return None
     location = [str(part) for part in errors[0].get("loc", ()) if part != "body"]
     return ".".join(location) or None
+
+
+def choice(chat: bool, text: str, finish_reason: str | None, *, delta: bool = False, role: bool = True) -> dict:
+    """One choice of a response, or of a streamed chunk (`delta`; the role only in a chat stream's first)."""
+    if not chat:
+        return {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+    message = {"role": "assistant", "content": text} if role else {"content": text}
+    return {"index": 0, "delta" if delta else "message": message, "finish_reason": finish_reason, "logprobs": None}
+
+
+def response_body(chat: bool, response_id: str, created: int, model: str, choice_: dict, usage: dict | None,
+                  *, chunk: bool = False) -> dict:
+    kind = ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
+    body = {"id": response_id, "object": kind, "created": created, "model": model, "choices": [choice_]}
+    return {**body, "usage": usage} if usage is not None or not chunk else body
+
+
+def server_sent_event(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"

@@ -188,7 +188,7 @@ class Evaluation:
             return
         progress = tqdm(total=len(pending), desc="generate", unit="response")
 
-        def save(indices, texts):  # each finished batch goes to disk at once
+        def save(indices, texts):  # each finished response goes to disk at once
             chunk = [pending[i] for i in indices]
             rows = [{"model": model_name, "set": it.set, "language": it.language, "id": it.id,
                      "modifier": it.modifier, "expected_language": it.expected_language,

@@ -1,0 +1,127 @@
+"""The decoding engine (decode/engine.py): the static path's and HF's tokens whatever the slot, the order,
+the neighbours or the chunking; slots reused without stale reads; seeded sampling per request;
+cancellation; compilations counted; the state updated in place."""
+
+import numpy as np
+import pytest
+
+import xlit_jax
+from xlit_jax.decode import engine as engine_lib
+from xlit_jax.decode import generate
+from xlit_jax.decode.engine import Engine, Request, chunk_plan, columns
+from xlit_jax.decode.generate import Sampling
+
+from test_generate import NEW_TOKENS, hf_generate, paper_prompts
+
+LENGTHS = (300, 3, 41, 1, 129, 7)  # very different lengths: long prompts over several chunks, tiny ones
+MAX_NEW = (5, 30, 12, 30, 3, 20)  # slots free at different times and are taken by the next prompt
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return xlit_jax.load("preset:tiny", seed=1)
+
+
+@pytest.fixture(scope="module")
+def parity_prompts(smollm2, shared_data):
+    return [smollm2.encode(p) for p in paper_prompts(shared_data)]
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = np.random.default_rng(0)
+    return [rng.integers(3, 256, n).tolist() for n in LENGTHS]
+
+
+def static(model, prompts, max_new, sampling=None):
+    """The static batched path, one call per max_new_tokens."""
+    out = {}
+    for n in sorted(set(max_new)):
+        group = [i for i, m in enumerate(max_new) if m == n]
+        rows = generate.generate_ids(model.params, model.config, [prompts[i] for i in group], max_new_tokens=n,
+                                     repetition_penalty=1.1, batch_size=8,
+                                     sampling=[sampling[i] for i in group] if sampling else None)
+        out.update(zip(group, rows))
+    return [out[i] for i in range(len(prompts))]
+
+
+def run_engine(model, prompts, max_new, order, sampling=None, **options):
+    engine = Engine(model.params, model.config, **options)
+    requests = {i: Request(prompts[i], max_new[i], 1.1, sampling[i] if sampling else Sampling()) for i in order}
+    for i in order:
+        engine.submit(requests[i])
+    engine.run()
+    return [requests[i].output for i in range(len(prompts))]
+
+
+def test_chunk_plan_left_pads_the_first_chunk_only():
+    plan = chunk_plan(list(range(1, 71)), 32, 0)
+    assert [(len(ids), start, before) for ids, _, start, before in plan] == [(32, 0, 0), (32, 32, 6), (32, 64, 38)]
+    assert plan[0][1].tolist() == [0] * 26 + [1] * 6 and plan[0][0][26:].tolist() == [1, 2, 3, 4, 5, 6]
+    assert columns(70, 32) == 96 and columns(5, 256) == 32 and columns(200, 256) == 256
+
+
+@pytest.mark.parametrize("slots,chunk,order", [(1, 64, "given"), (2, 32, "reversed"), (4, 256, "shuffled")])
+def test_greedy_equals_static_path_in_every_slot_and_order(tiny, prompts, slots, chunk, order):
+    """One slot: every prompt reuses the slot a longer or shorter one left (no stale cache read). Two and
+    four: neighbours of every length, admitted as slots free up, long prompts prefilled over chunks."""
+    indices = {"given": list(range(6)), "reversed": list(range(6))[::-1],
+               "shuffled": [3, 0, 5, 1, 4, 2]}[order]
+    want = static(tiny, prompts, MAX_NEW)
+    assert run_engine(tiny, prompts, MAX_NEW, indices, slots=slots, prefill_chunk=chunk) == want
+    assert [len(w) for w in want] != list(MAX_NEW)  # some stopped at EOS, some at their limit
+
+
+def test_seeded_sampling_is_per_request_and_equals_the_static_path(tiny, prompts):
+    sampling = [Sampling(1.0, 0.9, seed=i) if i % 2 else Sampling() for i in range(6)]
+    want = static(tiny, prompts, MAX_NEW, sampling)
+    assert run_engine(tiny, prompts, MAX_NEW, range(6), sampling, slots=3, prefill_chunk=64) == want
+    assert run_engine(tiny, prompts, MAX_NEW, [5, 3, 1, 0, 2, 4], sampling, slots=2, prefill_chunk=32) == want
+    other_seed = [Sampling(1.0, 0.9, seed=100 + i) for i in range(6)]
+    assert run_engine(tiny, prompts, MAX_NEW, range(6), other_seed, slots=3)[1] != want[1]
+
+
+def test_cancelled_request_frees_its_slot_and_the_others_are_unchanged(tiny, prompts):
+    engine = Engine(tiny.params, tiny.config, slots=1, max_len=512, steps=4)
+    cancel = Request(prompts[0], 200, 1.1, on_update=lambda r: setattr(r, "cancelled", True))
+    after = Request(prompts[2], MAX_NEW[2], 1.1)
+    engine.submit(cancel)
+    engine.submit(after)
+    engine.run()
+    assert len(cancel.output) == 4 and cancel.finish_reason is None
+    assert after.output == static(tiny, prompts, MAX_NEW)[2] and after.finish_reason in ("stop", "length")
+
+
+def test_compilations_are_bounded_and_the_state_is_updated_in_place(tiny, prompts):
+    """Chunk shapes x one prefill, one decoding program, whatever the prompts; the cache is donated."""
+    prefills, decodes = engine_lib._prefill._cache_size(), engine_lib._decode._cache_size()
+    engine = Engine(tiny.params, tiny.config, slots=5, max_len=384, prefill_chunk=64)
+    for prompt, n in zip(prompts, MAX_NEW):
+        engine.submit(Request(prompt, n, 1.1))
+    engine.run_once()
+    cache = engine.state["cache"]["k"]
+    engine.run()
+    assert cache.is_deleted()  # donated to the next call, not copied
+    widths = {len(ids) for p in prompts for ids, *_ in chunk_plan(p, 64, 0)}
+    assert engine_lib._prefill._cache_size() - prefills == len(widths) == 3  # 32, 48 and 64 wide
+    assert engine_lib._decode._cache_size() - decodes == 1
+    for prompt in prompts:  # more of the same: nothing new to compile
+        engine.submit(Request(prompt[::-1], 9, 1.0))
+    engine.run()
+    assert engine_lib._prefill._cache_size() - prefills == 3 and engine_lib._decode._cache_size() - decodes == 1
+
+
+def test_requests_that_do_not_fit_are_refused(tiny):
+    engine = Engine(tiny.params, tiny.config, slots=2, max_len=128)
+    with pytest.raises(ValueError, match="exceeds the model's 512 positions"):
+        engine.submit(Request([5] * 500, 20))
+    with pytest.raises(ValueError, match="does not fit a slot of 128 cache columns"):
+        engine.submit(Request([5] * 100, 40))
+    assert not engine.busy()
+
+
+def test_smollm2_engine_equals_hf_with_reused_slots_and_chunked_prefill(smollm2, hf_smollm2, parity_prompts):
+    """The parity prompts through 3 slots, in reverse, prompts over several 32-token chunks."""
+    order = list(range(len(parity_prompts)))[::-1]
+    got = run_engine(smollm2, parity_prompts, [NEW_TOKENS] * len(parity_prompts), order, slots=3, prefill_chunk=32)
+    assert got == hf_generate(hf_smollm2, parity_prompts)

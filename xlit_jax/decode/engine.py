@@ -1,0 +1,274 @@
+"""Continuous batching: a decoding engine of S slots that stay busy, as vLLM's and JetStream's do.
+
+The device state holds S slots: a KV cache [L, S, K, M, D] (M columns per slot, each slot writing at its
+own column), and per slot its next position, the number of tokens generated, the seen-token mask of the
+repetition penalty, its sampling settings and PRNG key, and the logits of its next token. Two jitted
+programs update it in place (the state is donated):
+
+- `_prefill` writes one chunk of one prompt into one slot. A prompt is split into chunks of at most
+  `prefill_chunk` tokens; the first is left-padded to a length bucket, so a prompt compiles one of a few
+  chunk shapes and activations are bounded by the chunk, not the prompt. A long prompt's chunks are
+  interleaved with decoding chunks of the other slots.
+- `_decode` advances every live slot by up to `steps` tokens inside one call (a `while_loop` that stops
+  early when no slot is live), so the host is off the per-token path.
+
+Between calls the host loop (`Engine.run_once`) frees the slots of finished or cancelled requests and
+admits waiting prompts into them. A slot's columns before its query are all rewritten by its own request
+(prefill from column 0, then one column per step) and later columns are masked by causality, so nothing
+of a slot's previous request is ever read. Compilations: one per chunk shape, one decoding program (two
+when some request samples).
+
+Greedy output equals the static path's (`decode.generate`) and HF's; a sampled request draws from its own
+key folded with its own step, so a seed gives the same tokens whatever else runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xlit_jax.decode.generate import Sampling, apply_repetition_penalty, choose_next, prompt_bucket
+from xlit_jax.models import attention
+from xlit_jax.models.config import LlamaConfig
+from xlit_jax.models.llama import Llama, init_cache
+
+PREFILL_CHUNK = 256  # prompt tokens per prefill call at most
+DECODE_STEPS = 1  # decoding steps per call: the fastest on CPU of 1, 4 and 8 (docs/benchmarks.md)
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+    """One prompt through the engine. `on_update(request)` is called on the engine's thread after each
+    decoding call that added tokens to it, and once more when it finishes. Set `cancelled` from any thread
+    to free its slot at the next call."""
+
+    prompt: Sequence[int]
+    max_new_tokens: int
+    repetition_penalty: float = 1.0
+    sampling: Sampling = Sampling()
+    on_update: Callable[[Request], None] | None = None
+    output: list[int] = dataclasses.field(default_factory=list)  # generated ids, EOS stripped
+    finish_reason: str | None = None  # "stop" (EOS) or "length" once finished; None while running
+    cancelled: bool = False
+
+
+@dataclasses.dataclass
+class _Slot:
+    request: Request
+    chunks: list[tuple[np.ndarray, np.ndarray, int, int]]  # (ids, segments, first column, tokens before)
+    decoding: bool = False
+
+
+def chunk_plan(prompt: Sequence[int], chunk: int, pad_id: int) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
+    """A prompt as prefill chunks: the first holds what is left over by whole chunks, left-padded to its
+    length bucket (at most `chunk`), then whole chunks. Each is (ids, segments, first column, tokens before)."""
+    first = len(prompt) - chunk * ((len(prompt) - 1) // chunk)
+    width = min(prompt_bucket(first), chunk)
+    ids, segments = np.full(width, pad_id, np.int32), np.zeros(width, np.int32)
+    ids[width - first:], segments[width - first:] = prompt[:first], 1
+    plan = [(ids, segments, 0, 0)]
+    for start in range(first, len(prompt), chunk):
+        plan.append((np.asarray(prompt[start:start + chunk], np.int32), np.ones(chunk, np.int32),
+                     width + start - first, start))
+    return plan
+
+
+def columns(prompt_len: int, chunk: int) -> int:
+    """Cache columns a prompt fills (its first chunk's padding included)."""
+    first = prompt_len - chunk * ((prompt_len - 1) // chunk)
+    return min(prompt_bucket(first), chunk) + prompt_len - first
+
+
+def init_state(config: LlamaConfig, slots: int, max_len: int) -> dict:
+    cache = init_cache(config, slots, max_len)
+    cache["index"] = jnp.zeros(slots, jnp.int32)
+    zeros = lambda: jnp.zeros(slots, jnp.int32)  # noqa: E731 - distinct buffers, as each is donated
+    return {"cache": cache, "logits": jnp.zeros((slots, config.vocab_size), jnp.float32),
+            "seen": jnp.zeros((slots, config.vocab_size), bool), "position": zeros(), "step": zeros(),
+            "max_new": zeros(), "penalty": jnp.ones(slots, jnp.float32), "temperature": jnp.zeros(slots, jnp.float32),
+            "top_p": jnp.ones(slots, jnp.float32), "keys": jnp.zeros((slots, 2), jnp.uint32)}
+
+
+@functools.partial(jax.jit, static_argnames="config", donate_argnums=1)
+def _prefill(params, state, slot, ids, segments, start, before, settings, *, config: LlamaConfig):
+    """Chunk ids/segments [C] of the prompt in `slot`, at columns [start, start + C); `before` prompt
+    tokens precede it. The first chunk (start 0) clears the slot's segments and seen tokens. `settings`
+    (max_new, penalty, temperature, top_p, key) are the request's."""
+    cache, first = state["cache"], start == 0
+    row = lambda x, axis: jax.lax.dynamic_slice_in_dim(x, slot, 1, axis)  # noqa: E731
+    sub = {"k": row(cache["k"], 1), "v": row(cache["v"], 1),
+           "segments": jnp.where(first, 0, row(cache["segments"], 0)), "index": start}
+    positions = before + jnp.maximum(jnp.cumsum(segments) - 1, 0)
+    logits, sub = Llama(config).apply({"params": params}, ids[None], positions[None], segments[None], sub,
+                                      last_only=True)
+    put = lambda x, new, axis: jax.lax.dynamic_update_slice_in_dim(x, new, slot, axis)  # noqa: E731
+    cache = {"k": put(cache["k"], sub["k"], 1), "v": put(cache["v"], sub["v"], 1),
+             "segments": put(cache["segments"], sub["segments"], 0), "index": cache["index"].at[slot].set(sub["index"])}
+    seen = jnp.where(first, False, state["seen"][slot])
+    seen = seen.at[jnp.where(segments > 0, ids, config.vocab_size)].set(True, mode="drop")
+    max_new, penalty, temperature, top_p, key = settings
+    values = {"logits": logits[0, -1], "seen": seen, "position": before + jnp.sum(segments), "step": 0,
+              "max_new": max_new, "penalty": penalty, "temperature": temperature, "top_p": top_p, "keys": key}
+    return {"cache": cache, **{name: state[name].at[slot].set(value) for name, value in values.items()}}
+
+
+@functools.partial(jax.jit, static_argnames=("config", "steps", "sampled"), donate_argnums=1)
+def _decode(params, state, live, eos_ids, *, config: LlamaConfig, steps: int, sampled: bool):
+    """Up to `steps` tokens for every slot where `live` [S]; a slot stops at EOS or its max_new. Returns the
+    state, the tokens [S, steps] (-1 where a slot made none) and which slots are still live."""
+    model = Llama(config)
+    slots = live.shape[0]
+    rows = jnp.arange(slots)
+
+    def keep_going(carry):
+        i, _, live, _ = carry
+        return (i < steps) & jnp.any(live)
+
+    def one_step(carry):
+        i, s, live, tokens = carry
+        logits = apply_repetition_penalty(s["logits"], s["seen"], s["penalty"][:, None])
+        sampling = (s["temperature"], s["top_p"], s["keys"]) if sampled else None
+        token = jnp.where(live, choose_next(logits, sampling, s["step"]), -1).astype(jnp.int32)
+        step = s["step"] + live
+        new_logits, cache = model.apply({"params": params}, jnp.maximum(token, 0)[:, None], s["position"][:, None],
+                                        live[:, None].astype(jnp.int32), s["cache"])
+        s = {**s, "cache": {**cache, "index": s["cache"]["index"] + live}, "step": step,
+             "logits": jnp.where(live[:, None], new_logits[:, 0], s["logits"]), "position": s["position"] + live,
+             "seen": s["seen"].at[rows, jnp.where(live, token, config.vocab_size)].set(True, mode="drop")}
+        finished = jnp.isin(token, eos_ids) | (step >= s["max_new"])
+        return i + 1, s, live & ~finished, tokens.at[:, i].set(token)
+
+    tokens = jnp.full((slots, steps), -1, jnp.int32)
+    _, state, live, tokens = jax.lax.while_loop(keep_going, one_step, (jnp.int32(0), state, live, tokens))
+    return state, tokens, live
+
+
+class Engine:
+    """S slots over one model; `submit` requests, then call `run_once` (or `run`) from one thread."""
+
+    def __init__(self, params, config: LlamaConfig, *, slots: int = 16, max_len: int | None = None,
+                 prefill_chunk: int = PREFILL_CHUNK, steps: int = DECODE_STEPS):
+        if not config.eos_token_ids:
+            raise ValueError("the model config names no EOS token; generation would never stop early")
+        self.params, self.config, self.chunk, self.steps = params, config, prefill_chunk, steps
+        implementation = attention.choose(config.attention, config.dtype, config.head_dim)
+        self.max_len = attention.cache_length(max_len or default_max_len(config, prefill_chunk), implementation)
+        self.state = init_state(config, slots, self.max_len)
+        self.slots: list[_Slot | None] = [None] * slots
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.pad_id = config.pad_token_id if config.pad_token_id is not None else config.eos_token_ids[0]
+        self.eos = jnp.asarray(config.eos_token_ids, jnp.int32)
+        self._eos = set(config.eos_token_ids)
+
+    def problem(self, prompt_len: int, max_new_tokens: int) -> str | None:
+        """Why a request cannot run here ("exceeds ..." or "does not fit ..."), or None."""
+        positions = self.config.max_position_embeddings
+        if prompt_len + max_new_tokens > positions:
+            return f"exceeds the model's {positions} positions"
+        if columns(prompt_len, self.chunk) + max_new_tokens > self.max_len:
+            return f"does not fit a slot of {self.max_len} cache columns"
+        return None
+
+    def submit(self, request: Request) -> None:
+        if not request.prompt or request.max_new_tokens < 1:
+            raise ValueError("a request needs a prompt and max_new_tokens >= 1")
+        problem = self.problem(len(request.prompt), request.max_new_tokens)
+        if problem:
+            raise ValueError(f"a prompt of {len(request.prompt)} tokens plus max_new_tokens="
+                             f"{request.max_new_tokens} {problem}")
+        self.waiting.append(request)
+
+    def busy(self) -> bool:
+        return bool(self.waiting) or any(slot is not None for slot in self.slots)
+
+    def run(self) -> None:
+        while self.busy():
+            self.run_once()
+
+    def run_once(self) -> None:
+        """Free cancelled slots, admit waiting requests, prefill up to one chunk's worth of prompt tokens
+        (always at least one chunk), then one decoding call over the live slots."""
+        for i, slot in enumerate(self.slots):
+            if slot is not None and slot.request.cancelled:
+                self.slots[i] = None
+        while self.waiting and None in self.slots:
+            request = self.waiting.popleft()
+            if not request.cancelled:
+                self.slots[self.slots.index(None)] = _Slot(request, chunk_plan(request.prompt, self.chunk, self.pad_id))
+        self._prefill_some()
+        self._decode_live()
+
+    def _prefill_some(self) -> None:
+        budget = self.chunk
+        for i, slot in enumerate(self.slots):
+            while slot is not None and slot.chunks and (budget == self.chunk or len(slot.chunks[0][0]) <= budget):
+                ids, segments, start, before = slot.chunks.pop(0)
+                budget -= len(ids)
+                request = slot.request
+                settings = (request.max_new_tokens, jnp.float32(request.repetition_penalty),
+                            jnp.float32(request.sampling.temperature), jnp.float32(request.sampling.top_p),
+                            jax.random.PRNGKey(request.sampling.seed))
+                self.state = _prefill(self.params, self.state, i, ids, segments, start, before, settings,
+                                      config=self.config)
+                slot.decoding = not slot.chunks
+
+    def _decode_live(self) -> None:
+        live = np.asarray([s is not None and s.decoding for s in self.slots])
+        if not live.any():
+            return
+        sampled = any(s.request.sampling.temperature > 0 for s in self.slots if s is not None and s.decoding)
+        self.state, tokens, still = _decode(self.params, self.state, live, self.eos, config=self.config,
+                                            steps=self.steps, sampled=sampled)
+        tokens, still = np.asarray(tokens), np.asarray(still)
+        for i in np.flatnonzero(live):
+            request = self.slots[i].request
+            new = [int(t) for t in tokens[i] if t >= 0]
+            if not still[i]:
+                request.finish_reason = "stop" if new and new[-1] in self._eos else "length"
+                new = new[:-1] if request.finish_reason == "stop" else new
+                self.slots[i] = None
+            request.output.extend(new)
+            if request.on_update is not None:
+                request.on_update(request)
+
+
+def default_max_len(config: LlamaConfig, prefill_chunk: int = PREFILL_CHUNK) -> int:
+    """Cache columns per slot for any request the model's positions allow: its positions plus the most
+    padding a first chunk can add."""
+    return config.max_position_embeddings + max(columns(n, prefill_chunk) - n for n in range(1, prefill_chunk + 1))
+
+
+def generate_ids(params, config: LlamaConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                 repetition_penalty: float = 1.0, slots: int = 8, on_batch=None,
+                 sampling: Sequence[Sampling] | None = None, **engine_options) -> list[list[int]]:
+    """Continuations (EOS stripped) of tokenized prompts through an engine of `slots` slots sized for them,
+    in the order given; `sampling`, one per prompt, samples those whose temperature is > 0.
+
+    `on_batch(indices, outputs)` is called as each sequence finishes (one index at a time), e.g. to write
+    it at once."""
+    too_long = [i for i, p in enumerate(prompts) if len(p) + max_new_tokens > config.max_position_embeddings]
+    if too_long:
+        raise ValueError(f"prompts {too_long[:5]} plus max_new_tokens={max_new_tokens} exceed the model's "
+                         f"{config.max_position_embeddings} positions")
+    if not prompts:
+        return []
+    chunk = engine_options.get("prefill_chunk", PREFILL_CHUNK)
+    engine_options.setdefault("max_len", max(columns(len(p), chunk) for p in prompts) + max_new_tokens)
+    engine = Engine(params, config, slots=min(slots, len(prompts)), **engine_options)
+    requests = []
+    for i, prompt in enumerate(prompts):
+        def finished(request, i=i):
+            if request.finish_reason is not None and on_batch is not None:
+                on_batch([i], [request.output])
+
+        requests.append(Request(prompt, max_new_tokens, repetition_penalty,
+                                sampling[i] if sampling is not None else Sampling(), finished))
+        engine.submit(requests[-1])
+    engine.run()
+    return [r.output for r in requests]

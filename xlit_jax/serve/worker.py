@@ -1,0 +1,103 @@
+"""The decoding engine on its own thread, fed by the server's handlers: a bounded queue of jobs that the
+thread moves into the engine as slots free up (between decoding calls), and each job's progress posted
+back to its asyncio loop. A request never waits for a batch: it takes the next free slot."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import queue
+import threading
+
+from absl import logging
+
+from xlit_jax.decode.engine import Engine, Request
+from xlit_jax.serve.protocol import APIError
+
+IDLE_POLL_S = 0.25
+
+
+@dataclasses.dataclass(eq=False)
+class Job:
+    """One HTTP request's decoding: the engine's `request`, and the queue on its handler's loop that receives
+    (tokens so far, finish reason or None) after each decoding call, or an exception."""
+
+    request: Request
+    stops: tuple[str, ...]
+    updates: asyncio.Queue
+    loop: asyncio.AbstractEventLoop
+
+    @classmethod
+    def create(cls, request: Request, stops: tuple[str, ...]) -> Job:
+        job = cls(request, stops, asyncio.Queue(), asyncio.get_running_loop())
+        request.on_update = lambda r: job.post((len(r.output), r.finish_reason))
+        return job
+
+    def post(self, update) -> None:
+        self.loop.call_soon_threadsafe(self.updates.put_nowait, update)
+
+
+class Worker:
+    """The engine's thread. `submit` refuses (429) when `max_queue` jobs already wait for a slot."""
+
+    def __init__(self, new_engine, max_queue: int):
+        self._new_engine = new_engine  # () -> Engine; a fresh one replaces an engine whose call failed
+        self.engine: Engine = new_engine()
+        self._jobs: queue.Queue[Job] = queue.Queue(max_queue)
+        self._running: dict[int, Job] = {}  # id(request) -> job, for the jobs inside the engine
+        self._stop = threading.Event()
+        self.stats = {"requests": 0, "decode_calls": 0, "most_running": 0, "cancelled": 0}
+        self._thread = threading.Thread(target=self._work, name="xlit-serve-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            raise APIError(429, f"{self._jobs.maxsize} requests are already waiting; retry shortly",
+                           kind="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
+
+    def queued(self) -> int:
+        return self._jobs.qsize()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _admit(self) -> None:
+        """Move waiting jobs into the engine while it has slots for them (an idle engine: wait for one)."""
+        free = self.engine.slots.count(None) - len(self.engine.waiting)
+        while free > 0:
+            try:
+                job = self._jobs.get(timeout=IDLE_POLL_S) if not self.engine.busy() else self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job.request.cancelled:  # the client left while it waited
+                continue
+            self.engine.submit(job.request)
+            self._running[id(job.request)] = job
+            self.stats["requests"] += 1
+            free -= 1
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            self._admit()
+            if not self.engine.busy():
+                continue
+            self.stats["decode_calls"] += 1
+            self.stats["most_running"] = max(self.stats["most_running"], len(self.engine.slots) -
+                                             self.engine.slots.count(None) + len(self.engine.waiting))
+            try:
+                self.engine.run_once()
+            except Exception as e:  # noqa: BLE001 - answered to the clients, the server goes on
+                logging.exception("a decoding call failed; %d requests are answered with its error",
+                                  len(self._running))
+                for job in self._running.values():
+                    job.post(e)
+                self._running.clear()
+                self.engine = self._new_engine()
+                continue
+            self.stats["cancelled"] += sum(job.request.cancelled and job.request.finish_reason is None
+                                           for job in self._running.values())
+            self._running = {key: job for key, job in self._running.items()
+                             if job.request.finish_reason is None and not job.request.cancelled}

@@ -37,13 +37,14 @@ from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
 from xlit_jax.evaluate.report import markdown_table
 from xlit_jax.io import files
 from xlit_jax.io.files import atomic_write_text, read_jsonl, read_output_jsonl
+from xlit_jax.resources import package_file
 
 KEY_FILE = "key.jsonl"
 # "lang" is the item's language; "language" is the criterion (is the response in the instruction's language?).
 SHEET_FIELDS = ("item", "lang", "instruction", "response", *CRITERIA, "comment", "annotator")
 SCALE = (0, 1, 2)  # the guidelines' (evaluation_instruction.txt); the judge's stars are 1-3, one more
 GUIDELINES_FILE = "evaluation_instruction.txt"
-PAGE_TEMPLATE = Path(__file__).with_name("human_eval.html")
+PAGE_TEMPLATE = package_file(__package__, "human_eval.html")
 
 
 def _generations(eval_dir: Path, eval_set: str) -> list[dict]:

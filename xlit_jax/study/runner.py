@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 
 from xlit_jax.io.files import atomic_write_text, read_output_jsonl
+from xlit_jax.resources import REPOSITORY  # the programs run from here so `configs` imports
 from xlit_jax.study import grid
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
 JAX_CACHE_DIR = "jax_cache"
-REPO = Path(__file__).resolve().parents[2]  # the programs run from here so `configs` imports
 LOCK_FILE = ".lock"
 DONE, PARTIAL, FAILED, NOT_STARTED, RUNNING = "done", "partial", "failed", "not started", "running"
 
@@ -103,7 +103,8 @@ def _run_stage(stage: str, argv: list[str], paths: grid.CellPaths, env: dict[str
     with open(log_path, "a", encoding="utf-8") as out:
         out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
         out.flush()
-        return subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+        return subprocess.run(argv, cwd=REPOSITORY, env=env, stdout=out, stderr=subprocess.STDOUT,
+                              check=False).returncode
 
 
 @contextlib.contextmanager

@@ -63,3 +63,15 @@ def test_layers_are_ordered_as_the_code_needs():
     assert layer_of("xlit_jax.evaluate.instructions.judge", rank) < layer_of("xlit_jax.evaluate.report", rank)
     assert layer_of("xlit_jax", rank) < layer_of("xlit_jax.train.loop", rank)
     assert layer_of("xlit_jax.bench.scaling", rank) < layer_of("configs.experiments.paper", rank)
+
+
+def test_every_data_file_of_the_library_ships_as_package_data():
+    """What the library reads through resources.package_file must be in the wheel, not only in a checkout."""
+    import tomllib
+
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["xlit_jax"]
+    root = REPO / "xlit_jax"
+    data = [p for p in root.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert data, "no data files found"
+    unshipped = [str(p.relative_to(root)) for p in data if not any(p.relative_to(root).match(g) for g in globs)]
+    assert not unshipped, f"add to [tool.setuptools.package-data] in pyproject.toml: {unshipped}"

@@ -20,9 +20,11 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_dry_run_writes_every_part_and_needs_nothing_the_gpu_machine_lacks(tmp_path):
-    done = run("--dry_run", f"--out={tmp_path}", PYTHONPROFILEIMPORTTIME="1")
+    out = tmp_path / "out"  # (a compilation cache of its own: nothing outside tmp_path, every run cold)
+    done = run("--dry_run", f"--out={out}", PYTHONPROFILEIMPORTTIME="1",
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((tmp_path / "accelerator_check.json").read_text())
+    summary = json.loads((out / "accelerator_check.json").read_text())
     assert summary["dry_run"] and summary["device"] == "cpu"
     assert [p["status"] for p in summary["parts"]] == ["ok"] * 5, summary["parts"]
     assert {k["outcome"] for k in summary["kernels"]} == {"passed"} and len(summary["kernels"]) == 2
@@ -34,10 +36,10 @@ def test_dry_run_writes_every_part_and_needs_nothing_the_gpu_machine_lacks(tmp_p
     ours = [r for r in bench if r["kind"] == "train" and r["engine"] == "xlit_jax"]
     for r in ours:  # the plan's step at the measured MFU is the measured step: both count the same FLOPs
         assert r["plan_peak_gib"] > 0 and abs(r["plan_step_s_at_measured_mfu"] - r["step_s"]) <= 1e-6 * r["step_s"]
-    table = (tmp_path / "accelerator_check.md").read_text()
+    table = (out / "accelerator_check.md").read_text()
     assert "| train tiny:lora:2 | ok |" in table and "test_cudnn_packed_rows_match_reference" in table
     assert "| xlit_jax | tiny | ft | 1 | 1 x 32 |" in table
-    imported = (tmp_path / "parts.log").read_text()  # every part's import log (PYTHONPROFILEIMPORTTIME)
+    imported = (out / "parts.log").read_text()  # every part's import log (PYTHONPROFILEIMPORTTIME)
     modules = {line.split("|")[-1].strip() for line in imported.splitlines() if line.startswith("import time:")}
     assert "ml_collections" in modules and "torch" in modules  # (the log is read)
     assert not [m for m in modules if m.split(".")[0] in ABSENT_THERE]

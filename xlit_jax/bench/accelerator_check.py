@@ -48,10 +48,11 @@ DRY_KERNELS = "packed_rows and 6-bfloat16-24 or gpu_decode and 2-bfloat16"
 PACKAGES = ("jax", "jaxlib", "jax-cuda13-plugin", "flax", "optax", "transformers", "peft", "torch")
 
 
-def bench(*flags_: str, engines: str = "xlit_jax", train=(), if_fits: str = "", decode: str = "") -> list[str]:
+def bench(engines: str = "xlit_jax", train=(), if_fits: str = "", decode: str = "") -> list[str]:
+    """A bench.accelerator run of the cases given (none of the others)."""
     dry = DRY_BENCH if FLAGS.dry_run else []
     return [sys.executable, "-m", "xlit_jax.bench.accelerator", f"--out_dir={FLAGS.out_dir}", f"--engines={engines}",
-            f"--train={','.join(train)}", f"--train_if_fits={if_fits}", f"--decode_batches={decode}", *dry, *flags_]
+            f"--train={','.join(train)}", f"--train_if_fits={if_fits}", f"--decode_batches={decode}", *dry]
 
 
 def parts() -> list[tuple[str, list[str], dict, int]]:
@@ -64,7 +65,7 @@ def parts() -> list[tuple[str, list[str], dict, int]]:
                f"--junitxml={FLAGS.out_dir}/kernels.xml"] + (["-k", DRY_KERNELS] if dry else [])
     return ([("kernels", kernels, small | {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}, 150)]
             + [(f"train {case}", bench(train=[case]), whole, 150) for case in train]
-            + [("decode", bench("--noplan", decode=decode), whole, 120),
+            + [("decode", bench(decode=decode), whole, 120),
                ("hf", bench(engines="hf", train=train, decode=decode), small, 150),
                (f"train {if_fits} if it fits", bench(if_fits=if_fits), whole, 240)])
 
@@ -123,8 +124,11 @@ def versions() -> dict:
     return found
 
 
+def recorded(row: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in row["recorded"].items())
+
+
 def summary(head: dict, part_rows: list[dict], kernels: list[dict], rows: list[dict]) -> str:
-    recorded = lambda r: ", ".join(f"{k} {v}" for k, v in r["recorded"].items())  # noqa: E731
     return "\n\n".join([
         "\n".join(f"- {k}: {v}" for k, v in head.items()),
         common.markdown_table(["part", "status", "seconds", "limit s"], [

@@ -180,7 +180,8 @@ def guarded(row: dict, measure) -> dict:
         row |= measure()
     except Exception as e:  # noqa: BLE001 - recorded in the row; the run goes on
         logging.exception("%s failed", row)
-        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        row["error"] = f"{type(e).__name__}: {first_line[:300]}"
     gc.collect()
     if torch_device() == "cuda":
         import torch

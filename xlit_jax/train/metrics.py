@@ -18,6 +18,8 @@ from xlit_jax import hardware
 from xlit_jax.io.files import append_jsonl, atomic_write_text, resume_jsonl
 from xlit_jax.models.config import LlamaConfig
 
+METRICS_FILE = "metrics.jsonl"
+
 
 def train_flops_per_token(config: LlamaConfig, seq_len: int) -> float:
     flops = config.flops_per_token(seq_len)
@@ -51,7 +53,7 @@ class MetricsWriter:
 
     def __init__(self, workdir: str | os.PathLike, start_step: int, max_steps: int, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0
-        self.path = Path(workdir) / "metrics.jsonl"
+        self.path = Path(workdir) / METRICS_FILE
         self.writer = self.bar = None
         self.rows: list[dict] = []
         if not self.enabled:

@@ -57,6 +57,13 @@ class Tools:
     speller: SpellChecker | None
 
 
+def read_rounds(workdir: str | Path) -> list[dict]:
+    """The evaluation rows of a training workdir's metrics.jsonl, by step (none when it has none)."""
+    path = Path(workdir) / metrics.METRICS_FILE
+    rows = [row for _, row in read_jsonl(path, truncated_tail_ok=True)] if path.is_file() else []
+    return sorted((r for r in rows if r.get("kind") == "eval"), key=lambda r: r["step"])
+
+
 def languages(cfg) -> list[str]:
     return [lang.strip() for lang in cfg.train.probe_languages.split(",") if lang.strip()]
 

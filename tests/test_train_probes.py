@@ -55,7 +55,11 @@ def runs(data, tmp_path_factory, shared_data):
     train(tiny_config(data[0]), str(plain))
     evaluated = tmp_path_factory.mktemp("evaluated")
     compiles, per_round = [], []
-    listener = lambda event, *_, **__: compiles.append(event) if event == dispatch.BACKEND_COMPILE_EVENT else None  # noqa: E731
+
+    def listener(event, *_, **__):
+        if event == dispatch.BACKEND_COMPILE_EVENT:
+            compiles.append(event)
+
     original = probes.Evaluator.round
 
     def counted(self, step, state):

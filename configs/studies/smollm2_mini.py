@@ -7,7 +7,8 @@ fixed seeded subset of the paper's instructions in en/fr/pt/ru for language corr
 Size (docs/results.md has the measured time): 7 cells; each run 20 updates of one micro-batch of 2 x 512
 tokens (20k tokens, 3% of LIMA's 0.66M; the paper's runs see 16M); 12 instructions per language, 64 new
 tokens. Training logs the drift probes every 5 steps (docs/training.md), drawn by --report. The learning
-rates are the paper's upper two and one above: so few steps at 1e-6 would change nothing. To see the likeliest effects first on a busy machine, run the cells in passes (as docs/results.md did):
+rates are the paper's upper two and one above: so few steps at 1e-6 would change nothing. To see the
+likeliest effects first on a busy machine, run the cells in passes (as docs/results.md did):
 
   for only in '*.base,*.lr1e-3' '*.lr1e-4' '*'; do xlit-study --config=... --workdir=... --only="$only"; done
 """

@@ -188,7 +188,7 @@ def train(cfg, workdir: str) -> dict:
                  sum(x.size for x in jax.tree_util.tree_leaves(state.params)), dict(run.mesh.shape))
     writer = metrics.MetricsWriter(workdir, start, t.max_steps, t.tensorboard)
     monitor = _Monitor(run, config, writer, start)
-    evaluator = tools and probes.Evaluator(cfg, tools, train_step, tokenizer, writer, workdir, start)
+    evaluator = None if tools is None else probes.Evaluator(cfg, tools, train_step, tokenizer, writer, workdir, start)
 
     def evaluate(step: int, state) -> str | None:
         """A round when one is due at `step` (step 0 gives each curve its start); the stop rule's message."""
@@ -211,7 +211,6 @@ def train(cfg, workdir: str) -> dict:
             if not stopped and (step % t.save_every == 0 or step == t.max_steps):
                 monitor.flush()
                 run.checkpoints.save(step, state.params, state.opt_state, data.state())
-    monitor.flush()
     run.checkpoints.wait()
     if stopped:
         logging.warning("%s", stopped)

@@ -202,11 +202,10 @@ class Evaluator:
     def __init__(self, cfg, tools: Tools, train_step, tokenizer, writer: metrics.MetricsWriter, workdir: Path,
                  start: int):
         t = cfg.train
-        self.every, self.max_steps, self.train_step, self.writer, self.tools = t.eval_every, t.max_steps, \
-            train_step, writer, tools
-        self.threshold, self.stop_rounds = t.stop_below, t.stop_rounds
+        self.every, self.max_steps, self.threshold, self.stop_rounds = t.eval_every, t.max_steps, t.stop_below, \
+            t.stop_rounds
+        self.train_step, self.writer, self.tools, self.tokenizer = train_step, writer, tools, tokenizer
         self.decoding = {"max_new_tokens": t.probe_max_new_tokens, "repetition_penalty": t.probe_repetition_penalty}
-        self.tokenizer = tokenizer
         batches = eval_batches(cfg, tokenizer)
         self.batches = None if batches is None else sharding.global_batch(batches, train_step.batch_sharding)
         self.probes, self.prompt_ids = ([], []) if not tools.probes else encode_probes(
@@ -217,7 +216,6 @@ class Evaluator:
         if writer.enabled:  # answers of rounds whose metrics row was lost go too: the round is redone
             metrics.rows_until(self.path, start, keep=lambda r: r["step"] in self.done)
         self.rounds = [(r["step"], self._correct(r)) for r in done]
-        self.start = start
 
     @staticmethod
     def _correct(row: dict) -> dict:

@@ -7,7 +7,8 @@ master copy, and every matmul casts it to that dtype anyway. A 7B LoRA base take
 what changes numerically is the RMSNorm scales (and a tied embedding), rounded to bf16 as HF's bf16 models do.
 
 `build` is the one place a train step (and its held-out loss, `evaluate`) is made: the loop, the compile-only
-plans and the benchmarks all take a `TrainStep` from it (the functions below it are its parts; tests use them to swap the optimizer).
+plans and the benchmarks all take a `TrainStep` from it (the functions below it are its parts; tests use
+them to swap the optimizer).
 """
 
 from __future__ import annotations

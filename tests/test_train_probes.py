@@ -208,3 +208,19 @@ def test_probe_round_on_8_fsdp_devices_gives_the_tokens_of_one(shared_data):
     out = run_with_devices(PROBE_ON_DEVICES, devices=8)
     assert out["0/8"] == out["0/1"] and out["4/8"] == out["4/1"]
     assert out["4/1"] != out["0/1"] and len(out["0/1"]) == 12
+
+
+def test_report_draws_the_probe_curves_of_every_cell(tmp_path):
+    from xlit_jax.study import grid, report
+
+    cells = [grid.Cell("m", "lima-en", "ft", lr, "x.py", "", ()) for lr in ("1e-5", "1e-3")]
+    assert not report.plot_probe_curves(cells, tmp_path, tmp_path / "none.png")
+    for cell, fr in zip(cells, ([1.0, 1.0, 0.75], [1.0, 0.25, 0.0])):
+        train_dir = grid.cell_paths(tmp_path, cell).train
+        train_dir.mkdir(parents=True)
+        rows = [{"step": 1, "loss": 2.0}] + [{"step": 5 * i, "kind": "eval", "probe/en/language_correct": 1.0,
+                                              "probe/fr/language_correct": v} for i, v in enumerate(fr)]
+        (train_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [r["step"] for r in probes.read_rounds(grid.cell_paths(tmp_path, cells[1]).train)] == [0, 5, 10]
+    assert report.plot_probe_curves(cells, tmp_path, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0

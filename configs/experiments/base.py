@@ -10,6 +10,7 @@ from ml_collections import ConfigDict
 
 from xlit_jax.models.config import LORA_ALPHA, LORA_DEFAULT_TARGETS, LORA_DROPOUT, LORA_RANK
 from xlit_jax.models.presets import HUB_NAMES, get_preset
+from xlit_jax.resources import shared_data
 from xlit_jax.train.optim import OptimSettings
 
 
@@ -55,6 +56,8 @@ def base_config() -> ConfigDict:
             "truncation": "truncate",  # truncate | drop over-long examples
             "skip_invalid": False,  # leave out (and count) bad rows instead of stopping
             "seed": 0,  # shuffling and mixing
+            # held-out data for train.eval_every's eval/loss (never one of `sources`): FORMAT:PATH specs as `sources`
+            "eval_sources": (),
         },
         # schedule: linear (the released code) | inverse_sqrt (the paper's text); lr, min_lr, warmup_steps,
         # b1, b2, eps, weight_decay, clip_norm: xlit_jax/train/optim.py's OptimSettings and its defaults
@@ -70,6 +73,19 @@ def base_config() -> ConfigDict:
             "tensorboard": True,
             "export_hf": False,  # merged HF weights to workdir/export/hf at the end
             "export_peft": False,  # LoRA: PEFT adapter to workdir/export/peft at the end
+            # Evaluation while training (docs/training.md): every N steps, at step 0 and at the end; 0 = off
+            "eval_every": 0,
+            "eval_batches": 4,  # micro-batches of data.eval_sources (their first epoch) for eval/loss
+            # drift probes: one JSONL per language ({lang} in the path) of {"id", "prompt"}; "" = none. Default:
+            # 50 OpenAssistant prompts human-translated (not the paper's evaluation set)
+            "probe_prompts": shared_data("hplt_oasst_test/test_{lang}.jsonl"),
+            "probe_languages": "en,fr,ru",  # fastText labels with Hunspell dictionaries
+            "probe_limit": 4,  # prompts per language: the first ids that every language has
+            "probe_max_prompt_tokens": 128,  # ... whose prompt (in data.template) is this short: a cheap round
+            "probe_max_new_tokens": 48,
+            "probe_repetition_penalty": 1.1,  # xlit-eval's default
+            "stop_below": 0.0,  # > 0: stop when a probe language's language_correct stays below this ...
+            "stop_rounds": 3,  # ... for this many rounds in a row (train.keep must outlive them)
         },
         # -1: the devices left over. target: plan (--dry_run) for a compile-only pod instead of the attached
         # devices: v4-8, v5p-8, v5e-1/4/16, v6e-8, 1xh100, 8xh100, 1xa100, 8xa100 (xlit_jax/plan/targets.py)

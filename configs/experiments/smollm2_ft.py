@@ -9,7 +9,10 @@ from xlit_jax.resources import shared_data
 def get_config(lr: str | None = None):
     c = with_model(base_config(), "smollm2-135m", source="smollm2-135m")  # the GGUF
     c.data.update(name="lima-en", sources=(f"lima:{shared_data('lima/lima.en.jsonl')}",), template="chat",
-                  seq_len=512, tokens_per_batch=1024, grad_accum=4)
+                  seq_len=512, tokens_per_batch=1024, grad_accum=4,
+                  # eval/loss (with train.eval_every): 64 French dialogues written in French, held out
+                  eval_sources=(f"chat:{shared_data('vigogne_oasst_fr/oasst_20230412_fr_1k.jsonl')},"
+                                "map.messages=conversation,lang=fr,n=64",))
     c.train.update(max_steps=100, log_every=5, save_every=50, export_hf=True)
     if lr:
         c.optim.update(lr=float(lr), min_lr=float(lr) / 10)

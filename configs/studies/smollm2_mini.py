@@ -6,8 +6,9 @@ fixed seeded subset of the paper's instructions in en/fr/pt/ru for language corr
 
 Size (docs/results.md has the measured time): 7 cells; each run 20 updates of one micro-batch of 2 x 512
 tokens (20k tokens, 3% of LIMA's 0.66M; the paper's runs see 16M); 12 instructions per language, 64 new
-tokens. The learning rates are the paper's upper two and one above: so few steps at 1e-6 would change
-nothing. To see the likeliest effects first on a busy machine, run the cells in passes (as docs/results.md did):
+tokens. Training logs the drift probes every 5 steps (docs/training.md), drawn by --report. The learning
+rates are the paper's upper two and one above: so few steps at 1e-6 would change nothing. To see the
+likeliest effects first on a busy machine, run the cells in passes (as docs/results.md did):
 
   for only in '*.base,*.lr1e-3' '*.lr1e-4' '*'; do xlit-study --config=... --workdir=... --only="$only"; done
 """
@@ -26,8 +27,9 @@ def get_config():
         "model_sources": {},
         "train": {
             "data": {"grad_accum": 1},
+            # eval_every: the drift curves while training (held-out French loss, en/fr/ru probes; 5 rounds)
             "train": {"max_steps": 20, "save_every": 5, "log_every": 5, "export_hf": False, "export_peft": False,
-                      "tensorboard": False},
+                      "tensorboard": False, "eval_every": 5},
         },
         "eval": {
             "eval_set": "chirkova",

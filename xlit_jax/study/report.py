@@ -44,6 +44,7 @@ from xlit_jax.evaluate.report import (
 )
 from xlit_jax.io.files import atomic_write_text, csv_text
 from xlit_jax.study import grid
+from xlit_jax.train.probes import read_rounds
 
 MAIN_SET, MODIFIER_SET = "chirkova", "chirkova_modifiers"
 ENGLISH, OTHERS = "en", "non-en"  # the paper's two groups: English, and fr/pt/ru pooled
@@ -427,6 +428,35 @@ def plot_agreement(rows: list[dict], path: Path) -> bool:
     return True
 
 
+def plot_probe_curves(cells: list[grid.Cell], workdir: Path, path: Path) -> bool:
+    """The drift curves logged while training (train.eval_every): probe language correctness vs step, a row
+    per model / data / method, a column per probe language, a line per learning rate."""
+    rounds = {c: read_rounds(grid.cell_paths(workdir, c).train) for c in cells if c.trains}
+    rounds = {c: rows for c, rows in rounds.items() if rows}
+    suffix = "/language_correct"
+    langs = ordered(k.split("/")[1] for rows in rounds.values() for r in rows for k in r if k.endswith(suffix))
+    if not langs:
+        return False
+    groups = ordered((c.model, c.data, c.method) for c in rounds)
+    plt, fig, axes = _figure(len(groups), len(langs))
+    for row, group in zip(axes, groups):
+        mine = sorted((c for c in rounds if (c.model, c.data, c.method) == group), key=lambda c: _lr_value(c.lr))
+        for ax, lang in zip(row, langs):
+            for c in mine:
+                points = [(r["step"], 100 * r[key]) for r in rounds[c] if (key := f"probe/{lang}{suffix}") in r]
+                if points:
+                    ax.plot(*zip(*points), marker="o", markersize=3, label=f"lr {c.lr}")
+            ax.set_ylim(-5, 105)
+            ax.set_title(f"{' / '.join(group)}: {lang}", fontsize="medium")
+            ax.set_xlabel("step")
+            ax.set_ylabel("% answers in the prompt's language")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+    fig.suptitle("Language correctness of the probe prompts while training")
+    save_figure(plt, fig, path, dpi=110)
+    return True
+
+
 def write(cells: list[grid.Cell], workdir: Path, study_name: str, fig3_patterns=None,
           reference: str | None = None) -> dict[str, Path]:
     """Aggregate every evaluated cell into WORKDIR/report; returns the files written. Fig. 3 shows the
@@ -442,6 +472,9 @@ def write(cells: list[grid.Cell], workdir: Path, study_name: str, fig3_patterns=
         if plot_learning_rates(stats, cells, model, path):
             written[f"fig2.{model}"] = path
             figures.append(path)
+    if plot_probe_curves(cells, workdir, out / "probe_curves.png"):
+        written["probe_curves"] = out / "probe_curves.png"
+        figures.append(written["probe_curves"])
     judged = [c for c in judged_cells(stats, cells)
               if not fig3_patterns or any(fnmatch.fnmatchcase(c.name, p) for p in fig3_patterns)]
     notes = []

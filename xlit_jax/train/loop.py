@@ -21,7 +21,7 @@ from xlit_jax.errors import NonFiniteError
 from xlit_jax.io import checkpoints as ckpt
 from xlit_jax.models.config import LlamaConfig, resolve_dtype
 from xlit_jax.models.lora import init_adapters, merge_params
-from xlit_jax.train import metrics, optim, step as step_lib
+from xlit_jax.train import metrics, optim, probes, step as step_lib
 
 
 def model_overrides(cfg, platform: str | None = None) -> dict:
@@ -144,6 +144,10 @@ class _Monitor:
         logging.info("peak %.3g FLOP/s (%s)", self.peak, source)
         self.pending, self.last_row, self.clock = None, {}, (start, time.perf_counter())
 
+    def pause(self, seconds: float) -> None:
+        """Leave `seconds` (an evaluation round) out of the next throughput."""
+        self.clock = (self.clock[0], self.clock[1] + seconds)
+
     def push(self, step: int, step_metrics: dict) -> None:
         self.flush()
         self.pending = (step, step_metrics)
@@ -174,8 +178,10 @@ class _Monitor:
 
 
 def train(cfg, workdir: str) -> dict:
-    """Run (or resume) training to cfg.train.max_steps; returns the last logged metrics row."""
+    """Run (or resume) training to cfg.train.max_steps, evaluating every cfg.train.eval_every steps; returns the
+    last logged metrics row (with "stopped", the message, when the stop rule ended the run)."""
     workdir = Path(workdir)
+    tools = probes.check(cfg)  # bad evaluation settings fail before any weights are read
     run = _Run(cfg, workdir)
     train_step, state, tokenizer, data = run.start()
     config, start, t = train_step.config, int(jax.device_get(state.step)), cfg.train
@@ -183,20 +189,48 @@ def train(cfg, workdir: str) -> dict:
                  sum(x.size for x in jax.tree_util.tree_leaves(state.params)), dict(run.mesh.shape))
     writer = metrics.MetricsWriter(workdir, start, t.max_steps, t.tensorboard)
     monitor = _Monitor(run, config, writer, start)
+    evaluator = None if tools is None else probes.Evaluator(cfg, tools, train_step, tokenizer, writer, workdir, start)
+
+    def evaluate(step: int, state) -> str | None:
+        """A round when one is due at `step` (step 0 gives each curve its start); the stop rule's message."""
+        if not (evaluator and evaluator.due(step)):
+            return None
+        monitor.flush()  # a non-finite step stops before it is evaluated
+        began = time.perf_counter()
+        fell = evaluator.round(step, state)
+        monitor.pause(time.perf_counter() - began)
+        return fell and _stop_message(run, step, t, *fell)
+
     with sharding.activate(run.mesh):
-        for step in range(start + 1, t.max_steps + 1):
+        stopped, step = evaluate(start, state), start
+        while not stopped and step < t.max_steps:
+            step += 1
             batch = sharding.global_batch(next_batch(data, cfg.data.grad_accum), train_step.batch_sharding)
             state, step_metrics = train_step.step(state, batch)
             monitor.push(step, step_metrics)
-            if step % t.save_every == 0 or step == t.max_steps:
+            stopped = evaluate(step, state)  # a stopped run saves nothing after its fall
+            if not stopped and (step % t.save_every == 0 or step == t.max_steps):
                 monitor.flush()
                 run.checkpoints.save(step, state.params, state.opt_state, data.state())
     run.checkpoints.wait()
-    if t.export_hf or t.export_peft:
+    if stopped:
+        logging.warning("%s", stopped)
+    elif t.export_hf or t.export_peft:
         export(cfg, workdir, config, state, tokenizer)
     run.checkpoints.close()
     writer.close()
-    return monitor.last_row
+    return monitor.last_row | ({"stopped": stopped} if stopped else {})
+
+
+def _stop_message(run: _Run, step: int, t, language: str, fell_at: int, before: int | None) -> str:
+    """Why the stop rule ended the run, naming the last checkpoint before the fall."""
+    run.checkpoints.wait()
+    saved = [int(p.name) for p in (run.workdir / ckpt.CHECKPOINTS_DIR).glob("*") if p.name.isdigit()]
+    kept = max((s for s in saved if before is not None and s <= before), default=None)
+    where = (f"the checkpoint before the fall is step {kept} in {run.workdir / ckpt.CHECKPOINTS_DIR}"
+             if kept is not None else "no checkpoint was saved before the fall")
+    return (f"stopped at step {step}: probe language correctness in {language} below train.stop_below="
+            f"{t.stop_below} for {t.stop_rounds} rounds since step {fell_at}; {where}")
 
 
 def export(cfg, workdir: Path, config: LlamaConfig, state, tokenizer) -> None:

@@ -18,6 +18,8 @@ from xlit_jax import hardware
 from xlit_jax.io.files import append_jsonl, atomic_write_text, resume_jsonl
 from xlit_jax.models.config import LlamaConfig
 
+METRICS_FILE = "metrics.jsonl"
+
 
 def train_flops_per_token(config: LlamaConfig, seq_len: int) -> float:
     flops = config.flops_per_token(seq_len)
@@ -36,18 +38,27 @@ def peak_flops(override: float = 0.0) -> tuple[float, str]:
     return hardware.peak_flops(device) * jax.device_count(), f"table ({device.device_kind})"
 
 
+def rows_until(path: Path, step: int, keep=lambda row: True) -> list[dict]:
+    """Rewrite an append-only JSONL of rows keyed by "step" without the rows after `step` (and those `keep`
+    refuses), returning what is left: a resumed run recomputes the steps after its checkpoint."""
+    rows = [r for r in resume_jsonl(path) if r["step"] <= step and keep(r)]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
 class MetricsWriter:
-    """Rows to workdir/metrics.jsonl and TensorBoard (workdir/tb), plus a tqdm bar; process 0 only."""
+    """Rows to workdir/metrics.jsonl and TensorBoard (workdir/tb), plus a tqdm bar; process 0 only. A train
+    row's keys go to TensorBoard as train/KEY; keys that name their group (eval/loss, probe/fr/...) as they are.
+    `rows` are those kept from before a resume."""
 
     def __init__(self, workdir: str | os.PathLike, start_step: int, max_steps: int, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0
-        self.path = Path(workdir) / "metrics.jsonl"
+        self.path = Path(workdir) / METRICS_FILE
         self.writer = self.bar = None
+        self.rows: list[dict] = []
         if not self.enabled:
             return
-        # A resumed run recomputes the steps after its checkpoint: drop their old rows.
-        rows = [r for r in resume_jsonl(self.path) if r["step"] <= start_step]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+        self.rows = rows_until(self.path, start_step)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -67,8 +78,9 @@ class MetricsWriter:
         if self.writer is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"train/{key}", value, row["step"])
-        self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                    self.writer.add_scalar(key if "/" in key else f"train/{key}", value, row["step"])
+        if "loss" in row:
+            self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
 
     def close(self) -> None:
         if self.writer is not None:

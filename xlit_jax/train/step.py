@@ -6,8 +6,9 @@ base is also kept in the compute dtype (bf16 on accelerators): it is never updat
 master copy, and every matmul casts it to that dtype anyway. A 7B LoRA base takes 12.6 GiB instead of 25.1;
 what changes numerically is the RMSNorm scales (and a tied embedding), rounded to bf16 as HF's bf16 models do.
 
-`build` is the one place a train step is made: the loop, the compile-only plans and the benchmarks all
-take a `TrainStep` from it (the functions below it are its parts; tests use them to swap the optimizer).
+`build` is the one place a train step (and its held-out loss, `evaluate`) is made: the loop, the compile-only
+plans and the benchmarks all take a `TrainStep` from it (the functions below it are its parts; tests use
+them to swap the optimizer).
 """
 
 from __future__ import annotations
@@ -156,6 +157,20 @@ def train_step(config: LlamaConfig, tx, schedule, seed: int, grad_shardings, sta
     return new, metrics
 
 
+def eval_step(config: LlamaConfig, state: TrainState, batch: dict):
+    """The mean NLL over the response-token targets of [n, B, L] held-out batches, as `train_step` computes its
+    loss (no dropout, no update): a scan over the leading axis."""
+    params = state.full_params()
+
+    def micro(carry, mb):
+        loss, tokens = token_losses(config, params, mb)
+        return (carry[0] + loss, carry[1] + tokens), None
+
+    zero = jnp.zeros((), jnp.float32)
+    (loss, tokens), _ = jax.lax.scan(micro, (zero, zero), batch)
+    return {"loss": loss / jnp.maximum(tokens, 1.0), "target_tokens": tokens}
+
+
 def make_train_step(config: LlamaConfig, tx, schedule, mesh, shardings: TrainState, seed: int = 0):
     """The jitted step `(state, batch) -> (state, metrics)` with explicit in/out shardings; the input state
     is donated. Call it inside `sharding.activate(mesh)` so the model's logical constraints apply."""
@@ -163,6 +178,13 @@ def make_train_step(config: LlamaConfig, tx, schedule, mesh, shardings: TrainSta
     batch = {k: sharding.batch_sharding(mesh, leading=1) for k in BATCH_KEYS}
     return jax.jit(step, in_shardings=(shardings, batch), out_shardings=(shardings, sharding.replicated(mesh)),
                    donate_argnums=0)
+
+
+def make_eval_step(config: LlamaConfig, mesh, shardings: TrainState):
+    """The jitted `(state, batch) -> metrics` of `eval_step`, sharded like the train step; nothing donated."""
+    batch = {k: sharding.batch_sharding(mesh, leading=1) for k in BATCH_KEYS}
+    return jax.jit(functools.partial(eval_step, config), in_shardings=(shardings, batch),
+                   out_shardings=sharding.replicated(mesh))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +198,7 @@ class TrainStep:
     shardings: TrainState  # of every leaf of the state
     abstract: TrainState  # ShapeDtypeStructs carrying those shardings: a restore target, a plan's input
     step: Callable  # (state, [k, B, L] batch) -> (state, metrics); call it inside sharding.activate(mesh)
+    evaluate: Callable  # (state, [n, B, L] held-out batch) -> {"loss", "target_tokens"}; the same way
 
     @property
     def batch_sharding(self):
@@ -209,4 +232,4 @@ def build(config: LlamaConfig, settings: OptimSettings, mesh, seed: int = 0) -> 
     schedule, tx = settings.build()
     abstract, shardings = abstract_state(config, tx, mesh)
     step = make_train_step(config, tx, schedule, mesh, shardings, seed)
-    return TrainStep(config, mesh, schedule, tx, shardings, abstract, step)
+    return TrainStep(config, mesh, schedule, tx, shardings, abstract, step, make_eval_step(config, mesh, shardings))

@@ -232,7 +232,8 @@ def test_streamed_chat_and_completion_are_the_whole_answer_with_usage_last(serve
 
 
 def test_a_client_that_disconnects_frees_its_slot(tiny):
-    app = create_app(tiny, "tiny", ServeConfig(slots=1, max_tokens=400, max_len=448, steps=1))
+    # 64 slots: every step computes them all, so 400 tokens take seconds, not the 0.5 s the client waits
+    app = create_app(tiny, "tiny", ServeConfig(slots=64, max_tokens=400, max_len=448, steps=1))
     worker = app.state.worker
     with serve_in_thread(app) as url:
         for stream in (True, False):

@@ -4,7 +4,9 @@ Each pair becomes one causal-LM input, (context + continuation)[:-1], whose logi
 positions give its summed log-probability and whether greedy decoding would have produced it. Pairs that
 share that input (e.g. one MMLU question with the one-token continuations " A" ... " D") are computed once,
 as lm-evaluation-harness's request grouping does. Inputs are right-padded to power-of-two length buckets and
-batches to power-of-two sizes, so an evaluation compiles a handful of shapes. No decoding, no KV cache.
+every batch to one power-of-two size, so an evaluation compiles one program per length bucket. Only the
+continuation's positions are projected to the vocabulary (the LM head and a 49k-way log-softmax at every
+position were half of a batch's time on CPU, docs/benchmarks.md). No decoding, no KV cache.
 """
 
 from __future__ import annotations
@@ -38,16 +40,18 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def _score(params, input_ids, mask, targets, *, config: LlamaConfig):
-    """input_ids/mask [B, T] right-padded; targets [B, K, T]: for each of K continuations sharing a row, the
-    token expected at each position (-1 where not scored). Returns summed log-probs and greedy flags [B, K]."""
+def _score(params, input_ids, mask, select, targets, *, config: LlamaConfig):
+    """input_ids/mask [B, T] right-padded; select [B, C]: the positions whose next token is scored (the
+    last C of each row); targets [B, K, C]: for each of K continuations sharing a row, the token expected
+    at each selected position (-1 where not scored). Only the selected positions are projected to the
+    vocabulary. Returns summed log-probs and greedy flags [B, K]."""
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    logits, _ = Llama(config).apply({"params": params}, input_ids, positions, mask)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    greedy = jnp.argmax(logp, axis=-1)  # [B, T]
+    logits, _ = Llama(config).apply({"params": params}, input_ids, positions, mask, select=select)
+    logp = jax.nn.log_softmax(logits, axis=-1)  # [B, C, V]
+    greedy = jnp.argmax(logp, axis=-1)  # [B, C]
     scored = targets >= 0
     safe = jnp.maximum(targets, 0)
-    picked = jax.vmap(lambda lp, t: jnp.take_along_axis(lp, t.T, axis=-1).T, in_axes=(0, 0))(logp, safe)
+    picked = jax.vmap(lambda lp, t: jnp.take_along_axis(lp, t.T, axis=-1).T)(logp, safe)
     total = jnp.sum(jnp.where(scored, picked, 0.0), axis=-1)
     is_greedy = jnp.all(~scored | (greedy[:, None, :] == safe), axis=-1)
     return total, is_greedy
@@ -71,20 +75,23 @@ def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequenc
         inputs.setdefault(tuple(whole[:-1]), []).append(i)
     rows = list(inputs)
     results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+    n = min(bucket(len(rows)), bucket(batch_size))  # the last batch too: one batch size, one compilation less
     for indices in batches_by_length(rows, batch_size):
         length = bucket(max(len(rows[r]) for r in indices), MIN_PROMPT_BUCKET)
         width = bucket(max(len(inputs[rows[r]]) for r in indices))
-        n = bucket(len(indices))
+        scored = bucket(max(len(pairs[i][1]) for r in indices for i in inputs[rows[r]]))
         ids = np.zeros((n, length), np.int32)
         mask = np.zeros((n, length), np.int32)
-        targets = np.full((n, width, length), -1, np.int32)
+        select = np.zeros((n, scored), np.int32)
+        targets = np.full((n, width, scored), -1, np.int32)
         for b, r in enumerate(indices):
             row = rows[r]
             ids[b, :len(row)], mask[b, :len(row)] = row, 1
+            select[b] = np.maximum(np.arange(len(row) - scored, len(row)), 0)  # the row's last positions
             for k, i in enumerate(inputs[row]):
                 continuation = pairs[i][1]
-                targets[b, k, len(row) - len(continuation):len(row)] = continuation
-        total, is_greedy = (np.asarray(a) for a in _score(params, ids, mask, targets, config=config))
+                targets[b, k, scored - len(continuation):] = continuation
+        total, is_greedy = (np.asarray(a) for a in _score(params, ids, mask, select, targets, config=config))
         finished = []
         for b, r in enumerate(indices):
             for k, i in enumerate(inputs[rows[r]]):

@@ -138,13 +138,17 @@ def _remat(block_cls, policy: str):
 
 
 class Llama(nn.Module):
-    """input ids [B, T] -> logits [B, T, V] (float32), and the updated cache when one is given."""
+    """input ids [B, T] -> logits [B, T, V] (float32), and the updated cache when one is given.
+
+    `last_only` projects only the last position to the vocabulary ([B, 1, V]); `select` [B, C] only the
+    positions it names ([B, C, V]): the LM head and its logits are a fifth of a forward pass's work when
+    every position is projected, and scoring or decoding needs a few."""
 
     config: LlamaConfig
 
     @nn.compact
     def __call__(self, input_ids, positions=None, segment_ids=None, cache: Cache | None = None,
-                 deterministic: bool = True, last_only: bool = False):
+                 deterministic: bool = True, last_only: bool = False, select=None):
         c = self.config
         b, t = input_ids.shape
         if segment_ids is None:
@@ -181,6 +185,8 @@ class Llama(nn.Module):
 
         if last_only:
             h = h[:, -1:]
+        elif select is not None:
+            h = jnp.take_along_axis(h, select[:, :, None], axis=1)
         h = RMSNorm(c.rms_norm_eps, c.compute_dtype, c.weights_dtype, name="final_norm")(h)
         if c.tie_embeddings:
             logits = matmul(h, embedding.astype(c.compute_dtype).T)

@@ -116,3 +116,63 @@ class FakeOpenAI:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+# Greedy decoding against HF generate (test_generate, test_engine)
+NEW_TOKENS = 64
+HF_PAD = 0  # <|endoftext|>: HF penalizes pad ids too, so pad with a token the model never wants
+
+
+def paper_prompts(shared_data, per_language=2):
+    prompts = []
+    for lang in ("en", "fr", "pt", "ru"):
+        lines = (shared_data / "chirkova2024_eval" / f"alpacaeval_test_subset.{lang}.jsonl").read_text().splitlines()
+        prompts += [json.loads(line) for line in lines[3:3 + per_language]]
+    return prompts
+
+
+def hf_generate(model, prompts):
+    import torch
+
+    ids, mask = left_padded(prompts, HF_PAD)
+    with torch.no_grad():
+        out = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=NEW_TOKENS,
+                             do_sample=False, repetition_penalty=1.1, pad_token_id=HF_PAD)
+    return [strip_after_eos(row[ids.shape[1]:].tolist(), model.generation_config.eos_token_id) for row in out]
+
+
+def strip_after_eos(tokens, eos):
+    eos = {eos} if isinstance(eos, int) else set(eos)
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[:i]
+    return tokens
+
+
+# The tiny training runs (test_train_loop, test_train_probes)
+OVERRIDES = {"data.seq_len": 64, "data.tokens_per_batch": 128, "data.grad_accum": 2, "train.max_steps": 8,
+             "train.save_every": 2, "train.log_every": 1, "train.keep": 10, "optim.lr": 1e-3, "optim.min_lr": 1e-4}
+COMPARED = ("step", "loss", "grad_norm", "lr", "target_tokens")
+
+
+def write_chats(path: Path, n: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    words = "the a cat dog sat ran on under mat tree red blue quickly slowly and then".split()
+    say = lambda k: " ".join(rng.choice(words, k))  # noqa: E731
+    with open(path, "w") as f:
+        for _ in range(n):
+            messages = [{"role": "user", "content": say(rng.integers(2, 6))},
+                        {"role": "assistant", "content": say(rng.integers(3, 12))}]
+            f.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+def tiny_config(data: Path, **changes):
+    from configs.experiments import tiny_ft
+
+    cfg = tiny_ft.get_config()
+    cfg.data.sources = (f"chat:{data}",)
+    for key, value in {**OVERRIDES, **changes}.items():
+        section, field = key.split(".")
+        cfg[section][field] = value
+    return cfg

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from support import REPO
 
 SCRIPT = str(REPO / "scripts" / "accelerator_check.sh")
 # what the GPU machine lacks (KINDS.md's list); the check must not need any of it

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 import xlit_jax
-from xlit_jax.decode import engine as engine_lib
-from xlit_jax.decode import generate
+from xlit_jax.decode import engine as engine_lib, generate
 from xlit_jax.decode.engine import Engine, Request, chunk_plan, columns
 from xlit_jax.decode.generate import Sampling
 
-from test_generate import NEW_TOKENS, hf_generate, paper_prompts
+from support import NEW_TOKENS, hf_generate, paper_prompts
 
 LENGTHS = (300, 3, 41, 1, 129, 7)  # very different lengths: long prompts over several chunks, tiny ones
 MAX_NEW = (5, 30, 12, 30, 3, 20)  # slots free at different times and are taken by the next prompt

@@ -1,6 +1,5 @@
 """Greedy decoding against HF `generate(do_sample=False, repetition_penalty=1.1)`: the same tokens."""
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -12,34 +11,7 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 import xlit_jax
 from xlit_jax.decode.generate import apply_repetition_penalty, bucket, prompt_bucket
 
-from support import left_padded
-
-NEW_TOKENS = 64
-HF_PAD = 0  # <|endoftext|>: HF penalizes pad ids too, so pad with a token the model never wants
-
-
-def paper_prompts(shared_data, per_language=2):
-    prompts = []
-    for lang in ("en", "fr", "pt", "ru"):
-        lines = (shared_data / "chirkova2024_eval" / f"alpacaeval_test_subset.{lang}.jsonl").read_text().splitlines()
-        prompts += [json.loads(line) for line in lines[3:3 + per_language]]
-    return prompts
-
-
-def hf_generate(model, prompts):
-    ids, mask = left_padded(prompts, HF_PAD)
-    with torch.no_grad():
-        out = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=NEW_TOKENS,
-                             do_sample=False, repetition_penalty=1.1, pad_token_id=HF_PAD)
-    return [strip_after_eos(row[ids.shape[1]:].tolist(), model.generation_config.eos_token_id) for row in out]
-
-
-def strip_after_eos(tokens, eos):
-    eos = {eos} if isinstance(eos, int) else set(eos)
-    for i, t in enumerate(tokens):
-        if t in eos:
-            return tokens[:i]
-    return tokens
+from support import NEW_TOKENS, hf_generate, paper_prompts
 
 
 @pytest.fixture(scope="module")

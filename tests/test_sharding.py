@@ -10,6 +10,7 @@ from xlit_jax import sharding
 
 from support import run_with_devices
 
+
 def test_mesh_shape_fills_in_minus_one_and_checks_the_product():
     assert sharding.mesh_shape(1, -1, 2, num_devices=8) == (1, 4, 2)
     assert sharding.mesh_shape(-1, 2, 1, num_devices=8) == (4, 2, 1)

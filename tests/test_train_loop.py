@@ -22,34 +22,7 @@ from xlit_jax.errors import NonFiniteError
 from xlit_jax.io.checkpoints import load_for_inference
 from xlit_jax.train.loop import train
 
-from support import REPO
-
-OVERRIDES = {"data.seq_len": 64, "data.tokens_per_batch": 128, "data.grad_accum": 2, "train.max_steps": 8,
-             "train.save_every": 2, "train.log_every": 1, "train.keep": 10, "optim.lr": 1e-3, "optim.min_lr": 1e-4}
-COMPARED = ("step", "loss", "grad_norm", "lr", "target_tokens")
-
-
-def write_chats(path: Path, n: int = 40) -> Path:
-    rng = np.random.default_rng(0)
-    words = "the a cat dog sat ran on under mat tree red blue quickly slowly and then".split()
-    say = lambda k: " ".join(rng.choice(words, k))  # noqa: E731
-    with open(path, "w") as f:
-        for _ in range(n):
-            messages = [{"role": "user", "content": say(rng.integers(2, 6))},
-                        {"role": "assistant", "content": say(rng.integers(3, 12))}]
-            f.write(json.dumps({"messages": messages}) + "\n")
-    return path
-
-
-def tiny_config(data: Path, **changes):
-    from configs.experiments import tiny_ft
-
-    cfg = tiny_ft.get_config()
-    cfg.data.sources = (f"chat:{data}",)
-    for key, value in {**OVERRIDES, **changes}.items():
-        section, field = key.split(".")
-        cfg[section][field] = value
-    return cfg
+from support import COMPARED, OVERRIDES, REPO, tiny_config, write_chats
 
 
 def flags(data: Path, workdir: Path) -> list[str]:

@@ -10,11 +10,11 @@ import jax
 import pytest
 from jax._src import dispatch
 
-from test_sharding import run_with_devices
-from test_train_loop import COMPARED, tiny_config, write_chats
 from xlit_jax.errors import InputError
 from xlit_jax.train import probes
 from xlit_jax.train.loop import train
+
+from support import COMPARED, run_with_devices, tiny_config, write_chats
 
 EVAL = {"train.eval_every": 2, "train.eval_batches": 2}
 ROUNDS = [0, 2, 4, 6, 8]

@@ -1,6 +1,5 @@
 """Greedy decoding against HF `generate(do_sample=False, repetition_penalty=1.1)`: the same tokens."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from support import REPO
 
 SCRIPT = str(REPO / "scripts" / "accelerator_check.sh")
@@ -19,6 +21,7 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ, PYTHON=sys.executable, **env))
 
 
+@pytest.mark.slow  # a minute (5 fresh processes): CI runs it (.ci/run), make test does not
 def test_dry_run_writes_every_part_and_needs_nothing_the_gpu_machine_lacks(tmp_path):
     out = tmp_path / "out"  # (a compilation cache of its own: nothing outside tmp_path, every run cold)
     done = run("--dry_run", f"--out={out}", PYTHONPROFILEIMPORTTIME="1",

@@ -119,6 +119,7 @@ def test_requests_that_do_not_fit_are_refused(tiny):
     assert not engine.busy()
 
 
+@pytest.mark.slow  # fast: the tiny model's reuse/chunk cases vs the static path, and test_generate's HF parity
 def test_smollm2_engine_equals_hf_with_reused_slots_and_chunked_prefill(smollm2, hf_smollm2, parity_prompts):
     """The parity prompts through 3 slots, in reverse, prompts over several 32-token chunks."""
     order = list(range(len(parity_prompts)))[::-1]

@@ -24,6 +24,7 @@ def test_batched_greedy_matches_hf_batched(smollm2, hf_smollm2, prompt_ids):
     assert all(len(o) > 5 for o in ours)
 
 
+@pytest.mark.slow  # fast: the batched test, where every prompt has a slot (and a cache) of its own
 def test_one_by_one_greedy_matches_hf_one_by_one(smollm2, hf_smollm2, prompt_ids):
     for prompt in prompt_ids:
         assert smollm2.generate_ids([prompt], NEW_TOKENS, repetition_penalty=1.1) == hf_generate(hf_smollm2, [prompt])

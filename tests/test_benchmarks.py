@@ -194,7 +194,7 @@ def test_smollm2_runs_each_benchmark_and_resumes(tmp_path, smollm2, shared_data)
     BenchmarkEvaluation(tmp_path, config).run(smollm2)
     again = rows(written["item_scores"])
     assert len(again) == len(first) and again[-1]["id"] == first[-1]["id"]
-    for change in ({"num_fewshot": 1}, {"max_new_tokens": 32}, {"xquad_normalization": "mlqa"}):
+    for change in ({"num_fewshot": 1}, {"max_new_tokens": 64}, {"xquad_normalization": "mlqa"}):
         with pytest.raises(InputError, match="scored with"):
             BenchmarkEvaluation(tmp_path, BenchConfig(**{**config.__dict__, **change})).run(smollm2)
     # a second model's run, side by side (--compare)

@@ -7,9 +7,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import importlib  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+importlib.import_module("jax")  # before the cache variable below: this process compiles as without it
+
+# The subprocesses (training runs, binaries) share one persistent compilation cache, so the same tiny
+# programs compile once per session, not once per process. Numerics are unchanged: a cached executable is
+# the compiler's output for the same program.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="xlit-tests-jax-cache-"))
 
 from xlit_jax.resources import SHARED_DATA_ENV, shared_data_dir  # noqa: E402
 

@@ -25,6 +25,7 @@ import logging as pylogging
 import os
 import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -61,21 +62,34 @@ def _quiet_orbax(record) -> bool:
 logging.get_absl_logger().addFilter(_quiet_orbax)
 
 
+def _from_orbax(trace, *files: str) -> bool:
+    """Whether a traceback (or one of `files`) runs through Orbax's or asyncio's code."""
+    files = list(files)
+    while trace is not None:
+        files.append(trace.tb_frame.f_code.co_filename)
+        trace = trace.tb_next
+    return any("/orbax/" in f or "/asyncio/" in f for f in files)
+
+
 def _quiet_orbax_aftermath(unraisable, report=sys.unraisablehook) -> None:
     """After a failed restore or save, the reads and writes Orbax cancelled still finish on TensorStore's
     threads into a closed event loop, or are collected at exit, and Python prints a traceback for each
     ("Event loop is closed", "Exception ignored in <coroutine>"): the failure itself reaches the caller, so
     drop these, and only these."""
-    files = [getattr(getattr(unraisable.object, "cr_code", None), "co_filename", "")]
-    trace = unraisable.exc_traceback
-    while trace is not None:
-        files.append(trace.tb_frame.f_code.co_filename)
-        trace = trace.tb_next
-    if not any("/orbax/" in f or "/asyncio/" in f for f in files):
+    code = getattr(getattr(unraisable.object, "cr_code", None), "co_filename", "")
+    if not _from_orbax(unraisable.exc_traceback, code):
         report(unraisable)
 
 
+def _quiet_orbax_tasks(record) -> bool:
+    """The same aftermath through asyncio's logger: a task of Orbax's whose exception nobody retrieved is
+    reported when it is collected ("Task exception was never retrieved"), whenever that happens."""
+    trace = record.exc_info[2] if record.exc_info else None
+    return not any("/orbax/" in frame.filename for frame in traceback.extract_tb(trace))
+
+
 sys.unraisablehook = _quiet_orbax_aftermath
+pylogging.getLogger("asyncio").addFilter(_quiet_orbax_tasks)
 
 
 def _everywhere(ok: bool) -> bool:

@@ -18,7 +18,6 @@ adapters into the base and returns a plain model.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging as pylogging
@@ -36,7 +35,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from xlit_jax.errors import UserError
-from xlit_jax.io.files import atomic_write_text, os_error
+from xlit_jax.io.files import atomic_write_text, reported_os_errors
 from xlit_jax.models.config import LlamaConfig
 
 MODEL_DIR = "model"
@@ -177,23 +176,16 @@ class Checkpoints:
         that fails at the filesystem (here or, asynchronously, at the next save or wait) is a UserError."""
         self.wait()
         self.saving = step
-        with self._reported_save():
+        with reported_os_errors(self._save_failed):
             self.manager.save(step, args=ocp.args.Composite(
                 params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
                 data=ocp.args.JsonSave(data_state)), force=True)
 
-    @contextlib.contextmanager
-    def _reported_save(self):
-        try:
-            yield
-        except Exception as e:
-            reason = os_error(e)
-            if reason is None:
-                raise
-            saved = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
-            kept = f"step {saved[-1]} and the checkpoints before it are intact" if saved else "nothing was saved yet"
-            raise UserError(f"cannot save checkpoint step {self.saving} in {self.directory}: {reason}; {kept}: "
-                            "free space (or raise the quota) and rerun the same command to resume") from None
+    def _save_failed(self, reason: str) -> str:
+        saved = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+        kept = f"step {saved[-1]} and the checkpoints before it are intact" if saved else "nothing was saved yet"
+        return (f"cannot save checkpoint step {self.saving} in {self.directory}: {reason}; {kept}: "
+                "free space (or raise the quota) and rerun the same command to resume")
 
     def restore_latest(self, params_target: Any, opt_target: Any) -> tuple[int, dict] | None:
         """(step, restored) from the newest checkpoint that every process can restore, or None when there is
@@ -252,7 +244,7 @@ class Checkpoints:
         return dict(self.manager.restore(step, args=ocp.args.Composite(**items)).items())
 
     def wait(self) -> None:
-        with self._reported_save():
+        with reported_os_errors(self._save_failed):
             self.manager.wait_until_finished()
 
     def close(self) -> None:

@@ -40,16 +40,22 @@ def os_error(error: BaseException) -> str | None:
 
 
 @contextlib.contextmanager
-def reported_write(path: str | os.PathLike):
-    """Turn a write that fails at the filesystem into a UserError naming `path` and the OS error."""
+def reported_os_errors(describe):
+    """Turn an error that the filesystem caused (a full disk, a quota) into a UserError whose message is
+    `describe(the OS error)`; any other error passes through."""
     try:
         yield
     except Exception as e:
         reason = os_error(e)
         if reason is None:
             raise
-        raise UserError(f"cannot write {path}: {reason}; free space (or raise the quota) and rerun the same "
-                        "command: finished work is kept") from None
+        raise UserError(describe(reason)) from None
+
+
+def reported_write(path: str | os.PathLike):
+    """A write of `path` that fails at the filesystem is one line naming `path` and the OS error."""
+    return reported_os_errors(lambda reason: f"cannot write {path}: {reason}; free space (or raise the quota) "
+                                             "and rerun the same command: finished work is kept")
 
 
 @contextlib.contextmanager

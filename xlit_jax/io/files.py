@@ -119,6 +119,14 @@ def append_jsonl(path: str | os.PathLike, rows) -> None:
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors write at the start of a file
 
 
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A user's UTF-8 text file (a prompt template, say); a missing one is an InputError naming it as `what`."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such {what}") from None
+
+
 def read_jsonl(path: str | os.PathLike, truncated_tail_ok: bool = False, skipped: list | None = None):
     """Yield (line_number, object) for each non-blank line (a UTF-8 byte-order mark is allowed); a line
     that is malformed JSON or not UTF-8 is an InputError naming it, or, when a `skipped` list is given,

@@ -25,8 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from xlit_jax.decode.engine import DECODE_STEPS, Engine
-from xlit_jax.decode.engine import Request as EngineRequest
+from xlit_jax.decode.engine import DECODE_STEPS, Engine, Request as EngineRequest
 from xlit_jax.decode.generate import Sampling
 from xlit_jax.errors import InputError
 from xlit_jax.serve import protocol

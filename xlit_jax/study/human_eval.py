@@ -36,7 +36,7 @@ from xlit_jax.evaluate.instructions.run import GENERATIONS_FILE
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
 from xlit_jax.evaluate.report import markdown_table
 from xlit_jax.io import files
-from xlit_jax.io.files import atomic_write_text, read_jsonl, read_output_jsonl
+from xlit_jax.io.files import atomic_write_text, read_jsonl, read_output_jsonl, read_text
 from xlit_jax.resources import package_file
 
 KEY_FILE = "key.jsonl"
@@ -84,11 +84,7 @@ def page(items: list[dict], language: str, guidelines: str) -> str:
 
 def read_ids(path: Path) -> list[str]:
     """Item ids, one a line (e.g. `0007`, as in generations.jsonl); blank lines and `#` comments ignored."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such ids file") from None
-    ids = [line.split("#")[0].strip() for line in lines]
+    ids = [line.split("#")[0].strip() for line in read_text(path, "ids file").splitlines()]
     return list(dict.fromkeys(i for i in ids if i))
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from xlit_jax.errors import InputError, JudgeError
 from xlit_jax.evaluate.instructions.evalsets import CHIRKOVA_DIR, instruction_text
 from xlit_jax.evaluate.instructions.scorer import Scorer
+from xlit_jax.io.files import read_text
 from xlit_jax.resources import package_file
 
 TEMPLATE_FILE = "eval_prompt_gpt.txt"
@@ -40,11 +41,7 @@ ANSWER_SHOWN = 200  # characters of an unusable answer kept in its error message
 
 
 def load_template(path: str | Path) -> str:
-    path = Path(path)
-    try:
-        template = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such judge prompt template") from None
+    template = read_text(path, "judge prompt template")
     missing = [p for p in (TASK, SUBMISSION) if p not in template]
     if missing:
         raise InputError(f"{path}: the template lacks {' and '.join(missing)}")

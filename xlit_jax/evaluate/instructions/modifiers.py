@@ -13,8 +13,8 @@ import operator
 import re
 
 from xlit_jax.data.spelling import NOT_PROSE
-from xlit_jax.evaluate.instructions.scorer import Scorer
 from xlit_jax.evaluate.instructions.evalsets import instruction_text
+from xlit_jax.evaluate.instructions.scorer import Scorer
 
 # A list item: a bullet or a number (possibly bold or in a markdown heading), then text.
 LIST_ITEM = re.compile(r"^([ \t]*)(?:#{1,6}[ \t]+)?(?:[-*+\u2022]|(?:\*\*)?\d{1,2}[.)])[ \t]+\S", re.MULTILINE)

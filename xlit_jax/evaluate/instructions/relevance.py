@@ -17,6 +17,7 @@ from pathlib import Path
 from xlit_jax.errors import InputError
 from xlit_jax.evaluate.instructions.evalsets import CHIRKOVA_DIR, instruction_text
 from xlit_jax.evaluate.instructions.scorer import Scorer
+from xlit_jax.io.files import read_text
 from xlit_jax.resources import package_file
 
 TABLE3_FILE = "relevance_prompt_table3.txt"  # in the data folder's CHIRKOVA_DIR
@@ -37,11 +38,7 @@ def template_path(prompt: str, data_dir: Path) -> Path:
 
 
 def load_template(path: str | Path) -> str:
-    path = Path(path)
-    try:
-        template = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such relevance prompt template") from None
+    template = read_text(path, "relevance prompt template")
     if not any(all(p in template for p in pair) for pair in PLACEHOLDERS):
         raise InputError(f"{path}: the template needs {' and '.join(PLACEHOLDERS[0])}, or "
                          f"{' and '.join(PLACEHOLDERS[1])} (the paper's)")

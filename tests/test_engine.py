@@ -2,6 +2,7 @@
 the neighbours or the chunking; slots reused without stale reads; seeded sampling per request;
 cancellation; compilations counted; the state updated in place."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -9,6 +10,7 @@ import xlit_jax
 from xlit_jax.decode import engine as engine_lib, generate
 from xlit_jax.decode.engine import Engine, Request, chunk_plan, columns
 from xlit_jax.decode.generate import Sampling
+from xlit_jax.models.llama import Llama, init_cache
 
 from support import NEW_TOKENS, hf_generate, paper_prompts
 
@@ -92,7 +94,8 @@ def test_cancelled_request_frees_its_slot_and_the_others_are_unchanged(tiny, pro
 
 
 def test_compilations_are_bounded_and_the_state_is_updated_in_place(tiny, prompts):
-    """Chunk shapes x one prefill, one decoding program, whatever the prompts; the cache is donated."""
+    """One prefill per chunk shape and width read, one decoding program per width read (a length bucket),
+    whatever the prompts; the same requests again compile nothing; the cache is donated."""
     prefills, decodes = engine_lib._prefill._cache_size(), engine_lib._decode._cache_size()
     engine = Engine(tiny.params, tiny.config, slots=5, max_len=384, prefill_chunk=64)
     for prompt, n in zip(prompts, MAX_NEW):
@@ -101,13 +104,15 @@ def test_compilations_are_bounded_and_the_state_is_updated_in_place(tiny, prompt
     cache = engine.state["cache"]["k"]
     engine.run()
     assert cache.is_deleted()  # donated to the next call, not copied
-    widths = {len(ids) for p in prompts for ids, *_ in chunk_plan(p, 64, 0)}
-    assert engine_lib._prefill._cache_size() - prefills == len(widths) == 3  # 32, 48 and 64 wide
-    assert engine_lib._decode._cache_size() - decodes == 1
-    for prompt in prompts:  # more of the same: nothing new to compile
-        engine.submit(Request(prompt[::-1], 9, 1.0))
+    shapes = {(len(ids), engine._width(start + len(ids))) for p in prompts for ids, _, start, _ in chunk_plan(p, 64, 0)}
+    assert engine_lib._prefill._cache_size() - prefills == len(shapes) == 7  # 32, 48 and 64 wide chunks
+    widths = {engine._width(n) for n in range(1, engine.max_len + 1)}  # every width a call can read
+    assert 1 < engine_lib._decode._cache_size() - decodes <= len(widths) == 8
+    compiled = engine_lib._prefill._cache_size(), engine_lib._decode._cache_size()
+    for prompt, n in zip(prompts, MAX_NEW):
+        engine.submit(Request(prompt, n, 1.1))
     engine.run()
-    assert engine_lib._prefill._cache_size() - prefills == 3 and engine_lib._decode._cache_size() - decodes == 1
+    assert (engine_lib._prefill._cache_size(), engine_lib._decode._cache_size()) == compiled
 
 
 def test_requests_that_do_not_fit_are_refused(tiny):
@@ -125,3 +130,17 @@ def test_smollm2_engine_equals_hf_with_reused_slots_and_chunked_prefill(smollm2,
     order = list(range(len(parity_prompts)))[::-1]
     got = run_engine(smollm2, parity_prompts, [NEW_TOKENS] * len(parity_prompts), order, slots=3, prefill_chunk=32)
     assert got == hf_generate(hf_smollm2, parity_prompts)
+
+
+def test_a_step_reading_the_first_columns_equals_one_reading_the_whole_cache(tiny):
+    """Llama(read_columns=W): a decoding step whose queries all sit before column W attends over those
+    columns only, with the logits of a step over the whole cache."""
+    rng = np.random.default_rng(3)
+    ids = rng.integers(3, 256, (2, 20)).astype(np.int32)
+    cache = init_cache(tiny.config, 2, 256)
+    _, cache = Llama(tiny.config).apply({"params": tiny.params}, ids, None, None, cache)
+    cache["index"] = jnp.asarray([20, 20], jnp.int32)  # per-row indices, as the engine's slots
+    token, positions = jnp.asarray([[7], [9]], jnp.int32), jnp.asarray([[20], [20]], jnp.int32)
+    logits = {width: Llama(tiny.config, read_columns=width).apply(
+        {"params": tiny.params}, token, positions, jnp.ones((2, 1), jnp.int32), cache)[0] for width in (None, 32)}
+    np.testing.assert_allclose(logits[32], logits[None], atol=1e-6)

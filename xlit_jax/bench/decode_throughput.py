@@ -26,7 +26,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model for both engines (the HF side loads the same GGUF)")
 flags.DEFINE_list("batch_sizes", ["1", "16"], "batch sizes to measure")
 flags.DEFINE_list("engines", ["jax", "xlit-eval", "torch"], "of jax, jax-static, xlit-eval, torch")
-flags.DEFINE_integer("prompts", 0, "prompts per call for jax and jax-static (0: the batch size)")
+flags.DEFINE_integer("prompts", 0, "prompts per call for jax, jax-static and torch (0: the batch size)")
+flags.DEFINE_list("languages", ["en"], "languages of the paper's instructions, taken in turn")
 flags.DEFINE_integer("new_tokens", 64, "max new tokens per prompt")
 flags.DEFINE_float("repetition_penalty", 1.1, "as in the paper")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
@@ -48,7 +49,7 @@ def measure_jax(batch: int, static: bool = False) -> dict:
     from xlit_jax.decode import generate
 
     model, load_s = load_timed()
-    ids = [model.encode(p) for p in workloads.paper_prompts(FLAGS.data, FLAGS.prompts or batch)]
+    ids = [model.encode(p) for p in workloads.paper_prompts(FLAGS.data, FLAGS.prompts or batch, FLAGS.languages)]
 
     def run():
         if static:
@@ -105,23 +106,26 @@ def measure_torch(batch: int) -> dict:
           else AutoModelForCausalLM.from_pretrained(FLAGS.model, dtype=torch.float32)).eval()
     load_s = time.perf_counter() - start
     tokenizer = xlit_jax.load(FLAGS.model).tokenizer if path else None
-    encoded = [tokenizer(tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True),
-                         add_special_tokens=False).input_ids for p in workloads.paper_prompts(FLAGS.data, batch)]
-    width = max(map(len, encoded))
-    ids = np.zeros((batch, width), np.int64)
-    mask = np.zeros_like(ids)
-    for i, e in enumerate(encoded):
-        ids[i, width - len(e):], mask[i, width - len(e):] = e, 1
+    prompts = workloads.paper_prompts(FLAGS.data, FLAGS.prompts or batch, FLAGS.languages)
+    encoded = sorted((tokenizer(tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True),
+                                add_special_tokens=False).input_ids for p in prompts), key=len)
     eos = set(hf.generation_config.eos_token_id if isinstance(hf.generation_config.eos_token_id, list)
               else [hf.generation_config.eos_token_id])
 
-    def run():
+    def generate(rows: list[list[int]]) -> int:
+        width = max(map(len, rows))
+        ids = np.zeros((len(rows), width), np.int64)
+        mask = np.zeros_like(ids)
+        for i, e in enumerate(rows):
+            ids[i, width - len(e):], mask[i, width - len(e):] = e, 1
         with torch.no_grad():
             out = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
                               max_new_tokens=FLAGS.new_tokens, repetition_penalty=FLAGS.repetition_penalty,
                               pad_token_id=0)
-        rows = out[:, width:].tolist()
-        return sum(next((i for i, t in enumerate(row) if t in eos), len(row)) for row in rows)
+        return sum(next((i for i, t in enumerate(row) if t in eos), len(row)) for row in out[:, width:].tolist())
+
+    def run():  # batches of similar lengths, as the static path forms them
+        return sum(generate(encoded[i:i + batch]) for i in range(0, len(encoded), batch))
 
     return {"load_s": load_s, **timed(run)}
 
@@ -154,7 +158,8 @@ def main(argv):
             cmd = [sys.executable, "-m", "xlit_jax.bench.decode_throughput", f"--worker={engine}:{batch}",
                    f"--model={FLAGS.model}", f"--new_tokens={FLAGS.new_tokens}", f"--data={FLAGS.data}",
                    f"--repetition_penalty={FLAGS.repetition_penalty}", f"--torch_threads={FLAGS.torch_threads}",
-                   f"--repeats={FLAGS.repeats}", f"--prompts={FLAGS.prompts}"]
+                   f"--repeats={FLAGS.repeats}", f"--prompts={FLAGS.prompts}",
+                   f"--languages={','.join(FLAGS.languages)}"]
             rows.append(common.read_result(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout))
     print(format_table(rows))
 

@@ -1,6 +1,8 @@
 """xlit-serve under 1, 8 and 32 concurrent clients vs the same prompts through xlit-generate, same process.
 
     python -m xlit_jax.bench.serve_throughput --clients=1,8,32 --requests=32 --new_tokens=32
+    python -m xlit_jax.bench.serve_throughput --clients=16,64 --requests=64 --languages=en,fr,pt,ru \
+        --new_tokens=128,16,64,32   # mixed prompt and answer lengths
 
 The server (our batching queue, uvicorn on loopback) and the `openai` clients run in this process; each
 client thread sends its share of the requests one after another. `xlit-generate` is its generation stage
@@ -24,8 +26,9 @@ from xlit_jax.cli import run_main
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model to serve")
 flags.DEFINE_list("clients", ["1", "8", "32"], "concurrent clients")
-flags.DEFINE_integer("requests", 32, "requests per measurement (the paper's first English instructions)")
-flags.DEFINE_integer("new_tokens", 32, "max_tokens per request")
+flags.DEFINE_integer("requests", 32, "requests per measurement (the paper's first instructions)")
+flags.DEFINE_list("languages", ["en"], "languages of the paper's instructions, taken in turn (mixed prompt lengths)")
+flags.DEFINE_list("new_tokens", ["32"], "max_tokens of request i: the i-th of these, cycled (mixed answer lengths)")
 flags.DEFINE_float("repetition_penalty", 1.1, "as in the paper (sent as the server's extension field)")
 flags.DEFINE_integer("max_batch", 32, "server --slots, and xlit-generate's --batch_size")
 flags.DEFINE_integer("warmups", 2, "untimed runs of each configuration first (batches split differently "
@@ -33,34 +36,42 @@ flags.DEFINE_integer("warmups", 2, "untimed runs of each configuration first (ba
 common.define_data_flag()
 
 
+def budgets(n: int) -> list[int]:
+    return [int(FLAGS.new_tokens[i % len(FLAGS.new_tokens)]) for i in range(n)]
+
+
 def through_server(url: str, prompts, clients: int) -> dict:
     import openai
 
     client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=3600)
 
-    def ask(messages):
+    def ask(messages, max_tokens):
         start = time.perf_counter()
         reply = client.chat.completions.create(
-            model="bench", messages=messages, max_tokens=FLAGS.new_tokens, temperature=0,
+            model="bench", messages=messages, max_tokens=max_tokens, temperature=0,
             extra_body={"repetition_penalty": FLAGS.repetition_penalty})
         return time.perf_counter() - start, reply.usage.completion_tokens
 
     with ThreadPoolExecutor(clients) as pool:
-        answers = list(pool.map(ask, prompts))
+        answers = list(pool.map(ask, prompts, budgets(len(prompts))))
     latencies = sorted(seconds for seconds, _ in answers)
     return {"tokens": sum(tokens for _, tokens in answers), "p50_s": statistics.median(latencies),
             "p95_s": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]}
 
 
 def through_xlit_generate(model, prompts) -> dict:
+    """One xlit-generate call per answer budget, as a user would run it."""
     from xlit_jax.decode.runner import generate_to_jsonl
 
-    rows = [{"id": i, "prompt": p} for i, p in enumerate(prompts)]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = generate_to_jsonl(model, rows, f"{tmp}/out.jsonl", max_new_tokens=FLAGS.new_tokens,
-                                repetition_penalty=FLAGS.repetition_penalty, batch_size=FLAGS.max_batch)
-    # new_tokens excludes EOS; the server counts it, as OpenAI does: add it where a row stopped early.
-    return {"tokens": sum(r["new_tokens"] + (r["new_tokens"] < FLAGS.new_tokens) for r in out)}
+    tokens = 0
+    for budget in sorted(set(budgets(len(prompts)))):
+        rows = [{"id": i, "prompt": p} for i, (p, b) in enumerate(zip(prompts, budgets(len(prompts)))) if b == budget]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = generate_to_jsonl(model, rows, f"{tmp}/out.jsonl", max_new_tokens=budget,
+                                    repetition_penalty=FLAGS.repetition_penalty, batch_size=FLAGS.max_batch)
+        # new_tokens excludes EOS; the server counts it, as OpenAI does: add it where a row stopped early.
+        tokens += sum(r["new_tokens"] + (r["new_tokens"] < budget) for r in out)
+    return {"tokens": tokens}
 
 
 def timed(run, warmups: int) -> dict:
@@ -76,9 +87,9 @@ def main(argv):
     from xlit_jax.serve.server import serve_in_thread
 
     model = xlit_jax.load(FLAGS.model)
-    prompts = workloads.paper_prompts(FLAGS.data, FLAGS.requests)
+    prompts = workloads.paper_prompts(FLAGS.data, FLAGS.requests, FLAGS.languages)
     rows = [(f"xlit-generate (batch {FLAGS.max_batch})", timed(lambda: through_xlit_generate(model, prompts), 1))]
-    config = ServeConfig(slots=FLAGS.max_batch, max_tokens=FLAGS.new_tokens)
+    config = ServeConfig(slots=FLAGS.max_batch, max_tokens=max(budgets(FLAGS.requests)))
     app_ = create_app(model, "bench", config)
     stats = app_.state.worker.stats
     with serve_in_thread(app_) as url:
@@ -88,7 +99,7 @@ def main(argv):
 
         for clients in map(int, FLAGS.clients):
             rows.append((f"xlit-serve, {clients} clients", timed(lambda: served(clients), FLAGS.warmups)))
-    header = [f"engine ({FLAGS.requests} requests, max {FLAGS.new_tokens} new tokens)", "requests/s", "tokens/s",
+    header = [f"engine ({FLAGS.requests} requests, max {'/'.join(FLAGS.new_tokens)} new tokens)", "requests/s", "tokens/s",
               "p50 latency s", "p95 latency s", "engine calls"]
     print(common.markdown_table(header, [
         [name, f"{FLAGS.requests / r['wall_s']:.2f}", f"{r['tokens'] / r['wall_s']:.1f}", f"{r['p50_s']:.2f}",

@@ -4,6 +4,8 @@ through train.step.build and the PyTorch reference's with the same optimizer set
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from xlit_jax.models.config import LORA_ALPHA, LORA_RANK, LORA_TARGETS
@@ -12,12 +14,14 @@ from xlit_jax.train.optim import OptimSettings
 SETTINGS = OptimSettings()  # the released configs' AdamW and schedule, for both engines
 
 
-def paper_prompts(data_dir: str, n: int) -> list[list[dict]]:
-    """The first n of the paper's English evaluation instructions, as chat messages (cycled if n > 113)."""
+def paper_prompts(data_dir: str, n: int, languages: Sequence[str] = ("en",)) -> list[list[dict]]:
+    """The first n of the paper's evaluation instructions as chat messages, taking the languages in turn
+    (instruction 1 in each language, then instruction 2, ...; cycled past the 113)."""
     from xlit_jax.io.files import read_jsonl
 
-    messages = [m for _, m in read_jsonl(f"{data_dir}/chirkova2024_eval/alpacaeval_test_subset.en.jsonl")]
-    return [messages[i % len(messages)] for i in range(n)]
+    sets = [[m for _, m in read_jsonl(f"{data_dir}/chirkova2024_eval/alpacaeval_test_subset.{language}.jsonl")]
+            for language in languages]
+    return [sets[i % len(sets)][(i // len(sets)) % len(sets[0])] for i in range(n)]
 
 
 def train_batch(vocab: int, batch: int, seq_len: int, leading: tuple = ()) -> dict[str, np.ndarray]:

@@ -12,11 +12,16 @@ programs update it in place (the state is donated):
 - `_decode` advances every live slot by up to `steps` tokens inside one call (a `while_loop` that stops
   early when no slot is live), so the host is off the per-token path.
 
+Neither reads the whole cache: a decoding step attends over its first W columns, W the length bucket
+(32, 48, 64, 96, ...) of the longest live slot, and a prefill reads and writes its slot's columns up to
+its chunk's end, bucketed the same way. A step's cost grows with the columns it reads (on CPU ~0.13 ms
+per column at 16 slots, docs/benchmarks.md), so short slots do not pay for the cache's full width.
+
 Between calls the host loop (`Engine.run_once`) frees the slots of finished or cancelled requests and
 admits waiting prompts into them. A slot's columns before its query are all rewritten by its own request
 (prefill from column 0, then one column per step) and later columns are masked by causality, so nothing
-of a slot's previous request is ever read. Compilations: one per chunk shape, one decoding program (two
-when some request samples).
+of a slot's previous request is ever read. Compilations: one per chunk shape and width read, one decoding
+program per width read (twice that when some request samples), all bounded by the length buckets.
 
 Greedy output equals the static path's (`decode.generate`) and HF's; a sampled request draws from its own
 key folded with its own step, so a seed gives the same tokens whatever else runs.
@@ -63,6 +68,7 @@ class _Slot:
     request: Request
     chunks: list[tuple[np.ndarray, np.ndarray, int, int]]  # (ids, segments, first column, tokens before)
     decoding: bool = False
+    filled: int = 0  # cache columns written (the slot's cache index)
 
 
 def chunk_plan(prompt: Sequence[int], chunk: int, pad_id: int) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
@@ -95,21 +101,25 @@ def init_state(config: LlamaConfig, slots: int, max_len: int) -> dict:
             "top_p": jnp.ones(slots, jnp.float32), "keys": jnp.zeros((slots, 2), jnp.uint32)}
 
 
-@functools.partial(jax.jit, static_argnames="config", donate_argnums=1)
-def _prefill(params, state, slot, ids, segments, start, before, settings, *, config: LlamaConfig):
-    """Chunk ids/segments [C] of the prompt in `slot`, at columns [start, start + C); `before` prompt
-    tokens precede it. The first chunk (start 0) clears the slot's segments and seen tokens. `settings`
-    (max_new, penalty, temperature, top_p, key) are the request's."""
+@functools.partial(jax.jit, static_argnames=("config", "width"), donate_argnums=1)
+def _prefill(params, state, slot, ids, segments, start, before, settings, *, config: LlamaConfig, width: int):
+    """Chunk ids/segments [C] of the prompt in `slot`, at columns [start, start + C) <= `width`; `before`
+    prompt tokens precede it. Only the slot's first `width` columns are read and written. The first chunk
+    (start 0) clears the slot's segments and seen tokens. `settings` (max_new, penalty, temperature, top_p,
+    key) are the request's."""
     cache, first = state["cache"], start == 0
-    row = lambda x, axis: jax.lax.dynamic_slice_in_dim(x, slot, 1, axis)  # noqa: E731
-    sub = {"k": row(cache["k"], 1), "v": row(cache["v"], 1),
-           "segments": jnp.where(first, 0, row(cache["segments"], 0)), "index": start}
+    k = cache["k"]
+    corner = (0, slot, 0, 0, 0)
+    window = lambda x: jax.lax.dynamic_slice(x, corner, (x.shape[0], 1, x.shape[2], width, x.shape[4]))  # noqa: E731
+    segments_window = jax.lax.dynamic_slice(cache["segments"], (slot, 0), (1, width))
+    sub = {"k": window(k), "v": window(cache["v"]), "segments": jnp.where(first, 0, segments_window), "index": start}
     positions = before + jnp.maximum(jnp.cumsum(segments) - 1, 0)
     logits, sub = Llama(config).apply({"params": params}, ids[None], positions[None], segments[None], sub,
                                       last_only=True)
-    put = lambda x, new, axis: jax.lax.dynamic_update_slice_in_dim(x, new, slot, axis)  # noqa: E731
-    cache = {"k": put(cache["k"], sub["k"], 1), "v": put(cache["v"], sub["v"], 1),
-             "segments": put(cache["segments"], sub["segments"], 0), "index": cache["index"].at[slot].set(sub["index"])}
+    cache = {"k": jax.lax.dynamic_update_slice(k, sub["k"], corner),
+             "v": jax.lax.dynamic_update_slice(cache["v"], sub["v"], corner),
+             "segments": jax.lax.dynamic_update_slice(cache["segments"], sub["segments"], (slot, 0)),
+             "index": cache["index"].at[slot].set(sub["index"])}
     seen = jnp.where(first, False, state["seen"][slot])
     seen = seen.at[jnp.where(segments > 0, ids, config.vocab_size)].set(True, mode="drop")
     max_new, penalty, temperature, top_p, key = settings
@@ -118,11 +128,12 @@ def _prefill(params, state, slot, ids, segments, start, before, settings, *, con
     return {"cache": cache, **{name: state[name].at[slot].set(value) for name, value in values.items()}}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "steps", "sampled"), donate_argnums=1)
-def _decode(params, state, live, eos_ids, *, config: LlamaConfig, steps: int, sampled: bool):
-    """Up to `steps` tokens for every slot where `live` [S]; a slot stops at EOS or its max_new. Returns the
-    state, the tokens [S, steps] (-1 where a slot made none) and which slots are still live."""
-    model = Llama(config)
+@functools.partial(jax.jit, static_argnames=("config", "steps", "sampled", "width"), donate_argnums=1)
+def _decode(params, state, live, eos_ids, *, config: LlamaConfig, steps: int, sampled: bool, width: int):
+    """Up to `steps` tokens for every slot where `live` [S]; a slot stops at EOS or its max_new. Attention
+    reads the first `width` columns of the cache, which hold every live slot's tokens to the last step.
+    Returns the state, the tokens [S, steps] (-1 where a slot made none) and which slots are still live."""
+    model = Llama(config, read_columns=width)
     slots = live.shape[0]
     rows = jnp.arange(slots)
 
@@ -157,8 +168,8 @@ class Engine:
         if not config.eos_token_ids:
             raise ValueError("the model config names no EOS token; generation would never stop early")
         self.params, self.config, self.chunk, self.steps = params, config, prefill_chunk, steps
-        implementation = attention.choose(config.attention, config.dtype, config.head_dim)
-        self.max_len = attention.cache_length(max_len or default_max_len(config, prefill_chunk), implementation)
+        self.implementation = attention.choose(config.attention, config.dtype, config.head_dim)
+        self.max_len = attention.cache_length(max_len or default_max_len(config, prefill_chunk), self.implementation)
         self.state = init_state(config, slots, self.max_len)
         self.slots: list[_Slot | None] = [None] * slots
         self.waiting: collections.deque[Request] = collections.deque()
@@ -214,21 +225,25 @@ class Engine:
                 settings = (request.max_new_tokens, jnp.float32(request.repetition_penalty),
                             jnp.float32(request.sampling.temperature), jnp.float32(request.sampling.top_p),
                             jax.random.PRNGKey(request.sampling.seed))
+                slot.filled = start + len(ids)
                 self.state = _prefill(self.params, self.state, i, ids, segments, start, before, settings,
-                                      config=self.config)
+                                      config=self.config, width=self._width(slot.filled))
                 slot.decoding = not slot.chunks
 
     def _decode_live(self) -> None:
         live = np.asarray([s is not None and s.decoding for s in self.slots])
         if not live.any():
             return
-        sampled = any(s.request.sampling.temperature > 0 for s in self.slots if s is not None and s.decoding)
+        decoding = [s for s in self.slots if s is not None and s.decoding]
+        sampled = any(s.request.sampling.temperature > 0 for s in decoding)
+        width = self._width(max(s.filled for s in decoding) + self.steps)
         self.state, tokens, still = _decode(self.params, self.state, live, self.eos, config=self.config,
-                                            steps=self.steps, sampled=sampled)
+                                            steps=self.steps, sampled=sampled, width=width)
         tokens, still = np.asarray(tokens), np.asarray(still)
         for i in np.flatnonzero(live):
             request = self.slots[i].request
             new = [int(t) for t in tokens[i] if t >= 0]
+            self.slots[i].filled += len(new)
             if not still[i]:
                 request.finish_reason = "stop" if new and new[-1] in self._eos else "length"
                 new = new[:-1] if request.finish_reason == "stop" else new
@@ -236,6 +251,11 @@ class Engine:
             request.output.extend(new)
             if request.on_update is not None:
                 request.on_update(request)
+
+    def _width(self, needed: int) -> int:
+        """The cache columns a call reads for `needed`: rounded up to a length bucket, so that a run
+        compiles a few widths, and at most the whole cache."""
+        return min(attention.cache_length(prompt_bucket(needed), self.implementation), self.max_len)
 
 
 def default_max_len(config: LlamaConfig, prefill_chunk: int = PREFILL_CHUNK) -> int:

@@ -64,6 +64,7 @@ def projection(c: LlamaConfig, features: int, axes: tuple[str, str], name: str) 
 class Attention(nn.Module):
     config: LlamaConfig
     deterministic: bool
+    read_columns: int | None = None
 
     @nn.compact
     def __call__(self, x, rope, q_slots, q_segments, k_segments, cache, layer, cache_index):
@@ -78,7 +79,7 @@ class Attention(nn.Module):
         v = v.transpose(0, 2, 1, 3)
         if cache is not None:  # write this step's keys and values in place, then attend over the cache
             cache = {name: _write(cache[name], new, layer, cache_index) for name, new in (("k", k), ("v", v))}
-            k, v = cache["k"][layer], cache["v"][layer]
+            k, v = (cache[name][layer, :, :, :self.read_columns] for name in ("k", "v"))
         implementation = attention.choose(c.attention, c.dtype, d)
         out = attention.attend(q, k, v, q_slots, q_segments, k_segments, attention=implementation,
                                cached=cache is not None, splash_block=c.splash_block).reshape(b, t, h * d)
@@ -117,13 +118,14 @@ class Block(nn.Module):
 
     config: LlamaConfig
     deterministic: bool
+    read_columns: int | None = None
 
     @nn.compact
     def __call__(self, carry, layer, rope, q_slots, q_segments, k_segments, cache_index):
         h, cache = carry
         c = self.config
         norm = functools.partial(RMSNorm, c.rms_norm_eps, c.compute_dtype, c.weights_dtype)
-        attn, cache = Attention(c, self.deterministic, name="attn")(
+        attn, cache = Attention(c, self.deterministic, self.read_columns, name="attn")(
             norm(name="attn_norm")(h), rope, q_slots, q_segments, k_segments, cache, layer, cache_index)
         h = h + attn
         h = h + MLP(c, self.deterministic, name="mlp")(norm(name="mlp_norm")(h))
@@ -142,9 +144,13 @@ class Llama(nn.Module):
 
     `last_only` projects only the last position to the vocabulary ([B, 1, V]); `select` [B, C] only the
     positions it names ([B, C, V]): the LM head and its logits are a fifth of a forward pass's work when
-    every position is projected, and scoring or decoding needs a few."""
+    every position is projected, and scoring or decoding needs a few.
+
+    `read_columns` (with a cache): attend over the cache's first columns only, when every query sits before
+    that column (the decoding engine's short slots): a step then reads that much of the cache, not all."""
 
     config: LlamaConfig
+    read_columns: int | None = None
 
     @nn.compact
     def __call__(self, input_ids, positions=None, segment_ids=None, cache: Cache | None = None,
@@ -178,10 +184,11 @@ class Llama(nn.Module):
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
-        )(c, deterministic, name="layers")
+        )(c, deterministic, self.read_columns, name="layers")
         layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
         rope = rotary_tables(positions, c.head_dim, c.rope_theta, c.compute_dtype)
-        (h, kv), _ = layers((h, kv), layer_ids, rope, q_slots, segment_ids, k_segments, cache_index)
+        read_segments = k_segments if cache is None else k_segments[:, :self.read_columns]
+        (h, kv), _ = layers((h, kv), layer_ids, rope, q_slots, segment_ids, read_segments, cache_index)
 
         if last_only:
             h = h[:, -1:]

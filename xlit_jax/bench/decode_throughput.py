@@ -32,6 +32,7 @@ flags.DEFINE_integer("new_tokens", 64, "max new tokens per prompt")
 flags.DEFINE_float("repetition_penalty", 1.1, "as in the paper")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
 flags.DEFINE_integer("repeats", 3, "measured calls per cell after the warm-up (the median is reported)")
+flags.DEFINE_integer("warmups", 1, "untimed calls first (JAX compiles in them; torch needs none on long runs)")
 common.define_data_flag()
 flags.DEFINE_string("worker", None, "internal: run one measurement as engine:batch_size and print JSON")
 
@@ -133,7 +134,7 @@ def measure_torch(batch: int) -> dict:
 def timed(run) -> dict:
     """Times `run` (which returns the number of tokens generated): a single call of batch 1 lasts about a
     second, so the median of --repeats (one noisy moment moved one call 20%)."""
-    timing = common.time_calls(run, FLAGS.repeats)
+    timing = common.time_calls(run, FLAGS.repeats, FLAGS.warmups)
     return {"first_call_s": timing.first_s, "seconds": timing.seconds, "tokens": timing.result,
             "tokens_per_s": timing.result / timing.seconds}
 
@@ -158,7 +159,7 @@ def main(argv):
             cmd = [sys.executable, "-m", "xlit_jax.bench.decode_throughput", f"--worker={engine}:{batch}",
                    f"--model={FLAGS.model}", f"--new_tokens={FLAGS.new_tokens}", f"--data={FLAGS.data}",
                    f"--repetition_penalty={FLAGS.repetition_penalty}", f"--torch_threads={FLAGS.torch_threads}",
-                   f"--repeats={FLAGS.repeats}", f"--prompts={FLAGS.prompts}",
+                   f"--repeats={FLAGS.repeats}", f"--warmups={FLAGS.warmups}", f"--prompts={FLAGS.prompts}",
                    f"--languages={','.join(FLAGS.languages)}"]
             rows.append(common.read_result(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout))
     print(format_table(rows))
@@ -168,8 +169,8 @@ def format_table(rows: list[dict]) -> str:
     torch_rate = {r["batch"]: r["tokens_per_s"] for r in rows if r["engine"] == "torch"}
     header = ["batch", "engine", "load s", "first call s", "tokens", "tokens/s", "vs torch", "peak RSS GiB"]
     return common.markdown_table(header, [
-        [r["batch"], r["engine"], f"{r['load_s']:.1f}", f"{r['first_call_s']:.1f}", r["tokens"],
-         f"{r['tokens_per_s']:.1f}",
+        [r["batch"], r["engine"], f"{r['load_s']:.1f}", f"{r['first_call_s']:.1f}" if r["first_call_s"] else "-",
+         r["tokens"], f"{r['tokens_per_s']:.1f}",
          f"{r['tokens_per_s'] / torch_rate[r['batch']]:.2f}x" if r["batch"] in torch_rate else "-",
          f"{r['peak_rss_gib']:.2f}"] for r in rows])
 

@@ -447,6 +447,7 @@ def plot_probe_curves(cells: list[grid.Cell], workdir: Path, path: Path) -> bool
                 if points:
                     ax.plot(*zip(*points), marker="o", markersize=3, label=f"lr {c.lr}")
             ax.set_ylim(-5, 105)
+            ax.xaxis.get_major_locator().set_params(integer=True)  # steps, not 2.5
             ax.set_title(f"{' / '.join(group)}: {lang}", fontsize="medium")
             ax.set_xlabel("step")
             ax.set_ylabel("% answers in the prompt's language")

@@ -10,7 +10,8 @@ import torch
 from transformers import LlamaForCausalLM
 
 import xlit_jax
-from xlit_jax.decode.loglik import encode_pair, loglikelihood_ids, split_boundary
+from xlit_jax.decode import loglik
+from xlit_jax.decode.loglik import encode_pair, loglikelihood_ids, pack, split_boundary
 from xlit_jax.io.hf import save_hf_dir
 
 TOLERANCE = 1e-4
@@ -65,6 +66,22 @@ def test_smollm2_matches_transformers_with_harness_tokenization(smollm2, hf_smol
         ref_logp, ref_greedy = hf_loglikelihood(hf_smollm2, *encode_pair(tok, context, continuation))
         assert abs(logp - ref_logp) <= TOLERANCE, (context, continuation, logp, ref_logp)
         assert greedy == ref_greedy
+
+
+def test_inputs_of_any_length_are_packed_into_one_shape_with_the_results_of_one_by_one():
+    """Rows share a packed sequence as segments of their own: nothing leaks between them, and a call
+    compiles one program whatever the lengths."""
+    assert pack([5, 300, 200, 100, 20], 512) == [[1, 2, 0], [3, 4]]  # first fit, longest first
+    model = xlit_jax.load("preset:tiny", seed=5)
+    rng = np.random.default_rng(1)
+    pairs = [(rng.integers(3, 256, n).tolist(), rng.integers(3, 256, 1 + n % 3).tolist())
+             for n in (3, 40, 200, 7, 90, 1, 300, 64)]
+    compiled = loglik._score._cache_size()
+    packed = loglikelihood_ids(model.params, model.config, pairs, batch_size=2)
+    assert loglik._score._cache_size() - compiled == 1
+    alone = [loglikelihood_ids(model.params, model.config, [p])[0] for p in pairs]
+    np.testing.assert_allclose([p[0] for p in packed], [p[0] for p in alone], atol=1e-5)
+    assert [p[1] for p in packed] == [p[1] for p in alone]
 
 
 def test_empty_continuation_is_an_error():

@@ -3,10 +3,10 @@
 Each pair becomes one causal-LM input, (context + continuation)[:-1], whose logits at the continuation's
 positions give its summed log-probability and whether greedy decoding would have produced it. Pairs that
 share that input (e.g. one MMLU question with the one-token continuations " A" ... " D") are computed once,
-as lm-evaluation-harness's request grouping does. Inputs are right-padded to power-of-two length buckets and
-every batch to one power-of-two size, so an evaluation compiles one program per length bucket. Only the
-continuation's positions are projected to the vocabulary (the LM head and a 49k-way log-softmax at every
-position were half of a batch's time on CPU, docs/benchmarks.md). No decoding, no KV cache.
+as lm-evaluation-harness's request grouping does. Inputs are packed into rows of a few widths (see
+`loglikelihood_ids`), so an evaluation compiles one program per width. Only the continuation's positions are
+projected to the vocabulary (the LM head and a 49k-way log-softmax at every position were half of a
+batch's time on CPU, docs/benchmarks.md). No decoding, no KV cache.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlit_jax.decode.generate import MIN_PROMPT_BUCKET, batches_by_length, bucket
+from xlit_jax.decode.generate import bucket
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama
+
+PACK_WIDTH = 512  # tokens per packed row, for inputs up to that long: wider packs attend over more masked keys
 
 
 def split_boundary(context: str, continuation: str) -> tuple[str, str]:
@@ -40,28 +42,49 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def _score(params, input_ids, mask, select, targets, *, config: LlamaConfig):
-    """input_ids/mask [B, T] right-padded; select [B, C]: the positions whose next token is scored (the
-    last C of each row); targets [B, K, C]: for each of K continuations sharing a row, the token expected
-    at each selected position (-1 where not scored). Only the selected positions are projected to the
-    vocabulary. Returns summed log-probs and greedy flags [B, K]."""
-    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    logits, _ = Llama(config).apply({"params": params}, input_ids, positions, mask, select=select)
-    logp = jax.nn.log_softmax(logits, axis=-1)  # [B, C, V]
-    greedy = jnp.argmax(logp, axis=-1)  # [B, C]
+def _score(params, input_ids, segments, positions, select, targets, *, config: LlamaConfig):
+    """Packs input_ids/segments/positions [B, L] (segment r + 1 = the pack's row r, 0 = padding);
+    select [B, R * C]: the positions whose next token is scored, the last C of each of R rows; targets
+    [B, R, K, C]: for each of K continuations sharing a row, the token expected at each selected position
+    (-1 where not scored). Only the selected positions are projected to the vocabulary. Returns summed
+    log-probs and greedy flags [B, R, K]."""
+    b, rows, k, c = targets.shape
+    logits, _ = Llama(config).apply({"params": params}, input_ids, positions, segments, select=select)
+    logp = jax.nn.log_softmax(logits, axis=-1).reshape(b, rows, c, -1)  # [B, R, C, V]
+    greedy = jnp.argmax(logp, axis=-1)  # [B, R, C]
     scored = targets >= 0
     safe = jnp.maximum(targets, 0)
-    picked = jax.vmap(lambda lp, t: jnp.take_along_axis(lp, t.T, axis=-1).T)(logp, safe)
+    picked = jnp.take_along_axis(logp[:, :, None], safe[..., None], axis=-1)[..., 0]  # [B, R, K, C]
     total = jnp.sum(jnp.where(scored, picked, 0.0), axis=-1)
-    is_greedy = jnp.all(~scored | (greedy[:, None, :] == safe), axis=-1)
+    is_greedy = jnp.all(~scored | (greedy[:, :, None, :] == safe), axis=-1)
     return total, is_greedy
+
+
+def pack(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """Row indices in packs of at most `width` tokens, first fit by decreasing length."""
+    packs: list[list[int]] = []
+    room: list[int] = []
+    for row in sorted(range(len(lengths)), key=lambda r: -lengths[r]):
+        fit = next((p for p, free in enumerate(room) if free >= lengths[row]), None)
+        if fit is None:
+            packs.append([])
+            room.append(width)
+            fit = len(packs) - 1
+        packs[fit].append(row)
+        room[fit] -= lengths[row]
+    return packs
 
 
 def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                       batch_size: int = 8, on_batch=None) -> list[tuple[float, bool]]:
     """(sum of log p(continuation | context), continuation is greedy) per (context ids, continuation ids),
     in the order given. An empty context is conditioned on the first EOS id, as the harness does with its
-    end-of-text token. `on_batch(indices, results)` sees the pairs of each finished batch."""
+    end-of-text token. `on_batch(indices, results)` sees the pairs of each finished batch.
+
+    Inputs are packed several to a row of PACK_WIDTH tokens, each its own segment with positions from 0, so
+    an input attends only to itself and nothing is padded but the packs' ends; `batch_size` packs a call.
+    Longer inputs are packed at their power-of-two width, fewer packs a call: one compilation per width
+    class, and attention (its cost grows with the square of the width) stays near what the inputs need."""
     for i, (_, continuation) in enumerate(pairs):
         if not continuation:
             raise ValueError(f"pair {i}: empty continuation (nothing to score)")
@@ -75,28 +98,45 @@ def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequenc
         inputs.setdefault(tuple(whole[:-1]), []).append(i)
     rows = list(inputs)
     results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
-    n = min(bucket(len(rows)), bucket(batch_size))  # the last batch too: one batch size, one compilation less
-    for indices in batches_by_length(rows, batch_size):
-        length = bucket(max(len(rows[r]) for r in indices), MIN_PROMPT_BUCKET)
-        width = bucket(max(len(inputs[rows[r]]) for r in indices))
-        scored = bucket(max(len(pairs[i][1]) for r in indices for i in inputs[rows[r]]))
-        ids = np.zeros((n, length), np.int32)
-        mask = np.zeros((n, length), np.int32)
-        select = np.zeros((n, scored), np.int32)
-        targets = np.full((n, width, scored), -1, np.int32)
-        for b, r in enumerate(indices):
-            row = rows[r]
-            ids[b, :len(row)], mask[b, :len(row)] = row, 1
-            select[b] = np.maximum(np.arange(len(row) - scored, len(row)), 0)  # the row's last positions
-            for k, i in enumerate(inputs[row]):
-                continuation = pairs[i][1]
-                targets[b, k, scored - len(continuation):] = continuation
-        total, is_greedy = (np.asarray(a) for a in _score(params, ids, mask, select, targets, config=config))
+    if not rows:
+        return results
+    sharing = bucket(max(map(len, inputs.values())))
+    scored = bucket(max(len(c) for _, c in pairs))
+    classes: dict[int, list[int]] = {}  # pack width -> the rows packed at it
+    for r, tokens in enumerate(rows):
+        classes.setdefault(max(PACK_WIDTH, bucket(len(tokens))), []).append(r)
+    def score(packs: list[list[int]], n: int, width: int, per_pack: int) -> list[int]:
+        """One `_score` call on `packs` (lists of row indices) padded to n; fills `results` and returns the
+        pairs it finished."""
+        ids, segments, positions = (np.zeros((n, width), np.int32) for _ in range(3))
+        select = np.zeros((n, per_pack * scored), np.int32)
+        targets = np.full((n, per_pack, sharing, scored), -1, np.int32)
+        for b, members in enumerate(packs):
+            offset = 0
+            for r, row in enumerate(members):
+                tokens, end = rows[row], offset + len(rows[row])
+                ids[b, offset:end], segments[b, offset:end] = tokens, r + 1
+                positions[b, offset:end] = np.arange(len(tokens))
+                select[b, r * scored:(r + 1) * scored] = np.maximum(np.arange(end - scored, end), offset)
+                for k, i in enumerate(inputs[tokens]):
+                    targets[b, r, k, scored - len(pairs[i][1]):] = pairs[i][1]
+                offset = end
+        total, is_greedy = (np.asarray(a) for a in _score(params, ids, segments, positions, select, targets,
+                                                            config=config))
         finished = []
-        for b, r in enumerate(indices):
-            for k, i in enumerate(inputs[rows[r]]):
-                results[i] = (float(total[b, k]), bool(is_greedy[b, k]))
-                finished.append(i)
-        if on_batch is not None:
-            on_batch(finished, [results[i] for i in finished])
+        for b, members in enumerate(packs):
+            for r, row in enumerate(members):
+                for k, i in enumerate(inputs[rows[row]]):
+                    results[i] = (float(total[b, r, k]), bool(is_greedy[b, r, k]))
+                    finished.append(i)
+        return finished
+
+    for width, members in sorted(classes.items()):
+        packs = [[members[i] for i in p] for p in pack([len(rows[r]) for r in members], width)]
+        per_pack = bucket(max(map(len, packs)))
+        n = min(bucket(len(packs)), max(1, bucket(batch_size) * PACK_WIDTH // width))  # ~ batch_size x PACK_WIDTH
+        for start in range(0, len(packs), n):
+            finished = score(packs[start:start + n], n, width, per_pack)
+            if on_batch is not None:
+                on_batch(finished, [results[i] for i in finished])
     return results

@@ -13,7 +13,7 @@ programs update it in place (the state is donated):
   early when no slot is live), so the host is off the per-token path.
 
 Neither reads the whole cache: a decoding step attends over its first W columns, W the length bucket
-(32, 48, 64, 96, ...) of the longest live slot, and a prefill reads and writes its slot's columns up to
+(256, 384, 512, 768, ...) of the longest live slot, and a prefill reads and writes its slot's columns up to
 its chunk's end, bucketed the same way. A step's cost grows with the columns it reads (on CPU ~0.13 ms
 per column at 16 slots, docs/benchmarks.md), so short slots do not pay for the cache's full width.
 
@@ -45,6 +45,7 @@ from xlit_jax.models.llama import Llama, init_cache
 
 PREFILL_CHUNK = 256  # prompt tokens per prefill call at most
 DECODE_STEPS = 1  # decoding steps per call: the fastest on CPU of 1, 4 and 8 (docs/benchmarks.md)
+MIN_READ = 256  # cache columns a call reads at least: narrower reads save little and each compiles
 
 
 @dataclasses.dataclass(eq=False)
@@ -253,9 +254,9 @@ class Engine:
                 request.on_update(request)
 
     def _width(self, needed: int) -> int:
-        """The cache columns a call reads for `needed`: rounded up to a length bucket, so that a run
-        compiles a few widths, and at most the whole cache."""
-        return min(attention.cache_length(prompt_bucket(needed), self.implementation), self.max_len)
+        """The cache columns a call reads for `needed`: at least MIN_READ, rounded up to a length bucket so
+        that a run compiles a few widths, and at most the whole cache."""
+        return min(attention.cache_length(prompt_bucket(max(needed, MIN_READ)), self.implementation), self.max_len)
 
 
 def default_max_len(config: LlamaConfig, prefill_chunk: int = PREFILL_CHUNK) -> int:

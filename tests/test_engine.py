@@ -73,6 +73,7 @@ def test_greedy_equals_static_path_in_every_slot_and_order(tiny, prompts, slots,
     assert [len(w) for w in want] != list(MAX_NEW)  # some stopped at EOS, some at their limit
 
 
+@pytest.mark.slow  # ~20 s: CI runs it (.ci/run), make test does not, to stay under 10 minutes
 def test_seeded_sampling_is_per_request_and_equals_the_static_path(tiny, prompts):
     sampling = [Sampling(1.0, 0.9, seed=i) if i % 2 else Sampling() for i in range(6)]
     want = static(tiny, prompts, MAX_NEW, sampling)

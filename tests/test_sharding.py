@@ -79,6 +79,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # ~20 s: CI runs it (.ci/run), make test does not, to stay under 10 minutes
 def test_sharded_training_matches_single_device_on_8_devices():
     """fsdp 4 x tensor 2 (full fine-tuning) and data 2 x fsdp 2 x tensor 2 (LoRA): same losses and params
     as one device after two Adam steps, with the weights really split."""

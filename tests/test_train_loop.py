@@ -113,6 +113,7 @@ def test_sigkill_then_restart_logs_the_losses_of_an_uninterrupted_run(reference,
     assert rows(workdir) == rows(reference[0])
 
 
+@pytest.mark.slow  # ~20 s: CI runs it (.ci/run), make test does not, to stay under 10 minutes
 def test_two_processes_train_like_one(reference, chats, tmp_path):
     """Two processes with one CPU device each (fsdp over both) log the single-device run's metrics."""
     with socket.socket() as s:
@@ -225,6 +226,7 @@ run()
 """
 
 
+@pytest.mark.slow  # ~20 s: CI runs it (.ci/run), make test does not, to stay under 10 minutes
 def test_a_save_that_fails_at_the_filesystem_stops_in_one_line_and_the_rerun_completes(reference, chats, tmp_path):
     """The step-4 save fails for real (RLIMIT_FSIZE: the kernel refuses the write, EFBIG): one line naming
     the step, the directory and the OS error, exit 2, step 2 intact; the same command then finishes with

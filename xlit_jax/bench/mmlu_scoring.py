@@ -13,6 +13,7 @@ how often the two pick a different answer.
 
 from __future__ import annotations
 
+import collections
 import json
 import resource
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 from absl import app, flags
 
 from xlit_jax.bench import common
+from xlit_jax.evaluate.harness.data import LETTERS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model for both engines (the harness loads the same GGUF)")
@@ -38,14 +40,13 @@ flags.DEFINE_string("worker", None, "internal: score the requests of this JSON f
 
 def requests(data_dir: str) -> list[list[str]]:
     """[context, continuation] of every answer letter of the chosen questions, in order."""
-    from xlit_jax.evaluate.harness.data import LETTERS, load_benchmarks
+    from xlit_jax.evaluate.harness.data import load_benchmarks
 
-    taken: dict[tuple[str, str], int] = {}
+    taken = collections.Counter()
     pairs = []
     for item in load_benchmarks(("mmlu",), FLAGS.languages, data_dir).items:
-        key = (item.language, item.task)
-        taken[key] = taken.get(key, 0) + 1
-        if not FLAGS.per_subject or taken[key] <= FLAGS.per_subject:
+        taken[item.language, item.task] += 1
+        if not FLAGS.per_subject or taken[item.language, item.task] <= FLAGS.per_subject:
             pairs += [[item.prompt, f" {letter}"] for letter in LETTERS]
     return pairs
 
@@ -91,7 +92,7 @@ def prompt_tokens(pairs: list[list[str]]) -> int:
     import xlit_jax
 
     tokenizer = xlit_jax.load(FLAGS.model).tokenizer
-    return sum(len(tokenizer(context, add_special_tokens=False).input_ids) for context, _ in pairs[::4])
+    return sum(len(tokenizer(context, add_special_tokens=False).input_ids) for context, _ in pairs[::len(LETTERS)])
 
 
 def main(argv):
@@ -106,7 +107,7 @@ def main(argv):
             [sys.executable, "-m", "xlit_jax.bench.mmlu_scoring", f"--worker={path}", f"--engines={engine}",
              f"--model={FLAGS.model}", f"--batch_size={FLAGS.batch_size}", f"--torch_threads={FLAGS.torch_threads}"],
             capture_output=True, text=True, check=True).stdout) for engine in FLAGS.engines]
-    print(format_table(rows, len(pairs) // 4, prompt_tokens(pairs)))
+    print(format_table(rows, len(pairs) // len(LETTERS), prompt_tokens(pairs)))
 
 
 def format_table(rows: list[dict], questions: int, tokens: int) -> str:
@@ -116,7 +117,8 @@ def format_table(rows: list[dict], questions: int, tokens: int) -> str:
         if reference is None or logliks is reference:
             return "-", "-"
         gap = max(abs(a - b) for a, b in zip(logliks, reference))
-        pick = lambda values, q: max(range(4), key=lambda k: values[4 * q + k])  # noqa: E731
+        choices = len(LETTERS)
+        pick = lambda values, q: max(range(choices), key=lambda k: values[choices * q + k])  # noqa: E731
         differ = sum(pick(logliks, q) != pick(reference, q) for q in range(questions))
         return f"{gap:.1e}", str(differ)
 

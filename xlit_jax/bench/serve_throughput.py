@@ -63,9 +63,9 @@ def through_xlit_generate(model, prompts) -> dict:
     """One xlit-generate call per answer budget, as a user would run it."""
     from xlit_jax.decode.runner import generate_to_jsonl
 
-    tokens = 0
-    for budget in sorted(set(budgets(len(prompts)))):
-        rows = [{"id": i, "prompt": p} for i, (p, b) in enumerate(zip(prompts, budgets(len(prompts)))) if b == budget]
+    tokens, asked = 0, budgets(len(prompts))
+    for budget in sorted(set(asked)):
+        rows = [{"id": i, "prompt": p} for i, (p, b) in enumerate(zip(prompts, asked)) if b == budget]
         with tempfile.TemporaryDirectory() as tmp:
             out = generate_to_jsonl(model, rows, f"{tmp}/out.jsonl", max_new_tokens=budget,
                                     repetition_penalty=FLAGS.repetition_penalty, batch_size=FLAGS.max_batch)
@@ -99,8 +99,8 @@ def main(argv):
 
         for clients in map(int, FLAGS.clients):
             rows.append((f"xlit-serve, {clients} clients", timed(lambda: served(clients), FLAGS.warmups)))
-    header = [f"engine ({FLAGS.requests} requests, max {'/'.join(FLAGS.new_tokens)} new tokens)", "requests/s", "tokens/s",
-              "p50 latency s", "p95 latency s", "engine calls"]
+    header = [f"engine ({FLAGS.requests} requests, max {'/'.join(FLAGS.new_tokens)} new tokens)", "requests/s",
+              "tokens/s", "p50 latency s", "p95 latency s", "engine calls"]
     print(common.markdown_table(header, [
         [name, f"{FLAGS.requests / r['wall_s']:.2f}", f"{r['tokens'] / r['wall_s']:.1f}", f"{r['p50_s']:.2f}",
          f"{r['p95_s']:.2f}", r.get("batches", "-")] for name, r in rows]))

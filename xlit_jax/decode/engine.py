@@ -109,16 +109,15 @@ def _prefill(params, state, slot, ids, segments, start, before, settings, *, con
     (start 0) clears the slot's segments and seen tokens. `settings` (max_new, penalty, temperature, top_p,
     key) are the request's."""
     cache, first = state["cache"], start == 0
-    k = cache["k"]
     corner = (0, slot, 0, 0, 0)
-    window = lambda x: jax.lax.dynamic_slice(x, corner, (x.shape[0], 1, x.shape[2], width, x.shape[4]))  # noqa: E731
+    sub = {name: jax.lax.dynamic_slice(cache[name], corner, (x.shape[0], 1, x.shape[2], width, x.shape[4]))
+           for name, x in (("k", cache["k"]), ("v", cache["v"]))}
     segments_window = jax.lax.dynamic_slice(cache["segments"], (slot, 0), (1, width))
-    sub = {"k": window(k), "v": window(cache["v"]), "segments": jnp.where(first, 0, segments_window), "index": start}
+    sub |= {"segments": jnp.where(first, 0, segments_window), "index": start}
     positions = before + jnp.maximum(jnp.cumsum(segments) - 1, 0)
     logits, sub = Llama(config).apply({"params": params}, ids[None], positions[None], segments[None], sub,
                                       last_only=True)
-    cache = {"k": jax.lax.dynamic_update_slice(k, sub["k"], corner),
-             "v": jax.lax.dynamic_update_slice(cache["v"], sub["v"], corner),
+    cache = {**{name: jax.lax.dynamic_update_slice(cache[name], sub[name], corner) for name in ("k", "v")},
              "segments": jax.lax.dynamic_update_slice(cache["segments"], sub["segments"], (slot, 0)),
              "index": cache["index"].at[slot].set(sub["index"])}
     seen = jnp.where(first, False, state["seen"][slot])

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 import xlit_jax
-from xlit_jax.errors import NonFiniteError
+from xlit_jax.errors import NonFiniteError, UserError, WeightsError
 from xlit_jax.io.checkpoints import load_for_inference
+from xlit_jax.loader import load_config
 from xlit_jax.train.loop import train
 
 from support import COMPARED, OVERRIDES, REPO, tiny_config, write_chats
@@ -79,8 +80,7 @@ def test_run_logs_every_step_and_keeps_checkpoints_and_exports(reference):
     config, params, tokenizer = load_for_inference(workdir)
     exported = xlit_jax.load(workdir / "export" / "hf")
     assert config == exported.config
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                           params, exported.params)
+    assert_same(params, exported.params)
     assert tokenizer is not None and tokenizer("a cat").input_ids == exported.tokenizer("a cat").input_ids
     assert xlit_jax.load(workdir).logits(np.array([[1, 2, 3]])).shape == (1, 3, config.vocab_size)
 
@@ -129,21 +129,77 @@ def test_two_processes_train_like_one(reference, chats, tmp_path):
         assert ours == pytest.approx(single, rel=1e-5)
 
 
-def test_lora_run_saves_the_base_once_and_loads_merged(chats, tmp_path):
-    cfg = tiny_config(chats, **{"train.max_steps": 2, "train.save_every": 1, "train.export_hf": True,
-                                "train.export_peft": True})
+def lora_config(chats: Path, **changes):
+    cfg = tiny_config(chats, **changes)
     cfg.lora.rank = 4
-    workdir = tmp_path / "lora"
-    train(cfg, str(workdir))
-    assert (workdir / "frozen").is_dir() and steps(workdir) == [1, 2]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def lora_reference(chats, tmp_path_factory):
+    """An uninterrupted LoRA run, exporting merged HF weights and the PEFT adapters at the end."""
+    workdir = tmp_path_factory.mktemp("lora")
+    train(lora_config(chats, **{"train.export_hf": True, "train.export_peft": True}), str(workdir))
+    return workdir
+
+
+def test_lora_run_saves_the_base_once_and_loads_merged(lora_reference):
+    workdir = lora_reference
+    assert (workdir / "frozen").is_dir() and steps(workdir) == [2, 4, 6, 8]
     assert json.loads((workdir / "export" / "peft" / "adapter_config.json").read_text())["r"] == 4
     config, params, _ = load_for_inference(workdir)
     exported = xlit_jax.load(workdir / "export" / "hf")
     assert config.lora_rank == 0 and config == exported.config
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                           params, exported.params)
-    first, _, _ = load_for_inference(workdir, step=1)
+    assert_same(params, exported.params)
+    first, _, _ = load_for_inference(workdir, step=2)
     assert first.lora_rank == 0
+
+
+def assert_same(params, other) -> None:
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, other)
+
+
+def test_a_damaged_lora_base_is_named_when_loading_and_rebuilt_when_training_resumes(
+        lora_reference, chats, tmp_path, caplog):
+    workdir = tmp_path / "run"
+    shutil.copytree(lora_reference, workdir)
+    frozen = workdir.absolute() / "frozen"
+    _damage("truncate", frozen)
+    damage = re.escape(f"the LoRA base cannot be restored ({frozen}")
+    with pytest.raises(WeightsError, match=rf"^{re.escape(str(workdir))}: {damage}.*; xlit-train on this workdir "
+                                           "sets a damaged checkpoint aside and rebuilds a damaged LoRA base$"):
+        load_for_inference(workdir)
+    with pytest.raises(UserError, match=rf"^{damage}.*cannot be rebuilt: the run started from .*'seed': 0.*"
+                                        r"this config names .*'seed': 1\}$"):
+        train(lora_config(chats, **{"model.seed": 1}), str(workdir))
+    shutil.rmtree(workdir / "checkpoints" / "8")  # so the resumed run trains steps 7 and 8 on the rebuilt base
+    with caplog.at_level("WARNING"):
+        train(lora_config(chats), str(workdir))
+    assert rows(workdir) == rows(lora_reference)
+    aside = workdir.absolute() / "checkpoints" / "unreadable" / "frozen"
+    [line] = [r.getMessage() for r in caplog.records if "rebuilt it from" in r.getMessage()]
+    assert line.startswith(f"the LoRA base cannot be restored ({frozen}") and line.endswith(f"copy is in {aside}")
+    assert (aside / "_METADATA").is_file()
+    assert_same(load_for_inference(workdir)[1], load_for_inference(lora_reference)[1])
+
+
+def test_a_damaged_config_or_checkpoint_is_one_line_when_loading(reference, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir)
+    _damage("truncate", workdir / "checkpoints" / "8" / "params")
+    with pytest.raises(WeightsError, match=rf"^{re.escape(str(workdir))}: checkpoint step 8 cannot be restored "
+                                           rf"\({re.escape(str(workdir.absolute() / 'checkpoints' / '8'))}"):
+        load_for_inference(workdir)
+    config = workdir / "model" / "llama_config.json"
+    config.write_text(config.read_text()[:40])
+    with pytest.raises(WeightsError, match=rf"^{re.escape(str(config))}:\d+: invalid JSON: .*training workdir\?"):
+        xlit_jax.load(workdir)
+    config.write_text('{"hidden_size": 64, "hiden_layers": 2}')
+    with pytest.raises(WeightsError, match=r"not a LlamaConfig \(unknown: \['hiden_layers'\]\)"):
+        load_config(workdir)
+    config.unlink()
+    with pytest.raises(WeightsError, match=rf"^{re.escape(str(config))}: missing; is {re.escape(str(workdir))} a"):
+        xlit_jax.load(workdir)
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(chats, tmp_path):
@@ -161,16 +217,16 @@ def one_liners(err: str) -> list[str]:
     return [line for line in re.split(r"[\r\n]", err) if line.startswith("xlit-train: ")]
 
 
-def _damage(how: str, step_dir: Path) -> None:
-    """Truncate or delete the largest data file of the step's params, or overwrite bytes of their metadata."""
-    data = max((step_dir / "params").rglob("d/*"), key=lambda p: p.stat().st_size)
+def _damage(how: str, item: Path) -> None:
+    """Truncate or delete the largest data file of a saved tree (a step's params/, frozen/), or overwrite
+    bytes of its metadata."""
+    data = max(item.rglob("d/*"), key=lambda p: p.stat().st_size)
     if how == "truncate":
         os.truncate(data, 100)
     elif how == "delete":
         data.unlink()
     else:
-        metadata = step_dir / "params" / "_METADATA"
-        with open(metadata, "r+b") as f:
+        with open(item / "_METADATA", "r+b") as f:
             f.seek(5)
             f.write(b"\x00garbage\x00" * 4)
 
@@ -180,7 +236,7 @@ def test_an_unreadable_newest_checkpoint_is_set_aside_and_the_run_resumes_from_t
         reference, chats, tmp_path, caplog, how):
     workdir = tmp_path / "run"
     shutil.copytree(reference[0], workdir)
-    _damage(how, workdir / "checkpoints" / "8")
+    _damage(how, workdir / "checkpoints" / "8" / "params")
     shutil.rmtree(workdir / "checkpoints" / "6")  # so the resumed run computes steps 5 to 8 again
     with caplog.at_level("WARNING"):
         train(tiny_config(chats), str(workdir))

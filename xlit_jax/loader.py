@@ -125,8 +125,9 @@ def _checked(config: LlamaConfig) -> LlamaConfig:
 
 def load_config(src: str | os.PathLike, **config_overrides) -> LlamaConfig:
     """The config of what `load(src)` would load, reading no weights (for plans and dry runs)."""
+    from xlit_jax.io.files import read_json
     from xlit_jax.io.gguf import GGUFFile, smollm2_gguf_path
-    from xlit_jax.io.hf import config_from_hf, read_json
+    from xlit_jax.io.hf import config_from_hf
 
     src = str(src)
     if src.startswith("preset:"):

@@ -2,12 +2,14 @@
 
 A run's workdir holds:
   model/llama_config.json    the LlamaConfig, LoRA fields included (written once, at the start)
+  model/source.json          where the weights came from ({"source", "seed"}): what rebuilds a damaged frozen/
   model/tokenizer*           the tokenizer files, when the model has a tokenizer
   frozen/                    LoRA runs only: the frozen base params, saved once (Orbax)
   checkpoints/<step>/        params (trainable: all params, or the LoRA adapters), opt_state, and data
                              (the batch iterator's position), saved every N steps and at the end, async;
                              the last N are kept
-  checkpoints/unreadable/<step>/  a checkpoint that could not be restored on resume, set aside (never deleted)
+  checkpoints/unreadable/<step>/  a checkpoint that could not be restored on resume, set aside (never deleted);
+                             unreadable/frozen/ likewise, a LoRA base rebuilt from the source on resume
 
 Damage and full disks (docs/training.md, "Recovery"): resuming takes the newest checkpoint that every
 process can restore, setting newer unreadable ones aside; a save that fails at the filesystem stops the run
@@ -34,12 +36,13 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from xlit_jax.errors import UserError
-from xlit_jax.io.files import atomic_write_text, reported_os_errors
+from xlit_jax.errors import UserError, WeightsError
+from xlit_jax.io.files import atomic_write_text, read_json, reported_os_errors
 from xlit_jax.models.config import LlamaConfig
 
 MODEL_DIR = "model"
 CONFIG_FILE = "llama_config.json"
+SOURCE_FILE = "source.json"
 FROZEN_DIR = "frozen"
 CHECKPOINTS_DIR = "checkpoints"
 UNREADABLE_DIR = "unreadable"
@@ -98,6 +101,33 @@ def _everywhere(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
+def _attempt(restore, directory: Path) -> tuple[Any, str | None]:
+    """(restore(), None), or (None, 'FILE: REASON') when it raises. Multi-host: a process whose restore failed
+    still meets the barrier that ends Orbax's restore on the others."""
+    try:
+        return restore(), None
+    except Exception as e:  # Orbax and TensorStore raise ValueError, OSError, bare Exception, ...
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("Checkpointer:restore")
+        return None, _reason(e, directory)
+
+
+def _restored(restore, directory: Path, what: str) -> Any:
+    """restore(), or a UserError naming `what`, the file and the reason when it fails on some process."""
+    value, reason = _attempt(restore, directory)
+    if not _everywhere(reason is None):
+        raise UserError(f"{what} cannot be restored ({reason or 'unreadable on another process, see its log'})")
+    return value
+
+
+def _free_name(target: Path) -> Path:
+    """`target`, or TARGET.1, TARGET.2, ... when it is taken: nothing set aside is ever overwritten."""
+    n = 0
+    while (candidate := target.with_name(f"{target.name}.{n}" if n else target.name)).exists():
+        n += 1
+    return candidate
+
+
 def _reason(error: BaseException, step_dir: Path) -> str:
     """'FILE: REASON' of a failed restore: the file under `step_dir` the error names (else the step's
     directory) and the innermost error's first line."""
@@ -110,19 +140,32 @@ def _reason(error: BaseException, step_dir: Path) -> str:
     return f"{named.group(0) if named else step_dir}: {reason[:400]}"
 
 
-def save_model_info(workdir: str | os.PathLike, config: LlamaConfig, tokenizer=None) -> None:
-    """The config (and tokenizer) a checkpoint needs to be read back; call on process 0 only."""
+def save_model_info(workdir: str | os.PathLike, config: LlamaConfig, tokenizer=None, source: dict | None = None):
+    """What a checkpoint needs to be read back: the config (and tokenizer), and the weights' `source`, as
+    {"source", "seed"}; call on process 0 only."""
     directory = Path(workdir) / MODEL_DIR
     atomic_write_text(directory / CONFIG_FILE, json.dumps(dataclasses.asdict(config), indent=2))
+    if source is not None:
+        atomic_write_text(directory / SOURCE_FILE, json.dumps(source))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
 
 
+def read_source(workdir: str | os.PathLike) -> dict | None:
+    """The `source` save_model_info recorded, or None (a workdir from before it was recorded)."""
+    path = Path(workdir) / MODEL_DIR / SOURCE_FILE
+    return read_json(path) if path.is_file() else None
+
+
 def read_config(workdir: str | os.PathLike) -> LlamaConfig:
+    """The run's LlamaConfig (model/llama_config.json); a missing or damaged one is a WeightsError naming it."""
     path = Path(workdir) / MODEL_DIR / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; is {workdir} a training workdir?")
-    fields = json.loads(path.read_text(encoding="utf-8-sig"))
+    rewrite = f"; is {workdir} a training workdir? (xlit-train writes this file once, at the start of a run)"
+    fields = read_json(path, rewrite)
+    known = {f.name for f in dataclasses.fields(LlamaConfig)}
+    if not isinstance(fields, dict) or not set(fields) <= known:
+        unknown = sorted(set(fields) - known) if isinstance(fields, dict) else type(fields).__name__
+        raise WeightsError(f"{path}: not a LlamaConfig (unknown: {unknown}){rewrite}")
     config = LlamaConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     return config.replace(attention="auto")  # the kernel is the running machine's choice, not the model's
 
@@ -149,7 +192,21 @@ def save_frozen(workdir: str | os.PathLike, frozen: Any) -> None:
 
 
 def restore_frozen(workdir: str | os.PathLike, target: Any) -> Any:
-    return ocp.StandardCheckpointer().restore(Path(workdir).absolute() / FROZEN_DIR, target)
+    """The LoRA base into `target`; a UserError when it cannot be restored on every process."""
+    directory = Path(workdir).absolute() / FROZEN_DIR
+    return _restored(lambda: ocp.StandardCheckpointer().restore(directory, target), directory, "the LoRA base")
+
+
+def replace_frozen(workdir: str | os.PathLike, frozen: Any) -> Path:
+    """Save the LoRA base again, the unreadable one moved to checkpoints/unreadable/frozen (returned)."""
+    aside = _free_name(Path(workdir).absolute() / CHECKPOINTS_DIR / UNREADABLE_DIR / FROZEN_DIR)
+    if jax.process_index() == 0:
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(Path(workdir) / FROZEN_DIR, aside)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("xlit_jax frozen set aside")
+    save_frozen(workdir, frozen)
+    return aside
 
 
 def has_frozen(workdir: str | os.PathLike) -> bool:
@@ -198,12 +255,8 @@ class Checkpoints:
         (one allgather of a flag per step); process 0 moves the rejected ones aside."""
         failures = []
         for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                restored, reason = self.restore(step, params_target, opt_target), None
-            except Exception as e:  # Orbax and TensorStore raise ValueError, OSError, bare Exception, ...
-                restored, reason = None, _reason(e, self.directory / str(step))
-                if jax.process_count() > 1:  # the barrier that ends Orbax's restore, which this process missed
-                    multihost_utils.sync_global_devices("Checkpointer:restore")
+            restored, reason = _attempt(lambda: self.restore(step, params_target, opt_target),
+                                        self.directory / str(step))
             if _everywhere(reason is None):
                 self._set_aside(failures, step)
                 return step, restored
@@ -220,11 +273,7 @@ class Checkpoints:
     def _set_aside(self, failures: list[tuple[int, str | None]], resumed: int) -> None:
         """Process 0 moves each rejected step to checkpoints/unreadable/STEP (STEP.1, ... if that is taken)."""
         for step, reason in failures:
-            target = self.directory / UNREADABLE_DIR / str(step)
-            for n in range(1, 1000):
-                if not target.exists():
-                    break
-                target = target.with_name(f"{step}.{n}")
+            target = _free_name(self.directory / UNREADABLE_DIR / str(step))
             if jax.process_index() == 0:
                 target.parent.mkdir(exist_ok=True)
                 os.replace(self.directory / str(step), target)
@@ -262,16 +311,27 @@ def load_for_inference(path: str | os.PathLike, step: int | None = None, **confi
     checkpoints = Checkpoints(workdir, read_only=True)  # safe beside a run that is still training
     step = checkpoints.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"{workdir / CHECKPOINTS_DIR}: no checkpoint")
+        raise WeightsError(f"{workdir / CHECKPOINTS_DIR}: no checkpoint")
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shapes = param_shapes(config)
     on_device = lambda tree: abstract(tree, jax.tree_util.tree_map(lambda _: device, tree))  # noqa: E731
-    if config.lora_rank:
-        base, adapters = split_lora(shapes)
-        adapters = checkpoints.restore(step, on_device(adapters))["params"]
-        params = merge_lora(merge_params(restore_frozen(workdir, on_device(base)), adapters), config.lora_alpha)
-        config = config.replace(**{f.name: f.default for f in dataclasses.fields(LlamaConfig) if f.name in LORA_FIELDS})
-    else:
-        params = checkpoints.restore(step, on_device(shapes))["params"]
-    checkpoints.close()
+
+    def trained(target):
+        return _restored(lambda: checkpoints.restore(step, on_device(target))["params"],
+                         checkpoints.directory / str(step), f"checkpoint step {step}")
+
+    try:
+        if config.lora_rank:
+            base, adapters = split_lora(shapes)
+            params = merge_params(restore_frozen(workdir, on_device(base)), trained(adapters))
+            params = merge_lora(params, config.lora_alpha)
+            config = config.replace(**{f.name: f.default for f in dataclasses.fields(LlamaConfig)
+                                       if f.name in LORA_FIELDS})
+        else:
+            params = trained(shapes)
+    except UserError as e:
+        raise WeightsError(f"{workdir}: {e}; xlit-train on this workdir sets a damaged checkpoint aside and "
+                           "rebuilds a damaged LoRA base") from None
+    finally:
+        checkpoints.close()
     return config.replace(**config_overrides), params, read_tokenizer(workdir)

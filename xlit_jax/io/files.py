@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from xlit_jax.errors import InputError, UserError
+from xlit_jax.errors import InputError, UserError, WeightsError
 
 log = logging.getLogger(__name__)
 DAMAGED_SUFFIX = ".damaged"  # resume_jsonl moves an output's damaged lines to PATH.damaged
@@ -125,6 +125,20 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"{path}: no such {what}") from None
+
+
+def read_json(path: Path, hint: str = "") -> dict:
+    """A model's JSON file (a config, a weights index); a missing or malformed one is a WeightsError naming it,
+    followed by `hint` (what to do about it)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        where = f"{path}: missing"
+    except json.JSONDecodeError as e:
+        where = f"{path}:{e.lineno}: invalid JSON: {e.msg}"
+    except UnicodeDecodeError:
+        where = f"{path}: not UTF-8 text"
+    raise WeightsError(where + hint)
 
 
 def read_jsonl(path: str | os.PathLike, truncated_tail_ok: bool = False, skipped: list | None = None):

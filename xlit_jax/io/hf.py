@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from xlit_jax.errors import WeightsError
+from xlit_jax.io.files import atomic_directory, read_json
 from xlit_jax.models.config import LlamaConfig
 
 # Our path inside a layer -> the HF name under `model.layers.{i}.`; kernels are transposed.
@@ -197,15 +198,6 @@ def _open_safetensors(path: Path):
         raise WeightsError(f"{path}: not a readable safetensors file: {e}") from e
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: missing") from None
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-
-
 def load_hf_dir(directory: str | os.PathLike, **config_overrides):
     """(config, params) from an HF LLaMA directory. bf16 files are widened to float32 on read."""
     directory = Path(directory)
@@ -223,8 +215,6 @@ def _to_numpy(x) -> np.ndarray:
 
 def save_hf_dir(config: LlamaConfig, params: dict, directory: str | os.PathLike, tokenizer=None) -> Path:
     """Write config.json + safetensors (sharded past 4 GiB, with an index) atomically into `directory`."""
-    from xlit_jax.io.files import atomic_directory
-
     with atomic_directory(directory) as tmp:
         (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
         weight_map, shard, shard_bytes, total = {}, {}, 0, 0

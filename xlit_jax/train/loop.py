@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 
 from xlit_jax import sharding
 from xlit_jax.data import pipeline
-from xlit_jax.errors import NonFiniteError
+from xlit_jax.errors import NonFiniteError, UserError
 from xlit_jax.io import checkpoints as ckpt
 from xlit_jax.models.config import LlamaConfig, resolve_dtype
 from xlit_jax.models.lora import init_adapters, merge_params
@@ -64,6 +64,11 @@ def load_source(cfg) -> tuple[LlamaConfig, dict, object]:
     return config, params, tokenizer
 
 
+def source_of(cfg) -> dict:
+    """What load_source loads the weights from: recorded in the workdir, checked before a rebuild."""
+    return {"source": cfg.model.source, "seed": cfg.model.seed}
+
+
 def make_batches(cfg, tokenizer):
     """The one link to the data pipeline: an iterator of [B, L] numpy batches with state()/restore()."""
     d = cfg.data
@@ -103,7 +108,7 @@ class _Run:
             train_step = self._build(config)
             state = train_step.init(params)
             if jax.process_index() == 0:
-                ckpt.save_model_info(self.workdir, config, tokenizer)
+                ckpt.save_model_info(self.workdir, config, tokenizer, source_of(self.cfg))
             if config.lora_rank and not ckpt.has_frozen(self.workdir):
                 ckpt.save_frozen(self.workdir, state.frozen)
             return train_step, state, tokenizer, make_batches(self.cfg, tokenizer)
@@ -124,10 +129,32 @@ class _Run:
         """The newest checkpoint that restores (unreadable newer ones are set aside, io/checkpoints.py)."""
         abstract = train_step.abstract
         step, restored = self.checkpoints.restore_latest(abstract.params, abstract.opt_state)
-        frozen = ckpt.restore_frozen(self.workdir, abstract.frozen) if abstract.frozen else {}
+        frozen = self._frozen(train_step) if abstract.frozen else {}
         step_array = sharding.host_to_mesh(np.asarray(step, np.int32), train_step.shardings.step)
         state = step_lib.TrainState(step_array, restored["params"], frozen, restored["opt_state"])
         return state, restored["data"], step
+
+    def _frozen(self, train_step: step_lib.TrainStep):
+        """The LoRA base from frozen/; when that cannot be restored, rebuilt from the model source (training
+        never changes it) and saved again, the damaged copy set aside."""
+        try:
+            return ckpt.restore_frozen(self.workdir, train_step.abstract.frozen)
+        except UserError as e:
+            damage = str(e)
+        recorded, source = ckpt.read_source(self.workdir), source_of(self.cfg)
+        if recorded != source:
+            started = recorded or "a source it did not record"
+            raise UserError(f"{damage}, and it cannot be rebuilt: the run started from {started} "
+                            f"({ckpt.MODEL_DIR}/{ckpt.SOURCE_FILE}), this config names {source}")
+        config, params, _ = load_source(self.cfg)
+        if config != train_step.config:
+            raise UserError(f"{damage}, and it cannot be rebuilt: {self.cfg.model.source} with this config is "
+                            f"not the run's model ({ckpt.CONFIG_FILE}): rerun with the settings that started it")
+        frozen = train_step.init(params).frozen
+        aside = ckpt.replace_frozen(self.workdir, frozen)
+        logging.warning("%s: rebuilt it from %s and saved it again; the damaged copy is in %s", damage,
+                        self.cfg.model.source, aside)
+        return frozen
 
 
 class _Monitor:

@@ -41,9 +41,11 @@ def launch(args: list[str], cache: Path, devices: int = 1, code: str | None = No
                             stderr=subprocess.PIPE, text=True)
 
 
-def finish(process: subprocess.Popen) -> None:
+def finish(process: subprocess.Popen) -> str:
+    """Its stderr, once it exited with status 0."""
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-3000:]
+    return err
 
 
 def rows(workdir: Path) -> list[dict]:
@@ -113,19 +115,41 @@ def test_sigkill_then_restart_logs_the_losses_of_an_uninterrupted_run(reference,
     assert rows(workdir) == rows(reference[0])
 
 
-@pytest.mark.slow  # ~20 s: CI runs it (.ci/run), make test does not, to stay under 10 minutes
-def test_two_processes_train_like_one(reference, chats, tmp_path):
-    """Two processes with one CPU device each (fsdp over both) log the single-device run's metrics."""
+def train_in_two_processes(args: list[str], cache: Path) -> list[str]:
+    """xlit-train in two processes with one CPU device each (jax.distributed on localhost); their stderr."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     distributed = ["--config.distributed.initialize=True", f"--config.distributed.coordinator=localhost:{port}",
                    "--config.distributed.num_processes=2"]
-    processes = [launch([*flags(chats, tmp_path / "run"), *distributed, f"--config.distributed.process_id={i}"],
-                        tmp_path / "cache") for i in range(2)]
-    for process in processes:
-        finish(process)
+    processes = [launch([*args, *distributed, f"--config.distributed.process_id={i}"], cache) for i in range(2)]
+    return [finish(process) for process in processes]
+
+
+@pytest.mark.slow  # ~20 s: CI runs it (.ci/run), make test does not, to stay under 10 minutes
+def test_two_processes_train_like_one(reference, chats, tmp_path):
+    """Two processes with one CPU device each (fsdp over both) log the single-device run's metrics."""
+    train_in_two_processes(flags(chats, tmp_path / "run"), tmp_path / "cache")
     for ours, single in zip(rows(tmp_path / "run"), rows(reference[0]), strict=True):
+        assert ours == pytest.approx(single, rel=1e-5)
+
+
+@pytest.mark.slow  # ~40 s: CI runs it (.ci/run)
+def test_two_processes_resume_past_a_shard_that_only_one_of_them_reads(reference, chats, tmp_path):
+    """Each process restores only its own shards: when process 1's file of step 8 is truncated, both agree
+    to set step 8 aside and resume from step 4 (step 6 removed), and log the single-device run's metrics."""
+    workdir, cache = tmp_path / "run", tmp_path / "cache"
+    train_in_two_processes(flags(chats, workdir), cache)
+    params = workdir / "checkpoints" / "8" / "params"
+    own = [p for p in params.rglob("d/*") if "process_1" in str(p.relative_to(params))]
+    assert own, sorted(str(p.relative_to(params)) for p in params.rglob("*"))
+    os.truncate(max(own, key=lambda p: p.stat().st_size), 100)
+    shutil.rmtree(workdir / "checkpoints" / "6")
+    err0, err1 = train_in_two_processes(flags(chats, workdir), cache)
+    assert "checkpoint step 8 cannot be restored (unreadable on another process" in err0, err0[-3000:]
+    assert f"checkpoint step 8 cannot be restored ({params.absolute()}" in err1, err1[-3000:]
+    assert (workdir / "checkpoints" / "unreadable" / "8").is_dir() and steps(workdir) == [2, 4, 6, 8]
+    for ours, single in zip(rows(workdir), rows(reference[0]), strict=True):
         assert ours == pytest.approx(single, rel=1e-5)
 
 

@@ -56,6 +56,8 @@ def _quiet_orbax(record) -> bool:
     or with a traceback: Orbax raises each of them again in the caller, which reports it (Checkpoints.save)."""
     if "/orbax/" not in record.pathname:
         return True
+    if record.levelno == pylogging.WARNING and re.search(r"read.only", record.getMessage()):
+        return False  # that a restore-only manager (Checkpoints.reader) does not save: what we asked for
     if record.levelno >= pylogging.ERROR:
         return record.threadName == "MainThread" and not record.exc_info
     return record.levelno >= pylogging.WARNING
@@ -101,14 +103,19 @@ def _everywhere(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
+def _alone() -> ocp.options.MultiprocessingOptions:
+    """Orbax's options for a restore that takes no barrier: each process reads its own shards by itself, so
+    one that fails cannot leave the others waiting at a barrier it never reaches; they agree afterwards
+    (_everywhere)."""
+    me = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+
+
 def _attempt(restore, directory: Path) -> tuple[Any, str | None]:
-    """(restore(), None), or (None, 'FILE: REASON') when it raises. Multi-host: a process whose restore failed
-    still meets the barrier that ends Orbax's restore on the others."""
+    """(restore(), None), or (None, 'FILE: REASON') when it raises."""
     try:
         return restore(), None
     except Exception as e:  # Orbax and TensorStore raise ValueError, OSError, bare Exception, ...
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("Checkpointer:restore")
         return None, _reason(e, directory)
 
 
@@ -194,7 +201,8 @@ def save_frozen(workdir: str | os.PathLike, frozen: Any) -> None:
 def restore_frozen(workdir: str | os.PathLike, target: Any) -> Any:
     """The LoRA base into `target`; a UserError when it cannot be restored on every process."""
     directory = Path(workdir).absolute() / FROZEN_DIR
-    return _restored(lambda: ocp.StandardCheckpointer().restore(directory, target), directory, "the LoRA base")
+    reader = ocp.StandardCheckpointer(multiprocessing_options=_alone())
+    return _restored(lambda: reader.restore(directory, target), directory, "the LoRA base")
 
 
 def replace_frozen(workdir: str | os.PathLike, frozen: Any) -> Path:
@@ -223,6 +231,8 @@ class Checkpoints:
                                                read_only=read_only, cleanup_tmp_directories=not read_only)
         self.directory = Path(workdir).absolute() / CHECKPOINTS_DIR
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        self.reader = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(
+            read_only=True, max_to_keep=None, create=False, multiprocessing_options=_alone()))
         self.saving = None  # the step whose asynchronous save may still be running
 
     def latest_step(self) -> int | None:
@@ -250,9 +260,9 @@ class Checkpoints:
         metadata, another config's shapes) are moved to checkpoints/unreadable/STEP, one log line each;
         when none can be restored nothing is moved and a UserError says so.
 
-        Multi-host: each process restores its own shards, so only some may see a damaged file. Every
-        process tries the steps in the same order and a step is taken only if it restored on all of them
-        (one allgather of a flag per step); process 0 moves the rejected ones aside."""
+        Multi-host: each process restores its own shards, by itself (no barrier: `_alone`), so only some may
+        see a damaged file. Every process tries the steps in the same order and a step is taken only if it
+        restored on all of them (one allgather of a flag per step); process 0 moves the rejected ones aside."""
         failures = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             restored, reason = _attempt(lambda: self.restore(step, params_target, opt_target),
@@ -284,13 +294,14 @@ class Checkpoints:
             if jax.process_count() > 1:
                 multihost_utils.sync_global_devices("xlit_jax checkpoints set aside")
             self.manager.reload()
+            self.reader.reload()
 
     def restore(self, step: int, params_target: Any, opt_target: Any | None = None) -> dict:
         """Restore into the targets' shapes and shardings; without `opt_target`, params (and data) only."""
         items = {"params": ocp.args.StandardRestore(params_target), "data": ocp.args.JsonRestore()}
         if opt_target is not None:
             items["opt_state"] = ocp.args.StandardRestore(opt_target)
-        return dict(self.manager.restore(step, args=ocp.args.Composite(**items)).items())
+        return dict(self.reader.restore(step, args=ocp.args.Composite(**items)).items())
 
     def wait(self) -> None:
         with reported_os_errors(self._save_failed):
@@ -298,6 +309,7 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+        self.reader.close()
 
 
 def load_for_inference(path: str | os.PathLike, step: int | None = None, **config_overrides):

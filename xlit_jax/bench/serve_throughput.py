@@ -4,7 +4,7 @@
     python -m xlit_jax.bench.serve_throughput --clients=16,64 --requests=64 --languages=en,fr,pt,ru \
         --new_tokens=128,16,64,32   # mixed prompt and answer lengths
 
-The server (our batching queue, uvicorn on loopback) and the `openai` clients run in this process; each
+The server (the slot engine, uvicorn on loopback) and the `openai` clients run in this process; each
 client thread sends its share of the requests one after another. `xlit-generate` is its generation stage
 (`generate_to_jsonl`: tokenize, decode in batches of --batch_size, detokenize, append to a JSONL) on the
 same model object. Every configuration runs --warmups times untimed (JAX compiles each shape once),
@@ -22,6 +22,7 @@ from absl import flags
 
 from xlit_jax.bench import common, workloads
 from xlit_jax.cli import run_main
+from xlit_jax.decode.engine import DECODE_STEPS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model to serve")
@@ -31,6 +32,7 @@ flags.DEFINE_list("languages", ["en"], "languages of the paper's instructions, t
 flags.DEFINE_list("new_tokens", ["32"], "max_tokens of request i: the i-th of these, cycled (mixed answer lengths)")
 flags.DEFINE_float("repetition_penalty", 1.1, "as in the paper (sent as the server's extension field)")
 flags.DEFINE_integer("max_batch", 32, "server --slots, and xlit-generate's --batch_size")
+flags.DEFINE_integer("steps", DECODE_STEPS, "server --steps: decoding steps per engine call")
 flags.DEFINE_integer("warmups", 2, "untimed runs of each configuration first (batches split differently "
                      "from run to run, so each split's shapes may need compiling)")
 common.define_data_flag()
@@ -89,7 +91,7 @@ def main(argv):
     model = xlit_jax.load(FLAGS.model)
     prompts = workloads.paper_prompts(FLAGS.data, FLAGS.requests, FLAGS.languages)
     rows = [(f"xlit-generate (batch {FLAGS.max_batch})", timed(lambda: through_xlit_generate(model, prompts), 1))]
-    config = ServeConfig(slots=FLAGS.max_batch, max_tokens=max(budgets(FLAGS.requests)))
+    config = ServeConfig(slots=FLAGS.max_batch, max_tokens=max(budgets(FLAGS.requests)), steps=FLAGS.steps)
     app_ = create_app(model, "bench", config)
     stats = app_.state.worker.stats
     with serve_in_thread(app_) as url:

@@ -188,7 +188,7 @@ def test_a_damaged_lora_base_is_named_when_loading_and_rebuilt_when_training_res
     workdir = tmp_path / "run"
     shutil.copytree(lora_reference, workdir)
     frozen = workdir.absolute() / "frozen"
-    _damage("truncate", frozen)
+    _damage("overwrite", frozen)  # reads as valid arrays: the checksums catch it
     damage = re.escape(f"the LoRA base cannot be restored ({frozen}")
     with pytest.raises(WeightsError, match=rf"^{re.escape(str(workdir))}: {damage}.*; xlit-train on this workdir "
                                            "sets a damaged checkpoint aside and rebuilds a damaged LoRA base$"):
@@ -242,20 +242,24 @@ def one_liners(err: str) -> list[str]:
 
 
 def _damage(how: str, item: Path) -> None:
-    """Truncate or delete the largest data file of a saved tree (a step's params/, frozen/), or overwrite
-    bytes of its metadata."""
+    """Truncate, delete or overwrite bytes in the middle of the largest data file of a saved tree (a step's
+    params/, frozen/), or overwrite bytes of its metadata."""
     data = max(item.rglob("d/*"), key=lambda p: p.stat().st_size)
     if how == "truncate":
         os.truncate(data, 100)
     elif how == "delete":
         data.unlink()
+    elif how == "overwrite":  # the file still reads as valid arrays: only the checksums tell
+        with open(data, "r+b") as f:
+            f.seek(data.stat().st_size // 2)
+            f.write(b"\x7f" * 16)
     else:
         with open(item / "_METADATA", "r+b") as f:
             f.seek(5)
             f.write(b"\x00garbage\x00" * 4)
 
 
-@pytest.mark.parametrize("how", ["truncate", "delete", "corrupt"])
+@pytest.mark.parametrize("how", ["truncate", "delete", "corrupt", "overwrite"])
 def test_an_unreadable_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_previous(
         reference, chats, tmp_path, caplog, how):
     workdir = tmp_path / "run"

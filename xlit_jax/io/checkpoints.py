@@ -3,11 +3,12 @@
 A run's workdir holds:
   model/llama_config.json    the LlamaConfig, LoRA fields included (written once, at the start)
   model/source.json          where the weights came from ({"source", "seed"}): what rebuilds a damaged frozen/
+  model/frozen_sums.json     checksums of frozen/
   model/tokenizer*           the tokenizer files, when the model has a tokenizer
   frozen/                    LoRA runs only: the frozen base params, saved once (Orbax)
-  checkpoints/<step>/        params (trainable: all params, or the LoRA adapters), opt_state, and data
-                             (the batch iterator's position), saved every N steps and at the end, async;
-                             the last N are kept
+  checkpoints/<step>/        params (trainable: all params, or the LoRA adapters), opt_state, data
+                             (the batch iterator's position) and sums (checksums of params and opt_state),
+                             saved every N steps and at the end, async; the last N are kept
   checkpoints/unreadable/<step>/  a checkpoint that could not be restored on resume, set aside (never deleted);
                              unreadable/frozen/ likewise, a LoRA base rebuilt from the source on resume
 
@@ -21,6 +22,7 @@ adapters into the base and returns a plain model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging as pylogging
 import os
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -43,10 +46,12 @@ from xlit_jax.models.config import LlamaConfig
 MODEL_DIR = "model"
 CONFIG_FILE = "llama_config.json"
 SOURCE_FILE = "source.json"
+FROZEN_SUMS_FILE = "frozen_sums.json"  # checksums of frozen/
 FROZEN_DIR = "frozen"
 CHECKPOINTS_DIR = "checkpoints"
 UNREADABLE_DIR = "unreadable"
-ITEMS = ("params", "opt_state", "data")
+ITEMS = ("params", "opt_state", "data", "sums")  # sums: checksums of params and opt_state
+UNSIGNED = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}  # a leaf's bits by its item size
 LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
 
@@ -103,6 +108,37 @@ def _everywhere(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
+@jax.jit
+def _leaf_sums(leaves: list) -> list:
+    """Per leaf, the sum of its bits weighted by position, mod 2**32: integer arithmetic, so the same
+    however the leaf is sharded and on every platform."""
+    def weighted(x):
+        bits = jax.lax.bitcast_convert_type(x, UNSIGNED[x.dtype.itemsize]).astype(jnp.uint32).reshape(-1)
+        return jnp.sum(bits * (2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1), dtype=jnp.uint32)
+
+    return [weighted(x) for x in leaves]
+
+
+def checksums(tree: Any) -> dict[str, int]:
+    """{leaf path: checksum} of a tree of arrays (every process calls it: a collective on a mesh). Orbax
+    keeps no checksum of array data, so without these, bytes overwritten inside a compressed chunk would
+    restore without an error."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    values = _leaf_sums([x for _, x in leaves])
+    return {jax.tree_util.keystr(path): int(v) for (path, _), v in zip(leaves, values, strict=True)}
+
+
+def _mismatch(tree: Any, saved: dict[str, int] | None, where: Path) -> str | None:
+    """'FILE: REASON' for the first leaf whose checksum differs from the saved one; None when all agree
+    or nothing was saved (a checkpoint from before checksums)."""
+    if saved is None:
+        return None
+    for path, value in checksums(tree).items():
+        if saved.get(path) != value:
+            return f"{where}: {path} does not match its checksum (the data changed after it was saved)"
+    return None
+
+
 def _alone() -> ocp.options.MultiprocessingOptions:
     """Orbax's options for a restore that takes no barrier: each process reads its own shards by itself, so
     one that fails cannot leave the others waiting at a barrier it never reaches; they agree afterwards
@@ -119,12 +155,15 @@ def _attempt(restore, directory: Path) -> tuple[Any, str | None]:
         return None, _reason(e, directory)
 
 
-def _restored(restore, directory: Path, what: str) -> Any:
-    """restore(), or a UserError naming `what`, the file and the reason when it fails on some process."""
+def _restored(restore, directory: Path, what: str, check=lambda value: None) -> Any:
+    """restore(), or a UserError naming `what`, the file and the reason when it fails on some process or
+    `check(value)` (a collective, called once every process has restored) says why it is not what was saved."""
     value, reason = _attempt(restore, directory)
-    if not _everywhere(reason is None):
-        raise UserError(f"{what} cannot be restored ({reason or 'unreadable on another process, see its log'})")
-    return value
+    if _everywhere(reason is None):
+        reason = check(value)
+        if reason is None:
+            return value
+    raise UserError(f"{what} cannot be restored ({reason or 'unreadable on another process, see its log'})")
 
 
 def _free_name(target: Path) -> Path:
@@ -192,17 +231,24 @@ def abstract(tree: Any, shardings: Any) -> Any:
 
 
 def save_frozen(workdir: str | os.PathLike, frozen: Any) -> None:
-    """Save the LoRA base once (blocking); every process takes part, Orbax writes each shard once."""
+    """Save the LoRA base once (blocking), and its checksums; every process takes part, Orbax writes each
+    shard once."""
+    sums = checksums(frozen)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(Path(workdir).absolute() / FROZEN_DIR, frozen)
     checkpointer.wait_until_finished()
+    if jax.process_index() == 0:
+        atomic_write_text(Path(workdir) / MODEL_DIR / FROZEN_SUMS_FILE, json.dumps(sums))
 
 
 def restore_frozen(workdir: str | os.PathLike, target: Any) -> Any:
     """The LoRA base into `target`; a UserError when it cannot be restored on every process."""
     directory = Path(workdir).absolute() / FROZEN_DIR
     reader = ocp.StandardCheckpointer(multiprocessing_options=_alone())
-    return _restored(lambda: reader.restore(directory, target), directory, "the LoRA base")
+    sums = Path(workdir) / MODEL_DIR / FROZEN_SUMS_FILE
+    saved = read_json(sums) if sums.is_file() else None  # None: saved before checksums
+    return _restored(lambda: reader.restore(directory, target), directory, "the LoRA base",
+                     lambda frozen: _mismatch(frozen, saved, directory))
 
 
 def replace_frozen(workdir: str | os.PathLike, frozen: Any) -> Path:
@@ -244,9 +290,10 @@ class Checkpoints:
         self.wait()
         self.saving = step
         with reported_os_errors(self._save_failed):
+            sums = {"params": checksums(params), "opt_state": checksums(opt_state)}
             self.manager.save(step, args=ocp.args.Composite(
                 params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-                data=ocp.args.JsonSave(data_state)), force=True)
+                data=ocp.args.JsonSave(data_state), sums=ocp.args.JsonSave(sums)), force=True)
 
     def _save_failed(self, reason: str) -> str:
         saved = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
@@ -268,8 +315,10 @@ class Checkpoints:
             restored, reason = _attempt(lambda: self.restore(step, params_target, opt_target),
                                         self.directory / str(step))
             if _everywhere(reason is None):
-                self._set_aside(failures, step)
-                return step, restored
+                reason = self.mismatch(step, restored)  # the same on every process: the checksums are global
+                if reason is None:
+                    self._set_aside(failures, step)
+                    return step, restored
             failures.append((step, reason))
         if not failures:
             return None
@@ -297,11 +346,22 @@ class Checkpoints:
             self.reader.reload()
 
     def restore(self, step: int, params_target: Any, opt_target: Any | None = None) -> dict:
-        """Restore into the targets' shapes and shardings; without `opt_target`, params (and data) only."""
+        """Restore into the targets' shapes and shardings; without `opt_target`, params (and data) only.
+        Each process reads its own shards, so check `mismatch` once every process has restored."""
         items = {"params": ocp.args.StandardRestore(params_target), "data": ocp.args.JsonRestore()}
         if opt_target is not None:
             items["opt_state"] = ocp.args.StandardRestore(opt_target)
+        if (self.directory / str(step) / "sums").is_dir():  # not in checkpoints from before checksums
+            items["sums"] = ocp.args.JsonRestore()
         return dict(self.reader.restore(step, args=ocp.args.Composite(**items)).items())
+
+    def mismatch(self, step: int, restored: dict) -> str | None:
+        """'FILE: REASON' when a restored item's data differs from what step `step` saved, else None; every
+        process calls it (a collective) and gets the same answer."""
+        sums = restored.get("sums") or {}
+        reasons = (_mismatch(restored[item], sums.get(item), self.directory / str(step) / item)
+                   for item in ("params", "opt_state") if item in restored)
+        return next((reason for reason in reasons if reason), None)
 
     def wait(self) -> None:
         with reported_os_errors(self._save_failed):
@@ -329,8 +389,8 @@ def load_for_inference(path: str | os.PathLike, step: int | None = None, **confi
     on_device = lambda tree: abstract(tree, jax.tree_util.tree_map(lambda _: device, tree))  # noqa: E731
 
     def trained(target):
-        return _restored(lambda: checkpoints.restore(step, on_device(target))["params"],
-                         checkpoints.directory / str(step), f"checkpoint step {step}")
+        return _restored(lambda: checkpoints.restore(step, on_device(target)), checkpoints.directory / str(step),
+                         f"checkpoint step {step}", functools.partial(checkpoints.mismatch, step))["params"]
 
     try:
         if config.lora_rank:

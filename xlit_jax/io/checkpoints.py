@@ -113,8 +113,11 @@ def _leaf_sums(leaves: list) -> list:
     """Per leaf, the sum of its bits weighted by position, mod 2**32: integer arithmetic, so the same
     however the leaf is sharded and on every platform."""
     def weighted(x):
-        bits = jax.lax.bitcast_convert_type(x, UNSIGNED[x.dtype.itemsize]).astype(jnp.uint32).reshape(-1)
-        return jnp.sum(bits * (2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1), dtype=jnp.uint32)
+        bits = jax.lax.bitcast_convert_type(x, UNSIGNED[x.dtype.itemsize]).astype(jnp.uint32)
+        # the flat index of each element, built in place: a reshape of a sharded leaf could move it
+        index = functools.reduce(lambda flat, d: flat * x.shape[d] + jax.lax.broadcasted_iota(jnp.uint32, x.shape, d),
+                                 range(x.ndim), jnp.zeros(x.shape, jnp.uint32))
+        return jnp.sum(bits * (2 * index + 1), dtype=jnp.uint32)
 
     return [weighted(x) for x in leaves]
 

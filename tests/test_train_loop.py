@@ -207,9 +207,17 @@ def test_a_damaged_lora_base_is_named_when_loading_and_rebuilt_when_training_res
     assert_same(load_for_inference(workdir)[1], load_for_inference(lora_reference)[1])
 
 
-def test_a_damaged_config_or_checkpoint_is_one_line_when_loading(reference, tmp_path):
+def test_a_damaged_config_tokenizer_or_checkpoint_is_one_line_when_loading(reference, chats, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(reference[0], workdir)
+    tokenizer = workdir / "model" / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text()[:1000])
+    named = rf"^{re.escape(str(workdir / 'model'))}: the tokenizer cannot be read \(JSONDecodeError: .*\(preset:tiny\)"
+    with pytest.raises(WeightsError, match=named):
+        load_for_inference(workdir)
+    with pytest.raises(WeightsError, match=named):  # resuming, before any state is built
+        train(tiny_config(chats), str(workdir))
+    shutil.copy(reference[0] / "model" / "tokenizer.json", tokenizer)
     _damage("truncate", workdir / "checkpoints" / "8" / "params")
     with pytest.raises(WeightsError, match=rf"^{re.escape(str(workdir))}: checkpoint step 8 cannot be restored "
                                            rf"\({re.escape(str(workdir.absolute() / 'checkpoints' / '8'))}"):

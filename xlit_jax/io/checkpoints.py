@@ -220,12 +220,20 @@ def read_config(workdir: str | os.PathLike) -> LlamaConfig:
 
 
 def read_tokenizer(workdir: str | os.PathLike):
+    """The tokenizer save_model_info wrote, or None (a model without one); a damaged one is a WeightsError."""
     directory = Path(workdir) / MODEL_DIR
     if not (directory / "tokenizer_config.json").is_file():
         return None
     from xlit_jax.io.tokenizer import load_hf_tokenizer
 
-    return load_hf_tokenizer(directory)
+    try:
+        return load_hf_tokenizer(directory)
+    except Exception as e:  # JSON, OS, or the tokenizers library's own errors (plain Exceptions)
+        source, reason = (read_source(workdir) or {}).get("source", "?"), " ".join(str(e).split())[:200]
+        raise WeightsError(f"{directory}: the tokenizer cannot be read ({type(e).__name__}: {reason}); "
+                           f"write it again with xlit_jax.io.tokenizer.load_tokenizer(SRC).save_pretrained"
+                           f"('{directory}'), SRC being the run's model.source ({source}) or a preset's "
+                           f"data.tokenizer") from e
 
 
 def abstract(tree: Any, shardings: Any) -> Any:
@@ -382,7 +390,7 @@ def load_for_inference(path: str | os.PathLike, step: int | None = None, **confi
     from xlit_jax.models.lora import merge_lora, merge_params, split_lora
 
     workdir = Path(path)
-    config = read_config(workdir)
+    config, tokenizer = read_config(workdir), read_tokenizer(workdir)  # both before the long restore
     checkpoints = Checkpoints(workdir, read_only=True)  # safe beside a run that is still training
     step = checkpoints.latest_step() if step is None else step
     if step is None:
@@ -409,4 +417,4 @@ def load_for_inference(path: str | os.PathLike, step: int | None = None, **confi
                            "rebuilds a damaged LoRA base") from None
     finally:
         checkpoints.close()
-    return config.replace(**config_overrides), params, read_tokenizer(workdir)
+    return config.replace(**config_overrides), params, tokenizer

@@ -5,7 +5,7 @@ Each request takes the next free slot of the running engine (serve/worker.py) an
 sequence ends, or streamed (`stream: true`, server-sent events) as it decodes. Greedy output does not
 depend on what else runs, nor does a sampled request with a `seed` (its PRNG key is its own, folded with
 its step). Tokenizing and detokenizing run in threads, off the event loop; bodies over `max_body_bytes` are
-refused (413) before they are read whole. Bad requests get OpenAI-style error bodies and never stop the
+refused (413) without being kept. Bad requests get OpenAI-style error bodies and never stop the
 server.
 """
 
@@ -175,9 +175,15 @@ def _response_id(chat: bool) -> str:
     return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
 
 
+# An over-size body up to this many bytes is read and dropped before the 413 goes out: a client still
+# sending would otherwise meet a reset connection (closing a socket with unread data resets it) and never
+# read the answer. Beyond it the connection is closed unread.
+DRAIN_BYTES = 64 << 20
+
+
 class BodyLimit:
     """ASGI middleware: a request body over `limit` bytes is a 413, from its Content-Length before any of
-    it is read, or as soon as a body without one grows past the limit."""
+    it is kept, or as soon as a body without one grows past the limit."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -191,6 +197,7 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             refusal = self._refusal(declared.decode())
+            await drain(receive)
             return await APIError(413, refusal.detail).response()(scope, receive, send)
         received = 0
 
@@ -199,10 +206,22 @@ class BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:
+                if message.get("more_body"):
+                    await drain(receive)
                 raise self._refusal(f"more than {self.limit}")
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+async def drain(receive) -> None:
+    """Read and drop the rest of a request body, up to DRAIN_BYTES."""
+    dropped = 0
+    while dropped <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+        dropped += len(message.get("body", b""))
 
 
 def add_error_handlers(app: FastAPI) -> None:

@@ -7,18 +7,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import importlib  # noqa: E402
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-importlib.import_module("jax")  # before the cache variable below: this process compiles as without it
-
-# The subprocesses (training runs, binaries) share one persistent compilation cache, so the same tiny
-# programs compile once per session, not once per process. Numerics are unchanged: a cached executable is
-# the compiler's output for the same program.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="xlit-tests-jax-cache-"))
+# This process and its subprocesses (training runs, binaries) share one persistent compilation cache, every
+# program in it however fast it compiled, so the same tiny programs compile once per session, not once per
+# process or per jit wrapper (docs/benchmarks.md, the test suite's time). Numerics are unchanged: a cached executable is
+# the compiler's output for the same program. Set before jax is imported; removed at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="xlit-tests-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from xlit_jax.resources import SHARED_DATA_ENV, shared_data_dir  # noqa: E402
 

@@ -171,6 +171,7 @@ def rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow  # ~20-40 s: CI runs it (.ci/run), make test does not, to stay under 10 minutes
 def test_smollm2_runs_each_benchmark_and_resumes(tmp_path, smollm2, shared_data):
     assert (BenchConfig().max_new_tokens, BenchConfig().xquad_normalization) == (256, "squad")  # the harness's
     # a 32-token budget keeps the test short; the setting still reaches every generative row

@@ -165,6 +165,7 @@ def test_api_key_is_required_and_never_logged(tiny, caplog):
     assert KEY not in caplog.text
 
 
+@pytest.mark.slow  # ~20-40 s: CI runs it (.ci/run), make test does not, to stay under 10 minutes
 def test_eval_binary_runs_both_judges_against_the_server(served, tiny, tmp_path, shared_data):
     """xlit-eval generates with a small model, then asks the server as the paper's judge (whose answers,
     from random weights, are no judgement: recorded as errors) and as the relevance judge."""

@@ -96,6 +96,7 @@ def test_resume_after_losing_the_last_checkpoint_repeats_the_same_losses(referen
     assert rows(workdir) == rows(reference[0])
 
 
+@pytest.mark.slow  # ~20-40 s: CI runs it (.ci/run), make test does not, to stay under 10 minutes
 def test_sigkill_then_restart_logs_the_losses_of_an_uninterrupted_run(reference, chats, tmp_path):
     """Kill -9 a run (slowed to 0.5 s a step) once its step-4 checkpoint is on disk, restart it: the
     metrics equal the uninterrupted run's, bitwise."""

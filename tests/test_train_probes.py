@@ -204,6 +204,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # ~20-40 s: CI runs it (.ci/run), make test does not, to stay under 10 minutes
 def test_probe_round_on_8_fsdp_devices_gives_the_tokens_of_one(shared_data):
     out = run_with_devices(PROBE_ON_DEVICES, devices=8)
     assert out["0/8"] == out["0/1"] and out["4/8"] == out["4/1"]

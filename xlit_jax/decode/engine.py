@@ -110,8 +110,8 @@ def _prefill(params, state, slot, ids, segments, start, before, settings, *, con
     key) are the request's."""
     cache, first = state["cache"], start == 0
     corner = (0, slot, 0, 0, 0)
-    sub = {name: jax.lax.dynamic_slice(cache[name], corner, (x.shape[0], 1, x.shape[2], width, x.shape[4]))
-           for name, x in (("k", cache["k"]), ("v", cache["v"]))}
+    layers, _, heads, _, head_dim = cache["k"].shape  # v's too
+    sub = {name: jax.lax.dynamic_slice(cache[name], corner, (layers, 1, heads, width, head_dim)) for name in ("k", "v")}
     segments_window = jax.lax.dynamic_slice(cache["segments"], (slot, 0), (1, width))
     sub |= {"segments": jnp.where(first, 0, segments_window), "index": start}
     positions = before + jnp.maximum(jnp.cumsum(segments) - 1, 0)

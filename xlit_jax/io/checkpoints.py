@@ -52,6 +52,7 @@ CHECKPOINTS_DIR = "checkpoints"
 UNREADABLE_DIR = "unreadable"
 ITEMS = ("params", "opt_state", "data", "sums")  # sums: checksums of params and opt_state
 UNSIGNED = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}  # a leaf's bits by its item size
+ELSEWHERE = "unreadable on another process, see its log"  # a restore that failed only on other processes
 LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
 
@@ -150,23 +151,26 @@ def _alone() -> ocp.options.MultiprocessingOptions:
     return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
 
 
-def _attempt(restore, directory: Path) -> tuple[Any, str | None]:
-    """(restore(), None), or (None, 'FILE: REASON') when it raises."""
+def _restore_everywhere(restore, directory: Path, check=lambda value: None) -> tuple[bool, Any, str | None]:
+    """(ok, value, reason): ok when restore() worked on every process and `check(value)` (a collective, called
+    once all have restored) finds nothing wrong; else reason is 'FILE: REASON', or None on a process whose
+    own read worked while another's failed."""
     try:
-        return restore(), None
+        value, reason = restore(), None
     except Exception as e:  # Orbax and TensorStore raise ValueError, OSError, bare Exception, ...
-        return None, _reason(e, directory)
+        value, reason = None, _reason(e, directory)
+    if not _everywhere(reason is None):
+        return False, None, reason
+    reason = check(value)
+    return reason is None, value, reason
 
 
 def _restored(restore, directory: Path, what: str, check=lambda value: None) -> Any:
-    """restore(), or a UserError naming `what`, the file and the reason when it fails on some process or
-    `check(value)` (a collective, called once every process has restored) says why it is not what was saved."""
-    value, reason = _attempt(restore, directory)
-    if _everywhere(reason is None):
-        reason = check(value)
-        if reason is None:
-            return value
-    raise UserError(f"{what} cannot be restored ({reason or 'unreadable on another process, see its log'})")
+    """restore(), or a UserError naming `what`, the file and the reason (_restore_everywhere)."""
+    ok, value, reason = _restore_everywhere(restore, directory, check)
+    if not ok:
+        raise UserError(f"{what} cannot be restored ({reason or ELSEWHERE})")
+    return value
 
 
 def _free_name(target: Path) -> Path:
@@ -323,20 +327,19 @@ class Checkpoints:
         restored on all of them (one allgather of a flag per step); process 0 moves the rejected ones aside."""
         failures = []
         for step in sorted(self.manager.all_steps(), reverse=True):
-            restored, reason = _attempt(lambda: self.restore(step, params_target, opt_target),
-                                        self.directory / str(step))
-            if _everywhere(reason is None):
-                reason = self.mismatch(step, restored)  # the same on every process: the checksums are global
-                if reason is None:
-                    self._set_aside(failures, step)
-                    return step, restored
+            restore = functools.partial(self.restore, step, params_target, opt_target)
+            check = functools.partial(self.mismatch, step)  # the same on every process: the sums are global
+            ok, restored, reason = _restore_everywhere(restore, self.directory / str(step), check)
+            if ok:
+                self._set_aside(failures, step)
+                return step, restored
             failures.append((step, reason))
         if not failures:
             return None
         newest, reason = failures[0]
         raise UserError(f"no checkpoint in {self.directory} can be restored (steps "
                         f"{', '.join(str(s) for s, _ in failures)}; step {newest}: "
-                        f"{reason or 'unreadable on another process, see its log'}); if the model or optimizer "
+                        f"{reason or ELSEWHERE}); if the model or optimizer "
                         "settings changed since they were saved, rerun with the ones that saved them; to start "
                         f"over, move {self.directory} away")
 
@@ -349,7 +352,7 @@ class Checkpoints:
                 os.replace(self.directory / str(step), target)
             if reason or jax.process_index() == 0:
                 logging.warning("checkpoint step %d cannot be restored (%s); moved to %s, resuming from step %d",
-                                step, reason or "unreadable on another process, see its log", target, resumed)
+                                step, reason or ELSEWHERE, target, resumed)
         if failures:
             if jax.process_count() > 1:
                 multihost_utils.sync_global_devices("xlit_jax checkpoints set aside")

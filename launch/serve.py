@@ -7,6 +7,8 @@ See docs/evaluation.md.
 """
 
 import os
+import signal
+import sys
 
 from absl import flags, logging
 
@@ -43,10 +45,14 @@ def main(argv):
                          max_len=FLAGS.max_len, max_body_bytes=FLAGS.max_body_bytes,
                          api_key=FLAGS.api_key or os.environ.get("XLIT_SERVE_API_KEY") or None)
     model = xlit_jax.load(FLAGS.model, **inference_overrides())
-    app = create_app(model, FLAGS.model_name, config)
+    # the engine's thread stopped for good: uvicorn shuts down as on Ctrl-C, then the process exits non-zero
+    app = create_app(model, FLAGS.model_name, config, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
     logging.info("serving %s on http://%s:%d/v1 (API key %s)", FLAGS.model_name or model.name, FLAGS.host,
                  FLAGS.port, "required" if config.api_key else "not checked")
     uvicorn.run(app, host=FLAGS.host, port=FLAGS.port, log_level="info")
+    if app.state.worker.failure:
+        print(f"xlit-serve: the decoding engine stopped: {app.state.worker.failure}", file=sys.stderr)
+        sys.exit(1)
 
 
 def run():

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 from support import REPO
 
@@ -71,3 +72,48 @@ def test_a_mistyped_override_names_the_field_its_section_and_the_closest_match(t
                                 text=True, timeout=300)
         assert (result.returncode, result.stderr.strip()) == (2, line)
     assert not list(tmp_path.iterdir())
+
+
+def run_binary(module: str, *args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"launch.{module}", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_no_binary_replaces_a_folder_it_was_not_asked_to(tmp_path):
+    """xlit-convert and xlit-data-stats refuse, before any work, a non-empty output folder without --overwrite,
+    and a training run, an evaluation, a study or the source itself even with it; nothing is touched."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    run = tmp_path / "run"
+    (run / "checkpoints" / "2").mkdir(parents=True)
+    (run / "experiment.json").write_text("{}")
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.json").write_text("{}")
+    hf = tmp_path / "hf"
+    cases = [
+        ("convert", ["--src=preset:tiny", f"--dst={notes}"], f"{notes}: exists and is not empty; pass --overwrite"),
+        ("convert", [f"--src={run}", f"--dst={run}", "--overwrite"], f"--dst={run}: holds the source"),
+        ("convert", [f"--src={run}/checkpoints/2", f"--dst={run}"], f"--dst={run}: holds the source"),
+        ("convert", ["--src=preset:tiny", f"--dst={study}", "--overwrite"], f"{study}: holds a study (study.json)"),
+        ("convert", ["--src=preset:tiny", f"--dst={notes / 'notes.txt'}"],
+         f"{notes / 'notes.txt'}: exists and is not a folder"),
+        ("data_stats", ["--data=lima:absent.jsonl", f"--output_dir={run}", "--overwrite"],
+         f"{run}: holds a training run (experiment.json)"),
+    ]
+    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    running = [(module, args, message, subprocess.Popen([sys.executable, "-m", f"launch.{module}", *args], cwd=REPO,
+                                                        text=True, stderr=subprocess.PIPE))
+               for module, args, message in cases]
+    for module, args, message, process in running:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 2 and "Traceback" not in err, (module, args, err[-2000:])
+        assert err.strip().splitlines()[-1].startswith(f"{BINARIES[module]}: {message}"), (module, args, err)
+    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+    # Asked to, it replaces a folder of other files, and writes into an empty one.
+    hf.mkdir()
+    for args in ([f"--dst={hf}"], [f"--dst={notes}", "--overwrite"]):
+        assert run_binary("convert", "--src=preset:tiny", *args).returncode == 0
+        assert (Path(args[0].split("=", 1)[1]) / "config.json").is_file()
+    assert not (notes / "notes.txt").exists()

@@ -246,3 +246,38 @@ def test_every_scorer_implements_the_scorer_protocol():
     assert {cls.__name__ for cls in scorers} >= {"LanguageScorer", "SpellingScorer", "ModifierScorer",
                                                   "OpenAIJudge", "RelevanceJudge"}
     assert all(Scorer in cls.__mro__ for cls in scorers), scorers  # subclasses, not look-alikes
+
+
+HOLD = """import sys, time
+from xlit_jax.io.files import output_lock
+with output_lock(sys.argv[1], folder=sys.argv[2] == "folder"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_writer_of_an_output_is_refused_before_writing(tmp_path, config, shared_data):
+    """While one run holds an out_dir (or an output file), every appending writer refuses in one UserError:
+    the instruction evaluation, the benchmarks and the translator; nothing is written."""
+    from xlit_jax.data.records import Record, Turn
+    from xlit_jax.data.translate import translate_file
+    from xlit_jax.errors import UserError
+    from xlit_jax.evaluate.harness.run import BenchConfig, BenchmarkEvaluation
+
+    out, translated = tmp_path / "eval", tmp_path / "fr.jsonl"
+    holders = [subprocess.Popen([sys.executable, "-c", HOLD, str(path), kind], cwd=REPO, stdout=subprocess.PIPE,
+                                text=True) for path, kind in ((out, "folder"), (translated, "file"))]
+    try:
+        assert [h.stdout.readline().strip() for h in holders] == ["held", "held"]
+        bench = BenchmarkEvaluation(out, BenchConfig(benchmarks=("mmlu",), languages=("en",), limit=1,
+                                                     data_dir=str(shared_data)))
+        record = Record(id="1", turns=(Turn("user", "Hi"), Turn("assistant", "Hello")), lang="en", source="test")
+        for write in (lambda: evaluate_model(ScriptedModel(), out, config), lambda: bench.run(ScriptedModel()),
+                      lambda: translate_file([record], lambda texts, s, t: texts, "en", "fr", translated)):
+            with pytest.raises(UserError, match="another run is writing it now"):
+                write()
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+    assert sorted(p.name for p in out.iterdir()) == [".lock"] and not translated.exists()

@@ -1,13 +1,15 @@
 """Weights I/O and the CLIs on bad input: clear errors naming the file (and line), nothing half-written."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 import xlit_jax
-from xlit_jax.errors import InputError, WeightsError
+from xlit_jax.errors import InputError, UserError, WeightsError
 from xlit_jax.io.files import read_jsonl, read_output_jsonl, resume_jsonl
 from xlit_jax.io.gguf import GGUFFile, smollm2_gguf_path
 from xlit_jax.io.hf import config_from_hf, save_hf_dir
@@ -64,11 +66,14 @@ def test_sharded_export_round_trips(tmp_path, monkeypatch):
                                   model.params["layers"]["mlp"]["up"]["kernel"])
 
 
-def test_export_replaces_directory_atomically(tmp_path):
+def test_export_replaces_a_directory_atomically_only_when_asked(tmp_path):
     model = xlit_jax.load("preset:tiny")
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "stale.txt").write_text("old")
-    save_hf_dir(model.config, model.params, tmp_path / "hf")
+    with pytest.raises(UserError, match="exists and is not empty; pass --overwrite"):
+        save_hf_dir(model.config, model.params, tmp_path / "hf")
+    assert (tmp_path / "hf" / "stale.txt").exists()
+    save_hf_dir(model.config, model.params, tmp_path / "hf", overwrite=True)
     assert not (tmp_path / "hf" / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no temp dirs left behind
 
@@ -110,7 +115,7 @@ save_hf_dir(model.config, model.params, hf)
 append_jsonl(out, [{"id": 1}])
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.RLIM_INFINITY))
 for attempt in (lambda: append_jsonl(out, [{"id": 2, "text": "x" * 100000}]),
-                lambda: save_hf_dir(model.config.replace(num_layers=1), model.params, hf)):
+                lambda: save_hf_dir(model.config.replace(num_layers=1), model.params, hf, overwrite=True)):
     try:
         attempt()
     except UserError as e:
@@ -149,27 +154,37 @@ def test_generate_cli_rejects_malformed_line_before_any_work(tmp_path):
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_generate_cli_writes_and_resumes(tmp_path, smollm2):
-    tokenizer_dir = tmp_path / "model"
+def test_generate_refuses_a_second_writer_and_goes_on_after_ctrl_c_with_every_id_once(tmp_path, smollm2):
+    """Two xlit-generate runs on one --out: the second is refused in one line before its model loads. Ctrl-C
+    stops the first in one line (exit 130); the rerun finishes with each id written exactly once."""
+    model_dir = tmp_path / "model"
     save_hf_dir(get_preset("tiny-tied").replace(vocab_size=smollm2.config.vocab_size),
-                xlit_jax.load("preset:tiny-tied", vocab_size=smollm2.config.vocab_size).params, tokenizer_dir,
+                xlit_jax.load("preset:tiny-tied", vocab_size=smollm2.config.vocab_size).params, model_dir,
                 tokenizer=smollm2.tokenizer)
-    prompts = tmp_path / "p.jsonl"
-    rows = [{"id": i, "prompt": [{"role": "user", "content": f"Count to {i}"}]} for i in range(3)]
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "o.jsonl"
-    args = [f"--model={tokenizer_dir}", f"--prompts={prompts}", f"--out={out}", "--max_new_tokens=4",
-            "--batch_size=2"]
-    assert run_generate(*args).returncode == 0
-    first = [json.loads(line) for line in out.read_text().splitlines()]
-    assert sorted(r["id"] for r in first) == [0, 1, 2]
-    assert all(r["new_tokens"] <= 4 and r["model"] == "model" for r in first)
-    # Drop one finished row and half-write another, as a killed run would leave it: only id 2 is redone.
-    out.write_text("".join(json.dumps(r) + "\n" for r in first if r["id"] != 2) + '{"id": 2, "out')
+    prompts, out = tmp_path / "p.jsonl", tmp_path / "o.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"Count to {i}"}) + "\n" for i in range(48)))
+    args = [f"--model={model_dir}", f"--prompts={prompts}", f"--out={out}", "--max_new_tokens=64", "--batch_size=1",
+            "--repetition_penalty=1.0"]
+    first = subprocess.Popen([sys.executable, "-m", "launch.generate", *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (out.is_file() and out.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    second = run_generate(*args)
+    assert second.returncode == 2 and second.stderr.strip().splitlines()[-1] == (
+        f"xlit-generate: {out}: another run is writing it now; wait for it to end or choose another output")
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("xlit-generate: interrupted")
+    kept = out.read_text().splitlines()
+    assert 2 <= len(kept) < 48  # it stopped part way
+    with open(out, "a") as f:  # and half a row, as a killed writer leaves it
+        f.write('{"id": 47, "out')
     result = run_generate(*args)
-    assert result.returncode == 0 and "1 to generate" in result.stderr
-    again = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
-    assert again == {r["id"]: r for r in first}
+    assert result.returncode == 0 and f"{48 - len(kept)} to generate" in result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == list(range(48)) and rows[:len(kept)] == list(map(json.loads, kept))
+    assert all(r["model"] == "model" and 1 <= r["new_tokens"] <= 64 for r in rows)
 
 
 def test_missing_prompts_file_is_an_input_error(tmp_path):

@@ -127,6 +127,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(served):
         (json.dumps({**good, "max_tokens": 65}).encode(), 400, "max_tokens=65 is outside 1..64"),
         (json.dumps({**good, "n": 3}).encode(), 400, "only n=1"),
         (json.dumps({**good, "temperature": -1}).encode(), 400, "field 'temperature'"),
+        (json.dumps({**good, "prompt": ""}).encode(), 400, "the prompt is empty"),
     ]
     for body, status, message in cases:
         got, error, _ = post(f"{url}/completions", body)
@@ -139,6 +140,37 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(served):
     with pytest.raises(openai.APITimeoutError):
         client(url, timeout=0.05).completions.create(model="tiny", prompt="Slow", max_tokens=64, temperature=0)
     assert client(url).completions.create(model="tiny", prompt="Hi", max_tokens=2).choices[0].text is not None
+
+
+def test_an_error_inside_the_engine_loop_fails_its_request_only_and_a_dead_loop_says_so(tiny):
+    """A request the engine refuses at admission is answered 400 and the loop serves on; when the loop cannot go
+    on (a failed decoding call whose fresh engine cannot be built), /health answers 503, requests get 503,
+    and on_failure runs (xlit-serve exits non-zero there)."""
+    failures = []
+    app = create_app(tiny, "tiny", ServeConfig(slots=2, max_tokens=8, max_len=128), on_failure=lambda: failures.append(1))
+    worker = app.state.worker
+    body = json.dumps({"model": "tiny", "prompt": "Hi", "max_tokens": 2, "temperature": 0}).encode()
+    with serve_in_thread(app) as url:
+        submit = worker.engine.submit
+        worker.engine.submit = lambda request: (_ for _ in ()).throw(ValueError("a request needs a prompt"))
+        status, error, _ = post(f"{url}/completions", body)
+        assert status == 400 and "a request needs a prompt" in error["error"]["message"]
+        worker.engine.submit = submit
+        assert post(f"{url}/completions", body)[0] == 200
+        worker.engine.run_once = lambda: 1 / 0
+        worker._new_engine = lambda: (_ for _ in ()).throw(MemoryError("no room for a cache"))
+        assert post(f"{url}/completions", body)[0] == 500  # the failed call's own request
+        for _ in range(100):  # the thread records its failure just after answering that request
+            if worker.failure:
+                break
+            time.sleep(0.01)
+        health = urllib.request.Request(f"{url.removesuffix('/v1')}/health")
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(health, timeout=10)
+        assert answer.value.code == 503 and "MemoryError" in json.loads(answer.value.read())["error"]
+        status, error, _ = post(f"{url}/completions", body)
+        assert status == 503 and error["error"]["code"] == "engine_stopped"
+    assert failures == [1]
 
 
 def test_full_queue_answers_429_with_retry_after(tiny):

@@ -15,13 +15,14 @@ from xlit_jax.errors import UserError
 def run_main(main, name: str) -> None:
     """`absl.app.run(main)`, reporting a user's error (any UserError, e.g. InputError, or a UsageError raised
     in main) as one line `NAME: message` on stderr with exit status 2, and no traceback. A --CONFIG.FIELD
-    override naming no field of its config (check_overrides) is such an error too, found before main runs."""
+    override naming no field of its config (check_overrides) is such an error too, found before main runs.
+    Ctrl-C is one line too, exit status 130 (the shell's for SIGINT)."""
 
-    def report(error: Exception):
+    def report(error, status: int = 2):
         for bar in list(getattr(tqdm, "_instances", ())):  # a progress bar the error cut short ends its line
             bar.close()
         print(f"{name}: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(status)
 
     def parse(argv):
         try:
@@ -35,6 +36,8 @@ def run_main(main, name: str) -> None:
             return main(argv)
         except (UserError, app.UsageError) as e:
             report(e)
+        except KeyboardInterrupt:
+            report("interrupted; finished work is kept: rerun the same command to go on", 130)
 
     app.run(guarded, flags_parser=parse)
 

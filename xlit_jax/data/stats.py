@@ -123,8 +123,8 @@ def histogram(lengths: dict[str, list[int]], seq_len: int, path: Path) -> None:
     plt.close(fig)
 
 
-def write_stats(stats: dict, lengths: dict[str, list[int]], directory: str | Path) -> Path:
-    with atomic_directory(directory) as tmp:
+def write_stats(stats: dict, lengths: dict[str, list[int]], directory: str | Path, overwrite: bool = False) -> Path:
+    with atomic_directory(directory, overwrite) as tmp:
         (tmp / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "stats.md").write_text(markdown(stats), encoding="utf-8")
         histogram(lengths, stats["settings"]["seq_len"], tmp / "lengths.png")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from xlit_jax.data.languages import english_name, nllb_code
 from xlit_jax.data.records import Record, Turn
-from xlit_jax.io.files import append_jsonl, resume_jsonl
+from xlit_jax.io.files import append_jsonl, output_lock, resume_jsonl
 
 DEFAULT_MT_MODEL = "facebook/nllb-200-3.3B"
 LLM_PROMPT = "Translate the following text from {src} into {tgt}. Reply with the translation only.\n\n{text}"
@@ -94,20 +94,21 @@ def translate_file(records: Sequence[Record], translator: Translator, src: str, 
     """Translates the records not yet in `output` (by id), appending chunk by chunk. A record with a turn
     that translated to nothing is left out and counted as `failed` (a rerun tries it again)."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    done = {row.get("id") for row in resume_jsonl(output)}
-    todo = [r for r in records if r.id not in done]
-    counts = {"translated": 0, "failed": 0, "done_before": len(records) - len(todo)}
-    with tqdm(total=len(records), initial=counts["done_before"], desc=f"{src}->{tgt}", unit="record",
-              disable=not progress) as bar:
-        for i in range(0, len(todo), chunk_size):
-            chunk = translate_records(todo[i:i + chunk_size], translator, src, tgt)
-            good = [r for r in chunk if all(t.content.strip() for t in r.turns)]
-            append_jsonl(output, [r.to_json() for r in good])
-            counts["translated"] += len(good)
-            counts["failed"] += len(chunk) - len(good)
-            bar.update(len(chunk))
-    return counts
+    with output_lock(output):  # a second translator of the same file is refused while this one writes
+        output.parent.mkdir(parents=True, exist_ok=True)
+        done = {row.get("id") for row in resume_jsonl(output)}
+        todo = [r for r in records if r.id not in done]
+        counts = {"translated": 0, "failed": 0, "done_before": len(records) - len(todo)}
+        with tqdm(total=len(records), initial=counts["done_before"], desc=f"{src}->{tgt}", unit="record",
+                  disable=not progress) as bar:
+            for i in range(0, len(todo), chunk_size):
+                chunk = translate_records(todo[i:i + chunk_size], translator, src, tgt)
+                good = [r for r in chunk if all(t.content.strip() for t in r.turns)]
+                append_jsonl(output, [r.to_json() for r in good])
+                counts["translated"] += len(good)
+                counts["failed"] += len(chunk) - len(good)
+                bar.update(len(chunk))
+        return counts
 
 
 class Seq2SeqTranslator:

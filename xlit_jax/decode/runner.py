@@ -6,7 +6,7 @@ import os
 
 from absl import logging
 
-from xlit_jax.io.files import append_jsonl, resume_jsonl
+from xlit_jax.io.files import append_jsonl, output_lock, resume_jsonl
 
 
 def generate_to_jsonl(model, rows: list[dict], out: str | os.PathLike, *, max_new_tokens: int,
@@ -14,8 +14,13 @@ def generate_to_jsonl(model, rows: list[dict], out: str | os.PathLike, *, max_ne
     """rows: {"id", "prompt", ...}; each output row is the input row (minus the prompt) plus "output",
     "model", "prompt_tokens", "new_tokens". Rows whose id is already in `out` are not generated again.
     Each result is appended as its sequence finishes, so a killed run loses only the unfinished ones
-    (at most `batch_size`, the engine's slots). Returns all output rows
-    in the order of `rows`."""
+    (at most `batch_size`, the engine's slots); a second run on the same `out` is refused while this one
+    writes (io.files.output_lock). Returns all output rows in the order of `rows`."""
+    with output_lock(out):
+        return _generate_to_jsonl(model, rows, out, max_new_tokens, repetition_penalty, batch_size)
+
+
+def _generate_to_jsonl(model, rows, out, max_new_tokens, repetition_penalty, batch_size) -> list[dict]:
     finished = {str(r["id"]): r for r in resume_jsonl(out)}
     todo = [r for r in rows if str(r["id"]) not in finished]
     logging.info("%d prompts, %d already done, %d to generate", len(rows), len(rows) - len(todo), len(todo))

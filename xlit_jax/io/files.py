@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
 import json
 import logging
@@ -58,10 +59,36 @@ def reported_write(path: str | os.PathLike):
                                              "and rerun the same command: finished work is kept")
 
 
-@contextlib.contextmanager
-def atomic_directory(directory: str | os.PathLike):
-    """Yield a temp dir beside `directory`; on success it replaces `directory` in one rename."""
+# What marks a folder as a user's work that no binary replaces, even when asked to: a training run, an
+# evaluation, a study (the names their writers use: train/metrics.py, evaluate/, study/).
+WORK_MARKERS = {"experiment.json": "a training run", "checkpoints": "a training run", "metrics.jsonl": "a training run",
+                "generations.jsonl": "an evaluation", "item_scores.jsonl": "an evaluation", "study.json": "a study",
+                "cells": "a study"}
+
+
+def check_replaceable(directory: str | os.PathLike, overwrite: bool, flag: str = "--overwrite") -> None:
+    """A UserError unless `directory` may be written whole: it does not exist, is empty, or `overwrite` is
+    given and it holds no training run, evaluation or study (those are never replaced). Cheap: binaries call
+    it before any slow work."""
     target = Path(directory)
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise UserError(f"{target}: exists and is not a folder; choose another output folder")
+    marker = next((name for name in WORK_MARKERS if (target / name).exists()), None)
+    if marker:
+        raise UserError(f"{target}: holds {WORK_MARKERS[marker]} ({marker}); it is never replaced: "
+                        "choose another output folder")
+    if any(target.iterdir()) and not overwrite:
+        raise UserError(f"{target}: exists and is not empty; pass {flag} to replace it, or choose another folder")
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str | os.PathLike, overwrite: bool = False):
+    """Yield a temp dir beside `directory`; on success it replaces `directory` in one rename. An existing
+    folder is replaced only as check_replaceable allows."""
+    target = Path(directory)
+    check_replaceable(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     with reported_write(target):
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -114,6 +141,36 @@ def append_jsonl(path: str | os.PathLike, rows) -> None:
             raise
         finally:
             os.close(fd)
+
+
+_held_locks: set[Path] = set()  # output locks this process holds: taking one again is a no-op
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike, folder: bool = False):
+    """Hold `path` (an append-only output file, or with `folder` an output folder) for this process while it
+    writes there: a second writer is refused in one line instead of writing the same keys again. The lock
+    (an flock, released when the process ends however it ends) is on .NAME.lock beside a file, .lock inside
+    a folder. A binary takes it before loading a model, the writer again around its writes."""
+    path = Path(path)
+    lock_path = (path / ".lock" if folder else path.with_name(f".{path.name}.lock")).absolute()
+    if lock_path in _held_locks:
+        yield
+        return
+    with reported_write(lock_path):
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a")
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{path}: another run is writing it now; wait for it to end or choose another "
+                            "output") from None
+        _held_locks.add(lock_path)
+        try:
+            yield
+        finally:
+            _held_locks.discard(lock_path)
 
 
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors write at the start of a file

@@ -213,9 +213,11 @@ def _to_numpy(x) -> np.ndarray:
     return x.astype(np.float32) if x.dtype != np.float32 else x
 
 
-def save_hf_dir(config: LlamaConfig, params: dict, directory: str | os.PathLike, tokenizer=None) -> Path:
-    """Write config.json + safetensors (sharded past 4 GiB, with an index) atomically into `directory`."""
-    with atomic_directory(directory) as tmp:
+def save_hf_dir(config: LlamaConfig, params: dict, directory: str | os.PathLike, tokenizer=None,
+                overwrite: bool = False) -> Path:
+    """Write config.json + safetensors (sharded past 4 GiB, with an index) atomically into `directory`; an
+    existing folder only as io.files.check_replaceable allows."""
+    with atomic_directory(directory, overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
         weight_map, shard, shard_bytes, total = {}, {}, 0, 0
 

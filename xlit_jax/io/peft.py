@@ -42,8 +42,9 @@ def adapter_tensors(config: LlamaConfig, params) -> dict[str, np.ndarray]:
 
 
 def save_peft_adapter(config: LlamaConfig, params, directory: str | os.PathLike,
-                      base_model_name_or_path: str | None = None) -> Path:
-    """Write adapter_config.json + adapter_model.safetensors (float32) atomically into `directory`."""
+                      base_model_name_or_path: str | None = None, overwrite: bool = False) -> Path:
+    """Write adapter_config.json + adapter_model.safetensors (float32) atomically into `directory` (an
+    existing folder only as io.files.check_replaceable allows)."""
     from xlit_jax.io.files import atomic_directory
 
     if not config.lora_rank:
@@ -63,13 +64,14 @@ def save_peft_adapter(config: LlamaConfig, params, directory: str | os.PathLike,
         "inference_mode": True,
     }
     tensors = {k: v.astype(np.float32) for k, v in adapter_tensors(config, params).items()}
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, overwrite) as tmp:
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     return Path(directory)
 
 
-def save_merged_hf(config: LlamaConfig, params, directory: str | os.PathLike, tokenizer=None) -> Path:
+def save_merged_hf(config: LlamaConfig, params, directory: str | os.PathLike, tokenizer=None,
+                   overwrite: bool = False) -> Path:
     """An HF LLaMA directory with the adapters folded into the kernels."""
     merged = merge_lora(params, config.lora_alpha) if config.lora_rank else params
-    return save_hf_dir(config.replace(lora_rank=0), merged, directory, tokenizer)
+    return save_hf_dir(config.replace(lora_rank=0), merged, directory, tokenizer, overwrite)

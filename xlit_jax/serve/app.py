@@ -22,7 +22,7 @@ import uuid
 from absl import logging
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from xlit_jax.decode.engine import DECODE_STEPS, Engine, Request as EngineRequest
@@ -52,10 +52,10 @@ class ClientGone(Exception):
 class Service:
     """What the routes do: check a request, run it through the worker, and shape the answer."""
 
-    def __init__(self, model, name: str, config: ServeConfig):
+    def __init__(self, model, name: str, config: ServeConfig, on_failure=lambda: None):
         self.model, self.name, self.config = model, name, config
         self.worker = Worker(lambda: Engine(model.params, model.config, slots=config.slots, max_len=config.max_len,
-                                            steps=config.steps), config.max_queue)
+                                            steps=config.steps), config.max_queue, on_failure)
 
     def authorize(self, request: Request) -> None:
         if self.config.api_key is None:
@@ -83,6 +83,8 @@ class Service:
         stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         if len(stops) > MAX_STOPS or not all(stops):
             raise APIError(400, f"stop: at most {MAX_STOPS} non-empty strings", param="stop")
+        if not prompt_ids:
+            raise APIError(400, "the prompt is empty: it encodes to no tokens", param="prompt")
         limit, positions = self.config.max_tokens, self.model.config.max_position_embeddings
         if max_tokens is not None and not 1 <= max_tokens <= limit:
             raise APIError(400, f"max_tokens={max_tokens} is outside 1..{limit}", param="max_tokens")
@@ -264,15 +266,20 @@ def add_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": service.name, "queued": service.worker.queued(), **service.worker.stats}
+        worker = service.worker
+        if worker.failure:
+            return JSONResponse({"status": "failed", "model": service.name, "error": worker.failure}, status_code=503)
+        return {"status": "ok", "model": service.name, "queued": worker.queued(), **worker.stats}
 
 
-def create_app(model, name: str | None = None, config: ServeConfig = ServeConfig()) -> FastAPI:
+def create_app(model, name: str | None = None, config: ServeConfig = ServeConfig(),
+               on_failure=lambda: None) -> FastAPI:
     """The server's app for a loaded model (xlit_jax.load's Model, with a tokenizer). The worker's
-    counters are in `app.state.worker.stats` and in GET /health."""
+    counters are in `app.state.worker.stats` and in GET /health; `on_failure` runs if the decoding engine's
+    thread stops (serve/worker.py)."""
     if model.tokenizer is None:
         raise InputError(f"{model.name} has no tokenizer; the server needs one to read and write text")
-    service = Service(model, name or model.name, config)
+    service = Service(model, name or model.name, config, on_failure)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

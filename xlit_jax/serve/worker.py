@@ -38,11 +38,16 @@ class Job:
 
 
 class Worker:
-    """The engine's thread. `submit` refuses (429) when `max_queue` jobs already wait for a slot."""
+    """The engine's thread. `submit` refuses (429) when `max_queue` jobs already wait for a slot. An error
+    inside the loop fails the requests it concerns and the loop goes on; if the loop itself cannot go on
+    (a fresh engine cannot be built), `failure` says why, every request is answered 503 and `on_failure`
+    runs (the binary exits non-zero there, so a supervisor restarts it)."""
 
-    def __init__(self, new_engine, max_queue: int):
+    def __init__(self, new_engine, max_queue: int, on_failure=lambda: None):
         self._new_engine = new_engine  # () -> Engine; a fresh one replaces an engine whose call failed
+        self._on_failure = on_failure
         self.engine: Engine = new_engine()
+        self.failure: str | None = None
         self._jobs: queue.Queue[Job] = queue.Queue(max_queue)
         self._running: dict[int, Job] = {}  # id(request) -> job, for the jobs inside the engine
         self._stop = threading.Event()
@@ -51,6 +56,8 @@ class Worker:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
+        if self.failure:
+            raise self._unavailable()
         try:
             self._jobs.put_nowait(job)
         except queue.Full:
@@ -64,8 +71,13 @@ class Worker:
         self._stop.set()
         self._thread.join()
 
+    def _unavailable(self) -> APIError:
+        return APIError(503, f"the decoding engine stopped ({self.failure}); the server is restarting",
+                        kind="server_error", code="engine_stopped")
+
     def _admit(self) -> None:
-        """Move waiting jobs into the engine while it has slots for them (an idle engine: wait for one)."""
+        """Move waiting jobs into the engine while it has slots for them (an idle engine: wait for one). A
+        request the engine refuses is answered with the reason; the others go on."""
         free = self.engine.slots.count(None) - len(self.engine.waiting)
         while free > 0:
             try:
@@ -74,30 +86,52 @@ class Worker:
                 return
             if job.request.cancelled:  # the client left while it waited
                 continue
-            self.engine.submit(job.request)
+            try:
+                self.engine.submit(job.request)
+            except ValueError as e:  # the handlers check requests first: this is a check they missed
+                logging.warning("a request the engine refused: %s", e)
+                job.post(APIError(400, f"the engine refused the request: {e}"))
+                continue
             self._running[id(job.request)] = job
             self.stats["requests"] += 1
             free -= 1
 
     def _work(self) -> None:
-        while not self._stop.is_set():
-            self._admit()
-            if not self.engine.busy():
-                continue
-            self.stats["decode_calls"] += 1
-            self.stats["most_running"] = max(self.stats["most_running"], len(self.engine.slots) -
-                                             self.engine.slots.count(None) + len(self.engine.waiting))
+        try:
+            while not self._stop.is_set():
+                self._admit()
+                if self.engine.busy():
+                    self._decode()
+        except Exception as e:  # noqa: BLE001 - reported on /health and to every client, then the process ends
+            logging.exception("the decoding engine's thread stopped")
+            self.failure = f"{type(e).__name__}: {e}"
+            self._fail_all(self._unavailable())
+            self._on_failure()
+
+    def _decode(self) -> None:
+        self.stats["decode_calls"] += 1
+        self.stats["most_running"] = max(self.stats["most_running"], len(self.engine.slots) -
+                                         self.engine.slots.count(None) + len(self.engine.waiting))
+        try:
+            self.engine.run_once()
+        except Exception as e:  # noqa: BLE001 - answered to the clients, the server goes on
+            logging.exception("a decoding call failed; %d requests are answered with its error", len(self._running))
+            for job in self._running.values():
+                job.post(e)
+            self._running.clear()
+            self.engine = self._new_engine()
+            return
+        self.stats["cancelled"] += sum(job.request.cancelled and job.request.finish_reason is None
+                                       for job in self._running.values())
+        self._running = {key: job for key, job in self._running.items()
+                         if job.request.finish_reason is None and not job.request.cancelled}
+
+    def _fail_all(self, error: APIError) -> None:
+        for job in self._running.values():
+            job.post(error)
+        self._running.clear()
+        while True:
             try:
-                self.engine.run_once()
-            except Exception as e:  # noqa: BLE001 - answered to the clients, the server goes on
-                logging.exception("a decoding call failed; %d requests are answered with its error",
-                                  len(self._running))
-                for job in self._running.values():
-                    job.post(e)
-                self._running.clear()
-                self.engine = self._new_engine()
-                continue
-            self.stats["cancelled"] += sum(job.request.cancelled and job.request.finish_reason is None
-                                           for job in self._running.values())
-            self._running = {key: job for key, job in self._running.items()
-                             if job.request.finish_reason is None and not job.request.cancelled}
+                self._jobs.get_nowait().post(error)
+            except queue.Empty:
+                return

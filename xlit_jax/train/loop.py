@@ -267,8 +267,10 @@ def export(cfg, workdir: Path, config: LlamaConfig, state, tokenizer) -> None:
     params = multihost_utils.process_allgather(state.full_params(), tiled=True)  # every process takes part
     if jax.process_index() != 0:
         return
+    # the run's own exports: a rerun replaces them
     if cfg.train.export_hf:
-        save_merged_hf(config, params, workdir / "export" / "hf", tokenizer)
+        save_merged_hf(config, params, workdir / "export" / "hf", tokenizer, overwrite=True)
     if cfg.train.export_peft and config.lora_rank:
-        save_peft_adapter(config, params, workdir / "export" / "peft", cfg.model.hub_name or cfg.model.source)
+        save_peft_adapter(config, params, workdir / "export" / "peft", cfg.model.hub_name or cfg.model.source,
+                          overwrite=True)
 

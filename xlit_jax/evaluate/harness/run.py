@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import io
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from xlit_jax.evaluate.harness import metrics
 from xlit_jax.evaluate.harness.data import BBH_TARGET_ALIASES, GENERATIVE, LETTERS, BenchItem, load_benchmarks
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, check_model, score_key
 from xlit_jax.evaluate.report import BENCHMARK_SCORER, DEFECTS_FILE, write_report
-from xlit_jax.io.files import append_jsonl, atomic_write_text, resume_jsonl
+from xlit_jax.io.files import append_jsonl, atomic_write_text, output_lock, resume_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +178,12 @@ class BenchmarkEvaluation:
         return {"prompt_tokens": prompt_tokens, "new_tokens": 0}
 
     def run(self, model, model_name: str | None = None) -> dict[str, Path]:
-        model_name = model_name or model.name
+        """Score what is not scored yet; a second run into the same out_dir is refused while this one writes."""
+        with output_lock(self.out_dir, folder=True):
+            return self._run(model, model_name or model.name)
+
+    def _run(self, model, model_name: str) -> dict[str, Path]:
         done = self._done(model_name)
-        os.makedirs(self.out_dir, exist_ok=True)
         atomic_write_text(self.out_dir / DEFECTS_FILE, defects_csv(self.loaded))
         groups: dict[tuple, list[BenchItem]] = {}
         for item in self.loaded.items:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import os
 from pathlib import Path
 
 from tqdm import tqdm
@@ -30,7 +29,7 @@ from xlit_jax.evaluate.instructions.modifiers import ModifierScorer
 from xlit_jax.evaluate.instructions.spelling import SpellingScorer
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, check_model, score_key
 from xlit_jax.evaluate.report import write_report
-from xlit_jax.io.files import append_jsonl, resume_jsonl
+from xlit_jax.io.files import append_jsonl, output_lock, resume_jsonl
 from xlit_jax.resources import shared_data_dir
 
 log = logging.getLogger(__name__)
@@ -222,14 +221,15 @@ class Evaluation:
                     for it, result in zip(chunk, results, strict=True)])
 
     def run(self, model, model_name: str | None = None) -> dict[str, Path]:
-        """Generate what is missing, score what is unscored, and write this run's report."""
+        """Generate what is missing, score what is unscored, and write this run's report. A second run into
+        the same out_dir is refused while this one writes."""
         model_name = model_name or model.name
-        generated = self._generated(model_name)
-        self._scored(model_name)  # refuse another model's scores before generating anything
-        os.makedirs(self.out_dir, exist_ok=True)
-        self.generate(model, model_name, generated)
-        self.score(model_name, generated)
-        written = write_report([self.out_dir], self.out_dir)
+        with output_lock(self.out_dir, folder=True):
+            generated = self._generated(model_name)
+            self._scored(model_name)  # refuse another model's scores before generating anything
+            self.generate(model, model_name, generated)
+            self.score(model_name, generated)
+            written = write_report([self.out_dir], self.out_dir)
         written["generations"] = self.generations_path
         written["item_scores"] = self.scores_path
         return written

@@ -49,6 +49,7 @@ def main(argv):
     import xlit_jax
     from xlit_jax.evaluate import EvalConfig, evaluate_model, write_report
     from xlit_jax.train.loop import train
+    from xlit_jax.train.record import check_resume, save_experiment
 
     if FLAGS.full:
         FLAGS.limit, FLAGS.max_new_tokens, FLAGS.steps = None, 512, 200
@@ -56,7 +57,11 @@ def main(argv):
     started = time.perf_counter()
 
     logging.info("1/3 LoRA-tuning SmolLM2-135M on %s for %d steps", FLAGS.data, FLAGS.steps)
-    train(train_config(out / "lora_run"), str(out / "lora_run"))
+    workdir = out / "lora_run"
+    cfg = train_config(workdir)
+    check_resume(cfg, workdir)  # e.g. --full or --data=dolly into a default run's --out_dir: one line, as xlit-train
+    save_experiment(cfg, workdir)
+    train(cfg, str(workdir))
 
     base = xlit_jax.load("smollm2-135m")
     tuned = xlit_jax.load(out / "lora_run")

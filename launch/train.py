@@ -57,11 +57,12 @@ def main(argv):
     check_config(cfg)
     import jax
 
-    from xlit_jax.io.files import atomic_write_text
     from xlit_jax.train.loop import train
+    from xlit_jax.train.record import check_resume, save_experiment
 
+    check_resume(cfg, FLAGS.workdir)  # a workdir made with other settings: one line, nothing read or rewritten
     if jax.process_index() == 0:
-        atomic_write_text(f"{FLAGS.workdir}/experiment.json", cfg.to_json_best_effort(indent=2))
+        save_experiment(cfg, FLAGS.workdir)
     row = train(cfg, FLAGS.workdir)  # an InputError (e.g. model.attention=cudnn without a GPU) is one line
     logging.info("done: %s", row)
 

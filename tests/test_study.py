@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from xlit_jax.errors import InputError
+from xlit_jax.errors import InputError, UserError
 from xlit_jax.study import grid, report
 
 from support import REPO
@@ -98,6 +99,76 @@ def test_a_cell_another_runner_holds_is_left_alone(tmp_path):
         assert runner.cell_state(cell, paths) == (runner.RUNNING, "checkpoint step 0, 0 responses generated")
     assert not paths.log("train").exists()  # nothing was started
     assert runner.cell_state(cell, paths)[0] == runner.PARTIAL
+
+
+def _done(cells: list, workdir: Path, eval_flags, monkeypatch) -> None:
+    """Run `cells` with every stage a stub that succeeds: status.json records them as a real run does."""
+    from xlit_jax.study import runner
+
+    monkeypatch.setattr(runner, "_run_stage", lambda *args: (0, ""))
+    assert set(runner.run(cells, workdir, eval_flags).values()) == {runner.DONE}
+
+
+def test_a_rerun_with_other_settings_than_done_cells_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    """Cells done with 2 steps and 1 item each, then the study rerun as written (6 steps, 2 items): exit 2
+    naming the stages, flags and cells, study.json and status.json as they were. The same settings, a
+    setting xlit-train may change on resume, and a moved study folder pass."""
+    from xlit_jax.study import runner
+
+    path, workdir = tmp_path / "tiny_study.py", tmp_path / "study"
+    path.write_text(TINY_STUDY)
+    namespace = {}
+    exec(TINY_STUDY, namespace)
+    config = namespace["get_config"]()
+    config.train.train.max_steps, config.eval.limit = 2, 1
+    cells = grid.expand(config)
+    _done(cells, workdir, config.eval, monkeypatch)
+    (workdir / "study.json").write_text(config.to_json_best_effort(indent=2))  # as that run wrote it
+    config.train.train.log_every = 2
+    for folder in (workdir, shutil.copytree(workdir, tmp_path / "moved")):
+        runner.check_recorded(grid.expand(config), folder, config.eval)
+    records = {p: p.read_bytes() for p in workdir.rglob("*.json")}
+    result = study(f"--config={path}", f"--workdir={workdir}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"xlit-study: {workdir}: done stages were run with other settings: eval (--limit 1 -> 2) in broken.base, "
+        f"{FT}, {LORA}; train (--config.train.max_steps 2 -> 6) in {FT}, {LORA}; rerun with the settings they record "
+        "(cells/NAME/status.json, data/DATASET/status.json), use a new --workdir, or remove those folders to redo them")
+    assert {p: p.read_bytes() for p in workdir.rglob("*.json")} == records
+
+
+def test_a_data_set_prepared_with_other_flags_is_named_once(tmp_path, monkeypatch):
+    from xlit_jax.study import runner
+
+    def config(n: int) -> ConfigDict:
+        return ConfigDict({"name": "s", "experiment": "x.py", "models": ("m",), "datasets": ("d",),
+                           "methods": ("ft", "lora"), "learning_rates": ("1e-4",), "eval": {},
+                           "data_prep": {"d": {"steps": ({"program": "demos", "n": n, "output": "{prep}/d.jsonl"},),
+                                               "sources": ("chat:{prep}/d.jsonl",)}}})
+
+    _done(grid.expand(config(5)), tmp_path, {}, monkeypatch)
+    assert runner.read_status(grid.data_paths(tmp_path, "d"))["settings"] == {
+        "demos": ["--n=5", "--output={workdir}/data/d/d.jsonl"]}
+    with pytest.raises(UserError, match=r": done stages were run with other settings: demos \(--n 5 -> 7\) "
+                                                  r"in data set d; rerun"):
+        runner.check_recorded(grid.expand(config(7)), tmp_path, {})
+
+
+def test_a_failing_stage_logs_and_records_the_reason_its_log_ends_with(tmp_path, caplog):
+    from xlit_jax.study import runner
+
+    paths = grid.CellPaths(tmp_path / "cell")
+    paths.root.mkdir()
+    paths.log("train").write_text("=== an earlier attempt\nxlit-train: an earlier reason\n")
+    refused = "import sys; print('step 1', end='\\r'); print('xlit-train: the reason', file=sys.stderr); sys.exit(2)"
+    stages = {"train": [sys.executable, "-c", refused]}
+    with caplog.at_level("ERROR"):
+        assert runner._run_stages("c", stages, paths, tmp_path, {"train": []}) == runner.FAILED
+    assert runner.read_status(paths)["failed"]["reason"] == "xlit-train: the reason"
+    assert f"c: train failed (exit 2): xlit-train: the reason; its log: {paths.log('train')}" in caplog.text
+    stages = {"train": [sys.executable, "-c", "raise SystemExit(3)"]}  # no line of its own: not an earlier one
+    assert runner._run_stages("c", stages, paths, tmp_path, {"train": []}) == runner.FAILED
+    assert runner.read_status(paths)["failed"]["reason"] == ""
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:

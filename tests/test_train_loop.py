@@ -22,6 +22,7 @@ from xlit_jax.errors import NonFiniteError, UserError, WeightsError
 from xlit_jax.io.checkpoints import load_for_inference
 from xlit_jax.loader import load_config
 from xlit_jax.train.loop import train
+from xlit_jax.train.record import save_experiment
 
 from support import COMPARED, OVERRIDES, REPO, tiny_config, write_chats
 
@@ -301,6 +302,22 @@ def test_no_readable_checkpoint_is_one_line_and_moves_nothing(reference, chats, 
                            "(steps 8, 6, 4, 2; step 8: "), last
     assert "to start over, move" in last
     assert steps(workdir) == [2, 4, 6, 8] and not (workdir / "checkpoints" / "unreadable").exists()
+
+
+def test_a_lora_config_into_a_full_fine_tuning_workdir_is_one_line_and_rewrites_nothing(reference, chats, tmp_path):
+    """The LoRA config on a finished full fine-tuning run: exit 2 before anything is loaded, one line naming the
+    setting, every file as it was (it used to train full fine-tuning and record LoRA in experiment.json)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir)
+    save_experiment(tiny_config(chats), workdir)  # as xlit-train records the reference run
+    files = lambda: {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in workdir.rglob("*")}  # noqa: E731
+    before, recorded = files(), (workdir / "experiment.json").read_bytes()
+    process = launch(["--config=configs/experiments/tiny_lora.py", *flags(chats, workdir)[1:]], tmp_path / "cache")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 2, err[-3000:]
+    assert one_liners(err) == [f"xlit-train: {workdir}: was trained with other settings: lora.rank 0 -> 16; rerun "
+                               f"with the recorded settings ({workdir / 'experiment.json'}) or use a new workdir"]
+    assert files() == before and (workdir / "experiment.json").read_bytes() == recorded
 
 
 FILE_LIMITED = """\

@@ -10,6 +10,9 @@
 A rerun with the same --out_dir resumes: finished generations and scores are kept.
 """
 
+import difflib
+from pathlib import Path
+
 from absl import app, flags, logging
 
 from launch import define_inference_flags, inference_overrides, run_main
@@ -17,6 +20,7 @@ from xlit_jax.errors import InputError
 from xlit_jax.evaluate.harness import run as bench_run
 from xlit_jax.evaluate.harness.data import BENCHMARKS
 from xlit_jax.evaluate.instructions import run as evaluation
+from xlit_jax.evaluate.instructions.evalsets import EVAL_SETS, JSONL_PREFIX
 from xlit_jax.evaluate.report import write_report
 from xlit_jax.io.files import output_lock
 
@@ -24,7 +28,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "HF dir, .gguf file, checkpoint dir (with or without LoRA), smollm2-135m "
                     "or preset:NAME")
 flags.DEFINE_string("model_name", None, "name of the model in the outputs (default: the loader's)")
-flags.DEFINE_string("out_dir", None, "directory for generations, scores and the report", required=True)
+flags.DEFINE_string("out_dir", None, "directory for generations, scores and the report (required)")
+flags.DEFINE_bool("list", False, "list the model presets, eval sets, benchmarks and metrics, and exit")
 flags.DEFINE_list("eval_set", ["chirkova"], "chirkova, chirkova_modifiers, alpaca_farm or jsonl:PATH "
                   "(PATH may contain {lang}); or benchmarks scored as lm-evaluation-harness does: "
                   f"{', '.join(BENCHMARKS)}")
@@ -98,8 +103,31 @@ def bench_config_from_flags() -> bench_run.BenchConfig:
         xquad_normalization=FLAGS.xquad_normalization, batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir)
 
 
+def listing() -> str:
+    """What --list prints: every name a flag of this binary takes."""
+    from xlit_jax.models.presets import PRESETS
+
+    return "\n".join([
+        f"model presets (--model=preset:NAME, random weights): {', '.join(sorted(PRESETS))}; real: smollm2-135m",
+        f"eval sets (--eval_set): {', '.join(EVAL_SETS)}, jsonl:PATH (PATH may contain {{lang}})",
+        f"benchmarks (--eval_set, scored as lm-evaluation-harness does): {', '.join(BENCHMARKS)}",
+        f"metrics (--metrics; default {', '.join(evaluation.DEFAULT_METRICS)}): {', '.join(evaluation.METRICS)}"])
+
+
+def check_eval_sets(names: list[str]) -> None:
+    """An unknown --eval_set name is one line naming the closest known one and listing all of them."""
+    known = EVAL_SETS + tuple(BENCHMARKS)
+    for name in names:
+        if name not in known and not name.startswith(JSONL_PREFIX):
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise InputError(f"--eval_set: unknown set {name!r} ({hint}known: {', '.join(known)}, "
+                             f"{JSONL_PREFIX}PATH)")
+
+
 def _plan():
     """The benchmark or the eval-set evaluation the flags ask for, with every input checked."""
+    check_eval_sets(FLAGS.eval_set)
     benchmarks = [s for s in FLAGS.eval_set if s in BENCHMARKS]
     if not benchmarks:
         return evaluation.Evaluation(FLAGS.out_dir, config_from_flags())
@@ -111,6 +139,11 @@ def _plan():
 
 def main(argv):
     del argv
+    if FLAGS.list:
+        print(listing())
+        return
+    if not FLAGS.out_dir:
+        raise app.UsageError("--out_dir is required")
     if FLAGS.compare:
         written = write_report(FLAGS.compare, FLAGS.out_dir)
     else:
@@ -119,12 +152,15 @@ def main(argv):
         # Every input check (sets, languages, dictionaries, lid model, judge) runs before the model loads.
         plan = _plan()
         import xlit_jax
+        from xlit_jax.loader import model_name
 
         with output_lock(FLAGS.out_dir, folder=True):  # a second run into --out_dir refuses before the load
+            plan.check(FLAGS.model_name or model_name(FLAGS.model))
             model = xlit_jax.load(FLAGS.model, **inference_overrides())
             written = plan.run(model, FLAGS.model_name)
     for kind, path in written.items():
         logging.info("%s: %s", kind, path)
+    print(Path(written["markdown"]).read_text(encoding="utf-8"), end="")
 
 
 def run():

@@ -8,6 +8,7 @@ See docs/evaluation.md.
 
 import os
 import signal
+import socket
 import sys
 
 from absl import flags, logging
@@ -31,6 +32,18 @@ flags.DEFINE_string("api_key", None, "clients must send 'Authorization: Bearer K
 define_inference_flags()
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound now: a port in use or a host that is not ours is one line."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        raise InputError(f"--host={host} --port={port}: cannot listen there: {e.strerror or e}") from None
+    return sock
+
+
 def main(argv):
     del argv
     import uvicorn
@@ -41,6 +54,7 @@ def main(argv):
     for flag in ("slots", "max_queue", "max_tokens", "max_body_bytes", "max_len"):
         if FLAGS[flag].value is not None and FLAGS[flag].value < 1:
             raise InputError(f"--{flag} must be at least 1, not {FLAGS[flag].value}")
+    listening = listen(FLAGS.host, FLAGS.port)  # a busy port is refused before the model loads
     config = ServeConfig(slots=FLAGS.slots, max_queue=FLAGS.max_queue, max_tokens=FLAGS.max_tokens,
                          max_len=FLAGS.max_len, max_body_bytes=FLAGS.max_body_bytes,
                          api_key=FLAGS.api_key or os.environ.get("XLIT_SERVE_API_KEY") or None)
@@ -49,7 +63,7 @@ def main(argv):
     app = create_app(model, FLAGS.model_name, config, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
     logging.info("serving %s on http://%s:%d/v1 (API key %s)", FLAGS.model_name or model.name, FLAGS.host,
                  FLAGS.port, "required" if config.api_key else "not checked")
-    uvicorn.run(app, host=FLAGS.host, port=FLAGS.port, log_level="info")
+    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[listening])
     if app.state.worker.failure:
         print(f"xlit-serve: the decoding engine stopped: {app.state.worker.failure}", file=sys.stderr)
         sys.exit(1)

@@ -1,5 +1,7 @@
 """Every binary reports a user's input error as one line `xlit-NAME: message`, exit status 2, no traceback."""
 
+import json
+import socket
 import subprocess
 import sys
 import tomllib
@@ -117,3 +119,53 @@ def test_no_binary_replaces_a_folder_it_was_not_asked_to(tmp_path):
         assert run_binary("convert", "--src=preset:tiny", *args).returncode == 0
         assert (Path(args[0].split("=", 1)[1]) / "config.json").is_file()
     assert not (notes / "notes.txt").exists()
+
+
+def test_help_version_and_refusals_a_newcomer_meets_are_one_line_before_any_load(tmp_path, shared_data):
+    """--help prints the binary's docstring and its own flags, --version the version (exit 0); a missing
+    config file, an unknown preset, flag or eval set, a busy port, an empty prompts file and an out_dir of
+    another model's results are one line, exit 2, before any weights load."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "generations.jsonl").write_text(json.dumps({
+        "model": "someone_else", "set": "chirkova", "language": "en", "id": "1", "messages": [], "response": "x",
+        "decoding": {}}) + "\n")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    refusals = {
+        ("train", "--config=configs/experiments/nope.py", f"--workdir={tmp_path / 'run'}"):
+            "xlit-train: --config=configs/experiments/nope.py: no such file",
+        ("generate", "--model=preset:llama9", f"--prompts={empty}", f"--out={tmp_path / 'o.jsonl'}"):
+            f"xlit-generate: {empty}: no prompts",
+        ("convert", "--src=preset:llama9", f"--dst={tmp_path / 'hf'}"):
+            "xlit-convert: unknown model preset 'llama9' (did you mean 'llama-1b'? known: llama-1b, llama2-13b, "
+            "llama2-7b, smollm2-135m, tiny, tiny-tied, tower-7b)",
+        ("convert", "--src=preset:tiny", "--dts=x"): "xlit-convert: Unknown command line flag 'dts'. Did you mean: dst, dtype ?",
+        ("serve", "--model=preset:tiny", f"--port={port}"):
+            f"xlit-serve: --host=127.0.0.1 --port={port}: cannot listen there: Address already in use",
+        ("evaluate", "--model=preset:tiny", "--eval_set=chirkov", f"--out_dir={tmp_path / 'e'}"):
+            "xlit-eval: --eval_set: unknown set 'chirkov' (did you mean 'chirkova'? known: chirkova, "
+            "chirkova_modifiers, alpaca_farm, xquad, mlqa, mmlu, bbh, jsonl:PATH)",
+        ("evaluate", "--model=preset:tiny", "--languages=en", "--limit=1", f"--data_dir={shared_data}",
+         f"--out_dir={other}"):
+            f"xlit-eval: {other / 'generations.jsonl'}:1: holds results of model 'someone_else', but this run "
+            "evaluates 'preset:tiny'; use another --out_dir (one model per out_dir)",
+    }
+    running = {args: subprocess.Popen([sys.executable, "-m", f"launch.{args[0]}", *args[1:]], cwd=REPO, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in refusals}
+    helps = {module: run_binary(module, "--help") for module in ("convert", "serve")}
+    for args, process in running.items():
+        _, err = process.communicate(timeout=300)
+        assert (process.returncode, err.strip().splitlines()[-1]) == (2, refusals[args]), (args, err[-2000:])
+        assert "Traceback" not in err
+    busy.close()
+    assert not (tmp_path / "run").exists() and not (tmp_path / "hf").exists()
+    assert helps["convert"].returncode == 0 and helps["convert"].stdout.startswith("xlit-convert: any weights")
+    assert "--[no]overwrite: replace an existing" in helps["convert"].stdout and "--src:" in helps["convert"].stdout
+    assert "--slots:" in helps["serve"].stdout and "--attention:" in helps["serve"].stdout
+    version = run_binary("convert", "--version")
+    assert (version.returncode, version.stdout.strip()) == (0, "xlit-convert (xlit_jax) 0.1.0")

@@ -1,8 +1,10 @@
-"""The one error surface of the binaries (launch/ and the benchmark scripts)."""
+"""The one error surface of the binaries (launch/ and the benchmark scripts), and their --help and --version."""
 
 import difflib
+import importlib.metadata
 import re
 import sys
+from pathlib import Path
 
 from absl import app, flags
 from ml_collections import ConfigDict
@@ -25,11 +27,21 @@ def run_main(main, name: str) -> None:
         sys.exit(status)
 
     def parse(argv):
+        if {"--help", "-help", "-h", "--helpshort", "-?"} & set(argv[1:]):
+            print(usage(main.__module__, name))
+            sys.exit(0)
+        if {"--version", "-version"} & set(argv[1:]):
+            print(f"{name} (xlit_jax) {importlib.metadata.version('xlit_jax')}")
+            sys.exit(0)
         try:
             check_overrides(argv)
+            rest = flags.FLAGS(argv)
+            check_config_files()
+            return rest
         except UserError as e:
             report(e)
-        return app.parse_flags_with_usage(argv)
+        except flags.Error as e:  # an unknown flag names the closest ones; a config's get_config error
+            report(_flag_error(e))
 
     def guarded(argv):
         try:
@@ -40,6 +52,17 @@ def run_main(main, name: str) -> None:
             report("interrupted; finished work is kept: rerun the same command to go on", 130)
 
     app.run(guarded, flags_parser=parse)
+
+
+def usage(module_name: str, name: str) -> str:
+    """What --help prints: the binary's docstring, then its own flags (`--helpfull` adds absl's)."""
+    module = sys.modules[module_name]
+    # absl files a `python -m` main module's flags under sys.argv[0]; the shared ones are launch's
+    own = [flags.FLAGS.module_help(m).split("\n", 2)[-1] for m in dict.fromkeys((module_name, sys.argv[0], "launch"))
+           if m in flags.FLAGS.flags_by_module_dict()]
+    doc = (module.__doc__ or name).strip()
+    return "\n\n".join([doc, "Flags:\n" + "\n".join(own), "--helpfull lists absl's flags too; --version prints "
+                        "the version."])
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:
@@ -69,6 +92,34 @@ def _unknown_field(config, path: str) -> str | None:
                     f"({hint}its fields: {', '.join(fields)})")
         node = node[part]
     return None
+
+
+def _flag_error(error: flags.Error) -> str:
+    """absl's message in one line: several missing flags are named together; a config file's own error
+    (which ml_collections wraps with its traceback) is its last line, after the flag it concerns."""
+    lines = str(error).strip().splitlines()
+    missing = [m.group(1) for line in lines if (m := re.match(r"flag (--\S+)=None: Flag \S+ must have a value", line))]
+    if missing and len(missing) == len(lines):
+        return f"{', '.join(missing)}: required (see --help)"
+    if len(lines) == 1:
+        return lines[0]
+    flag = re.match(r"(flag --\S+?)[=:]", lines[0])
+    return f"{flag.group(1) + ': ' if flag else ''}{lines[-1]}"
+
+
+def check_config_files(flag_values=flags.FLAGS) -> None:
+    """A UserError naming a config-file flag whose file is missing or fails to load (ml_collections defers
+    that error to the config's first use, deep in main)."""
+    for name in list(flag_values):
+        flag = flag_values[name]
+        if not isinstance(flag.parser, ConfigFileFlagParser) or flag.value is None:
+            continue
+        try:
+            flag.value.keys()
+        except Exception as e:  # noqa: BLE001 - the loading error, re-raised in one line
+            path = str(flag.config_filename if hasattr(flag, "config_filename") else "").split(":")[0]
+            reason = "no such file" if path and not Path(path).exists() else str(e).splitlines()[0]
+            raise UserError(f"--{name}={path}: {reason}") from None
 
 
 def check_overrides(argv: list[str], flag_values=flags.FLAGS) -> None:

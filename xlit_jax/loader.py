@@ -97,7 +97,7 @@ def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:
         config = get_preset(src[len("preset:"):]).replace(**config_overrides)
         return Model(_checked(config), init_params(config, seed), None, src)
     path = smollm2_gguf_path() if src == "smollm2-135m" else Path(src)
-    name = src if src == "smollm2-135m" else path.name
+    name = model_name(src)
     if path.suffix == ".gguf":
         from xlit_jax.io.gguf import load_gguf
 
@@ -115,6 +115,12 @@ def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:
     else:
         raise _unknown_source(src)
     return Model(_checked(config), _to_device(params, config.weights_dtype), tokenizer, name)
+
+
+def model_name(src: str | os.PathLike) -> str:
+    """The name `load(src)` gives its model (what outputs record as "model"), known without loading it."""
+    src = str(src)
+    return src if src == "smollm2-135m" or src.startswith("preset:") else Path(src).name
 
 
 def _checked(config: LlamaConfig) -> LlamaConfig:

@@ -2,6 +2,9 @@
 both. `preset:NAME` builds the shape with seeded random weights; real weights come from a local copy of
 the hub name (or, for smollm2-135m, the GGUF that xlit_jax.load finds)."""
 
+import difflib
+
+from xlit_jax.errors import InputError
 from xlit_jax.models.config import LlamaConfig
 
 PRESETS = {
@@ -47,4 +50,6 @@ def get_preset(name: str) -> LlamaConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}") from None
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise InputError(f"unknown model preset {name!r} ({hint}known: {', '.join(sorted(PRESETS))})") from None

@@ -105,6 +105,10 @@ class BenchmarkEvaluation:
             done.add(score_key(row))
         return done
 
+    def check(self, model_name: str) -> None:
+        """Refuse, before a model loads, an out_dir that holds another model's results or other settings'."""
+        self._done(model_name)
+
     def _text(self, model, item: BenchItem) -> str:
         """The harness's prompt, or it as a user turn in the model's chat template."""
         if not self.config.chat_template:

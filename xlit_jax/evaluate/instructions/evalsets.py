@@ -22,6 +22,7 @@ ALPACA_FARM_FILE = "alpaca_farm_eval/alpaca_farm_evaluation_805.gpt-3.5-turbo-03
 JSONL_PREFIX = "jsonl:"
 LANG_PLACEHOLDER = "{lang}"
 PAPER_SETS = ("chirkova", "chirkova_modifiers")
+EVAL_SETS = (*PAPER_SETS, "alpaca_farm")  # and jsonl:PATH
 
 
 @dataclasses.dataclass(frozen=True)

@@ -180,6 +180,11 @@ class Evaluation:
                 done.add(score_key(row))
         return done
 
+    def check(self, model_name: str) -> None:
+        """Refuse, before a model loads, an out_dir that holds another model's results or other settings'."""
+        self._generated(model_name)
+        self._scored(model_name)
+
     def generate(self, model, model_name: str, generated: dict) -> None:
         pending = [it for it in self.items if it.key not in generated]
         log.info("%d of %d items to generate", len(pending), len(self.items))

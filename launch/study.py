@@ -41,6 +41,7 @@ def _study():
     else:
         states = {}
         if not FLAGS.report:
+            grid.check_training_settings(cells)  # e.g. eval_every > max_steps, before the baseline runs
             runner.check_recorded(cells, workdir, cfg.eval)  # done cells of other settings: one line, nothing written
             atomic_write_text(workdir / "study.json", cfg.to_json_best_effort(indent=2))
             states = runner.run(cells, workdir, cfg.eval)

@@ -83,6 +83,26 @@ def test_bad_study_config_is_one_line_with_status_2(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == "xlit-study: study config: the grid axis 'methods' is empty"
 
 
+def test_any_experiment_field_can_be_overridden_and_a_bad_cadence_is_refused_before_the_baseline(tmp_path):
+    """--config.train.* reaches every experiment field (docs/study.md), only the fields set are passed on, and
+    a training setting xlit-train would refuse (eval_every > max_steps) stops the study before any stage."""
+    from configs.studies import smollm2_mini
+
+    config = smollm2_mini.get_config()
+    config.train.data.seq_len, config.train.train.seed = 256, 3
+    cell = next(c for c in grid.expand(config) if c.trains)
+    assert {"data.seq_len": "256", "train.seed": "3", "train.max_steps": "20"}.items() <= dict(cell.train_overrides).items()
+    assert "optim.lr" not in dict(cell.train_overrides)  # unset: the experiment's own
+    experiment = grid.experiment_config(cell)
+    assert (experiment.data.seq_len, experiment.train.seed, experiment.optim.lr) == (256, 3, float(cell.lr))
+    result = study("--config=configs/studies/smollm2_mini.py", f"--workdir={tmp_path / 'w'}",
+                   "--config.train.train.eval_every=50", "--config.train.data.seq_len=256")
+    assert (result.returncode, result.stderr.strip().splitlines()[-1]) == (
+        2, "xlit-study: cell smollm2-135m.lima-en.ft.lr1e-5: train.eval_every=50 must be between 1 and the run's "
+           "train.max_steps=20 (0 turns evaluation off)")
+    assert not (tmp_path / "w").exists()
+
+
 def test_a_cell_another_runner_holds_is_left_alone(tmp_path):
     import fcntl
 

@@ -6,7 +6,7 @@ Override any field from the command line: `xlit-train --config=configs/experimen
 
 import dataclasses
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 from xlit_jax.models.config import LORA_ALPHA, LORA_DEFAULT_TARGETS, LORA_DROPOUT, LORA_RANK
 from xlit_jax.models.presets import HUB_NAMES, get_preset
@@ -97,3 +97,18 @@ def base_config() -> ConfigDict:
             "process_id": -1,
         },
     })
+
+
+def overrides(given: dict | None = None) -> ConfigDict:
+    """A study's `train` section: every field of base_config() as an unset typed placeholder, then `given`
+    ({"train": {"max_steps": 20}}). `xlit-study --config.train.data.seq_len=256` can then override any field of
+    the experiment, and only the fields set (not None) reach xlit-train."""
+
+    def unset(tree: ConfigDict) -> dict:
+        return {key: unset(value) if isinstance(value, ConfigDict) else config_dict.placeholder(type(value))
+                for key, value in tree.items()}
+
+    section = ConfigDict(unset(base_config()))
+    section.update_from_flattened_dict({f"{prefix}.{key}": value for prefix, fields in (given or {}).items()
+                                        for key, value in fields.items()})
+    return section

@@ -12,7 +12,7 @@ any chat model xlit-eval loads; the GPT judge any OpenAI-API model. Without them
 
 from ml_collections import ConfigDict
 
-from configs.experiments import paper
+from configs.experiments import base, paper
 
 
 FIG3_CELLS = ("llama2-13b.dolly-en.ft.lr1e-5", "llama2-7b.dolly-en.ft.lr1e-5", "llama2-13b.lima-en.ft.lr1e-5",
@@ -29,7 +29,7 @@ def get_config():
         "methods": paper.METHODS,
         "learning_rates": paper.LEARNING_RATES,
         "model_sources": {model: "" for model in paper.MODELS},  # local weights of each model
-        "train": {},  # overrides of the experiment config, e.g. {"train": {"max_steps": 500}}
+        "train": base.overrides(),  # of the experiment config, e.g. --config.train.train.max_steps=500
         "eval": {  # xlit-eval flags
             "eval_set": "chirkova,chirkova_modifiers",
             "languages": "en,fr,pt,ru",

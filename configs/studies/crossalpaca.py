@@ -15,7 +15,7 @@ and the hub).
 
 from ml_collections import ConfigDict
 
-from configs.experiments import crossalpaca
+from configs.experiments import base, crossalpaca
 from xlit_jax.resources import shared_data
 
 NTREX = str(shared_data("ntrex128"))
@@ -32,7 +32,7 @@ def get_config():
         "methods": ("ft", "lora"),
         "learning_rates": ("1e-5", "1e-4"),
         "model_sources": {"llama2-7b": ""},
-        "train": {},
+        "train": base.overrides(),  # of the experiment config, e.g. --config.train.train.max_steps=500
         "data_prep": {  # steps run in order; "{prep}" is WORKDIR/data/DATASET
             "alpaca-demos": {"steps": ({**DEMOS, "mix_with": crossalpaca.ALPACA, "output": "{prep}/alpaca_demos.jsonl"},),
                              "sources": ("chat:{prep}/alpaca_demos.jsonl",)},

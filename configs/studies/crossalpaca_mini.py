@@ -9,6 +9,7 @@ too small to show the paper's effect (docs/results.md).
 
 from ml_collections import ConfigDict
 
+from configs.experiments import base
 from configs.studies.crossalpaca import DEMOS
 from xlit_jax.resources import shared_data
 
@@ -22,11 +23,11 @@ def get_config():
         "methods": ("lora",),
         "learning_rates": ("1e-3",),  # so few updates need a high rate to move the model at all
         "model_sources": {},
-        "train": {
+        "train": base.overrides({
             "data": {"seq_len": 256, "tokens_per_batch": 512, "grad_accum": 1},
             "train": {"max_steps": 8, "save_every": 4, "log_every": 2, "export_hf": False, "export_peft": False,
                       "tensorboard": False},
-        },
+        }),
         "data_prep": {
             # 40 sentence pairs per language, both directions (400 demonstrations), 27% of the mix (381 with LIMA).
             "lima-demos": {"steps": ({**DEMOS, "max_pairs": 40, "ratio": 0.27,

@@ -15,6 +15,8 @@ likeliest effects first on a busy machine, run the cells in passes (as docs/resu
 
 from ml_collections import ConfigDict
 
+from configs.experiments import base
+
 
 def get_config():
     return ConfigDict({
@@ -25,12 +27,12 @@ def get_config():
         "methods": ("ft", "lora"),
         "learning_rates": ("1e-5", "1e-4", "1e-3"),
         "model_sources": {},
-        "train": {
+        "train": base.overrides({
             "data": {"grad_accum": 1},
             # eval_every: the drift curves while training (held-out French loss, en/fr/ru probes; 5 rounds)
             "train": {"max_steps": 20, "save_every": 5, "log_every": 5, "export_hf": False, "export_peft": False,
                       "tensorboard": False, "eval_every": 5},
-        },
+        }),
         "eval": {
             "eval_set": "chirkova",
             "languages": "en,fr,pt,ru",

@@ -24,13 +24,18 @@ A cell is its data preparation, one training run and its evaluations, or one bas
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import fnmatch
 import shlex
 import sys
 from pathlib import Path
 
+from ml_collections import ConfigDict
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+
 from xlit_jax.errors import InputError
+from xlit_jax.train import probes
 
 AXES = ("models", "datasets", "methods", "learning_rates")
 BASELINE = "base"  # the method of a baseline cell: evaluated without training
@@ -79,7 +84,8 @@ class Cell:
 
 def _flatten(tree, sequence, prefix: str = "") -> list[tuple[str, str]]:
     """{"train": {"max_steps": 30}} -> [("train.max_steps", "30")]; a tuple becomes sequence(values), and
-    "" is left out (the program's default stays)."""
+    "" and None (an unset placeholder: configs/experiments/base.py's overrides) are left out (the program's
+    default stays)."""
     pairs = []
     for key, value in tree.items():
         path = f"{prefix}{key}"
@@ -87,7 +93,7 @@ def _flatten(tree, sequence, prefix: str = "") -> list[tuple[str, str]]:
             pairs += _flatten(value, sequence, path + ".")
         elif isinstance(value, (tuple, list)):
             pairs.append((path, sequence(value)))
-        elif value != "":
+        elif value not in ("", None):
             pairs.append((path, str(value)))
     return pairs
 
@@ -247,3 +253,27 @@ def command_lines(cells: list[Cell], workdir: Path, eval_flags, launcher: str) -
         lines.append(f"# {cell.name}")
         lines += [shlex.join(argv) for argv in commands(cell, cell_paths(workdir, cell), eval_flags, launcher).values()]
     return "\n".join(lines) + "\n"
+
+
+def experiment_config(cell: Cell) -> ConfigDict:
+    """The experiment config the cell's xlit-train will run: its file, then its overrides (each value read as
+    a Python literal unless the field holds a string, as config_flags reads them)."""
+    config = ConfigFileFlagParser("config").parse(cell.experiment)
+    overrides = dict(cell.train_overrides) | ({"model.source": cell.source} if cell.source else {})
+    for key, text in overrides.items():
+        current = config
+        for part in key.split("."):
+            current = current[part]
+        config.update_from_flattened_dict({key: text if isinstance(current, str) else ast.literal_eval(text)})
+    return config
+
+
+def check_training_settings(cells: list[Cell]) -> None:
+    """The settings xlit-train checks without reading anything, for every training cell, before a study's
+    first stage (a baseline's evaluation would otherwise run before a cell's training refuses them)."""
+    for cell in cells:
+        if cell.trains:
+            try:
+                probes.check_cadence(experiment_config(cell))
+            except InputError as e:
+                raise InputError(f"cell {cell.name}: {e}") from None

@@ -180,9 +180,20 @@ def _run_stages(name: str, stages: dict[str, list[str]], paths: grid.CellPaths, 
             return FAILED
         status[stage] = DONE
         status.setdefault("settings", {})[stage] = settings[stage]
-        status[f"{stage}_seconds"] = status.get(f"{stage}_seconds", 0) + round(time.perf_counter() - started, 1)
+        seconds = round(time.perf_counter() - started, 1)
+        status[f"{stage}_seconds"] = status.get(f"{stage}_seconds", 0) + seconds
         _write_status(paths, status)
+        log.info("%s: %s done in %.0f s%s", name, stage, seconds, _made(stage, paths))
     return DONE
+
+
+def _made(stage: str, paths: grid.CellPaths) -> str:
+    """What a finished stage left, for its progress line: the training's last step, the responses."""
+    if stage == "train":
+        return f" (step {latest_checkpoint(paths.train) or 0})"
+    if stage == "eval":
+        return f" ({_generated(paths)} responses)"
+    return ""
 
 
 def _flags(stages: dict[str, list[str]]) -> dict[str, list[str]]:

@@ -92,12 +92,9 @@ def read_probes(pattern: str, langs: list[str]) -> list[Probe]:
 def check(cfg) -> Tools | None:
     """The settings checked, and the probe tools loaded, before any weights are: a bad one is a one-line
     InputError naming it. None when evaluation is off."""
-    t, every = cfg.train, cfg.train.eval_every
-    if every == 0:
+    t = cfg.train
+    if not check_cadence(cfg):
         return None
-    if every < 0 or every > t.max_steps:
-        raise InputError(f"train.eval_every={every} must be between 1 and the run's train.max_steps={t.max_steps} "
-                         "(0 turns evaluation off)")
     if jax.process_count() > 1:
         raise InputError("train.eval_every: evaluation while training runs in single-process runs only")
     overlap = {parse_source(s).path for s in cfg.data.eval_sources} & {parse_source(s).path for s in cfg.data.sources}
@@ -111,8 +108,6 @@ def check(cfg) -> Tools | None:
         if not cfg.data.eval_sources:
             raise InputError("train.eval_every: nothing to evaluate; set data.eval_sources or train.probe_prompts")
         return Tools([], None, None)
-    if t.stop_below > 0:
-        check_stop_rule(t.stop_rounds, every, t.save_every, t.keep)
     lid = LanguageIdentifier()
     try:
         lid.check_languages(langs)
@@ -120,6 +115,20 @@ def check(cfg) -> Tools | None:
     except InputError as e:
         raise InputError(f"train.probe_languages={t.probe_languages}: {e}") from None
     return Tools(read_probes(t.probe_prompts, langs), lid, speller)
+
+
+def check_cadence(cfg) -> bool:
+    """Whether evaluation while training is on, after the checks that read nothing (a study runs them for
+    every cell before its first stage): eval_every within the run, and the stop rule's checkpoints kept."""
+    t = cfg.train
+    if t.eval_every == 0:
+        return False
+    if not 0 < t.eval_every <= t.max_steps:
+        raise InputError(f"train.eval_every={t.eval_every} must be between 1 and the run's train.max_steps="
+                         f"{t.max_steps} (0 turns evaluation off)")
+    if t.stop_below > 0:
+        check_stop_rule(t.stop_rounds, t.eval_every, t.save_every, t.keep)
+    return True
 
 
 def check_stop_rule(rounds: int, every: int, save_every: int, keep: int) -> None:

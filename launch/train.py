@@ -11,6 +11,7 @@ exits without loading weights or writing anything: status 0, or 1 when the confi
       --config.data.tokens_per_batch=8192 --config.data.grad_accum=2
 """
 
+import contextlib
 import math
 import sys
 
@@ -57,13 +58,17 @@ def main(argv):
     check_config(cfg)
     import jax
 
+    from xlit_jax.io.files import output_lock
     from xlit_jax.train.loop import train
     from xlit_jax.train.record import check_resume, save_experiment
 
-    check_resume(cfg, FLAGS.workdir)  # a workdir made with other settings: one line, nothing read or rewritten
-    if jax.process_index() == 0:
-        save_experiment(cfg, FLAGS.workdir)
-    row = train(cfg, FLAGS.workdir)  # an InputError (e.g. model.attention=cudnn without a GPU) is one line
+    # A second xlit-train on the workdir is refused (process 0 holds it for the run; the others write only
+    # their checkpoint shards there).
+    with output_lock(FLAGS.workdir, folder=True) if jax.process_index() == 0 else contextlib.nullcontext():
+        check_resume(cfg, FLAGS.workdir)  # a workdir made with other settings: one line, nothing read or rewritten
+        if jax.process_index() == 0:
+            save_experiment(cfg, FLAGS.workdir)
+        row = train(cfg, FLAGS.workdir)  # an InputError (e.g. model.attention=cudnn without a GPU) is one line
     logging.info("done: %s", row)
 
 

@@ -169,10 +169,12 @@ def test_generate_refuses_a_second_writer_and_goes_on_after_ctrl_c_with_every_id
     deadline = time.monotonic() + 240
     while not (out.is_file() and out.read_text().count("\n") >= 2) and time.monotonic() < deadline:
         time.sleep(0.1)
+    first.send_signal(signal.SIGSTOP)  # paused mid-run, holding --out, so the second run meets it at any speed
     second = run_generate(*args)
     assert second.returncode == 2 and second.stderr.strip().splitlines()[-1] == (
         f"xlit-generate: {out}: another run is writing it now; wait for it to end or choose another output")
-    first.send_signal(signal.SIGINT)
+    first.send_signal(signal.SIGINT)  # Ctrl-C, taken as soon as it goes on
+    first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=120)
     assert first.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("xlit-generate: interrupted")

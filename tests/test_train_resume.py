@@ -50,7 +50,7 @@ def test_settings_that_change_the_result_are_one_line_naming_each(tmp_path):
 
 def test_max_steps_changes_only_where_the_schedule_does_not_depend_on_it(tmp_path):
     linear = saved(tmp_path / "linear")
-    why = "the linear schedule's learning rate at every step depends on it"
+    why = "the pasero schedule's learning rate at every step depends on it (with warmup_steps=0)"
     with pytest.raises(UserError, match=f"^{refusal(linear, f'train.max_steps 8 -> 20 ({why})')}$"):
         check_resume(config(linear, **{"train.max_steps": 20}), linear)
     inverse_sqrt = saved(tmp_path / "inverse_sqrt", **{"optim.schedule": "inverse_sqrt"})

@@ -161,7 +161,7 @@ def test_a_bf16_lora_run_keeps_its_frozen_base_in_bf16_and_the_adapters_in_float
     assert bool(metrics["finite"])
     assert {x.dtype for x in jax.tree_util.tree_leaves(state.frozen)} == {np.dtype("bfloat16")}
     assert {x.dtype for x in jax.tree_util.tree_leaves(state.params)} == {np.dtype("float32")}
-    tx = optim.make_optimizer(optim.make_schedule("linear", 1e-3, 10))
+    tx = optim.make_optimizer(optim.make_schedule("pasero", 1e-3, 10))
     abstract, _ = step_lib.abstract_state(config, tx, sharding.make_mesh())
     dtypes = lambda tree: [x.dtype for x in jax.tree_util.tree_leaves(tree)]  # noqa: E731
     assert dtypes(abstract.frozen) == dtypes(state.frozen) and dtypes(abstract.params) == dtypes(state.params)

@@ -42,7 +42,7 @@ def packed_batch(vocab, rows=2, length=24, seed=0):
 
 def jax_step(config, params, batch, lr):
     """(loss, gradients, state after one step) from our train step on one micro-batch."""
-    schedule = optim.make_schedule("linear", lr, STEPS, lr / 10)
+    schedule = optim.make_schedule("pasero", lr, STEPS, lr / 10)
     tx = optim.make_optimizer(schedule, **ADAMW)
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     trainable, frozen = step_lib.split_trainable(config, params)
@@ -63,7 +63,7 @@ def torch_step(model, batch, lr):
     """(loss, gradients by name): the masked mean NLL over each packed example run alone, then clipping
     and AdamW with the same schedule."""
     trainable = {name.replace(".default", ""): p for name, p in model.named_parameters() if p.requires_grad}
-    schedule = optim.make_schedule("linear", lr, STEPS, lr / 10)
+    schedule = optim.make_schedule("pasero", lr, STEPS, lr / 10)
     opt = torch.optim.AdamW(trainable.values(), lr=lr, betas=(ADAMW["b1"], ADAMW["b2"]), eps=ADAMW["eps"],
                             weight_decay=ADAMW["weight_decay"])
     lr_at = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: float(schedule(t)) / lr)

@@ -59,7 +59,7 @@ def base_config() -> ConfigDict:
             # held-out data for train.eval_every's eval/loss (never one of `sources`): FORMAT:PATH specs as `sources`
             "eval_sources": (),
         },
-        # schedule: linear (the released code) | inverse_sqrt (the paper's text); lr, min_lr, warmup_steps,
+        # schedule: pasero (the released code) | inverse_sqrt (the paper's text); lr, min_lr, warmup_steps,
         # b1, b2, eps, weight_decay, clip_norm: xlit_jax/train/optim.py's OptimSettings and its defaults
         "optim": {k: v for k, v in dataclasses.asdict(OptimSettings()).items() if k != "max_steps"},
         "train": {

@@ -149,28 +149,30 @@ _held_locks: set[Path] = set()  # output locks this process holds: taking one ag
 @contextlib.contextmanager
 def output_lock(path: str | os.PathLike, folder: bool = False):
     """Hold `path` (an append-only output file, or with `folder` an output folder) for this process while it
-    writes there: a second writer is refused in one line instead of writing the same keys again. The lock
-    (an flock, released when the process ends however it ends) is on .NAME.lock beside a file, .lock inside
-    a folder. A binary takes it before loading a model, the writer again around its writes."""
+    writes there: a second writer is refused in one line instead of writing the same keys again. The lock is
+    an flock, released when the process ends however it ends: on the folder itself (made if missing), or on
+    .NAME.lock beside a file. A binary takes it before loading a model, the writer again around its writes."""
     path = Path(path)
-    lock_path = (path / ".lock" if folder else path.with_name(f".{path.name}.lock")).absolute()
-    if lock_path in _held_locks:
+    target = path.absolute() if folder else path.with_name(f".{path.name}.lock").absolute()
+    if target in _held_locks:
         yield
         return
-    with reported_write(lock_path):
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(lock_path, "a")
-    with lock:
+    with reported_write(target):
+        target.mkdir(parents=True, exist_ok=True) if folder else target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY if folder else os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(f"{path}: another run is writing it now; wait for it to end or choose another "
                             "output") from None
-        _held_locks.add(lock_path)
+        _held_locks.add(target)
         try:
             yield
         finally:
-            _held_locks.discard(lock_path)
+            _held_locks.discard(target)
+    finally:
+        os.close(fd)
 
 
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors write at the start of a file

@@ -1,15 +1,18 @@
 """Adam with decoupled weight decay, gradient clipping, and the two learning-rate schedules of the study.
 
-Schedules are functions of t, the number of updates already applied (optax's count); n = t + 1 is the
-1-based index of the update being made, w the warm-up steps, T the total steps:
+Schedules are functions of t, the number of updates already applied (optax's count, pasero's scheduler
+step); w is the warm-up steps, T the total steps:
 
-  inverse_sqrt (the paper's text):   lr_n = lr / sqrt(n)                      when w = 0
-                                     lr_n = lr * min(n / w, sqrt(w / n))      when w > 0
-  linear (the released code, w = 0): lr_n = lr * n / w                        for n <= w
-                                     lr_n = lr + (min_lr - lr) * (n - w) / (T - w)   after
-                                     so the last update (n = T) uses min_lr.
+  pasero (the authors' released code, naver/pasero optimization.LRScheduler, with init_lr 0):
+      w = 0:   lr_t = lr - t * (lr - min_lr) / T        a linear decay from lr towards min_lr
+      w > 0:   lr_t = lr * t / w            for t < w   a linear warm-up from 0
+               lr_t = lr * sqrt(w / t)      after       then the inverse square root
+      both floored at min_lr: lr_t = max(lr_t, min_lr)
+  inverse_sqrt (the paper's text read literally, "inverse square root, no warm-up"), n = t + 1:
+      lr_t = lr / sqrt(n) when w = 0,  lr * min(n / w, sqrt(w / n)) when w > 0; no floor.
 
-The released code's warm-up branch (w > 0: linear warm-up, then lr * sqrt(w / n)) is `inverse_sqrt`.
+The released configs of the paper set warm-up 0 and min_lr = lr / 10, so what the authors ran decays
+linearly to lr / 10: over 1,000 updates its mean is 0.55 lr, against 0.06 lr for lr / sqrt(n).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("inverse_sqrt", "linear")
+SCHEDULES = ("pasero", "inverse_sqrt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +31,7 @@ class OptimSettings:
     """The optimizer and its schedule. Defaults: the paper's released configs (as configs/experiments/base.py's
     `optim` section), which every benchmark uses."""
 
-    schedule: str = "linear"
+    schedule: str = "pasero"
     lr: float = 1e-5
     min_lr: float = 1e-6
     warmup_steps: int = 0
@@ -60,21 +63,30 @@ def make_schedule(name: str, lr: float, max_steps: int, min_lr: float = 0.0,
     w = warmup_steps
 
     def schedule(t):
-        n = jnp.asarray(t, jnp.float32) + 1.0
-        warm = jnp.minimum(n / w, 1.0) if w else 1.0
+        t = jnp.asarray(t, jnp.float32)
         if name == "inverse_sqrt":
+            n = t + 1.0
+            warm = jnp.minimum(n / w, 1.0) if w else 1.0
             return lr * jnp.minimum(warm, jnp.sqrt(max(w, 1) / n))
-        decay = jnp.clip((n - w) / (max_steps - w), 0.0, 1.0)
-        return jnp.where(n <= w, lr * warm, lr + (min_lr - lr) * decay)
+        if w == 0:
+            return jnp.maximum(lr - t * (lr - min_lr) / max_steps, min_lr)
+        after = lr * jnp.sqrt(w / jnp.maximum(t, 1.0))  # t >= w >= 1 where it is taken
+        return jnp.maximum(jnp.where(t < w, lr * t / w, after), min_lr)
 
     return schedule
+
+
+def depends_on_max_steps(name: str, warmup_steps: int) -> bool:
+    """Whether the learning rate of every update depends on max_steps (pasero's linear decay)."""
+    return name == "pasero" and warmup_steps == 0
 
 
 def _check_schedule(name: str, max_steps: int, warmup_steps: int) -> None:
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose from {SCHEDULES}")
-    if name == "linear" and max_steps <= warmup_steps:
-        raise ValueError(f"linear schedule: max_steps={max_steps} must exceed warmup_steps={warmup_steps}")
+    if max_steps < 1 or warmup_steps < 0:
+        raise ValueError(f"schedule: max_steps={max_steps} must be at least 1 and warmup_steps={warmup_steps} "
+                         "at least 0")
 
 
 def make_optimizer(schedule: Callable, b1: float = OptimSettings.b1, b2: float = OptimSettings.b2,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from xlit_jax.errors import UserError
 from xlit_jax.io.files import atomic_write_text
+from xlit_jax.train import optim
 
 EXPERIMENT_FILE = "experiment.json"
 # Settings a resumed run may change (section.field globs): they do not change the weights of any step, only
@@ -98,7 +99,7 @@ def _differences(recorded: dict, now: dict, step: int | None) -> list[str]:
     for field, after in now.items():
         before = recorded.get(field, after)
         if field == "train.max_steps":
-            why = _max_steps_problem(before, after, step, now["optim.schedule"])
+            why = _max_steps_problem(before, after, step, now["optim.schedule"], now["optim.warmup_steps"])
             if why:
                 differences.append(f"{field} {_show(before)} -> {_show(after)} ({why})")
         elif before != after and not may_change(field):
@@ -106,13 +107,13 @@ def _differences(recorded: dict, now: dict, step: int | None) -> list[str]:
     return differences
 
 
-def _max_steps_problem(before: int, after: int, step: int | None, schedule: str) -> str:
-    """Why train.max_steps may not go from `before` to `after` on a run saved at `step` ("" if it may):
-    the linear schedule's learning rate at every step depends on max_steps, inverse_sqrt's does not."""
+def _max_steps_problem(before: int, after: int, step: int | None, schedule: str, warmup_steps: int) -> str:
+    """Why train.max_steps may not go from `before` to `after` on a run saved at `step` ("" if it may): the
+    learning rate of every step of pasero's linear decay (warm-up 0) depends on max_steps; the others' do not."""
     if step is not None and after < step:
         return f"below the latest checkpoint, step {step}"
-    if after != before and schedule == "linear":
-        return "the linear schedule's learning rate at every step depends on it"
+    if after != before and optim.depends_on_max_steps(schedule, warmup_steps):
+        return f"the {schedule} schedule's learning rate at every step depends on it (with warmup_steps=0)"
     return ""
 
 

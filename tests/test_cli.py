@@ -1,9 +1,15 @@
 """Every binary reports a user's input error as one line `xlit-NAME: message`, exit status 2, no traceback."""
 
+import logging
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
+
+from absl import logging as absl_logging
+
+from xlit_jax.cli import quiet_orbax
 
 from support import REPO
 
@@ -117,3 +123,23 @@ def test_no_binary_replaces_a_folder_it_was_not_asked_to(tmp_path):
         assert run_binary("convert", "--src=preset:tiny", *args).returncode == 0
         assert (Path(args[0].split("=", 1)[1]) / "config.json").is_file()
     assert not (notes / "notes.txt").exists()
+
+
+
+def test_quiet_orbax_drops_orbax_noise_only_and_installs_once(monkeypatch):
+    """What run_main installs for the process: Orbax's INFO lines and its cancelled work's tracebacks go;
+    its warnings, and everything of others, stay."""
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    quiet_orbax()
+    quiet_orbax()
+    assert sys.unraisablehook.keywords["report"] == reported.append  # not wrapped twice
+    for path in ("/site-packages/orbax/checkpoint/reader.py", "/site-packages/other/module.py"):
+        sys.unraisablehook(SimpleNamespace(object=SimpleNamespace(cr_code=SimpleNamespace(co_filename=path)),
+                                           exc_traceback=None))
+    assert [u.object.cr_code.co_filename for u in reported] == ["/site-packages/other/module.py"]
+    absl = absl_logging.get_absl_logger()
+    for level, path, kept in [(logging.INFO, "/site-packages/orbax/checkpoint/manager.py", False),
+                              (logging.WARNING, "/site-packages/orbax/checkpoint/manager.py", True),
+                              (logging.INFO, "/work/xlit_jax/train/loop.py", True)]:
+        assert bool(absl.filter(logging.LogRecord("absl", level, path, 1, "saving", None, None))) == kept

@@ -23,7 +23,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+from xlit_jax.cli import quiet_orbax  # noqa: E402
 from xlit_jax.resources import SHARED_DATA_ENV, shared_data_dir  # noqa: E402
+
+
+def pytest_sessionstart(session):
+    """Orbax's noise quieted as in the binaries (run_main), after pytest put in its own unraisable hook
+    (pytest_configure), which then gets all the rest."""
+    quiet_orbax()
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,17 @@
 """Every binary reports a user's input error as one line `xlit-NAME: message`, exit status 2, no traceback."""
 
 import json
+import logging
 import socket
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
+
+from absl import logging as absl_logging
+
+from xlit_jax.cli import quiet_orbax
 
 from support import REPO
 
@@ -169,3 +175,21 @@ def test_help_version_and_refusals_a_newcomer_meets_are_one_line_before_any_load
     assert "--slots:" in helps["serve"].stdout and "--attention:" in helps["serve"].stdout
     version = run_binary("convert", "--version")
     assert (version.returncode, version.stdout.strip()) == (0, "xlit-convert (xlit_jax) 0.1.0")
+
+def test_quiet_orbax_drops_orbax_noise_only_and_installs_once(monkeypatch):
+    """What run_main installs for the process: Orbax's INFO lines and its cancelled work's tracebacks go;
+    its warnings, and everything of others, stay."""
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    quiet_orbax()
+    quiet_orbax()
+    assert sys.unraisablehook.keywords["report"] == reported.append  # not wrapped twice
+    for path in ("/site-packages/orbax/checkpoint/reader.py", "/site-packages/other/module.py"):
+        sys.unraisablehook(SimpleNamespace(object=SimpleNamespace(cr_code=SimpleNamespace(co_filename=path)),
+                                           exc_traceback=None))
+    assert [u.object.cr_code.co_filename for u in reported] == ["/site-packages/other/module.py"]
+    absl = absl_logging.get_absl_logger()
+    for level, path, kept in [(logging.INFO, "/site-packages/orbax/checkpoint/manager.py", False),
+                              (logging.WARNING, "/site-packages/orbax/checkpoint/manager.py", True),
+                              (logging.INFO, "/work/xlit_jax/train/loop.py", True)]:
+        assert bool(absl.filter(logging.LogRecord("absl", level, path, 1, "saving", None, None))) == kept

@@ -1,12 +1,16 @@
-"""The one error surface of the binaries (launch/ and the benchmark scripts), and their --help and --version."""
+"""The one error surface of the binaries (launch/ and the benchmark scripts), their --help and --version, and
+the quieting of Orbax's logging that they install for their process."""
 
 import difflib
+import functools
 import importlib.metadata
+import logging as pylogging
 import re
 import sys
+import traceback
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import ConfigDict
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 from tqdm import tqdm
@@ -18,7 +22,9 @@ def run_main(main, name: str) -> None:
     """`absl.app.run(main)`, reporting a user's error (any UserError, e.g. InputError, or a UsageError raised
     in main) as one line `NAME: message` on stderr with exit status 2, and no traceback. A --CONFIG.FIELD
     override naming no field of its config (check_overrides) is such an error too, found before main runs.
-    Ctrl-C is one line too, exit status 130 (the shell's for SIGINT)."""
+    Ctrl-C is one line too, exit status 130 (the shell's for SIGINT). Orbax's logging is quieted
+    (quiet_orbax)."""
+    quiet_orbax()
 
     def report(error, status: int = 2):
         for bar in list(getattr(tqdm, "_instances", ())):  # a progress bar the error cut short ends its line
@@ -63,6 +69,54 @@ def usage(module_name: str, name: str) -> str:
     doc = (module.__doc__ or name).strip()
     return "\n\n".join([doc, "Flags:\n" + "\n".join(own), "--helpfull lists absl's flags too; --version prints "
                         "the version."])
+
+
+def quiet_orbax() -> None:
+    """Orbax logs every save phase at INFO, and after a failed restore or save its cancelled work prints
+    tracebacks of its own; the failure itself reaches the caller, which reports it in one line. Keep only
+    Orbax's warnings and errors worth a user's eye, for the whole process (a binary's, or a test session's)."""
+    logging.get_absl_logger().addFilter(_quiet_orbax)  # addFilter adds each filter once
+    pylogging.getLogger("asyncio").addFilter(_quiet_orbax_tasks)
+    if getattr(sys.unraisablehook, "func", None) is not _quiet_orbax_aftermath:  # once, passing on to the hook before
+        sys.unraisablehook = functools.partial(_quiet_orbax_aftermath, report=sys.unraisablehook)
+
+
+def _quiet_orbax(record) -> bool:
+    """Orbax's warnings and errors only, less the errors it logs from its background threads or with a
+    traceback: Orbax raises each of them again in the caller, which reports it (Checkpoints.save)."""
+    if "/orbax/" not in record.pathname:
+        return True
+    if record.levelno == pylogging.WARNING and re.search(r"read.only", record.getMessage()):
+        return False  # that a restore-only manager (Checkpoints.reader) does not save: what we asked for
+    if record.levelno >= pylogging.ERROR:
+        return record.threadName == "MainThread" and not record.exc_info
+    return record.levelno >= pylogging.WARNING
+
+
+def _from_orbax(trace, *files: str) -> bool:
+    """Whether a traceback (or one of `files`) runs through Orbax's or asyncio's code."""
+    files = list(files)
+    while trace is not None:
+        files.append(trace.tb_frame.f_code.co_filename)
+        trace = trace.tb_next
+    return any("/orbax/" in f or "/asyncio/" in f for f in files)
+
+
+def _quiet_orbax_aftermath(unraisable, report) -> None:
+    """After a failed restore or save, the reads and writes Orbax cancelled still finish on TensorStore's
+    threads into a closed event loop, or are collected at exit, and Python prints a traceback for each
+    ("Event loop is closed", "Exception ignored in <coroutine>"): the failure itself reaches the caller, so
+    drop these, and only these."""
+    code = getattr(getattr(unraisable.object, "cr_code", None), "co_filename", "")
+    if not _from_orbax(unraisable.exc_traceback, code):
+        report(unraisable)
+
+
+def _quiet_orbax_tasks(record) -> bool:
+    """The same aftermath through asyncio's logger: a task of Orbax's whose exception nobody retrieved is
+    reported when it is collected ("Task exception was never retrieved"), whenever that happens."""
+    trace = record.exc_info[2] if record.exc_info else None
+    return not any("/orbax/" in frame.filename for frame in traceback.extract_tb(trace))
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:

@@ -126,7 +126,7 @@ class _Run:
         return step_lib.build(config, self.settings, self.mesh, self.cfg.train.seed)
 
     def _restore(self, train_step: step_lib.TrainStep):
-        """The newest checkpoint that restores (unreadable newer ones are set aside, io/checkpoints.py)."""
+        """The newest checkpoint that restores (unreadable newer ones are set aside, io/checkpoints/steps.py)."""
         abstract = train_step.abstract
         step, restored = self.checkpoints.restore_latest(abstract.params, abstract.opt_state)
         frozen = self._frozen(train_step) if abstract.frozen else {}

@@ -88,6 +88,24 @@ def test_scores_retries_and_records_errors(template, caplog):
     first = next(p for p in prompts if "[Submission]: Paris." in p)
     assert "[Task]: Quelle est la capitale ?" in first and "%%%" not in first
     assert KEY not in caplog.text
+    assert all(body["response_format"] == {"type": "json_object"} for _, body in server.requests)
+
+
+def test_json_mode_is_dropped_once_for_a_service_that_refuses_it(template):
+    """The paper's judge asked for a JSON object; a service without JSON mode answers 400 naming the field,
+    and the judge asks again (and from then on) without it."""
+    refusals = []
+
+    def strict(prompt, attempt):
+        json_mode = "response_format" in server.requests[-1][1]
+        refusals.append(json_mode)
+        return (400, "response_format is not supported by this model") if json_mode else answer_by_marker(prompt, 1)
+
+    with FakeOpenAI(strict) as server:
+        judge = OpenAIJudge("local", template, base_url=server.base_url, attempts=1, workers=1)
+        first, second = judge.score(items(2), ["Paris.", "Paris."])
+    assert "error" not in first and first["scores"] == second["scores"]
+    assert refusals == [True, False, False]
 
 
 def test_server_errors_are_per_item_but_refusals_stop(template):

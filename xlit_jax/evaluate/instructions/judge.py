@@ -16,6 +16,7 @@ no rule can check (scientific_style, simple_style, complex_inst): a prompt of ou
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,8 @@ from xlit_jax.evaluate.instructions.evalsets import CHIRKOVA_DIR, instruction_te
 from xlit_jax.evaluate.instructions.scorer import Scorer
 from xlit_jax.io.files import read_text
 from xlit_jax.resources import package_file
+
+log = logging.getLogger(__name__)
 
 TEMPLATE_FILE = "eval_prompt_gpt.txt"
 TASK, SUBMISSION = "%%%TASK%%%", "%%%SUBMISSION%%%"
@@ -134,12 +137,26 @@ class OpenAIJudge(Scorer):
         self._attempts = attempts
         self._workers = workers
         self._lid = lid  # language identification, for items whose answer is asked in another language
+        self._json_mode = True  # response_format json_object, until the service refuses it
         self.chunk_size = 4 * workers
 
     def _ask(self, prompt: str) -> str:
-        reply = self._client.chat.completions.create(
-            model=self._model, messages=[{"role": "user", "content": prompt}], temperature=0)
-        return reply.choices[0].message.content or ""
+        """The judge's answer, asked in JSON mode (our prompts ask for a JSON object, as the paper's judge
+        calls did) while the service takes it; a service that refuses the `response_format` field (HTTP 400
+        naming it) is asked without it from then on."""
+        request = {"model": self._model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
+        if self._json_mode:
+            try:
+                return self._content(response_format={"type": "json_object"}, **request)
+            except self._openai.BadRequestError as e:
+                if "response_format" not in str(e):
+                    raise
+                self._json_mode = False
+                log.warning("the judge service refuses JSON mode (%s); asking without it", e.message)
+        return self._content(**request)
+
+    def _content(self, **request) -> str:
+        return self._client.chat.completions.create(**request).choices[0].message.content or ""
 
     def _prompt(self, item, response: str) -> str:
         return self._template.replace(TASK, instruction_text(item.messages)).replace(SUBMISSION, response)

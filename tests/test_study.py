@@ -410,13 +410,18 @@ def test_data_preparation_and_benchmark_stage_commands(tmp_path):
     assert f"--config.data.sources=('chat:{folder}/alpaca_demos.jsonl',)" in stages["train"]
     assert "--eval_set=xquad,mlqa,mmlu,bbh" in stages["bench"] and stages["bench"][-1] == "--languages=ar,de,en,es,it,zh"
     assert stages["bench"][3].endswith(f"cells/{demos.name}/bench")
-    # The translated variant: xlit-translate first, then one --mix_with per source.
-    mt = grid.expand(ConfigDict({**config.to_dict(), "datasets": ("alpaca-mt-demos",)}))[0]
-    translate, mixed = grid.prep_commands(mt, tmp_path, "xlit").values()
-    assert translate[0] == "xlit-translate" and f"--output_dir={tmp_path}/data/alpaca-mt-demos/mt" in translate
+    # The translated arms: xlit-translate into alpaca-mt's folder (one translation for both), then for
+    # alpaca-mt-demos one --mix_with per source; alpaca-mt trains on Alpaca and the translations.
+    mt, mt_demos = cells["llama2-7b.alpaca-mt.lora.lr1e-4"], cells["llama2-7b.alpaca-mt-demos.lora.lr1e-4"]
+    [translate] = grid.prep_commands(mt, tmp_path, "xlit").values()
+    translate_again, mixed = grid.prep_commands(mt_demos, tmp_path, "xlit").values()
+    output = lambda argv: Path(next(a for a in argv if a.startswith("--output_dir=")).split("=", 1)[1])  # noqa: E731
+    assert translate[0] == translate_again[0] == "xlit-translate"
+    assert output(translate).resolve() == output(translate_again).resolve() == (tmp_path / "data/alpaca-mt/mt").resolve()
     assert sum(a.startswith("--mix_with=") for a in mixed) == 6
+    assert len(dict(mt.train_overrides)["data.sources"].split(",")) == 6
     printed = grid.command_lines(list(cells.values()), tmp_path, config.eval, "xlit")
-    assert printed.count("xlit-demos") == 1 and printed.index("# data set alpaca-demos") < printed.index(demos.name)
+    assert printed.count("xlit-demos") == 2 and printed.index("# data set alpaca-demos") < printed.index(demos.name)
     bad = ConfigDict({**config.to_dict(), "data_prep": {"alpaca-demos": {"steps": ({"program": "rm"},),
                                                                           "sources": ("a",)}}})
     with pytest.raises(InputError, match="program must be one of demos, translate, each once"):

@@ -8,9 +8,13 @@ benchmarks (XQuAD, MLQA, MMLU, BBH in ar/de/en/es/it/zh). The demonstrations are
       --config.model_sources.llama2-7b=/models/Llama-2-7b-hf
   xlit-study ... --report     # cell x language x benchmark, and each cell minus alpaca-en's
 
-CrossAlpaca proper also translates the instructions: add "alpaca-mt-demos" to datasets (its preparation,
-an NLLB translation of Alpaca with xlit-translate then the demonstrations, is declared below; it needs a GPU
-and the hub).
+CrossAlpaca's claim is that tuning on translated instructions is not enough and demonstrations add to it, so
+the study has four arms: English Alpaca, Alpaca + demonstrations, Alpaca machine-translated into the five
+languages (alpaca-mt: Alpaca and its NLLB-200-3.3B translations by xlit-translate), and the translations +
+demonstrations (alpaca-mt-demos, which reuses alpaca-mt's translations). The translation needs a GPU and a
+local copy of the NLLB model (--config.data_prep.alpaca-mt.steps' model flag, or the hub where reachable);
+not measured here: 52k records x 5 languages, about 40M generated tokens, hours on one GPU. Without a GPU,
+leave the MT arms out: --config.datasets="('alpaca-en','alpaca-demos')".
 """
 
 from ml_collections import ConfigDict
@@ -21,6 +25,9 @@ from xlit_jax.resources import shared_data
 NTREX = str(shared_data("ntrex128"))
 LANGS = ",".join(crossalpaca.LANGUAGES)
 DEMOS = {"program": "demos", "ntrex_dir": NTREX, "langs": LANGS, "directions": "forward,backward", "ratio": 0.1}
+MT = "{prep}/../alpaca-mt/mt"  # alpaca-mt's folder: both MT arms train on one translation
+TRANSLATE = {"program": "translate", "input": crossalpaca.ALPACA, "target_langs": LANGS, "output_dir": MT}
+TRANSLATED = tuple(f"chat:{MT}/alpaca.{lang}.jsonl" for lang in crossalpaca.LANGUAGES)
 
 
 def get_config():
@@ -28,7 +35,7 @@ def get_config():
         "name": "crossalpaca",
         "experiment": "configs/experiments/crossalpaca.py:{model},{data},{method},{lr}",
         "models": ("llama2-7b",),
-        "datasets": ("alpaca-en", "alpaca-demos"),
+        "datasets": ("alpaca-en", "alpaca-demos", "alpaca-mt", "alpaca-mt-demos"),
         "methods": ("ft", "lora"),
         "learning_rates": ("1e-5", "1e-4"),
         "model_sources": {"llama2-7b": ""},
@@ -36,11 +43,10 @@ def get_config():
         "data_prep": {  # steps run in order; "{prep}" is WORKDIR/data/DATASET
             "alpaca-demos": {"steps": ({**DEMOS, "mix_with": crossalpaca.ALPACA, "output": "{prep}/alpaca_demos.jsonl"},),
                              "sources": ("chat:{prep}/alpaca_demos.jsonl",)},
-            "alpaca-mt-demos": {
-                "steps": ({"program": "translate", "input": crossalpaca.ALPACA, "target_langs": LANGS,
-                           "output_dir": "{prep}/mt"},
-                          {**DEMOS, "output": "{prep}/alpaca_mt_demos.jsonl", "mix_with": (crossalpaca.ALPACA, *(
-                              f"chat:{{prep}}/mt/alpaca.{lang}.jsonl" for lang in crossalpaca.LANGUAGES))}),
+            "alpaca-mt": {"steps": (TRANSLATE,), "sources": (crossalpaca.ALPACA, *TRANSLATED)},
+            "alpaca-mt-demos": {  # the same translations (done once: xlit-translate resumes by id)
+                "steps": (TRANSLATE, {**DEMOS, "output": "{prep}/alpaca_mt_demos.jsonl",
+                                      "mix_with": (crossalpaca.ALPACA, *TRANSLATED)}),
                 "sources": ("chat:{prep}/alpaca_mt_demos.jsonl",)},
         },
         "eval": {

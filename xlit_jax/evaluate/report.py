@@ -127,8 +127,9 @@ def _modifier_table(rows: list[dict], eval_set: str, metric: str) -> str:
 
 def markdown(rows: list[dict]) -> str:
     parts = ["# Evaluation scores", "",
-             "Cells: mean (responses scored). language_correct, spelling, relevance and modifier "
-             "fulfilment in %; judge criteria on 0-2, responses in the wrong language (by the judge's "
+             "Cells: mean (responses scored). language_correct (the whole response), line_pass, line_share "
+             "and word_pass (LCB's line and word level), spelling, code_switching (words only English's "
+             "dictionary takes), relevance and modifier fulfilment in %; judge criteria on 0-2, responses in the wrong language (by the judge's "
              "Language; for an answer asked in another language, by language identification) left out of every "
              "criterion but language."]
     table = benchmark_markdown(rows)

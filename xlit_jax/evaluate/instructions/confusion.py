@@ -118,7 +118,7 @@ def task_and_source(item) -> tuple[str, str]:
     return ("crosslingual" if crosslingual else "monolingual"), item.source or item.set
 
 
-def item_scores(verdict: dict | None, language: str) -> dict:
+def verdict_scores(verdict: dict | None, language: str) -> dict:
     """The scorer's result for one response's verdict."""
     if verdict is None:
         return {"scores": {}, "details": {"skipped": f"no line of {MIN_TOKENS} tokens or more"}}
@@ -126,8 +126,9 @@ def item_scores(verdict: dict | None, language: str) -> dict:
     scores = {"line_pass": float(not wrong), "line_share": 1 - len(wrong) / lines}
     if language in WORD_LEVEL_LANGUAGES and not wrong:
         scores["word_pass"] = float(not verdict["english"])
-    return {"scores": scores, "details": {"lines": lines, "wrong_lines": [[line[:120], d] for line, d in wrong[:LISTED]],
-                                          "english_words": verdict["english"][:LISTED]}}
+    wrong_lines = [[line[:120], detected] for line, detected in wrong[:LISTED]]
+    return {"scores": scores,
+            "details": {"lines": lines, "wrong_lines": wrong_lines, "english_words": verdict["english"][:LISTED]}}
 
 
 class LanguageConfusionScorer(Scorer):
@@ -144,7 +145,7 @@ class LanguageConfusionScorer(Scorer):
         languages = [it.expected_language for it in items]
         results = []
         for item, verdict in zip(items, self._detector.verdicts(responses, languages)):
-            result = item_scores(verdict, item.expected_language)
+            result = verdict_scores(verdict, item.expected_language)
             task, source = task_and_source(item)
             result["details"].update(task=task, source=source, language=item.expected_language)
             results.append(result)

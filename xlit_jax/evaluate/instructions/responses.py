@@ -38,12 +38,14 @@ def _records(path: Path):
 
 
 def _text(record: dict, field: str, where: str, required: bool = True) -> str | None:
+    """A field's value as text (a JSONL id may be a number); None for an optional field left out."""
     value = record.get(field)
     if value is None and not required:
         return None
-    if not isinstance(value, str | int) or isinstance(value, bool) or str(value).strip() == "":
-        raise InputError(f"{where}: field {field!r}: " + ("missing or empty" if value in (None, "")
-                                                           else f"expected a string, got {value!r}"))
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InputError(f"{where}: field {field!r}: missing or empty")
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise InputError(f"{where}: field {field!r}: expected a string, got {value!r}")
     return str(value)
 
 
@@ -77,7 +79,8 @@ def read_responses(path, model_name: str | None = None) -> Responses:
     """The file's items and responses; one model per file (`model_name`, else the file's `model` column,
     else the file's name). Every malformed record is an InputError naming the file, line and field."""
     path = Path(path)
-    items, texts, lines, models = [], {}, {}, {}
+    items, texts, lines = [], {}, {}
+    first_model = None  # (model, line) of the first record that names one
     for line, record in _records(path):
         where = f"{path}:{line}"
         item, response, model = _item(record, where, line)
@@ -85,15 +88,15 @@ def read_responses(path, model_name: str | None = None) -> Responses:
             raise InputError(f"{where}: field 'id': {item.id!r} repeats line {lines[item.key]} "
                              f"({item.set}, {item.language})")
         if model is not None and model_name is None:
-            first = models.setdefault("model", (model, line))
-            if first[0] != model:
-                raise InputError(f"{where}: field 'model': {model!r}, but line {first[1]} has {first[0]!r} "
-                                 "(one model per file; split it, or name one with --model_name)")
+            first_model = first_model or (model, line)
+            if model != first_model[0]:
+                raise InputError(f"{where}: field 'model': {model!r}, but line {first_model[1]} has "
+                                 f"{first_model[0]!r} (one model per file; split it, or name one with --model_name)")
         items.append(item)
         texts[item.key], lines[item.key] = response, line
     if not items:
         raise InputError(f"{path}: no responses")
-    name = model_name or models.get("model", (path.stem,))[0]
+    name = model_name or (first_model[0] if first_model else path.stem)
     return Responses(path, name, items, texts, lines)
 
 

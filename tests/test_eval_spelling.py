@@ -57,7 +57,19 @@ def test_spelling_score_leaves_out_wrong_language(checker):
     scorer = SpellingScorer(checker, LanguageIdentifier())
     item = EvalItem("s", "fr", "1", ({"role": "user", "content": "x"},), "fr")
     right, wrong, typo = scorer.score([item] * 3, [CLEAN["fr"], CLEAN["en"], CLEAN["fr"].replace("école", "écolle")])
-    assert right["scores"] == {"spelling": 1.0}
+    assert right["scores"] == {"spelling": 1.0, "code_switching": 0.0}
     assert wrong["scores"] == {} and "identified as en" in wrong["details"]["skipped"]
     assert typo["scores"]["spelling"] == pytest.approx(1 - 1 / right["details"]["words"])
-    assert typo["details"]["misspelled"] == ["l'écolle"]
+    assert typo["details"]["misspelled"] == ["l'écolle"] and typo["scores"]["code_switching"] == 0.0
+
+
+def test_code_switching_counts_words_only_english_takes(checker):
+    """A typo is misspelled French, not English; an English word in a French answer is code switching."""
+    scorer = SpellingScorer(checker, LanguageIdentifier())
+    item = EvalItem("s", "fr", "1", ({"role": "user", "content": "x"},), "fr")
+    mixed = "Aujourd'hui nous avons parlé du weather, puis du garden et des flowers de notre petite ville."
+    (result,) = scorer.score([item], [mixed])
+    assert result["details"]["english"] == ["weather", "garden", "flowers"]
+    assert result["scores"]["code_switching"] == pytest.approx(3 / result["details"]["words"])
+    english = EvalItem("s", "en", "1", ({"role": "user", "content": "x"},), "en")
+    assert "code_switching" not in scorer.score([english], [CLEAN["en"]])[0]["scores"]

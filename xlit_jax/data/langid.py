@@ -59,3 +59,11 @@ class LanguageIdentifier:
             for i, label, prob in zip(nonempty, labels, probs):
                 results[i] = (label[0].removeprefix(LABEL_PREFIX), float(prob[0]))
         return results
+
+    def predict_lines(self, lines: list[str]) -> list[tuple[str, float]]:
+        """(language, probability) per line, each given to fastText as it is (no newline in any), as LCB's
+        script gives its lines: `predict` above joins whitespace runs, which can change the probability."""
+        if not lines:
+            return []
+        labels, probs = self._model.predict(lines, k=1)
+        return [(label[0].removeprefix(LABEL_PREFIX), float(prob[0])) for label, prob in zip(labels, probs)]

@@ -78,6 +78,12 @@ class SpellChecker:
         parts = [p for p in word.split("-") if p]
         return len(parts) > 1 and all(any(s.spell(p) for s in spellers) for p in parts)
 
+    def english_only(self, rejected: list[str]) -> list[str] | None:
+        """Of words another language's dictionary rejected, those English's accepts (code switching); None
+        without an English dictionary."""
+        speller = self._spellers.get("en")
+        return None if speller is None else [w for w in rejected if self._correct(speller, w)]
+
     def misspelled(self, text: str, language: str) -> tuple[int, list[str]]:
         """(number of words checked, the misspelled ones) for `text` in `language`."""
         spellers = self._spellers[language]

@@ -1,5 +1,6 @@
 """Aggregate per-response scores by model x set x language x metric (and modifier type); write
-scores.jsonl, scores.csv, scores.md and PNG figures (each metric per language, models side by side).
+scores.jsonl, scores.csv, scores.md and PNG figures (each metric per language, models side by side), and
+language_confusion.csv (LCB's table) where responses were scored for language confusion.
 
 The aggregates are derived from item_scores.jsonl and rewritten whole (atomically) on every report.
 """
@@ -14,6 +15,7 @@ import math
 from pathlib import Path
 
 from xlit_jax.errors import InputError
+from xlit_jax.evaluate.instructions import confusion
 from xlit_jax.evaluate.instructions.judge import CRITERIA
 from xlit_jax.evaluate.instructions.modifiers import family
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
@@ -23,6 +25,10 @@ SCORES_FILE = "scores.jsonl"
 MODIFIER_ALL = "all"  # the modifier column of aggregates over every item (the study report leaves it blank)
 SURFACE_METRICS = ("language_correct", "spelling", "relevance")
 JUDGE_METRICS = tuple(f"judge_{c}" for c in CRITERIA)
+# The score table's columns: LCB's line-level verdicts beside the whole-response language, code switching
+# beside spelling.
+TABLE_METRICS = ("language_correct", *confusion.METRICS, "spelling", "code_switching", "relevance")
+CONFUSION_FILE = "language_confusion.csv"
 PANELS_PER_ROW = 3
 # (file stem, metrics, y label, value scale, y-axis top): one PNG of each kind per eval set.
 FIGURES = (("surface_metrics", SURFACE_METRICS, "% of responses", 100, 100),
@@ -35,7 +41,7 @@ BENCHMARK_COLUMNS = (("xquad", "exact_match"), ("xquad", "f1"), ("mlqa", "exact_
 BENCHMARK_PLOTTED = (("xquad", "f1"), ("mlqa", "f1"), ("mmlu", "acc"), ("bbh", "exact_match_flexible"))
 BENCHMARK_METRICS = frozenset(m for _, m in BENCHMARK_COLUMNS)
 DEFECTS_FILE = "data_defects.csv"
-FRACTION_METRICS = frozenset(SURFACE_METRICS + ("fulfilled",)) | BENCHMARK_METRICS  # shown as percentages
+FRACTION_METRICS = frozenset(TABLE_METRICS + ("fulfilled",)) | BENCHMARK_METRICS  # shown as percentages
 AGGREGATE_FIELDS = ("model", "set", "language", "modifier", "scorer", "metric", "mean", "n", "items", "errors")
 
 
@@ -82,7 +88,7 @@ def ordered(values) -> list:
 def _metric_table(rows: list[dict], eval_set: str) -> str:
     """Rows model x language, a column per metric, over all items of the set."""
     mine = [r for r in rows if r["set"] == eval_set and r["modifier"] == MODIFIER_ALL and r["metric"] != "fulfilled"]
-    order = SURFACE_METRICS + JUDGE_METRICS
+    order = TABLE_METRICS + JUDGE_METRICS
     metrics = [m for m in order if any(r["metric"] == m for r in mine)]
     cells = {(r["model"], r["language"], r["metric"]): r for r in mine}
     body = [[model, lang] + [_cell(cells.get((model, lang, m))) for m in metrics]
@@ -121,8 +127,9 @@ def _modifier_table(rows: list[dict], eval_set: str, metric: str) -> str:
 
 def markdown(rows: list[dict]) -> str:
     parts = ["# Evaluation scores", "",
-             "Cells: mean (responses scored). language_correct, spelling, relevance and modifier "
-             "fulfilment in %; judge criteria on 0-2, responses in the wrong language (by the judge's "
+             "Cells: mean (responses scored). language_correct (the whole response), line_pass, line_share "
+             "and word_pass (LCB's line and word level), spelling, code_switching (words only English's "
+             "dictionary takes), relevance and modifier fulfilment in %; judge criteria on 0-2, responses in the wrong language (by the judge's "
              "Language; for an answer asked in another language, by language identification) left out of every "
              "criterion but language."]
     table = benchmark_markdown(rows)
@@ -137,6 +144,32 @@ def markdown(rows: list[dict]) -> str:
             if table:
                 parts += ["", f"### {title}", "", table]
     return "\n".join(parts) + "\n"
+
+
+def confusion_markdown(table: list[dict]) -> str:
+    """LCB's table (confusion.lcb_table) per task: rows model x source (and LCB's averages), a column per
+    language (and the average); cells LPR, or LPR / WPR where LCB reports WPR."""
+    if not table:
+        return ""
+    parts = ["", "## Language confusion (LCB's line-level pass rate / word-level pass rate, %)", "",
+             "A response passes the line level when every line of 5 tokens or more is in the wanted language "
+             "(fastText, probability > 0.3), the word level when, besides, it has no English word; responses "
+             "without such a line are not counted. `all`: LCB's averages."]
+    for task in ordered(r["task"] for r in table):
+        mine = [r for r in table if r["task"] == task]
+        languages = ordered(r["language"] for r in mine if r["language"] != confusion.ALL) + [confusion.ALL]
+        cells = {(r["model"], r["source"], r["language"]): r for r in mine}
+        body = [[model, source] + [_confusion_cell(cells.get((model, source, lang))) for lang in languages]
+                for model, source in ordered((r["model"], r["source"]) for r in mine)]
+        parts += ["", f"### {task}", "", markdown_table(["model", "source", *languages], body)]
+    return "\n".join(parts) + "\n"
+
+
+def _confusion_cell(row: dict | None) -> str:
+    if row is None:
+        return ""
+    lpr = confusion.percent(row["lpr"])
+    return lpr if row["wpr"] is None else f"{lpr} / {confusion.percent(row['wpr'])}"
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -267,11 +300,15 @@ def write_report(run_dirs, out_dir) -> dict[str, Path]:
                                  "give the runs distinct model names")
             rows.append(row)
     aggregates = aggregate(rows)
+    lcb = confusion.lcb_table(rows)
     out_dir = Path(out_dir)
     written = {"scores": out_dir / SCORES_FILE, "csv": out_dir / "scores.csv", "markdown": out_dir / "scores.md"}
     atomic_write_text(written["scores"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in aggregates))
     atomic_write_text(written["csv"], to_csv(aggregates))
-    atomic_write_text(written["markdown"], markdown(aggregates) + _defects_markdown(run_dirs))
+    atomic_write_text(written["markdown"], markdown(aggregates) + confusion_markdown(lcb) + _defects_markdown(run_dirs))
+    if lcb:
+        written["language_confusion"] = out_dir / CONFUSION_FILE
+        atomic_write_text(written["language_confusion"], csv_text(confusion.csv_rows(lcb), confusion.CSV_FIELDS))
     if any(r["scorer"] == BENCHMARK_SCORER for r in aggregates):
         written["benchmarks_csv"] = out_dir / "benchmarks.csv"
         atomic_write_text(written["benchmarks_csv"], benchmark_csv(aggregates))

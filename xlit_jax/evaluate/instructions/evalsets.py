@@ -1,4 +1,5 @@
-"""Evaluation prompt sets: the paper's instructions and modifier prompts, AlpacaFarm's 805, any JSONL.
+"""Evaluation prompt sets: the paper's instructions and modifier prompts, AlpacaFarm's 805, the Language
+Confusion Benchmark's prompts (LCB), any JSONL.
 
 Every item carries the id that aligns it across languages, so the same selection (subset, limit,
 seed) picks the same items in every language.
@@ -6,8 +7,10 @@ seed) picks the same items in every language.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import fnmatch
+import io
 import json
 from pathlib import Path
 
@@ -22,7 +25,16 @@ ALPACA_FARM_FILE = "alpaca_farm_eval/alpaca_farm_evaluation_805.gpt-3.5-turbo-03
 JSONL_PREFIX = "jsonl:"
 LANG_PLACEHOLDER = "{lang}"
 PAPER_SETS = ("chirkova", "chirkova_modifiers")
-EVAL_SETS = (*PAPER_SETS, "alpaca_farm")  # and jsonl:PATH
+# LCB (Marchisio et al. 2024): `lcb` is both tasks, each also a set of its own. In the cross-lingual task the
+# prompt is English and asks for an answer in the item's language, which is the language LCB files it under.
+LCB_DIR = "language_confusion"
+LCB_SETS = ("lcb_monolingual", "lcb_crosslingual")
+LCB = "lcb"
+LCB_LANGUAGES = ("en", "fr", "pt", "ru", "de", "es", "it", "ar", "zh", "tr", "vi", "id", "hi", "ja", "ko")
+# LCB's decoding: at most 100 new tokens, no repetition penalty (it also sampled: top-p 0.75, temperature
+# 0.3, which Model.generate does not offer; ours is greedy).
+LCB_DECODING = {"max_new_tokens": 100, "repetition_penalty": 1.0}
+EVAL_SETS = (*PAPER_SETS, "alpaca_farm", LCB, *LCB_SETS)  # and jsonl:PATH
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +45,8 @@ class EvalItem:
     messages: tuple[dict, ...]
     expected_language: str  # the language the answer should be in (differs for "answer in X" modifiers)
     modifier: str | None = None  # modifier type label, e.g. "num_items_5", "lang_fr"
-    group: str | None = None  # what --subset filters on: the modifier type, or AlpacaFarm's source dataset
+    group: str | None = None  # what --subset filters on: the modifier type, AlpacaFarm's or LCB's source dataset
+    source: str | None = None  # the benchmark source LCB's tables group by (aya_human_annotated, okapi, ...)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -96,6 +109,44 @@ def _alpaca_farm(data_dir: Path, set_name: str, language: str) -> list[EvalItem]
     return items
 
 
+def read_csv(path: Path):
+    """Yield (line number where the record starts, {column: value}) for each record of a UTF-8 CSV file with
+    a header; a file that is not UTF-8 or not CSV is an InputError naming the line. A short record's
+    missing columns are None."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    start = 2
+    try:
+        for record in reader:
+            yield start, record
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise InputError(f"{path}:{start}: malformed CSV ({e})") from None
+
+
+def _lcb(data_dir: Path, set_name: str, language: str) -> list[EvalItem]:
+    """LCB's prompts in `language` (the language the answer should be in), every source of the task; ids are
+    SOURCE_DIR/ROW so that --limit takes the same rows of every source."""
+    items = []
+    for path in sorted((data_dir / LCB_DIR / set_name.removeprefix("lcb_")).glob(f"*/{language}.csv")):
+        for n, (line, row) in enumerate(read_csv(path)):
+            for field in ("prompt", "source"):
+                if not row.get(field):
+                    raise InputError(f"{path}:{line}: no field {field!r}")
+            items.append(EvalItem(set_name, language, f"{path.parent.name}/{n:03d}",
+                                  ({"role": "user", "content": row["prompt"]},), language, group=row["source"],
+                                  source=row["source"]))
+    return items
+
+
 def _jsonl_messages(obj, where: str) -> tuple[dict, ...]:
     """A line is a list of messages, or an object with `messages`, or `prompt`/`instruction` (+ `input`)."""
     if isinstance(obj, list):
@@ -134,9 +185,11 @@ def set_languages(spec: str) -> tuple[str, ...] | None:
         return PAPER_LANGUAGES
     if spec == "alpaca_farm":
         return ("en",)
+    if spec == LCB or spec in LCB_SETS:
+        return LCB_LANGUAGES
     if spec.startswith(JSONL_PREFIX):
         return None if LANG_PLACEHOLDER in spec else ()
-    raise InputError(f"unknown eval set {spec!r}; known: chirkova, chirkova_modifiers, alpaca_farm, "
+    raise InputError(f"unknown eval set {spec!r}; known: {', '.join(EVAL_SETS)}, "
                      f"jsonl:PATH (PATH may contain {LANG_PLACEHOLDER})")
 
 
@@ -167,6 +220,10 @@ def _read(spec: str, language: str, data_dir: Path) -> list[EvalItem]:
         return _chirkova(data_dir, "modifiers", spec, language)
     if spec == "alpaca_farm":
         return _alpaca_farm(data_dir, spec, language)
+    if spec == LCB:
+        return [it for name in LCB_SETS for it in _lcb(data_dir, name, language)]
+    if spec in LCB_SETS:
+        return _lcb(data_dir, spec, language)
     return _jsonl(spec.removeprefix(JSONL_PREFIX), _jsonl_name(spec), language)
 
 
@@ -175,8 +232,9 @@ def load_eval_set(spec: str, languages=None, data_dir=None, subset=None, limit: 
     """Items of one set in the given languages (default: all it has).
 
     `subset` is a list of glob patterns on the item group (modifier type such as `num_items_*`, or
-    AlpacaFarm's source dataset). `limit` keeps that many ids, the first ones or, with `seed`, a
-    seeded sample; ids are chosen once, so every language gets the same items.
+    AlpacaFarm's or LCB's source dataset). `limit` keeps that many ids, the first ones or, with `seed`, a
+    seeded sample; ids are chosen once, so every language gets the same items (for LCB: the same rows of
+    every source).
     """
     languages = check_languages(spec, languages)
     data_dir = Path(data_dir) if data_dir else shared_data_dir()
@@ -187,5 +245,6 @@ def load_eval_set(spec: str, languages=None, data_dir=None, subset=None, limit: 
     if subset:
         per_language = {lang: [it for it in items if it.group and any(fnmatch.fnmatch(it.group, p) for p in subset)]
                         for lang, items in per_language.items()}
-    chosen = choose_ids([it.id for items in per_language.values() for it in items], limit, seed)
-    return [it for items in per_language.values() for it in items if it.id in chosen]
+    row = (lambda it: it.id.rpartition("/")[2]) if spec == LCB or spec in LCB_SETS else (lambda it: it.id)
+    chosen = choose_ids([row(it) for items in per_language.values() for it in items], limit, seed)
+    return [it for items in per_language.values() for it in items if row(it) in chosen]

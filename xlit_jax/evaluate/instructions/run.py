@@ -1,4 +1,5 @@
-"""Evaluate one model: greedy generation for the chosen sets and languages, scoring, report.
+"""Evaluate one model: greedy generation for the chosen sets and languages, scoring, report; or score
+responses made elsewhere (`Evaluation.run_responses`, `xlit-eval --responses=FILE`).
 
 Everything that can be wrong with the input (sets, languages, dictionaries, language-id model,
 judge key and templates, an out_dir holding another model's or other settings' generations) is
@@ -22,10 +23,11 @@ from tqdm import tqdm
 from xlit_jax.data.langid import LanguageIdentifier
 from xlit_jax.data.spelling import DEFAULT_DICTIONARY_DIR, SpellChecker
 from xlit_jax.errors import InputError
-from xlit_jax.evaluate.instructions import judge, relevance
+from xlit_jax.evaluate.instructions import confusion, judge, relevance
 from xlit_jax.evaluate.instructions.evalsets import load_eval_set
 from xlit_jax.evaluate.instructions.langid import LanguageScorer
 from xlit_jax.evaluate.instructions.modifiers import ModifierScorer
+from xlit_jax.evaluate.instructions.responses import Responses, check_prompts
 from xlit_jax.evaluate.instructions.spelling import SpellingScorer
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, check_model, score_key
 from xlit_jax.evaluate.report import write_report
@@ -35,9 +37,13 @@ from xlit_jax.resources import shared_data_dir
 log = logging.getLogger(__name__)
 
 GENERATIONS_FILE = "generations.jsonl"
-METRICS = ("language", "spelling", "relevance", "modifiers", "judge", "modifier_judge")
-DEFAULT_METRICS = ("language", "spelling", "modifiers")
-NEEDS_LID = frozenset({"language", "spelling", "modifiers"})
+METRICS = ("language", "spelling", "language_confusion", "relevance", "modifiers", "judge", "modifier_judge")
+DEFAULT_METRICS = ("language", "spelling", "modifiers", "language_confusion")
+NEEDS_LID = frozenset({"language", "spelling", "modifiers", "language_confusion"})
+# What responses made elsewhere can be scored with (modifiers need the paper's modifier types).
+RESPONSES_METRICS = ("language", "spelling", "language_confusion", "judge", "relevance")
+# The default for LCB's sets and for --responses: no dictionary is needed for LCB's 15 languages.
+LCB_DEFAULT_METRICS = ("language", "language_confusion")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +96,13 @@ def build_scorers(config: EvalConfig, items, data_dir: Path, relevance_model=Non
     if "language" in wanted:
         scorers.append(LanguageScorer(lid))
     if "spelling" in wanted:
-        checker = SpellChecker(languages, config.dictionary_dir, dict(config.dictionaries))
+        # English too, for code switching: words of a non-English answer that only English's dictionary takes.
+        checker = SpellChecker(languages | ({"en"} if languages - {"en"} else set()), config.dictionary_dir,
+                               dict(config.dictionaries))
         scorers.append(SpellingScorer(checker, lid))
+    if "language_confusion" in wanted:
+        scorers.append(confusion.LanguageConfusionScorer(
+            lid, confusion.english_words(data_dir / confusion.ENGLISH_WORDS_FILE)))
     if "modifiers" in wanted:
         scorers.append(ModifierScorer(lid))
     judged = sorted(wanted & {"judge", "modifier_judge"})
@@ -129,15 +140,20 @@ def _relevance_model(src: str):
 class Evaluation:
     """One model's evaluation in `out_dir`. Construction checks the input; `run` does the work."""
 
-    def __init__(self, out_dir, config: EvalConfig = EvalConfig(), relevance_model=None):
+    def __init__(self, out_dir, config: EvalConfig = EvalConfig(), relevance_model=None,
+                 responses: Responses | None = None):
         if config.batch_size < 1 or config.max_new_tokens < 1:
             raise InputError("batch_size and max_new_tokens must be positive")
         self.config = config
         self.out_dir = Path(out_dir)
         data_dir = Path(config.data_dir) if config.data_dir else shared_data_dir()
-        self.items = [it for spec in config.eval_sets
-                      for it in load_eval_set(spec, config.languages, data_dir, config.subset, config.limit,
-                                              config.seed)]
+        if responses is not None:  # responses made elsewhere: their items, not the eval sets'
+            _check_responses_metrics(responses, config.metrics)
+            self.items = responses.items
+        else:
+            self.items = [it for spec in config.eval_sets
+                          for it in load_eval_set(spec, config.languages, data_dir, config.subset, config.limit,
+                                                  config.seed)]
         if not self.items:
             raise InputError(f"no items selected from {', '.join(config.eval_sets)}")
         self.scorers = build_scorers(config, self.items, data_dir, relevance_model)
@@ -150,8 +166,10 @@ class Evaluation:
     def scores_path(self) -> Path:
         return self.out_dir / ITEM_SCORES_FILE
 
-    def _generated(self, model_name: str) -> dict[tuple, dict]:
-        """Finished generations by item key, after checking they belong to this model, settings and data."""
+    def _generated(self, model_name: str, decoding: dict | None = None) -> dict[tuple, dict]:
+        """Finished generations by item key, after checking they belong to this model, settings (`decoding`,
+        default the config's) and data."""
+        decoding = decoding or self.config.decoding()
         by_key = {it.key: it for it in self.items}
         done = {}
         for number, row in enumerate(resume_jsonl(self.generations_path), 1):  # our rows are one per line
@@ -161,9 +179,9 @@ class Evaluation:
             if missing:
                 raise InputError(f"{where}: no field {missing[0]!r}")
             check_model(where, row, model_name)
-            if row["decoding"] != self.config.decoding():
+            if row["decoding"] != decoding:
                 raise InputError(f"{where}: generated with {row['decoding']}, but this run asks for "
-                                 f"{self.config.decoding()}; use another --out_dir or the same settings")
+                                 f"{decoding}; use another --out_dir or the same settings")
             key = (row["set"], row["language"], row["id"])
             if key in by_key and row["messages"] != list(by_key[key].messages):
                 raise InputError(f"{where}: the prompt of {key} is not the eval set's any more; "
@@ -225,6 +243,34 @@ class Evaluation:
                      "scorer": scorer.name, "modifier": it.modifier, **result}
                     for it, result in zip(chunk, results, strict=True)])
 
+    def _record_responses(self, responses: Responses) -> dict[tuple, dict]:
+        """The file's responses as this run's generations (generations.jsonl, which a rerun checks against
+        the file: changed responses are refused, not scored again under old scores)."""
+        decoding = {"responses": responses.path.name}  # made elsewhere: the file stands for the settings
+        recorded = self._generated(responses.model, decoding)
+        for it in responses.items:
+            row = recorded.get(it.key)
+            if row is not None and row["response"] != responses.texts[it.key]:
+                raise InputError(f"{responses.path}:{responses.lines[it.key]}: the response differs from the one "
+                                 f"scored in {self.generations_path}; use another --out_dir")
+        new = [{"model": responses.model, "set": it.set, "language": it.language, "id": it.id, "modifier": None,
+                "expected_language": it.expected_language, "messages": list(it.messages),
+                "response": responses.texts[it.key], "decoding": decoding}
+               for it in responses.items if it.key not in recorded]
+        append_jsonl(self.generations_path, new)
+        return recorded | {(r["set"], r["language"], r["id"]): r for r in new}
+
+    def run_responses(self, responses: Responses) -> dict[str, Path]:
+        """Score responses made elsewhere (this Evaluation built with them), resuming as `run` does."""
+        with output_lock(self.out_dir, folder=True):
+            self._scored(responses.model)
+            generated = self._record_responses(responses)
+            self.score(responses.model, generated)
+            written = write_report([self.out_dir], self.out_dir)
+        written["generations"] = self.generations_path
+        written["item_scores"] = self.scores_path
+        return written
+
     def run(self, model, model_name: str | None = None) -> dict[str, Path]:
         """Generate what is missing, score what is unscored, and write this run's report. A second run into
         the same out_dir is refused while this one writes."""
@@ -238,6 +284,14 @@ class Evaluation:
         written["generations"] = self.generations_path
         written["item_scores"] = self.scores_path
         return written
+
+
+def _check_responses_metrics(responses: Responses, metrics) -> None:
+    refused = [m for m in metrics if m not in RESPONSES_METRICS]
+    if refused:
+        raise InputError(f"--responses: the {refused[0]} metric needs the eval set's modifier types; responses "
+                         f"are scored with {', '.join(RESPONSES_METRICS)}")
+    check_prompts(responses, metrics)
 
 
 def evaluate_model(model, out_dir, config: EvalConfig = EvalConfig(), model_name: str | None = None,

@@ -37,6 +37,7 @@ from xlit_jax.evaluate.report import (
     FRACTION_METRICS,
     JUDGE_METRICS,
     SURFACE_METRICS,
+    TABLE_METRICS,
     markdown_table,
     ordered,
     save_figure,
@@ -50,6 +51,9 @@ MAIN_SET, MODIFIER_SET = "chirkova", "chirkova_modifiers"
 ENGLISH, OTHERS = "en", "non-en"  # the paper's two groups: English, and fr/pt/ru pooled
 BOOTSTRAP_SAMPLES = 1000
 STYLES, MARKERS = ("-", "--", "-."), ("o", "s", "^")  # per method in Fig. 2
+# Fig. 2's panels: the paper's surface metrics with LCB's line-level pass rate beside the whole-response one
+# (language confusion as the field measures it), then the judge's criteria.
+FIG2_METRICS = ("language_correct", "line_pass", *SURFACE_METRICS[1:], *JUDGE_METRICS)
 FIG3_MAX_CELLS = 12  # more bars than this are unreadable: pick cells with the config's report.fig3
 FIELDS = ("cell", "model", "data", "method", "lr", "set", "language", "modifier", "metric", "mean", "ci_low",
           "ci_high", "n")
@@ -157,7 +161,7 @@ def differences(cells: list[grid.Cell], by_cell: dict[str, dict]) -> list[dict]:
         if cell.name not in by_cell or reference.name not in by_cell:
             continue
         mine, theirs = by_cell[cell.name], by_cell[reference.name]
-        for metric in SURFACE_METRICS + JUDGE_METRICS:
+        for metric in TABLE_METRICS + JUDGE_METRICS:
             for group in (ENGLISH, OTHERS):
                 key = (MAIN_SET, group, MODIFIER_BLANK, metric)
                 if key in mine and key in theirs:
@@ -213,7 +217,7 @@ def metric_tables(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
     cell_metrics = {(key[0], key[4]) for key in index}
     present = {s.metric for s in stats if s.set == MAIN_SET}
     parts = []
-    for metric in [m for m in SURFACE_METRICS + JUDGE_METRICS if m in present]:
+    for metric in [m for m in TABLE_METRICS + JUDGE_METRICS if m in present]:
         body = [[c.name, cell_text(index.get((c.name, MAIN_SET, ENGLISH, MODIFIER_BLANK, metric))),
                  cell_text(index.get((c.name, MAIN_SET, OTHERS, MODIFIER_BLANK, metric)))]
                 for c in cells if (c.name, metric) in cell_metrics]
@@ -300,8 +304,7 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
     """Fig. 2 for one model: a row per metric, en | non-en columns, value vs lr with 95% intervals."""
     index = _index(stats)
     mine = [c for c in cells if c.model == model and c.trains]
-    metrics = [m for m in SURFACE_METRICS + JUDGE_METRICS
-               if any((c.name, MAIN_SET, ENGLISH, MODIFIER_BLANK, m) in index for c in mine)]
+    metrics = [m for m in FIG2_METRICS if any((c.name, MAIN_SET, ENGLISH, MODIFIER_BLANK, m) in index for c in mine)]
     if not metrics:
         return False
     baselines = [c for c in cells if not c.trains]

@@ -159,6 +159,21 @@ def _plan():
     return bench_run.BenchmarkEvaluation(FLAGS.out_dir, bench_config_from_flags())
 
 
+def check_prompt_sizes(plan, source: str) -> None:
+    """An eval set's prompt too long for the model by a cheap bound (io/tokenizer.py) is one line before the
+    model loads, not a long tokenization after. Benchmarks build their prompts from files the project knows."""
+    if not isinstance(plan, evaluation.Evaluation):
+        return
+    from xlit_jax.io.tokenizer import prompt_too_long
+    from xlit_jax.loader import load_config
+
+    positions = load_config(source).max_position_embeddings
+    for item in plan.items:
+        problem = prompt_too_long(item.messages, positions)
+        if problem:
+            raise InputError(f"eval set {item.set}, language {item.language}, id {item.id}: {problem}")
+
+
 def main(argv):
     del argv
     if FLAGS.list:
@@ -177,6 +192,7 @@ def main(argv):
             raise app.UsageError("--model is required (or --responses, or --compare)")
         # Every input check (sets, languages, dictionaries, lid model, judge) runs before the model loads.
         plan = _plan()
+        check_prompt_sizes(plan, FLAGS.model)
         import xlit_jax
         from xlit_jax.loader import model_name
 

@@ -9,6 +9,7 @@ from absl import flags
 from launch import define_inference_flags, inference_overrides, run_main
 from xlit_jax.errors import InputError
 from xlit_jax.io.files import output_lock, read_jsonl
+from xlit_jax.io.tokenizer import prompt_too_long
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "HF dir, .gguf file, checkpoint dir, smollm2-135m or preset:NAME")
@@ -20,8 +21,9 @@ flags.DEFINE_integer("batch_size", 8, "prompts decoded together (the decoding en
 define_inference_flags()
 
 
-def read_prompts(path) -> list[dict]:
-    """Validate every line before any work starts: a bad line is an error naming file:line:field."""
+def read_prompts(path, positions: int) -> list[dict]:
+    """Validate every line before any work starts: a bad line is an error naming file:line:field. A prompt
+    too long for the model's `positions` by a cheap bound is one too (tokenizing a 10 MB line takes 20 s)."""
     rows, seen = [], set()
     for line, row in read_jsonl(path):
         where = f"{path}:{line}"
@@ -35,6 +37,9 @@ def read_prompts(path) -> list[dict]:
             raise InputError(f"{where}: field 'prompt' must be a string or a list of {{role, content}} messages")
         if not (prompt.strip() if isinstance(prompt, str) else any(m["content"].strip() for m in prompt)):
             raise InputError(f"{where}: field 'prompt' is empty")
+        problem = prompt_too_long(prompt, positions)
+        if problem:
+            raise InputError(f"{where}: field 'prompt': {problem}")
         key = str(row["id"])
         if key in seen:
             raise InputError(f"{where}: field 'id': duplicate id {row['id']!r}")
@@ -47,8 +52,9 @@ def main(argv):
     del argv
     import xlit_jax
     from xlit_jax.decode.runner import generate_to_jsonl
+    from xlit_jax.loader import load_config
 
-    rows = read_prompts(FLAGS.prompts)
+    rows = read_prompts(FLAGS.prompts, load_config(FLAGS.model).max_position_embeddings)
     if not rows:
         raise InputError(f"{FLAGS.prompts}: no prompts")
     with output_lock(FLAGS.out):  # a second writer of --out is refused before the model loads

@@ -1,6 +1,7 @@
 """xlit-serve: an OpenAI-compatible API over a model this project loads, e.g. a local judge.
 
   xlit-serve --model=smollm2-135m [--host=127.0.0.1 --port=8000 --slots=16 --max_len=2304]
+  XLIT_SERVE_API_KEY=KEY xlit-serve ...   (or --api_key_file=PATH: clients must send the key)
 
 Then any `openai` client: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything").
 See docs/evaluation.md.
@@ -10,11 +11,14 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 from absl import flags, logging
 
 from launch import define_inference_flags, inference_overrides, run_main
 from xlit_jax.errors import InputError
+from xlit_jax.io.files import read_text
+from xlit_jax.serve.limits import LOOPBACK_HOSTS, Limits, host_name
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "HF dir, .gguf file, checkpoint dir, smollm2-135m", required=True)
@@ -27,8 +31,17 @@ flags.DEFINE_integer("max_len", None, "KV-cache columns per slot (default: any p
 flags.DEFINE_integer("max_queue", 256, "requests waiting for a slot at most; more are answered 429 with Retry-After")
 flags.DEFINE_integer("max_tokens", 512, "the most new tokens a request may ask for (also the default)")
 flags.DEFINE_integer("max_body_bytes", 4 << 20, "larger request bodies are refused with 413 before being read")
-flags.DEFINE_string("api_key", None, "clients must send 'Authorization: Bearer KEY' (default: "
-                    "$XLIT_SERVE_API_KEY; none: no check)")
+flags.DEFINE_string("api_key_file", None, "a file holding the key clients must send as 'Authorization: Bearer KEY' "
+                    "(default: $XLIT_SERVE_API_KEY; neither: no check)")
+flags.DEFINE_string("api_key", None, "refused: a key on the command line is in every user's process list; use "
+                    "$XLIT_SERVE_API_KEY or --api_key_file")
+flags.DEFINE_list("allowed_hosts", [], "Host header names answered besides localhost, 127.0.0.1, [::1] and --host "
+                  "(others get 421, against DNS rebinding); * answers any")
+flags.DEFINE_integer("max_connections", Limits.max_connections, "open connections at most (fewer if the open files "
+                     "limit is lower); more are answered 503 and closed")
+flags.DEFINE_float("idle_timeout", Limits.idle_timeout, "seconds a connection stays open with no request under way")
+flags.DEFINE_float("request_timeout", Limits.request_timeout, "seconds for a request's headers and body to arrive "
+                   "(else 408)")
 define_inference_flags()
 
 
@@ -44,26 +57,57 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def api_key() -> str | None:
+    """The key clients must send: from --api_key_file, else $XLIT_SERVE_API_KEY; never from the command line,
+    where every user of the machine reads it in the process list (ps) and it stays in the shell's history:
+    refused rather than warned about, since by the time a warning shows, the key is out."""
+    if FLAGS.api_key is not None:
+        raise InputError("--api_key: a key on the command line is visible to every user in the process list; "
+                         "put it in $XLIT_SERVE_API_KEY or in a file for --api_key_file")
+    if FLAGS.api_key_file:
+        path = Path(FLAGS.api_key_file)
+        if path.is_file() and path.stat().st_mode & 0o077:
+            logging.warning("%s: other users may read this key file (chmod 600 it)", path)
+        key = read_text(path, "key file").strip()
+        if not key:
+            raise InputError(f"--api_key_file={path}: the file is empty")
+        return key
+    return os.environ.get("XLIT_SERVE_API_KEY") or None
+
+
+def limits() -> Limits:
+    for flag in ("max_connections", "idle_timeout", "request_timeout"):
+        if FLAGS[flag].value <= 0:
+            raise InputError(f"--{flag} must be positive, not {FLAGS[flag].value}")
+    from xlit_jax.serve.server import connection_cap, raise_open_files_limit
+
+    raise_open_files_limit()
+    return Limits(connection_cap(FLAGS.max_connections), FLAGS.idle_timeout, FLAGS.request_timeout)
+
+
 def main(argv):
     del argv
     import uvicorn
 
     import xlit_jax
     from xlit_jax.serve.app import ServeConfig, create_app
+    from xlit_jax.serve.server import uvicorn_config
 
     for flag in ("slots", "max_queue", "max_tokens", "max_body_bytes", "max_len"):
         if FLAGS[flag].value is not None and FLAGS[flag].value < 1:
             raise InputError(f"--{flag} must be at least 1, not {FLAGS[flag].value}")
-    listening = listen(FLAGS.host, FLAGS.port)  # a busy port is refused before the model loads
+    hosts = tuple(dict.fromkeys(map(host_name, (*LOOPBACK_HOSTS, FLAGS.host, *FLAGS.allowed_hosts))))
     config = ServeConfig(slots=FLAGS.slots, max_queue=FLAGS.max_queue, max_tokens=FLAGS.max_tokens,
-                         max_len=FLAGS.max_len, max_body_bytes=FLAGS.max_body_bytes,
-                         api_key=FLAGS.api_key or os.environ.get("XLIT_SERVE_API_KEY") or None)
+                         max_len=FLAGS.max_len, max_body_bytes=FLAGS.max_body_bytes, api_key=api_key(), hosts=hosts)
+    server_limits = limits()
+    listening = listen(FLAGS.host, FLAGS.port)  # a busy port is refused before the model loads
     model = xlit_jax.load(FLAGS.model, **inference_overrides())
     # the engine's thread stopped for good: uvicorn shuts down as on Ctrl-C, then the process exits non-zero
     app = create_app(model, FLAGS.model_name, config, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
-    logging.info("serving %s on http://%s:%d/v1 (API key %s)", FLAGS.model_name or model.name, FLAGS.host,
-                 FLAGS.port, "required" if config.api_key else "not checked")
-    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[listening])
+    logging.info("serving %s on http://%s:%d/v1 (API key %s; Host names %s; %d connections at most)",
+                 FLAGS.model_name or model.name, FLAGS.host, FLAGS.port,
+                 "required" if config.api_key else "not checked", ", ".join(hosts), server_limits.max_connections)
+    uvicorn.Server(uvicorn_config(app, server_limits)).run(sockets=[listening])
     if app.state.worker.failure:
         print(f"xlit-serve: the decoding engine stopped: {app.state.worker.failure}", file=sys.stderr)
         sys.exit(1)

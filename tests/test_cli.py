@@ -129,8 +129,9 @@ def test_no_binary_replaces_a_folder_it_was_not_asked_to(tmp_path):
 
 def test_help_version_and_refusals_a_newcomer_meets_are_one_line_before_any_load(tmp_path, shared_data):
     """--help prints the binary's docstring and its own flags, --version the version (exit 0); a missing
-    config file, an unknown preset, flag or eval set, a busy port, an empty prompts file and an out_dir of
-    another model's results are one line, exit 2, before any weights load."""
+    config file, an unknown preset, flag or eval set, a busy port, an empty prompts file, an out_dir of
+    another model's results, an eval prompt too long for the model by its length alone, and a server key on the
+    command line (or an empty key file) are one line, exit 2, before any weights load."""
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     other = tmp_path / "other"
@@ -138,6 +139,10 @@ def test_help_version_and_refusals_a_newcomer_meets_are_one_line_before_any_load
     (other / "generations.jsonl").write_text(json.dumps({
         "model": "someone_else", "set": "chirkova", "language": "en", "id": "1", "messages": [], "response": "x",
         "decoding": {}}) + "\n")
+    huge = tmp_path / "huge.jsonl"  # more than 512 positions x 256 characters (io/tokenizer.py's bound)
+    huge.write_text(json.dumps({"id": "big", "prompt": "word " * 30_000}) + "\n")
+    empty_key = tmp_path / "key"
+    empty_key.write_text("\n")
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
@@ -145,7 +150,7 @@ def test_help_version_and_refusals_a_newcomer_meets_are_one_line_before_any_load
     refusals = {
         ("train", "--config=configs/experiments/nope.py", f"--workdir={tmp_path / 'run'}"):
             "xlit-train: --config=configs/experiments/nope.py: no such file",
-        ("generate", "--model=preset:llama9", f"--prompts={empty}", f"--out={tmp_path / 'o.jsonl'}"):
+        ("generate", "--model=preset:tiny", f"--prompts={empty}", f"--out={tmp_path / 'o.jsonl'}"):
             f"xlit-generate: {empty}: no prompts",
         ("convert", "--src=preset:llama9", f"--dst={tmp_path / 'hf'}"):
             "xlit-convert: unknown model preset 'llama9' (did you mean 'llama-1b'? known: llama-1b, llama2-13b, "
@@ -161,6 +166,17 @@ def test_help_version_and_refusals_a_newcomer_meets_are_one_line_before_any_load
          f"--out_dir={other}"):
             f"xlit-eval: {other / 'generations.jsonl'}:1: holds results of model 'someone_else', but this run "
             "evaluates 'preset:tiny'; use another --out_dir (one model per out_dir)",
+    }
+    refusals |= {  # huge prompts, keys on the command line
+        ("evaluate", "--model=preset:tiny", f"--eval_set=jsonl:{huge}", "--languages=en", "--metrics=language",
+         f"--out_dir={tmp_path / 'e2'}"):
+            "xlit-eval: eval set huge, language en, id big: the prompt has 150000 characters: more than the model's "
+            "512 positions can hold at 256 characters per token at most",
+        ("serve", "--model=preset:tiny", "--api_key=sk-visible-in-ps"):
+            "xlit-serve: --api_key: a key on the command line is visible to every user in the process list; put it "
+            "in $XLIT_SERVE_API_KEY or in a file for --api_key_file",
+        ("serve", "--model=preset:tiny", f"--api_key_file={empty_key}"):
+            f"xlit-serve: --api_key_file={empty_key}: the file is empty",
     }
     running = {args: subprocess.Popen([sys.executable, "-m", f"launch.{args[0]}", *args[1:]], cwd=REPO, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in refusals}

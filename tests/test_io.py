@@ -1,16 +1,21 @@
 """Weights I/O and the CLIs on bad input: clear errors naming the file (and line), nothing half-written."""
 
+import errno
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 import xlit_jax
 from xlit_jax.errors import InputError, UserError, WeightsError
-from xlit_jax.io.files import read_jsonl, read_output_jsonl, resume_jsonl
+from xlit_jax.data.records import _json_array_rows
+from xlit_jax.io.files import (atomic_directory, atomic_write_text, output_lock, read_json, read_jsonl,
+                               read_output_jsonl, reported_write, resume_jsonl, umask)
 from xlit_jax.io.gguf import GGUFFile, smollm2_gguf_path
 from xlit_jax.io.hf import config_from_hf, save_hf_dir
 from xlit_jax.models.presets import get_preset
@@ -193,11 +198,115 @@ def test_missing_prompts_file_is_an_input_error(tmp_path):
     from launch.generate import read_prompts
 
     with pytest.raises(InputError, match="absent.jsonl: no such file"):
-        read_prompts(tmp_path / "absent.jsonl")
+        read_prompts(tmp_path / "absent.jsonl", 512)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": 1, "prompt": "x"}\n{"id": 1, "prompt": "y"}\n')
     with pytest.raises(InputError, match="bad.jsonl:2: field 'id': duplicate"):
-        read_prompts(bad)
+        read_prompts(bad, 512)
+
+
+def test_a_huge_or_deeply_nested_prompt_line_is_one_line_before_the_model_loads(tmp_path):
+    """A prompt longer than positions x 256 characters (more than any of our tokenizers' tokens hold) is refused
+    without tokenizing it; a line nested a million brackets deep is an error naming it, not a RecursionError."""
+    from launch.generate import read_prompts
+
+    huge = tmp_path / "huge.jsonl"
+    chat = [{"role": "user", "content": "x" * 70_000}] * 2
+    huge.write_text(json.dumps({"id": 1, "prompt": "ok"}) + "\n" + json.dumps({"id": 2, "prompt": chat}) + "\n")
+    with pytest.raises(InputError, match=r"huge.jsonl:2: field 'prompt': the prompt has 140000 characters: more "
+                                         r"than the model's 512 positions can hold at 256 characters per token"):
+        read_prompts(huge, 512)
+    assert len(read_prompts(huge, 1024)) == 2
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"id": 1, "prompt": "ok"}\n{"id": 2, "prompt": ' + "[" * 1_000_000 + "]" * 1_000_000 + "}\n")
+    with pytest.raises(InputError, match=r"deep.jsonl:2: nested too deeply \(JSON deeper than about"):
+        read_prompts(deep, 512)
+    config = tmp_path / "config.json"
+    config.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(WeightsError, match="config.json: nested too deeply"):
+        read_json(config)
+    array = tmp_path / "data.json"  # the data loaders' JSON-array files
+    array.write_text("[\n" + "[" * 100_000 + "]" * 100_000 + "\n]")
+    with pytest.raises(InputError, match="data.json:2: nested too deeply"):
+        list(_json_array_rows(array))
+
+
+def test_an_output_that_cannot_be_written_is_found_before_any_work_with_the_right_advice(tmp_path):
+    """A symlink loop, a folder where the output file should be, a file where a folder should be: one line
+    naming the path when the output lock is taken (before a model loads). A denied write says so; only a
+    full disk or quota advises freeing space."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(loop)
+    (tmp_path / "a_file").write_text("x")
+    cases = [(loop / "out.jsonl", False, "[Errno 40] Too many levels of symbolic links; fix the path"),
+             (loop, True, "[Errno 40] Too many levels of symbolic links"),
+             (tmp_path, False, "[Errno 21] Is a directory"),
+             (tmp_path / "a_file" / "out", True, "[Errno 20] Not a directory")]
+    for path, folder, message in cases:
+        with pytest.raises(UserError, match=re.escape(f"cannot write {path}: {message}")):
+            with output_lock(path, folder):
+                pass
+    for error, advice in ((PermissionError(errno.EACCES, "Permission denied"), "permission denied: make it writable"),
+                          (OSError(errno.EROFS, "Read-only file system"), "permission denied"),
+                          (OSError(errno.EDQUOT, "Disk quota exceeded"), "free space (or raise the quota)")):
+        with pytest.raises(UserError, match=re.escape(advice)) as raised:
+            with reported_write(tmp_path / "out.jsonl"):
+                raise error
+        assert ("free space" in str(raised.value)) == (error.errno == errno.EDQUOT)
+    with output_lock(tmp_path / "new" / "out.jsonl"):  # a writable output: its folder made, no file left behind
+        assert [p.name for p in (tmp_path / "new").iterdir()] == [".out.jsonl.lock"]
+
+
+def test_atomic_outputs_honour_the_umask(tmp_path):
+    """Files and folders renamed into place get the mode a plain open() or mkdir() would (mkstemp: 0600)."""
+    atomic_write_text(tmp_path / "scores.md", "x")
+    with atomic_directory(tmp_path / "export") as tmp:
+        (tmp / "a").write_text("y")
+    (tmp_path / "plain").write_text("z")
+    (tmp_path / "plain_dir").mkdir()
+    mode = lambda name: (tmp_path / name).stat().st_mode & 0o777  # noqa: E731
+    assert mode("scores.md") == mode("plain") == 0o666 & ~umask()
+    assert mode("export") == mode("plain_dir") == 0o777 & ~umask()
+    assert umask() == int(Path("/proc/self/status").read_text().split("Umask:")[1].split()[0], 8)
+
+
+def test_damaged_weights_as_downloaded_are_one_line_naming_file_and_tensor(tmp_path, monkeypatch):
+    """Every tensor's shape is checked against the config before any is read; a config that makes no model,
+    one without vocab_size, a damaged tokenizer.json and a tokenizer larger than the embedding are refused by
+    name too."""
+    from xlit_jax.loader import _check_vocabulary
+
+    model = xlit_jax.load("preset:tiny")
+    tiny_hf = save_hf_dir(model.config, model.params, tmp_path / "hf")
+    config = tiny_hf / "config.json"
+    original = json.loads(config.read_text())
+    weights = f"{tiny_hf / 'model.safetensors'}: tensor 'model.embed_tokens.weight' has shape [256, 64], but {config} makes it"
+    cases = [({"vocab_size": 300}, f"{weights} [300, 64] (vocab_size=300"),
+             ({"hidden_size": 128, "head_dim": None}, f"{weights} [256, 128]"),
+             ({"num_attention_heads": 3, "head_dim": None}, f"{config}: invalid LlamaConfig: hidden_size=64 is not a "
+                                                            "multiple of num_heads=3"),
+             ({"num_key_value_heads": 3}, f"{config}: invalid LlamaConfig: num_heads=4 is not a multiple of "
+                                          "num_kv_heads=3"),
+             ({"intermediate_size": 0}, f"{config}: invalid LlamaConfig: intermediate_size=0: sizes are positive"),
+             ({"vocab_size": None}, f"{config}: no field 'vocab_size'")]
+    for change, message in cases:
+        config.write_text(json.dumps({k: v for k, v in {**original, **change}.items() if k != "vocab_size" or v}))
+        with pytest.raises(WeightsError, match=re.escape(message)):
+            xlit_jax.load(tiny_hf)
+    config.write_text(json.dumps(original))
+    tokenizer = tiny_hf / "tokenizer.json"
+    tokenizer.write_text('{"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}, "merg')  # cut short
+    with pytest.raises(WeightsError, match=re.escape(f"{tokenizer}: cannot read the tokenizer (")):
+        xlit_jax.load(tiny_hf)
+    with pytest.raises(WeightsError, match="the tokenizer has 257 tokens but the model's embedding only 256 rows"):
+        _check_vocabulary(range(257), model.config, "tiny")
+    # GGUF: the same check, naming the GGUF's tensor (metadata edited here as a damaged download would have it)
+    gguf_config = GGUFFile.config
+    monkeypatch.setattr(GGUFFile, "config", lambda self: gguf_config(self).replace(vocab_size=1000))
+    with pytest.raises(WeightsError, match=r"\.gguf: tensor 'token_embd.weight' has shape \[49152, 576\], but .*"
+                                           r"\.gguf \(metadata\) makes it \[1000, 576\]"):
+        xlit_jax.load("smollm2-135m")
 
 
 def test_jsonl_accepts_a_bom_and_names_invalid_utf8_lines(tmp_path):

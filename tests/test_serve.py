@@ -2,7 +2,9 @@
 stops, bad and huge requests, disconnects, and the evaluation's judges pointed at it."""
 
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -12,9 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
+from fastapi import FastAPI
 
 import xlit_jax
 from xlit_jax.serve.app import ServeConfig, create_app
+from xlit_jax.serve.limits import Limits
 from xlit_jax.serve.server import serve_in_thread
 
 from support import REPO
@@ -287,22 +291,114 @@ def test_a_client_that_disconnects_frees_its_slot(tiny):
             assert client(url).completions.create(model="tiny", prompt="Next", max_tokens=3).usage.completion_tokens
 
 
-def test_huge_bodies_are_refused_413_and_health_answers_while_a_big_prompt_is_tokenized(served):
-    url, _ = served
-    base = url.removesuffix("/v1")
+def test_huge_bodies_are_refused_413_and_huge_prompts_before_they_are_tokenized(served):
+    url, worker = served
     # 32 MiB: more than loopback's socket buffers take, so the server must read it to the end (and drop it)
     # for the client, still sending, to get the answer rather than a reset connection
     status, error, _ = post(f"{url}/completions", b'{"model": "tiny", "prompt": "' + b"x" * (32 << 20) + b'"}')
     assert status == 413 and "at most 1048576" in error["error"]["message"]
-    big = json.dumps({"model": "tiny", "prompt": "word " * 200_000, "max_tokens": 4}).encode()  # 1 MB of text
-    with ThreadPoolExecutor(1) as pool:
-        refused = pool.submit(post, f"{url}/completions", big)
-        waits = []
-        while not refused.done():
+    # 1 MB of text cannot be 512 tokens of SmolLM2's (its longest token has 81 characters): refused by its length
+    # ("the prompt has N characters"), not after a long tokenization ("the prompt has N tokens")
+    words = "word " * 200_000
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": words}]}
+    for path, body in (("completions", {"model": "tiny", "prompt": words}), ("chat/completions", chat)):
+        status, error, _ = post(f"{url}/{path}", json.dumps(body).encode())
+        assert status == 400 and error["error"]["code"] == "context_length_exceeded", error
+        assert "the prompt has 1000000 characters: more than the model's 512 positions" in error["error"]["message"]
+    assert worker.queued() == 0
+
+
+def test_the_queue_limit_counts_only_requests_waiting_for_a_slot(served, monkeypatch):
+    """--max_queue=2 and 6 requests at once with 8 slots free: none is refused (they counted as queued until
+    the engine's thread moved them into slots)."""
+    url, worker = served
+    monkeypatch.setattr(worker, "_max_queue", 2)
+    body = json.dumps({"model": "tiny", "prompt": "Hi", "max_tokens": 2, "temperature": 0}).encode()
+    for _ in range(2):
+        with ThreadPoolExecutor(6) as pool:
+            statuses = [status for status, _, _ in pool.map(lambda _: post(f"{url}/completions", body), range(6))]
+        assert statuses == [200] * 6
+
+
+def raw_request(url: str, request: bytes, timeout: float = 10) -> bytes:
+    """Send `request` as is (headers in any bytes) and read the answer to its end."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        return read_all(sock)
+
+
+def read_all(sock) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def answer(raw: bytes) -> tuple[int, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body) if body.startswith(b"{") else {}
+
+
+NON_ASCII_KEY = "clé-ключ-鍵"
+
+
+def test_host_names_and_the_key_are_checked_first_on_every_path_but_health(tiny):
+    """DNS rebinding: another Host is 421 (even with the key). With a key: the docs and malformed JSON are 401
+    without it, before the body is parsed; a non-ASCII key sent as UTF-8 matches; /health says only ok. Query
+    strings never reach the access log."""
+    app = create_app(tiny, "tiny", ServeConfig(slots=2, max_tokens=8, max_len=128, api_key=NON_ASCII_KEY))
+    key = b"Authorization: Bearer " + NON_ASCII_KEY.encode() + b"\r\n"
+
+    def ask(method: str, path: str, headers: bytes = b"", body: bytes = b"", host: bytes = b"127.0.0.1"):
+        head = f"{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n".encode()
+        return answer(raw_request(url, head + b"Host: " + host + b"\r\n" + headers + b"\r\n" + body))
+
+    with serve_in_thread(app) as url:
+        status, error = ask("GET", "/v1/models", key, host=b"rebound.example.com:8000")
+        assert status == 421 and error["error"]["code"] == "host_not_allowed"
+        assert ask("GET", "/v1/models", key, host=b"localhost:1")[0] == ask("GET", "/v1/models", key, host=b"[::1]")[0] == 200
+        for path in ("/docs", "/openapi.json", "/v1/models"):
+            assert ask("GET", path)[0] == 401 and ask("GET", path, key)[0] == 200, path
+        status, error = ask("POST", "/v1/completions", b"Content-Type: application/json\r\n", b"{not json")
+        assert status == 401 and error["error"]["code"] == "invalid_api_key"
+        assert ask("POST", "/v1/completions", b"Authorization: Bearer " + NON_ASCII_KEY.encode("latin-1", "replace")
+                   + b"\r\n", b"{}")[0] == 401
+        assert ask("GET", "/health") == (200, {"status": "ok"}) and "model" in ask("GET", "/health", key)[1]
+    access = logging.getLogger("uvicorn.access")  # create_app filtered it; uvicorn logs the path with its query
+    record = access.makeRecord(access.name, logging.INFO, __file__, 0, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "GET", f"/v1/models?api_key={KEY}", "1.1", 401), None)
+    assert access.filter(record) and record.getMessage() == '127.0.0.1:5 - "GET /v1/models HTTP/1.1" 401'
+
+
+def test_idle_connections_late_requests_and_surplus_connections_are_closed_and_the_cap_is_logged(caplog):
+    """A connection that sends nothing is closed after idle_timeout; headers sent a byte at a time get 408
+    after request_timeout; past max_connections a new connection gets 503 and a log line, and once the idle
+    ones are closed the server answers again."""
+    app = FastAPI()
+    app.get("/health")(lambda: {"status": "ok"})
+    limits = Limits(max_connections=4, idle_timeout=0.5, request_timeout=1.0)
+    with serve_in_thread(app, limits=limits) as url:
+        base = url.removesuffix("/v1")
+        host, port = base.split("//")[1].split(":")
+        idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(4)]
+        time.sleep(0.1)
+        status, error = answer(raw_request(url, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
+        assert status == 503 and error["error"]["code"] == "too_many_connections"
+        assert "4 connections are open, the limit" in caplog.text
+        start = time.monotonic()
+        assert [read_all(sock) for sock in idle] == [b""] * 4  # closed by the server
+        assert time.monotonic() - start < 2
+        with socket.create_connection((host, int(port)), timeout=5) as slow:
             start = time.monotonic()
-            assert urllib.request.urlopen(base + "/health", timeout=30).status == 200
-            waits.append(time.monotonic() - start)
-            time.sleep(0.05)
-        status, error, _ = refused.result()
-    assert status == 400 and error["error"]["code"] == "context_length_exceeded"
-    assert len(waits) > 1 and max(waits) < 1.0, waits
+            try:
+                for byte in b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n":  # 1.5 s of it
+                    slow.send(bytes([byte]))
+                    time.sleep(0.04)
+            except OSError:  # closed while still sending
+                pass
+            status, error = answer(read_all(slow))
+        assert status == 408 and 0.9 < time.monotonic() - start < 3
+        assert urllib.request.urlopen(base + "/health", timeout=5).status == 200
+        for sock in idle:
+            sock.close()

@@ -106,15 +106,27 @@ def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:
         from xlit_jax.io.hf import load_hf_dir
         from xlit_jax.io.tokenizer import load_hf_tokenizer
 
-        config, params = load_hf_dir(path, **config_overrides)
+        # the config, then the tokenizer (which reads the config too), before the weights: a damaged file is
+        # named before gigabytes are read
+        load_config(path, **config_overrides)
         tokenizer = load_hf_tokenizer(path) if _has_tokenizer(path) else None
+        config, params = load_hf_dir(path, **config_overrides)
     elif path.is_dir():
         from xlit_jax.io.checkpoints import load_for_inference
 
         config, params, tokenizer = load_for_inference(path, **config_overrides)
     else:
         raise _unknown_source(src)
+    _check_vocabulary(tokenizer, config, src)
     return Model(_checked(config), _to_device(params, config.weights_dtype), tokenizer, name)
+
+
+def _check_vocabulary(tokenizer, config: LlamaConfig, src: str) -> None:
+    """A tokenizer with ids past the embedding's rows would index out of it (JAX clamps such an index, so the
+    model would read another token's row without a word): refused in one line."""
+    if tokenizer is not None and len(tokenizer) > config.vocab_size:
+        raise WeightsError(f"{src}: the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
+                           f"{config.vocab_size} rows: the tokenizer belongs to another model")
 
 
 def model_name(src: str | os.PathLike) -> str:
@@ -164,4 +176,6 @@ def _to_device(tree: dict, dtype) -> dict:
 
 
 def _has_tokenizer(path: Path) -> bool:
-    return any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+    from xlit_jax.io.tokenizer import TOKENIZER_FILES
+
+    return any((path / f).exists() for f in TOKENIZER_FILES)

@@ -34,7 +34,7 @@ import re
 from pathlib import Path
 
 from xlit_jax.errors import InputError
-from xlit_jax.io.files import read_jsonl
+from xlit_jax.io.files import TOO_DEEP, read_jsonl
 
 ROLES = ("system", "user", "assistant")
 ROLE_ALIASES = {"human": "user", "prompter": "user", "utilisateur": "user",
@@ -191,6 +191,8 @@ def _json_array_rows(path: Path):
             item, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise InputError(f"{path}:{e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
+        except RecursionError:
+            raise InputError(f"{path}:{line}: {TOO_DEEP}") from None
         yield f"{path}:{line}", item
         pos = _skip(text, pos, " \t\r\n")
         if text.startswith(",", pos):

@@ -6,6 +6,7 @@ import os
 
 from absl import logging
 
+from xlit_jax.errors import InputError
 from xlit_jax.io.files import append_jsonl, output_lock, resume_jsonl
 
 
@@ -26,6 +27,7 @@ def _generate_to_jsonl(model, rows, out, max_new_tokens, repetition_penalty, bat
     logging.info("%d prompts, %d already done, %d to generate", len(rows), len(rows) - len(todo), len(todo))
     if todo:
         ids = [model.encode(r["prompt"]) for r in todo]
+        _check_lengths(todo, ids, max_new_tokens, model.config.max_position_embeddings)
 
         def write(indices, outputs):
             new = [{**{k: v for k, v in todo[i].items() if k != "prompt"},
@@ -38,3 +40,11 @@ def _generate_to_jsonl(model, rows, out, max_new_tokens, repetition_penalty, bat
 
         model.generate_ids(ids, max_new_tokens, repetition_penalty, batch_size, on_batch=write)
     return [finished[str(r["id"])] for r in rows]
+
+
+def _check_lengths(rows, ids, max_new_tokens: int, positions: int) -> None:
+    """A prompt that does not fit the model is the user's error, one line naming its id, before any decoding."""
+    for row, prompt in zip(rows, ids):
+        if len(prompt) + max_new_tokens > positions:
+            raise InputError(f"prompt id {row['id']!r}: {len(prompt)} tokens plus max_new_tokens={max_new_tokens} "
+                             f"exceed the model's {positions} positions")

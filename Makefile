@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-aot clean
+.PHONY: demo test test-slow test-manual test-aot clean
 
 $(STAMP): pyproject.toml scripts/install_system_packages.sh
 	bash scripts/install_system_packages.sh
@@ -23,6 +23,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-manual: $(STAMP)
+	$(PY) -m pytest -q -m manual $(PYTEST_ARGS)
 
 # The compile-only stacks (libtpu, the CUDA plugin + cuDNN: 3.3 GB) live in their own venv layered on
 # $(VENV) (a .pth file points at its packages): their start-up noise stays out of `make test`, whose

@@ -345,7 +345,7 @@ def test_bfloat16_greedy_decoding_through_cudnn_agrees_with_xla(monkeypatch, rec
     assert total > 16 * 5 and agree >= 0.75 * total
 
 
-@pytest.mark.slow  # (the kernels' own bf16 checks above are in the fast suite)
+@pytest.mark.manual  # (the kernels' own bf16 checks above are in the fast suite)
 @pytest.mark.parametrize("kernel", ["cudnn", "splash"])
 def test_bfloat16_inference_through_each_kernel_agrees_with_float32(monkeypatch, kernel):
     """The bf16 agreement check of test_model_parity.py through the fused paths, with bf16 weights as

@@ -227,7 +227,7 @@ def test_eval_binary_runs_both_judges_against_the_server(served, tiny, tmp_path,
     assert worker.stats["requests"] - requests == 4
 
 
-@pytest.mark.slow
+@pytest.mark.manual
 def test_smollm2_greedy_answers_equal_xlit_generate(smollm2, tmp_path):
     questions = ["What is the capital of France?", "Give me a synonym for happy.", "Write a haiku about rain."]
     prompts = tmp_path / "prompts.jsonl"

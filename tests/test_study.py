@@ -204,7 +204,7 @@ def _responses(workdir: Path, cell: str) -> list:
     return sorted((r["language"], r["id"], r["response"]) for r in map(json.loads, lines))
 
 
-@pytest.mark.slow
+@pytest.mark.manual
 def test_two_tiny_cells_killed_resumed_and_printed_commands_agree(tmp_path, shared_data):
     """Kill the study mid-training, rerun it to the end; a failing cell does not stop the others; the
     printed commands, run as printed, give the same responses as the killed and resumed cell."""
@@ -468,7 +468,7 @@ def get_config():
 '''
 
 
-@pytest.mark.slow
+@pytest.mark.manual
 def test_tiny_crossalpaca_prepares_data_once_and_runs_the_benchmark_stage(tmp_path, shared_data):
     config = tmp_path / "tiny_crossalpaca.py"
     config.write_text(TINY_CROSSALPACA)

@@ -149,11 +149,11 @@ def test_tiny_lora_step_matches_peft(tmp_path):
     lora_parity(config, init_params(config, 0), tmp_path, lr=1e-3, update_tol=1e-3)
 
 
-@pytest.mark.slow
+@pytest.mark.manual
 def test_smollm2_full_ft_step_matches_pytorch(smollm2, tmp_path):
     full_ft_parity(smollm2.config, smollm2.params, tmp_path, lr=1e-5)  # the paper's full fine-tuning lr
 
 
-@pytest.mark.slow
+@pytest.mark.manual
 def test_smollm2_lora_step_matches_peft(smollm2, tmp_path):
     lora_parity(smollm2.config, smollm2.params, tmp_path, lr=1e-5)  # one of the paper's LoRA lrs

@@ -23,13 +23,13 @@ array data), `agree` (restoring on every process and agreeing on the outcome), `
 `frozen` (the LoRA base), `inference` (load_for_inference). Callers import from here.
 """
 
-from xlit_jax.io.checkpoints.frozen import has_frozen, replace_frozen, restore_frozen, save_frozen
+from xlit_jax.io.checkpoints.frozen import FROZEN_DIR, has_frozen, replace_frozen, restore_frozen, save_frozen
 from xlit_jax.io.checkpoints.inference import load_for_inference
 from xlit_jax.io.checkpoints.model_info import (CONFIG_FILE, MODEL_DIR, SOURCE_FILE, read_config, read_source,
                                                 read_tokenizer, save_model_info)
 from xlit_jax.io.checkpoints.steps import CHECKPOINTS_DIR, Checkpoints
 from xlit_jax.io.checkpoints.sums import checksums
 
-__all__ = ["CHECKPOINTS_DIR", "CONFIG_FILE", "MODEL_DIR", "SOURCE_FILE", "Checkpoints", "checksums", "has_frozen",
-           "load_for_inference", "read_config", "read_source", "read_tokenizer", "replace_frozen", "restore_frozen",
-           "save_frozen", "save_model_info"]
+__all__ = ["CHECKPOINTS_DIR", "CONFIG_FILE", "FROZEN_DIR", "MODEL_DIR", "SOURCE_FILE", "Checkpoints", "checksums",
+           "has_frozen", "load_for_inference", "read_config", "read_source", "read_tokenizer", "replace_frozen",
+           "restore_frozen", "save_frozen", "save_model_info"]

@@ -13,7 +13,7 @@ import sys
 
 from absl import flags, logging
 
-from launch import define_inference_flags, inference_overrides, run_main
+from launch import define_inference_flags, inference_options, run_main
 from xlit_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -58,7 +58,7 @@ def main(argv):
     config = ServeConfig(slots=FLAGS.slots, max_queue=FLAGS.max_queue, max_tokens=FLAGS.max_tokens,
                          max_len=FLAGS.max_len, max_body_bytes=FLAGS.max_body_bytes,
                          api_key=FLAGS.api_key or os.environ.get("XLIT_SERVE_API_KEY") or None)
-    model = xlit_jax.load(FLAGS.model, **inference_overrides())
+    model = xlit_jax.load(FLAGS.model, **inference_options())
     # the engine's thread stopped for good: uvicorn shuts down as on Ctrl-C, then the process exits non-zero
     app = create_app(model, FLAGS.model_name, config, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
     logging.info("serving %s on http://%s:%d/v1 (API key %s)", FLAGS.model_name or model.name, FLAGS.host,

@@ -115,7 +115,7 @@ def params_from_tensors(c: LlamaConfig, read: Callable[[str], np.ndarray], dtype
     place (host memory: the model once in `dtype`, plus one tensor)."""
     from xlit_jax.models.llama import param_shapes  # deferred: keeps this module free of Flax at import
 
-    shapes = param_shapes(c.replace(lora_rank=0))
+    shapes = param_shapes(c)
     params: dict = {}
 
     def put(path, value):

@@ -3,9 +3,9 @@
 from absl import flags
 
 from xlit_jax.cli import run_main
-from xlit_jax.models.config import ATTENTIONS
+from xlit_jax.models.attention import ATTENTIONS
 
-__all__ = ["define_inference_flags", "inference_overrides", "run_main"]
+__all__ = ["define_inference_flags", "inference_options", "run_main"]
 
 
 def define_inference_flags() -> None:
@@ -15,8 +15,9 @@ def define_inference_flags() -> None:
     flags.DEFINE_enum("attention", "auto", list(ATTENTIONS), "attention implementation (docs/attention.md)")
 
 
-def inference_overrides() -> dict:
-    """What `xlit_jax.load` takes for the flags of `define_inference_flags`."""
+def inference_options() -> dict:
+    """What `xlit_jax.load` takes for the flags of `define_inference_flags`: the dtypes (config overrides) and
+    the attention kernel (this machine's choice, not the model's)."""
     from xlit_jax.models.config import inference_dtypes
 
     return {**inference_dtypes(flags.FLAGS.dtype), "attention": flags.FLAGS.attention}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from launch import define_inference_flags, inference_overrides, run_main
+from launch import define_inference_flags, inference_options, run_main
 from xlit_jax.errors import InputError
 from xlit_jax.evaluate.harness import run as bench_run
 from xlit_jax.evaluate.harness.data import BENCHMARKS
@@ -198,7 +198,7 @@ def main(argv):
 
         with output_lock(FLAGS.out_dir, folder=True):  # a second run into --out_dir refuses before the load
             plan.check(FLAGS.model_name or model_name(FLAGS.model))
-            model = xlit_jax.load(FLAGS.model, **inference_overrides())
+            model = xlit_jax.load(FLAGS.model, **inference_options())
             written = plan.run(model, FLAGS.model_name)
     for kind, path in written.items():
         logging.info("%s: %s", kind, path)

@@ -6,7 +6,7 @@ Output lines: {"id": ..., "output": "...", "model": ..., "prompt_tokens": N, "ne
 
 from absl import flags
 
-from launch import define_inference_flags, inference_overrides, run_main
+from launch import define_inference_flags, inference_options, run_main
 from xlit_jax.errors import InputError
 from xlit_jax.io.files import output_lock, read_jsonl
 from xlit_jax.io.tokenizer import prompt_too_long
@@ -58,7 +58,7 @@ def main(argv):
     if not rows:
         raise InputError(f"{FLAGS.prompts}: no prompts")
     with output_lock(FLAGS.out):  # a second writer of --out is refused before the model loads
-        model = xlit_jax.load(FLAGS.model, **inference_overrides())
+        model = xlit_jax.load(FLAGS.model, **inference_options())
         generate_to_jsonl(model, rows, FLAGS.out, max_new_tokens=FLAGS.max_new_tokens,
                           repetition_penalty=FLAGS.repetition_penalty, batch_size=FLAGS.batch_size)
 

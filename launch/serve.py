@@ -15,7 +15,7 @@ from pathlib import Path
 
 from absl import flags, logging
 
-from launch import define_inference_flags, inference_overrides, run_main
+from launch import define_inference_flags, inference_options, run_main
 from xlit_jax.errors import InputError
 from xlit_jax.io.files import read_text
 from xlit_jax.serve.limits import LOOPBACK_HOSTS, Limits, host_name
@@ -101,7 +101,7 @@ def main(argv):
                          max_len=FLAGS.max_len, max_body_bytes=FLAGS.max_body_bytes, api_key=api_key(), hosts=hosts)
     server_limits = limits()
     listening = listen(FLAGS.host, FLAGS.port)  # a busy port is refused before the model loads
-    model = xlit_jax.load(FLAGS.model, **inference_overrides())
+    model = xlit_jax.load(FLAGS.model, **inference_options())
     # the engine's thread stopped for good: uvicorn shuts down as on Ctrl-C, then the process exits non-zero
     app = create_app(model, FLAGS.model_name, config, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
     logging.info("serving %s on http://%s:%d/v1 (API key %s; Host names %s; %d connections at most)",

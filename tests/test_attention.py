@@ -251,9 +251,9 @@ def test_a_model_refuses_a_kernel_this_machine_lacks_before_compiling():
     with pytest.raises(InputError, match="attention=cudnn"):
         xlit_jax.load("preset:tiny", attention="cudnn")
     model = xlit_jax.load("preset:tiny")
-    cudnn = model.config.replace(attention="cudnn")
+    cudnn = functools.partial(xlit_jax.Model, model.config, tokenizer=None, name="x", attention="cudnn")
     with pytest.raises(InputError, match="attention=cudnn"):  # raised while tracing: nothing compiled
-        jax.jit(lambda p: xlit_jax.Model(cudnn, p, None, "x").logits(np.ones((1, 4), np.int32))).trace(model.params)
+        jax.jit(lambda p: cudnn(params=p).logits(np.ones((1, 4), np.int32))).trace(model.params)
 
 
 def test_xlit_generate_reports_a_kernel_this_machine_lacks_in_one_line(tmp_path):
@@ -332,7 +332,7 @@ def test_bfloat16_greedy_decoding_through_cudnn_agrees_with_xla(monkeypatch, rec
     if not ON_GPU:
         run_on_cpu_as(monkeypatch, "cudnn")
     try:
-        cudnn = xlit_jax.Model(xla.config.replace(attention="cudnn"), xla.params, None, "bf16 cudnn")
+        cudnn = xlit_jax.Model(xla.config, xla.params, None, "bf16 cudnn", attention="cudnn")
         got = cudnn.generate_ids(prompts, NEW_TOKENS, batch_size=16)
     finally:
         jax.clear_caches()

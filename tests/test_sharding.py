@@ -33,7 +33,7 @@ SHARDED_VS_SINGLE = r"""
 import json, jax, numpy as np
 from xlit_jax import sharding
 from xlit_jax.models.llama import init_params
-from xlit_jax.models.lora import init_adapters, merge_params
+from xlit_jax.models.lora import LoraConfig, init_adapters, merge_params
 from xlit_jax.models.presets import get_preset
 from xlit_jax.train import optim, step as step_lib
 
@@ -46,11 +46,11 @@ def batch(seed):
             "segment_ids": np.ones(shape, np.int32),
             "positions": np.broadcast_to(np.arange(16), shape).astype(np.int32)}
 
-def train(config, params, mesh):
+def train(config, lora, params, mesh):
     schedule = optim.make_schedule("inverse_sqrt", 1e-3, 10)
     tx = optim.make_optimizer(schedule)
-    state, shardings = step_lib.init_state(config, params, tx, mesh)
-    step = step_lib.make_train_step(config, tx, schedule, mesh, shardings)
+    state, shardings = step_lib.init_state(config, params, tx, mesh, lora)
+    step = step_lib.make_train_step(config, tx, schedule, mesh, shardings, lora=lora)
     losses = []
     with sharding.activate(mesh):
         for seed in range(2):
@@ -63,12 +63,12 @@ def rel(a, b):
 
 out = {}
 base = get_preset("tiny")
-lora = base.replace(lora_rank=4, lora_targets=("q", "k", "v", "o", "gate", "up", "down"))
-cases = {"full": (base, init_params(base, 0), (1, 4, 2)),
-         "lora": (lora, merge_params(init_params(base, 0), init_adapters(lora, 0)), (2, 2, 2))}
-for name, (config, params, shape) in cases.items():
-    single_losses, single = train(config, params, sharding.make_mesh(devices=jax.devices()[:1]))
-    losses, state = train(config, params, sharding.make_mesh(*shape))
+lora = LoraConfig(rank=4, targets=("q", "k", "v", "o", "gate", "up", "down"))
+cases = {"full": (None, init_params(base, 0), (1, 4, 2)),
+         "lora": (lora, merge_params(init_params(base, 0), init_adapters(base, lora, 0)), (2, 2, 2))}
+for name, (adapters, params, shape) in cases.items():
+    single_losses, single = train(base, adapters, params, sharding.make_mesh(devices=jax.devices()[:1]))
+    losses, state = train(base, adapters, params, sharding.make_mesh(*shape))
     kernel = state.full_params()["layers"]["mlp"]["up"]["kernel"]
     out[name] = {"single": single_losses, "sharded": losses,
                  "params_rel": max(rel(a, b) for a, b in zip(jax.tree_util.tree_leaves(state.params),

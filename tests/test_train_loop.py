@@ -19,8 +19,9 @@ import pytest
 
 import xlit_jax
 from xlit_jax.errors import NonFiniteError, UserError, WeightsError
-from xlit_jax.io.checkpoints import load_for_inference
+from xlit_jax.io.checkpoints import load_for_inference, read_lora
 from xlit_jax.loader import load_config
+from xlit_jax.models.lora import LORA_TARGETS
 from xlit_jax.train.loop import train
 from xlit_jax.train.record import save_experiment
 
@@ -173,12 +174,42 @@ def test_lora_run_saves_the_base_once_and_loads_merged(lora_reference):
     workdir = lora_reference
     assert (workdir / "frozen").is_dir() and steps(workdir) == [2, 4, 6, 8]
     assert json.loads((workdir / "export" / "peft" / "adapter_config.json").read_text())["r"] == 4
-    config, params, _ = load_for_inference(workdir)
+    model = workdir / "model"
+    assert json.loads((model / "lora.json").read_text()) == {"rank": 4, "alpha": 32.0, "dropout": 0.0,
+                                                             "targets": list(LORA_TARGETS)}
+    assert not {"lora_rank", "attention"} & json.loads((model / "llama_config.json").read_text()).keys()
+    config, params, _ = load_for_inference(workdir)  # a plain model: the adapters merged
     exported = xlit_jax.load(workdir / "export" / "hf")
-    assert config.lora_rank == 0 and config == exported.config
+    assert config == exported.config
     assert_same(params, exported.params)
     first, _, _ = load_for_inference(workdir, step=2)
-    assert first.lora_rank == 0
+    assert first == config
+
+
+# model/llama_config.json as xlit-train wrote it for lora_reference's run before the LoRA settings and the attention
+# kernel left the LlamaConfig (commit 0645d4f): every field of the config of the day, and no model/lora.json
+OLDER_LORA_RECORD = {
+    "vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
+    "num_kv_heads": 2, "head_dim": 16, "rope_theta": 10000.0, "rms_norm_eps": 1e-05, "tie_embeddings": False,
+    "max_position_embeddings": 512, "bos_token_id": 1, "eos_token_ids": [2], "pad_token_id": 0, "dtype": "float32",
+    "param_dtype": "float32", "remat": "dots", "attention": "auto", "splash_block": 512, "lora_rank": 4,
+    "lora_alpha": 32.0, "lora_dropout": 0.0, "lora_targets": ["q", "k", "v", "o", "gate", "up", "down"]}
+
+
+def test_a_lora_workdir_of_the_older_record_loads_and_resumes_as_it_did(lora_reference, chats, tmp_path):
+    """A LoRA workdir written before the change (its checkpoints and LoRA base are as they still are; its model
+    record is the older one): the same LoRA read back, the same logits, and a resumed run logs the same losses."""
+    workdir = tmp_path / "older"
+    shutil.copytree(lora_reference, workdir)
+    (workdir / "model" / "lora.json").unlink()
+    (workdir / "model" / "llama_config.json").write_text(json.dumps(OLDER_LORA_RECORD, indent=2))
+    assert read_lora(workdir) == read_lora(lora_reference) and load_config(workdir) == load_config(lora_reference)
+    ids = np.array([[1, 2, 3, 40, 50]])
+    np.testing.assert_array_equal(xlit_jax.load(workdir).logits(ids), xlit_jax.load(lora_reference).logits(ids))
+    shutil.rmtree(workdir / "checkpoints" / "8")
+    shutil.rmtree(workdir / "checkpoints" / "6")  # so the resumed run trains steps 5 to 8 again
+    train(lora_config(chats), str(workdir))
+    assert rows(workdir) == rows(lora_reference)
 
 
 def assert_same(params, other) -> None:

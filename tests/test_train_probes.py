@@ -182,7 +182,7 @@ import json, jax, numpy as np
 import xlit_jax
 from xlit_jax import sharding
 from xlit_jax.io.tokenizer import load_tokenizer
-from xlit_jax.models.lora import init_adapters, merge_params
+from xlit_jax.models.lora import LoraConfig, init_adapters, merge_params
 from xlit_jax.resources import shared_data
 from xlit_jax.train import optim, probes, step as step_lib
 
@@ -190,16 +190,16 @@ tokenizer = load_tokenizer("smollm2-135m")
 found = probes.read_probes(shared_data("hplt_oasst_test/test_{lang}.jsonl"), ["en", "fr", "ru"])
 _, ids = probes.encode_probes(found, "llama2", tokenizer, 4, 128)
 out = {}
-for lora in (0, 4):
+for rank in (0, 4):
     model = xlit_jax.load("preset:tiny", vocab_size=49152, seed=1)
-    config, params = model.config.replace(lora_rank=lora), model.params
+    config, params, lora = model.config, model.params, LoraConfig(rank=rank) if rank else None
     if lora:  # adapters that change the answers: B is zero at init
-        adapters = jax.tree_util.tree_map(lambda x: x + 0.05, init_adapters(config, 0))
+        adapters = jax.tree_util.tree_map(lambda x: x + 0.05, init_adapters(config, lora, 0))
         params = merge_params(params, adapters)
     for n in (1, 8):
         mesh = sharding.make_mesh(1, -1, 1, devices=jax.devices()[:n])
-        state = step_lib.build(config, optim.OptimSettings(max_steps=10), mesh).init(params)
-        out[f"{lora}/{n}"] = probes.respond(state.full_params(), config, mesh, ids, 24, 1.1)
+        state = step_lib.build(config, optim.OptimSettings(max_steps=10), mesh, lora=lora).init(params)
+        out[f"{rank}/{n}"] = probes.respond(state.full_params(), config, mesh, ids, 24, 1.1, lora)
 print(json.dumps(out))
 """
 

@@ -10,7 +10,7 @@ import pytest
 
 from xlit_jax import sharding
 from xlit_jax.models.llama import Llama, init_params
-from xlit_jax.models.lora import init_adapters, merge_params
+from xlit_jax.models.lora import LoraConfig, init_adapters, merge_params
 from xlit_jax.models.presets import get_preset
 from xlit_jax.train import optim, step as step_lib
 
@@ -34,17 +34,17 @@ def random_batch(k, rows, length=16, seed=0):
 
 
 @functools.cache
-def stepper(config=CONFIG, sgd=False):
+def stepper(config=CONFIG, sgd=False, lora=None):
     """`run(params, batch) -> (state, metrics)`: one step from fresh state on one device, jitted once per
-    config. `sgd` swaps Adam for plain SGD (lr 1), whose update is the gradient itself."""
+    config and LoRA. `sgd` swaps Adam for plain SGD (lr 1), whose update is the gradient itself."""
     schedule = optim.make_schedule("inverse_sqrt", 1.0 if sgd else 1e-3, 100)
     tx = optax.sgd(schedule) if sgd else optim.make_optimizer(schedule)
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    shardings = step_lib.state_shardings(config, tx, mesh, init_params(config, 0))
-    train_step = step_lib.make_train_step(config, tx, schedule, mesh, shardings)
+    _, shardings = step_lib.abstract_state(config, tx, mesh, lora)
+    train_step = step_lib.make_train_step(config, tx, schedule, mesh, shardings, lora=lora)
 
     def run(params, batch):
-        state, _ = step_lib.init_state(config, params, tx, mesh)
+        state, _ = step_lib.init_state(config, params, tx, mesh, lora)
         with sharding.activate(mesh):
             return train_step(state, batch)
 
@@ -122,15 +122,15 @@ def test_a_non_finite_loss_leaves_the_state_as_it_was():
 def test_lora_trains_the_adapters_only_with_no_state_for_the_base():
     """Also with dropout on the adapters' input: active in training, and the same mask on a rerun of the
     same step (keys come from the seed and the step number)."""
-    config = CONFIG.replace(lora_rank=4, lora_targets=("q", "v", "down"), lora_dropout=0.5)
+    lora = LoraConfig(rank=4, targets=("q", "v", "down"), dropout=0.5)
     base = init_params(CONFIG, 0)
-    adapters = jax.tree_util.tree_map(lambda x: x + 0.1, init_adapters(config, 1))  # B off zero: dropout shows
+    adapters = jax.tree_util.tree_map(lambda x: x + 0.1, init_adapters(CONFIG, lora, 1))  # B off zero: dropout shows
     params = merge_params(base, adapters)
     batch = random_batch(1, 2)
-    state, metrics = stepper(config)(params, batch)
-    _, again = stepper(config)(params, batch)
+    state, metrics = stepper(lora=lora)(params, batch)
+    _, again = stepper(lora=lora)(params, batch)
     assert bool(metrics["finite"]) and float(metrics["loss"]) == float(again["loss"])
-    total, count = step_lib.token_losses(config, params, {k: v[0] for k, v in batch.items()})
+    total, count = step_lib.token_losses(CONFIG, params, {k: v[0] for k, v in batch.items()}, lora)
     assert abs(float(metrics["loss"]) - float(total / count)) > 1e-4
     adapter_shapes = {p: x.shape for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
     assert adapter_shapes and all(str(p[-1].key).startswith("lora_") for p in adapter_shapes)
@@ -155,13 +155,13 @@ def test_mixed_precision_keeps_float32_master_weights_and_optimizer_state(dtype)
 def test_a_bf16_lora_run_keeps_its_frozen_base_in_bf16_and_the_adapters_in_float32():
     """No fp32 master copy of weights that never change: half the base's memory; the abstract state (plans,
     checkpoint restores) says the same dtypes as the real one."""
-    config = CONFIG.replace(dtype="bfloat16", lora_rank=4, lora_targets=("q", "v"))
-    params = merge_params(init_params(CONFIG, 0), init_adapters(config, 1))
-    state, metrics = stepper(config)(params, random_batch(1, 2))
+    config, lora = CONFIG.replace(dtype="bfloat16"), LoraConfig(rank=4, targets=("q", "v"))
+    params = merge_params(init_params(CONFIG, 0), init_adapters(config, lora, 1))
+    state, metrics = stepper(config, lora=lora)(params, random_batch(1, 2))
     assert bool(metrics["finite"])
     assert {x.dtype for x in jax.tree_util.tree_leaves(state.frozen)} == {np.dtype("bfloat16")}
     assert {x.dtype for x in jax.tree_util.tree_leaves(state.params)} == {np.dtype("float32")}
     tx = optim.make_optimizer(optim.make_schedule("pasero", 1e-3, 10))
-    abstract, _ = step_lib.abstract_state(config, tx, sharding.make_mesh())
+    abstract, _ = step_lib.abstract_state(config, tx, sharding.make_mesh(), lora)
     dtypes = lambda tree: [x.dtype for x in jax.tree_util.tree_leaves(tree)]  # noqa: E731
     assert dtypes(abstract.frozen) == dtypes(state.frozen) and dtypes(abstract.params) == dtypes(state.params)

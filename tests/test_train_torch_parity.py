@@ -15,7 +15,7 @@ from xlit_jax import sharding
 from xlit_jax.io.hf import save_hf_dir, tensors_from_params
 from xlit_jax.io.peft import adapter_tensors, save_peft_adapter
 from xlit_jax.models.llama import init_params
-from xlit_jax.models.lora import init_adapters, merge_params
+from xlit_jax.models.lora import LoraConfig, init_adapters, merge_params
 from xlit_jax.models.presets import get_preset
 from xlit_jax.train import optim, step as step_lib
 
@@ -40,20 +40,20 @@ def packed_batch(vocab, rows=2, length=24, seed=0):
     return out
 
 
-def jax_step(config, params, batch, lr):
+def jax_step(config, params, batch, lr, lora=None):
     """(loss, gradients, state after one step) from our train step on one micro-batch."""
     schedule = optim.make_schedule("pasero", lr, STEPS, lr / 10)
     tx = optim.make_optimizer(schedule, **ADAMW)
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    trainable, frozen = step_lib.split_trainable(config, params)
+    trainable, frozen = step_lib.split_trainable(params, lora)
 
     def mean_loss(p):
-        total, count = step_lib.token_losses(config, merge_params(frozen, p), batch)
+        total, count = step_lib.token_losses(config, merge_params(frozen, p), batch, lora)
         return total / count
 
     grads = merge_params(frozen, jax.jit(jax.grad(mean_loss))(trainable))
-    state, shardings = step_lib.init_state(config, params, tx, mesh)
-    train_step = step_lib.make_train_step(config, tx, schedule, mesh, shardings)
+    state, shardings = step_lib.init_state(config, params, tx, mesh, lora)
+    train_step = step_lib.make_train_step(config, tx, schedule, mesh, shardings, lora=lora)
     with sharding.activate(mesh):
         state, metrics = train_step(state, {k: v[None] for k, v in batch.items()})
     return float(metrics["loss"]), grads, state.full_params()
@@ -91,14 +91,14 @@ def relative(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def check_step(config, params, model, named, lr, update_tol=None):
+def check_step(config, params, model, named, lr, update_tol=None, lora=None):
     """Same loss (1e-5), gradients (1e-3) and updated tensors (1e-5), relative. With `update_tol`, the
     updates (after - before) too, which keeps the weight check meaningful when lr is small next to the
     weights. Adam's first update is about lr * sign(g), so on a real 30-layer model the few elements whose
     gradient is at rounding level can flip: there we compare gradients instead."""
     batch = packed_batch(config.vocab_size)
     before = named(params)
-    ours_loss, ours_grads, ours_params = jax_step(config, params, batch, lr)
+    ours_loss, ours_grads, ours_params = jax_step(config, params, batch, lr, lora)
     theirs_loss, theirs_grads = torch_step(model, batch, lr)
     assert abs(ours_loss - theirs_loss) <= 1e-5 * abs(theirs_loss)
     ours_grads, ours = named(ours_grads), named(ours_params)
@@ -124,16 +124,16 @@ def lora_parity(config, base, tmp_path, lr, update_tol=None):
     stay as it was."""
     import peft
 
-    config = config.replace(lora_rank=4, lora_alpha=8.0, lora_targets=("q", "k", "v", "o", "gate", "up", "down"))
+    lora = LoraConfig(rank=4, alpha=8.0, targets=("q", "k", "v", "o", "gate", "up", "down"))
     rng = np.random.default_rng(1)
     adapters = jax.tree_util.tree_map(lambda x: np.asarray(x) + 0.1 * rng.standard_normal(x.shape).astype(np.float32),
-                                      init_adapters(config, 0))
+                                      init_adapters(config, lora, 0))
     params = merge_params(base, adapters)
-    save_hf_dir(config.replace(lora_rank=0), base, tmp_path / "hf")
-    save_peft_adapter(config, params, tmp_path / "adapter")
+    save_hf_dir(config, base, tmp_path / "hf")
+    save_peft_adapter(config, lora, params, tmp_path / "adapter")
     model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
     model = peft.PeftModel.from_pretrained(model, tmp_path / "adapter", is_trainable=True)
-    after = check_step(config, params, model, lambda tree: adapter_tensors(config, tree), lr, update_tol)
+    after = check_step(config, params, model, lambda tree: adapter_tensors(config, lora, tree), lr, update_tol, lora)
     base_before = dict(tensors_from_params(config, base))
     for name, value in tensors_from_params(config, after):  # the base did not move
         np.testing.assert_array_equal(np.asarray(value), base_before[name])

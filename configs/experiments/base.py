@@ -8,7 +8,7 @@ import dataclasses
 
 from ml_collections import ConfigDict, config_dict
 
-from xlit_jax.models.config import LORA_ALPHA, LORA_DEFAULT_TARGETS, LORA_DROPOUT, LORA_RANK
+from xlit_jax.models.lora import LORA_ALPHA, LORA_DEFAULT_TARGETS, LORA_DROPOUT, LORA_RANK
 from xlit_jax.models.presets import HUB_NAMES, get_preset
 from xlit_jax.resources import shared_data
 from xlit_jax.train.optim import OptimSettings
@@ -41,7 +41,7 @@ def base_config() -> ConfigDict:
             "attention": "auto",  # auto | xla | cudnn | splash (docs/attention.md)
             "vocab_size": 0,  # presets only: >0 resizes the vocabulary to fit data.tokenizer
         },
-        # rank 0 is full fine-tuning; with_lora sets the paper's rank (defaults: xlit_jax/models/config.py)
+        # rank 0 is full fine-tuning; with_lora sets the paper's rank (defaults: xlit_jax/models/lora.py)
         "lora": {"rank": 0, "alpha": LORA_ALPHA, "dropout": LORA_DROPOUT, "targets": ",".join(LORA_DEFAULT_TARGETS)},
         "data": {  # the data pipeline's settings (docs/data.md)
             "name": "",  # the data set, for the record: dolly-en, lima-en, ...

@@ -6,7 +6,7 @@ dolly-dt} x {ft, lora} x lr {1e-6, 1e-5, 1e-4}, chosen by a config argument:
 
 Recipe (the paper and its released configs, naver/pasero): 1000 updates of 4 micro-batches of ~4k tokens
 (2 x 2048), Adam (0.9, 0.95), weight decay 0.1, bf16 compute, loss on responses only; LoRA rank 16
-(xlit_jax/models/config.py has the LoRA defaults and their sources).
+(xlit_jax/models/lora.py has the LoRA defaults and their sources).
 
 Schedule: what the authors ran (naver/pasero's LRScheduler with the released configs' warm-up 0 and
 min_lr = lr / 10: a linear decay from lr towards lr / 10 over the run). The paper's text ("Adam optimizer with
@@ -50,7 +50,7 @@ def get_config(arg: str | None = None):
     # the released YAMLs).
     if method == "lora":
         # Rank 16: the paper and the released LoRA config (lora_rank: 16); alpha, dropout and targets: the
-        # defaults of xlit_jax/models/config.py, with their sources (the released code's alpha is 8).
+        # defaults of xlit_jax/models/lora.py, with their sources (the released code's alpha is 8).
         return with_lora(c)
     c.train.export_hf = True
     return c

@@ -18,7 +18,7 @@ On the attached accelerator(s), with random weights (throughput does not depend 
 - the same through HF transformers (+ peft) on the same device when torch sees it (fp32 weights under bf16
   autocast with gradient checkpointing for training; bf16 weights for decoding).
 Each time is the median of timed calls after a warm-up (bench.common.time_calls); the optimizer and the
-adapters are the benchmarks' (workloads.SETTINGS, models.config's paper LoRA defaults). Each row is
+adapters are the benchmarks' (workloads.SETTINGS, models.lora's paper LoRA defaults). Each row is
 appended to out_dir/accelerator.jsonl as it finishes (a failing row records its error and the others
 run); out_dir/accelerator.json and accelerator.md hold all rows there at the end. --dry_run allows the CPU
 (HF on torch's CPU) for checking the wiring with tiny shapes (scripts/accelerator_check.sh --dry_run).
@@ -67,17 +67,16 @@ def check_accelerator():
     return device
 
 
-def bench_config(preset: str, method: str, **fields):
+def bench_config(preset: str, **fields):
     from xlit_jax.models.presets import get_preset
 
     # eos -1: never produced, so decoding runs its full length on random weights
-    config = get_preset(preset).replace(dtype="bfloat16", eos_token_ids=(-1,), **fields)
-    return workloads.with_lora(config, method)
+    return get_preset(preset).replace(dtype="bfloat16", eos_token_ids=(-1,), **fields)
 
 
-def train_ours(config, rows: int) -> float:
+def train_ours(config, lora, rows: int) -> float:
     """Seconds per step of our jitted train step, the state built on the devices (nothing through the host)."""
-    train_step = workloads.bench_step(config)
+    train_step = workloads.bench_step(config, lora)
     state = train_step.init_on_device()
     run = workloads.repeated_step(train_step, state, workloads.device_batch(train_step, rows, FLAGS.seq_len))
     return common.time_calls(run, FLAGS.steps).seconds
@@ -105,19 +104,19 @@ def hf_model(config, dtype):
 
     from xlit_jax.io.hf import config_to_hf
 
-    hf = config_to_hf(config.replace(lora_rank=0, eos_token_ids=(2,)))
+    hf = config_to_hf(config.replace(eos_token_ids=(2,)))
     with torch.device(torch_device()):
         return transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf)).to(dtype)
 
 
-def train_hf(config, rows: int) -> float:
+def train_hf(config, lora, rows: int) -> float:
     import torch
 
     device = torch_device()
     model = hf_model(config, torch.float32)
     model.gradient_checkpointing_enable()
-    if config.lora_rank:
-        model = workloads.torch_lora(model, config)
+    if lora is not None:
+        model = workloads.torch_lora(model, lora)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = workloads.torch_adamw(trainable, fused=True)
@@ -142,9 +141,8 @@ def decode_ours(config, batch: int) -> float:
 
     from xlit_jax.decode.generate import greedy_decode
     from xlit_jax.models.llama import init_params
-    from xlit_jax.train.step import shapes_only
 
-    params = init_params(shapes_only(config), 0)
+    params = init_params(config, 0)
     ids = jnp.asarray(train_batch(config.vocab_size, batch, FLAGS.prompt_len)["input_ids"])
     segments = jnp.ones_like(ids)
     eos = jnp.asarray(config.eos_token_ids, jnp.int32)
@@ -203,7 +201,7 @@ def plan_case(model: str, method: str, rows: int):
     from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
     from xlit_jax import plan
-    from xlit_jax.models.config import LORA_RANK
+    from xlit_jax.models.lora import LORA_RANK
 
     cfg = ConfigFileFlagParser("experiment").parse(FLAGS.experiment)
     cfg.model.update(source=f"preset:{model}", dtype="bfloat16", remat="full", vocab_size=0)
@@ -226,7 +224,7 @@ def train_case(device, devices: int, engine: str, case: str, if_fits: bool) -> d
     model, method, rows_per_device = parse_case(case)
     chips = devices if engine == "xlit_jax" else 1  # HF runs on one device
     rows = rows_per_device * chips
-    config = bench_config(model, method, remat="full")
+    config, lora = bench_config(model, remat="full"), workloads.lora_for(method)
     row = {"kind": "train", "engine": engine, "model": model, "method": method, "devices": chips, "rows": rows,
            "seq_len": FLAGS.seq_len}
     result = {}
@@ -240,11 +238,11 @@ def train_case(device, devices: int, engine: str, case: str, if_fits: bool) -> d
             return row | {"skipped": f"the plan needs {result['plan'].compiled.peak_bytes / GiB:.1f} GiB per "
                                      "device: does not fit"}
     measure = train_ours if engine == "xlit_jax" else train_hf
-    flops = train_flops_per_token(config, FLAGS.seq_len)
+    flops = train_flops_per_token(config, FLAGS.seq_len, lora)
     peak = hardware.peak_flops(device)
 
     def measured():
-        seconds = measure(config, rows)
+        seconds = measure(config, lora, rows)
         tokens_per_s = rows * FLAGS.seq_len / seconds
         mfu = flops * tokens_per_s / (peak * chips)
         out = {"step_s": seconds, "tokens_per_s": tokens_per_s, "mfu": mfu}
@@ -267,7 +265,7 @@ def decode_case(device, engine: str, batch: int) -> dict:
 
     _, bandwidth = hardware.memory(device)
     measure = decode_ours if engine == "xlit_jax" else decode_hf
-    config = bench_config(FLAGS.decode_model, "ft", param_dtype="bfloat16")
+    config = bench_config(FLAGS.decode_model, param_dtype="bfloat16")
     weights, cache = decode_step_bytes(config, batch, FLAGS.prompt_len + FLAGS.new_tokens)
     floor_tokens_per_s = batch * bandwidth / (weights + cache) if bandwidth else None
     row = {"kind": "decode", "engine": engine, "model": FLAGS.decode_model, "batch": batch,

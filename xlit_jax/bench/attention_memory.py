@@ -17,7 +17,7 @@ from absl import app, flags
 from xlit_jax.bench import common
 from xlit_jax.errors import InputError
 from xlit_jax.models import attention
-from xlit_jax.models.config import ATTENTIONS
+from xlit_jax.models.attention import ATTENTIONS
 from xlit_jax.models.presets import get_preset
 
 FLAGS = flags.FLAGS

@@ -21,7 +21,7 @@ import sys
 from absl import app, flags
 
 from xlit_jax.bench import common, workloads
-from xlit_jax.models.config import LORA_RANK
+from xlit_jax.models.lora import LORA_RANK
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model source for both engines")
@@ -51,12 +51,12 @@ def measure_torch(method: str) -> dict:
     from xlit_jax.models.lora import split_lora
 
     torch.set_num_threads(FLAGS.torch_threads)
-    config, params = workloads.load_for_training(FLAGS.model, method, FLAGS.lora_rank)
+    config, lora, params = workloads.load_for_training(FLAGS.model, method, FLAGS.lora_rank)
     with tempfile.TemporaryDirectory() as tmp:  # the same weights as the JAX side, adapters left to peft
-        save_hf_dir(config.replace(lora_rank=0), split_lora(params)[0], f"{tmp}/hf")
+        save_hf_dir(config, split_lora(params)[0], f"{tmp}/hf")
         model = transformers.LlamaForCausalLM.from_pretrained(f"{tmp}/hf", dtype=torch.float32)
-    if method == "lora":
-        model = workloads.torch_lora(model, config)
+    if lora is not None:
+        model = workloads.torch_lora(model, lora)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = workloads.torch_adamw(trainable)
@@ -81,7 +81,7 @@ def worker(spec: str) -> dict:
     result = (measure_jax if engine == "jax" else measure_torch)(method)
     tokens_per_s = FLAGS.batch * FLAGS.seq_len / result["seconds"]
     peak, _ = metrics.peak_flops(FLAGS.peak_flops)
-    flops = metrics.train_flops_per_token(result["config"], FLAGS.seq_len)
+    flops = metrics.train_flops_per_token(result["config"], FLAGS.seq_len, workloads.lora_for(method, FLAGS.lora_rank))
     return {"engine": engine, "method": method, "batch": FLAGS.batch, "seq_len": FLAGS.seq_len,
             "tokens_per_s": round(tokens_per_s, 1), "mfu": round(flops * tokens_per_s / peak, 4),
             "peak_flops": peak,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from xlit_jax.models.config import LORA_ALPHA, LORA_RANK, LORA_TARGETS
+from xlit_jax.models.lora import LORA_RANK, LORA_TARGETS, LoraConfig
 from xlit_jax.train.optim import OptimSettings
 
 SETTINGS = OptimSettings()  # the released configs' AdamW and schedule, for both engines
@@ -35,37 +35,35 @@ def train_batch(vocab: int, batch: int, seq_len: int, leading: tuple = ()) -> di
             "positions": np.broadcast_to(np.arange(seq_len), shape).astype(np.int32)}
 
 
-def with_lora(config, method: str, rank: int = LORA_RANK):
-    """`config` with the benchmarks' adapters (all seven projections, the default alpha) for method 'lora'."""
-    if method != "lora":
-        return config
-    return config.replace(lora_rank=rank, lora_alpha=LORA_ALPHA, lora_targets=LORA_TARGETS)
+def lora_for(method: str, rank: int = LORA_RANK) -> LoraConfig | None:
+    """The benchmarks' adapters (all seven projections, the default alpha) for method 'lora', else None."""
+    return LoraConfig(rank, targets=LORA_TARGETS) if method == "lora" else None
 
 
 def load_for_training(model: str, method: str, lora_rank: int = LORA_RANK):
-    """(config, params) of `model`, with fresh adapters for method 'lora'."""
+    """(config, LoRA or None, params) of `model`, with fresh adapters for method 'lora'."""
     import xlit_jax
     from xlit_jax.models.lora import init_adapters, merge_params
 
     loaded = xlit_jax.load(model)
-    config, params = with_lora(loaded.config, method, lora_rank), loaded.params
-    if config.lora_rank:
-        params = merge_params(params, init_adapters(config, 0))
-    return config, params
+    config, lora, params = loaded.config, lora_for(method, lora_rank), loaded.params
+    if lora is not None:
+        params = merge_params(params, init_adapters(config, lora, 0))
+    return config, lora, params
 
 
-def bench_step(config):
-    """Our train step of `config` with SETTINGS on all devices."""
+def bench_step(config, lora: LoraConfig | None = None):
+    """Our train step of `config` (with `lora`'s adapters) with SETTINGS on all devices."""
     from xlit_jax import sharding
     from xlit_jax.train import step as step_lib
 
-    return step_lib.build(config, SETTINGS, sharding.make_mesh())
+    return step_lib.build(config, SETTINGS, sharding.make_mesh(), lora=lora)
 
 
 def jax_train_step(model: str, method: str, rows: int, seq_len: int, lora_rank: int = LORA_RANK):
     """(our TrainStep of `model`, a no-argument function running one blocking update on a fixed batch)."""
-    config, params = load_for_training(model, method, lora_rank)
-    train_step = bench_step(config)
+    config, lora, params = load_for_training(model, method, lora_rank)
+    train_step = bench_step(config, lora)
     state = train_step.init(params)
     del params
     return train_step, repeated_step(train_step, state, device_batch(train_step, rows, seq_len))
@@ -96,13 +94,13 @@ def device_batch(train_step, rows: int, seq_len: int):
     return sharding.global_batch(host, train_step.batch_sharding)
 
 
-def torch_lora(model, config):
-    """`model` (HF transformers) with peft adapters like `config`'s."""
+def torch_lora(model, lora: LoraConfig):
+    """`model` (HF transformers) with peft adapters like `lora`."""
     import peft
 
     return peft.get_peft_model(model, peft.LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
-        target_modules=[f"{t}_proj" for t in config.lora_targets]))
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
+        target_modules=[f"{t}_proj" for t in lora.targets]))
 
 
 def torch_adamw(trainable, **kwargs):

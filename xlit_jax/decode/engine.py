@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xlit_jax.decode.generate import Sampling, apply_repetition_penalty, choose_next, prompt_bucket
-from xlit_jax.models import attention
+from xlit_jax.models import attention as kernels  # `attention` names the kernel setting here
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_cache
 
@@ -102,8 +102,9 @@ def init_state(config: LlamaConfig, slots: int, max_len: int) -> dict:
             "top_p": jnp.ones(slots, jnp.float32), "keys": jnp.zeros((slots, 2), jnp.uint32)}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "width"), donate_argnums=1)
-def _prefill(params, state, slot, ids, segments, start, before, settings, *, config: LlamaConfig, width: int):
+@functools.partial(jax.jit, static_argnames=("config", "attention", "width"), donate_argnums=1)
+def _prefill(params, state, slot, ids, segments, start, before, settings, *, config: LlamaConfig, attention: str,
+             width: int):
     """Chunk ids/segments [C] of the prompt in `slot`, at columns [start, start + C) <= `width`; `before`
     prompt tokens precede it. Only the slot's first `width` columns are read and written. The first chunk
     (start 0) clears the slot's segments and seen tokens. `settings` (max_new, penalty, temperature, top_p,
@@ -115,8 +116,8 @@ def _prefill(params, state, slot, ids, segments, start, before, settings, *, con
     segments_window = jax.lax.dynamic_slice(cache["segments"], (slot, 0), (1, width))
     sub |= {"segments": jnp.where(first, 0, segments_window), "index": start}
     positions = before + jnp.maximum(jnp.cumsum(segments) - 1, 0)
-    logits, sub = Llama(config).apply({"params": params}, ids[None], positions[None], segments[None], sub,
-                                      last_only=True)
+    logits, sub = Llama(config, attention).apply({"params": params}, ids[None], positions[None], segments[None],
+                                                 sub, last_only=True)
     cache = {**{name: jax.lax.dynamic_update_slice(cache[name], sub[name], corner) for name in ("k", "v")},
              "segments": jax.lax.dynamic_update_slice(cache["segments"], sub["segments"], (slot, 0)),
              "index": cache["index"].at[slot].set(sub["index"])}
@@ -128,12 +129,13 @@ def _prefill(params, state, slot, ids, segments, start, before, settings, *, con
     return {"cache": cache, **{name: state[name].at[slot].set(value) for name, value in values.items()}}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "steps", "sampled", "width"), donate_argnums=1)
-def _decode(params, state, live, eos_ids, *, config: LlamaConfig, steps: int, sampled: bool, width: int):
+@functools.partial(jax.jit, static_argnames=("config", "attention", "steps", "sampled", "width"), donate_argnums=1)
+def _decode(params, state, live, eos_ids, *, config: LlamaConfig, attention: str, steps: int, sampled: bool,
+            width: int):
     """Up to `steps` tokens for every slot where `live` [S]; a slot stops at EOS or its max_new. Attention
     reads the first `width` columns of the cache, which hold every live slot's tokens to the last step.
     Returns the state, the tokens [S, steps] (-1 where a slot made none) and which slots are still live."""
-    model = Llama(config, read_columns=width)
+    model = Llama(config, attention, read_columns=width)
     slots = live.shape[0]
     rows = jnp.arange(slots)
 
@@ -161,15 +163,16 @@ def _decode(params, state, live, eos_ids, *, config: LlamaConfig, steps: int, sa
 
 
 class Engine:
-    """S slots over one model; `submit` requests, then call `run_once` (or `run`) from one thread."""
+    """S slots over one model; `submit` requests, then call `run_once` (or `run`) from one thread. `attention`
+    is the kernel setting (models/attention.py)."""
 
-    def __init__(self, params, config: LlamaConfig, *, slots: int = 16, max_len: int | None = None,
-                 prefill_chunk: int = PREFILL_CHUNK, steps: int = DECODE_STEPS):
+    def __init__(self, params, config: LlamaConfig, *, attention: str = "auto", slots: int = 16,
+                 max_len: int | None = None, prefill_chunk: int = PREFILL_CHUNK, steps: int = DECODE_STEPS):
         if not config.eos_token_ids:
             raise ValueError("the model config names no EOS token; generation would never stop early")
         self.params, self.config, self.chunk, self.steps = params, config, prefill_chunk, steps
-        self.implementation = attention.choose(config.attention, config.dtype, config.head_dim)
-        self.max_len = attention.cache_length(max_len or default_max_len(config, prefill_chunk), self.implementation)
+        self.implementation = kernels.choose(attention, config.dtype, config.head_dim)
+        self.max_len = kernels.cache_length(max_len or default_max_len(config, prefill_chunk), self.implementation)
         self.state = init_state(config, slots, self.max_len)
         self.slots: list[_Slot | None] = [None] * slots
         self.waiting: collections.deque[Request] = collections.deque()
@@ -227,7 +230,8 @@ class Engine:
                             jax.random.PRNGKey(request.sampling.seed))
                 slot.filled = start + len(ids)
                 self.state = _prefill(self.params, self.state, i, ids, segments, start, before, settings,
-                                      config=self.config, width=self._width(slot.filled))
+                                      config=self.config, attention=self.implementation,
+                                      width=self._width(slot.filled))
                 slot.decoding = not slot.chunks
 
     def _decode_live(self) -> None:
@@ -238,7 +242,8 @@ class Engine:
         sampled = any(s.request.sampling.temperature > 0 for s in decoding)
         width = self._width(max(s.filled for s in decoding) + self.steps)
         self.state, tokens, still = _decode(self.params, self.state, live, self.eos, config=self.config,
-                                            steps=self.steps, sampled=sampled, width=width)
+                                            attention=self.implementation, steps=self.steps, sampled=sampled,
+                                            width=width)
         tokens, still = np.asarray(tokens), np.asarray(still)
         for i in np.flatnonzero(live):
             request = self.slots[i].request
@@ -255,7 +260,7 @@ class Engine:
     def _width(self, needed: int) -> int:
         """The cache columns a call reads for `needed`: at least MIN_READ, rounded up to a length bucket so
         that a run compiles a few widths, and at most the whole cache."""
-        return min(attention.cache_length(prompt_bucket(max(needed, MIN_READ)), self.implementation), self.max_len)
+        return min(kernels.cache_length(prompt_bucket(max(needed, MIN_READ)), self.implementation), self.max_len)
 
 
 def default_max_len(config: LlamaConfig, prefill_chunk: int = PREFILL_CHUNK) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 from xlit_jax.models import attention
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_cache
+from xlit_jax.models.lora import LoraConfig, adapted
 
 MIN_PROMPT_BUCKET = 32
 
@@ -81,16 +82,25 @@ def choose_next(logits, sampling, step):
     return jnp.where(temperature > 0, draw(keys, nucleus, jnp.broadcast_to(step, temperature.shape)), greedy)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "attention", "lora"))
 def greedy_decode(params, input_ids, segment_ids, penalty, eos_ids, sampling=None, *, config: LlamaConfig,
-                  max_new_tokens: int):
+                  max_new_tokens: int, attention: str = "auto", lora: LoraConfig | None = None):
     """input_ids/segment_ids [B, P], left-padded (segment 0 = pad). Returns new tokens [B, max_new_tokens]
     (-1 after a row's EOS) and the number of tokens generated per row (EOS included). `sampling`
-    (from `sampling_rows`) samples rows whose temperature is > 0; None decodes greedily."""
-    model = Llama(config)
+    (from `sampling_rows`) samples rows whose temperature is > 0; None decodes greedily. `lora`: the params
+    hold these adapters, unmerged (a LoRA run's probes)."""
+    with adapted(lora):
+        return _greedy_decode(params, input_ids, segment_ids, penalty, eos_ids, sampling, config, max_new_tokens,
+                              attention)
+
+
+def _greedy_decode(params, input_ids, segment_ids, penalty, eos_ids, sampling, config: LlamaConfig,
+                   max_new_tokens: int, setting: str):
+    """greedy_decode's body; `setting` is its `attention`."""
+    implementation = attention.choose(setting, config.dtype, config.head_dim)
+    model = Llama(config, implementation)
     batch, prompt_len = input_ids.shape
     positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
-    implementation = attention.choose(config.attention, config.dtype, config.head_dim)
     cache = init_cache(config, batch, attention.cache_length(prompt_len + max_new_tokens, implementation))
     logits, cache = model.apply({"params": params}, input_ids, positions, segment_ids, cache, last_only=True)
     rows = jnp.arange(batch)[:, None]
@@ -141,9 +151,10 @@ def batches_by_length(prompts: Sequence[Sequence[int]], batch_size: int) -> Iter
 
 def generate_ids(params, config: LlamaConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                  repetition_penalty: float = 1.0, batch_size: int = 8, on_batch=None,
-                 sampling: Sequence[Sampling] | None = None) -> list[list[int]]:
+                 sampling: Sequence[Sampling] | None = None, attention: str = "auto",
+                 lora: LoraConfig | None = None) -> list[list[int]]:
     """Greedy continuations (EOS stripped) of tokenized prompts, in the order given; `sampling`, one per
-    prompt, samples those whose temperature is > 0.
+    prompt, samples those whose temperature is > 0. `attention` and `lora` as `greedy_decode` takes them.
 
     `on_batch(indices, outputs)` is called after each batch, e.g. to write finished results at once.
     """
@@ -163,7 +174,7 @@ def generate_ids(params, config: LlamaConfig, prompts: Sequence[Sequence[int]], 
         sampled = sampling is not None and any(sampling[i].temperature > 0 for i in indices)
         rows = sampling_rows([sampling[i] for i in indices], len(ids)) if sampled else None
         tokens, counts = greedy_decode(params, ids, segments, jnp.float32(repetition_penalty), eos, rows,
-                                       config=config, max_new_tokens=max_new_tokens)
+                                       config=config, max_new_tokens=max_new_tokens, attention=attention, lora=lora)
         tokens, counts = np.asarray(tokens), np.asarray(counts)
         outputs = []
         for row, i in enumerate(indices):

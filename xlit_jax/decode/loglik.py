@@ -41,15 +41,15 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return context_ids, whole[len(context_ids):]
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _score(params, input_ids, segments, positions, select, targets, *, config: LlamaConfig):
+@functools.partial(jax.jit, static_argnames=("config", "attention"))
+def _score(params, input_ids, segments, positions, select, targets, *, config: LlamaConfig, attention: str):
     """Packs input_ids/segments/positions [B, L] (segment r + 1 = the pack's row r, 0 = padding);
     select [B, R * C]: the positions whose next token is scored, the last C of each of R rows; targets
     [B, R, K, C]: for each of K continuations sharing a row, the token expected at each selected position
     (-1 where not scored). Only the selected positions are projected to the vocabulary. Returns summed
     log-probs and greedy flags [B, R, K]."""
     b, rows, k, c = targets.shape
-    logits, _ = Llama(config).apply({"params": params}, input_ids, positions, segments, select=select)
+    logits, _ = Llama(config, attention).apply({"params": params}, input_ids, positions, segments, select=select)
     logp = jax.nn.log_softmax(logits, axis=-1).reshape(b, rows, c, -1)  # [B, R, C, V]
     greedy = jnp.argmax(logp, axis=-1)  # [B, R, C]
     scored = targets >= 0
@@ -76,10 +76,11 @@ def pack(lengths: Sequence[int], width: int) -> list[list[int]]:
 
 
 def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-                      batch_size: int = 8, on_batch=None) -> list[tuple[float, bool]]:
+                      batch_size: int = 8, on_batch=None, attention: str = "auto") -> list[tuple[float, bool]]:
     """(sum of log p(continuation | context), continuation is greedy) per (context ids, continuation ids),
     in the order given. An empty context is conditioned on the first EOS id, as the harness does with its
-    end-of-text token. `on_batch(indices, results)` sees the pairs of each finished batch.
+    end-of-text token. `on_batch(indices, results)` sees the pairs of each finished batch; `attention` is the
+    kernel setting (models/attention.py).
 
     Inputs are packed several to a row of PACK_WIDTH tokens, each its own segment with positions from 0, so
     an input attends only to itself and nothing is padded but the packs' ends; `batch_size` packs a call.
@@ -122,7 +123,7 @@ def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequenc
                     targets[b, r, k, scored - len(pairs[i][1]):] = pairs[i][1]
                 offset = end
         total, is_greedy = (np.asarray(a) for a in _score(params, ids, segments, positions, select, targets,
-                                                            config=config))
+                                                            config=config, attention=attention))
         finished = []
         for b, members in enumerate(packs):
             for r, row in enumerate(members):

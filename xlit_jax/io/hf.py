@@ -128,7 +128,7 @@ def expected_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
     kernels): the model's own parameter shapes, so the check and the model cannot disagree."""
     from xlit_jax.models.llama import param_shapes  # deferred: keeps this module free of Flax at import
 
-    shapes = param_shapes(c.replace(lora_rank=0))
+    shapes = param_shapes(c)
 
     def hf_shape(path, shape):
         return tuple(reversed(shape)) if _is_kernel(path) else tuple(shape)

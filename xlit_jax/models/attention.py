@@ -1,4 +1,7 @@
-"""Attention: one entry point, `attend`, with the implementation chosen by `LlamaConfig.attention`.
+"""Attention: one entry point, `attend`, with the implementation chosen by the `attention` setting.
+
+The setting is the machine's choice, not the model's: it is an argument of the model (`Llama(config,
+attention=...)`), of the train step and of the decoding functions, never a field of the LlamaConfig.
 
 - `xla`: the reference. One einsum with fp32 scores [B, K, G, T, S]; runs everywhere and is the path
   checked token for token against HF on CPU.
@@ -31,10 +34,11 @@ import numpy as np
 from absl import logging
 
 from xlit_jax.errors import InputError
-from xlit_jax.models.config import ATTENTIONS
 
+ATTENTIONS = ("auto", "xla", "cudnn", "splash")
 FUSED_DTYPES = ("bfloat16", "float16")
 LANES = 128  # splash blocks are multiples of the TPU's 128 lanes
+SPLASH_BLOCK = 512  # splash attention's block size (query and key), a multiple of LANES
 DECODE_SPLITS = 16  # split-K parallelism of the GPU decode kernel
 DECODE_CHUNK = 256  # cache slots per step of the length-aware XLA decode loop
 CAUSAL_BLOCKS = 4  # most query blocks of the XLA path without a cache (later keys skipped, not masked)
@@ -263,7 +267,7 @@ def _splash_kernel(heads: int, length: int, block: int, interpret: bool):
     return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
-def splash_attention(q, k, v, segments, *, block: int = 512, interpret: bool = False):
+def splash_attention(q, k, v, segments, *, block: int = SPLASH_BLOCK, interpret: bool = False):
     """Causal splash attention over packed rows (no cache: T = S). The length is padded to a multiple of
     the block (at most `block`, at least 128) with padding slots at the end, which no query before them
     sees. On a mesh it runs per device under shard_map: batch over the mesh's batch axes, heads over
@@ -297,7 +301,7 @@ def splash_attention(q, k, v, segments, *, block: int = 512, interpret: bool = F
 
 # ---- the entry point ------------------------------------------------------------------------------------
 
-def attend(q, k, v, q_slots, q_segments, k_segments, *, attention: str, cached: bool, splash_block: int = 512):
+def attend(q, k, v, q_slots, q_segments, k_segments, *, attention: str, cached: bool):
     """Attention output [B, T, H, D] by the implementation `choose` returned. `cached`: k/v are a KV cache
     (decoding), so slots after the queries are unfilled."""
     if cached and q.shape[1] == 1 and cache_length(k.shape[2], attention) == k.shape[2]:  # a decoding step
@@ -308,7 +312,7 @@ def attend(q, k, v, q_slots, q_segments, k_segments, *, attention: str, cached: 
     if attention == "cudnn":
         return cudnn_attention(q, k, v, q_slots, q_segments, k_segments, cached=cached)
     if attention == "splash" and not cached:
-        return splash_attention(q, k, v, q_segments, block=splash_block)
+        return splash_attention(q, k, v, q_segments)
     blocks = 1 if cached else query_blocks(q.shape[1])
     return xla_attention(q, k, v, q_slots, q_segments, k_segments, causal_blocks=blocks)
 

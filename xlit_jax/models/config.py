@@ -1,4 +1,9 @@
-"""The LLaMA-family model config: one dataclass shared by training, decoding and conversion."""
+"""The LLaMA-family model config: one dataclass shared by training, decoding and conversion.
+
+It holds the architecture (shapes, tokens) and its numerics only. A LoRA is a transformation of the model
+chosen by the training config (models/lora.py: `LoraConfig`), and the attention kernel a choice of the
+machine that runs it (models/attention.py: the `attention` argument of the model, the train step and the
+decoding functions)."""
 
 from __future__ import annotations
 
@@ -10,17 +15,7 @@ import jax
 import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # every projection a LoRA can adapt (models/llama.py)
-# LoRA defaults, their one home (LlamaConfig, models/lora.py and configs/experiments/base.py read them). The
-# paper's text names LoRA and no setting of it; the released code (naver/pasero: its config
-# examples/zero-shot-transfer-inst-tuning/config/config_llama13b2_dolly_en_lora.yaml, and pasero's own
-# defaults for what that config leaves out) gives the rest.
-LORA_RANK = 16  # the paper's LoRA runs: the released config's lora_rank: 16
-LORA_ALPHA = 32.0  # our choice (2 x rank, scale 2); pasero's default is 8 (scale 0.5): lora.alpha=8 restores it
-LORA_DROPOUT = 0.0  # as released: pasero has no LoRA dropout
-LORA_DEFAULT_TARGETS = LORA_TARGETS  # as released: pasero adapts every linear of a layer (q, k, v, o, fc1-3)
 REMAT_POLICIES = ("none", "full", "dots")
-ATTENTIONS = ("auto", "xla", "cudnn", "splash")  # see models/attention.py
 
 
 def resolve_dtype(name: str, platform: str | None = None) -> str:
@@ -59,13 +54,6 @@ class LlamaConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "dots"  # none | full | dots (save matmul outputs, recompute the rest)
-    attention: str = "auto"  # auto | xla | cudnn | splash (models/attention.py)
-    splash_block: int = 512  # splash attention's block size (query and key), a multiple of 128
-    # LoRA: rank 0 means no adapters; see models/lora.py.
-    lora_rank: int = 0
-    lora_alpha: float = LORA_ALPHA
-    lora_dropout: float = LORA_DROPOUT
-    lora_targets: tuple[str, ...] = LORA_DEFAULT_TARGETS
 
     def __post_init__(self):
         sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads")
@@ -84,13 +72,6 @@ class LlamaConfig:
             problems.append(f"dtype/param_dtype must be one of {sorted(DTYPES)}")
         if self.remat not in REMAT_POLICIES:
             problems.append(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
-        if self.attention not in ATTENTIONS:
-            problems.append(f"attention={self.attention!r} is not one of {ATTENTIONS}")
-        if self.splash_block <= 0 or self.splash_block % 128:
-            problems.append(f"splash_block={self.splash_block} is not a positive multiple of 128")
-        unknown = set(self.lora_targets) - set(LORA_TARGETS)
-        if unknown:
-            problems.append(f"unknown lora_targets {sorted(unknown)}; choose from {LORA_TARGETS}")
         if problems:
             raise ValueError("invalid LlamaConfig: " + "; ".join(problems))
 

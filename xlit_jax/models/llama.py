@@ -6,6 +6,9 @@ K key/value heads (grouped-query attention: H = K * G), D head dim, E embed, F m
 Attention masking is driven by segment ids: a query attends to a key when the key's slot is not later
 than the query's, both carry the same segment id, and that id is not 0 (0 marks padding). Packed
 training sequences use ids 1, 2, 3...; a left-padded decoding batch uses 0 for padding and 1 for text.
+
+The model knows its shapes only: the attention kernel is the caller's choice (`Llama(config, attention=...)`,
+models/attention.py), and a LoRA is applied to the model from outside (models/lora.py).
 """
 
 from __future__ import annotations
@@ -19,9 +22,31 @@ import jax.numpy as jnp
 
 from xlit_jax.models import attention
 from xlit_jax.models.config import LlamaConfig
-from xlit_jax.models.lora import Linear, matmul
 
 Cache = dict[str, jax.Array]  # k, v: [L, B, K, S, D]; segments: [B, S]; index: [] or [B] (next free slot)
+
+
+def matmul(x, kernel):
+    """x [..., in] @ kernel [in, out] as one 2-D matmul over the flattened leading axes. Its gradient for the
+    kernel then contracts a single axis: contracting [B, T] jointly, XLA:CPU writes the activation gradients
+    transposed in slow elementwise loops before a non-library dot (a train step 1.3x slower)."""
+    return jnp.dot(x.reshape(-1, x.shape[-1]), kernel).reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+class Linear(nn.Module):
+    """x [..., in] @ kernel [in, out]: every projection of the model, named after its role (q, k, v, o, gate,
+    up, down, lm_head), which is what a LoRA targets (models/lora.py)."""
+
+    features: int
+    kernel_axes: tuple[str, str]
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.with_logical_partitioning(nn.initializers.normal(0.02), self.kernel_axes)
+        kernel = self.param("kernel", init, (x.shape[-1], self.features), self.param_dtype)
+        return matmul(x.astype(self.dtype), kernel.astype(self.dtype))
 
 
 class RMSNorm(nn.Module):
@@ -56,14 +81,13 @@ def rotary_embedding(x, rope):
 
 
 def projection(c: LlamaConfig, features: int, axes: tuple[str, str], name: str) -> Linear:
-    """A projection named after its role (q, k, v, o, gate, up, down), with LoRA when targeted."""
-    lora = c.lora_rank if name in c.lora_targets else 0
-    return Linear(features, axes, c.compute_dtype, c.weights_dtype, lora, c.lora_alpha, c.lora_dropout, name=name)
+    """A projection named after its role (q, k, v, o, gate, up, down)."""
+    return Linear(features, axes, c.compute_dtype, c.weights_dtype, name=name)
 
 
 class Attention(nn.Module):
     config: LlamaConfig
-    deterministic: bool
+    attention: str
     read_columns: int | None = None
 
     @nn.compact
@@ -71,20 +95,20 @@ class Attention(nn.Module):
         c = self.config
         b, t, _ = x.shape
         h, k_heads, d = c.num_heads, c.num_kv_heads, c.head_dim
-        q = projection(c, h * d, ("embed", "heads"), "q")(x, self.deterministic).reshape(b, t, h, d)
-        k = projection(c, k_heads * d, ("embed", "kv_heads"), "k")(x, self.deterministic).reshape(b, t, k_heads, d)
-        v = projection(c, k_heads * d, ("embed", "kv_heads"), "v")(x, self.deterministic).reshape(b, t, k_heads, d)
+        q = projection(c, h * d, ("embed", "heads"), "q")(x).reshape(b, t, h, d)
+        k = projection(c, k_heads * d, ("embed", "kv_heads"), "k")(x).reshape(b, t, k_heads, d)
+        v = projection(c, k_heads * d, ("embed", "kv_heads"), "v")(x).reshape(b, t, k_heads, d)
         q = rotary_embedding(q, rope)
         k = rotary_embedding(k, rope).transpose(0, 2, 1, 3)  # [B, K, T, D]
         v = v.transpose(0, 2, 1, 3)
         if cache is not None:  # write this step's keys and values in place, then attend over the cache
             cache = {name: _write(cache[name], new, layer, cache_index) for name, new in (("k", k), ("v", v))}
             k, v = (cache[name][layer, :, :, :self.read_columns] for name in ("k", "v"))
-        implementation = attention.choose(c.attention, c.dtype, d)
+        implementation = attention.choose(self.attention, c.dtype, d)
         out = attention.attend(q, k, v, q_slots, q_segments, k_segments, attention=implementation,
-                               cached=cache is not None, splash_block=c.splash_block).reshape(b, t, h * d)
+                               cached=cache is not None).reshape(b, t, h * d)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads"))
-        return projection(c, c.hidden_size, ("heads", "embed"), "o")(out, self.deterministic), cache
+        return projection(c, c.hidden_size, ("heads", "embed"), "o")(out), cache
 
 
 def _write(cache, new, layer, index):
@@ -98,15 +122,14 @@ def _write(cache, new, layer, index):
 
 class MLP(nn.Module):
     config: LlamaConfig
-    deterministic: bool
 
     @nn.compact
     def __call__(self, x):
         c = self.config
-        gate = projection(c, c.intermediate_size, ("embed", "mlp"), "gate")(x, self.deterministic)
-        up = projection(c, c.intermediate_size, ("embed", "mlp"), "up")(x, self.deterministic)
+        gate = projection(c, c.intermediate_size, ("embed", "mlp"), "gate")(x)
+        up = projection(c, c.intermediate_size, ("embed", "mlp"), "up")(x)
         hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return projection(c, c.hidden_size, ("mlp", "embed"), "down")(hidden, self.deterministic)
+        return projection(c, c.hidden_size, ("mlp", "embed"), "down")(hidden)
 
 
 class Block(nn.Module):
@@ -117,7 +140,7 @@ class Block(nn.Module):
     """
 
     config: LlamaConfig
-    deterministic: bool
+    attention: str
     read_columns: int | None = None
 
     @nn.compact
@@ -125,10 +148,10 @@ class Block(nn.Module):
         h, cache = carry
         c = self.config
         norm = functools.partial(RMSNorm, c.rms_norm_eps, c.compute_dtype, c.weights_dtype)
-        attn, cache = Attention(c, self.deterministic, self.read_columns, name="attn")(
+        attn, cache = Attention(c, self.attention, self.read_columns, name="attn")(
             norm(name="attn_norm")(h), rope, q_slots, q_segments, k_segments, cache, layer, cache_index)
         h = h + attn
-        h = h + MLP(c, self.deterministic, name="mlp")(norm(name="mlp_norm")(h))
+        h = h + MLP(c, name="mlp")(norm(name="mlp_norm")(h))
         return (nn.with_logical_constraint(h, ("batch", "length", "embed")), cache), None
 
 
@@ -146,15 +169,18 @@ class Llama(nn.Module):
     positions it names ([B, C, V]): the LM head and its logits are a fifth of a forward pass's work when
     every position is projected, and scoring or decoding needs a few.
 
+    `attention`: the kernel setting (models/attention.py), resolved for the platform the model is traced for.
+
     `read_columns` (with a cache): attend over the cache's first columns only, when every query sits before
     that column (the decoding engine's short slots): a step then reads that much of the cache, not all."""
 
     config: LlamaConfig
+    attention: str = "auto"
     read_columns: int | None = None
 
     @nn.compact
     def __call__(self, input_ids, positions=None, segment_ids=None, cache: Cache | None = None,
-                 deterministic: bool = True, last_only: bool = False, select=None):
+                 last_only: bool = False, select=None):
         c = self.config
         b, t = input_ids.shape
         if segment_ids is None:
@@ -184,7 +210,7 @@ class Llama(nn.Module):
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
-        )(c, deterministic, self.read_columns, name="layers")
+        )(c, self.attention, self.read_columns, name="layers")
         layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
         rope = rotary_tables(positions, c.head_dim, c.rope_theta, c.compute_dtype)
         read_segments = k_segments if cache is None else k_segments[:, :self.read_columns]
@@ -215,21 +241,17 @@ def init_cache(config: LlamaConfig, batch: int, length: int) -> Cache:
     }
 
 
-def _init_boxed(config: LlamaConfig, seed: int):
+def init_boxed(config: LlamaConfig, seed: int = 0) -> Any:
+    """Random params with their partitioning boxes. Traced with the xla kernel: params do not depend on the
+    kernel, and a fused one cannot be traced off its target (nor inside a mesh at init's batch of 1)."""
     ids = jnp.zeros((1, 1), jnp.int32)
-    return Llama(config).init(jax.random.PRNGKey(seed), ids)["params"]
+    return Llama(config, attention="xla").init(jax.random.PRNGKey(seed), ids)["params"]
 
 
 def init_params(config: LlamaConfig, seed: int = 0) -> Any:
-    """Random params (normal 0.02, norms at 1, LoRA B at 0), seeded, without partitioning boxes."""
-    return nn.meta.unbox(jax.jit(_init_boxed, static_argnums=(0, 1))(config, seed))
-
-
-def param_logical_axes(config: LlamaConfig) -> Any:
-    """The logical axis names of every param, as PartitionSpecs, computed without allocating."""
-    boxed = jax.eval_shape(functools.partial(_init_boxed, config, 0))
-    return nn.get_partition_spec(boxed)
+    """Random params (normal 0.02, norms at 1), seeded, without partitioning boxes."""
+    return nn.meta.unbox(jax.jit(init_boxed, static_argnums=(0, 1))(config, seed))
 
 
 def param_shapes(config: LlamaConfig) -> Any:
-    return nn.meta.unbox(jax.eval_shape(functools.partial(_init_boxed, config, 0)))
+    return nn.meta.unbox(jax.eval_shape(functools.partial(init_boxed, config, 0)))

@@ -58,16 +58,16 @@ def plan_decoding(source: str, device, batch: int, prompt_len: int, new_tokens: 
     from xlit_jax.decode.generate import greedy_decode
     from xlit_jax.loader import load_config
     from xlit_jax.models.llama import param_shapes
-    from xlit_jax.train.step import shapes_only
 
-    config = load_config(source, dtype="bfloat16", param_dtype="bfloat16", attention=attention)
+    config = load_config(source, dtype="bfloat16", param_dtype="bfloat16")
     where = jax.sharding.SingleDeviceSharding(device)
     on_device = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=where)  # noqa: E731
-    params = jax.tree_util.tree_map(lambda x: on_device(x.shape, x.dtype), param_shapes(shapes_only(config)))
+    params = jax.tree_util.tree_map(lambda x: on_device(x.shape, x.dtype), param_shapes(config))
     ids = on_device((batch, prompt_len), jnp.int32)
     args = (params, ids, ids, on_device((), jnp.float32), on_device((len(config.eos_token_ids),), jnp.int32))
     with jax.set_mesh(jax.sharding.Mesh([device], ("data",))):  # traced for the target's attention
-        compiled = Compiled.of(greedy_decode.lower(*args, config=config, max_new_tokens=new_tokens), args)
+        compiled = Compiled.of(greedy_decode.lower(*args, config=config, max_new_tokens=new_tokens,
+                                                   attention=attention), args)
     memory, bandwidth = hardware.memory(device)
     return DecodePlan(target, device.device_kind, source.removeprefix("preset:"), attention, batch, prompt_len,
                       new_tokens,

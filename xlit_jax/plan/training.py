@@ -21,6 +21,7 @@ from xlit_jax.data import pipeline
 from xlit_jax.errors import PlanError
 from xlit_jax.hardware import GiB
 from xlit_jax.models.config import LlamaConfig
+from xlit_jax.models.lora import LoraConfig
 from xlit_jax.plan.compiled import HEADROOM, Compiled, fits_memory, size
 from xlit_jax.train import metrics
 
@@ -32,7 +33,7 @@ class TrainPlan:
     device_kind: str
     model: str
     method: str  # ft | lora
-    attention_setting: str  # LlamaConfig.attention: what was asked for
+    attention_setting: str  # the attention kernel setting: what was asked for
     mesh: dict
     remat: str
     seq_len: int
@@ -95,12 +96,12 @@ class TrainPlan:
 def model_config(cfg, platform: str) -> LlamaConfig:
     """The experiment's model config for `platform`, reading no weights."""
     from xlit_jax.loader import load_config
-    from xlit_jax.train.loop import lora_fields, model_overrides
+    from xlit_jax.train.loop import model_overrides
 
     if not cfg.model.source:
         raise PlanError(f"set --config.model.source (for shapes alone: preset:NAME, e.g. preset:llama2-7b"
                         f"{' for ' + cfg.model.hub_name if cfg.model.hub_name else ''})")
-    return load_config(cfg.model.source, **model_overrides(cfg, platform)).replace(**lora_fields(cfg))
+    return load_config(cfg.model.source, **model_overrides(cfg, platform))
 
 
 def abstract_batch(cfg, train_step) -> dict:
@@ -113,35 +114,35 @@ def abstract_batch(cfg, train_step) -> dict:
 
 def plan_training(cfg, devices, target: str = "attached", attention: str | None = None) -> TrainPlan:
     """Compile the experiment's train step for `devices` (attached or compile-only) without allocating;
-    `attention` overrides the model's implementation (models/attention.py)."""
+    `attention` overrides the experiment's kernel setting (models/attention.py)."""
     from xlit_jax.train import step as step_lib
-    from xlit_jax.train.loop import mesh_for
+    from xlit_jax.train.loop import lora_config, mesh_for
     from xlit_jax.train.optim import OptimSettings
 
     device = devices[0]
-    config = model_config(cfg, device.platform)
-    config = config.replace(attention=attention) if attention else config
+    config, lora = model_config(cfg, device.platform), lora_config(cfg)
+    attention = attention or cfg.model.attention
     mesh = mesh_for(cfg, devices)
-    train_step = step_lib.build(config, OptimSettings.from_config(cfg), mesh, cfg.train.seed)
+    train_step = step_lib.build(config, OptimSettings.from_config(cfg), mesh, cfg.train.seed, lora, attention)
     batch = abstract_batch(cfg, train_step)
     compiled = Compiled.of(train_step.lower(batch), (train_step.abstract, batch))
     d = cfg.data
     rows = pipeline.batch_size_for(d.tokens_per_batch, d.seq_len)
-    flops_per_token = metrics.train_flops_per_token(config, d.seq_len)
+    flops_per_token = metrics.train_flops_per_token(config, d.seq_len, lora)
     memory, bandwidth = hardware.memory(device)
     return TrainPlan(
         target=target, devices=len(devices), device_kind=device.device_kind,
-        model=cfg.model.source.removeprefix("preset:"), method="lora" if config.lora_rank else "ft",
-        attention_setting=config.attention,
+        model=cfg.model.source.removeprefix("preset:"), method="ft" if lora is None else "lora",
+        attention_setting=attention,
         mesh=dict(mesh.shape), remat=config.remat, seq_len=d.seq_len, rows=rows, grad_accum=d.grad_accum,
         compiled=compiled, memory_bytes=memory, bandwidth=bandwidth, peak_flops=hardware.peak_flops(device),
         model_flops=flops_per_token * rows * d.grad_accum * d.seq_len,
-        hardware_flops=scaled_compiler_flops(compiled.compiler_flops, config, mesh, rows, d.seq_len,
+        hardware_flops=scaled_compiler_flops(compiled.compiler_flops, config, lora, mesh, rows, d.seq_len,
                                              d.grad_accum))
 
 
-def scaled_compiler_flops(flops: float | None, config: LlamaConfig, mesh, rows: int, seq_len: int,
-                          grad_accum: int) -> float | None:
+def scaled_compiler_flops(flops: float | None, config: LlamaConfig, lora: LoraConfig | None, mesh, rows: int,
+                          seq_len: int, grad_accum: int) -> float | None:
     """The compiler's FLOPs per device count one layer and one micro-batch: F = head + layer (+ the
     optimizer, negligible). Take the LM head's matmuls (forward, input gradient and, in full fine-tuning,
     weight gradient) analytically, scale the rest by the layers, then everything by the micro-batches and
@@ -149,7 +150,7 @@ def scaled_compiler_flops(flops: float | None, config: LlamaConfig, mesh, rows: 
     if flops is None:
         return None
     devices = math.prod(mesh.shape.values())
-    head_passes = 4.0 if config.lora_rank else 6.0
+    head_passes = 6.0 if lora is None else 4.0
     head = head_passes * rows * seq_len * config.hidden_size * config.vocab_size / devices
     layer = max(flops - head, 0.0)
     return grad_accum * devices * (head + config.num_layers * layer)

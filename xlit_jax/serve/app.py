@@ -59,8 +59,8 @@ class Service:
 
     def __init__(self, model, name: str, config: ServeConfig, on_failure=lambda: None):
         self.model, self.name, self.config = model, name, config
-        self.worker = Worker(lambda: Engine(model.params, model.config, slots=config.slots, max_len=config.max_len,
-                                            steps=config.steps), config.max_queue, on_failure)
+        self.worker = Worker(lambda: Engine(model.params, model.config, attention=model.attention, slots=config.slots,
+                                            max_len=config.max_len, steps=config.steps), config.max_queue, on_failure)
         self.token_chars = longest_token(model.tokenizer)
         self.prompt_tokens = min(model.config.max_position_embeddings, self.worker.engine.max_len)
 

@@ -20,7 +20,7 @@ from xlit_jax.data import pipeline
 from xlit_jax.errors import NonFiniteError, UserError
 from xlit_jax.io import checkpoints as ckpt
 from xlit_jax.models.config import LlamaConfig, resolve_dtype
-from xlit_jax.models.lora import init_adapters, merge_params
+from xlit_jax.models.lora import LoraConfig, init_adapters, merge_params
 from xlit_jax.train import metrics, optim, probes, step as step_lib
 
 
@@ -28,31 +28,32 @@ def model_overrides(cfg, platform: str | None = None) -> dict:
     """Config fields from the experiment's model section; `platform` (default: the attached devices') decides
     what dtype 'auto' means: a compile-only plan passes its target's."""
     overrides = {"dtype": resolve_dtype(cfg.model.dtype, platform), "param_dtype": cfg.model.param_dtype,
-                 "remat": cfg.model.remat, "attention": cfg.model.attention}
+                 "remat": cfg.model.remat}
     return overrides | ({"vocab_size": cfg.model.vocab_size} if cfg.model.vocab_size else {})
 
 
-def lora_fields(cfg) -> dict:
+def lora_config(cfg) -> LoraConfig | None:
+    """The experiment's LoRA (its lora section), or None: full fine-tuning (rank 0)."""
     if not cfg.lora.rank:
-        return {"lora_rank": 0}
+        return None
     targets = tuple(t.strip() for t in cfg.lora.targets.split(",") if t.strip())
-    return {"lora_rank": cfg.lora.rank, "lora_alpha": float(cfg.lora.alpha), "lora_dropout": cfg.lora.dropout,
-            "lora_targets": targets}
+    return LoraConfig(cfg.lora.rank, float(cfg.lora.alpha), cfg.lora.dropout, targets)
 
 
 def load_source(cfg) -> tuple[LlamaConfig, dict, object]:
-    """(config with LoRA fields, host params with fresh adapters, tokenizer) from cfg.model.source; a model
-    without a tokenizer (a preset) takes cfg.data.tokenizer's."""
+    """(config, host params with fresh adapters for the experiment's LoRA, tokenizer) from cfg.model.source;
+    a model without a tokenizer (a preset) takes cfg.data.tokenizer's."""
     import xlit_jax
     from xlit_jax.io.tokenizer import load_tokenizer
 
+    lora = lora_config(cfg)
     cpu = jax.local_devices(backend="cpu")[0]
     with jax.default_device(cpu):  # keep the weights in host memory until they are sharded
-        model = xlit_jax.load(cfg.model.source, seed=cfg.model.seed, **model_overrides(cfg))
-        config = model.config.replace(**lora_fields(cfg))
-        params = model.params
-        if config.lora_rank:
-            params = merge_params(params, init_adapters(config, cfg.model.seed))
+        model = xlit_jax.load(cfg.model.source, seed=cfg.model.seed, attention=cfg.model.attention,
+                              **model_overrides(cfg))
+        config, params = model.config, model.params
+        if lora is not None:
+            params = merge_params(params, init_adapters(config, lora, cfg.model.seed))
     tokenizer = model.tokenizer
     if tokenizer is None:
         if not cfg.data.tokenizer:
@@ -105,25 +106,27 @@ class _Run:
         latest = self.checkpoints.latest_step()
         if latest is None:
             config, params, tokenizer = load_source(self.cfg)
-            train_step = self._build(config)
+            lora = lora_config(self.cfg)
+            train_step = self._build(config, lora)
             state = train_step.init(params)
             if jax.process_index() == 0:
-                ckpt.save_model_info(self.workdir, config, tokenizer, source_of(self.cfg))
-            if config.lora_rank and not ckpt.has_frozen(self.workdir):
+                ckpt.save_model_info(self.workdir, config, tokenizer, source_of(self.cfg), lora)
+            if lora is not None and not ckpt.has_frozen(self.workdir):
                 ckpt.save_frozen(self.workdir, state.frozen)
             return train_step, state, tokenizer, make_batches(self.cfg, tokenizer)
-        # the run's own: config changes to the model do not apply, except the attention kernel (per machine)
-        config = ckpt.read_config(self.workdir).replace(attention=self.cfg.model.attention)
+        # the run's own model and LoRA: config changes to them do not apply (the attention kernel, the
+        # machine's choice, is the config's)
+        config, lora = ckpt.read_config(self.workdir), ckpt.read_lora(self.workdir)
         tokenizer = ckpt.read_tokenizer(self.workdir)
-        train_step = self._build(config)
+        train_step = self._build(config, lora)
         state, data_state, step = self._restore(train_step)
         data = make_batches(self.cfg, tokenizer)
         data.restore(data_state)
         logging.info("resumed from step %d", step)
         return train_step, state, tokenizer, data
 
-    def _build(self, config: LlamaConfig) -> step_lib.TrainStep:
-        return step_lib.build(config, self.settings, self.mesh, self.cfg.train.seed)
+    def _build(self, config: LlamaConfig, lora: LoraConfig | None) -> step_lib.TrainStep:
+        return step_lib.build(config, self.settings, self.mesh, self.cfg.train.seed, lora, self.cfg.model.attention)
 
     def _restore(self, train_step: step_lib.TrainStep):
         """The newest checkpoint that restores (unreadable newer ones are set aside, io/checkpoints/steps.py)."""
@@ -147,9 +150,10 @@ class _Run:
             raise UserError(f"{damage}, and it cannot be rebuilt: the run started from {started} "
                             f"({ckpt.MODEL_DIR}/{ckpt.SOURCE_FILE}), this config names {source}")
         config, params, _ = load_source(self.cfg)
-        if config != train_step.config:
+        if (config, lora_config(self.cfg)) != (train_step.config, train_step.lora):
             raise UserError(f"{damage}, and it cannot be rebuilt: {self.cfg.model.source} with this config is "
-                            f"not the run's model ({ckpt.CONFIG_FILE}): rerun with the settings that started it")
+                            f"not the run's model ({ckpt.CONFIG_FILE}, {ckpt.LORA_FILE}): rerun with the settings "
+                            "that started it")
         frozen = train_step.init(params).frozen
         aside = ckpt.replace_frozen(self.workdir, frozen)
         logging.warning("%s: rebuilt it from %s and saved it again; the damaged copy is in %s", damage,
@@ -161,12 +165,12 @@ class _Monitor:
     """Looks at each step's metrics one step late, so fetching them overlaps the next step: stops on a
     non-finite loss (before anything is saved after it), logs every log_every steps and the last one."""
 
-    def __init__(self, run: _Run, config: LlamaConfig, writer: metrics.MetricsWriter, start: int):
+    def __init__(self, run: _Run, train_step: step_lib.TrainStep, writer: metrics.MetricsWriter, start: int):
         cfg = run.cfg
         self.run, self.writer, self.log_every, self.max_steps = run, writer, cfg.train.log_every, cfg.train.max_steps
         self.tokens_per_step = (cfg.data.grad_accum * cfg.data.seq_len
                                 * pipeline.batch_size_for(cfg.data.tokens_per_batch, cfg.data.seq_len))
-        self.flops_per_token = metrics.train_flops_per_token(config, cfg.data.seq_len)
+        self.flops_per_token = metrics.train_flops_per_token(train_step.config, cfg.data.seq_len, train_step.lora)
         self.peak, source = metrics.peak_flops(cfg.train.peak_flops)
         logging.info("peak %.3g FLOP/s (%s)", self.peak, source)
         self.pending, self.last_row, self.clock = None, {}, (start, time.perf_counter())
@@ -211,11 +215,11 @@ def train(cfg, workdir: str) -> dict:
     tools = probes.check(cfg)  # bad evaluation settings fail before any weights are read
     run = _Run(cfg, workdir)
     train_step, state, tokenizer, data = run.start()
-    config, start, t = train_step.config, int(jax.device_get(state.step)), cfg.train
+    start, t = int(jax.device_get(state.step)), cfg.train
     logging.info("model %s, %d trainable params, mesh %s", cfg.model.source,
                  sum(x.size for x in jax.tree_util.tree_leaves(state.params)), dict(run.mesh.shape))
     writer = metrics.MetricsWriter(workdir, start, t.max_steps, t.tensorboard)
-    monitor = _Monitor(run, config, writer, start)
+    monitor = _Monitor(run, train_step, writer, start)
     evaluator = None if tools is None else probes.Evaluator(cfg, tools, train_step, tokenizer, writer, workdir, start)
 
     def evaluate(step: int, state) -> str | None:
@@ -243,7 +247,7 @@ def train(cfg, workdir: str) -> dict:
     if stopped:
         logging.warning("%s", stopped)
     elif t.export_hf or t.export_peft:
-        export(cfg, workdir, config, state, tokenizer)
+        export(cfg, workdir, train_step, state, tokenizer)
     run.checkpoints.close()
     writer.close()
     return monitor.last_row | ({"stopped": stopped} if stopped else {})
@@ -260,17 +264,18 @@ def _stop_message(run: _Run, step: int, t, language: str, fell_at: int, before: 
             f"{t.stop_below} for {t.stop_rounds} rounds since step {fell_at}; {where}")
 
 
-def export(cfg, workdir: Path, config: LlamaConfig, state, tokenizer) -> None:
+def export(cfg, workdir: Path, train_step: step_lib.TrainStep, state, tokenizer) -> None:
     """Merged HF weights to workdir/export/hf and, for LoRA, the PEFT adapter to workdir/export/peft."""
     from xlit_jax.io.peft import save_merged_hf, save_peft_adapter
 
     params = multihost_utils.process_allgather(state.full_params(), tiled=True)  # every process takes part
     if jax.process_index() != 0:
         return
+    config, lora = train_step.config, train_step.lora
     # the run's own exports: a rerun replaces them
     if cfg.train.export_hf:
-        save_merged_hf(config, params, workdir / "export" / "hf", tokenizer, overwrite=True)
-    if cfg.train.export_peft and config.lora_rank:
-        save_peft_adapter(config, params, workdir / "export" / "peft", cfg.model.hub_name or cfg.model.source,
+        save_merged_hf(config, lora, params, workdir / "export" / "hf", tokenizer, overwrite=True)
+    if cfg.train.export_peft and lora is not None:
+        save_peft_adapter(config, lora, params, workdir / "export" / "peft", cfg.model.hub_name or cfg.model.source,
                           overwrite=True)
 

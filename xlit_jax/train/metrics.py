@@ -17,13 +17,14 @@ import jax
 from xlit_jax import hardware
 from xlit_jax.io.files import append_jsonl, atomic_write_text, resume_jsonl
 from xlit_jax.models.config import LlamaConfig
+from xlit_jax.models.lora import LoraConfig
 
 METRICS_FILE = "metrics.jsonl"
 
 
-def train_flops_per_token(config: LlamaConfig, seq_len: int) -> float:
+def train_flops_per_token(config: LlamaConfig, seq_len: int, lora: LoraConfig | None = None) -> float:
     flops = config.flops_per_token(seq_len)
-    if config.lora_rank:
+    if lora is not None:
         flops -= 2.0 * (config.num_params(include_embeddings=False) + config.vocab_size * config.hidden_size)
     return flops
 

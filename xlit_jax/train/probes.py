@@ -184,11 +184,14 @@ def encode_probes(probes: list[Probe], template: str, tokenizer, limit: int, max
     return [p for p, _ in kept], [i for _, i in kept]
 
 
-def respond(params, config, mesh, prompt_ids, max_new_tokens: int, repetition_penalty: float):
-    """Greedy answers (token ids, EOS stripped) of `params` as they lie on `mesh`, all prompts in one batch."""
+def respond(params, config, mesh, prompt_ids, max_new_tokens: int, repetition_penalty: float, lora=None,
+            attention: str = "auto"):
+    """Greedy answers (token ids, EOS stripped) of `params` (with `lora`'s adapters unmerged) as they lie on
+    `mesh`, all prompts in one batch."""
     with sharding.activate(mesh):
         return generate_ids(params, config, prompt_ids, max_new_tokens=max_new_tokens,
-                            repetition_penalty=repetition_penalty, batch_size=len(prompt_ids))
+                            repetition_penalty=repetition_penalty, batch_size=len(prompt_ids), attention=attention,
+                            lora=lora)
 
 
 def score(probes: list[Probe], texts: list[str], lid: LanguageIdentifier, speller: SpellChecker):
@@ -249,8 +252,9 @@ class Evaluator:
         return fall(self.rounds, self.threshold, self.stop_rounds)
 
     def _probe(self, step: int, state) -> dict:
-        outputs = respond(state.full_params(), self.train_step.config, self.train_step.mesh, self.prompt_ids,
-                          **self.decoding)
+        t = self.train_step
+        outputs = respond(state.full_params(), t.config, t.mesh, self.prompt_ids, **self.decoding, lora=t.lora,
+                          attention=t.attention)
         texts = [self.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
         details = score(self.probes, texts, self.tools.lid, self.tools.speller)
         if self.writer.enabled:

@@ -1,14 +1,15 @@
 """What a training workdir records of its run (WORKDIR/experiment.json), and the check that a rerun resumes
 it only with the settings that made it (docs/training.md, "Resuming with other settings").
 
-A resumed run takes its model from its own record (model/llama_config.json) and its position from the
-checkpoint, so without this check a config of another method, rank, data or schedule would be half applied
+A resumed run takes its model from its own record (model/llama_config.json, model/lora.json) and its position
+from the checkpoint, so without this check a config of another method, rank, data or schedule would be half applied
 (a LoRA config into a full fine-tuning workdir trains full fine-tuning) while experiment.json was rewritten
 to claim it. The check reads small JSON files only, so the binary runs it before any weights are loaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -118,13 +119,20 @@ def _max_steps_problem(before: int, after: int, step: int | None, schedule: str,
 
 
 def _lora_differences(cfg, workdir: Path) -> tuple[Path, list[str]]:
-    """(the model record, its LoRA fields that `cfg` changes): all a workdir without experiment.json says."""
-    from xlit_jax.io.checkpoints import CONFIG_FILE, MODEL_DIR, read_config
-    from xlit_jax.train.loop import lora_fields
+    """(the model record, its LoRA fields that `cfg` changes): all a workdir without experiment.json says. The
+    record is model/lora.json, or llama_config.json where there is none (full fine-tuning, or older code)."""
+    from xlit_jax.io.checkpoints import CONFIG_FILE, LORA_FILE, MODEL_DIR, read_lora
+    from xlit_jax.models.lora import LoraConfig
+    from xlit_jax.train.loop import lora_config
 
-    recorded = read_config(workdir)
+    record = workdir / MODEL_DIR / LORA_FILE
+    record = record if record.is_file() else workdir / MODEL_DIR / CONFIG_FILE
     logging.warning("%s: no %s (made by older code, or by train() from Python): only the LoRA settings are "
-                    "checked against %s/%s before resuming", workdir, EXPERIMENT_FILE, MODEL_DIR, CONFIG_FILE)
-    differences = [f"{field} {_show(getattr(recorded, field))} -> {_show(value)}"
-                   for field, value in lora_fields(cfg).items() if getattr(recorded, field) != value]
-    return workdir / MODEL_DIR / CONFIG_FILE, differences
+                    "checked against %s before resuming", workdir, EXPERIMENT_FILE, record)
+    before, now = read_lora(workdir), lora_config(cfg)
+    # full fine-tuning: rank 0, and the other settings at their defaults, as older model records say
+    before = dataclasses.asdict(before) if before else {**dataclasses.asdict(LoraConfig()), "rank": 0}
+    after = dataclasses.asdict(now) if now else {"rank": 0}
+    differences = [f"lora_{field} {_show(before[field])} -> {_show(value)}"
+                   for field, value in after.items() if before[field] != value]
+    return record, differences

@@ -1,7 +1,9 @@
 """Training checkpoints (Orbax) and loading a trained model back for inference.
 
 A run's workdir holds:
-  model/llama_config.json    the LlamaConfig, LoRA fields included (written once, at the start)
+  model/llama_config.json    the LlamaConfig (written once, at the start; in older workdirs with the LoRA
+                             and attention fields it then had, read as model_info.py says)
+  model/lora.json            LoRA runs only: the LoraConfig
   model/source.json          where the weights came from ({"source", "seed"}): what rebuilds a damaged frozen/
   model/frozen_sums.json     checksums of frozen/
   model/tokenizer*           the tokenizer files, when the model has a tokenizer
@@ -25,11 +27,11 @@ array data), `agree` (restoring on every process and agreeing on the outcome), `
 
 from xlit_jax.io.checkpoints.frozen import FROZEN_DIR, has_frozen, replace_frozen, restore_frozen, save_frozen
 from xlit_jax.io.checkpoints.inference import load_for_inference
-from xlit_jax.io.checkpoints.model_info import (CONFIG_FILE, MODEL_DIR, SOURCE_FILE, read_config, read_source,
-                                                read_tokenizer, save_model_info)
+from xlit_jax.io.checkpoints.model_info import (CONFIG_FILE, LORA_FILE, MODEL_DIR, SOURCE_FILE, read_config,
+                                                read_lora, read_source, read_tokenizer, save_model_info)
 from xlit_jax.io.checkpoints.steps import CHECKPOINTS_DIR, Checkpoints
 from xlit_jax.io.checkpoints.sums import checksums
 
-__all__ = ["CHECKPOINTS_DIR", "CONFIG_FILE", "FROZEN_DIR", "MODEL_DIR", "SOURCE_FILE", "Checkpoints", "checksums",
-           "has_frozen", "load_for_inference", "read_config", "read_source", "read_tokenizer", "replace_frozen",
-           "restore_frozen", "save_frozen", "save_model_info"]
+__all__ = ["CHECKPOINTS_DIR", "CONFIG_FILE", "FROZEN_DIR", "LORA_FILE", "MODEL_DIR", "SOURCE_FILE", "Checkpoints",
+           "checksums", "has_frozen", "load_for_inference", "read_config", "read_lora", "read_source", "read_tokenizer",
+           "replace_frozen", "restore_frozen", "save_frozen", "save_model_info"]

@@ -2,37 +2,33 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 
 from xlit_jax.errors import UserError, WeightsError
 from xlit_jax.io.checkpoints.agree import restored
 from xlit_jax.io.checkpoints.frozen import restore_frozen
-from xlit_jax.io.checkpoints.model_info import read_config, read_tokenizer
+from xlit_jax.io.checkpoints.model_info import read_config, read_lora, read_tokenizer
 from xlit_jax.io.checkpoints.steps import CHECKPOINTS_DIR, Checkpoints
-from xlit_jax.models.config import LlamaConfig
-
-LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
+from xlit_jax.models.lora import adapted_shapes, merge_lora, merge_params, split_lora
 
 
 def load_for_inference(path: str | os.PathLike, step: int | None = None, **config_overrides):
     """(config, params, tokenizer or None) from a training workdir, at `step` or the latest checkpoint.
-    LoRA adapters are merged into the base, so the config comes back without LoRA (its fields at defaults)."""
-    from xlit_jax.models.llama import param_shapes
-    from xlit_jax.models.lora import merge_lora, merge_params, split_lora
-
+    LoRA adapters are merged into the base: the params are a plain model's."""
     workdir = Path(path)
-    config, tokenizer = read_config(workdir), read_tokenizer(workdir)  # both before the long restore
+    # all three before the long restore
+    config, lora, tokenizer = read_config(workdir), read_lora(workdir), read_tokenizer(workdir)
     checkpoints = Checkpoints(workdir, read_only=True)  # safe beside a run that is still training
     step = checkpoints.latest_step() if step is None else step
     if step is None:
         raise WeightsError(f"{workdir / CHECKPOINTS_DIR}: no checkpoint")
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shapes = param_shapes(config)
+    base, adapters = split_lora(nn.meta.unbox(adapted_shapes(config, lora)))
     on_device = functools.partial(jax.tree_util.tree_map,
                                   lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device))
 
@@ -41,14 +37,10 @@ def load_for_inference(path: str | os.PathLike, step: int | None = None, **confi
                         f"checkpoint step {step}", functools.partial(checkpoints.mismatch, step))["params"]
 
     try:
-        if config.lora_rank:
-            base, adapters = split_lora(shapes)
-            params = merge_params(restore_frozen(workdir, on_device(base)), trained(adapters))
-            params = merge_lora(params, config.lora_alpha)
-            config = config.replace(**{f.name: f.default for f in dataclasses.fields(LlamaConfig)
-                                       if f.name in LORA_FIELDS})
+        if lora is None:
+            params = trained(base)
         else:
-            params = trained(shapes)
+            params = merge_lora(merge_params(restore_frozen(workdir, on_device(base)), trained(adapters)), lora)
     except UserError as e:
         raise WeightsError(f"{workdir}: {e}; xlit-train on this workdir sets a damaged checkpoint aside and "
                            "rebuilds a damaged LoRA base") from None

@@ -1,5 +1,9 @@
-"""model/ in a run's workdir: what its checkpoints need to be read back (config, tokenizer, the weights'
-source)."""
+"""model/ in a run's workdir: what its checkpoints need to be read back (config, LoRA, tokenizer, the weights'
+source).
+
+Workdirs written before the LoRA and the attention kernel left the LlamaConfig keep them in
+llama_config.json (lora_rank, lora_alpha, lora_dropout, lora_targets; attention, splash_block): they are
+read into the LoraConfig, and the kernel fields ignored (the kernel is the running machine's choice)."""
 
 from __future__ import annotations
 
@@ -11,17 +15,25 @@ from pathlib import Path
 from xlit_jax.errors import WeightsError
 from xlit_jax.io.files import atomic_write_text, read_json
 from xlit_jax.models.config import LlamaConfig
+from xlit_jax.models.lora import LoraConfig
 
 MODEL_DIR = "model"
 CONFIG_FILE = "llama_config.json"
+LORA_FILE = "lora.json"  # LoRA runs only: the LoraConfig
 SOURCE_FILE = "source.json"
+LEGACY_LORA = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout", "lora_targets": "targets"}
+LEGACY_FIELDS = (*LEGACY_LORA, "attention", "splash_block")  # in llama_config.json of older workdirs
+REWRITE = "; is {} a training workdir? (xlit-train writes this file once, at the start of a run)"
 
 
-def save_model_info(workdir: str | os.PathLike, config: LlamaConfig, tokenizer=None, source: dict | None = None):
-    """What a checkpoint needs to be read back: the config (and tokenizer), and the weights' `source`, as
-    {"source", "seed"}; call on process 0 only."""
+def save_model_info(workdir: str | os.PathLike, config: LlamaConfig, tokenizer=None, source: dict | None = None,
+                    lora: LoraConfig | None = None):
+    """What a checkpoint needs to be read back: the config and `lora` (and tokenizer), and the weights'
+    `source`, as {"source", "seed"}; call on process 0 only."""
     directory = Path(workdir) / MODEL_DIR
     atomic_write_text(directory / CONFIG_FILE, json.dumps(dataclasses.asdict(config), indent=2))
+    if lora is not None:
+        atomic_write_text(directory / LORA_FILE, json.dumps(dataclasses.asdict(lora), indent=2))
     if source is not None:
         atomic_write_text(directory / SOURCE_FILE, json.dumps(source))
     if tokenizer is not None:
@@ -36,15 +48,30 @@ def read_source(workdir: str | os.PathLike) -> dict | None:
 
 def read_config(workdir: str | os.PathLike) -> LlamaConfig:
     """The run's LlamaConfig (model/llama_config.json); a missing or damaged one is a WeightsError naming it."""
-    path = Path(workdir) / MODEL_DIR / CONFIG_FILE
-    rewrite = f"; is {workdir} a training workdir? (xlit-train writes this file once, at the start of a run)"
-    fields = read_json(path, rewrite)
-    known = {f.name for f in dataclasses.fields(LlamaConfig)}
+    fields = _saved(workdir, CONFIG_FILE, LlamaConfig, LEGACY_FIELDS)
+    return LlamaConfig(**{k: v for k, v in fields.items() if k not in LEGACY_FIELDS})
+
+
+def read_lora(workdir: str | os.PathLike) -> LoraConfig | None:
+    """The run's LoraConfig (model/lora.json, or the LoRA fields of an older llama_config.json), or None:
+    full fine-tuning."""
+    if (Path(workdir) / MODEL_DIR / LORA_FILE).is_file():
+        return LoraConfig(**_saved(workdir, LORA_FILE, LoraConfig))
+    fields = _saved(workdir, CONFIG_FILE, LlamaConfig, LEGACY_FIELDS)
+    legacy = {LEGACY_LORA[k]: v for k, v in fields.items() if k in LEGACY_LORA}
+    return LoraConfig(**legacy) if legacy.get("rank") else None
+
+
+def _saved(workdir: str | os.PathLike, name: str, kind, legacy: tuple[str, ...] = ()) -> dict:
+    """The fields of model/NAME, a saved `kind` (JSON lists as tuples): a WeightsError naming the file when
+    it is missing, damaged or holds other fields than `kind`'s and `legacy`."""
+    path = Path(workdir) / MODEL_DIR / name
+    fields = read_json(path, REWRITE.format(workdir))
+    known = {f.name for f in dataclasses.fields(kind)} | set(legacy)
     if not isinstance(fields, dict) or not set(fields) <= known:
         unknown = sorted(set(fields) - known) if isinstance(fields, dict) else type(fields).__name__
-        raise WeightsError(f"{path}: not a LlamaConfig (unknown: {unknown}){rewrite}")
-    config = LlamaConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-    return config.replace(attention="auto")  # the kernel is the running machine's choice, not the model's
+        raise WeightsError(f"{path}: not a {kind.__name__} (unknown: {unknown}){REWRITE.format(workdir)}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
 
 
 def read_tokenizer(workdir: str | os.PathLike):

@@ -19,6 +19,7 @@ from absl import app, flags, logging
 
 from launch import define_inference_flags, inference_options, run_main
 from xlit_jax.errors import InputError
+from xlit_jax.loader import REPETITION_PENALTY
 from xlit_jax.evaluate.harness import run as bench_run
 from xlit_jax.evaluate.harness.data import BENCHMARKS
 from xlit_jax.evaluate.instructions import run as evaluation
@@ -47,7 +48,7 @@ flags.DEFINE_list("metrics", list(evaluation.DEFAULT_METRICS), f"of {', '.join(e
                   f"--responses: of {', '.join(evaluation.RESPONSES_METRICS)}; for --responses or LCB's sets alone the "
                   f"default is {', '.join(evaluation.LCB_DEFAULT_METRICS)})")
 flags.DEFINE_integer("max_new_tokens", 512, "new tokens per response at most (lcb alone: LCB's 100)")
-flags.DEFINE_float("repetition_penalty", 1.1, "HF-style repetition penalty (the paper's 1.1; lcb alone: 1.0)")
+flags.DEFINE_float("repetition_penalty", REPETITION_PENALTY, "HF-style repetition penalty (the paper's 1.1; lcb alone: 1.0)")
 flags.DEFINE_string("responses", None, "score the responses in this CSV or JSONL instead of generating (columns "
                     "response or completion, language; optional id, model, prompt, source, task); LCB's "
                     "outputs/*.csv as they are")

@@ -8,6 +8,7 @@ from absl import flags
 
 from launch import define_inference_flags, inference_options, run_main
 from xlit_jax.errors import InputError
+from xlit_jax.loader import REPETITION_PENALTY
 from xlit_jax.io.files import output_lock, read_jsonl
 from xlit_jax.io.tokenizer import prompt_too_long
 
@@ -16,7 +17,7 @@ flags.DEFINE_string("model", "smollm2-135m", "HF dir, .gguf file, checkpoint dir
 flags.DEFINE_string("prompts", None, "input JSONL", required=True)
 flags.DEFINE_string("out", None, "output JSONL (appended; existing ids are skipped)", required=True)
 flags.DEFINE_integer("max_new_tokens", 256, "new tokens per prompt at most")
-flags.DEFINE_float("repetition_penalty", 1.1, "HF-style repetition penalty (1 = off)")
+flags.DEFINE_float("repetition_penalty", REPETITION_PENALTY, "HF-style repetition penalty (1 = off)")
 flags.DEFINE_integer("batch_size", 8, "prompts decoded together (the decoding engine's slots)")
 define_inference_flags()
 

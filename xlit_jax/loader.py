@@ -22,6 +22,12 @@ from xlit_jax.models.llama import Llama, init_params
 from xlit_jax.models.presets import get_preset
 
 Prompt = str | Sequence[dict]  # plain text, or chat messages [{"role": ..., "content": ...}]
+REPETITION_PENALTY = 1.1  # the paper's, and the default of xlit-generate, xlit-eval and Model.generate
+
+
+def _one_prompt(prompts) -> bool:
+    """A string, or a list of chat messages, is one prompt; anything else a sequence of them."""
+    return isinstance(prompts, str) or (bool(prompts) and all(isinstance(m, dict) for m in prompts))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "attention"))
@@ -54,17 +60,22 @@ class Model:
         text = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 256, repetition_penalty: float = 1.0,
-                 batch_size: int = 8, on_batch=None) -> list[str]:
-        """Greedy responses, in the order of `prompts`. `on_batch(indices, texts)` sees each response as it
+    def generate(self, prompts: Prompt | Sequence[Prompt], max_new_tokens: int = 256,
+                 repetition_penalty: float = REPETITION_PENALTY, batch_size: int = 8, on_batch=None,
+                 sampling=None) -> str | list[str]:
+        """Responses (greedy, or `sampling`: decode.engine's Sampling), with xlit-generate's and xlit-eval's
+        repetition penalty by default. One prompt (a string, or a list of chat messages) gives one string;
+        a sequence of prompts a list in their order, and `on_batch(indices, texts)` sees each response as it
         finishes (one index at a time)."""
+        if _one_prompt(prompts):
+            return self.generate([prompts], max_new_tokens, repetition_penalty, batch_size, sampling=sampling)[0]
         ids = [self.encode(p) for p in prompts]
 
         def decoded(indices, outputs):
             on_batch(indices, [self.tokenizer.decode(o, skip_special_tokens=True) for o in outputs])
 
         outputs = self.generate_ids(ids, max_new_tokens, repetition_penalty, batch_size,
-                                    on_batch=decoded if on_batch else None)
+                                    on_batch=decoded if on_batch else None, sampling=sampling)
         return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
@@ -117,7 +128,8 @@ def load(src: str | os.PathLike, seed: int = 0, attention: str = "auto", **confi
     elif path.is_dir():
         from xlit_jax.io.checkpoints import load_for_inference
 
-        config, params, tokenizer = load_for_inference(path, **config_overrides)
+        workdir, step = _workdir_and_step(path)
+        config, params, tokenizer = load_for_inference(workdir, step, **config_overrides)
     else:
         raise _unknown_source(src)
     _check_vocabulary(tokenizer, config, src)
@@ -133,10 +145,21 @@ def _check_vocabulary(tokenizer, config: LlamaConfig, src: str) -> None:
                            f"{config.vocab_size} rows: the tokenizer belongs to another model")
 
 
+def _workdir_and_step(path: Path) -> tuple[Path, int | None]:
+    """A training workdir and its latest checkpoint, or WORKDIR/checkpoints/STEP and that step."""
+    if path.parent.name == "checkpoints" and path.name.isdigit():
+        return path.parent.parent, int(path.name)
+    return path, None
+
+
 def model_name(src: str | os.PathLike) -> str:
-    """The name `load(src)` gives its model (what outputs record as "model"), known without loading it."""
+    """The name `load(src)` gives its model (what outputs record as "model"), known without loading it: a
+    checkpoint step's is its workdir's name and the step (run-step1000)."""
     src = str(src)
-    return src if src == "smollm2-135m" or src.startswith("preset:") else Path(src).name
+    if src == "smollm2-135m" or src.startswith("preset:"):
+        return src
+    workdir, step = _workdir_and_step(Path(src))
+    return workdir.name if step is None else f"{workdir.name}-step{step}"
 
 
 def _check(attention: str, config: LlamaConfig) -> None:

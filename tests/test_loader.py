@@ -1,0 +1,25 @@
+"""xlit_jax.load's Model as docs and README use it: one prompt or many, the CLI's defaults."""
+
+import pytest
+
+import xlit_jax
+from xlit_jax.loader import REPETITION_PENALTY
+
+
+@pytest.fixture(scope="module")
+def tiny(tok):
+    model = xlit_jax.load("preset:tiny", vocab_size=49152, eos_token_ids=(2,), pad_token_id=2)
+    model.tokenizer = tok
+    return model
+
+
+def test_a_bare_prompt_is_one_prompt_and_the_defaults_are_the_clis(tiny, monkeypatch):
+    chat = [{"role": "user", "content": "Say hello"}]
+    one, several = tiny.generate("Say hello", max_new_tokens=4), tiny.generate(["Say hello", chat], max_new_tokens=4)
+    assert isinstance(one, str) and one == several[0]
+    assert tiny.generate(chat, max_new_tokens=4) == several[1]
+    seen = []
+    monkeypatch.setattr(type(tiny), "generate_ids", lambda self, ids, new, penalty, *a, **k: seen.append(penalty) or
+                        [[] for _ in ids])
+    tiny.generate("Say hello")
+    assert seen == [REPETITION_PENALTY] == [1.1]  # xlit-generate's and xlit-eval's --repetition_penalty default

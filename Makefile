@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-manual test-aot clean
+.PHONY: demo test test-slow test-manual test-aot lint clean
 
 $(STAMP): pyproject.toml scripts/install_system_packages.sh
 	bash scripts/install_system_packages.sh
@@ -23,6 +23,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 test-manual: $(STAMP)
 	$(PY) -m pytest -q -m manual $(PYTEST_ARGS)

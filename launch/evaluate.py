@@ -19,7 +19,6 @@ from absl import app, flags, logging
 
 from launch import define_inference_flags, inference_options, run_main
 from xlit_jax.errors import InputError
-from xlit_jax.loader import REPETITION_PENALTY
 from xlit_jax.evaluate.harness import run as bench_run
 from xlit_jax.evaluate.harness.data import BENCHMARKS
 from xlit_jax.evaluate.instructions import run as evaluation
@@ -27,6 +26,7 @@ from xlit_jax.evaluate.instructions.evalsets import EVAL_SETS, JSONL_PREFIX, LCB
 from xlit_jax.evaluate.instructions.responses import read_responses
 from xlit_jax.evaluate.report import write_report
 from xlit_jax.io.files import output_lock
+from xlit_jax.loader import REPETITION_PENALTY
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "HF dir, .gguf file, checkpoint dir (with or without LoRA), smollm2-135m "
@@ -48,7 +48,8 @@ flags.DEFINE_list("metrics", list(evaluation.DEFAULT_METRICS), f"of {', '.join(e
                   f"--responses: of {', '.join(evaluation.RESPONSES_METRICS)}; for --responses or LCB's sets alone the "
                   f"default is {', '.join(evaluation.LCB_DEFAULT_METRICS)})")
 flags.DEFINE_integer("max_new_tokens", 512, "new tokens per response at most (lcb alone: LCB's 100)")
-flags.DEFINE_float("repetition_penalty", REPETITION_PENALTY, "HF-style repetition penalty (the paper's 1.1; lcb alone: 1.0)")
+flags.DEFINE_float("repetition_penalty", REPETITION_PENALTY,
+                   "HF-style repetition penalty (the paper's 1.1; lcb alone: 1.0)")
 flags.DEFINE_string("responses", None, "score the responses in this CSV or JSONL instead of generating (columns "
                     "response or completion, language; optional id, model, prompt, source, task); LCB's "
                     "outputs/*.csv as they are")

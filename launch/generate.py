@@ -8,9 +8,9 @@ from absl import flags
 
 from launch import define_inference_flags, inference_options, run_main
 from xlit_jax.errors import InputError
-from xlit_jax.loader import REPETITION_PENALTY
 from xlit_jax.io.files import output_lock, read_jsonl
 from xlit_jax.io.tokenizer import prompt_too_long
+from xlit_jax.loader import REPETITION_PENALTY
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "HF dir, .gguf file, checkpoint dir, smollm2-135m or preset:NAME")

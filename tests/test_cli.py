@@ -36,7 +36,8 @@ def test_every_binary_reports_bad_input_in_one_line(tmp_path, shared_data):
         "convert": ([f"--src={missing}", f"--dst={tmp_path / 'hf'}"], f"{missing}: not a .gguf file"),
         "translate": ([f"--input=lima:{malformed}", f"--output_dir={tmp_path / 't'}"],
                       f"{malformed}:2: malformed JSON"),
-        "translation_demos": ([f"--src_file={tmp_path / 'src.txt'}", f"--tgt_file={tmp_path / 'tgt.txt'}", "--src_lang=en",
+        "translation_demos": ([f"--src_file={tmp_path / 'src.txt'}", f"--tgt_file={tmp_path / 'tgt.txt'}",
+                               "--src_lang=en",
                    "--tgt_lang=fr", f"--output={tmp_path / 'demos.jsonl'}"], "has 2 lines but"),
         "train": (["--config=configs/experiments/tiny_lora.py", f"--workdir={tmp_path / 'run'}",
                    f"--config.data.sources=('lima:{malformed}',)"], f"{malformed}:2: malformed JSON"),
@@ -155,7 +156,8 @@ def test_help_version_and_refusals_a_newcomer_meets_are_one_line_before_any_load
         ("convert", "--src=preset:llama9", f"--dst={tmp_path / 'hf'}"):
             "xlit-convert: unknown model preset 'llama9' (did you mean 'llama-1b'? known: llama-1b, llama2-13b, "
             "llama2-7b, smollm2-135m, tiny, tiny-tied, tower-7b)",
-        ("convert", "--src=preset:tiny", "--dts=x"): "xlit-convert: Unknown command line flag 'dts'. Did you mean: dst, dtype ?",
+        ("convert", "--src=preset:tiny", "--dts=x"):
+            "xlit-convert: Unknown command line flag 'dts'. Did you mean: dst, dtype ?",
         ("serve", "--model=preset:tiny", f"--port={port}"):
             f"xlit-serve: --host=127.0.0.1 --port={port}: cannot listen there: Address already in use",
         ("evaluate", "--model=preset:tiny", "--eval_set=chirkov", f"--out_dir={tmp_path / 'e'}"):

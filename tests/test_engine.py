@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import xlit_jax
-from xlit_jax.decode import engine as engine_lib, generate
+from xlit_jax.decode import engine as engine_lib
+from xlit_jax.decode import generate
 from xlit_jax.decode.engine import Engine, Request, chunk_plan, columns
 from xlit_jax.decode.generate import Sampling
 from xlit_jax.models.llama import Llama, init_cache

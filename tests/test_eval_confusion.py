@@ -42,7 +42,7 @@ def test_line_and_word_verdicts_on_known_answers(scorer):
         ("fr", FRENCH + "\nQ: And what is the capital city of Germany, then?", {"line_pass": 1.0, "line_share": 1.0}),
         ("fr", "!!! ... ---\n* * * * * *\n", {}),  # punctuation only: no line counts, the response is left out
         ("fr", "", {}),
-        ("zh", "北京是中国的首都，也是一座历史悠久的城市。\n我们昨天去了故宫和长城，玩得非常开心 with my friends。",  # jieba's tokens
+        ("zh", "北京是中国的首都，也是一座历史悠久的城市。\n我们昨天去了故宫和长城，玩得非常开心 with my friends。",  # noqa: E501 - wide characters
          {"line_pass": 1.0, "line_share": 1.0, "word_pass": 0.0}),
     ]
     results = scorer.score([item(lang) for lang, _, _ in cases], [text for _, text, _ in cases])

@@ -65,7 +65,8 @@ def test_parse_judgement_variants():
 def test_the_wrong_language_rule():
     stars = dict(zip(CRITERIA, (0, 2, 1, 2, 2, 2)))
     assert reported_scores(stars) == {"judge_language": 0.0}  # the judge found it in the wrong language
-    assert reported_scores({**stars, "language": 1}) == {f"judge_{c}": float(v) for c, v in {**stars, "language": 1}.items()}
+    right = {**stars, "language": 1}
+    assert reported_scores(right) == {f"judge_{c}": float(v) for c, v in right.items()}
     # asked in another language (lang_X): identification against X decides; the judge's Language is left out
     assert reported_scores(stars, right_language=True) == {f"judge_{c}": float(stars[c]) for c in CRITERIA[1:]}
     assert reported_scores(stars, right_language=False) == {}

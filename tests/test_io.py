@@ -12,10 +12,19 @@ from pathlib import Path
 import pytest
 
 import xlit_jax
-from xlit_jax.errors import InputError, UserError, WeightsError
 from xlit_jax.data.records import _json_array_rows
-from xlit_jax.io.files import (atomic_directory, atomic_write_text, output_lock, read_json, read_jsonl,
-                               read_output_jsonl, reported_write, resume_jsonl, umask)
+from xlit_jax.errors import InputError, UserError, WeightsError
+from xlit_jax.io.files import (
+    atomic_directory,
+    atomic_write_text,
+    output_lock,
+    read_json,
+    read_jsonl,
+    read_output_jsonl,
+    reported_write,
+    resume_jsonl,
+    umask,
+)
 from xlit_jax.io.gguf import GGUFFile, smollm2_gguf_path
 from xlit_jax.io.hf import config_from_hf, save_hf_dir
 from xlit_jax.models.presets import get_preset
@@ -281,7 +290,8 @@ def test_damaged_weights_as_downloaded_are_one_line_naming_file_and_tensor(tmp_p
     tiny_hf = save_hf_dir(model.config, model.params, tmp_path / "hf")
     config = tiny_hf / "config.json"
     original = json.loads(config.read_text())
-    weights = f"{tiny_hf / 'model.safetensors'}: tensor 'model.embed_tokens.weight' has shape [256, 64], but {config} makes it"
+    weights = (f"{tiny_hf / 'model.safetensors'}: tensor 'model.embed_tokens.weight' has shape [256, 64], but {config} "
+               "makes it")
     cases = [({"vocab_size": 300}, f"{weights} [300, 64] (vocab_size=300"),
              ({"hidden_size": 128, "head_dim": None}, f"{weights} [256, 128]"),
              ({"num_attention_heads": 3, "head_dim": None}, f"{config}: invalid LlamaConfig: hidden_size=64 is not a "

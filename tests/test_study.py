@@ -91,7 +91,8 @@ def test_any_experiment_field_can_be_overridden_and_a_bad_cadence_is_refused_bef
     config = smollm2_mini.get_config()
     config.train.data.seq_len, config.train.train.seed = 256, 3
     cell = next(c for c in grid.expand(config) if c.trains)
-    assert {"data.seq_len": "256", "train.seed": "3", "train.max_steps": "20"}.items() <= dict(cell.train_overrides).items()
+    given = {"data.seq_len": "256", "train.seed": "3", "train.max_steps": "20"}
+    assert given.items() <= dict(cell.train_overrides).items()
     assert "optim.lr" not in dict(cell.train_overrides)  # unset: the experiment's own
     experiment = grid.experiment_config(cell)
     assert (experiment.data.seq_len, experiment.train.seed, experiment.optim.lr) == (256, 3, float(cell.lr))
@@ -408,7 +409,8 @@ def test_data_preparation_and_benchmark_stage_commands(tmp_path):
     stages = grid.commands(demos, grid.cell_paths(tmp_path, demos), config.eval, "xlit")
     assert list(stages) == ["train", "eval", "bench"] and demos.last_stage == "bench"
     assert f"--config.data.sources=('chat:{folder}/alpaca_demos.jsonl',)" in stages["train"]
-    assert "--eval_set=xquad,mlqa,mmlu,bbh" in stages["bench"] and stages["bench"][-1] == "--languages=ar,de,en,es,it,zh"
+    assert "--eval_set=xquad,mlqa,mmlu,bbh" in stages["bench"]
+    assert stages["bench"][-1] == "--languages=ar,de,en,es,it,zh"
     assert stages["bench"][3].endswith(f"cells/{demos.name}/bench")
     # The translated arms: xlit-translate into alpaca-mt's folder (one translation for both), then for
     # alpaca-mt-demos one --mix_with per source; alpaca-mt trains on Alpaca and the translations.
@@ -417,7 +419,8 @@ def test_data_preparation_and_benchmark_stage_commands(tmp_path):
     translate_again, mixed = grid.prep_commands(mt_demos, tmp_path, "xlit").values()
     output = lambda argv: Path(next(a for a in argv if a.startswith("--output_dir=")).split("=", 1)[1])  # noqa: E731
     assert translate[0] == translate_again[0] == "xlit-translate"
-    assert output(translate).resolve() == output(translate_again).resolve() == (tmp_path / "data/alpaca-mt/mt").resolve()
+    shared = (tmp_path / "data/alpaca-mt/mt").resolve()
+    assert output(translate).resolve() == output(translate_again).resolve() == shared
     assert sum(a.startswith("--mix_with=") for a in mixed) == 6
     assert len(dict(mt.train_overrides)["data.sources"].split(",")) == 6
     printed = grid.command_lines(list(cells.values()), tmp_path, config.eval, "xlit")
@@ -486,7 +489,8 @@ def test_tiny_crossalpaca_prepares_data_once_and_runs_the_benchmark_stage(tmp_pa
     trained_on = json.loads((workdir / "cells" / cell / "train" / "experiment.json").read_text())
     assert trained_on["data"]["sources"] == [f"chat:{prepared}/lima_demos.jsonl"]
     text = (workdir / "report" / "report.md").read_text()
-    assert "## Benchmark differences from tiny.lima-en.lora.lr1e-3 (points)" in text and f"| {cell} | mmlu acc |" in text
+    assert "## Benchmark differences from tiny.lima-en.lora.lr1e-3 (points)" in text
+    assert f"| {cell} | mmlu acc |" in text
     again = study(*flags, "--status")
     assert "2 done" in again.stdout
     assert study(*flags).returncode == 0

@@ -89,7 +89,7 @@ def test_run_logs_every_step_and_keeps_checkpoints_and_exports(reference):
     assert xlit_jax.load(workdir).logits(np.array([[1, 2, 3]])).shape == (1, 3, config.vocab_size)
     # A checkpoint step's folder loads that step (docs/evaluation.md's --model=WORKDIR/checkpoints/STEP).
     at_4 = xlit_jax.load(workdir / "checkpoints" / "4")
-    assert at_4.name == f"{workdir.name}-step4" and xlit_jax.loader.model_name(workdir / "checkpoints" / "4") == at_4.name
+    assert at_4.name == f"{workdir.name}-step4" == xlit_jax.loader.model_name(workdir / "checkpoints" / "4")
     assert_same(at_4.params, load_for_inference(workdir, 4)[1])
 
 

@@ -12,7 +12,8 @@ from xlit_jax import sharding
 from xlit_jax.models.llama import Llama, init_params
 from xlit_jax.models.lora import LoraConfig, init_adapters, merge_params
 from xlit_jax.models.presets import get_preset
-from xlit_jax.train import optim, step as step_lib
+from xlit_jax.train import optim
+from xlit_jax.train import step as step_lib
 
 CONFIG = get_preset("tiny")
 

@@ -17,7 +17,8 @@ from xlit_jax.io.peft import adapter_tensors, save_peft_adapter
 from xlit_jax.models.llama import init_params
 from xlit_jax.models.lora import LoraConfig, init_adapters, merge_params
 from xlit_jax.models.presets import get_preset
-from xlit_jax.train import optim, step as step_lib
+from xlit_jax.train import optim
+from xlit_jax.train import step as step_lib
 
 STEPS = 10  # schedule length: the step uses its first value
 ADAMW = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0)

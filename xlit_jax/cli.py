@@ -183,13 +183,14 @@ def check_overrides(argv: list[str], flag_values=flags.FLAGS) -> None:
         flag = flag_values[name]
         if not isinstance(flag.parser, ConfigFileFlagParser):
             continue
-        overrides = [m.group(2) for arg in argv[1:] if (m := re.match(rf"-{{1,2}}(no)?{re.escape(name)}\.([^=]+)", arg))]
+        pattern = rf"-{{1,2}}(no)?{re.escape(name)}\.([^=]+)"
+        overrides = [m.group(2) for arg in argv[1:] if (m := re.match(pattern, arg))]
         path = _flag_value(argv[1:], name)
         if not overrides or path is None:
             continue
         try:
             config = flag.parser.parse(path)
-        except Exception:  # an unreadable config file: the flag's own parsing reports it
+        except Exception:  # noqa: BLE001 - an unreadable config file: the flag's own parsing reports it
             continue
         for override in overrides:
             problem = _unknown_field(config, override)

@@ -14,7 +14,6 @@ from ml_collections import ConfigDict
 
 from configs.experiments import base, paper
 
-
 FIG3_CELLS = ("llama2-13b.dolly-en.ft.lr1e-5", "llama2-7b.dolly-en.ft.lr1e-5", "llama2-13b.lima-en.ft.lr1e-5",
               "llama2-13b.dolly-en.lora.lr1e-4", "llama2-13b.dolly-dt.ft.lr1e-5", "tower-7b.dolly-en.ft.lr1e-5",
               "tower-7b.dolly-dt.ft.lr1e-5")

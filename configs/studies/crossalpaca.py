@@ -41,7 +41,8 @@ def get_config():
         "model_sources": {"llama2-7b": ""},
         "train": base.overrides(),  # of the experiment config, e.g. --config.train.train.max_steps=500
         "data_prep": {  # steps run in order; "{prep}" is WORKDIR/data/DATASET
-            "alpaca-demos": {"steps": ({**DEMOS, "mix_with": crossalpaca.ALPACA, "output": "{prep}/alpaca_demos.jsonl"},),
+            "alpaca-demos": {"steps": ({**DEMOS, "mix_with": crossalpaca.ALPACA,
+                                        "output": "{prep}/alpaca_demos.jsonl"},),
                              "sources": ("chat:{prep}/alpaca_demos.jsonl",)},
             "alpaca-mt": {"steps": (TRANSLATE,), "sources": (crossalpaca.ALPACA, *TRANSLATED)},
             "alpaca-mt-demos": {  # the same translations (done once: xlit-translate resumes by id)

@@ -7,7 +7,8 @@ static batched path of decode/generate.py), `xlit-eval` (the generation stage of
 same prompts: chat template, tokenization, decoding, detokenization and the keyed JSONL writes) and
 `torch` (transformers' `generate`). Each (engine, batch size) runs in its own subprocess so that its peak
 RSS is its own. A first call with the same shapes warms up (JAX compiles; torch allocates), then the
-median of --repeats timed calls counts (bench.common.time_calls). Tokens/s counts the tokens each row generates up to its EOS, over
+median of --repeats timed calls counts (bench.common.time_calls). Tokens/s counts the tokens each row generates up to
+its EOS, over
 the wall time of the whole batch.
 """
 

@@ -8,7 +8,8 @@ The server (the slot engine, uvicorn on loopback) and the `openai` clients run i
 client thread sends its share of the requests one after another. `xlit-generate` is its generation stage
 (`generate_to_jsonl`: tokenize, decode in batches of --batch_size, detokenize, append to a JSONL) on the
 same model object. Every configuration runs --warmups times untimed (JAX compiles each shape once),
-then is timed once (bench.common.time_calls). Tokens/s counts completion tokens (up to EOS) over the wall time of all requests.
+then is timed once (bench.common.time_calls). Tokens/s counts completion tokens (up to EOS) over the wall time of all
+requests.
 """
 
 from __future__ import annotations

@@ -129,7 +129,8 @@ def markdown(rows: list[dict]) -> str:
     parts = ["# Evaluation scores", "",
              "Cells: mean (responses scored). language_correct (the whole response), line_pass, line_share "
              "and word_pass (LCB's line and word level), spelling, code_switching (words only English's "
-             "dictionary takes), relevance and modifier fulfilment in %; judge criteria on 0-2, responses in the wrong language (by the judge's "
+             "dictionary takes), relevance and modifier fulfilment in %; judge criteria on 0-2, responses in the "
+             "wrong language (by the judge's "
              "Language; for an answer asked in another language, by language identification) left out of every "
              "criterion but language."]
     table = benchmark_markdown(rows)

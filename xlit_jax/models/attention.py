@@ -258,6 +258,8 @@ def _splash_kernel(heads: int, length: int, block: int, interpret: bool):
     builds them, so a kernel kept across traces would leak them."""
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as splash,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_mask as masks,
     )
 

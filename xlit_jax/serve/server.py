@@ -26,7 +26,6 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from xlit_jax.serve.limits import Limits
 from xlit_jax.serve.protocol import APIError
 
-
 # What a server process keeps open besides its connections: weights, the compilation cache, logs, threads.
 RESERVED_FILES = 256
 

@@ -76,8 +76,9 @@ def _item_key(row: dict) -> tuple:
 def page(items: list[dict], language: str, guidelines: str) -> str:
     """The sheet as one HTML page: everything inline, the items as JSON, no network."""
     digest = hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]  # names the browser's saved state
-    data = json.dumps({"sheet": f"{language}-{digest}", "language": language, "criteria": CRITERIA,
-                       "scale": SCALE, "fields": SHEET_FIELDS, "items": items}, ensure_ascii=False).replace("</", "<\\/")
+    sheet = {"sheet": f"{language}-{digest}", "language": language, "criteria": CRITERIA, "scale": SCALE,
+             "fields": SHEET_FIELDS, "items": items}
+    data = json.dumps(sheet, ensure_ascii=False).replace("</", "<\\/")
     return (PAGE_TEMPLATE.read_text(encoding="utf-8").replace("{{LANGUAGE}}", html.escape(language))
             .replace("{{GUIDELINES}}", html.escape(guidelines)).replace("{{DATA}}", data))
 

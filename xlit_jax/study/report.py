@@ -178,7 +178,8 @@ def difference_table(rows: list[dict]) -> list[str]:
         k, digits = _scale(r["metric"]), 1 if r["metric"] in FRACTION_METRICS else 2
         holds = "yes" if r["ci_low"] > 0 or r["ci_high"] < 0 else "no"
         body.append([r["cell"], r["against"], r["metric"], "fr/pt/ru" if r["language"] == OTHERS else r["language"],
-                     f"{k * r['difference']:+.{digits}f} [{k * r['ci_low']:+.{digits}f}, {k * r['ci_high']:+.{digits}f}] "
+                     f"{k * r['difference']:+.{digits}f} "
+                     f"[{k * r['ci_low']:+.{digits}f}, {k * r['ci_high']:+.{digits}f}] "
                      f"n={r['n']}", holds])
     return ["## Differences between cells (paired bootstrap over items)", "",
             "cell minus the cell it is compared with, on the items both scored (n), 95% percentile-bootstrap "

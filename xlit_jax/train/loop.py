@@ -21,7 +21,8 @@ from xlit_jax.errors import NonFiniteError, UserError
 from xlit_jax.io import checkpoints as ckpt
 from xlit_jax.models.config import LlamaConfig, resolve_dtype
 from xlit_jax.models.lora import LoraConfig, init_adapters, merge_params
-from xlit_jax.train import metrics, optim, probes, step as step_lib
+from xlit_jax.train import metrics, optim, probes
+from xlit_jax.train import step as step_lib
 
 
 def model_overrides(cfg, platform: str | None = None) -> dict:

@@ -27,8 +27,17 @@ array data), `agree` (restoring on every process and agreeing on the outcome), `
 
 from xlit_jax.io.checkpoints.frozen import FROZEN_DIR, has_frozen, replace_frozen, restore_frozen, save_frozen
 from xlit_jax.io.checkpoints.inference import load_for_inference
-from xlit_jax.io.checkpoints.model_info import (CONFIG_FILE, LORA_FILE, MODEL_DIR, SOURCE_FILE, read_config,
-                                                read_lora, read_source, read_tokenizer, save_model_info)
+from xlit_jax.io.checkpoints.model_info import (
+                                                CONFIG_FILE,
+                                                LORA_FILE,
+                                                MODEL_DIR,
+                                                SOURCE_FILE,
+                                                read_config,
+                                                read_lora,
+                                                read_source,
+                                                read_tokenizer,
+                                                save_model_info,
+)
 from xlit_jax.io.checkpoints.steps import CHECKPOINTS_DIR, Checkpoints
 from xlit_jax.io.checkpoints.sums import checksums
 

@@ -38,7 +38,7 @@ def restore_everywhere(restore, directory: Path, check=lambda value: None) -> tu
     own read worked while another's failed."""
     try:
         value, reason = restore(), None
-    except Exception as e:  # Orbax and TensorStore raise ValueError, OSError, bare Exception, ...
+    except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise ValueError, OSError, bare Exception, ...
         value, reason = None, _reason(e, directory)
     if not everywhere(reason is None):
         return False, None, reason

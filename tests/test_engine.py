@@ -95,8 +95,9 @@ def test_cancelled_request_frees_its_slot_and_the_others_are_unchanged(tiny, pro
 
 
 def test_compilations_are_bounded_and_the_state_is_updated_in_place(tiny, prompts):
-    """One prefill per chunk shape and width read, one decoding program per width read (a length bucket),
-    whatever the prompts; the same requests again compile nothing; the cache is donated."""
+    """One prefill per chunk shape and width read, one decoding program per rows and width read (a power of
+    two and a length bucket), whatever the prompts; the same requests again compile nothing; the cache is
+    donated."""
     prefills, decodes = engine_lib._prefill._cache_size(), engine_lib._decode._cache_size()
     engine = Engine(tiny.params, tiny.config, slots=5, max_len=384, prefill_chunk=64)
     for prompt, n in zip(prompts, MAX_NEW):
@@ -108,12 +109,42 @@ def test_compilations_are_bounded_and_the_state_is_updated_in_place(tiny, prompt
     shapes = {(len(ids), engine._width(start + len(ids))) for p in prompts for ids, _, start, _ in chunk_plan(p, 64, 0)}
     assert engine_lib._prefill._cache_size() - prefills == len(shapes) == 4  # 32, 48 and 64 wide chunks
     widths = {engine._width(n) for n in range(1, engine.max_len + 1)}  # every width a call can read
-    assert engine_lib._decode._cache_size() - decodes == len(widths) == 2  # 256 and 384 columns
+    rows = {engine._rows(n) for n in range(1, 6)}  # every number of rows a call can compute
+    assert (len(widths), rows) == (2, {1, 2, 4, 5})  # 256 and 384 columns
+    assert 2 <= engine_lib._decode._cache_size() - decodes <= len(rows) * len(widths)
     compiled = engine_lib._prefill._cache_size(), engine_lib._decode._cache_size()
     for prompt, n in zip(prompts, MAX_NEW):
         engine.submit(Request(prompt, n, 1.1))
     engine.run()
     assert (engine_lib._prefill._cache_size(), engine_lib._decode._cache_size()) == compiled
+
+
+def test_requests_left_in_the_last_slots_move_to_the_first_and_calls_compute_those_only(tiny, prompts):
+    """When the requests of the first slots finish, the one left in the last slot moves to slot 0, and
+    decoding calls compute one row instead of four; its tokens are those it gets alone."""
+    engine = Engine(tiny.params, tiny.config, slots=4, max_len=512)
+    short = [Request(prompts[i], 2, 1.1) for i in (1, 3, 5)]
+    last = Request(prompts[2], 30, 1.1)
+    for request in short + [last]:
+        engine.submit(request)
+    calls = []
+    decode = engine_lib._decode
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["rows"])
+        return decode(*args, **kwargs)
+
+    engine_lib._decode = counted
+    try:
+        engine.run()
+    finally:
+        engine_lib._decode = decode
+    assert calls[0] == 4 and calls[-1] == 1 and calls.count(1) > 20
+    alone = Engine(tiny.params, tiny.config, slots=1, max_len=512)
+    alone.submit(Request(prompts[2], 30, 1.1))
+    want = alone.waiting[0]
+    alone.run()
+    assert last.output == want.output and len(want.output) > 20
 
 
 def test_requests_that_do_not_fit_are_refused(tiny):

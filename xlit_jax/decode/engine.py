@@ -10,7 +10,10 @@ programs update it in place (the state is donated):
   chunk shapes and activations are bounded by the chunk, not the prompt. A long prompt's chunks are
   interleaved with decoding chunks of the other slots.
 - `_decode` advances every live slot by up to `steps` tokens inside one call (a `while_loop` that stops
-  early when no slot is live), so the host is off the per-token path.
+  early when no slot is live), so the host is off the per-token path. It computes the first R slots only,
+  R the power of two that holds the last live one: a step's cost grows with its rows, so as a run drains,
+  requests left in the last slots move to free first ones (`_move`, a fraction of a step) and the last
+  few requests cost a few rows, not S.
 
 Neither reads the whole cache: a decoding step attends over its first W columns, W the length bucket
 (256, 384, 512, 768, ...) of the longest live slot, and a prefill reads and writes its slot's columns up to
@@ -18,10 +21,10 @@ its chunk's end, bucketed the same way. A step's cost grows with the columns it 
 per column at 16 slots, docs/benchmarks.md), so short slots do not pay for the cache's full width.
 
 Between calls the host loop (`Engine.run_once`) frees the slots of finished or cancelled requests and
-admits waiting prompts into them. A slot's columns before its query are all rewritten by its own request
-(prefill from column 0, then one column per step) and later columns are masked by causality, so nothing
-of a slot's previous request is ever read. Compilations: one per chunk shape and width read, one decoding
-program per width read (twice that when some request samples), all bounded by the length buckets.
+admits waiting prompts into them, first slots first. A slot's columns before its query are all rewritten
+by its own request (prefill from column 0, then one column per step) and later columns are masked by
+causality, so nothing of a slot's previous request is ever read. Compilations: one per chunk shape and width read, one decoding
+program per rows and width read (twice that when some request samples), all bounded by the buckets.
 
 Greedy output equals the static path's (`decode.generate`) and HF's; a sampled request draws from its own
 key folded with its own step, so a seed gives the same tokens whatever else runs.
@@ -128,14 +131,17 @@ def _prefill(params, state, slot, ids, segments, start, before, settings, *, con
     return {"cache": cache, **{name: state[name].at[slot].set(value) for name, value in values.items()}}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "steps", "sampled", "width"), donate_argnums=1)
-def _decode(params, state, live, eos_ids, *, config: LlamaConfig, steps: int, sampled: bool, width: int):
-    """Up to `steps` tokens for every slot where `live` [S]; a slot stops at EOS or its max_new. Attention
-    reads the first `width` columns of the cache, which hold every live slot's tokens to the last step.
-    Returns the state, the tokens [S, steps] (-1 where a slot made none) and which slots are still live."""
+@functools.partial(jax.jit, static_argnames=("config", "steps", "sampled", "width", "rows"), donate_argnums=1)
+def _decode(params, state, live, eos_ids, *, config: LlamaConfig, steps: int, sampled: bool, width: int, rows: int):
+    """Up to `steps` tokens for every slot where `live` [rows]; a slot stops at EOS or its max_new. Only the
+    first `rows` slots are computed (every live slot is among them) and attention reads the first `width`
+    columns of the cache, which hold every live slot's tokens to the last step. Returns the state, the tokens
+    [rows, steps] (-1 where a slot made none) and which slots are still live."""
     model = Llama(config, read_columns=width)
-    slots = live.shape[0]
-    rows = jnp.arange(slots)
+    indices = jnp.arange(rows)
+    cache = state["cache"]
+    head = {name: value[:rows] for name, value in state.items() if name != "cache"}
+    head["cache"] = {**cache, "segments": cache["segments"][:rows], "index": cache["index"][:rows]}
 
     def keep_going(carry):
         i, _, live, _ = carry
@@ -151,13 +157,26 @@ def _decode(params, state, live, eos_ids, *, config: LlamaConfig, steps: int, sa
                                         live[:, None].astype(jnp.int32), s["cache"])
         s = {**s, "cache": {**cache, "index": s["cache"]["index"] + live}, "step": step,
              "logits": jnp.where(live[:, None], new_logits[:, 0], s["logits"]), "position": s["position"] + live,
-             "seen": s["seen"].at[rows, jnp.where(live, token, config.vocab_size)].set(True, mode="drop")}
+             "seen": s["seen"].at[indices, jnp.where(live, token, config.vocab_size)].set(True, mode="drop")}
         finished = jnp.isin(token, eos_ids) | (step >= s["max_new"])
         return i + 1, s, live & ~finished, tokens.at[:, i].set(token)
 
-    tokens = jnp.full((slots, steps), -1, jnp.int32)
-    _, state, live, tokens = jax.lax.while_loop(keep_going, one_step, (jnp.int32(0), state, live, tokens))
-    return state, tokens, live
+    tokens = jnp.full((rows, steps), -1, jnp.int32)
+    _, head, live, tokens = jax.lax.while_loop(keep_going, one_step, (jnp.int32(0), head, live, tokens))
+    done = {name: state[name].at[:rows].set(head[name]) for name in head if name != "cache"}
+    done["cache"] = {**head["cache"], **{name: cache[name].at[:rows].set(head["cache"][name])
+                                         for name in ("segments", "index")}}
+    return done, tokens, live
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _move(state, source, target):
+    """Slot `source` (its cache rows, settings and logits) into slot `target`."""
+    cache = state["cache"]
+    moved = {name: value.at[target].set(value[source]) for name, value in state.items() if name != "cache"}
+    moved["cache"] = {name: cache[name].at[:, target].set(cache[name][:, source]) for name in ("k", "v")}
+    moved["cache"] |= {name: cache[name].at[target].set(cache[name][source]) for name in ("segments", "index")}
+    return moved
 
 
 class Engine:
@@ -234,11 +253,12 @@ class Engine:
         live = np.asarray([s is not None and s.decoding for s in self.slots])
         if not live.any():
             return
+        rows = self._rows(int(np.flatnonzero(live)[-1]) + 1)
         decoding = [s for s in self.slots if s is not None and s.decoding]
         sampled = any(s.request.sampling.temperature > 0 for s in decoding)
         width = self._width(max(s.filled for s in decoding) + self.steps)
-        self.state, tokens, still = _decode(self.params, self.state, live, self.eos, config=self.config,
-                                            steps=self.steps, sampled=sampled, width=width)
+        self.state, tokens, still = _decode(self.params, self.state, live[:rows], self.eos, config=self.config,
+                                            steps=self.steps, sampled=sampled, width=width, rows=rows)
         tokens, still = np.asarray(tokens), np.asarray(still)
         for i in np.flatnonzero(live):
             request = self.slots[i].request
@@ -251,6 +271,25 @@ class Engine:
             request.output.extend(new)
             if request.on_update is not None:
                 request.on_update(request)
+        self._compact()
+
+    def _rows(self, needed: int) -> int:
+        """The slots a decoding call computes for the first `needed`: a power of two (a few programs), at
+        most all of them. A step's cost grows with its rows, so idle slots past the last live one cost
+        nothing."""
+        return min(1 << (needed - 1).bit_length(), len(self.slots))
+
+    def _compact(self) -> None:
+        """Move requests from the last slots into free first ones when that lets decoding calls compute fewer
+        rows (as the last requests of a run finish): copying a slot costs a fraction of one step."""
+        taken = [i for i, slot in enumerate(self.slots) if slot is not None]
+        if not taken or self._rows(len(taken)) >= self._rows(taken[-1] + 1):
+            return
+        rows = self._rows(len(taken))
+        for source in (i for i in taken if i >= rows):
+            target = self.slots.index(None)
+            self.state = _move(self.state, source, target)
+            self.slots[target], self.slots[source] = self.slots[source], None
 
     def _width(self, needed: int) -> int:
         """The cache columns a call reads for `needed`: at least MIN_READ, rounded up to a length bucket so

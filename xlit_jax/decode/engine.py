@@ -23,11 +23,12 @@ per column at 16 slots, docs/benchmarks.md), so short slots do not pay for the c
 Between calls the host loop (`Engine.run_once`) frees the slots of finished or cancelled requests and
 admits waiting prompts into them, first slots first. A slot's columns before its query are all rewritten
 by its own request (prefill from column 0, then one column per step) and later columns are masked by
-causality, so nothing of a slot's previous request is ever read. Compilations: one per chunk shape and width read, one decoding
-program per rows and width read (twice that when some request samples), all bounded by the buckets.
+causality, so nothing of a slot's previous request is ever read. Compilations: one per chunk shape and
+width read, one decoding program per rows and width read (twice that when some request samples), all
+bounded by the buckets (decode/buckets.py).
 
-Greedy output equals the static path's (`decode.generate`) and HF's; a sampled request draws from its own
-key folded with its own step, so a seed gives the same tokens whatever else runs.
+Greedy output equals HF's `generate` (tests/test_generate.py); a sampled request draws from its own key
+folded with its own step (decode/sampling.py), so a seed gives the same tokens whatever else runs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlit_jax.decode.generate import Sampling, apply_repetition_penalty, choose_next, prompt_bucket
+from xlit_jax.decode.buckets import bucket, prompt_bucket
+from xlit_jax.decode.sampling import Sampling, apply_repetition_penalty, choose_next
 from xlit_jax.models import attention
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_cache
@@ -180,13 +182,15 @@ def _move(state, source, target):
 
 
 class Engine:
-    """S slots over one model; `submit` requests, then call `run_once` (or `run`) from one thread."""
+    """S slots over one model; `submit` requests, then call `run_once` (or `run`) from one thread.
+    `shrink=False` decodes every slot over the whole cache in every call: one decoding program, for a caller
+    that must not compile again after its first run (a training run's probes)."""
 
     def __init__(self, params, config: LlamaConfig, *, slots: int = 16, max_len: int | None = None,
-                 prefill_chunk: int = PREFILL_CHUNK, steps: int = DECODE_STEPS):
+                 prefill_chunk: int = PREFILL_CHUNK, steps: int = DECODE_STEPS, shrink: bool = True):
         if not config.eos_token_ids:
             raise ValueError("the model config names no EOS token; generation would never stop early")
-        self.params, self.config, self.chunk, self.steps = params, config, prefill_chunk, steps
+        self.params, self.config, self.chunk, self.steps, self.shrink = params, config, prefill_chunk, steps, shrink
         self.implementation = attention.choose(config.attention, config.dtype, config.head_dim)
         self.max_len = attention.cache_length(max_len or default_max_len(config, prefill_chunk), self.implementation)
         self.state = init_state(config, slots, self.max_len)
@@ -256,7 +260,7 @@ class Engine:
         rows = self._rows(int(np.flatnonzero(live)[-1]) + 1)
         decoding = [s for s in self.slots if s is not None and s.decoding]
         sampled = any(s.request.sampling.temperature > 0 for s in decoding)
-        width = self._width(max(s.filled for s in decoding) + self.steps)
+        width = self._width(max(s.filled for s in decoding) + self.steps) if self.shrink else self.max_len
         self.state, tokens, still = _decode(self.params, self.state, live[:rows], self.eos, config=self.config,
                                             steps=self.steps, sampled=sampled, width=width, rows=rows)
         tokens, still = np.asarray(tokens), np.asarray(still)
@@ -277,7 +281,7 @@ class Engine:
         """The slots a decoding call computes for the first `needed`: a power of two (a few programs), at
         most all of them. A step's cost grows with its rows, so idle slots past the last live one cost
         nothing."""
-        return min(1 << (needed - 1).bit_length(), len(self.slots))
+        return min(bucket(needed), len(self.slots)) if self.shrink else len(self.slots)
 
     def _compact(self) -> None:
         """Move requests from the last slots into free first ones when that lets decoding calls compute fewer
@@ -304,13 +308,11 @@ def default_max_len(config: LlamaConfig, prefill_chunk: int = PREFILL_CHUNK) -> 
 
 
 def generate_ids(params, config: LlamaConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                 repetition_penalty: float = 1.0, slots: int = 8, on_batch=None,
+                 repetition_penalty: float = 1.0, slots: int = 8, on_finished=None,
                  sampling: Sequence[Sampling] | None = None, **engine_options) -> list[list[int]]:
     """Continuations (EOS stripped) of tokenized prompts through an engine of `slots` slots sized for them,
     in the order given; `sampling`, one per prompt, samples those whose temperature is > 0.
-
-    `on_batch(indices, outputs)` is called as each sequence finishes (one index at a time), e.g. to write
-    it at once."""
+    `on_finished(index, output)` is called as each sequence finishes, e.g. to write it at once."""
     too_long = [i for i, p in enumerate(prompts) if len(p) + max_new_tokens > config.max_position_embeddings]
     if too_long:
         raise ValueError(f"prompts {too_long[:5]} plus max_new_tokens={max_new_tokens} exceed the model's "
@@ -323,11 +325,30 @@ def generate_ids(params, config: LlamaConfig, prompts: Sequence[Sequence[int]], 
     requests = []
     for i, prompt in enumerate(prompts):
         def finished(request, i=i):
-            if request.finish_reason is not None and on_batch is not None:
-                on_batch([i], [request.output])
+            if request.finish_reason is not None and on_finished is not None:
+                on_finished(i, request.output)
 
         requests.append(Request(prompt, max_new_tokens, repetition_penalty,
                                 sampling[i] if sampling is not None else Sampling(), finished))
         engine.submit(requests[-1])
     engine.run()
     return [r.output for r in requests]
+
+
+def lower_programs(params, config: LlamaConfig, slots: int, prompt_len: int, new_tokens: int, place):
+    """The engine's two programs lowered on abstract inputs for the compile-only plans (plan/decoding.py):
+    "prefill", a prompt's last chunk into one slot, and "step", a decoding call of every slot, each reading
+    a whole slot of a cache sized for `prompt_len` + `new_tokens`. `params` may be ShapeDtypeStructs;
+    `place(shape, dtype)` gives every other input's. Returns (the lowered programs, the state's shapes)."""
+    implementation = attention.choose(config.attention, config.dtype, config.head_dim)
+    max_len = attention.cache_length(columns(prompt_len, PREFILL_CHUNK) + new_tokens, implementation)
+    state = jax.tree_util.tree_map(lambda x: place(x.shape, x.dtype),
+                                   jax.eval_shape(lambda: init_state(config, slots, max_len)))
+    number, real = place((), jnp.int32), place((), jnp.float32)
+    chunk = place((len(chunk_plan([0] * prompt_len, PREFILL_CHUNK, 0)[-1][0]),), jnp.int32)
+    settings = (number, real, real, real, place((2,), jnp.uint32))
+    eos = place((len(config.eos_token_ids),), jnp.int32)
+    return {"prefill": _prefill.lower(params, state, number, chunk, chunk, number, number, settings, config=config,
+                                      width=max_len),
+            "step": _decode.lower(params, state, place((slots,), jnp.bool_), eos, config=config, steps=DECODE_STEPS,
+                                  sampled=False, width=max_len, rows=slots)}, state

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from xlit_jax.decode.engine import DECODE_STEPS, Engine, Request as EngineRequest
-from xlit_jax.decode.generate import Sampling
+from xlit_jax.decode.sampling import Sampling
 from xlit_jax.errors import InputError
 from xlit_jax.serve import protocol
 from xlit_jax.serve.protocol import MAX_STOPS, APIError, ChatRequest, CompletionRequest, RequestBody

@@ -61,7 +61,7 @@ def main(argv):
     with output_lock(FLAGS.out):  # a second writer of --out is refused before the model loads
         model = xlit_jax.load(FLAGS.model, **inference_options())
         generate_to_jsonl(model, rows, FLAGS.out, max_new_tokens=FLAGS.max_new_tokens,
-                          repetition_penalty=FLAGS.repetition_penalty, batch_size=FLAGS.batch_size)
+                          repetition_penalty=FLAGS.repetition_penalty, slots=FLAGS.batch_size)
 
 
 def run():

@@ -20,7 +20,7 @@ flags.DEFINE_enum("engine", "seq2seq", ["seq2seq", "llm"], "seq2seq: an NLLB mod
                   "one of our models prompted to translate")
 flags.DEFINE_string("model", None, "seq2seq: hub name or directory (default facebook/nllb-200-3.3B); llm: "
                     "anything xlit_jax.load takes (default smollm2-135m)")
-flags.DEFINE_integer("batch_size", 16, "sentences per generate call")
+flags.DEFINE_integer("batch_size", 16, "seq2seq: sentences per generate call; llm: the decoding engine's slots")
 flags.DEFINE_integer("num_beams", 4, "seq2seq beam size")
 flags.DEFINE_integer("max_new_tokens", 256, "new tokens per sentence at most")
 flags.DEFINE_float("repetition_penalty", 1.0, "llm engine: HF-style repetition penalty")

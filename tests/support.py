@@ -41,7 +41,7 @@ def left_padded(sequences, pad_id=0):
 class ScriptedModel:
     """Answers each chat prompt with `reply(user_text)` (default: the user's text back, which is in the
     prompt's language and well spelled), through the same `generate` interface as xlit_jax models.
-    `stop_after` raises KeyboardInterrupt once that many batches were delivered, like a killed run."""
+    `stop_after` raises KeyboardInterrupt once that many responses were delivered, like a killed run."""
 
     def __init__(self, name="scripted", reply=None, stop_after=None):
         self.name = name
@@ -50,15 +50,15 @@ class ScriptedModel:
         self.prompts_seen = []
         self.calls = []
 
-    def generate(self, prompts, max_new_tokens=256, repetition_penalty=1.0, batch_size=8, on_batch=None):
+    def generate(self, prompts, max_new_tokens=256, repetition_penalty=1.0, slots=8, on_finished=None):
         self.calls.append({"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty})
         texts = [self.reply(p[-1]["content"] if isinstance(p, list) else p) for p in prompts]
-        for batch, start in enumerate(range(0, len(prompts), batch_size)):
-            if self.stop_after is not None and batch == self.stop_after:
+        for index, text in enumerate(texts):
+            if index == self.stop_after:
                 raise KeyboardInterrupt
-            self.prompts_seen += prompts[start:start + batch_size]
-            if on_batch is not None:
-                on_batch(list(range(start, min(start + batch_size, len(prompts)))), texts[start:start + batch_size])
+            self.prompts_seen.append(prompts[index])
+            if on_finished is not None:
+                on_finished(index, text)
         return texts
 
 

@@ -144,6 +144,6 @@ def test_translate_cli_with_the_tiny_model(tiny_nllb, tmp_path):
 
 
 def test_llm_translator_on_smollm2(smollm2):
-    out = LLMTranslator(smollm2, batch_size=2, max_new_tokens=8)(["Good morning.", "Thank you very much."],
+    out = LLMTranslator(smollm2, slots=2, max_new_tokens=8)(["Good morning.", "Thank you very much."],
                                                                  "en", "fr")
     assert len(out) == 2 and all(isinstance(t, str) and t for t in out)

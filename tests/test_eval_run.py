@@ -47,7 +47,7 @@ def test_generates_scores_and_reports(tmp_path, config):
 
 def test_interrupted_run_resumes_without_redoing_work(tmp_path, config):
     with pytest.raises(KeyboardInterrupt):
-        evaluate_model(ScriptedModel(stop_after=1), tmp_path, config)
+        evaluate_model(ScriptedModel(stop_after=2), tmp_path, config)
     generations = tmp_path / "generations.jsonl"
     assert len(rows(generations)) == 2
     with open(generations, "a", encoding="utf-8") as f:

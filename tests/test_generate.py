@@ -1,4 +1,5 @@
-"""Greedy decoding against HF `generate(do_sample=False, repetition_penalty=1.1)`: the same tokens."""
+"""Greedy decoding through the engine against HF `generate(do_sample=False, repetition_penalty=1.1)`: the same
+tokens; the penalty, the shape buckets and the choice of the next token on their own."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,8 @@ import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 import xlit_jax
-from xlit_jax.decode.generate import apply_repetition_penalty, bucket, prompt_bucket
+from xlit_jax.decode.buckets import bucket, prompt_bucket
+from xlit_jax.decode.sampling import Sampling, apply_repetition_penalty, choose_next
 
 from support import NEW_TOKENS, hf_generate, paper_prompts
 
@@ -19,7 +21,7 @@ def prompt_ids(smollm2, shared_data):
 
 
 def test_batched_greedy_matches_hf_batched(smollm2, hf_smollm2, prompt_ids):
-    ours = smollm2.generate_ids(prompt_ids, NEW_TOKENS, repetition_penalty=1.1, batch_size=8)
+    ours = smollm2.generate_ids(prompt_ids, NEW_TOKENS, repetition_penalty=1.1, slots=8)
     assert ours == hf_generate(hf_smollm2, prompt_ids)
     assert all(len(o) > 5 for o in ours)
 
@@ -48,10 +50,10 @@ def test_shapes_are_bucketed():
         32, 32, 48, 48, 64, 96, 128, 192, 768]
 
 
-def test_generation_stops_at_eos_and_handles_uneven_batches():
+def test_generation_stops_at_eos_and_handles_more_prompts_than_slots():
     model = xlit_jax.load("preset:tiny", seed=1)
     prompts = [[5, 6, 7], [9], [10, 11, 12, 13, 14]]
-    batched = model.generate_ids(prompts, 12, batch_size=2)
+    batched = model.generate_ids(prompts, 12, slots=2)
     single = [model.generate_ids([p], 12)[0] for p in prompts]
     assert batched == single
     eos = model.config.eos_token_ids[0]
@@ -64,17 +66,22 @@ def test_prompt_longer_than_model_positions_is_refused():
         model.generate_ids([[5] * 500], 20)
 
 
-def test_choose_next_greedy_rows_nucleus_and_per_row_keys():
-    from xlit_jax.decode.generate import Sampling, choose_next, sampling_rows
+def sampling_rows(settings):
+    """(temperature, top_p, PRNG keys) of rows, as the engine's state holds them."""
+    return (jnp.asarray([s.temperature for s in settings], jnp.float32),
+            jnp.asarray([s.top_p for s in settings], jnp.float32),
+            jnp.stack([jax.random.PRNGKey(s.seed) for s in settings]))
 
-    logits = jnp.log(jnp.asarray([[0.1, 0.6, 0.3, 0.0001]] * 3, jnp.float32))
-    rows = sampling_rows([Sampling(0.0), Sampling(1.0, top_p=0.5, seed=1), Sampling(1.0, top_p=0.8, seed=2)], 4)
-    draws = np.asarray(jax.vmap(lambda step: choose_next(jnp.concatenate([logits, logits[:1]]), rows, step))(
-        jnp.arange(2000)))
-    assert (draws[:, 0] == 1).all() and (draws[:, 3] == 1).all()  # temperature 0, and a padding row
+
+def test_choose_next_greedy_rows_nucleus_and_per_row_keys():
+    logits = jnp.log(jnp.asarray([[0.1, 0.6, 0.3, 0.0001]] * 4, jnp.float32))
+    rows = sampling_rows([Sampling(0.0), Sampling(1.0, top_p=0.5, seed=1), Sampling(1.0, top_p=0.8, seed=2),
+                          Sampling()])
+    draws = np.asarray(jax.vmap(lambda step: choose_next(logits, rows, step))(jnp.arange(2000)))
+    assert (draws[:, 0] == 1).all() and (draws[:, 3] == 1).all()  # temperature 0
     assert (draws[:, 1] == 1).all()  # the top token alone holds 0.6 >= top_p
     frequencies = np.bincount(draws[:, 2], minlength=4) / len(draws)
     np.testing.assert_allclose(frequencies, [0, 2 / 3, 1 / 3, 0], atol=0.04)  # 0.6 + 0.3 renormalized
     # A row's draws depend on its own key and the step only, not on the rows beside it.
-    alone = sampling_rows([Sampling(1.0, top_p=0.8, seed=2)], 1)
+    alone = sampling_rows([Sampling(1.0, top_p=0.8, seed=2)])
     assert int(choose_next(logits[:1], alone, 5)[0]) == int(draws[5, 2])

@@ -149,3 +149,19 @@ def test_load_config_reads_the_shapes_without_the_weights():
     assert load_config("preset:llama2-13b", dtype="bfloat16") == get_preset("llama2-13b").replace(dtype="bfloat16")
     smollm2 = load_config("smollm2-135m")  # the GGUF header only
     assert (smollm2.num_layers, smollm2.num_heads, smollm2.num_kv_heads, smollm2.tie_embeddings) == (30, 9, 3, True)
+
+
+def test_decoding_plan_compiles_the_engines_programs_each_holding_its_state():
+    """plan_decoding on this CPU: the engine's prefill and decoding call, each with the weights and the
+    engine's state (the KV cache for prompt + new tokens in every slot) as arguments; the peak is the
+    larger program's."""
+    import jax
+
+    from xlit_jax.plan import plan_decoding
+
+    result = plan_decoding("preset:tiny", jax.devices()[0], 4, 64, 32)
+    for compiled in (result.prefill, result.step):
+        assert compiled.argument_bytes >= result.weight_bytes + result.cache_bytes and compiled.attention == "xla"
+    row = result.row()
+    assert row["peak_gib"] * 2**30 == max(result.prefill.peak_bytes, result.step.peak_bytes)
+    assert (row["batch"], row["attention"]) == (4, "xla") and row["compile_s"] > 0

@@ -61,30 +61,30 @@ class Model:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def generate(self, prompts: Prompt | Sequence[Prompt], max_new_tokens: int = 256,
-                 repetition_penalty: float = REPETITION_PENALTY, batch_size: int = 8, on_batch=None,
+                 repetition_penalty: float = REPETITION_PENALTY, slots: int = 8, on_finished=None,
                  sampling=None) -> str | list[str]:
-        """Responses (greedy, or `sampling`: decode.engine's Sampling), with xlit-generate's and xlit-eval's
-        repetition penalty by default. One prompt (a string, or a list of chat messages) gives one string;
-        a sequence of prompts a list in their order, and `on_batch(indices, texts)` sees each response as it
-        finishes (one index at a time)."""
+        """Responses (greedy, or `sampling`: decode.sampling's Sampling) through `slots` slots of the decoding
+        engine, with xlit-generate's and xlit-eval's repetition penalty by default. One prompt (a string, or a
+        list of chat messages) gives one string; a sequence of prompts a list in their order, and
+        `on_finished(index, text)` sees each response as it finishes."""
         if _one_prompt(prompts):
-            return self.generate([prompts], max_new_tokens, repetition_penalty, batch_size, sampling=sampling)[0]
+            return self.generate([prompts], max_new_tokens, repetition_penalty, slots, sampling=sampling)[0]
         ids = [self.encode(p) for p in prompts]
 
-        def decoded(indices, outputs):
-            on_batch(indices, [self.tokenizer.decode(o, skip_special_tokens=True) for o in outputs])
+        def decoded(index, output):
+            on_finished(index, self.tokenizer.decode(output, skip_special_tokens=True))
 
-        outputs = self.generate_ids(ids, max_new_tokens, repetition_penalty, batch_size,
-                                    on_batch=decoded if on_batch else None, sampling=sampling)
+        outputs = self.generate_ids(ids, max_new_tokens, repetition_penalty, slots,
+                                    on_finished=decoded if on_finished else None, sampling=sampling)
         return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
-                     repetition_penalty: float = 1.0, batch_size: int = 8, on_batch=None,
+                     repetition_penalty: float = 1.0, slots: int = 8, on_finished=None,
                      sampling=None) -> list[list[int]]:
-        """Continuations of token ids through the decoding engine (decode/engine.py) with `batch_size`
-        slots; `on_batch(indices, outputs)` sees each sequence as it finishes."""
+        """Continuations of token ids through `slots` slots of the decoding engine (decode/engine.py);
+        `on_finished(index, output)` sees each sequence as it finishes."""
         return generate_ids(self.params, self.config, prompts, max_new_tokens=max_new_tokens,
-                            repetition_penalty=repetition_penalty, slots=batch_size, on_batch=on_batch,
+                            repetition_penalty=repetition_penalty, slots=slots, on_finished=on_finished,
                             sampling=sampling, attention=self.attention)
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]], batch_size: int = 8,

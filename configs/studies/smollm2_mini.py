@@ -40,7 +40,7 @@ def get_config():
             "seed": 0,
             "metrics": "language,spelling",
             "max_new_tokens": 64,
-            "batch_size": 4,  # prefill memory grows with batch x prompt bucket: 10 GiB at 16 x 2048
+            "batch_size": 4,  # the engine's slots; the static path's prefill at 16 x 2048 took 10 GiB (BUILD_NOTES)
         },
         "baselines": {"smollm2-135m": "smollm2-135m"},
     })

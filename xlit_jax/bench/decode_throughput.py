@@ -2,10 +2,10 @@
 
     python -m xlit_jax.bench.decode_throughput --batch_sizes=1,16,64 --new_tokens=64
 
-Engines: `jax` (`Model.generate_ids` on token ids: the slot engine of decode/engine.py), `jax-static` (the
-static batched path of decode/generate.py), `xlit-eval` (the generation stage of xlit-eval on the
-same prompts: chat template, tokenization, decoding, detokenization and the keyed JSONL writes) and
-`torch` (transformers' `generate`). Each (engine, batch size) runs in its own subprocess so that its peak
+Engines: `jax` (`Model.generate_ids` on token ids: the slot engine of decode/engine.py, --batch_sizes its
+slots), `xlit-eval` (the generation stage of xlit-eval on the same prompts: chat template, tokenization,
+decoding, detokenization and the keyed JSONL writes) and `torch` (transformers' `generate`, batches of
+similar lengths). Each (engine, batch size) runs in its own subprocess so that its peak
 RSS is its own. A first call with the same shapes warms up (JAX compiles; torch allocates), then the
 median of --repeats timed calls counts (bench.common.time_calls). Tokens/s counts the tokens each row generates up to
 its EOS, over
@@ -26,8 +26,8 @@ from xlit_jax.bench import common, workloads
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model for both engines (the HF side loads the same GGUF)")
 flags.DEFINE_list("batch_sizes", ["1", "16"], "batch sizes to measure")
-flags.DEFINE_list("engines", ["jax", "xlit-eval", "torch"], "of jax, jax-static, xlit-eval, torch")
-flags.DEFINE_integer("prompts", 0, "prompts per call for jax, jax-static and torch (0: the batch size)")
+flags.DEFINE_list("engines", ["jax", "xlit-eval", "torch"], "of jax, xlit-eval, torch")
+flags.DEFINE_integer("prompts", 0, "prompts per call for jax and torch (0: the batch size)")
 flags.DEFINE_list("languages", ["en"], "languages of the paper's instructions, taken in turn")
 flags.DEFINE_integer("new_tokens", 64, "max new tokens per prompt")
 flags.DEFINE_float("repetition_penalty", 1.1, "as in the paper")
@@ -47,19 +47,12 @@ def load_timed():
     return model, time.perf_counter() - start
 
 
-def measure_jax(batch: int, static: bool = False) -> dict:
-    from xlit_jax.decode import generate
-
+def measure_jax(batch: int) -> dict:
     model, load_s = load_timed()
     ids = [model.encode(p) for p in workloads.paper_prompts(FLAGS.data, FLAGS.prompts or batch, FLAGS.languages)]
 
     def run():
-        if static:
-            outputs = generate.generate_ids(model.params, model.config, ids, max_new_tokens=FLAGS.new_tokens,
-                                            repetition_penalty=FLAGS.repetition_penalty, batch_size=batch)
-        else:
-            outputs = model.generate_ids(ids, FLAGS.new_tokens, FLAGS.repetition_penalty, batch_size=batch)
-        return sum(map(len, outputs))
+        return sum(map(len, model.generate_ids(ids, FLAGS.new_tokens, FLAGS.repetition_penalty, slots=batch)))
 
     return {"load_s": load_s, **timed(run)}
 
@@ -126,7 +119,7 @@ def measure_torch(batch: int) -> dict:
                               pad_token_id=0)
         return sum(next((i for i, t in enumerate(row) if t in eos), len(row)) for row in out[:, width:].tolist())
 
-    def run():  # batches of similar lengths, as the static path forms them
+    def run():  # batches of similar lengths: its padding is the longest prompt's of each
         return sum(generate(encoded[i:i + batch]) for i in range(0, len(encoded), batch))
 
     return {"load_s": load_s, **timed(run)}
@@ -142,8 +135,7 @@ def timed(run) -> dict:
 
 def worker(spec: str) -> None:
     engine, batch = spec.split(":")
-    measure = {"jax": measure_jax, "jax-static": lambda b: measure_jax(b, static=True), "xlit-eval": measure_eval,
-               "torch": measure_torch}[engine]
+    measure = {"jax": measure_jax, "xlit-eval": measure_eval, "torch": measure_torch}[engine]
     result = measure(int(batch))
     result.update(engine=engine, batch=int(batch),
                   peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)

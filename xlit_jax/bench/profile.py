@@ -1,5 +1,5 @@
-"""Where a step's time goes: one traced call of the train step or of greedy decoding, its XLA ops grouped
-by what they compute.
+"""Where a step's time goes: one traced call of the train step, or --new_tokens decoding steps of the engine,
+their XLA ops grouped by what they compute.
 
     python -m xlit_jax.bench.profile --what=train --batch=4 --seq_len=256
     python -m xlit_jax.bench.profile --what=decode --batch=16 --new_tokens=64
@@ -26,7 +26,7 @@ from absl import app, flags
 from xlit_jax.bench import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("what", "train", ["train", "decode"], "the train step (full FT or LoRA) or greedy decoding")
+flags.DEFINE_enum("what", "train", ["train", "decode"], "the train step (full FT or LoRA) or decoding steps")
 flags.DEFINE_string("model", "smollm2-135m", "model source")
 flags.DEFINE_enum("method", "ft", ["ft", "lora"], "train: full fine-tuning or LoRA")
 flags.DEFINE_integer("batch", 4, "rows")
@@ -102,21 +102,29 @@ def train_call():
 
 
 def decode_call():
+    """(a no-argument function running --new_tokens decoding calls of the engine's --batch slots, all live, over
+    a cache sized for the paper's first --batch prompts, the decoding program's text)."""
     import jax.numpy as jnp
+    import numpy as np
 
     import xlit_jax
     from xlit_jax.bench.workloads import paper_prompts
-    from xlit_jax.decode.generate import bucket, greedy_decode, left_pad, prompt_bucket
+    from xlit_jax.decode.engine import lower_programs
 
     model = xlit_jax.load(FLAGS.model)
-    config = model.config
-    ids = [model.encode(p) for p in paper_prompts(FLAGS.data, FLAGS.batch)]
-    tokens, segments = left_pad(ids, prompt_bucket(max(map(len, ids))), bucket(len(ids)),
-                                config.eos_token_ids[0])
-    args = (model.params, tokens, segments, jnp.float32(1.1), jnp.asarray(config.eos_token_ids, jnp.int32))
-    kwargs = dict(config=config, max_new_tokens=FLAGS.new_tokens)
-    text = greedy_decode.lower(*args, **kwargs).compile().as_text()
-    return (lambda: jax.block_until_ready(greedy_decode(*args, **kwargs))), text
+    longest = max(len(model.encode(p)) for p in paper_prompts(FLAGS.data, FLAGS.batch))
+    lowered, shapes = lower_programs(model.params, model.config, FLAGS.batch, longest, FLAGS.new_tokens,
+                                     jax.ShapeDtypeStruct)
+    step = lowered["step"].compile()
+    state = [jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)]
+    live, eos = np.ones(FLAGS.batch, bool), jnp.asarray(model.config.eos_token_ids, jnp.int32)
+
+    def call():
+        for _ in range(FLAGS.new_tokens):
+            state[0], tokens, _ = step(model.params, state[0], live, eos)
+        jax.block_until_ready(tokens)
+
+    return call, step.as_text()
 
 
 def main(argv):

@@ -6,7 +6,7 @@
 
 The server (the slot engine, uvicorn on loopback) and the `openai` clients run in this process; each
 client thread sends its share of the requests one after another. `xlit-generate` is its generation stage
-(`generate_to_jsonl`: tokenize, decode in batches of --batch_size, detokenize, append to a JSONL) on the
+(`generate_to_jsonl`: tokenize, decode through --max_batch engine slots, detokenize, append to a JSONL) on the
 same model object. Every configuration runs --warmups times untimed (JAX compiles each shape once),
 then is timed once (bench.common.time_calls). Tokens/s counts completion tokens (up to EOS) over the wall time of all
 requests.
@@ -71,7 +71,7 @@ def through_xlit_generate(model, prompts) -> dict:
         rows = [{"id": i, "prompt": p} for i, (p, b) in enumerate(zip(prompts, asked)) if b == budget]
         with tempfile.TemporaryDirectory() as tmp:
             out = generate_to_jsonl(model, rows, f"{tmp}/out.jsonl", max_new_tokens=budget,
-                                    repetition_penalty=FLAGS.repetition_penalty, batch_size=FLAGS.max_batch)
+                                    repetition_penalty=FLAGS.repetition_penalty, slots=FLAGS.max_batch)
         # new_tokens excludes EOS; the server counts it, as OpenAI does: add it where a row stopped early.
         tokens += sum(r["new_tokens"] + (r["new_tokens"] < budget) for r in out)
     return {"tokens": tokens}

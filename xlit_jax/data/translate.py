@@ -155,13 +155,13 @@ class Seq2SeqTranslator:
 class LLMTranslator:
     """Asks a chat model loaded by `xlit_jax.load` to translate, one unit per prompt (greedy decoding)."""
 
-    def __init__(self, model, batch_size: int = 8, max_new_tokens: int = 256, repetition_penalty: float = 1.0):
-        self.model, self.batch_size = model, batch_size
+    def __init__(self, model, slots: int = 8, max_new_tokens: int = 256, repetition_penalty: float = 1.0):
+        self.model, self.slots = model, slots
         self.max_new_tokens, self.repetition_penalty = max_new_tokens, repetition_penalty
 
     def __call__(self, texts: list[str], src: str, tgt: str) -> list[str]:
         prompts = [[{"role": "user", "content": LLM_PROMPT.format(src=english_name(src), tgt=english_name(tgt),
                                                                   text=text)}] for text in texts]
-        outputs = self.model.generate(prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+        outputs = self.model.generate(prompts, max_new_tokens=self.max_new_tokens, slots=self.slots,
                                       repetition_penalty=self.repetition_penalty)
         return [o.strip() for o in outputs]

@@ -10,7 +10,10 @@ programs update it in place (the state is donated):
   chunk shapes and activations are bounded by the chunk, not the prompt. A long prompt's chunks are
   interleaved with decoding chunks of the other slots.
 - `_decode` advances every live slot by up to `steps` tokens inside one call (a `while_loop` that stops
-  early when no slot is live), so the host is off the per-token path.
+  early when no slot is live), so the host is off the per-token path. It computes the first R slots only,
+  R the power of two that holds the last live one: a step's cost grows with its rows, so as a run drains,
+  requests left in the last slots move to free first ones (`_move`, a fraction of a step) and the last
+  few requests cost a few rows, not S.
 
 Neither reads the whole cache: a decoding step attends over its first W columns, W the length bucket
 (256, 384, 512, 768, ...) of the longest live slot, and a prefill reads and writes its slot's columns up to
@@ -18,13 +21,14 @@ its chunk's end, bucketed the same way. A step's cost grows with the columns it 
 per column at 16 slots, docs/benchmarks.md), so short slots do not pay for the cache's full width.
 
 Between calls the host loop (`Engine.run_once`) frees the slots of finished or cancelled requests and
-admits waiting prompts into them. A slot's columns before its query are all rewritten by its own request
-(prefill from column 0, then one column per step) and later columns are masked by causality, so nothing
-of a slot's previous request is ever read. Compilations: one per chunk shape and width read, one decoding
-program per width read (twice that when some request samples), all bounded by the length buckets.
+admits waiting prompts into them, first slots first. A slot's columns before its query are all rewritten
+by its own request (prefill from column 0, then one column per step) and later columns are masked by
+causality, so nothing of a slot's previous request is ever read. Compilations: one per chunk shape and
+width read, one decoding program per rows and width read (twice that when some request samples), all
+bounded by the buckets (decode/buckets.py).
 
-Greedy output equals the static path's (`decode.generate`) and HF's; a sampled request draws from its own
-key folded with its own step, so a seed gives the same tokens whatever else runs.
+Greedy output equals HF's `generate` (tests/test_generate.py); a sampled request draws from its own key
+folded with its own step (decode/sampling.py), so a seed gives the same tokens whatever else runs.
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlit_jax.decode.generate import Sampling, apply_repetition_penalty, choose_next, prompt_bucket
+from xlit_jax.decode.buckets import bucket, prompt_bucket
+from xlit_jax.decode.sampling import Sampling, apply_repetition_penalty, choose_next
 from xlit_jax.models import attention as kernels  # `attention` names the kernel setting here
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_cache
+from xlit_jax.models.lora import LoraConfig, adapted
 
 PREFILL_CHUNK = 256  # prompt tokens per prefill call at most
 DECODE_STEPS = 1  # decoding steps per call: the fastest on CPU of 1, 4 and 8 (docs/benchmarks.md)
@@ -102,9 +108,9 @@ def init_state(config: LlamaConfig, slots: int, max_len: int) -> dict:
             "top_p": jnp.ones(slots, jnp.float32), "keys": jnp.zeros((slots, 2), jnp.uint32)}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "attention", "width"), donate_argnums=1)
+@functools.partial(jax.jit, static_argnames=("config", "attention", "lora", "width"), donate_argnums=1)
 def _prefill(params, state, slot, ids, segments, start, before, settings, *, config: LlamaConfig, attention: str,
-             width: int):
+             lora: LoraConfig | None, width: int):
     """Chunk ids/segments [C] of the prompt in `slot`, at columns [start, start + C) <= `width`; `before`
     prompt tokens precede it. Only the slot's first `width` columns are read and written. The first chunk
     (start 0) clears the slot's segments and seen tokens. `settings` (max_new, penalty, temperature, top_p,
@@ -116,8 +122,9 @@ def _prefill(params, state, slot, ids, segments, start, before, settings, *, con
     segments_window = jax.lax.dynamic_slice(cache["segments"], (slot, 0), (1, width))
     sub |= {"segments": jnp.where(first, 0, segments_window), "index": start}
     positions = before + jnp.maximum(jnp.cumsum(segments) - 1, 0)
-    logits, sub = Llama(config, attention).apply({"params": params}, ids[None], positions[None], segments[None],
-                                                 sub, last_only=True)
+    with adapted(lora):
+        logits, sub = Llama(config, attention).apply({"params": params}, ids[None], positions[None], segments[None],
+                                                     sub, last_only=True)
     cache = {**{name: jax.lax.dynamic_update_slice(cache[name], sub[name], corner) for name in ("k", "v")},
              "segments": jax.lax.dynamic_update_slice(cache["segments"], sub["segments"], (slot, 0)),
              "index": cache["index"].at[slot].set(sub["index"])}
@@ -129,15 +136,19 @@ def _prefill(params, state, slot, ids, segments, start, before, settings, *, con
     return {"cache": cache, **{name: state[name].at[slot].set(value) for name, value in values.items()}}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "attention", "steps", "sampled", "width"), donate_argnums=1)
-def _decode(params, state, live, eos_ids, *, config: LlamaConfig, attention: str, steps: int, sampled: bool,
-            width: int):
-    """Up to `steps` tokens for every slot where `live` [S]; a slot stops at EOS or its max_new. Attention
-    reads the first `width` columns of the cache, which hold every live slot's tokens to the last step.
-    Returns the state, the tokens [S, steps] (-1 where a slot made none) and which slots are still live."""
+@functools.partial(jax.jit, static_argnames=("config", "attention", "lora", "steps", "sampled", "width", "rows"),
+                   donate_argnums=1)
+def _decode(params, state, live, eos_ids, *, config: LlamaConfig, attention: str, lora: LoraConfig | None, steps: int,
+            sampled: bool, width: int, rows: int):
+    """Up to `steps` tokens for every slot where `live` [rows]; a slot stops at EOS or its max_new. Only the
+    first `rows` slots are computed (every live slot is among them) and attention reads the first `width`
+    columns of the cache, which hold every live slot's tokens to the last step. Returns the state, the tokens
+    [rows, steps] (-1 where a slot made none) and which slots are still live."""
     model = Llama(config, attention, read_columns=width)
-    slots = live.shape[0]
-    rows = jnp.arange(slots)
+    indices = jnp.arange(rows)
+    cache = state["cache"]
+    head = {name: value[:rows] for name, value in state.items() if name != "cache"}
+    head["cache"] = {**cache, "segments": cache["segments"][:rows], "index": cache["index"][:rows]}
 
     def keep_going(carry):
         i, _, live, _ = carry
@@ -153,24 +164,42 @@ def _decode(params, state, live, eos_ids, *, config: LlamaConfig, attention: str
                                         live[:, None].astype(jnp.int32), s["cache"])
         s = {**s, "cache": {**cache, "index": s["cache"]["index"] + live}, "step": step,
              "logits": jnp.where(live[:, None], new_logits[:, 0], s["logits"]), "position": s["position"] + live,
-             "seen": s["seen"].at[rows, jnp.where(live, token, config.vocab_size)].set(True, mode="drop")}
+             "seen": s["seen"].at[indices, jnp.where(live, token, config.vocab_size)].set(True, mode="drop")}
         finished = jnp.isin(token, eos_ids) | (step >= s["max_new"])
         return i + 1, s, live & ~finished, tokens.at[:, i].set(token)
 
-    tokens = jnp.full((slots, steps), -1, jnp.int32)
-    _, state, live, tokens = jax.lax.while_loop(keep_going, one_step, (jnp.int32(0), state, live, tokens))
-    return state, tokens, live
+    tokens = jnp.full((rows, steps), -1, jnp.int32)
+    with adapted(lora):
+        _, head, live, tokens = jax.lax.while_loop(keep_going, one_step, (jnp.int32(0), head, live, tokens))
+    done = {name: state[name].at[:rows].set(head[name]) for name in head if name != "cache"}
+    done["cache"] = {**head["cache"], **{name: cache[name].at[:rows].set(head["cache"][name])
+                                         for name in ("segments", "index")}}
+    return done, tokens, live
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _move(state, source, target):
+    """Slot `source` (its cache rows, settings and logits) into slot `target`."""
+    cache = state["cache"]
+    moved = {name: value.at[target].set(value[source]) for name, value in state.items() if name != "cache"}
+    moved["cache"] = {name: cache[name].at[:, target].set(cache[name][:, source]) for name in ("k", "v")}
+    moved["cache"] |= {name: cache[name].at[target].set(cache[name][source]) for name in ("segments", "index")}
+    return moved
 
 
 class Engine:
     """S slots over one model; `submit` requests, then call `run_once` (or `run`) from one thread. `attention`
-    is the kernel setting (models/attention.py)."""
+    is the kernel setting (models/attention.py); `lora`: the params hold these adapters, unmerged (a LoRA run's
+    probes). `shrink=False` decodes every slot over the whole cache in every call: one decoding program, for a
+    caller that must not compile again after its first run (a training run's probes)."""
 
-    def __init__(self, params, config: LlamaConfig, *, attention: str = "auto", slots: int = 16,
-                 max_len: int | None = None, prefill_chunk: int = PREFILL_CHUNK, steps: int = DECODE_STEPS):
+    def __init__(self, params, config: LlamaConfig, *, attention: str = "auto", lora: LoraConfig | None = None,
+                 slots: int = 16, max_len: int | None = None, prefill_chunk: int = PREFILL_CHUNK,
+                 steps: int = DECODE_STEPS, shrink: bool = True):
         if not config.eos_token_ids:
             raise ValueError("the model config names no EOS token; generation would never stop early")
-        self.params, self.config, self.chunk, self.steps = params, config, prefill_chunk, steps
+        self.params, self.config, self.lora, self.chunk, self.steps = params, config, lora, prefill_chunk, steps
+        self.shrink = shrink
         self.implementation = kernels.choose(attention, config.dtype, config.head_dim)
         self.max_len = kernels.cache_length(max_len or default_max_len(config, prefill_chunk), self.implementation)
         self.state = init_state(config, slots, self.max_len)
@@ -230,7 +259,7 @@ class Engine:
                             jax.random.PRNGKey(request.sampling.seed))
                 slot.filled = start + len(ids)
                 self.state = _prefill(self.params, self.state, i, ids, segments, start, before, settings,
-                                      config=self.config, attention=self.implementation,
+                                      config=self.config, attention=self.implementation, lora=self.lora,
                                       width=self._width(slot.filled))
                 slot.decoding = not slot.chunks
 
@@ -238,12 +267,13 @@ class Engine:
         live = np.asarray([s is not None and s.decoding for s in self.slots])
         if not live.any():
             return
+        rows = self._rows(int(np.flatnonzero(live)[-1]) + 1)
         decoding = [s for s in self.slots if s is not None and s.decoding]
         sampled = any(s.request.sampling.temperature > 0 for s in decoding)
-        width = self._width(max(s.filled for s in decoding) + self.steps)
-        self.state, tokens, still = _decode(self.params, self.state, live, self.eos, config=self.config,
-                                            attention=self.implementation, steps=self.steps, sampled=sampled,
-                                            width=width)
+        width = self._width(max(s.filled for s in decoding) + self.steps) if self.shrink else self.max_len
+        self.state, tokens, still = _decode(self.params, self.state, live[:rows], self.eos, config=self.config,
+                                            attention=self.implementation, lora=self.lora, steps=self.steps,
+                                            sampled=sampled, width=width, rows=rows)
         tokens, still = np.asarray(tokens), np.asarray(still)
         for i in np.flatnonzero(live):
             request = self.slots[i].request
@@ -256,6 +286,25 @@ class Engine:
             request.output.extend(new)
             if request.on_update is not None:
                 request.on_update(request)
+        self._compact()
+
+    def _rows(self, needed: int) -> int:
+        """The slots a decoding call computes for the first `needed`: a power of two (a few programs), at
+        most all of them. A step's cost grows with its rows, so idle slots past the last live one cost
+        nothing."""
+        return min(bucket(needed), len(self.slots)) if self.shrink else len(self.slots)
+
+    def _compact(self) -> None:
+        """Move requests from the last slots into free first ones when that lets decoding calls compute fewer
+        rows (as the last requests of a run finish): copying a slot costs a fraction of one step."""
+        taken = [i for i, slot in enumerate(self.slots) if slot is not None]
+        if not taken or self._rows(len(taken)) >= self._rows(taken[-1] + 1):
+            return
+        rows = self._rows(len(taken))
+        for source in (i for i in taken if i >= rows):
+            target = self.slots.index(None)
+            self.state = _move(self.state, source, target)
+            self.slots[target], self.slots[source] = self.slots[source], None
 
     def _width(self, needed: int) -> int:
         """The cache columns a call reads for `needed`: at least MIN_READ, rounded up to a length bucket so
@@ -270,13 +319,11 @@ def default_max_len(config: LlamaConfig, prefill_chunk: int = PREFILL_CHUNK) -> 
 
 
 def generate_ids(params, config: LlamaConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                 repetition_penalty: float = 1.0, slots: int = 8, on_batch=None,
+                 repetition_penalty: float = 1.0, slots: int = 8, on_finished=None,
                  sampling: Sequence[Sampling] | None = None, **engine_options) -> list[list[int]]:
     """Continuations (EOS stripped) of tokenized prompts through an engine of `slots` slots sized for them,
     in the order given; `sampling`, one per prompt, samples those whose temperature is > 0.
-
-    `on_batch(indices, outputs)` is called as each sequence finishes (one index at a time), e.g. to write
-    it at once."""
+    `on_finished(index, output)` is called as each sequence finishes, e.g. to write it at once."""
     too_long = [i for i, p in enumerate(prompts) if len(p) + max_new_tokens > config.max_position_embeddings]
     if too_long:
         raise ValueError(f"prompts {too_long[:5]} plus max_new_tokens={max_new_tokens} exceed the model's "
@@ -289,11 +336,32 @@ def generate_ids(params, config: LlamaConfig, prompts: Sequence[Sequence[int]], 
     requests = []
     for i, prompt in enumerate(prompts):
         def finished(request, i=i):
-            if request.finish_reason is not None and on_batch is not None:
-                on_batch([i], [request.output])
+            if request.finish_reason is not None and on_finished is not None:
+                on_finished(i, request.output)
 
         requests.append(Request(prompt, max_new_tokens, repetition_penalty,
                                 sampling[i] if sampling is not None else Sampling(), finished))
         engine.submit(requests[-1])
     engine.run()
     return [r.output for r in requests]
+
+
+def lower_programs(params, config: LlamaConfig, slots: int, prompt_len: int, new_tokens: int, place,
+                   attention: str = "auto"):
+    """The engine's two programs lowered on abstract inputs for the compile-only plans (plan/decoding.py):
+    "prefill", a prompt's last chunk into one slot, and "step", a decoding call of every slot, each reading
+    a whole slot of a cache sized for `prompt_len` + `new_tokens`. `params` may be ShapeDtypeStructs;
+    `place(shape, dtype)` gives every other input's; `attention` is the kernel setting. Returns (the lowered programs, the state's shapes)."""
+    implementation = kernels.choose(attention, config.dtype, config.head_dim)
+    max_len = kernels.cache_length(columns(prompt_len, PREFILL_CHUNK) + new_tokens, implementation)
+    state = jax.tree_util.tree_map(lambda x: place(x.shape, x.dtype),
+                                   jax.eval_shape(lambda: init_state(config, slots, max_len)))
+    number, real = place((), jnp.int32), place((), jnp.float32)
+    chunk = place((len(chunk_plan([0] * prompt_len, PREFILL_CHUNK, 0)[-1][0]),), jnp.int32)
+    settings = (number, real, real, real, place((2,), jnp.uint32))
+    eos = place((len(config.eos_token_ids),), jnp.int32)
+    return {"prefill": _prefill.lower(params, state, number, chunk, chunk, number, number, settings, config=config,
+                                      attention=implementation, lora=None, width=max_len),
+            "step": _decode.lower(params, state, place((slots,), jnp.bool_), eos, config=config,
+                                  attention=implementation, lora=None, steps=DECODE_STEPS, sampled=False,
+                                  width=max_len, rows=slots)}, state

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlit_jax.decode.generate import bucket
+from xlit_jax.decode.buckets import bucket
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama
 

@@ -11,17 +11,17 @@ from xlit_jax.io.files import append_jsonl, output_lock, resume_jsonl
 
 
 def generate_to_jsonl(model, rows: list[dict], out: str | os.PathLike, *, max_new_tokens: int,
-                      repetition_penalty: float, batch_size: int) -> list[dict]:
+                      repetition_penalty: float, slots: int) -> list[dict]:
     """rows: {"id", "prompt", ...}; each output row is the input row (minus the prompt) plus "output",
     "model", "prompt_tokens", "new_tokens". Rows whose id is already in `out` are not generated again.
     Each result is appended as its sequence finishes, so a killed run loses only the unfinished ones
-    (at most `batch_size`, the engine's slots); a second run on the same `out` is refused while this one
+    (at most `slots`, the decoding engine's); a second run on the same `out` is refused while this one
     writes (io.files.output_lock). Returns all output rows in the order of `rows`."""
     with output_lock(out):
-        return _generate_to_jsonl(model, rows, out, max_new_tokens, repetition_penalty, batch_size)
+        return _generate_to_jsonl(model, rows, out, max_new_tokens, repetition_penalty, slots)
 
 
-def _generate_to_jsonl(model, rows, out, max_new_tokens, repetition_penalty, batch_size) -> list[dict]:
+def _generate_to_jsonl(model, rows, out, max_new_tokens, repetition_penalty, slots) -> list[dict]:
     finished = {str(r["id"]): r for r in resume_jsonl(out)}
     todo = [r for r in rows if str(r["id"]) not in finished]
     logging.info("%d prompts, %d already done, %d to generate", len(rows), len(rows) - len(todo), len(todo))
@@ -29,16 +29,15 @@ def _generate_to_jsonl(model, rows, out, max_new_tokens, repetition_penalty, bat
         ids = [model.encode(r["prompt"]) for r in todo]
         _check_lengths(todo, ids, max_new_tokens, model.config.max_position_embeddings)
 
-        def write(indices, outputs):
-            new = [{**{k: v for k, v in todo[i].items() if k != "prompt"},
-                    "output": model.tokenizer.decode(out_ids, skip_special_tokens=True), "model": model.name,
-                    "prompt_tokens": len(ids[i]), "new_tokens": len(out_ids)}
-                   for i, out_ids in zip(indices, outputs)]
-            append_jsonl(out, new)
-            finished.update((str(r["id"]), r) for r in new)
+        def write(index, out_ids):
+            row = {**{k: v for k, v in todo[index].items() if k != "prompt"},
+                   "output": model.tokenizer.decode(out_ids, skip_special_tokens=True), "model": model.name,
+                   "prompt_tokens": len(ids[index]), "new_tokens": len(out_ids)}
+            append_jsonl(out, [row])
+            finished[str(row["id"])] = row
             logging.info("%d/%d responses written to %s", len(finished), len(rows), out)
 
-        model.generate_ids(ids, max_new_tokens, repetition_penalty, batch_size, on_batch=write)
+        model.generate_ids(ids, max_new_tokens, repetition_penalty, slots, on_finished=write)
     return [finished[str(r["id"])] for r in rows]
 
 

@@ -103,7 +103,7 @@ class Attention(nn.Module):
         v = v.transpose(0, 2, 1, 3)
         if cache is not None:  # write this step's keys and values in place, then attend over the cache
             cache = {name: _write(cache[name], new, layer, cache_index) for name, new in (("k", k), ("v", v))}
-            k, v = (cache[name][layer, :, :, :self.read_columns] for name in ("k", "v"))
+            k, v = (cache[name][layer, :b, :, :self.read_columns] for name in ("k", "v"))
         implementation = attention.choose(self.attention, c.dtype, d)
         out = attention.attend(q, k, v, q_slots, q_segments, k_segments, attention=implementation,
                                cached=cache is not None).reshape(b, t, h * d)
@@ -172,7 +172,9 @@ class Llama(nn.Module):
     `attention`: the kernel setting (models/attention.py), resolved for the platform the model is traced for.
 
     `read_columns` (with a cache): attend over the cache's first columns only, when every query sits before
-    that column (the decoding engine's short slots): a step then reads that much of the cache, not all."""
+    that column (the decoding engine's short slots): a step then reads that much of the cache, not all.
+    A cache with more rows than the input ([L, S, K, M, D], S >= B) is read and written in its first B rows
+    (the engine's first slots); its segments and index are then the first B rows' ([B, M], [B])."""
 
     config: LlamaConfig
     attention: str = "auto"

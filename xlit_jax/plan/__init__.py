@@ -2,10 +2,10 @@
 
 XLA compiles for accelerators that are not attached: with JAX_PLATFORMS=cpu, libtpu (`pip install
 '.[aot-tpu]'`) gives compile-only TPU slices and the CUDA plugin (`'.[aot-gpu]'`) GPU nodes (targets). We
-lower the real jitted train step (training) or greedy decoding (decoding) on ShapeDtypeStructs that carry
-their shardings, so nothing is allocated, and read the compiler's own memory analysis per device
-(compiled). Without a device there is no autotuning: argument sizes are exact, temp sizes indicative.
-When a training plan does not fit, fit finds the smallest change that does.
+lower the real jitted train step (training) or the decoding engine's prefill and step (decoding) on
+ShapeDtypeStructs that carry their shardings, so nothing is allocated, and read the compiler's own memory
+analysis per device (compiled). Without a device there is no autotuning: argument sizes are exact, temp
+sizes indicative. When a training plan does not fit, fit finds the smallest change that does.
 """
 
 from xlit_jax.plan.compiled import HEADROOM, Compiled, size

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 
 from xlit_jax.decode.engine import DECODE_STEPS, Engine
 from xlit_jax.decode.engine import Request as EngineRequest
-from xlit_jax.decode.generate import Sampling
+from xlit_jax.decode.sampling import Sampling
 from xlit_jax.errors import InputError
 from xlit_jax.io.tokenizer import longest_token, prompt_too_long
 from xlit_jax.serve import protocol

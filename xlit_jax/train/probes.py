@@ -32,7 +32,7 @@ from xlit_jax.data.langid import LanguageIdentifier
 from xlit_jax.data.records import Turn, parse_source
 from xlit_jax.data.spelling import SpellChecker
 from xlit_jax.data.templates import get_template, prompt_text
-from xlit_jax.decode.generate import generate_ids
+from xlit_jax.decode.engine import generate_ids
 from xlit_jax.errors import InputError
 from xlit_jax.io.files import append_jsonl, read_jsonl
 from xlit_jax.train import metrics
@@ -187,11 +187,12 @@ def encode_probes(probes: list[Probe], template: str, tokenizer, limit: int, max
 def respond(params, config, mesh, prompt_ids, max_new_tokens: int, repetition_penalty: float, lora=None,
             attention: str = "auto"):
     """Greedy answers (token ids, EOS stripped) of `params` (with `lora`'s adapters unmerged) as they lie on
-    `mesh`, all prompts in one batch."""
+    `mesh`, a slot per prompt. The engine decodes every slot over its whole cache (shrink=False), so a round
+    compiles what the first did."""
     with sharding.activate(mesh):
         return generate_ids(params, config, prompt_ids, max_new_tokens=max_new_tokens,
-                            repetition_penalty=repetition_penalty, batch_size=len(prompt_ids), attention=attention,
-                            lora=lora)
+                            repetition_penalty=repetition_penalty, slots=len(prompt_ids), attention=attention,
+                            lora=lora, shrink=False)
 
 
 def score(probes: list[Probe], texts: list[str], lid: LanguageIdentifier, speller: SpellChecker):

@@ -47,7 +47,7 @@ class BenchConfig:
     native_labels: bool = False  # XQuAD/MLQA labels in the prompt's language instead of English
     max_new_tokens: int = HARNESS_MAX_NEW_TOKENS  # XQuAD, MLQA, BBH
     xquad_normalization: str = QA_NORMALIZATIONS[0]
-    batch_size: int = 8
+    batch_size: int = 8  # the decoding engine's slots (XQuAD, MLQA, BBH); packs per call (MMLU)
     data_dir: str | None = None
 
     def settings(self, benchmark: str) -> dict:
@@ -131,18 +131,15 @@ class BenchmarkEvaluation:
         progress = tqdm(total=len(items), desc=f"{benchmark}/{items[0].language}", unit="item")
         new_tokens = 0
 
-        def save(indices, outputs):
+        def save(index, output):
             nonlocal new_tokens
-            rows = []
-            for i, out in zip(indices, outputs):
-                new_tokens += len(out)
-                item = items[i]
-                text = metrics.cut_at_stop(model.tokenizer.decode(out, skip_special_tokens=True), STOPS[benchmark])
-                rows.append(self._row(model_name, item, text, self._score_text(item, text)))
-            append_jsonl(self.scores_path, rows)
-            progress.update(len(rows))
+            new_tokens += len(output)
+            item = items[index]
+            text = metrics.cut_at_stop(model.tokenizer.decode(output, skip_special_tokens=True), STOPS[benchmark])
+            append_jsonl(self.scores_path, [self._row(model_name, item, text, self._score_text(item, text))])
+            progress.update(1)
 
-        model.generate_ids(ids, self.config.max_new_tokens, 1.0, self.config.batch_size, on_batch=save)
+        model.generate_ids(ids, self.config.max_new_tokens, 1.0, slots=self.config.batch_size, on_finished=save)
         progress.close()
         return {"prompt_tokens": sum(map(len, ids)), "new_tokens": new_tokens}
 

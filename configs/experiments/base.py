@@ -42,7 +42,9 @@ def base_config() -> ConfigDict:
             "vocab_size": 0,  # presets only: >0 resizes the vocabulary to fit data.tokenizer
         },
         # rank 0 is full fine-tuning; with_lora sets the paper's rank (defaults: xlit_jax/models/lora.py)
-        "lora": {"rank": 0, "alpha": LORA_ALPHA, "dropout": LORA_DROPOUT, "targets": ",".join(LORA_DEFAULT_TARGETS)},
+        # base_quantization: the frozen base's projections as none | int8 | nf4 | int4 (QLoRA; docs/quantization.md)
+        "lora": {"rank": 0, "alpha": LORA_ALPHA, "dropout": LORA_DROPOUT, "targets": ",".join(LORA_DEFAULT_TARGETS),
+                 "base_quantization": "none"},
         "data": {  # the data pipeline's settings (docs/data.md)
             "name": "",  # the data set, for the record: dolly-en, lima-en, ...
             "sources": (),  # FORMAT:PATH[,options] specs, e.g. ("lima:../shared/data/lima/lima.en.jsonl",)

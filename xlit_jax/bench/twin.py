@@ -58,6 +58,9 @@ def check(cfg) -> None:
                          "(bf16 compute is model.dtype=bfloat16)")
     if loop.model_overrides(cfg)["dtype"] not in ("float32", "bfloat16"):
         raise InputError(f"model.dtype={cfg.model.dtype}: the reference runs float32 or bf16 autocast")
+    if cfg.lora.rank and cfg.lora.base_quantization != "none":
+        raise InputError(f"lora.base_quantization={cfg.lora.base_quantization}: the reference (peft) cannot run a "
+                         "quantized base; compare runs with base_quantization=none")
 
 
 def prepare(cfg, steps: int):

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xlit_jax.models import attention
+from xlit_jax.models import attention, quantize
 from xlit_jax.models.config import LlamaConfig
 
 Cache = dict[str, jax.Array]  # k, v: [L, B, K, S, D]; segments: [B, S]; index: [] or [B] (next free slot)
@@ -35,7 +35,8 @@ def matmul(x, kernel):
 
 class Linear(nn.Module):
     """x [..., in] @ kernel [in, out]: every projection of the model, named after its role (q, k, v, o, gate,
-    up, down, lm_head), which is what a LoRA targets (models/lora.py)."""
+    up, down, lm_head), which is what a LoRA targets (models/lora.py). A kernel the params hold quantized
+    (models/quantize.py) is multiplied as stored."""
 
     features: int
     kernel_axes: tuple[str, str]
@@ -44,6 +45,8 @@ class Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        if quantize.format_of(self.variables.get("params", {})):
+            return quantize.matmul(x, self.variables["params"], self.dtype)
         init = nn.with_logical_partitioning(nn.initializers.normal(0.02), self.kernel_axes)
         kernel = self.param("kernel", init, (x.shape[-1], self.features), self.param_dtype)
         return matmul(x.astype(self.dtype), kernel.astype(self.dtype))

@@ -23,9 +23,10 @@ from flax import traverse_util
 
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Linear, init_boxed, matmul
+from xlit_jax.models.quantize import PROJECTIONS, check, dequantize_params
 
 LORA_PARAMS = ("lora_a", "lora_b")
-LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # every projection a LoRA can adapt (models/llama.py)
+LORA_TARGETS = PROJECTIONS  # every projection a LoRA can adapt (models/llama.py)
 # LoRA defaults, their one home (LoraConfig and configs/experiments/base.py read them). The paper's text names
 # LoRA and no setting of it; the released code (naver/pasero: its config
 # examples/zero-shot-transfer-inst-tuning/config/config_llama13b2_dolly_en_lora.yaml, and pasero's own
@@ -44,9 +45,14 @@ class LoraConfig:
     alpha: float = LORA_ALPHA
     dropout: float = LORA_DROPOUT
     targets: tuple[str, ...] = LORA_DEFAULT_TARGETS
+    base_quantization: str = "none"  # the frozen base's kernels: none | int8 | nf4 | int4 (models/quantize.py)
 
     def __post_init__(self):
         problems = []
+        try:
+            check(self.base_quantization, "base_quantization")
+        except ValueError as e:
+            problems.append(str(e))
         if self.rank < 1:
             problems.append(f"rank={self.rank} is not positive")
         unknown = set(self.targets) - set(LORA_TARGETS)
@@ -125,8 +131,9 @@ def merge_params(base, lora) -> Any:
 
 
 def merge_lora(params, lora: LoraConfig) -> Any:
-    """Fold every adapter into its kernel (W + alpha/r * A B) and drop the adapters."""
-    flat = traverse_util.flatten_dict(params)
+    """Fold every adapter into its kernel (W + alpha/r * A B) and drop the adapters; a quantized kernel is
+    dequantized first (to its scale's dtype, the base's)."""
+    flat = traverse_util.flatten_dict(dequantize_params(params))
     out = {}
     for key, value in flat.items():
         if key[-1] in LORA_PARAMS:

@@ -17,10 +17,11 @@ from jax.experimental import multihost_utils
 
 from xlit_jax import sharding
 from xlit_jax.data import pipeline
-from xlit_jax.errors import NonFiniteError, UserError
+from xlit_jax.errors import InputError, NonFiniteError, UserError
 from xlit_jax.io import checkpoints as ckpt
 from xlit_jax.models.config import LlamaConfig, resolve_dtype
 from xlit_jax.models.lora import LoraConfig, init_adapters, merge_params
+from xlit_jax.models.quantize import check
 from xlit_jax.train import metrics, optim, probes
 from xlit_jax.train import step as step_lib
 
@@ -35,10 +36,14 @@ def model_overrides(cfg, platform: str | None = None) -> dict:
 
 def lora_config(cfg) -> LoraConfig | None:
     """The experiment's LoRA (its lora section), or None: full fine-tuning (rank 0)."""
+    quantization = check(cfg.lora.base_quantization, "lora.base_quantization")
     if not cfg.lora.rank:
+        if quantization != "none":
+            raise InputError(f"lora.base_quantization={quantization} quantizes a LoRA run's frozen base: full "
+                             "fine-tuning (lora.rank=0) trains every weight")
         return None
     targets = tuple(t.strip() for t in cfg.lora.targets.split(",") if t.strip())
-    return LoraConfig(cfg.lora.rank, float(cfg.lora.alpha), cfg.lora.dropout, targets)
+    return LoraConfig(cfg.lora.rank, float(cfg.lora.alpha), cfg.lora.dropout, targets, quantization)
 
 
 def load_source(cfg) -> tuple[LlamaConfig, dict, object]:

@@ -31,6 +31,7 @@ from xlit_jax.data.pipeline import BATCH_KEYS
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_params
 from xlit_jax.models.lora import LoraConfig, adapted, adapted_shapes, init_adapters, merge_params, split_lora
+from xlit_jax.models.quantize import quantize_params, quantized_axes
 from xlit_jax.train.optim import OptimSettings
 
 
@@ -53,22 +54,25 @@ def split_trainable(params, lora: LoraConfig | None) -> tuple[Any, Any]:
     return params, {}
 
 
-def freeze(config: LlamaConfig, frozen) -> Any:
-    """The frozen params in the compute dtype (arrays or ShapeDtypeStructs)."""
-    return jax.tree_util.tree_map(lambda x: x.astype(config.compute_dtype), frozen)
-
-
-def param_shardings(config: LlamaConfig, mesh, params, lora: LoraConfig | None = None) -> Any:
-    axes = nn.get_partition_spec(adapted_shapes(config, lora))
-    return sharding.logical_shardings(axes, params, mesh)
+def freeze(config: LlamaConfig, frozen, lora: LoraConfig | None = None) -> Any:
+    """The frozen params in the compute dtype, their kernels quantized as `lora.base_quantization` says
+    (models/quantize.py), arrays or ShapeDtypeStructs."""
+    stored = quantize_params(frozen, "none" if lora is None else lora.base_quantization)
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(config.compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, stored)
 
 
 def state_shardings(config: LlamaConfig, tx: optax.GradientTransformation, mesh, params,
                     lora: LoraConfig | None = None) -> TrainState:
-    """Shardings for every leaf of the TrainState built from `params` (arrays or ShapeDtypeStructs)."""
-    full = param_shardings(config, mesh, params, lora)
-    trainable, frozen = split_trainable(full, lora)
-    abstract_opt = jax.eval_shape(tx.init, split_trainable(params, lora)[0])
+    """Shardings for every leaf of the TrainState built from `params` (arrays or ShapeDtypeStructs); a quantized
+    base's codes and scales take their kernel's logical axes (models/quantize.py)."""
+    trainable_axes, frozen_axes = split_trainable(nn.get_partition_spec(adapted_shapes(config, lora)), lora)
+    trainable_shapes, frozen_shapes = split_trainable(params, lora)
+    trainable = sharding.logical_shardings(trainable_axes, trainable_shapes, mesh)
+    frozen_axes = quantized_axes(frozen_axes, "none" if lora is None else lora.base_quantization)
+    frozen_shapes = jax.eval_shape(functools.partial(freeze, config, lora=lora), frozen_shapes)
+    frozen = sharding.logical_shardings(frozen_axes, frozen_shapes, mesh)
+    abstract_opt = jax.eval_shape(tx.init, trainable_shapes)
     opt = sharding.optimizer_shardings(tx, trainable, abstract_opt, mesh)
     return TrainState(step=sharding.replicated(mesh), params=trainable, frozen=frozen, opt_state=opt)
 
@@ -81,7 +85,7 @@ def abstract_state(config: LlamaConfig, tx: optax.GradientTransformation, mesh,
     shardings = state_shardings(config, tx, mesh, shapes, lora)
     trainable, frozen = split_trainable(shapes, lora)
     shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=trainable,
-                        frozen=jax.eval_shape(functools.partial(freeze, config), frozen),
+                        frozen=jax.eval_shape(functools.partial(freeze, config, lora=lora), frozen),
                         opt_state=jax.eval_shape(tx.init, trainable))
     abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                       shapes, shardings)
@@ -99,7 +103,8 @@ def _place(config: LlamaConfig, lora: LoraConfig | None, params, tx: optax.Gradi
            shardings: TrainState) -> TrainState:
     """The state at step 0 from host params, each leaf copied to its shards."""
     trainable, frozen = split_trainable(params, lora)
-    frozen = freeze(config, frozen)
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):  # quantized on the host, as it was loaded
+        frozen = freeze(config, frozen, lora)
     trainable = jax.tree_util.tree_map(sharding.host_to_mesh, trainable, shardings.params)
     frozen = jax.tree_util.tree_map(sharding.host_to_mesh, frozen, shardings.frozen)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)
@@ -234,7 +239,7 @@ class TrainStep:
             params = init_params(config, seed)
             params = params if lora is None else merge_params(params, init_adapters(config, lora, seed))
             trainable, frozen = split_trainable(params, lora)
-            return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, frozen=freeze(config, frozen),
+            return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, frozen=freeze(config, frozen, lora),
                               opt_state=tx.init(trainable))
 
         return jax.jit(fresh, out_shardings=self.shardings)()

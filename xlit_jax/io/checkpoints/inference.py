@@ -15,11 +15,12 @@ from xlit_jax.io.checkpoints.frozen import restore_frozen
 from xlit_jax.io.checkpoints.model_info import read_config, read_lora, read_tokenizer
 from xlit_jax.io.checkpoints.steps import CHECKPOINTS_DIR, Checkpoints
 from xlit_jax.models.lora import adapted_shapes, merge_lora, merge_params, split_lora
+from xlit_jax.models.quantize import quantize_params
 
 
 def load_for_inference(path: str | os.PathLike, step: int | None = None, **config_overrides):
     """(config, params, tokenizer or None) from a training workdir, at `step` or the latest checkpoint.
-    LoRA adapters are merged into the base: the params are a plain model's."""
+    LoRA adapters are merged into the base (a quantized one dequantized): the params are a plain model's."""
     workdir = Path(path)
     # all three before the long restore
     config, lora, tokenizer = read_config(workdir), read_lora(workdir), read_tokenizer(workdir)
@@ -29,6 +30,8 @@ def load_for_inference(path: str | os.PathLike, step: int | None = None, **confi
         raise WeightsError(f"{workdir / CHECKPOINTS_DIR}: no checkpoint")
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     base, adapters = split_lora(nn.meta.unbox(adapted_shapes(config, lora)))
+    if lora is not None:  # the base as frozen/ holds it
+        base = jax.eval_shape(functools.partial(quantize_params, fmt=lora.base_quantization), base)
     on_device = functools.partial(jax.tree_util.tree_map,
                                   lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device))
 

@@ -180,7 +180,7 @@ def test_lora_run_saves_the_base_once_and_loads_merged(lora_reference):
     assert json.loads((workdir / "export" / "peft" / "adapter_config.json").read_text())["r"] == 4
     model = workdir / "model"
     assert json.loads((model / "lora.json").read_text()) == {"rank": 4, "alpha": 32.0, "dropout": 0.0,
-                                                             "targets": list(LORA_TARGETS)}
+                                                             "targets": list(LORA_TARGETS), "base_quantization": "none"}
     assert not {"lora_rank", "attention"} & json.loads((model / "llama_config.json").read_text()).keys()
     config, params, _ = load_for_inference(workdir)  # a plain model: the adapters merged
     exported = xlit_jax.load(workdir / "export" / "hf")

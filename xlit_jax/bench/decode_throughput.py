@@ -1,15 +1,16 @@
 """Greedy decoding throughput: our JAX generate vs HF transformers `generate`, same prompts, same run.
 
     python -m xlit_jax.bench.decode_throughput --batch_sizes=1,16,64 --new_tokens=64
+    python -m xlit_jax.bench.decode_throughput --engines=jax,torch --quantize=none,int8,nf4   # docs/quantization.md
 
 Engines: `jax` (`Model.generate_ids` on token ids: the slot engine of decode/engine.py, --batch_sizes its
 slots), `xlit-eval` (the generation stage of xlit-eval on the same prompts: chat template, tokenization,
 decoding, detokenization and the keyed JSONL writes) and `torch` (transformers' `generate`, batches of
-similar lengths). Each (engine, batch size) runs in its own subprocess so that its peak
-RSS is its own. A first call with the same shapes warms up (JAX compiles; torch allocates), then the
-median of --repeats timed calls counts (bench.common.time_calls). Tokens/s counts the tokens each row generates up to
-its EOS, over
-the wall time of the whole batch.
+similar lengths); --quantize gives the jax engine a row per weight format (models/quantize.py). Each
+(engine, batch size) runs in its own subprocess so that its peak RSS is its own. A first call with the same
+shapes warms up (JAX compiles; torch allocates), then the median of --repeats timed calls counts
+(bench.common.time_calls). Tokens/s counts the tokens each row generates up to its EOS, over the wall time of
+the whole batch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model for both engines (the HF side loads the same GGUF)")
 flags.DEFINE_list("batch_sizes", ["1", "16"], "batch sizes to measure")
 flags.DEFINE_list("engines", ["jax", "xlit-eval", "torch"], "of jax, xlit-eval, torch")
+flags.DEFINE_list("quantize", ["none"], "the jax engine's weights: none, int8, nf4, int4 (one row each)")
 flags.DEFINE_integer("prompts", 0, "prompts per call for jax and torch (0: the batch size)")
 flags.DEFINE_list("languages", ["en"], "languages of the paper's instructions, taken in turn")
 flags.DEFINE_integer("new_tokens", 64, "max new tokens per prompt")
@@ -38,17 +40,17 @@ common.define_data_flag()
 flags.DEFINE_string("worker", None, "internal: run one measurement as engine:batch_size and print JSON")
 
 
-def load_timed():
+def load_timed(quantize: str = "none"):
     """(our model, seconds `xlit_jax.load` took)."""
     import xlit_jax
 
     start = time.perf_counter()
-    model = xlit_jax.load(FLAGS.model)
+    model = xlit_jax.load(FLAGS.model, quantize=quantize)
     return model, time.perf_counter() - start
 
 
-def measure_jax(batch: int) -> dict:
-    model, load_s = load_timed()
+def measure_jax(batch: int, quantize: str = "none") -> dict:
+    model, load_s = load_timed(quantize)
     ids = [model.encode(p) for p in workloads.paper_prompts(FLAGS.data, FLAGS.prompts or batch, FLAGS.languages)]
 
     def run():
@@ -134,10 +136,12 @@ def timed(run) -> dict:
 
 
 def worker(spec: str) -> None:
-    engine, batch = spec.split(":")
-    measure = {"jax": measure_jax, "xlit-eval": measure_eval, "torch": measure_torch}[engine]
-    result = measure(int(batch))
-    result.update(engine=engine, batch=int(batch),
+    engine, batch, quantize = spec.split(":")
+    if engine == "jax":
+        result = measure_jax(int(batch), quantize)
+    else:
+        result = {"xlit-eval": measure_eval, "torch": measure_torch}[engine](int(batch))
+    result.update(engine=engine if quantize == "none" else f"{engine} {quantize}", batch=int(batch),
                   peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     common.print_result(result)
 
@@ -148,8 +152,8 @@ def main(argv):
         return worker(FLAGS.worker)
     rows = []
     for batch in FLAGS.batch_sizes:
-        for engine in FLAGS.engines:
-            cmd = [sys.executable, "-m", "xlit_jax.bench.decode_throughput", f"--worker={engine}:{batch}",
+        for engine, quantize in [(e, q) for e in FLAGS.engines for q in (FLAGS.quantize if e == "jax" else ["none"])]:
+            cmd = [sys.executable, "-m", "xlit_jax.bench.decode_throughput", f"--worker={engine}:{batch}:{quantize}",
                    f"--model={FLAGS.model}", f"--new_tokens={FLAGS.new_tokens}", f"--data={FLAGS.data}",
                    f"--repetition_penalty={FLAGS.repetition_penalty}", f"--torch_threads={FLAGS.torch_threads}",
                    f"--repeats={FLAGS.repeats}", f"--warmups={FLAGS.warmups}", f"--prompts={FLAGS.prompts}",

@@ -1,0 +1,101 @@
+"""What quantizing the projections costs in error and saves in bytes, each format against float32, same run.
+
+    python -m xlit_jax.bench.quantization --formats=int8,nf4,int4 --prompts=8 --new_tokens=32 --mmlu=200
+
+Per format: the largest and mean logit difference from the float32 model on the parity prompts
+(tests/test_model_parity.py's four, every token), how often the argmax at those positions agrees, how many of
+--prompts greedy answers of the paper's instructions are the same text (and the mean length of their common
+prefix in tokens), how often the MMLU choice (the first --mmlu English questions, xlit-eval's scoring) is the
+same, the params' bytes in memory and the bytes of a LoRA base saved as xlit-train saves it (frozen/).
+Decoding speed: `python -m xlit_jax.bench.decode_throughput --quantize=none,int8,nf4`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+from xlit_jax.bench import common, workloads
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "smollm2-135m", "model to quantize")
+flags.DEFINE_list("formats", ["int8", "nf4", "int4"], "quantization formats (models/quantize.py)")
+flags.DEFINE_integer("prompts", 8, "greedy answers compared (the paper's English instructions)")
+flags.DEFINE_integer("new_tokens", 32, "new tokens per answer")
+flags.DEFINE_integer("mmlu", 200, "MMLU questions compared (0: none)")
+common.define_data_flag()
+
+PARITY_PROMPTS = ["The capital of France is", "Bonjour, je m'appelle", "Привет! Как дела?", "O Brasil é um país"]
+
+
+def mmlu_pairs(n: int) -> list[tuple[str, str]]:
+    from xlit_jax.evaluate.harness.data import LETTERS, load_benchmarks
+
+    items = load_benchmarks(("mmlu",), ("en",), FLAGS.data).items
+    step = max(1, len(items) // n)  # spread over the subjects
+    return [(item.prompt, f" {letter}") for item in items[::step][:n] for letter in LETTERS]
+
+
+def measure(model, ids, mask, answers_ids, pairs) -> dict:
+    logits = model.logits(ids, mask)
+    answers = model.generate_ids(answers_ids, FLAGS.new_tokens, 1.1, slots=len(answers_ids))
+    choices = []
+    if pairs:
+        scores = np.array([s for s, _ in model.loglikelihood(pairs)]).reshape(-1, 4)
+        choices = scores.argmax(-1).tolist()
+    return {"logits": logits, "answers": answers, "choices": choices}
+
+
+def saved_bytes(model) -> int:
+    """Bytes on disk of the model's params saved as a LoRA run saves its base (io/checkpoints/frozen.py)."""
+    from xlit_jax.io.checkpoints import save_frozen
+
+    with tempfile.TemporaryDirectory() as workdir:
+        save_frozen(workdir, model.params)
+        return sum(p.stat().st_size for p in (Path(workdir) / "frozen").rglob("*") if p.is_file())
+
+
+def prefix(a: list, b: list) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def main(argv):
+    del argv
+    import xlit_jax
+    from xlit_jax.models.quantize import nbytes
+
+    reference = xlit_jax.load(FLAGS.model)
+    rows_ids = [reference.encode(p) for p in PARITY_PROMPTS]
+    width = max(map(len, rows_ids))
+    ids = np.zeros((len(rows_ids), width), np.int32)
+    mask = np.zeros_like(ids)
+    for i, row in enumerate(rows_ids):  # left padded
+        ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
+    answers_ids = [reference.encode(p) for p in workloads.paper_prompts(FLAGS.data, FLAGS.prompts)]
+    pairs = mmlu_pairs(FLAGS.mmlu) if FLAGS.mmlu else []
+    base = measure(reference, ids, mask, answers_ids, pairs)
+    on = mask == 1
+    rows = [["float32", "-", "-", "-", "-", "-", "-", f"{nbytes(reference.params) / 2**20:.0f}",
+             f"{saved_bytes(reference) / 2**20:.0f}"]]
+    for fmt in FLAGS.formats:
+        model = xlit_jax.load(FLAGS.model, quantize=fmt)
+        got = measure(model, ids, mask, answers_ids, pairs)
+        diff = np.abs(got["logits"] - base["logits"])[on]
+        argmax = (got["logits"].argmax(-1) == base["logits"].argmax(-1))[on].mean()
+        same = sum(a == b for a, b in zip(got["answers"], base["answers"]))
+        common_prefix = np.mean([prefix(a, b) for a, b in zip(got["answers"], base["answers"])])
+        mmlu = (f"{np.mean(np.array(got['choices']) == np.array(base['choices'])):.1%}" if pairs else "-")
+        rows.append([fmt, f"{diff.max():.3f}", f"{diff.mean():.4f}", f"{argmax:.1%}", f"{same}/{len(answers_ids)}",
+                     f"{common_prefix:.1f}", mmlu, f"{nbytes(model.params) / 2**20:.0f}",
+                     f"{saved_bytes(model) / 2**20:.0f}"])
+    print(common.markdown_table(
+        ["weights", "max logit diff", "mean logit diff", "argmax agrees", "same answers",
+         f"common prefix (of {FLAGS.new_tokens})", f"MMLU same choice ({FLAGS.mmlu})", "params MiB", "saved MiB"],
+        rows))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -2,6 +2,7 @@
 model, same batch shape, same run.
 
     python -m xlit_jax.bench.train_throughput --batch=4 --seq_len=256 --steps=5
+    python -m xlit_jax.bench.train_throughput --runs=jax:lora,jax:lora-int8,jax:lora-nf4   # a quantized base
 
 Each (engine, method) runs in its own subprocess, so peak RSS and threads are its own. Both sides do a
 full update per step (forward, backward over the masked response-token loss, clipping, AdamW with the
@@ -21,6 +22,7 @@ import sys
 from absl import app, flags
 
 from xlit_jax.bench import common, workloads
+from xlit_jax.errors import InputError
 from xlit_jax.models.lora import LORA_RANK
 
 FLAGS = flags.FLAGS
@@ -43,6 +45,9 @@ def measure_jax(method: str) -> dict:
 
 def measure_torch(method: str) -> dict:
     import tempfile
+
+    if workloads.lora_for(method) and workloads.lora_for(method).base_quantization != "none":
+        raise InputError(f"torch:{method}: the PyTorch reference runs the full-precision base")
 
     import torch
     import transformers

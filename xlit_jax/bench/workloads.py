@@ -36,8 +36,11 @@ def train_batch(vocab: int, batch: int, seq_len: int, leading: tuple = ()) -> di
 
 
 def lora_for(method: str, rank: int = LORA_RANK) -> LoraConfig | None:
-    """The benchmarks' adapters (all seven projections, the default alpha) for method 'lora', else None."""
-    return LoraConfig(rank, targets=LORA_TARGETS) if method == "lora" else None
+    """The benchmarks' adapters (all seven projections, the default alpha) for method 'lora', or 'lora-FORMAT'
+    on a base quantized to FORMAT (models/quantize.py); else None."""
+    if not method.startswith("lora"):
+        return None
+    return LoraConfig(rank, targets=LORA_TARGETS, base_quantization=method.partition("-")[2] or "none")
 
 
 def load_for_training(model: str, method: str, lora_rank: int = LORA_RANK):

@@ -7,7 +7,11 @@ Per format: the largest and mean logit difference from the float32 model on the 
 --prompts greedy answers of the paper's instructions are the same text (and the mean length of their common
 prefix in tokens), how often the MMLU choice (the first --mmlu English questions, xlit-eval's scoring) is the
 same, the params' bytes in memory and the bytes of a LoRA base saved as xlit-train saves it (frozen/).
-Decoding speed: `python -m xlit_jax.bench.decode_throughput --quantize=none,int8,nf4`.
+
+--speed: greedy decoding tokens/s of each format and float32 at each --batch_sizes, one process, the formats
+taken in turn in each of --repeats rounds (the median counts), so that a machine shared with other jobs slows
+them alike; `python -m xlit_jax.bench.decode_throughput --quantize=none,int8,nf4` measures each in its own
+process (peak RSS), beside transformers.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ flags.DEFINE_list("formats", ["int8", "nf4", "int4"], "quantization formats (mod
 flags.DEFINE_integer("prompts", 8, "greedy answers compared (the paper's English instructions)")
 flags.DEFINE_integer("new_tokens", 32, "new tokens per answer")
 flags.DEFINE_integer("mmlu", 200, "MMLU questions compared (0: none)")
+flags.DEFINE_bool("speed", False, "measure decoding speed instead of the error")
+flags.DEFINE_list("batch_sizes", ["1", "16"], "--speed: prompts decoded together")
+flags.DEFINE_integer("repeats", 3, "--speed: rounds")
 common.define_data_flag()
 
 PARITY_PROMPTS = ["The capital of France is", "Bonjour, je m'appelle", "Привет! Как дела?", "O Brasil é um país"]
@@ -62,8 +69,34 @@ def prefix(a: list, b: list) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
+def speed() -> None:
+    """Tokens/s per (batch, format): the paper's English instructions, --new_tokens each."""
+    import statistics
+    import time
+
+    import xlit_jax
+
+    models = {fmt: xlit_jax.load(FLAGS.model, quantize=fmt) for fmt in ["none", *FLAGS.formats]}
+    rows = []
+    for batch in map(int, FLAGS.batch_sizes):
+        ids = [models["none"].encode(p) for p in workloads.paper_prompts(FLAGS.data, batch)]
+        rates = {fmt: [] for fmt in models}
+        for round_ in range(FLAGS.repeats + 1):  # round 0 compiles
+            for fmt, model in models.items():
+                start = time.perf_counter()
+                tokens = sum(map(len, model.generate_ids(ids, FLAGS.new_tokens, 1.1, slots=batch)))
+                if round_:
+                    rates[fmt].append(tokens / (time.perf_counter() - start))
+        base = statistics.median(rates["none"])
+        rows += [[batch, "float32" if fmt == "none" else fmt, f"{statistics.median(r):.1f}",
+                  f"{statistics.median(r) / base:.2f}x"] for fmt, r in rates.items()]
+    print(common.markdown_table(["batch", "weights", "tokens/s", "vs float32"], rows))
+
+
 def main(argv):
     del argv
+    if FLAGS.speed:
+        return speed()
     import xlit_jax
     from xlit_jax.models.quantize import nbytes
 

@@ -16,7 +16,7 @@ import xlit_jax
 from configs.experiments import tiny_ft, tiny_lora
 from xlit_jax import sharding
 from xlit_jax.bench import twin, workloads
-from xlit_jax.errors import InputError, WeightsError
+from xlit_jax.errors import InputError, UserError, WeightsError
 from xlit_jax.io.checkpoints import load_for_inference
 from xlit_jax.models import quantize
 from xlit_jax.models.lora import LoraConfig, init_adapters, merge_params
@@ -24,6 +24,7 @@ from xlit_jax.models.presets import get_preset
 from xlit_jax.train import optim
 from xlit_jax.train import step as step_lib
 from xlit_jax.train.loop import lora_config, train
+from xlit_jax.train.record import check_resume, save_experiment
 
 from support import COMPARED, left_padded, tiny_config, write_chats
 
@@ -169,9 +170,7 @@ def chats(tmp_path_factory):
 
 
 def quantized_lora(chats, **changes):
-    cfg = tiny_config(chats, **changes)
-    cfg.lora.rank, cfg.lora.base_quantization = 4, "nf4"
-    return cfg
+    return tiny_config(chats, **{"lora.rank": 4, "lora.base_quantization": "nf4", **changes})
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +218,13 @@ def test_a_damaged_quantized_base_is_rebuilt_quantized_on_resume(quantized_run, 
     assert rows(workdir) == rows(quantized_run)
     jax.tree_util.tree_map(np.testing.assert_array_equal, load_for_inference(workdir)[1],
                            load_for_inference(quantized_run)[1])
+
+
+def test_resuming_with_another_base_quantization_is_refused_in_one_line(tmp_path):
+    save_experiment(quantized_lora(tmp_path / "chats.jsonl"), tmp_path)
+    (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+    check_resume(quantized_lora(tmp_path / "chats.jsonl"), tmp_path)
+    other = quantized_lora(tmp_path / "chats.jsonl", **{"lora.base_quantization": "int8"})
+    with pytest.raises(UserError, match='^.*: was trained with other settings: lora.base_quantization "nf4" -> '
+                                        '"int8"; '):
+        check_resume(other, tmp_path)

@@ -50,8 +50,12 @@ def kernel_name(fmt: str) -> str:
 
 
 def quantize(w, fmt: str) -> dict:
-    """{kernel_FMT, kernel_scale} of a kernel [..., in, out] (array or ShapeDtypeStruct under eval_shape)."""
-    w = jnp.asarray(w, jnp.float32)
+    """{kernel_FMT, kernel_scale} of a kernel [..., in, out] (array or ShapeDtypeStruct under eval_shape); a
+    stack of layers one layer at a time, so that the temporaries are a layer's."""
+    w = jnp.asarray(w)
+    if w.ndim > 2:
+        return jax.lax.map(lambda layer: quantize(layer, fmt), w)
+    w = w.astype(jnp.float32)
     if fmt == "int8":
         scale = jnp.max(jnp.abs(w), axis=-2) / 127
         q = jnp.round(w / _nonzero(scale)[..., None, :])

@@ -1,12 +1,13 @@
 """What quantizing the projections costs in error and saves in bytes, each format against float32, same run.
 
-    python -m xlit_jax.bench.quantization --formats=int8,nf4,int4 --prompts=8 --new_tokens=32 --mmlu=200
+    python -m xlit_jax.bench.quantization --formats=int8,nf4,int4 --prompts=8 --new_tokens=32 --mmlu=200 --lima=4
 
 Per format: the largest and mean logit difference from the float32 model on the parity prompts
 (tests/test_model_parity.py's four, every token), how often the argmax at those positions agrees, how many of
 --prompts greedy answers of the paper's instructions are the same text (and the mean length of their common
-prefix in tokens), how often the MMLU choice (the first --mmlu English questions, xlit-eval's scoring) is the
-same, the params' bytes in memory and the bytes of a LoRA base saved as xlit-train saves it (frozen/).
+prefix in tokens), how often the MMLU choice (--mmlu English questions spread over the subjects, xlit-eval's
+scoring) is the same, the mean response-token loss on --lima batches of LIMA (the train step's loss), the
+params' bytes in memory and the bytes of a LoRA base saved as xlit-train saves it (frozen/).
 
 --speed: greedy decoding tokens/s of each format and float32 at each --batch_sizes, one process, the formats
 taken in turn in each of --repeats rounds (the median counts), so that a machine shared with other jobs slows
@@ -30,6 +31,7 @@ flags.DEFINE_list("formats", ["int8", "nf4", "int4"], "quantization formats (mod
 flags.DEFINE_integer("prompts", 8, "greedy answers compared (the paper's English instructions)")
 flags.DEFINE_integer("new_tokens", 32, "new tokens per answer")
 flags.DEFINE_integer("mmlu", 200, "MMLU questions compared (0: none)")
+flags.DEFINE_integer("lima", 4, "batches of 4 x 512 tokens of LIMA (the chat template) for the loss (0: none)")
 flags.DEFINE_bool("speed", False, "measure decoding speed instead of the error")
 flags.DEFINE_list("batch_sizes", ["1", "16"], "--speed: prompts decoded together")
 flags.DEFINE_integer("repeats", 3, "--speed: rounds")
@@ -46,14 +48,34 @@ def mmlu_pairs(n: int) -> list[tuple[str, str]]:
     return [(item.prompt, f" {letter}") for item in items[::step][:n] for letter in LETTERS]
 
 
-def measure(model, ids, mask, answers_ids, pairs) -> dict:
+def lima_batches(tokenizer) -> list[dict]:
+    from xlit_jax.data import pipeline
+
+    batches, _ = pipeline.build([f"lima:{FLAGS.data}/lima/lima.en.jsonl"], tokenizer, "chat", 512, 2048, epochs=1)
+    return [{k: v for k, v in next(batches).items() if k in pipeline.BATCH_KEYS} for _ in range(FLAGS.lima)]
+
+
+def loss(model, batches) -> float:
+    """The mean NLL of the response tokens of `batches`, as the train step computes its loss."""
+    import functools
+
+    import jax
+
+    from xlit_jax.train.step import token_losses
+
+    losses = jax.jit(functools.partial(token_losses, model.config))
+    total, tokens = zip(*(losses(model.params, b) for b in batches))
+    return float(sum(total) / sum(tokens))
+
+
+def measure(model, ids, mask, answers_ids, pairs, batches) -> dict:
     logits = model.logits(ids, mask)
     answers = model.generate_ids(answers_ids, FLAGS.new_tokens, 1.1, slots=len(answers_ids))
     choices = []
     if pairs:
         scores = np.array([s for s, _ in model.loglikelihood(pairs)]).reshape(-1, 4)
         choices = scores.argmax(-1).tolist()
-    return {"logits": logits, "answers": answers, "choices": choices}
+    return {"logits": logits, "answers": answers, "choices": choices, "loss": loss(model, batches) if batches else 0}
 
 
 def saved_bytes(model) -> int:
@@ -109,24 +131,27 @@ def main(argv):
         ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
     answers_ids = [reference.encode(p) for p in workloads.paper_prompts(FLAGS.data, FLAGS.prompts)]
     pairs = mmlu_pairs(FLAGS.mmlu) if FLAGS.mmlu else []
-    base = measure(reference, ids, mask, answers_ids, pairs)
+    batches = lima_batches(reference.tokenizer) if FLAGS.lima else []
+    base = measure(reference, ids, mask, answers_ids, pairs, batches)
     on = mask == 1
-    rows = [["float32", "-", "-", "-", "-", "-", "-", f"{nbytes(reference.params) / 2**20:.0f}",
+    rows = [["float32", "-", "-", "-", "-", "-", "-", f"{base['loss']:.4f}", f"{nbytes(reference.params) / 2**20:.0f}",
              f"{saved_bytes(reference) / 2**20:.0f}"]]
     for fmt in FLAGS.formats:
         model = xlit_jax.load(FLAGS.model, quantize=fmt)
-        got = measure(model, ids, mask, answers_ids, pairs)
+        got = measure(model, ids, mask, answers_ids, pairs, batches)
         diff = np.abs(got["logits"] - base["logits"])[on]
         argmax = (got["logits"].argmax(-1) == base["logits"].argmax(-1))[on].mean()
         same = sum(a == b for a, b in zip(got["answers"], base["answers"]))
         common_prefix = np.mean([prefix(a, b) for a, b in zip(got["answers"], base["answers"])])
         mmlu = (f"{np.mean(np.array(got['choices']) == np.array(base['choices'])):.1%}" if pairs else "-")
+        held_out = f"{got['loss']:.4f} ({got['loss'] / base['loss'] - 1:+.2%})"
         rows.append([fmt, f"{diff.max():.3f}", f"{diff.mean():.4f}", f"{argmax:.1%}", f"{same}/{len(answers_ids)}",
-                     f"{common_prefix:.1f}", mmlu, f"{nbytes(model.params) / 2**20:.0f}",
+                     f"{common_prefix:.1f}", mmlu, held_out, f"{nbytes(model.params) / 2**20:.0f}",
                      f"{saved_bytes(model) / 2**20:.0f}"])
     print(common.markdown_table(
         ["weights", "max logit diff", "mean logit diff", "argmax agrees", "same answers",
-         f"common prefix (of {FLAGS.new_tokens})", f"MMLU same choice ({FLAGS.mmlu})", "params MiB", "saved MiB"],
+         f"common prefix (of {FLAGS.new_tokens})", f"MMLU same choice ({FLAGS.mmlu})", "LIMA loss", "params MiB",
+         "saved MiB"],
         rows))
 
 

@@ -26,7 +26,7 @@ from xlit_jax.train import step as step_lib
 from xlit_jax.train.loop import lora_config, train
 from xlit_jax.train.record import check_resume, save_experiment
 
-from support import COMPARED, left_padded, tiny_config, write_chats
+from support import COMPARED, left_padded, run_with_devices, tiny_config, write_chats
 
 CONFIG = get_preset("tiny")
 IDS = np.array([[5, 17, 3, 99, 42, 7, 200, 1], [9, 9, 130, 4, 66, 250, 31, 2]])
@@ -228,3 +228,42 @@ def test_resuming_with_another_base_quantization_is_refused_in_one_line(tmp_path
     with pytest.raises(UserError, match='^.*: was trained with other settings: lora.base_quantization "nf4" -> '
                                         '"int8"; '):
         check_resume(other, tmp_path)
+
+
+SHARDED_QUANTIZED = r"""
+import json, jax, numpy as np
+from xlit_jax import sharding
+from xlit_jax.bench import workloads
+from xlit_jax.models.llama import init_params
+from xlit_jax.models.lora import LoraConfig, init_adapters, merge_params
+from xlit_jax.models.presets import get_preset
+from xlit_jax.train import optim, step as step_lib
+
+config = get_preset("tiny")
+out = {}
+for fmt in ("int8", "nf4"):
+    lora = LoraConfig(rank=4, base_quantization=fmt)
+    params = merge_params(init_params(config, 0), init_adapters(config, lora, 0))
+    batch = workloads.train_batch(config.vocab_size, 8, 16, leading=(2,))
+    losses = {}
+    meshes = {"single": sharding.make_mesh(devices=jax.devices()[:1]), "sharded": sharding.make_mesh(2, 2, 2)}
+    for name, mesh in meshes.items():
+        train_step = step_lib.build(config, optim.OptimSettings(lr=1e-3, min_lr=1e-4), mesh, lora=lora)
+        state = train_step.init(params)
+        with sharding.activate(mesh):
+            for _ in range(2):
+                state, metrics = train_step.step(state, sharding.global_batch(batch, train_step.batch_sharding))
+        losses[name] = float(metrics["loss"])
+    codes = state.frozen["layers"]["mlp"]["up"][f"kernel_{fmt}"]
+    out[fmt] = {**losses, "codes": list(codes.shape), "shard": list(codes.addressable_shards[0].data.shape)}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # ~30 s in a subprocess with 8 CPU devices
+def test_a_quantized_base_shards_its_codes_and_trains_as_on_one_device():
+    out = run_with_devices(SHARDED_QUANTIZED)
+    for fmt in ("int8", "nf4"):
+        assert out[fmt]["sharded"] == pytest.approx(out[fmt]["single"], rel=1e-5)
+        layers, rows, columns = out[fmt]["codes"]  # [L, embed (fsdp), mlp (tensor)]
+        assert out[fmt]["shard"] == [layers, rows // 2, columns // 2]

@@ -7,7 +7,8 @@ A run's workdir holds:
   model/source.json          where the weights came from ({"source", "seed"}): what rebuilds a damaged frozen/
   model/frozen_sums.json     checksums of frozen/
   model/tokenizer*           the tokenizer files, when the model has a tokenizer
-  frozen/                    LoRA runs only: the frozen base params, saved once (Orbax)
+  frozen/                    LoRA runs only: the frozen base params, saved once (Orbax); its projections' codes
+                             and scales when lora.base_quantization quantizes them (models/quantize.py)
   checkpoints/<step>/        params (trainable: all params, or the LoRA adapters), opt_state, data
                              (the batch iterator's position) and sums (checksums of params and opt_state),
                              saved every N steps and at the end, async; the last N are kept

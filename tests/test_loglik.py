@@ -88,3 +88,34 @@ def test_empty_continuation_is_an_error():
     model = xlit_jax.load("preset:tiny", seed=0)
     with pytest.raises(ValueError, match="pair 1: empty continuation"):
         loglikelihood_ids(model.params, model.config, [([1, 2], [3]), ([1], [])])
+
+
+def test_token_logprobs_are_the_loglikelihoods_position_by_position_with_transformers_top_k(tmp_path):
+    """token_logprobs_ids (the server's echo/logprobs): per-token log-probs whose sums over a continuation are
+    loglikelihood_ids's values (1e-5 + 1e-6 relative: the same fp32 computation, summed in another order), HF's
+    log-probs at every position (TOLERANCE), and top-k lists whose first entry is the greedy token with exactly
+    its log-prob."""
+    model = xlit_jax.load("preset:tiny", seed=5)
+    save_hf_dir(model.config, model.params, tmp_path / "hf")
+    reference = LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    rng = np.random.default_rng(2)
+    vocab = model.config.vocab_size
+    sequences = [rng.integers(3, vocab, n).tolist() for n in (1, 2, 17, 300, 40, 500)]
+    scores = loglik.token_logprobs_ids(model.params, model.config, sequences, top_k=3, logit_bytes=1 << 20)
+    for tokens, score in zip(sequences, scores):
+        assert score.logprobs.shape == (len(tokens) - 1,) and score.top_ids.shape == (len(tokens), 3)
+        with torch.no_grad():
+            logp = torch.log_softmax(reference(input_ids=torch.tensor([tokens])).logits[0].double(), -1).numpy()
+        np.testing.assert_allclose(score.logprobs, logp[np.arange(len(tokens) - 1), tokens[1:]], atol=TOLERANCE)
+        np.testing.assert_allclose(score.top_logprobs, np.take_along_axis(logp, score.top_ids, -1), atol=TOLERANCE)
+        assert (score.top_ids[:, 0] == logp.argmax(-1)).all() and (np.diff(score.top_logprobs, axis=1) <= 0).all()
+        if len(tokens) > 1:
+            context, continuation = tokens[:len(tokens) // 2 or 1], tokens[len(tokens) // 2 or 1:]
+            [(total, greedy)] = loglikelihood_ids(model.params, model.config, [(context, continuation)])
+            assert abs(total - score.logprobs[len(context) - 1:].astype(np.float64).sum()) <= 1e-5 + 1e-6 * abs(total)
+    # a greedy continuation's token log-prob equals the top-1 log-prob bit for bit (lm-eval's is_greedy test)
+    best = int(scores[2].top_ids[-1, 0])
+    [again] = loglik.token_logprobs_ids(model.params, model.config, [sequences[2] + [best]], top_k=1)
+    assert again.logprobs[-1] == again.top_logprobs[-2, 0]
+    with pytest.raises(ValueError, match="sequence 1 is empty"):
+        loglik.token_logprobs_ids(model.params, model.config, [[1], []])

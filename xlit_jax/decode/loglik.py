@@ -11,6 +11,7 @@ batch's time on CPU, docs/benchmarks.md). No decoding, no KV cache.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -140,4 +141,87 @@ def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequenc
             finished = score(packs[start:start + n], n, width, per_pack)
             if on_batch is not None:
                 on_batch(finished, [results[i] for i in finished])
+    return results
+
+
+# Logits of every position of a call, at most (4 bytes each): token_logprobs_ids projects whole packs to the
+# vocabulary, so a call takes fewer packs than loglikelihood_ids's (256 MiB: 2 packs of 512 tokens at 49k tokens).
+SCORE_LOGIT_BYTES = 256 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenScores:
+    """One sequence of n tokens scored position by position: `logprobs` [n - 1], log p(token i | tokens before
+    it) for i = 1..n-1; `top_ids`, `top_logprobs` [n, k]: at each position the k likeliest next tokens, most
+    likely first (at the last position: the tokens that would follow the sequence)."""
+
+    logprobs: np.ndarray
+    top_ids: np.ndarray
+    top_logprobs: np.ndarray
+
+
+@functools.partial(jax.jit, static_argnames=("config", "attention", "top_k"))
+def _token_scores(params, input_ids, segments, positions, targets, *, config: LlamaConfig, attention: str,
+                  top_k: int):
+    """Packs input_ids/segments/positions [B, L] as in `_score`; targets [B, L]: the token that follows each
+    position in its segment (-1: none). The log-softmax of `_score` at every position: the targets' log-probs
+    [B, L] (0 where none) and the top_k log-probs and ids [B, L, top_k], from the same array (a target that is
+    the argmax has exactly the top log-prob)."""
+    logits, _ = Llama(config, attention).apply({"params": params}, input_ids, positions, segments)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
+    top_logprobs, top_ids = jax.lax.top_k(logp, top_k)
+    return jnp.where(targets >= 0, picked, 0.0), top_logprobs, top_ids
+
+
+def token_logprobs_ids(params, config: LlamaConfig, sequences: Sequence[Sequence[int]], top_k: int = 1,
+                       attention: str = "auto", logit_bytes: int = SCORE_LOGIT_BYTES) -> list[TokenScores]:
+    """Every token's log-prob given the tokens before it, and the `top_k` likeliest tokens at every position,
+    per sequence (in order): the prompt log-probs of an OpenAI `echo` request, one forward pass, no decoding.
+
+    The same computation as `loglikelihood_ids` (fp32 log-softmax over the model's logits, inputs packed
+    several to a row of PACK_WIDTH tokens, each its own segment with positions from 0, longer ones at their
+    power-of-two width), so the sum of a continuation's token log-probs here is its log-likelihood there, up
+    to float rounding. Every position is projected to the vocabulary: a call takes as many packs as
+    `logit_bytes` of logits allow. `top_k` is rounded up to a power of two for the compiled program (a few
+    programs), and cut back in the result."""
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k}: at least 1")
+    for i, tokens in enumerate(sequences):
+        if not tokens:
+            raise ValueError(f"sequence {i} is empty")
+        if len(tokens) > config.max_position_embeddings:
+            raise ValueError(f"sequence {i}: {len(tokens)} tokens exceed the model's "
+                             f"{config.max_position_embeddings} positions")
+    results: list[TokenScores | None] = [None] * len(sequences)
+    compiled_k = min(bucket(top_k), config.vocab_size)
+    classes: dict[int, list[int]] = {}
+    for i, tokens in enumerate(sequences):
+        classes.setdefault(max(PACK_WIDTH, bucket(len(tokens))), []).append(i)
+    for width, members in sorted(classes.items()):
+        packs = [[members[i] for i in p] for p in pack([len(sequences[r]) for r in members], width)]
+        fits = max(1, logit_bytes // (width * config.vocab_size * 4))
+        n = min(bucket(len(packs)), 1 << (fits.bit_length() - 1))
+        for start in range(0, len(packs), n):
+            batch = packs[start:start + n]
+            ids, segments, positions = (np.zeros((n, width), np.int32) for _ in range(3))
+            targets = np.full((n, width), -1, np.int32)
+            for b, rows in enumerate(batch):
+                offset = 0
+                for r, row in enumerate(rows):
+                    tokens, end = sequences[row], offset + len(sequences[row])
+                    ids[b, offset:end], segments[b, offset:end] = tokens, r + 1
+                    positions[b, offset:end] = np.arange(len(tokens))
+                    targets[b, offset:end - 1] = tokens[1:]
+                    offset = end
+            picked, top_logprobs, top_ids = (np.asarray(a) for a in _token_scores(
+                params, ids, segments, positions, targets, config=config, attention=attention, top_k=compiled_k))
+            for b, rows in enumerate(batch):
+                offset = 0
+                for row in rows:
+                    end = offset + len(sequences[row])
+                    results[row] = TokenScores(picked[b, offset:end - 1].copy(),
+                                               top_ids[b, offset:end, :top_k].copy(),
+                                               top_logprobs[b, offset:end, :top_k].copy())
+                    offset = end
     return results

@@ -67,6 +67,7 @@ class Request:
     on_update: Callable[[Request], None] | None = None
     output: list[int] = dataclasses.field(default_factory=list)  # generated ids, EOS stripped
     finish_reason: str | None = None  # "stop" (EOS) or "length" once finished; None while running
+    stop_token: int | None = None  # the EOS id that ended it (stripped from `output`)
     cancelled: bool = False
 
 
@@ -281,6 +282,7 @@ class Engine:
             self.slots[i].filled += len(new)
             if not still[i]:
                 request.finish_reason = "stop" if new and new[-1] in self._eos else "length"
+                request.stop_token = new[-1] if request.finish_reason == "stop" else None
                 new = new[:-1] if request.finish_reason == "stop" else new
                 self.slots[i] = None
             request.output.extend(new)

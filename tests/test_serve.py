@@ -17,6 +17,7 @@ import pytest
 from fastapi import FastAPI
 
 import xlit_jax
+from xlit_jax.decode import loglik
 from xlit_jax.serve.app import ServeConfig, create_app
 from xlit_jax.serve.limits import Limits
 from xlit_jax.serve.server import serve_in_thread
@@ -40,7 +41,8 @@ def tiny(tok):
 
 @pytest.fixture(scope="module")
 def served(tiny):
-    app = create_app(tiny, "tiny", ServeConfig(slots=8, max_tokens=64, max_body_bytes=1 << 20))
+    app = create_app(tiny, "tiny", ServeConfig(slots=8, max_tokens=64, max_body_bytes=1 << 20,
+                                             max_request_tokens=1 << 16))
     with serve_in_thread(app) as url:
         yield url, app.state.worker
 
@@ -127,9 +129,9 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(served):
         (json.dumps({**good, "model": "gpt-4"}).encode(), 404, "'gpt-4' does not exist"),
         (json.dumps({**good, "prompt": "word " * 600}).encode(), 400, "exceeds the model's 512 positions"),
         (json.dumps({"model": "tiny", "prompt": "word " * 600}).encode(), 400, "exceeds the model's 512 positions"),
-        (json.dumps({**good, "max_tokens": 0}).encode(), 400, "max_tokens=0 is outside 1..64"),
+        (json.dumps({**good, "max_tokens": 0}).encode(), 400, "max_tokens=0 is outside 1..64 (0, with echo"),
         (json.dumps({**good, "max_tokens": 65}).encode(), 400, "max_tokens=65 is outside 1..64"),
-        (json.dumps({**good, "n": 3}).encode(), 400, "only n=1"),
+        (json.dumps({**good, "n": 1000}).encode(), 400, "field 'n'"),
         (json.dumps({**good, "temperature": -1}).encode(), 400, "field 'temperature'"),
         (json.dumps({**good, "prompt": ""}).encode(), 400, "the prompt is empty"),
     ]
@@ -404,3 +406,153 @@ def test_idle_connections_late_requests_and_surplus_connections_are_closed_and_t
         assert urllib.request.urlopen(base + "/health", timeout=5).status == 200
         for sock in idle:
             sock.close()
+
+
+def completion(url, **body):
+    status, answer_, _ = post(f"{url}/completions", json.dumps({"model": "tiny", **body}).encode())
+    assert status == 200, answer_
+    return answer_
+
+
+def test_prompts_in_every_form_give_one_choice_each_in_order(served, tiny):
+    """A string, strings, token ids, lists of token ids: choice i * n + j is prompt i's j-th; greedy text equals
+    generate_ids; the usage counts each prompt once."""
+    url, _ = served
+    texts = ["Once upon a time", "The capital of France", "1, 2, 3,"]
+    ids = [tiny.encode(t) for t in texts]
+    expected = [tiny.tokenizer.decode(o, skip_special_tokens=True) for o in tiny.generate_ids(ids, 4)]
+    for prompt in (texts, ids):
+        reply = completion(url, prompt=prompt, max_tokens=4, temperature=0)
+        assert [c["index"] for c in reply["choices"]] == [0, 1, 2]
+        assert [c["text"] for c in reply["choices"]] == expected
+        assert reply["usage"] == {"prompt_tokens": sum(map(len, ids)), "completion_tokens": 12, "total_tokens":
+                                  sum(map(len, ids)) + 12}
+    assert completion(url, prompt=ids[1], max_tokens=4, temperature=0)["choices"][0]["text"] == expected[1]
+    reply = completion(url, prompt=texts[:2], max_tokens=4, temperature=0, n=2)
+    assert [c["text"] for c in reply["choices"]] == [expected[0]] * 2 + [expected[1]] * 2
+    sampled = completion(url, prompt=texts[0], max_tokens=8, temperature=1.0, n=3, seed=11)
+    assert len({c["text"] for c in sampled["choices"]}) == 3  # n samples, each its own seed (seed + j)
+    again = completion(url, prompt=texts[0], max_tokens=8, temperature=1.0, n=3, seed=11)
+    assert [c["text"] for c in again["choices"]] == [c["text"] for c in sampled["choices"]]
+
+
+def test_echo_and_logprobs_are_the_scoring_pass_and_agree_with_loglikelihood(served, tiny):
+    """lm-evaluation-harness's request (token ids, echo, logprobs 1, max_tokens 1, temperature 0): the prompt's
+    tokens with null first, their log-probs summing to loglikelihood_ids's value over any continuation, top-1
+    dicts whose max equals the token's log-prob where it is the greedy one, and the one generated token, the
+    engine's greedy token."""
+    url, _ = served
+    context, continuation = tiny.encode("The weather today is"), tiny.encode(" sunny and warm")
+    sequence = context + continuation
+    reply = completion(url, prompt=[sequence], max_tokens=1, temperature=0, echo=True, logprobs=1)
+    [choice] = reply["choices"]
+    logprobs = choice["logprobs"]
+    [[greedy]] = tiny.generate_ids([sequence], 1)
+    assert logprobs["tokens"] == [tiny.tokenizer.decode([t]) for t in sequence + [greedy]]
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    assert choice["text"] == tiny.tokenizer.decode(sequence) + tiny.tokenizer.decode([greedy])
+    assert logprobs["text_offset"][:2] == [0, len(logprobs["tokens"][0])]
+    [(expected, is_greedy)] = loglik.loglikelihood_ids(tiny.params, tiny.config, [(context, continuation)])
+    scored = logprobs["token_logprobs"][len(context):-1]
+    assert abs(sum(scored) - expected) <= 1e-4
+    tops = logprobs["top_logprobs"][len(context):-1]
+    assert all(len(top) in (1, 2) for top in tops)  # the top-1, and the token itself when it is another
+    assert is_greedy == all(value == max(top.values()) for value, top in zip(scored, tops))
+    assert logprobs["token_logprobs"][-1] == max(logprobs["top_logprobs"][-1].values())  # the greedy token
+    assert reply["usage"]["completion_tokens"] == 1
+    # generated tokens' log-probs (no echo): those of the scoring pass over prompt + output, top-k sorted
+    reply = completion(url, prompt="Hello", max_tokens=5, temperature=0, logprobs=3)
+    logprobs = reply["choices"][0]["logprobs"]
+    assert len(logprobs["tokens"]) == 5 and all(len(top) == 3 for top in logprobs["top_logprobs"])
+    assert logprobs["text_offset"][0] == len("Hello")
+    for value, top in zip(logprobs["token_logprobs"], logprobs["top_logprobs"]):
+        assert value == max(top.values())  # greedy: each token is its position's top-1
+    # max_tokens 0 with echo: the prompt scored, nothing generated; without logprobs, the prompt echoed
+    reply = completion(url, prompt=["a b c", "d e"], max_tokens=0, echo=True, logprobs=0)
+    assert [c["text"] for c in reply["choices"]] == ["a b c", "d e"] and reply["usage"]["completion_tokens"] == 0
+    assert [len(c["logprobs"]["tokens"]) for c in reply["choices"]] == [len(tiny.encode(t)) for t in ("a b c", "d e")]
+    reply = completion(url, prompt="x y", max_tokens=0, echo=True)
+    assert reply["choices"][0]["text"] == "x y" and reply["choices"][0]["logprobs"] is None
+
+
+def test_chat_logprobs_in_openai_chat_shape(served, tiny):
+    url, _ = served
+    reply = client(url).chat.completions.create(model="tiny", messages=CHAT, max_tokens=4, temperature=0,
+                                                logprobs=True, top_logprobs=2)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == 4 and "".join(c.token for c in content) == reply.choices[0].message.content
+    for entry in content:
+        assert len(entry.top_logprobs) == 2 and entry.top_logprobs[0].logprob == entry.logprob  # greedy
+        assert entry.bytes == list(entry.token.encode())
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
+    plain = client(url).chat.completions.create(model="tiny", messages=CHAT, max_tokens=4, temperature=0,
+                                                logprobs=True)
+    assert [c.top_logprobs for c in plain.choices[0].logprobs.content] == [[]] * 4
+    assert client(url).chat.completions.create(model="tiny", messages=CHAT, max_tokens=2).choices[0].logprobs is None
+
+
+def test_hostile_completion_requests_are_refused_400_and_the_server_serves_on(served):
+    url, worker = served
+    good = {"model": "tiny", "prompt": "Hi", "max_tokens": 2, "temperature": 0}
+    cases = [
+        ({"prompt": []}, "prompt: an empty list"),
+        ({"prompt": [[]]}, "prompt[0]: not a non-empty list of token ids"),
+        ({"prompt": [1, "a"]}, "one kind, not mixed"),
+        ({"prompt": [[1], "a"]}, "one kind, not mixed"),
+        ({"prompt": [True, 2]}, "one kind, not mixed"),
+        ({"prompt": [1.5]}, "one kind, not mixed"),
+        ({"prompt": {"a": 1}}, "field 'prompt"),
+        ({"prompt": [-1, 5]}, "token id -1 is outside the vocabulary (0..49151)"),
+        ({"prompt": [[5], [49152]]}, "prompt[1]: token id 49152 is outside the vocabulary"),
+        ({"prompt": [7] * 300_000}, "prompt has 300000 tokens: more than the model's 512 positions"),
+        ({"prompt": [[7]] * 257}, "257 prompts; at most 256"),
+        ({"prompt": ["a"] * 100, "n": 3}, "100 prompts x n=3 = 300 choices; at most 256"),
+        ({"prompt": "Hi", "n": 1000}, "field 'n'"),
+        ({"prompt": "Hi", "n": 0}, "field 'n'"),
+        ({"logprobs": 1_000_000}, "field 'logprobs'"),
+        ({"logprobs": -1}, "field 'logprobs'"),
+        ({"logprobs": True}, "field 'logprobs'"),
+        ({"echo": "yes"}, "field 'echo'"),
+        ({"max_tokens": 0}, "max_tokens=0 is outside 1..64"),
+        ({"max_tokens": -1, "echo": True}, "max_tokens=-1 is outside 0..64"),
+        ({"prompt": ["word " * 460] * 2, "max_tokens": 64, "n": 2}, "that exceeds the model's 512 positions"),
+        ({"prompt": [[7] * 500] * 200, "echo": True, "max_tokens": 0, "logprobs": 1}, "at most 65536"),
+        ({"stream": True, "n": 2}, "stream: one prompt, n=1"),
+        ({"stream": True, "echo": True}, "stream: one prompt, n=1"),
+        ({"stream": True, "logprobs": 0}, "stream: one prompt, n=1"),
+        ({"model": "other", "prompt": [5]}, "does not exist"),
+    ]
+    for change, message in cases:
+        status, error, _ = post(f"{url}/completions", json.dumps({**good, **change}).encode())
+        assert 400 <= status < 500 and message in error["error"]["message"], (change, error)
+        assert set(error["error"]) == {"message", "type", "param", "code"}
+    chat = {"model": "tiny", "messages": CHAT, "max_tokens": 2}
+    for change, message in (({"top_logprobs": 2}, "top_logprobs needs logprobs: true"),
+                            ({"logprobs": True, "top_logprobs": 21}, "field 'top_logprobs'"),
+                            ({"logprobs": 1}, "field 'logprobs'"),
+                            ({"logprobs": True, "stream": True}, "stream: one prompt, n=1")):
+        status, error, _ = post(f"{url}/chat/completions", json.dumps({**chat, **change}).encode())
+        assert status == 400 and message in error["error"]["message"], (change, error)
+    assert completion(url, **{k: v for k, v in good.items() if k != "model"})["choices"][0]["text"] is not None
+    assert worker.queued() == 0
+
+
+def test_vllm_tokenizer_endpoints_serve_lm_evals_remote_tokenizer(served, tiny):
+    url, _ = served
+    base = url.removesuffix("/v1")
+    body = {"prompt": "Hello world", "add_special_tokens": False}
+    status, reply, _ = post(f"{base}/tokenize", json.dumps(body).encode())
+    assert status == 200 and reply["tokens"] == tiny.tokenizer("Hello world", add_special_tokens=False).input_ids
+    status, reply, _ = post(f"{base}/tokenize", json.dumps({"messages": CHAT}).encode())
+    assert reply["tokens"] == tiny.encode(CHAT) and reply["count"] == len(reply["tokens"])
+    status, reply, _ = post(f"{base}/detokenize", json.dumps({"tokens": tiny.encode("Hello world")}).encode())
+    assert reply == {"prompt": "Hello world"}
+    for path, body, message in (("detokenize", {"tokens": [-5]}, "token id -5 is outside"),
+                                ("tokenize", {}, "either prompt or messages"),
+                                ("tokenize", {"prompt": "x" * 200_000}, "characters: more than"),
+                                ("tokenize", {"prompt": "x", "model": "gpt-4"}, "does not exist")):
+        status, error, _ = post(f"{base}/{path}", json.dumps(body).encode())
+        assert 400 <= status < 500 and message in error["error"]["message"], (path, error)
+    with urllib.request.urlopen(f"{base}/tokenizer_info", timeout=10) as reply:
+        info = json.loads(reply.read())
+    assert info["eos_token"] == tiny.tokenizer.eos_token and "im_start" in info["chat_template"]

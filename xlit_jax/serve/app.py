@@ -104,7 +104,7 @@ class Service:
     async def prompt_ids(self, prompts: list[str | list[int]]) -> list[list[int]]:
         """Token ids of a completion request's prompts: token ids checked against the model's positions and
         vocabulary, strings' lengths checked before they are tokenized (in one thread)."""
-        where = (lambda i: "prompt") if len(prompts) == 1 else (lambda i: f"prompt[{i}]")
+        where = (lambda i: "the prompt") if len(prompts) == 1 else (lambda i: f"prompt[{i}]")
         positions = self.model.config.max_position_embeddings
         for i, prompt in enumerate(prompts):
             if isinstance(prompt, str):

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import openai
 import pytest
 from fastapi import FastAPI
@@ -556,3 +557,117 @@ def test_vllm_tokenizer_endpoints_serve_lm_evals_remote_tokenizer(served, tiny):
     with urllib.request.urlopen(f"{base}/tokenizer_info", timeout=10) as reply:
         info = json.loads(reply.read())
     assert info["eos_token"] == tiny.tokenizer.eos_token and "im_start" in info["chat_template"]
+
+
+MMLU_TASK = """task: xlit_mmlu_tiny
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{choices[0]}}}}\\nB. {{{{choices[1]}}}}\\
+  \\nC. {{{{choices[2]}}}}\\nD. {{{{choices[3]}}}}\\nAnswer:"
+doc_to_choice: ["A", "B", "C", "D"]
+doc_to_target: answer
+metric_list:
+  - metric: acc
+"""
+XQUAD_TASK = """task: xlit_xquad_tiny
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "Context: {{{{context}}}}\\n\\nQuestion: {{{{question}}}}\\n\\nAnswer:"
+doc_to_target: "{{{{answers[0]}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 24
+metric_list:
+  - metric: exact_match
+"""
+
+
+def harness_tasks(folder, shared_data, items: int):
+    """Two tiny lm-eval tasks on local files: MMLU-style multiple choice (log-likelihoods) from the first rows of
+    CrossAlpaca's English abstract algebra, and XQuAD-style generation with a stop sequence."""
+    import ast
+    import csv
+
+    folder.mkdir()
+    bench = shared_data / "crossalpaca_bench" / "English"
+    with open(bench / "MMLU" / "abstract_algebra_test.csv", newline="") as f:
+        mmlu = [{"question": q, "choices": [a, b, c, d], "answer": "ABCD".index(gold)}
+                for q, a, b, c, d, gold in list(csv.reader(f))[:items]]
+    with open(bench / "XQUAD" / "xquad_EN.csv", newline="") as f:
+        xquad = [{"context": r["context"], "question": r["question"],
+                  "answers": ast.literal_eval(r["answers"])["text"]} for r in list(csv.DictReader(f))[:items // 2]]
+    for name, rows, task in (("mmlu", mmlu, MMLU_TASK), ("xquad", xquad, XQUAD_TASK)):
+        data = folder / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / f"{name}.yaml").write_text(task.format(data=data))
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow  # ~2-3 min on 2 cores: the xlit-serve binary loads SmolLM2, lm-eval runs two tasks through it
+def test_lm_eval_local_completions_and_chat_through_xlit_serve(smollm2, tmp_path, shared_data, monkeypatch):
+    """lm-evaluation-harness as its users point it at a vLLM server: `local-completions` with its defaults (token-id
+    requests, echo + logprobs, tokenized through the server's /tokenize) on an MMLU-style task, and
+    `local-chat-completions` on an XQuAD-style generation task, against the real xlit-serve binary with
+    SmolLM2. Each log-likelihood agrees with Model.loglikelihood (1e-4: the same fp32 computation in other
+    packs, summed from JSON floats) with the same greedy flags, and each generation is Model.generate's greedy
+    text (no repetition penalty) cut at the task's stop."""
+    lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e '.[harness]')")
+    from lm_eval.tasks import TaskManager
+
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
+    tasks = TaskManager(include_path=str(harness_tasks(tmp_path / "tasks", shared_data, items=6)))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "launch.serve", "--model=smollm2-135m", "--model_name=smollm2",
+                               f"--port={port}", "--slots=4", "--max_tokens=64"], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()[-3000:]
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=5).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        scored = lm_eval.simple_evaluate(model="local-completions", tasks=["xlit_mmlu_tiny"], task_manager=tasks,
+                                         model_args={"base_url": f"{base}/v1/completions", "model": "smollm2",
+                                                     "batch_size": 8}, log_samples=True)
+        generated = lm_eval.simple_evaluate(model="local-chat-completions", tasks=["xlit_xquad_tiny"],
+                                            task_manager=tasks, apply_chat_template=True,
+                                            model_args={"base_url": f"{base}/v1/chat/completions",
+                                                        "model": "smollm2"}, log_samples=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    samples = scored["samples"]["xlit_mmlu_tiny"]
+    assert len(samples) == 6 and all(len(s["resps"]) == 4 for s in samples)
+    pairs = [tuple(argument) for s in samples for argument in s["arguments"]]
+    served = [response[0] for s in samples for response in s["resps"]]
+    ours = smollm2.loglikelihood(pairs)
+    np.testing.assert_allclose([v for v, _ in served], [v for v, _ in ours], atol=1e-4)
+    assert [g for _, g in served] == [g for _, g in ours]
+    assert scored["results"]["xlit_mmlu_tiny"]["acc,none"] == np.mean(
+        [int(np.argmax([v for v, _ in ours[4 * i:4 * i + 4]]) == s["doc"]["answer"]) for i, s in enumerate(samples)])
+    samples = generated["samples"]["xlit_xquad_tiny"]
+    assert len(samples) == 3
+    for sample in samples:
+        messages = json.loads(sample["arguments"][0][0][0])  # lm-eval's JsonChatStr: the chat as JSON
+        expected = smollm2.generate(messages, max_new_tokens=24, repetition_penalty=1.0).split("\n")[0]
+        assert sample["resps"][0][0] == expected

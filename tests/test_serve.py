@@ -671,3 +671,26 @@ def test_lm_eval_local_completions_and_chat_through_xlit_serve(smollm2, tmp_path
         messages = json.loads(sample["arguments"][0][0][0])  # lm-eval's JsonChatStr: the chat as JSON
         expected = smollm2.generate(messages, max_new_tokens=24, repetition_penalty=1.0).split("\n")[0]
         assert sample["resps"][0][0] == expected
+
+
+def test_lm_eval_in_process_through_xlit_lm(tiny, tmp_path, shared_data, monkeypatch):
+    """The same two harness tasks in process (evaluate/harness/lm_eval_lm.py's XlitLM, no server): log-likelihoods
+    are Model.loglikelihood's exactly (the same call), generations the engine's greedy text cut at the stop."""
+    lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e '.[harness]')")
+    from lm_eval.tasks import TaskManager
+
+    from xlit_jax.evaluate.harness.lm_eval_lm import XlitLM
+
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
+    tasks = TaskManager(include_path=str(harness_tasks(tmp_path / "tasks", shared_data, items=4)))
+    out = lm_eval.simple_evaluate(model=XlitLM(tiny, max_gen_toks=8), tasks=["xlit_mmlu_tiny", "xlit_xquad_tiny"],
+                                  task_manager=tasks, log_samples=True)
+    samples = out["samples"]["xlit_mmlu_tiny"]
+    pairs = [tuple(argument) for s in samples for argument in s["arguments"]]
+    assert [tuple(r[0]) for s in samples for r in s["resps"]] == [tuple(r) for r in tiny.loglikelihood(pairs)]
+    for sample in out["samples"]["xlit_xquad_tiny"]:
+        context, settings = sample["arguments"][0]
+        [ids] = tiny.generate_ids([tiny.tokenizer(context, add_special_tokens=False).input_ids], 24)
+        assert sample["resps"][0][0] == tiny.tokenizer.decode(ids, skip_special_tokens=True).split("\n")[0]

@@ -673,6 +673,7 @@ def test_lm_eval_local_completions_and_chat_through_xlit_serve(smollm2, tmp_path
         assert sample["resps"][0][0] == expected
 
 
+@pytest.mark.slow  # ~60 s on 2 cores (compiling the scoring and decoding programs for 4 + 2 items)
 def test_lm_eval_in_process_through_xlit_lm(tiny, tmp_path, shared_data, monkeypatch):
     """The same two harness tasks in process (evaluate/harness/lm_eval_lm.py's XlitLM, no server): log-likelihoods
     are Model.loglikelihood's exactly (the same call), generations the engine's greedy text cut at the stop."""

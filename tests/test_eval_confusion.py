@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from xlit_jax.data.confusion import ENGLISH_WORDS_FILE, english_words
 from xlit_jax.data.langid import LanguageIdentifier
 from xlit_jax.errors import InputError
 from xlit_jax.evaluate.instructions import confusion
@@ -23,7 +24,7 @@ RUSSIAN = "Москва является столицей России и кру
 @pytest.fixture(scope="module")
 def scorer(shared_data):
     return confusion.LanguageConfusionScorer(
-        LanguageIdentifier(), confusion.english_words(shared_data / confusion.ENGLISH_WORDS_FILE))
+        LanguageIdentifier(), english_words(shared_data / ENGLISH_WORDS_FILE))
 
 
 def item(language, set_name="chirkova", prompt_language=None):

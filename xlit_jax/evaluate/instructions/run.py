@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from xlit_jax.data.confusion import ENGLISH_WORDS_FILE, english_words
 from xlit_jax.data.langid import LanguageIdentifier
 from xlit_jax.data.spelling import DEFAULT_DICTIONARY_DIR, SpellChecker
 from xlit_jax.errors import InputError
@@ -102,7 +103,7 @@ def build_scorers(config: EvalConfig, items, data_dir: Path, relevance_model=Non
         scorers.append(SpellingScorer(checker, lid))
     if "language_confusion" in wanted:
         scorers.append(confusion.LanguageConfusionScorer(
-            lid, confusion.english_words(data_dir / confusion.ENGLISH_WORDS_FILE)))
+            lid, english_words(data_dir / ENGLISH_WORDS_FILE)))
     if "modifiers" in wanted:
         scorers.append(ModifierScorer(lid))
     judged = sorted(wanted & {"judge", "modifier_judge"})

@@ -242,7 +242,8 @@ def test_report_draws_the_probe_curves_of_every_cell(tmp_path):
         train_dir = grid.cell_paths(tmp_path, cell).train
         train_dir.mkdir(parents=True)
         rows = [{"step": 1, "loss": 2.0}] + [{"step": 5 * i, "kind": "eval", "probe/en/language_correct": 1.0,
-                                              "probe/fr/language_correct": v, "probe/fr/line_pass": v / 2} for i, v in enumerate(fr)]
+                                              "probe/fr/language_correct": v, "probe/fr/line_pass": v / 2}
+                                             for i, v in enumerate(fr)]
         (train_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert [r["step"] for r in probes.read_rounds(grid.cell_paths(tmp_path, cells[1]).train)] == [0, 5, 10]
     assert report.plot_probe_curves(cells, tmp_path, tmp_path / "curves.png")

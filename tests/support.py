@@ -50,7 +50,7 @@ class ScriptedModel:
         self.prompts_seen = []
         self.calls = []
 
-    def generate(self, prompts, max_new_tokens=256, repetition_penalty=1.0, slots=8, on_finished=None):
+    def generate(self, prompts, max_new_tokens=256, repetition_penalty=1.0, slots=8, on_finished=None, sampling=None):
         self.calls.append({"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty})
         texts = [self.reply(p[-1]["content"] if isinstance(p, list) else p) for p in prompts]
         for index, text in enumerate(texts):

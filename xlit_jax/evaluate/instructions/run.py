@@ -25,6 +25,7 @@ from tqdm import tqdm
 from xlit_jax.data.confusion import ENGLISH_WORDS_FILE, english_words
 from xlit_jax.data.langid import LanguageIdentifier
 from xlit_jax.data.spelling import DEFAULT_DICTIONARY_DIR, SpellChecker
+from xlit_jax.decode.engine import PromptTooLong
 from xlit_jax.decode.sampling import Sampling
 from xlit_jax.errors import InputError
 from xlit_jax.evaluate.instructions import confusion, judge, relevance
@@ -246,9 +247,13 @@ class Evaluation:
             generated[it.key] = row
             progress.update(1)
 
-        model.generate([list(it.messages) for it in pending], self.config.max_new_tokens,
-                       self.config.repetition_penalty, self.config.batch_size, on_finished=save,
-                       sampling=self.config.sampling(pending))
+        try:
+            model.generate([list(it.messages) for it in pending], self.config.max_new_tokens,
+                           self.config.repetition_penalty, self.config.batch_size, on_finished=save,
+                           sampling=self.config.sampling(pending))
+        except PromptTooLong as e:  # raised before any decoding
+            it = pending[e.index]
+            raise e.named(f"{it.set} item {it.id} ({it.language})") from None
         progress.close()
         missing = [it.key for it in pending if it.key not in generated]
         if missing:

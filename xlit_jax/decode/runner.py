@@ -27,7 +27,7 @@ def _generate_to_jsonl(model, rows, out, max_new_tokens, repetition_penalty, slo
     logging.info("%d prompts, %d already done, %d to generate", len(rows), len(rows) - len(todo), len(todo))
     if todo:
         ids = [model.encode(r["prompt"]) for r in todo]
-        _check_lengths(todo, ids, max_new_tokens, model.config.max_position_embeddings)
+        _check_lengths(todo, ids, max_new_tokens, model.config.max_positions)
 
         def write(index, out_ids):
             row = {**{k: v for k, v in todo[index].items() if k != "prompt"},

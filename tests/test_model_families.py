@@ -2,7 +2,9 @@
 Mistral (sliding window), each a tiny random model built by transformers from the family's own config class
 and saved with save_pretrained (sharded, with the index file), checked as LLaMA-2 is (test_model_parity):
 logits after import and after export against transformers (1e-4, fp32: the two differ in float32 summation
-order only), greedy tokens through the engine against HF generate, a GGUF written by the `gguf` package.
+order only), greedy tokens through the engine against HF generate, one training step against PyTorch (full,
+and LoRA through a PEFT adapter that peft loads; support.check_step's tolerances), a GGUF written by the
+`gguf` package.
 Plus the presets' shapes against the published configs of their hub names."""
 
 import gguf
@@ -17,7 +19,7 @@ from xlit_jax.errors import InputError, WeightsError
 from xlit_jax.io.hf import config_from_hf, save_hf_dir, tensors_from_params
 from xlit_jax.models.presets import HUB_NAMES, PRESETS
 
-from support import hf_generate, left_padded
+from support import full_ft_parity, hf_generate, left_padded, lora_parity
 
 SHAPES = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.05, bos_token_id=1,
@@ -95,6 +97,13 @@ def test_greedy_tokens_through_the_engine_match_hf_generate(family):
     ours = model.generate_ids(prompts, 64, repetition_penalty=1.1, slots=4)
     assert ours == hf_generate(reference, prompts)
     assert max(map(len, ours)) > 5
+
+
+def test_one_training_step_matches_pytorch_full_and_lora_through_peft(family, tmp_path):
+    _, _, directory = family
+    model = xlit_jax.load(directory)
+    full_ft_parity(model.config, model.params, tmp_path / "full", lr=1e-3, update_tol=1e-3)
+    lora_parity(model.config, model.params, tmp_path / "lora", lr=1e-3, update_tol=1e-3)
 
 
 def test_mistral_sequences_longer_than_the_window_are_refused_by_name(tmp_path):

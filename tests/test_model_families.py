@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from tokenizers import pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 import xlit_jax
+from xlit_jax.data.records import Turn
+from xlit_jax.data.templates import encode, get_template, prompt_text
 from xlit_jax.errors import InputError, WeightsError
+from xlit_jax.io.gguf import GGUFFile
 from xlit_jax.io.hf import config_from_hf, save_hf_dir, tensors_from_params
 from xlit_jax.models.presets import HUB_NAMES, PRESETS
 
@@ -194,8 +197,6 @@ def test_gguf_with_llama3_rope_factors_is_refused_by_name(tmp_path):
     model = xlit_jax.load("preset:tiny")
     path = tmp_path / "llama3.gguf"
     write_gguf(path, model.config, model.params, "llama")
-    from xlit_jax.io.gguf import GGUFFile
-
     f = GGUFFile(path)
     f.tensors["rope_freqs.weight"] = ([8], 0, 0)
     with pytest.raises(WeightsError, match="rope_freqs.weight"):
@@ -243,3 +244,54 @@ def test_preset_shapes_match_the_published_config_of_the_hub_name(preset):
     else:
         assert c.rope_type == "llama3"
         assert (c.rope_factor, c.rope_low_freq_factor, c.rope_high_freq_factor, c.rope_original_max_positions) == rope
+
+
+# ---- chat templates: each family's own, from a tokenizer built offline -----------------------------------
+
+# Qwen/Qwen2.5-7B-Instruct's tokenizer_config.json chat_template, its tool-call branches left out
+QWEN2_5_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    "<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}{%- if (message.role == 'user') or (message.role == 'system' and not loop.first)"
+    " or (message.role == 'assistant') %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>'"
+    " + '\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+# meta-llama/Meta-Llama-3-8B-Instruct's tokenizer_config.json chat_template
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+# (template, special tokens, bos, eos as the base model's tokenizer has it, what closes an answer)
+TEMPLATES = {
+    "qwen2.5": (QWEN2_5_TEMPLATE, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|endoftext|>",
+                "<|im_end|>"),
+    "llama3": (LLAMA3_TEMPLATE, ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                                 "<|eot_id|>"], "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"),
+}
+
+
+def byte_level_tokenizer(template, specials, bos, eos):
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    backend = Tokenizer(models.BPE({t: i for i, t in enumerate(alphabet)}, [], fuse_unk=False))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos,
+                                                chat_template=template)
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_each_familys_chat_template_gives_answer_only_targets_closed_by_its_end_of_turn(name):
+    template_text, specials, bos, eos, end = TEMPLATES[name]
+    tok = byte_level_tokenizer(template_text, specials, bos, eos)
+    conversation = (Turn("user", "Hi there"), Turn("assistant", "Hello!"), Turn("user", "Capital of Peru?"),
+                    Turn("assistant", "Lima."))
+    template = get_template("chat", tok)
+    assert [p.text for p in template.pieces(conversation) if p.target] == [f"Hello!{end}", f"Lima.{end}"]
+    ((ids, target),) = encode(template, tok, [conversation])
+    assert tok.decode(ids[target]) == f"Hello!{end}Lima.{end}"
+    for turns in (2, 4):  # a generation prompt tokenizes to the start of the training sequence
+        prompt = tok(prompt_text(template, conversation[:turns - 1]), add_special_tokens=False).input_ids
+        assert list(ids[:len(prompt)]) == prompt and target[len(prompt)] and not target[len(prompt) - 1]

@@ -15,12 +15,15 @@ import transformers
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 import xlit_jax
+from configs.experiments import paper
+from configs.studies import bases
 from xlit_jax.data.records import Turn
 from xlit_jax.data.templates import encode, get_template, prompt_text
 from xlit_jax.errors import InputError, WeightsError
 from xlit_jax.io.gguf import GGUFFile
 from xlit_jax.io.hf import config_from_hf, save_hf_dir, tensors_from_params
 from xlit_jax.models.presets import HUB_NAMES, PRESETS
+from xlit_jax.study import grid
 
 from support import full_ft_parity, hf_generate, left_padded, lora_parity
 
@@ -295,3 +298,18 @@ def test_each_familys_chat_template_gives_answer_only_targets_closed_by_its_end_
     for turns in (2, 4):  # a generation prompt tokenizes to the start of the training sequence
         prompt = tok(prompt_text(template, conversation[:turns - 1]), add_special_tokens=False).input_ids
         assert list(ids[:len(prompt)]) == prompt and target[len(prompt)] and not target[len(prompt) - 1]
+
+
+# ---- the study on these bases --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("base", ["llama3.1-8b", "qwen2.5-0.5b", "mistral-7b"])
+def test_the_bases_study_runs_the_papers_grid_on_a_base_by_name(base, tmp_path):
+    cells = grid.expand(bases.get_config(f"{base},/models/{base},mini"))
+    assert [c.name for c in cells][:2] == [f"{base.replace('.', '_')}.base", f"{base}.lima-en.ft.lr1e-6"]
+    assert len(cells) == 7 and len(grid.expand(bases.get_config(f"{base},/models/{base}"))) == 25
+    config = grid.experiment_config(cells[-1])
+    assert (config.model.source, config.model.hub_name, config.train.max_steps) == (f"/models/{base}",
+                                                                                   HUB_NAMES[base], 50)
+    assert config.lora.rank > 0 and config.optim.lr == 1e-4 and base in paper.BASES
+    with pytest.raises(ValueError, match="BASE,SOURCE"):
+        bases.get_config("gpt2,/m")

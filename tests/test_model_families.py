@@ -7,11 +7,13 @@ and LoRA through a PEFT adapter that peft loads; support.check_step's tolerances
 `gguf` package.
 Plus the presets' shapes against the published configs of their hub names."""
 
+import flax.linen as nn
 import gguf
 import numpy as np
 import pytest
 import torch
 import transformers
+from jax.sharding import PartitionSpec
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 import xlit_jax
@@ -20,8 +22,10 @@ from configs.studies import bases
 from xlit_jax.data.records import Turn
 from xlit_jax.data.templates import encode, get_template, prompt_text
 from xlit_jax.errors import InputError, WeightsError
+from xlit_jax.io.checkpoints.model_info import read_config, save_model_info
 from xlit_jax.io.gguf import GGUFFile
 from xlit_jax.io.hf import config_from_hf, save_hf_dir, tensors_from_params
+from xlit_jax.models.llama import init_boxed
 from xlit_jax.models.presets import HUB_NAMES, PRESETS
 from xlit_jax.study import grid
 
@@ -313,3 +317,12 @@ def test_the_bases_study_runs_the_papers_grid_on_a_base_by_name(base, tmp_path):
     assert config.lora.rank > 0 and config.optim.lr == 1e-4 and base in paper.BASES
     with pytest.raises(ValueError, match="BASE,SOURCE"):
         bases.get_config("gpt2,/m")
+
+
+def test_biases_have_logical_axes_and_the_new_fields_survive_a_workdir(tmp_path):
+    config = PRESETS["tiny"].replace(qkv_bias=True, rope_type="llama3", rope_factor=8.0, sliding_window=64)
+    specs = nn.get_partition_spec(init_boxed(config))["layers"]["attn"]
+    assert [specs[p]["bias"] for p in "qkv"] == [PartitionSpec("layers", "heads")] + [
+        PartitionSpec("layers", "kv_heads")] * 2
+    save_model_info(tmp_path, config)
+    assert read_config(tmp_path) == config

@@ -1,4 +1,4 @@
-"""HF LLaMA directories (config.json + safetensors) <-> our config and params.
+"""HF directories of the LLaMA family (llama, mistral, qwen2: config.json + safetensors) <-> our config and params.
 
 Params are read tensor by tensor into preallocated stacked arrays, so importing a 13B model needs its
 size in RAM once, not twice. Kernels are stored [in, out] here and [out, in] in HF files.

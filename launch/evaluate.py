@@ -173,7 +173,7 @@ def check_prompt_sizes(plan, source: str) -> None:
     from xlit_jax.io.tokenizer import prompt_too_long
     from xlit_jax.loader import load_config
 
-    positions = load_config(source).max_position_embeddings
+    positions = load_config(source).max_positions
     for item in plan.items:
         problem = prompt_too_long(item.messages, positions)
         if problem:

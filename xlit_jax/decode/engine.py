@@ -212,7 +212,7 @@ class Engine:
 
     def problem(self, prompt_len: int, max_new_tokens: int) -> str | None:
         """Why a request cannot run here ("exceeds ..." or "does not fit ..."), or None."""
-        positions = self.config.max_position_embeddings
+        positions = self.config.max_positions
         if prompt_len + max_new_tokens > positions:
             return f"exceeds the model's {positions} positions"
         if columns(prompt_len, self.chunk) + max_new_tokens > self.max_len:
@@ -316,7 +316,7 @@ class Engine:
 def default_max_len(config: LlamaConfig, prefill_chunk: int = PREFILL_CHUNK) -> int:
     """Cache columns per slot for any request the model's positions allow: its positions plus the most
     padding a first chunk can add."""
-    return config.max_position_embeddings + max(columns(n, prefill_chunk) - n for n in range(1, prefill_chunk + 1))
+    return config.max_positions + max(columns(n, prefill_chunk) - n for n in range(1, prefill_chunk + 1))
 
 
 class PromptTooLong(InputError):
@@ -340,10 +340,10 @@ def generate_ids(params, config: LlamaConfig, prompts: Sequence[Sequence[int]], 
     """Continuations (EOS stripped) of tokenized prompts through an engine of `slots` slots sized for them,
     in the order given; `sampling`, one per prompt, samples those whose temperature is > 0.
     `on_finished(index, output)` is called as each sequence finishes, e.g. to write it at once."""
-    too_long = [i for i, p in enumerate(prompts) if len(p) + max_new_tokens > config.max_position_embeddings]
+    too_long = [i for i, p in enumerate(prompts) if len(p) + max_new_tokens > config.max_positions]
     if too_long:
         first = too_long[0]
-        raise PromptTooLong(first, len(prompts[first]), max_new_tokens, config.max_position_embeddings, len(too_long))
+        raise PromptTooLong(first, len(prompts[first]), max_new_tokens, config.max_positions, len(too_long))
     if not prompts:
         return []
     chunk = engine_options.get("prefill_chunk", PREFILL_CHUNK)

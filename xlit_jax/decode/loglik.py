@@ -94,9 +94,9 @@ def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequenc
     inputs: dict[tuple[int, ...], list[int]] = {}  # shared input ids -> indices of the pairs scored on it
     for i, (context, continuation) in enumerate(pairs):
         whole = list(context or prefix) + list(continuation)
-        if len(whole) - 1 > config.max_position_embeddings:
+        if len(whole) - 1 > config.max_positions:
             raise ValueError(f"pair {i}: {len(whole) - 1} tokens exceed the model's "
-                             f"{config.max_position_embeddings} positions")
+                             f"{config.max_positions} positions")
         inputs.setdefault(tuple(whole[:-1]), []).append(i)
     rows = list(inputs)
     results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
@@ -190,9 +190,9 @@ def token_logprobs_ids(params, config: LlamaConfig, sequences: Sequence[Sequence
     for i, tokens in enumerate(sequences):
         if not tokens:
             raise ValueError(f"sequence {i} is empty")
-        if len(tokens) > config.max_position_embeddings:
+        if len(tokens) > config.max_positions:
             raise ValueError(f"sequence {i}: {len(tokens)} tokens exceed the model's "
-                             f"{config.max_position_embeddings} positions")
+                             f"{config.max_positions} positions")
     results: list[TokenScores | None] = [None] * len(sequences)
     compiled_k = min(bucket(top_k), config.vocab_size)
     classes: dict[int, list[int]] = {}

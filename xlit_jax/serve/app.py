@@ -91,7 +91,7 @@ class Service:
                                             max_len=config.max_len, steps=config.steps), config.max_queue, on_failure)
         self.scorer = Scorer(model, config.max_queue, config.score_batch_tokens)
         self.token_chars = longest_token(model.tokenizer)
-        self.prompt_tokens = min(model.config.max_position_embeddings, self.worker.engine.max_len)
+        self.prompt_tokens = min(model.config.max_positions, self.worker.engine.max_len)
         self.vocab = min(model.config.vocab_size, len(model.tokenizer))  # ids a prompt may hold: 0..vocab-1
         self.token_text = functools.lru_cache(1 << 16)(
             lambda i: model.tokenizer.decode([i], skip_special_tokens=False))
@@ -105,7 +105,7 @@ class Service:
         """Token ids of a completion request's prompts: token ids checked against the model's positions and
         vocabulary, strings' lengths checked before they are tokenized (in one thread)."""
         where = (lambda i: "the prompt") if len(prompts) == 1 else (lambda i: f"prompt[{i}]")
-        positions = self.model.config.max_position_embeddings
+        positions = self.model.config.max_positions
         for i, prompt in enumerate(prompts):
             if isinstance(prompt, str):
                 problem = prompt_too_long(prompt, self.prompt_tokens, self.token_chars)
@@ -155,7 +155,7 @@ class Service:
         the model's positions leave, up to --max_tokens; refused (400) where the engine cannot run it."""
         if not prompt_ids:
             raise APIError(400, "the prompt is empty: it encodes to no tokens", param="prompt")
-        limit, positions = self.config.max_tokens, self.model.config.max_position_embeddings
+        limit, positions = self.config.max_tokens, self.model.config.max_positions
         if max_tokens is not None and not (0 if zero else 1) <= max_tokens <= limit:
             hint = "" if zero else " (0, with echo, scores the prompt only)"
             raise APIError(400, f"max_tokens={max_tokens} is outside {0 if zero else 1}..{limit}{hint}",
@@ -525,7 +525,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
         if (body.prompt is None) == (body.messages is None):
             raise APIError(400, "tokenize: give either prompt or messages", param="prompt")
         text = body.prompt if body.messages is None else [m.model_dump() for m in body.messages]
-        positions = service.model.config.max_position_embeddings
+        positions = service.model.config.max_positions
         problem = prompt_too_long(text, positions, service.token_chars)
         if problem:
             raise APIError(400, problem, param="prompt", code="context_length_exceeded")
@@ -560,7 +560,7 @@ def add_routes(app: FastAPI, service: Service) -> None:
         return {"tokenizer_class": type(tokenizer).__name__, "eos_token": tokenizer.eos_token,
                 "bos_token": tokenizer.bos_token, "pad_token": tokenizer.pad_token, "unk_token": tokenizer.unk_token,
                 "chat_template": template if isinstance(template, str) else None,
-                "model_max_length": service.model.config.max_position_embeddings}
+                "model_max_length": service.model.config.max_positions}
 
     @app.get("/v1/models")
     async def models():

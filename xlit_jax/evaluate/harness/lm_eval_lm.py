@@ -37,7 +37,7 @@ class XlitLM(TemplateLM):
         self.model, self.tokenizer = model, model.tokenizer
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         self.max_gen_toks, self.slots, self.seed = int(max_gen_toks), int(slots), int(seed)
-        self.max_length = int(max_length or model.config.max_position_embeddings)
+        self.max_length = int(max_length or model.config.max_positions)
 
     @property
     def eot_token_id(self) -> int:

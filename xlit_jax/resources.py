@@ -2,7 +2,7 @@
 
 The shared data folder (the papers' evaluation sets, LIMA, NTREX, the benchmarks: ../shared/data/README.md)
 is $XLIT_SHARED_DATA when set, else `shared/data` beside the repository checkout. Every module and
-benchmark asks `shared_data_dir()`, so one variable moves it for all of them.
+perf script asks `shared_data_dir()`, so one variable moves it for all of them.
 """
 
 from __future__ import annotations

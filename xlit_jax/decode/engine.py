@@ -18,7 +18,7 @@ programs update it in place (the state is donated):
 Neither reads the whole cache: a decoding step attends over its first W columns, W the length bucket
 (256, 384, 512, 768, ...) of the longest live slot, and a prefill reads and writes its slot's columns up to
 its chunk's end, bucketed the same way. A step's cost grows with the columns it reads (on CPU ~0.13 ms
-per column at 16 slots, docs/benchmarks.md), so short slots do not pay for the cache's full width.
+per column at 16 slots, docs/performance.md), so short slots do not pay for the cache's full width.
 
 Between calls the host loop (`Engine.run_once`) frees the slots of finished or cancelled requests and
 admits waiting prompts into them, first slots first. A slot's columns before its query are all rewritten
@@ -50,7 +50,7 @@ from xlit_jax.models.llama import Llama, init_cache
 from xlit_jax.models.lora import LoraConfig, adapted
 
 PREFILL_CHUNK = 256  # prompt tokens per prefill call at most
-DECODE_STEPS = 1  # decoding steps per call: the fastest on CPU of 1, 4 and 8 (docs/benchmarks.md)
+DECODE_STEPS = 1  # decoding steps per call: the fastest on CPU of 1, 4 and 8 (docs/performance.md)
 MIN_READ = 256  # cache columns a call reads at least: narrower reads save little and each compiles
 
 
@@ -351,7 +351,8 @@ def lower_programs(params, config: LlamaConfig, slots: int, prompt_len: int, new
     """The engine's two programs lowered on abstract inputs for the compile-only plans (plan/decoding.py):
     "prefill", a prompt's last chunk into one slot, and "step", a decoding call of every slot, each reading
     a whole slot of a cache sized for `prompt_len` + `new_tokens`. `params` may be ShapeDtypeStructs;
-    `place(shape, dtype)` gives every other input's; `attention` is the kernel setting. Returns (the lowered programs, the state's shapes)."""
+    `place(shape, dtype)` gives every other input's; `attention` is the kernel setting. Returns (the lowered
+    programs, the state's shapes)."""
     implementation = kernels.choose(attention, config.dtype, config.head_dim)
     max_len = kernels.cache_length(columns(prompt_len, PREFILL_CHUNK) + new_tokens, implementation)
     state = jax.tree_util.tree_map(lambda x: place(x.shape, x.dtype),

@@ -1,8 +1,8 @@
 """Where a step's time goes: one traced call of the train step, or --new_tokens decoding steps of the engine,
 their XLA ops grouped by what they compute.
 
-    python -m xlit_jax.bench.profile --what=train --batch=4 --seq_len=256
-    python -m xlit_jax.bench.profile --what=decode --batch=16 --new_tokens=64
+    python -m xlit_jax.perf.profile --what=train --batch=4 --seq_len=256
+    python -m xlit_jax.perf.profile --what=decode --batch=16 --new_tokens=64
 
 The call runs once to compile, then once under `jax.profiler.trace`. Every executed op of the compiled
 program is a trace event named after its HLO instruction; the instruction's `op_name` metadata (the JAX
@@ -23,7 +23,7 @@ import time
 import jax
 from absl import app, flags
 
-from xlit_jax.bench import common
+from xlit_jax.perf import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("what", "train", ["train", "decode"], "the train step (full FT or LoRA) or decoding steps")
@@ -95,7 +95,7 @@ def breakdown(call, hlo_text: str) -> tuple[float, list[tuple[str, float, bool]]
 
 def train_call():
     """(a no-argument function running one train step, the compiled program's text)."""
-    from xlit_jax.bench.workloads import device_batch, jax_train_step
+    from xlit_jax.perf.workloads import device_batch, jax_train_step
 
     train_step, run = jax_train_step(FLAGS.model, FLAGS.method, FLAGS.batch, FLAGS.seq_len)
     return run, train_step.lower(device_batch(train_step, FLAGS.batch, FLAGS.seq_len)).compile().as_text()
@@ -108,8 +108,8 @@ def decode_call():
     import numpy as np
 
     import xlit_jax
-    from xlit_jax.bench.workloads import paper_prompts
     from xlit_jax.decode.engine import lower_programs
+    from xlit_jax.perf.workloads import paper_prompts
 
     model = xlit_jax.load(FLAGS.model)
     longest = max(len(model.encode(p)) for p in paper_prompts(FLAGS.data, FLAGS.batch))

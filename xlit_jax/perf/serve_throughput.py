@@ -1,14 +1,14 @@
 """xlit-serve under 1, 8 and 32 concurrent clients vs the same prompts through xlit-generate, same process.
 
-    python -m xlit_jax.bench.serve_throughput --clients=1,8,32 --requests=32 --new_tokens=32
-    python -m xlit_jax.bench.serve_throughput --clients=16,64 --requests=64 --languages=en,fr,pt,ru \
+    python -m xlit_jax.perf.serve_throughput --clients=1,8,32 --requests=32 --new_tokens=32
+    python -m xlit_jax.perf.serve_throughput --clients=16,64 --requests=64 --languages=en,fr,pt,ru \
         --new_tokens=128,16,64,32   # mixed prompt and answer lengths
 
 The server (the slot engine, uvicorn on loopback) and the `openai` clients run in this process; each
 client thread sends its share of the requests one after another. `xlit-generate` is its generation stage
 (`generate_to_jsonl`: tokenize, decode through --max_batch engine slots, detokenize, append to a JSONL) on the
 same model object. Every configuration runs --warmups times untimed (JAX compiles each shape once),
-then is timed once (bench.common.time_calls). Tokens/s counts completion tokens (up to EOS) over the wall time of all
+then is timed once (perf.common.time_calls). Tokens/s counts completion tokens (up to EOS) over the wall time of all
 requests.
 """
 
@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from absl import flags
 
-from xlit_jax.bench import common, workloads
 from xlit_jax.cli import run_main
 from xlit_jax.decode.engine import DECODE_STEPS
+from xlit_jax.perf import common, workloads
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model to serve")

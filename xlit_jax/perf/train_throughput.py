@@ -1,12 +1,12 @@
 """Training throughput: our jitted train step vs PyTorch (transformers + AdamW; peft for LoRA), same
 model, same batch shape, same run.
 
-    python -m xlit_jax.bench.train_throughput --batch=4 --seq_len=256 --steps=5
+    python -m xlit_jax.perf.train_throughput --batch=4 --seq_len=256 --steps=5
 
 Each (engine, method) runs in its own subprocess, so peak RSS and threads are its own. Both sides do a
 full update per step (forward, backward over the masked response-token loss, clipping, AdamW with the
 released configs' settings: workloads.SETTINGS) in fp32; one warm-up step (JAX compiles, torch allocates),
-then the median of `steps` timed ones (bench.common.time_calls). Tokens/s counts every position
+then the median of `steps` timed ones (perf.common.time_calls). Tokens/s counts every position
 of the [batch, seq_len] rows; MFU uses the model FLOPs per token of xlit_jax.train.metrics over the peak
 of xlit_jax.train.metrics.peak_flops (on CPU, a measured fp32 matmul rate).
 """
@@ -20,8 +20,8 @@ import sys
 
 from absl import app, flags
 
-from xlit_jax.bench import common, workloads
 from xlit_jax.models.lora import LORA_RANK
+from xlit_jax.perf import common, workloads
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model source for both engines")
@@ -106,7 +106,7 @@ def main(argv):
     passed.append(f"--peak_flops={peak}")
     results = []
     for spec in FLAGS.runs:
-        done = subprocess.run([sys.executable, "-m", "xlit_jax.bench.train_throughput", f"--worker={spec}", *passed],
+        done = subprocess.run([sys.executable, "-m", "xlit_jax.perf.train_throughput", f"--worker={spec}", *passed],
                               capture_output=True, text=True, check=True)
         results.append(common.read_result(done.stdout))
         print(json.dumps(results[-1]), flush=True)

@@ -1,9 +1,9 @@
 """Data pipeline throughput: tokens per second tokenized and packed on one CPU core, and packing efficiency.
 
-    python -m xlit_jax.bench.pipeline --data=lima:../shared/data/lima/lima.en.jsonl --seq_len=2048
+    python -m xlit_jax.perf.pipeline --data=lima:../shared/data/lima/lima.en.jsonl --seq_len=2048
 
 The process pins itself to one core and the Rust tokenizer to one thread before anything runs. Timed per
-template, each the median of --repeats calls after a warm-up (bench.common.time_calls): chat template +
+template, each the median of --repeats calls after a warm-up (perf.common.time_calls): chat template +
 tokenization + truncation (`tokenize`), then one epoch packed into [B, L] micro-batches (`PackedBatches`);
 loading the file is not timed. Tokens/s counts every token of every
 example; efficiency is the share of batch positions holding a token.
@@ -15,7 +15,7 @@ import os
 
 from absl import app, flags
 
-from xlit_jax.bench import common
+from xlit_jax.perf import common
 from xlit_jax.resources import shared_data
 
 FLAGS = flags.FLAGS

@@ -1,4 +1,4 @@
-"""What every benchmark script shares: the timing rule, the output format and the data-folder flag.
+"""What every perf script shares: the timing rule, the output format and the data-folder flag.
 
 Timing: `time_calls` runs a call `warmups` times untimed (JAX compiles, torch allocates), then `calls` times,
 and reports the median (one noisy moment on a shared machine moves a mean by 20%). Output: a markdown

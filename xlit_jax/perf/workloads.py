@@ -1,4 +1,4 @@
-"""The workloads every benchmark measures, free of flags so that several benchmarks can share them: the
+"""The workloads every perf script measures, free of flags so that several scripts can share them: the
 paper's prompts, and one training update of a model (full fine-tuning or LoRA) on a fixed batch, ours
 through train.step.build and the PyTorch reference's with the same optimizer settings and adapters."""
 
@@ -36,7 +36,7 @@ def train_batch(vocab: int, batch: int, seq_len: int, leading: tuple = ()) -> di
 
 
 def lora_for(method: str, rank: int = LORA_RANK) -> LoraConfig | None:
-    """The benchmarks' adapters (all seven projections, the default alpha) for method 'lora', else None."""
+    """The perf scripts' adapters (all seven projections, the default alpha) for method 'lora', else None."""
     return LoraConfig(rank, targets=LORA_TARGETS) if method == "lora" else None
 
 

@@ -1,13 +1,13 @@
 """Greedy decoding throughput: our JAX generate vs HF transformers `generate`, same prompts, same run.
 
-    python -m xlit_jax.bench.decode_throughput --batch_sizes=1,16,64 --new_tokens=64
+    python -m xlit_jax.perf.decode_throughput --batch_sizes=1,16,64 --new_tokens=64
 
 Engines: `jax` (`Model.generate_ids` on token ids: the slot engine of decode/engine.py, --batch_sizes its
 slots), `xlit-eval` (the generation stage of xlit-eval on the same prompts: chat template, tokenization,
 decoding, detokenization and the keyed JSONL writes) and `torch` (transformers' `generate`, batches of
 similar lengths). Each (engine, batch size) runs in its own subprocess so that its peak
 RSS is its own. A first call with the same shapes warms up (JAX compiles; torch allocates), then the
-median of --repeats timed calls counts (bench.common.time_calls). Tokens/s counts the tokens each row generates up to
+median of --repeats timed calls counts (perf.common.time_calls). Tokens/s counts the tokens each row generates up to
 its EOS, over
 the wall time of the whole batch.
 """
@@ -21,7 +21,7 @@ import time
 
 from absl import app, flags
 
-from xlit_jax.bench import common, workloads
+from xlit_jax.perf import common, workloads
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model for both engines (the HF side loads the same GGUF)")
@@ -149,7 +149,7 @@ def main(argv):
     rows = []
     for batch in FLAGS.batch_sizes:
         for engine in FLAGS.engines:
-            cmd = [sys.executable, "-m", "xlit_jax.bench.decode_throughput", f"--worker={engine}:{batch}",
+            cmd = [sys.executable, "-m", "xlit_jax.perf.decode_throughput", f"--worker={engine}:{batch}",
                    f"--model={FLAGS.model}", f"--new_tokens={FLAGS.new_tokens}", f"--data={FLAGS.data}",
                    f"--repetition_penalty={FLAGS.repetition_penalty}", f"--torch_threads={FLAGS.torch_threads}",
                    f"--repeats={FLAGS.repeats}", f"--warmups={FLAGS.warmups}", f"--prompts={FLAGS.prompts}",

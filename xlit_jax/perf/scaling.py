@@ -1,6 +1,6 @@
 """The paper's grid, planned on compile-only pods (docs/scaling.md): does each config fit, how fast would it run.
 
-    JAX_PLATFORMS=cpu nice -n 10 python -m xlit_jax.bench.scaling --out_dir=runs/scaling
+    JAX_PLATFORMS=cpu nice -n 10 python -m xlit_jax.perf.scaling --out_dir=runs/scaling
 
 Needs the compile-only stacks (`pip install -e '.[aot-tpu,aot-gpu]'`). One compilation per row (about a
 minute for a 7B model on 2 CPU cores), rows appended to out_dir/{train,decode}.jsonl as they finish: a
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from xlit_jax.bench.common import markdown_table
+from xlit_jax.perf.common import markdown_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "runs/scaling", "where the JSONL rows and scaling.md go")

@@ -1,7 +1,7 @@
 """One command for a lent GPU or TPU: training MFU and decoding against the HBM floor, ours and HF's, and
 the compile-only plans against what the device measures.
 
-    python -m xlit_jax.bench.accelerator --out_dir=runs/accelerator
+    python -m xlit_jax.perf.accelerator --out_dir=runs/accelerator
 
 On the attached accelerator(s), with random weights (throughput does not depend on them):
 - training (--train, MODEL:METHOD:ROWS per device): a 1B-shape (TinyLlama) full fine-tune and a 7B-shape
@@ -12,13 +12,13 @@ On the attached accelerator(s), with random weights (throughput does not depend 
   devices (compile-only, the experiment config --experiment with the case's model, batch and dtype): the
   plan's peak memory per device next to the measured one (`device.memory_stats()['peak_bytes_in_use']`,
   so run one training case per process for a clean peak), and its step time at the measured MFU (equal
-  to the measured step when the plan counts the bench's FLOPs) and at the plans' 40%;
+  to the measured step when the plan counts the measured FLOPs) and at the plans' 40%;
 - decoding: the 7B shape (--decode_model) in bf16, greedy, at batch 1 and 16: tokens/s and the share of the
   HBM floor reached (every weight and the KV cache read once per step: xlit_jax.plan.decoding);
 - the same through HF transformers (+ peft) on the same device when torch sees it (fp32 weights under bf16
   autocast with gradient checkpointing for training; bf16 weights for decoding).
-Each time is the median of timed calls after a warm-up (bench.common.time_calls); the optimizer and the
-adapters are the benchmarks' (workloads.SETTINGS, models.lora's paper LoRA defaults). Each row is
+Each time is the median of timed calls after a warm-up (perf.common.time_calls); the optimizer and the
+adapters are the perf scripts' (workloads.SETTINGS, models.lora's paper LoRA defaults). Each row is
 appended to out_dir/accelerator.jsonl as it finishes (a failing row records its error and the others
 run); out_dir/accelerator.json and accelerator.md hold all rows there at the end. --dry_run allows the CPU
 (HF on torch's CPU) for checking the wiring with tiny shapes (scripts/accelerator_check.sh --dry_run).
@@ -34,8 +34,8 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from xlit_jax.bench import common, workloads
-from xlit_jax.bench.workloads import train_batch
+from xlit_jax.perf import common, workloads
+from xlit_jax.perf.workloads import train_batch
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "runs/accelerator", "where accelerator.jsonl, .json and .md go")
@@ -54,7 +54,7 @@ flags.DEFINE_integer("prompt_len", 128, "decoding prompt tokens (random ids)")
 flags.DEFINE_integer("new_tokens", 256, "decoding new tokens")
 flags.DEFINE_bool("dry_run", False, "allow the CPU (and HF on torch's CPU): the wiring, with tiny shapes given")
 
-PLAN_MFU = 0.4  # the MFU the compile-only plans assume (bench.scaling's default)
+PLAN_MFU = 0.4  # the MFU the compile-only plans assume (perf.scaling's default)
 
 
 def check_accelerator():
@@ -62,8 +62,8 @@ def check_accelerator():
 
     device = jax.devices()[0]
     if device.platform == "cpu" and not FLAGS.dry_run:
-        sys.exit("xlit_jax.bench.accelerator: no GPU or TPU attached (jax sees only the CPU); for CPU numbers use "
-                 "xlit_jax.bench.train_throughput and decode_throughput")
+        sys.exit("xlit_jax.perf.accelerator: no GPU or TPU attached (jax sees only the CPU); for CPU numbers use "
+                 "xlit_jax.perf.train_throughput and decode_throughput")
     return device
 
 

@@ -1,6 +1,6 @@
 """MMLU scoring: our log-likelihoods vs lm-evaluation-harness with HF transformers, same questions, same run.
 
-    python -m xlit_jax.bench.mmlu_scoring --languages=en,de --per_subject=10   # needs pip install '.[harness]'
+    python -m xlit_jax.perf.mmlu_scoring --languages=en,de --per_subject=10   # needs pip install '.[harness]'
 
 The first --per_subject rows of every MMLU subject in each language (CrossAlpaca's files, zero-shot, no chat
 template), as xlit-eval --eval_set=mmlu scores them: four requests (context, " A") ... (context, " D") per
@@ -24,8 +24,8 @@ from pathlib import Path
 
 from absl import app, flags
 
-from xlit_jax.bench import common
 from xlit_jax.evaluate.harness.data import LETTERS
+from xlit_jax.perf import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model for both engines (the harness loads the same GGUF)")
@@ -104,7 +104,7 @@ def main(argv):
         path = Path(tmp) / "requests.json"
         path.write_text(json.dumps(pairs))
         rows = [common.read_result(subprocess.run(
-            [sys.executable, "-m", "xlit_jax.bench.mmlu_scoring", f"--worker={path}", f"--engines={engine}",
+            [sys.executable, "-m", "xlit_jax.perf.mmlu_scoring", f"--worker={path}", f"--engines={engine}",
              f"--model={FLAGS.model}", f"--batch_size={FLAGS.batch_size}", f"--torch_threads={FLAGS.torch_threads}"],
             capture_output=True, text=True, check=True).stdout) for engine in FLAGS.engines]
     print(format_table(rows, len(pairs) // len(LETTERS), prompt_tokens(pairs)))

@@ -33,9 +33,12 @@ from pathlib import Path
 
 from absl import app, flags
 
-from xlit_jax.perf import accelerator, common
+from xlit_jax.io.files import atomic_write_text, resume_jsonl
+from xlit_jax.perf import accelerator_report, common
 
-FLAGS = flags.FLAGS  # --out_dir and --dry_run are perf.accelerator's, passed on to its runs
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out_dir", "runs/accelerator", "where the summary, the throughput rows and the logs go")
+flags.DEFINE_bool("dry_run", False, "the same parts on the CPU with tiny shapes: the wiring, nothing to report")
 flags.DEFINE_integer("budget_s", 470, "seconds for all parts together (the issue's 8 minutes, less start-up)")
 
 # (model:method:rows) per part; the real run's, then the dry run's
@@ -135,13 +138,11 @@ def summary(head: dict, part_rows: list[dict], kernels: list[dict], rows: list[d
             [r["part"], r["status"], r.get("seconds", "-"), r["limit_s"]] for r in part_rows]),
         common.markdown_table(["kernel test", "outcome", "seconds", "recorded / message"], [
             [r["test"], r["outcome"], f"{r['seconds']:.1f}", recorded(r) or r["message"]] for r in kernels]),
-        accelerator.markdown(head["device"], rows) if rows else "no throughput rows"])
+        accelerator_report.markdown(head["device"], rows) if rows else "no throughput rows"])
 
 
 def main(argv):
     del argv
-    from xlit_jax.io.files import atomic_write_text, resume_jsonl
-
     out = Path(FLAGS.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("accelerator.jsonl", "kernels.xml"):  # this run's rows only

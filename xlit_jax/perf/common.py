@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from absl import flags
 
+from xlit_jax.io.files import atomic_write_text
 from xlit_jax.resources import shared_data_dir
 
 RESULT = "RESULT "
@@ -56,8 +57,6 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 def write_rows(path: str | Path, rows: list[dict], table: str | None = None) -> None:
     """The rows as a JSON list at `path` and, when given, the table beside it as .md (both atomically)."""
-    from xlit_jax.io.files import atomic_write_text
-
     path = Path(path)
     atomic_write_text(path, json.dumps(rows, indent=2) + "\n")
     if table is not None:

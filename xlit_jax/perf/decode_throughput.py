@@ -19,8 +19,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from absl import app, flags
 
+import xlit_jax
+from xlit_jax.evaluate import EvalConfig, Evaluation
+from xlit_jax.io.gguf import smollm2_gguf_path
 from xlit_jax.perf import common, workloads
 
 FLAGS = flags.FLAGS
@@ -40,8 +44,6 @@ flags.DEFINE_string("worker", None, "internal: run one measurement as engine:bat
 
 def load_timed():
     """(our model, seconds `xlit_jax.load` took)."""
-    import xlit_jax
-
     start = time.perf_counter()
     model = xlit_jax.load(FLAGS.model)
     return model, time.perf_counter() - start
@@ -60,8 +62,6 @@ def measure_jax(batch: int) -> dict:
 def measure_eval(batch: int) -> dict:
     """The first `batch` English items of the paper's set through xlit-eval's generation stage."""
     import tempfile
-
-    from xlit_jax.evaluate import EvalConfig, Evaluation
 
     model, load_s = load_timed()
     generated = []
@@ -87,12 +87,8 @@ def measure_eval(batch: int) -> dict:
 
 
 def measure_torch(batch: int) -> dict:
-    import numpy as np
-    import torch
+    import torch  # optional (the `torch` extra): only the reference's worker imports it
     from transformers import AutoModelForCausalLM
-
-    import xlit_jax
-    from xlit_jax.io.gguf import smollm2_gguf_path
 
     torch.set_num_threads(FLAGS.torch_threads)
     start = time.perf_counter()

@@ -24,7 +24,10 @@ from pathlib import Path
 
 from absl import app, flags
 
-from xlit_jax.evaluate.harness.data import LETTERS
+import xlit_jax
+from xlit_jax.decode import loglik
+from xlit_jax.evaluate.harness.data import LETTERS, load_benchmarks
+from xlit_jax.io.gguf import smollm2_gguf_path
 from xlit_jax.perf import common
 
 FLAGS = flags.FLAGS
@@ -40,8 +43,6 @@ flags.DEFINE_string("worker", None, "internal: score the requests of this JSON f
 
 def requests(data_dir: str) -> list[list[str]]:
     """[context, continuation] of every answer letter of the chosen questions, in order."""
-    from xlit_jax.evaluate.harness.data import load_benchmarks
-
     taken = collections.Counter()
     pairs = []
     for item in load_benchmarks(("mmlu",), FLAGS.languages, data_dir).items:
@@ -52,9 +53,6 @@ def requests(data_dir: str) -> list[list[str]]:
 
 
 def score_jax(pairs: list[list[str]]) -> dict:
-    import xlit_jax
-    from xlit_jax.decode import loglik
-
     start = time.perf_counter()
     model = xlit_jax.load(FLAGS.model)
     compiled = loglik._score._cache_size()
@@ -64,11 +62,9 @@ def score_jax(pairs: list[list[str]]) -> dict:
 
 
 def score_harness(pairs: list[list[str]]) -> dict:
-    import torch
+    import torch  # optional (the `torch` and `harness` extras): only the reference's worker imports them
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
-
-    from xlit_jax.io.gguf import smollm2_gguf_path
 
     torch.set_num_threads(FLAGS.torch_threads)
     start = time.perf_counter()
@@ -89,8 +85,6 @@ def worker(path: str) -> None:
 
 
 def prompt_tokens(pairs: list[list[str]]) -> int:
-    import xlit_jax
-
     tokenizer = xlit_jax.load(FLAGS.model).tokenizer
     return sum(len(tokenizer(context, add_special_tokens=False).input_ids) for context, _ in pairs[::len(LETTERS)])
 

@@ -15,6 +15,10 @@ import os
 
 from absl import app, flags
 
+from xlit_jax.data.pipeline import PackedBatches, batch_size_for, tokenize
+from xlit_jax.data.records import load_source
+from xlit_jax.data.templates import get_template
+from xlit_jax.io.tokenizer import load_tokenizer
 from xlit_jax.perf import common
 from xlit_jax.resources import shared_data
 
@@ -28,9 +32,6 @@ flags.DEFINE_integer("repeats", 3, "timed runs per template after a warm-up; the
 
 
 def measure(records, tokenizer, template_name: str) -> dict:
-    from xlit_jax.data.pipeline import PackedBatches, batch_size_for, tokenize
-    from xlit_jax.data.templates import get_template
-
     template = get_template(template_name, tokenizer)
     batch_size = batch_size_for(FLAGS.tokens_per_batch, FLAGS.seq_len)
     tokenized = common.time_calls(lambda: tokenize(records, template, tokenizer, FLAGS.seq_len), FLAGS.repeats)
@@ -47,9 +48,6 @@ def measure(records, tokenizer, template_name: str) -> dict:
 
 def main(argv):
     del argv
-    from xlit_jax.data.records import load_source
-    from xlit_jax.io.tokenizer import load_tokenizer
-
     records = load_source(FLAGS.data).records
     tokenizer = load_tokenizer(FLAGS.tokenizer)
     print(f"{FLAGS.data}: {len(records)} records; L={FLAGS.seq_len}, {FLAGS.tokens_per_batch} tokens per "

@@ -21,9 +21,14 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags
 
+import xlit_jax
+from xlit_jax.decode.engine import lower_programs
 from xlit_jax.perf import common
+from xlit_jax.perf.workloads import device_batch, jax_train_step, paper_prompts
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("what", "train", ["train", "decode"], "the train step (full FT or LoRA) or decoding steps")
@@ -95,8 +100,6 @@ def breakdown(call, hlo_text: str) -> tuple[float, list[tuple[str, float, bool]]
 
 def train_call():
     """(a no-argument function running one train step, the compiled program's text)."""
-    from xlit_jax.perf.workloads import device_batch, jax_train_step
-
     train_step, run = jax_train_step(FLAGS.model, FLAGS.method, FLAGS.batch, FLAGS.seq_len)
     return run, train_step.lower(device_batch(train_step, FLAGS.batch, FLAGS.seq_len)).compile().as_text()
 
@@ -104,13 +107,6 @@ def train_call():
 def decode_call():
     """(a no-argument function running --new_tokens decoding calls of the engine's --batch slots, all live, over
     a cache sized for the paper's first --batch prompts, the decoding program's text)."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    import xlit_jax
-    from xlit_jax.decode.engine import lower_programs
-    from xlit_jax.perf.workloads import paper_prompts
-
     model = xlit_jax.load(FLAGS.model)
     longest = max(len(model.encode(p)) for p in paper_prompts(FLAGS.data, FLAGS.batch))
     lowered, shapes = lower_programs(model.params, model.config, FLAGS.batch, longest, FLAGS.new_tokens,

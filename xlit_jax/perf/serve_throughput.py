@@ -21,9 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from absl import flags
 
+import xlit_jax
 from xlit_jax.cli import run_main
 from xlit_jax.decode.engine import DECODE_STEPS
+from xlit_jax.decode.runner import generate_to_jsonl
 from xlit_jax.perf import common, workloads
+from xlit_jax.serve.app import ServeConfig, create_app
+from xlit_jax.serve.server import serve_in_thread
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model to serve")
@@ -64,8 +68,6 @@ def through_server(url: str, prompts, clients: int) -> dict:
 
 def through_xlit_generate(model, prompts) -> dict:
     """One xlit-generate call per answer budget, as a user would run it."""
-    from xlit_jax.decode.runner import generate_to_jsonl
-
     tokens, asked = 0, budgets(len(prompts))
     for budget in sorted(set(asked)):
         rows = [{"id": i, "prompt": p} for i, (p, b) in enumerate(zip(prompts, asked)) if b == budget]
@@ -85,10 +87,6 @@ def timed(run, warmups: int) -> dict:
 
 def main(argv):
     del argv
-    import xlit_jax
-    from xlit_jax.serve.app import ServeConfig, create_app
-    from xlit_jax.serve.server import serve_in_thread
-
     model = xlit_jax.load(FLAGS.model)
     prompts = workloads.paper_prompts(FLAGS.data, FLAGS.requests, FLAGS.languages)
     rows = [(f"xlit-generate (batch {FLAGS.max_batch})", timed(lambda: through_xlit_generate(model, prompts), 1))]

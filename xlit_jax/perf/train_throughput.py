@@ -20,8 +20,10 @@ import sys
 
 from absl import app, flags
 
-from xlit_jax.models.lora import LORA_RANK
+from xlit_jax.io.hf import save_hf_dir
+from xlit_jax.models.lora import LORA_RANK, split_lora
 from xlit_jax.perf import common, workloads
+from xlit_jax.train import metrics
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model source for both engines")
@@ -44,11 +46,8 @@ def measure_jax(method: str) -> dict:
 def measure_torch(method: str) -> dict:
     import tempfile
 
-    import torch
+    import torch  # optional (the `torch` extra): only the reference's worker imports it
     import transformers
-
-    from xlit_jax.io.hf import save_hf_dir
-    from xlit_jax.models.lora import split_lora
 
     torch.set_num_threads(FLAGS.torch_threads)
     config, lora, params = workloads.load_for_training(FLAGS.model, method, FLAGS.lora_rank)
@@ -75,8 +74,6 @@ def measure_torch(method: str) -> dict:
 
 
 def worker(spec: str) -> dict:
-    from xlit_jax.train import metrics
-
     engine, method = spec.split(":")
     result = (measure_jax if engine == "jax" else measure_torch)(method)
     tokens_per_s = FLAGS.batch * FLAGS.seq_len / result["seconds"]
@@ -98,8 +95,6 @@ def main(argv):
     if FLAGS.worker:
         common.print_result(worker(FLAGS.worker))
         return
-    from xlit_jax.train import metrics
-
     peak, source = metrics.peak_flops(FLAGS.peak_flops)  # once, before any run loads the machine
     print(f"peak {peak:.3g} FLOP/s ({source})", flush=True)
     passed = [FLAGS[name].serialize() for name in ("model", "batch", "seq_len", "steps", "lora_rank", "torch_threads")]

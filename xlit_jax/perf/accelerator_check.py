@@ -33,8 +33,8 @@ from pathlib import Path
 
 from absl import app, flags
 
-from xlit_jax.io.files import atomic_write_text, resume_jsonl
-from xlit_jax.perf import accelerator_report, common
+from xlit_jax.io.files import atomic_write_text, markdown_table, resume_jsonl
+from xlit_jax.perf import accelerator_report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "runs/accelerator", "where the summary, the throughput rows and the logs go")
@@ -134,9 +134,9 @@ def recorded(row: dict) -> str:
 def summary(head: dict, part_rows: list[dict], kernels: list[dict], rows: list[dict]) -> str:
     return "\n\n".join([
         "\n".join(f"- {k}: {v}" for k, v in head.items()),
-        common.markdown_table(["part", "status", "seconds", "limit s"], [
+        markdown_table(["part", "status", "seconds", "limit s"], [
             [r["part"], r["status"], r.get("seconds", "-"), r["limit_s"]] for r in part_rows]),
-        common.markdown_table(["kernel test", "outcome", "seconds", "recorded / message"], [
+        markdown_table(["kernel test", "outcome", "seconds", "recorded / message"], [
             [r["test"], r["outcome"], f"{r['seconds']:.1f}", recorded(r) or r["message"]] for r in kernels]),
         accelerator_report.markdown(head["device"], rows) if rows else "no throughput rows"])
 

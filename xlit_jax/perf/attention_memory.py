@@ -15,10 +15,10 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from xlit_jax.errors import InputError
+from xlit_jax.io.files import markdown_table
 from xlit_jax.models import attention
 from xlit_jax.models.attention import ATTENTIONS
 from xlit_jax.models.presets import get_preset
-from xlit_jax.perf import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "llama2-7b", "model shape (heads, KV heads, head dim)")
@@ -61,7 +61,7 @@ def main(argv):
         temp = attention_memory(implementation, FLAGS.rows, FLAGS.seq_len, config.num_heads, config.num_kv_heads,
                                 config.head_dim, jnp.dtype(FLAGS.dtype))
         rows.append([name, f"{temp['forward'] / 2**20:,.0f} MiB", f"{temp['forward+backward'] / 2**20:,.0f} MiB"])
-    print(common.markdown_table(["attention", "forward temp", "forward + backward temp"], rows))
+    print(markdown_table(["attention", "forward temp", "forward + backward temp"], rows))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Timing: `time_calls` runs a call `warmups` times untimed (JAX compiles, torch allocates), then `calls` times,
 and reports the median (one noisy moment on a shared machine moves a mean by 20%). Output: a markdown
-table (`markdown_table`) on stdout; scripts that write files write the same rows as JSON (`write_rows`);
+table (`io.files.markdown_table`) on stdout; scripts that write files write the same rows as JSON (`write_rows`);
 worker subprocesses hand their row back as the last stdout line (`print_result`, `read_result`).
 """
 
@@ -44,15 +44,6 @@ def time_calls(run: Callable[[], Any], calls: int, warmups: int = 1) -> Timing:
         result = run()
         seconds.append(time.perf_counter() - start)
     return Timing(first_s, statistics.median(seconds), result)
-
-
-def markdown_row(cells: list) -> str:
-    return "| " + " | ".join(map(str, cells)) + " |"
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    """The table (cells formatted by the caller); with no rows, its head, to print rows one by one under."""
-    return "\n".join([markdown_row(header), "|" + "---|" * len(header)] + [markdown_row(row) for row in rows])
 
 
 def write_rows(path: str | Path, rows: list[dict], table: str | None = None) -> None:

@@ -15,6 +15,7 @@ import sys
 
 from absl import app, flags
 
+from xlit_jax.io.files import markdown_row, markdown_table
 from xlit_jax.perf import common
 
 FLAGS = flags.FLAGS
@@ -59,10 +60,10 @@ def main(argv):
     cells += [(f"greedy decode, batch {b}, {FLAGS.new_tokens} new tokens", lambda engine, b=b: decode_rate(engine, b))
               for b in FLAGS.decode_batches]
     print(f"SmolLM2-135M-Instruct, fp32, on {cpu_model()}: tokens/s\n")
-    print(common.markdown_table(["workload", "JAX", "PyTorch", "ratio"], []))
+    print(markdown_table(["workload", "JAX", "PyTorch", "ratio"], []))
     for name, rate in cells:
         ours, theirs = rate("jax"), rate("torch")
-        print(common.markdown_row([name, f"{ours:.1f}", f"{theirs:.1f}", f"{ours / theirs:.2f}x"]), flush=True)
+        print(markdown_row([name, f"{ours:.1f}", f"{theirs:.1f}", f"{ours / theirs:.2f}x"]), flush=True)
 
 
 if __name__ == "__main__":

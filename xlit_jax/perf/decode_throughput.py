@@ -24,6 +24,7 @@ from absl import app, flags
 
 import xlit_jax
 from xlit_jax.evaluate import EvalConfig, Evaluation
+from xlit_jax.io.files import markdown_table
 from xlit_jax.io.gguf import smollm2_gguf_path
 from xlit_jax.perf import common, workloads
 
@@ -157,7 +158,7 @@ def main(argv):
 def format_table(rows: list[dict]) -> str:
     torch_rate = {r["batch"]: r["tokens_per_s"] for r in rows if r["engine"] == "torch"}
     header = ["batch", "engine", "load s", "first call s", "tokens", "tokens/s", "vs torch", "peak RSS GiB"]
-    return common.markdown_table(header, [
+    return markdown_table(header, [
         [r["batch"], r["engine"], f"{r['load_s']:.1f}", f"{r['first_call_s']:.1f}" if r["first_call_s"] else "-",
          r["tokens"], f"{r['tokens_per_s']:.1f}",
          f"{r['tokens_per_s'] / torch_rate[r['batch']]:.2f}x" if r["batch"] in torch_rate else "-",

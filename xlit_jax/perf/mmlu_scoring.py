@@ -27,6 +27,7 @@ from absl import app, flags
 import xlit_jax
 from xlit_jax.decode import loglik
 from xlit_jax.evaluate.harness.data import LETTERS, load_benchmarks
+from xlit_jax.io.files import markdown_table
 from xlit_jax.io.gguf import smollm2_gguf_path
 from xlit_jax.perf import common
 
@@ -118,7 +119,7 @@ def format_table(rows: list[dict], questions: int, tokens: int) -> str:
 
     header = ["engine", "questions", "prompt tokens", "wall s (load included)", "tokens/s", "compilations",
               "peak RSS GiB", "max |loglik - harness|", "answers that differ"]
-    return common.markdown_table(header, [
+    return markdown_table(header, [
         [r["engine"], questions, tokens, f"{r['seconds']:.1f}", f"{tokens / r['seconds']:.0f}",
          "-" if r["compilations"] is None else r["compilations"], f"{r['peak_rss_gib']:.2f}",
          *versus(r["logliks"])] for r in rows])

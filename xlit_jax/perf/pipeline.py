@@ -18,6 +18,7 @@ from absl import app, flags
 from xlit_jax.data.pipeline import PackedBatches, batch_size_for, tokenize
 from xlit_jax.data.records import load_source
 from xlit_jax.data.templates import get_template
+from xlit_jax.io.files import markdown_row, markdown_table
 from xlit_jax.io.tokenizer import load_tokenizer
 from xlit_jax.perf import common
 from xlit_jax.resources import shared_data
@@ -52,11 +53,11 @@ def main(argv):
     tokenizer = load_tokenizer(FLAGS.tokenizer)
     print(f"{FLAGS.data}: {len(records)} records; L={FLAGS.seq_len}, {FLAGS.tokens_per_batch} tokens per "
           f"micro-batch; 1 core ({os.sched_getaffinity(0)}), median of {FLAGS.repeats}\n")
-    print(common.markdown_table(["template", "tokens", "tokenize s", "pack s", "tokens/s", "micro-batches",
+    print(markdown_table(["template", "tokens", "tokenize s", "pack s", "tokens/s", "micro-batches",
                                  "packing efficiency", "truncated"], []))
     for name in FLAGS.templates:
         r = measure(records, tokenizer, name)
-        print(common.markdown_row([name, r["tokens"], f"{r['tokenize_s']:.2f}", f"{r['pack_s']:.2f}",
+        print(markdown_row([name, r["tokens"], f"{r['tokenize_s']:.2f}", f"{r['pack_s']:.2f}",
                                    f"{r['tokens_per_s']:,.0f}", r["micro_batches"], f"{r['efficiency']:.1%}",
                                    r["truncated"]]), flush=True)
 

@@ -27,6 +27,7 @@ from absl import app, flags
 
 import xlit_jax
 from xlit_jax.decode.engine import lower_programs
+from xlit_jax.io.files import markdown_table
 from xlit_jax.perf import common
 from xlit_jax.perf.workloads import device_batch, jax_train_step, paper_prompts
 
@@ -130,7 +131,7 @@ def main(argv):
     wall, rows = breakdown(call, text)
     total = sum(seconds for _, seconds, _ in rows)
     print(f"{FLAGS.what}: one call {wall:.2f} s wall (traced), ops {total:.2f} s\n")
-    print(common.markdown_table(["group", "pass", "seconds", "share"], [
+    print(markdown_table(["group", "pass", "seconds", "share"], [
         [group, "backward" if backward else "forward", f"{seconds:.3f}", f"{seconds / total:.1%}"]
         for group, seconds, backward in rows]))
 

@@ -20,8 +20,7 @@ from absl import app, flags, logging
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from xlit_jax import plan
-from xlit_jax.io.files import append_jsonl, atomic_write_text, resume_jsonl
-from xlit_jax.perf.common import markdown_table
+from xlit_jax.io.files import append_jsonl, atomic_write_text, markdown_table, resume_jsonl
 from xlit_jax.resources import config_file
 
 FLAGS = flags.FLAGS

@@ -29,7 +29,7 @@ from pathlib import Path
 from absl import flags
 
 from xlit_jax.cli import run_main
-from xlit_jax.perf import common
+from xlit_jax.io.files import markdown_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model to serve")
@@ -189,7 +189,7 @@ def main(argv):
     finally:
         server.terminate()
         server.wait(timeout=60)
-    print(common.markdown_table(
+    print(markdown_table(
         ["phase", "/health p50 ms", "/health max ms", "/health <= 50 ms", "short requests", "short p50 s",
          "short max s", "failed"],
         [summary("quiet", quiet), summary(f"{FLAGS.oversized} oversized + {FLAGS.idle} idle + 1 slow", attacked)]))

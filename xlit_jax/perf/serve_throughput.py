@@ -24,7 +24,8 @@ from absl import flags
 import xlit_jax
 from xlit_jax.cli import run_main
 from xlit_jax.decode.engine import DECODE_STEPS
-from xlit_jax.decode.runner import generate_to_jsonl
+from xlit_jax.decode.to_jsonl import generate_to_jsonl
+from xlit_jax.io.files import markdown_table
 from xlit_jax.perf import common, workloads
 from xlit_jax.serve.app import ServeConfig, create_app
 from xlit_jax.serve.server import serve_in_thread
@@ -102,7 +103,7 @@ def main(argv):
             rows.append((f"xlit-serve, {clients} clients", timed(lambda: served(clients), FLAGS.warmups)))
     header = [f"engine ({FLAGS.requests} requests, max {'/'.join(FLAGS.new_tokens)} new tokens)", "requests/s",
               "tokens/s", "p50 latency s", "p95 latency s", "engine calls"]
-    print(common.markdown_table(header, [
+    print(markdown_table(header, [
         [name, f"{FLAGS.requests / r['wall_s']:.2f}", f"{r['tokens'] / r['wall_s']:.1f}", f"{r['p50_s']:.2f}",
          f"{r['p95_s']:.2f}", r.get("batches", "-")] for name, r in rows]))
 

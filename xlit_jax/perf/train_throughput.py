@@ -20,6 +20,7 @@ import sys
 
 from absl import app, flags
 
+from xlit_jax.io.files import markdown_table
 from xlit_jax.io.hf import save_hf_dir
 from xlit_jax.models.lora import LORA_RANK, split_lora
 from xlit_jax.perf import common, workloads
@@ -77,7 +78,7 @@ def worker(spec: str) -> dict:
     engine, method = spec.split(":")
     result = (measure_jax if engine == "jax" else measure_torch)(method)
     tokens_per_s = FLAGS.batch * FLAGS.seq_len / result["seconds"]
-    peak, _ = metrics.peak_flops(FLAGS.peak_flops)
+    peak, _ = metrics.all_devices_peak_flops(FLAGS.peak_flops)
     flops = metrics.train_flops_per_token(result["config"], FLAGS.seq_len, workloads.lora_for(method, FLAGS.lora_rank))
     return {"engine": engine, "method": method, "batch": FLAGS.batch, "seq_len": FLAGS.seq_len,
             "tokens_per_s": round(tokens_per_s, 1), "mfu": round(flops * tokens_per_s / peak, 4),
@@ -86,7 +87,7 @@ def worker(spec: str) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    return common.markdown_table(["engine", "method", "tokens/s", "MFU", "peak RSS (GiB)"], [
+    return markdown_table(["engine", "method", "tokens/s", "MFU", "peak RSS (GiB)"], [
         [r["engine"], r["method"], r["tokens_per_s"], f"{r['mfu']:.1%}", r["peak_rss_gib"]] for r in results])
 
 
@@ -95,7 +96,7 @@ def main(argv):
     if FLAGS.worker:
         common.print_result(worker(FLAGS.worker))
         return
-    peak, source = metrics.peak_flops(FLAGS.peak_flops)  # once, before any run loads the machine
+    peak, source = metrics.all_devices_peak_flops(FLAGS.peak_flops)  # once, before any run loads the machine
     print(f"peak {peak:.3g} FLOP/s ({source})", flush=True)
     passed = [FLAGS[name].serialize() for name in ("model", "batch", "seq_len", "steps", "lora_rank", "torch_threads")]
     passed.append(f"--peak_flops={peak}")

@@ -172,7 +172,7 @@ class _Monitor:
         self.tokens_per_step = (cfg.data.grad_accum * cfg.data.seq_len
                                 * pipeline.batch_size_for(cfg.data.tokens_per_batch, cfg.data.seq_len))
         self.flops_per_token = metrics.train_flops_per_token(train_step.config, cfg.data.seq_len, train_step.lora)
-        self.peak, source = metrics.peak_flops(cfg.train.peak_flops)
+        self.peak, source = metrics.all_devices_peak_flops(cfg.train.peak_flops)
         logging.info("peak %.3g FLOP/s (%s)", self.peak, source)
         self.pending, self.last_row, self.clock = None, {}, (start, time.perf_counter())
 

@@ -25,13 +25,7 @@ flags.DEFINE_integer("steps", 3, "timed training steps per engine")
 flags.DEFINE_list("decode_batches", ["1", "16", "64"], "decoding batch sizes")
 flags.DEFINE_integer("new_tokens", 64, "new tokens per prompt when decoding")
 common.define_data_flag()
-
-
-def cpu_model() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+common.define_rows_flag("cpu")
 
 
 def worker(module: str, *args: str) -> dict:
@@ -59,11 +53,14 @@ def main(argv):
              (f"train step, LoRA r16, {shape}", lambda engine: train_rate(engine, "lora"))]
     cells += [(f"greedy decode, batch {b}, {FLAGS.new_tokens} new tokens", lambda engine, b=b: decode_rate(engine, b))
               for b in FLAGS.decode_batches]
-    print(f"SmolLM2-135M-Instruct, fp32, on {cpu_model()}: tokens/s\n")
+    print(f"SmolLM2-135M-Instruct, fp32, on {common.cpu_model()}: tokens/s\n")
     print(markdown_table(["workload", "JAX", "PyTorch", "ratio"], []))
+    rows = []
     for name, rate in cells:
         ours, theirs = rate("jax"), rate("torch")
+        rows.append({"workload": name, "jax_tokens_per_s": ours, "torch_tokens_per_s": theirs})
         print(markdown_row([name, f"{ours:.1f}", f"{theirs:.1f}", f"{ours / theirs:.2f}x"]), flush=True)
+    common.save_rows(rows)
 
 
 if __name__ == "__main__":

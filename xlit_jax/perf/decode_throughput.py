@@ -40,6 +40,7 @@ flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
 flags.DEFINE_integer("repeats", 3, "measured calls per cell after the warm-up (the median is reported)")
 flags.DEFINE_integer("warmups", 1, "untimed calls first (JAX compiles in them; torch needs none on long runs)")
 common.define_data_flag()
+common.define_rows_flag("decode_throughput")
 flags.DEFINE_string("worker", None, "internal: run one measurement as engine:batch_size and print JSON")
 
 
@@ -153,6 +154,7 @@ def main(argv):
                    f"--languages={','.join(FLAGS.languages)}"]
             rows.append(common.read_result(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout))
     print(format_table(rows))
+    common.save_rows(rows)
 
 
 def format_table(rows: list[dict]) -> str:

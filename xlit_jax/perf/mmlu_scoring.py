@@ -39,6 +39,7 @@ flags.DEFINE_list("engines", ["jax", "harness"], "of jax, harness")
 flags.DEFINE_integer("batch_size", 8, "batch size of both engines")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
 common.define_data_flag()
+common.define_rows_flag("mmlu_scoring")
 flags.DEFINE_string("worker", None, "internal: score the requests of this JSON file with --engines' engine")
 
 
@@ -103,6 +104,7 @@ def main(argv):
              f"--model={FLAGS.model}", f"--batch_size={FLAGS.batch_size}", f"--torch_threads={FLAGS.torch_threads}"],
             capture_output=True, text=True, check=True).stdout) for engine in FLAGS.engines]
     print(format_table(rows, len(pairs) // len(LETTERS), prompt_tokens(pairs)))
+    common.save_rows(rows)
 
 
 def format_table(rows: list[dict], questions: int, tokens: int) -> str:

@@ -30,6 +30,7 @@ flags.DEFINE_list("templates", ["llama2", "chat", "alpaca"], "templates to measu
 flags.DEFINE_integer("seq_len", 2048, "packed row length L")
 flags.DEFINE_integer("tokens_per_batch", 4096, "token budget of a micro-batch")
 flags.DEFINE_integer("repeats", 3, "timed runs per template after a warm-up; the median is reported")
+common.define_rows_flag("pipeline")
 
 
 def measure(records, tokenizer, template_name: str) -> dict:
@@ -55,11 +56,14 @@ def main(argv):
           f"micro-batch; 1 core ({os.sched_getaffinity(0)}), median of {FLAGS.repeats}\n")
     print(markdown_table(["template", "tokens", "tokenize s", "pack s", "tokens/s", "micro-batches",
                                  "packing efficiency", "truncated"], []))
+    rows = []
     for name in FLAGS.templates:
         r = measure(records, tokenizer, name)
+        rows.append({"template": name} | r)
         print(markdown_row([name, r["tokens"], f"{r['tokenize_s']:.2f}", f"{r['pack_s']:.2f}",
                                    f"{r['tokens_per_s']:,.0f}", r["micro_batches"], f"{r['efficiency']:.1%}",
                                    r["truncated"]]), flush=True)
+    common.save_rows(rows)
 
 
 def run():

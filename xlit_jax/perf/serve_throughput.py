@@ -42,6 +42,7 @@ flags.DEFINE_integer("steps", DECODE_STEPS, "server --steps: decoding steps per 
 flags.DEFINE_integer("warmups", 2, "untimed runs of each configuration first (batches split differently "
                      "from run to run, so each split's shapes may need compiling)")
 common.define_data_flag()
+common.define_rows_flag("serve_throughput")
 
 
 def budgets(n: int) -> list[int]:
@@ -106,6 +107,7 @@ def main(argv):
     print(markdown_table(header, [
         [name, f"{FLAGS.requests / r['wall_s']:.2f}", f"{r['tokens'] / r['wall_s']:.1f}", f"{r['p50_s']:.2f}",
          f"{r['p95_s']:.2f}", r.get("batches", "-")] for name, r in rows]))
+    common.save_rows([{"engine": name, "requests": FLAGS.requests} | r for name, r in rows])
 
 
 if __name__ == "__main__":

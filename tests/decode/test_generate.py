@@ -10,7 +10,9 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 
 import xlit_jax
 from xlit_jax.decode.buckets import bucket, prompt_bucket
+from xlit_jax.decode.engine import PromptTooLong
 from xlit_jax.decode.sampling import Sampling, apply_repetition_penalty, choose_next
+from xlit_jax.errors import InputError
 
 from support import NEW_TOKENS, hf_generate, paper_prompts
 
@@ -62,8 +64,10 @@ def test_generation_stops_at_eos_and_handles_more_prompts_than_slots():
 
 def test_prompt_longer_than_model_positions_is_refused():
     model = xlit_jax.load("preset:tiny")
-    with pytest.raises(ValueError, match="exceed the model's 512 positions"):
-        model.generate_ids([[5] * 500], 20)
+    with pytest.raises(PromptTooLong, match="prompt 1: 500 tokens plus max_new_tokens=20 exceed the model's 512 "
+                       r"positions \(1 more prompts too\)") as refused:
+        model.generate_ids([[5] * 10, [5] * 500, [5] * 493], 20)
+    assert refused.value.index == 1 and isinstance(refused.value, InputError)
 
 
 def sampling_rows(settings):

@@ -7,12 +7,13 @@ import sys
 
 import pytest
 
+from xlit_jax.data.confusion import ENGLISH_WORDS_FILE, english_words
 from xlit_jax.data.langid import LanguageIdentifier
 from xlit_jax.errors import InputError
 from xlit_jax.evaluate.instructions import confusion
-from xlit_jax.evaluate.instructions.evalsets import EvalItem, load_eval_set
+from xlit_jax.evaluate.instructions.evalsets import LCB_DECODING, EvalItem, load_eval_set
 from xlit_jax.evaluate.instructions.responses import read_responses
-from xlit_jax.evaluate.instructions.run import EvalConfig, Evaluation, evaluate_model
+from xlit_jax.evaluate.instructions.run import GENERATIONS_FILE, EvalConfig, Evaluation, evaluate_model
 
 from support import REPO, ScriptedModel
 
@@ -23,7 +24,7 @@ RUSSIAN = "Москва является столицей России и кру
 @pytest.fixture(scope="module")
 def scorer(shared_data):
     return confusion.LanguageConfusionScorer(
-        LanguageIdentifier(), confusion.english_words(shared_data / confusion.ENGLISH_WORDS_FILE))
+        LanguageIdentifier(), english_words(shared_data / ENGLISH_WORDS_FILE))
 
 
 def item(language, set_name="chirkova", prompt_language=None):
@@ -165,3 +166,24 @@ def test_lcb_eval_set_sources_limit_and_decoding(tmp_path, shared_data):
                         data_dir=str(shared_data), max_new_tokens=100, repetition_penalty=1.0)
     written = evaluate_model(ScriptedModel(reply=lambda text: FRENCH), tmp_path, config)
     assert written["language_confusion"].read_text().count("scripted,crosslingual,") == 8  # 3 sources, averages
+
+
+def test_lcb_sampling_is_seeded_by_the_item(tmp_path, shared_data, smollm2):
+    """LCB's decoding samples (temperature 0.3, top-p 0.75) through the engine; each response is seeded by its
+    item, so it is the same decoded alone or beside others, and another --sampling_seed changes the draws."""
+    def responses(out, **changes):
+        config = EvalConfig(**{"eval_sets": ("lcb_monolingual",), "languages": ("fr",), "subset": ("okapi",),
+                               "metrics": ("language",), "data_dir": str(shared_data), **LCB_DECODING,
+                               "max_new_tokens": 16, **changes})
+        evaluate_model(smollm2, tmp_path / out, config)
+        return {r["id"]: r for r in map(json.loads, (tmp_path / out / GENERATIONS_FILE).read_text().splitlines())}
+
+    three, one = responses("three", limit=3), responses("one", limit=1)
+    (first,) = one
+    assert one[first]["response"] == three[first]["response"]
+    assert one[first]["decoding"] == {**LCB_DECODING, "max_new_tokens": 16, "sampling_seed": 0}
+    hot = {"limit": 3, "temperature": 1.0, "top_p": 1.0}
+    assert [r["response"] for r in responses("hot0", **hot).values()] != \
+        [r["response"] for r in responses("hot1", sampling_seed=1, **hot).values()]
+    with pytest.raises(InputError, match="top_p=1.5"):
+        EvalConfig(temperature=0.3, top_p=1.5)

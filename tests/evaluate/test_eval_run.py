@@ -231,6 +231,18 @@ def test_smollm2_end_to_end(tmp_path, smollm2):
 
 
 
+def test_a_prompt_too_long_for_the_model_is_named_before_any_decoding(tmp_path, smollm2):
+    prompts = tmp_path / "long.en.jsonl"
+    prompts.write_text(json.dumps({"id": "short", "prompt": "Say hi."}) + "\n"
+                       + json.dumps({"id": "long", "prompt": "hello " * 8180}) + "\n")
+    config = EvalConfig(eval_sets=(f"jsonl:{prompts}",), languages=("en",), metrics=("language",), max_new_tokens=16)
+    with pytest.raises(InputError, match=r"^long.en item long \(en\): 8\d{3} tokens plus max_new_tokens=16 exceed "
+                       "the model's 8192 positions$"):
+        evaluate_model(smollm2, tmp_path / "out", config)
+    assert not (tmp_path / "out" / "generations.jsonl").exists() or \
+        not (tmp_path / "out" / "generations.jsonl").read_text()
+
+
 def test_every_scorer_implements_the_scorer_protocol():
     import importlib
     import inspect

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ml_collections import ConfigDict
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from xlit_jax.errors import InputError, UserError
 from xlit_jax.evaluate.report import MODIFIER_ALL
@@ -496,3 +497,16 @@ def test_tiny_crossalpaca_prepares_data_once_and_runs_the_benchmark_stage(tmp_pa
     assert "2 done" in again.stdout
     assert study(*flags).returncode == 0
     assert (prepared / "demos.log").read_text().count("\n=== ") == 1  # prepared once
+
+
+@pytest.mark.parametrize("name", ["smollm2_small_data", "smollm2_multilingual", "smollm2_modifiers", "smollm2_lcb"])
+def test_the_findings_studies_expand_to_the_experiments_they_name(name):
+    """Each finding's study (docs/results.md) gives its cells the data set and learning rate in their names,
+    and the experiment each cell's xlit-train would run says the same."""
+    study_config = ConfigFileFlagParser("config").parse(f"configs/studies/{name}.py")
+    cells = [c for c in grid.expand(study_config) if c.trains]
+    assert cells and len({c.name for c in cells}) == len(cells)
+    for cell in cells:
+        experiment = grid.experiment_config(cell)
+        assert (experiment.data.name, experiment.optim.lr) == (cell.data, float(cell.lr)), cell.name
+        assert not set(experiment.data.eval_sources) & set(experiment.data.sources)

@@ -10,6 +10,9 @@ import jax
 import pytest
 from jax._src import dispatch
 
+from xlit_jax.data.confusion import Detector
+from xlit_jax.data.langid import LanguageIdentifier
+from xlit_jax.data.spelling import SpellChecker
 from xlit_jax.errors import InputError
 from xlit_jax.train import probes
 from xlit_jax.train.loop import train
@@ -97,8 +100,27 @@ def test_rounds_log_loss_and_probes_and_compile_only_once(runs):
     assert {a["language"] for a in first} == {"en", "fr", "ru"} and len({a["id"] for a in first}) == 4
     assert rows[0]["probe/fr/language_correct"] == sum(a["detected"] == "fr" for a in first
                                                        if a["language"] == "fr") / 4
+    counted = [a["line_pass"] for a in first if a["language"] == "fr" and "line_pass" in a]
+    assert rows[0].get("probe/fr/line_pass") == (sum(counted) / len(counted) if counted else None)
     assert list((evaluated / "tb").glob("events.out.tfevents.*"))
     assert len(per_round) == len(ROUNDS) and per_round[1:] == [0] * (len(ROUNDS) - 1), per_round
+
+
+def test_line_level_pass_rate_of_probe_answers(shared_data):
+    """LCB's line level beside the whole answer's language: a French answer with one English line is French
+    as a whole but fails the line level; an answer without a line of 5 tokens is left out of it."""
+    lid = LanguageIdentifier()
+    tools = probes.Tools([], lid, SpellChecker(["fr"]), Detector(lid))
+    batch = [probes.Probe("fr", str(i), "Décrivez Paris.") for i in range(3)]
+    texts = ["Paris est la capitale de la France et une très grande ville.\n"
+             "Elle est connue pour ses musées, ses monuments et sa cuisine raffinée.",
+             "Paris est la capitale de la France et une très grande ville. Elle est connue pour ses musées, "
+             "ses monuments, ses cafés et sa cuisine raffinée depuis des siècles.\n"
+             "It is also one of the most visited cities in the whole world.",
+             "Oui, Paris."]
+    details = probes.score(batch, texts, tools)
+    assert [d["language_correct"] for d in details[:2]] == [1.0, 1.0]
+    assert [d.get("line_pass") for d in details] == [1.0, 0.0, None]
 
 
 def test_resume_mid_run_keeps_the_curves_whole(runs, data, tmp_path):
@@ -138,10 +160,10 @@ def test_stop_rule_stops_on_a_scripted_sequence_and_names_the_checkpoint(data, t
     script = iter([1.0, 1.0, 1.0, 0.0, 0.0])
     scored = probes.score
 
-    def scripted(batch, texts, lid, speller):
+    def scripted(batch, texts, tools):
         value = next(script)
         return [{**d, "language_correct": value if p.language == "fr" else 1.0}
-                for p, d in zip(batch, scored(batch, texts, lid, speller))]
+                for p, d in zip(batch, scored(batch, texts, tools))]
 
     monkeypatch.setattr(probes, "score", scripted)
     cfg = eval_config(data, **{"train.eval_every": 1, "train.stop_below": 0.5, "train.stop_rounds": 2})
@@ -220,7 +242,8 @@ def test_report_draws_the_probe_curves_of_every_cell(tmp_path):
         train_dir = grid.cell_paths(tmp_path, cell).train
         train_dir.mkdir(parents=True)
         rows = [{"step": 1, "loss": 2.0}] + [{"step": 5 * i, "kind": "eval", "probe/en/language_correct": 1.0,
-                                              "probe/fr/language_correct": v} for i, v in enumerate(fr)]
+                                              "probe/fr/language_correct": v, "probe/fr/line_pass": v / 2}
+                                             for i, v in enumerate(fr)]
         (train_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert [r["step"] for r in probes.read_rounds(grid.cell_paths(tmp_path, cells[1]).train)] == [0, 5, 10]
     assert report.plot_probe_curves(cells, tmp_path, tmp_path / "curves.png")

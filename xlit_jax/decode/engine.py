@@ -44,6 +44,7 @@ import numpy as np
 
 from xlit_jax.decode.buckets import bucket, prompt_bucket
 from xlit_jax.decode.sampling import Sampling, apply_repetition_penalty, choose_next
+from xlit_jax.errors import InputError
 from xlit_jax.models import attention as kernels  # `attention` names the kernel setting here
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_cache
@@ -211,7 +212,7 @@ class Engine:
 
     def problem(self, prompt_len: int, max_new_tokens: int) -> str | None:
         """Why a request cannot run here ("exceeds ..." or "does not fit ..."), or None."""
-        positions = self.config.max_position_embeddings
+        positions = self.config.max_positions
         if prompt_len + max_new_tokens > positions:
             return f"exceeds the model's {positions} positions"
         if columns(prompt_len, self.chunk) + max_new_tokens > self.max_len:
@@ -315,7 +316,22 @@ class Engine:
 def default_max_len(config: LlamaConfig, prefill_chunk: int = PREFILL_CHUNK) -> int:
     """Cache columns per slot for any request the model's positions allow: its positions plus the most
     padding a first chunk can add."""
-    return config.max_position_embeddings + max(columns(n, prefill_chunk) - n for n in range(1, prefill_chunk + 1))
+    return config.max_positions + max(columns(n, prefill_chunk) - n for n in range(1, prefill_chunk + 1))
+
+
+class PromptTooLong(InputError):
+    """Prompts that do not fit the model with max_new_tokens, found before any decoding: `index` is the first
+    one's, so that a caller can name it (`named`)."""
+
+    def __init__(self, index: int, tokens: int, max_new_tokens: int, positions: int, count: int = 1):
+        self.index = index
+        more = f" ({count - 1} more prompts too)" if count > 1 else ""
+        self.detail = (f"{tokens} tokens plus max_new_tokens={max_new_tokens} exceed the model's {positions} "
+                       f"positions{more}")
+        super().__init__(f"prompt {index}: {self.detail}")
+
+    def named(self, name: str) -> InputError:
+        return InputError(f"{name}: {self.detail}")
 
 
 def generate_ids(params, config: LlamaConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -324,10 +340,10 @@ def generate_ids(params, config: LlamaConfig, prompts: Sequence[Sequence[int]], 
     """Continuations (EOS stripped) of tokenized prompts through an engine of `slots` slots sized for them,
     in the order given; `sampling`, one per prompt, samples those whose temperature is > 0.
     `on_finished(index, output)` is called as each sequence finishes, e.g. to write it at once."""
-    too_long = [i for i, p in enumerate(prompts) if len(p) + max_new_tokens > config.max_position_embeddings]
+    too_long = [i for i, p in enumerate(prompts) if len(p) + max_new_tokens > config.max_positions]
     if too_long:
-        raise ValueError(f"prompts {too_long[:5]} plus max_new_tokens={max_new_tokens} exceed the model's "
-                         f"{config.max_position_embeddings} positions")
+        first = too_long[0]
+        raise PromptTooLong(first, len(prompts[first]), max_new_tokens, config.max_positions, len(too_long))
     if not prompts:
         return []
     chunk = engine_options.get("prefill_chunk", PREFILL_CHUNK)

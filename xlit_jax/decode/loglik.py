@@ -93,9 +93,9 @@ def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequenc
     inputs: dict[tuple[int, ...], list[int]] = {}  # shared input ids -> indices of the pairs scored on it
     for i, (context, continuation) in enumerate(pairs):
         whole = list(context or prefix) + list(continuation)
-        if len(whole) - 1 > config.max_position_embeddings:
+        if len(whole) - 1 > config.max_positions:
             raise ValueError(f"pair {i}: {len(whole) - 1} tokens exceed the model's "
-                             f"{config.max_position_embeddings} positions")
+                             f"{config.max_positions} positions")
         inputs.setdefault(tuple(whole[:-1]), []).append(i)
     rows = list(inputs)
     results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)

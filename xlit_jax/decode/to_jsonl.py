@@ -6,7 +6,7 @@ import os
 
 from absl import logging
 
-from xlit_jax.errors import InputError
+from xlit_jax.decode.engine import PromptTooLong
 from xlit_jax.io.files import append_jsonl, output_lock, resume_jsonl
 
 
@@ -27,7 +27,6 @@ def _generate_to_jsonl(model, rows, out, max_new_tokens, repetition_penalty, slo
     logging.info("%d prompts, %d already done, %d to generate", len(rows), len(rows) - len(todo), len(todo))
     if todo:
         ids = [model.encode(r["prompt"]) for r in todo]
-        _check_lengths(todo, ids, max_new_tokens, model.config.max_position_embeddings)
 
         def write(index, out_ids):
             row = {**{k: v for k, v in todo[index].items() if k != "prompt"},
@@ -37,13 +36,8 @@ def _generate_to_jsonl(model, rows, out, max_new_tokens, repetition_penalty, slo
             finished[str(row["id"])] = row
             logging.info("%d/%d responses written to %s", len(finished), len(rows), out)
 
-        model.generate_ids(ids, max_new_tokens, repetition_penalty, slots, on_finished=write)
+        try:
+            model.generate_ids(ids, max_new_tokens, repetition_penalty, slots, on_finished=write)
+        except PromptTooLong as e:  # raised before any decoding
+            raise e.named(f"prompt id {todo[e.index]['id']!r}") from None
     return [finished[str(r["id"])] for r in rows]
-
-
-def _check_lengths(rows, ids, max_new_tokens: int, positions: int) -> None:
-    """A prompt that does not fit the model is the user's error, one line naming its id, before any decoding."""
-    for row, prompt in zip(rows, ids):
-        if len(prompt) + max_new_tokens > positions:
-            raise InputError(f"prompt id {row['id']!r}: {len(prompt)} tokens plus max_new_tokens={max_new_tokens} "
-                             f"exceed the model's {positions} positions")

@@ -432,8 +432,9 @@ def plot_agreement(rows: list[dict], path: Path) -> bool:
 
 
 def plot_probe_curves(cells: list[grid.Cell], workdir: Path, path: Path) -> bool:
-    """The drift curves logged while training (train.eval_every): probe language correctness vs step, a row
-    per model / data / method, a column per probe language, a line per learning rate."""
+    """The drift curves logged while training (train.eval_every): probe language correctness vs step (solid)
+    and LCB's line-level pass rate (dashed, the same colour), a row per model / data / method, a column per
+    probe language, a line per learning rate."""
     rounds = {c: read_rounds(grid.cell_paths(workdir, c).train) for c in cells if c.trains}
     rounds = {c: rows for c, rows in rounds.items() if rows}
     suffix = "/language_correct"
@@ -446,14 +447,18 @@ def plot_probe_curves(cells: list[grid.Cell], workdir: Path, path: Path) -> bool
         mine = sorted((c for c in rounds if (c.model, c.data, c.method) == group), key=lambda c: _lr_value(c.lr))
         for ax, lang in zip(row, langs):
             for c in mine:
-                points = [(r["step"], 100 * r[key]) for r in rounds[c] if (key := f"probe/{lang}{suffix}") in r]
-                if points:
-                    ax.plot(*zip(*points), marker="o", markersize=3, label=f"lr {c.lr}")
+                colour = {}
+                for metric, style, label in (("language_correct", "-", ""), ("line_pass", "--", " LPR")):
+                    points = [(r["step"], 100 * r[key]) for r in rounds[c] if (key := f"probe/{lang}/{metric}") in r]
+                    if points:
+                        (line,) = ax.plot(*zip(*points), style, marker="o", markersize=3, label=f"lr {c.lr}{label}",
+                                          **colour)
+                        colour = {"color": line.get_color()}
             ax.set_ylim(-5, 105)
             ax.xaxis.get_major_locator().set_params(integer=True)  # steps, not 2.5
             ax.set_title(f"{' / '.join(group)}: {lang}", fontsize="medium")
             ax.set_xlabel("step")
-            ax.set_ylabel("% answers in the prompt's language")
+            ax.set_ylabel("% in the prompt's language")
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
     fig.suptitle("Language correctness of the probe prompts while training")

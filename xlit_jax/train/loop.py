@@ -107,6 +107,7 @@ class _Run:
         latest = self.checkpoints.latest_step()
         if latest is None:
             config, params, tokenizer = load_source(self.cfg)
+            data = make_batches(self.cfg, tokenizer)  # bad data stops the run before anything is compiled or saved
             lora = lora_config(self.cfg)
             train_step = self._build(config, lora)
             state = train_step.init(params)
@@ -114,7 +115,7 @@ class _Run:
                 ckpt.save_model_info(self.workdir, config, tokenizer, source_of(self.cfg), lora)
             if lora is not None and not ckpt.has_frozen(self.workdir):
                 ckpt.save_frozen(self.workdir, state.frozen)
-            return train_step, state, tokenizer, make_batches(self.cfg, tokenizer)
+            return train_step, state, tokenizer, data
         # the run's own model and LoRA: config changes to them do not apply (the attention kernel, the
         # machine's choice, is the config's)
         config, lora = ckpt.read_config(self.workdir), ckpt.read_lora(self.workdir)

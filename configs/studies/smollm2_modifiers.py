@@ -1,0 +1,21 @@
+"""The paper's Table 1 in miniature, on real outputs: the task modifiers a rule can check (num_items_K and the
+four templates) and `lang_X` ("answer in X"), prompts in en/fr/pt/ru, SmolLM2-135M-Instruct untuned and fully
+fine-tuned on LIMA at 1e-4 and 1e-3: fulfilment per modifier type and language, and whether the paper's
+asymmetry shows ("answer in X" fulfilled more often when the prompt is not in English).
+
+  xlit-study --config=configs/studies/smollm2_modifiers.py --workdir=runs/studies/smollm2_modifiers
+"""
+
+from configs.studies import smollm2_mini
+
+RULE_CHECKED = "num_items_*,cap_template,arrow_template,markdown_template,html_template,lang_*"
+
+
+def get_config():
+    config = smollm2_mini.get_config()
+    config.name = "smollm2_modifiers"
+    config.methods = ("ft",)
+    config.learning_rates = ("1e-4", "1e-3")
+    config.eval = {**config.eval, "eval_set": "chirkova_modifiers", "subset": RULE_CHECKED, "limit": 40,
+                   "metrics": "language,modifiers"}
+    return config

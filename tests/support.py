@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from xlit_jax import sharding
-from xlit_jax.bench.torch_reference import Reference, load_model
-from xlit_jax.bench.twin import relative
 from xlit_jax.io.hf import save_hf_dir, tensors_from_params
 from xlit_jax.io.peft import adapter_tensors, save_peft_adapter
 from xlit_jax.models.lora import LoraConfig, init_adapters, merge_params
+from xlit_jax.perf.torch_reference import Reference, load_model
+from xlit_jax.perf.twin import relative
 from xlit_jax.train import optim
 from xlit_jax.train import step as step_lib
 
@@ -236,7 +236,7 @@ def jax_step(config, params, batch, lr, lora=None):
 
 
 def torch_step(model, batch, lr):
-    """(loss, gradients by name) of the reference's update (bench/torch_reference.py: each packed example
+    """(loss, gradients by name) of the reference's update (perf/torch_reference.py: each packed example
     run alone, then clipping and AdamW with the same schedule)."""
     reference = Reference(model, settings(lr))
     loss, _ = reference.backward({k: v[None] for k, v in batch.items()})

@@ -18,7 +18,7 @@ programs update it in place (the state is donated):
 Neither reads the whole cache: a decoding step attends over its first W columns, W the length bucket
 (256, 384, 512, 768, ...) of the longest live slot, and a prefill reads and writes its slot's columns up to
 its chunk's end, bucketed the same way. A step's cost grows with the columns it reads (on CPU ~0.13 ms
-per column at 16 slots, docs/benchmarks.md), so short slots do not pay for the cache's full width.
+per column at 16 slots, docs/performance.md), so short slots do not pay for the cache's full width.
 
 Between calls the host loop (`Engine.run_once`) frees the slots of finished or cancelled requests and
 admits waiting prompts into them, first slots first. A slot's columns before its query are all rewritten
@@ -27,7 +27,7 @@ causality, so nothing of a slot's previous request is ever read. Compilations: o
 width read, one decoding program per rows and width read (twice that when some request samples), all
 bounded by the buckets (decode/buckets.py).
 
-Greedy output equals HF's `generate` (tests/test_generate.py); a sampled request draws from its own key
+Greedy output equals HF's `generate` (tests/decode/test_generate.py); a sampled request draws from its own key
 folded with its own step (decode/sampling.py), so a seed gives the same tokens whatever else runs.
 """
 
@@ -51,7 +51,7 @@ from xlit_jax.models.llama import Llama, init_cache
 from xlit_jax.models.lora import LoraConfig, adapted
 
 PREFILL_CHUNK = 256  # prompt tokens per prefill call at most
-DECODE_STEPS = 1  # decoding steps per call: the fastest on CPU of 1, 4 and 8 (docs/benchmarks.md)
+DECODE_STEPS = 1  # decoding steps per call: the fastest on CPU of 1, 4 and 8 (docs/performance.md)
 MIN_READ = 256  # cache columns a call reads at least: narrower reads save little and each compiles
 
 

@@ -6,7 +6,7 @@ share that input (e.g. one MMLU question with the one-token continuations " A" .
 as lm-evaluation-harness's request grouping does. Inputs are packed into rows of a few widths (see
 `loglikelihood_ids`), so an evaluation compiles one program per width. Only the continuation's positions are
 projected to the vocabulary (the LM head and a 49k-way log-softmax at every position were half of a
-batch's time on CPU, docs/benchmarks.md). No decoding, no KV cache.
+batch's time on CPU, docs/performance.md). No decoding, no KV cache.
 """
 
 from __future__ import annotations

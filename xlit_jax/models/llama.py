@@ -1,4 +1,4 @@
-"""The LLaMA family in Flax: one definition for training, decoding, benchmarks and conversion.
+"""The LLaMA family in Flax: one definition for training, decoding, perf scripts and conversion.
 
 Shapes: B batch, T query length, S key length (T, or the KV-cache length when decoding), H query heads,
 K key/value heads (grouped-query attention: H = K * G), D head dim, E embed, F mlp, V vocab, L layers.

@@ -24,7 +24,7 @@ PRESETS = {
     "tower-7b": LlamaConfig(
         vocab_size=32007, hidden_size=4096, intermediate_size=11008, num_layers=32,
         num_heads=32, num_kv_heads=32, max_position_embeddings=4096, pad_token_id=0),
-    # A 1B-class GQA shape (TinyLlama-1.1B) for benchmarks between the tiny and the 7B models.
+    # A 1B-class GQA shape (TinyLlama-1.1B) for perf measurements between the tiny and the 7B models.
     "llama-1b": LlamaConfig(
         vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=22,
         num_heads=32, num_kv_heads=4, max_position_embeddings=2048, pad_token_id=0),

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+import xlit_jax
 from xlit_jax.data.confusion import ENGLISH_WORDS_FILE, english_words
 from xlit_jax.data.langid import LanguageIdentifier
 from xlit_jax.data.spelling import DEFAULT_DICTIONARY_DIR, SpellChecker
@@ -33,6 +34,7 @@ from xlit_jax.evaluate.instructions.evalsets import load_eval_set
 from xlit_jax.evaluate.instructions.langid import LanguageScorer
 from xlit_jax.evaluate.instructions.modifiers import ModifierScorer
 from xlit_jax.evaluate.instructions.responses import Responses, check_prompts
+from xlit_jax.evaluate.instructions.served import ServedModel, is_url
 from xlit_jax.evaluate.instructions.spelling import SpellingScorer
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, check_model, score_key
 from xlit_jax.evaluate.report import write_report
@@ -156,12 +158,8 @@ def build_scorers(config: EvalConfig, items, data_dir: Path, relevance_model=Non
 
 def _relevance_model(src: str):
     """A served model for a URL (http://HOST:PORT/v1), else the model loaded in this process."""
-    from xlit_jax.evaluate.instructions.served import ServedModel, is_url
-
     if is_url(src):
         return ServedModel(src)
-    import xlit_jax
-
     return xlit_jax.load(src)
 
 

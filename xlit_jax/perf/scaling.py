@@ -1,6 +1,6 @@
 """The paper's grid, planned on compile-only pods (docs/scaling.md): does each config fit, how fast would it run.
 
-    JAX_PLATFORMS=cpu nice -n 10 python -m xlit_jax.bench.scaling --out_dir=runs/scaling
+    JAX_PLATFORMS=cpu nice -n 10 python -m xlit_jax.perf.scaling --out_dir=runs/scaling
 
 Needs the compile-only stacks (`pip install -e '.[aot-tpu,aot-gpu]'`). One compilation per row (about a
 minute for a 7B model on 2 CPU cores), rows appended to out_dir/{train,decode}.jsonl as they finish: a
@@ -17,14 +17,17 @@ import os
 from pathlib import Path
 
 from absl import app, flags, logging
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from xlit_jax.bench.common import markdown_table
+from xlit_jax import plan
+from xlit_jax.io.files import append_jsonl, atomic_write_text, markdown_table, resume_jsonl
+from xlit_jax.resources import config_file
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "runs/scaling", "where the JSONL rows and scaling.md go")
 flags.DEFINE_list("targets", ["v5p-8", "v5e-16", "v6e-8", "v4-8", "8xh100", "8xa100"], "training targets")
-flags.DEFINE_string("experiment", "configs/experiments/paper.py", "the paper's grid: a config file taking "
-                    "MODEL,DATA,METHOD,LR")
+flags.DEFINE_string("experiment", str(config_file("experiments/paper.py")), "the paper's grid: a config file "
+                    "taking MODEL,DATA,METHOD,LR")
 flags.DEFINE_list("models", ["llama2-7b", "llama2-13b", "tower-7b"], "paper models (MODEL of --experiment)")
 flags.DEFINE_list("methods", ["ft", "lora"], "ft, lora")
 flags.DEFINE_list("single", ["1xh100:llama2-7b:lora"], "extra target:model:method training rows")
@@ -44,8 +47,6 @@ PAPER_ROWS = 8  # rows of 2,048 tokens per update: 4 micro-batches of 4,096 toke
 
 
 def paper_config(model: str, method: str, devices: int):
-    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
-
     cfg = ConfigFileFlagParser("experiment").parse(f"{FLAGS.experiment}:{model},lima-en,{method},1e-5")
     cfg.model.source = f"preset:{model}"
     fsdp = min(devices, PAPER_ROWS)
@@ -56,16 +57,12 @@ def paper_config(model: str, method: str, devices: int):
 
 
 def train_row(target: str, model: str, method: str, attention: str) -> dict:
-    from xlit_jax import plan
-
     devices = plan.topology_devices(target)
     result = plan.plan_training(paper_config(model, method, len(devices)), devices, target, attention)
     return result.row(FLAGS.mfu, FLAGS.steps) | {"model": model}
 
 
 def decode_row(target: str, model: str, batch: int, attention: str) -> dict:
-    from xlit_jax import plan
-
     device = plan.topology_devices(target)[0]
     return plan.plan_decoding(f"preset:{model}", device, batch, FLAGS.prompt_len, FLAGS.new_tokens, target,
                               attention).row()
@@ -74,8 +71,6 @@ def decode_row(target: str, model: str, batch: int, attention: str) -> dict:
 def run_rows(path: Path, keys: list[tuple], make, key_fields: tuple[str, ...]) -> list[dict]:
     """The rows of `keys` in order: those in `path` already, the others made (unless --report_only) and
     appended as they finish."""
-    from xlit_jax.io.files import append_jsonl, resume_jsonl
-
     done = {tuple(str(r[f]) for f in key_fields): r for r in resume_jsonl(path)}
     path.parent.mkdir(parents=True, exist_ok=True)
     for key in keys:
@@ -125,8 +120,6 @@ def main(argv):
     del argv
     if os.environ.get("JAX_PLATFORMS") != "cpu":
         raise app.UsageError("run with JAX_PLATFORMS=cpu: compile-only targets need the CPU as the host platform")
-    from xlit_jax.io.files import atomic_write_text
-
     out = Path(FLAGS.out_dir)
     tables = []
     if "train" in FLAGS.kinds:

@@ -1,18 +1,18 @@
 """The GPU check in one command (scripts/accelerator_check.sh runs this): the kernels on the GPU, the
 throughput, the plans against the device, each part a subprocess with its own time limit.
 
-    python -m xlit_jax.bench.accelerator_check --out_dir=DIR [--dry_run]
+    python -m xlit_jax.perf.accelerator_check --out_dir=DIR [--dry_run]
 
 Parts, in order of what a short lease most needs:
-1. kernels: `pytest -m gpu tests/test_attention.py` (cuDNN and the Pallas decode kernel against the XLA
+1. kernels: `pytest -m gpu tests/models/test_attention.py` (cuDNN and the Pallas decode kernel against the XLA
    reference, and bf16 greedy decoding cudnn vs xla), fp32 matmuls at full precision so the reference is
    fp32 and not TF32;
-2. each training case of ours in its own process (bench.accelerator with its plan: a clean peak memory);
+2. each training case of ours in its own process (perf.accelerator with its plan: a clean peak memory);
 3. decoding, ours; 4. HF transformers (+ peft), training and decoding;
 5. the 7B full fine-tune where its plan fits the device.
 A part that fails or runs out of its time leaves the others' results; all parts together stay inside
 --budget_s. Out: DIR/accelerator_check.json and .md (the summary), accelerator.jsonl/.json/.md (the
-benchmark rows), kernels.xml (pytest's report), parts.log (every part's output).
+throughput rows), kernels.xml (pytest's report), parts.log (every part's output).
 
 --dry_run: the same parts on the CPU with tiny shapes (a few kernel cases), for the wiring; it measures
 nothing worth reporting.
@@ -33,9 +33,12 @@ from pathlib import Path
 
 from absl import app, flags
 
-from xlit_jax.bench import accelerator, common
+from xlit_jax.io.files import atomic_write_text, markdown_table, resume_jsonl
+from xlit_jax.perf import accelerator_report
 
-FLAGS = flags.FLAGS  # --out_dir and --dry_run are bench.accelerator's, passed on to its runs
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out_dir", "runs/accelerator", "where the summary, the throughput rows and the logs go")
+flags.DEFINE_bool("dry_run", False, "the same parts on the CPU with tiny shapes: the wiring, nothing to report")
 flags.DEFINE_integer("budget_s", 470, "seconds for all parts together (the issue's 8 minutes, less start-up)")
 
 # (model:method:rows) per part; the real run's, then the dry run's
@@ -48,10 +51,10 @@ DRY_KERNELS = "packed_rows and 6-bfloat16-24 or gpu_decode and 2-bfloat16"
 PACKAGES = ("jax", "jaxlib", "jax-cuda13-plugin", "flax", "optax", "transformers", "peft", "torch")
 
 
-def bench(engines: str = "xlit_jax", train=(), if_fits: str = "", decode: str = "") -> list[str]:
-    """A bench.accelerator run of the cases given (none of the others)."""
+def accelerator_run(engines: str = "xlit_jax", train=(), if_fits: str = "", decode: str = "") -> list[str]:
+    """A perf.accelerator run of the cases given (none of the others)."""
     dry = DRY_BENCH if FLAGS.dry_run else []
-    return [sys.executable, "-m", "xlit_jax.bench.accelerator", f"--out_dir={FLAGS.out_dir}", f"--engines={engines}",
+    return [sys.executable, "-m", "xlit_jax.perf.accelerator", f"--out_dir={FLAGS.out_dir}", f"--engines={engines}",
             f"--train={','.join(train)}", f"--train_if_fits={if_fits}", f"--decode_batches={decode}", *dry]
 
 
@@ -61,13 +64,14 @@ def parts() -> list[tuple[str, list[str], dict, int]]:
     train, if_fits, decode = (DRY_TRAIN, DRY_IF_FITS, DRY_DECODE) if dry else (TRAIN, IF_FITS, DECODE)
     small = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # leaves the GPU to torch (and pytest needs little)
     whole = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.95"}  # JAX's default 75% would cap the 7B cases at 105 GB
-    kernels = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_attention.py",
-               f"--junitxml={FLAGS.out_dir}/kernels.xml"] + (["-k", DRY_KERNELS] if dry else [])
+    kernels = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+               "tests/models/test_attention.py", f"--junitxml={FLAGS.out_dir}/kernels.xml",
+               *(["-k", DRY_KERNELS] if dry else [])]
     return ([("kernels", kernels, small | {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}, 150)]
-            + [(f"train {case}", bench(train=[case]), whole, 150) for case in train]
-            + [("decode", bench(decode=decode), whole, 120),
-               ("hf", bench(engines="hf", train=train, decode=decode), small, 150),
-               (f"train {if_fits} if it fits", bench(if_fits=if_fits), whole, 240)])
+            + [(f"train {case}", accelerator_run(train=[case]), whole, 150) for case in train]
+            + [("decode", accelerator_run(decode=decode), whole, 120),
+               ("hf", accelerator_run(engines="hf", train=train, decode=decode), small, 150),
+               (f"train {if_fits} if it fits", accelerator_run(if_fits=if_fits), whole, 240)])
 
 
 def run_parts(log: Path) -> list[dict]:
@@ -131,17 +135,15 @@ def recorded(row: dict) -> str:
 def summary(head: dict, part_rows: list[dict], kernels: list[dict], rows: list[dict]) -> str:
     return "\n\n".join([
         "\n".join(f"- {k}: {v}" for k, v in head.items()),
-        common.markdown_table(["part", "status", "seconds", "limit s"], [
+        markdown_table(["part", "status", "seconds", "limit s"], [
             [r["part"], r["status"], r.get("seconds", "-"), r["limit_s"]] for r in part_rows]),
-        common.markdown_table(["kernel test", "outcome", "seconds", "recorded / message"], [
+        markdown_table(["kernel test", "outcome", "seconds", "recorded / message"], [
             [r["test"], r["outcome"], f"{r['seconds']:.1f}", recorded(r) or r["message"]] for r in kernels]),
-        accelerator.markdown(head["device"], rows) if rows else "no benchmark rows"])
+        accelerator_report.markdown(head["device"], rows) if rows else "no throughput rows"])
 
 
 def main(argv):
     del argv
-    from xlit_jax.io.files import atomic_write_text, resume_jsonl
-
     out = Path(FLAGS.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("accelerator.jsonl", "kernels.xml"):  # this run's rows only

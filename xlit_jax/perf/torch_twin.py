@@ -1,8 +1,8 @@
 """The same fine-tune in JAX and in PyTorch, side by side: an experiment config trained for --steps updates by
 our train step and by the PyTorch reference (transformers + torch.optim.AdamW, peft for LoRA), from the same
-initial weights on the same batches of our data pipeline (bench/twin.py, bench/torch_reference.py).
+initial weights on the same batches of our data pipeline (perf/twin.py, perf/torch_reference.py).
 
-    python -m xlit_jax.bench.torch_twin --config=configs/experiments/smollm2_ft.py:1e-4 --steps=50 \\
+    python -m xlit_jax.perf.torch_twin --config=configs/experiments/smollm2_ft.py:1e-4 --steps=50 \\
         --config.data.grad_accum=2 --out=out/twin_ft
 
 Writes to --out: updates.jsonl (loss, lr, gradient norm before clipping, trainable params' norm after the
@@ -20,8 +20,8 @@ from pathlib import Path
 from absl import flags, logging
 from ml_collections import config_flags
 
-from xlit_jax.bench import common, twin, workloads
 from xlit_jax.cli import run_main
+from xlit_jax.perf import common, twin, workloads
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiment config file (configs/experiments/*.py[:arg])",

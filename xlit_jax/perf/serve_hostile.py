@@ -1,7 +1,7 @@
 """xlit-serve under hostile clients: /health and a short request, quiet and while 8 clients send oversized
 prompts, 1,000 sockets sit idle and a client sends its headers a byte a second; the server's peak RSS.
 
-    python -m xlit_jax.bench.serve_hostile [--model=smollm2-135m] [--seconds=15] [--repo=.]
+    python -m xlit_jax.perf.serve_hostile [--model=smollm2-135m] [--seconds=15] [--repo=.]
 
 The server is the real binary (`python -m launch.serve`, run from --repo: another checkout measures another
 version) on a free loopback port; the clients are threads of this process, each request a new connection.
@@ -28,8 +28,8 @@ from pathlib import Path
 
 from absl import flags
 
-from xlit_jax.bench import common
 from xlit_jax.cli import run_main
+from xlit_jax.io.files import markdown_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model to serve")
@@ -189,7 +189,7 @@ def main(argv):
     finally:
         server.terminate()
         server.wait(timeout=60)
-    print(common.markdown_table(
+    print(markdown_table(
         ["phase", "/health p50 ms", "/health max ms", "/health <= 50 ms", "short requests", "short p50 s",
          "short max s", "failed"],
         [summary("quiet", quiet), summary(f"{FLAGS.oversized} oversized + {FLAGS.idle} idle + 1 slow", attacked)]))

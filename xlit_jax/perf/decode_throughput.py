@@ -1,13 +1,13 @@
 """Greedy decoding throughput: our JAX generate vs HF transformers `generate`, same prompts, same run.
 
-    python -m xlit_jax.bench.decode_throughput --batch_sizes=1,16,64 --new_tokens=64
+    python -m xlit_jax.perf.decode_throughput --batch_sizes=1,16,64 --new_tokens=64
 
 Engines: `jax` (`Model.generate_ids` on token ids: the slot engine of decode/engine.py, --batch_sizes its
 slots), `xlit-eval` (the generation stage of xlit-eval on the same prompts: chat template, tokenization,
 decoding, detokenization and the keyed JSONL writes) and `torch` (transformers' `generate`, batches of
 similar lengths). Each (engine, batch size) runs in its own subprocess so that its peak
 RSS is its own. A first call with the same shapes warms up (JAX compiles; torch allocates), then the
-median of --repeats timed calls counts (bench.common.time_calls). Tokens/s counts the tokens each row generates up to
+median of --repeats timed calls counts (perf.common.time_calls). Tokens/s counts the tokens each row generates up to
 its EOS, over
 the wall time of the whole batch.
 """
@@ -19,9 +19,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from absl import app, flags
 
-from xlit_jax.bench import common, workloads
+import xlit_jax
+from xlit_jax.evaluate import EvalConfig, Evaluation
+from xlit_jax.io.files import markdown_table
+from xlit_jax.io.gguf import smollm2_gguf_path
+from xlit_jax.perf import common, workloads
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model for both engines (the HF side loads the same GGUF)")
@@ -35,13 +40,12 @@ flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
 flags.DEFINE_integer("repeats", 3, "measured calls per cell after the warm-up (the median is reported)")
 flags.DEFINE_integer("warmups", 1, "untimed calls first (JAX compiles in them; torch needs none on long runs)")
 common.define_data_flag()
+common.define_rows_flag("decode_throughput")
 flags.DEFINE_string("worker", None, "internal: run one measurement as engine:batch_size and print JSON")
 
 
 def load_timed():
     """(our model, seconds `xlit_jax.load` took)."""
-    import xlit_jax
-
     start = time.perf_counter()
     model = xlit_jax.load(FLAGS.model)
     return model, time.perf_counter() - start
@@ -60,8 +64,6 @@ def measure_jax(batch: int) -> dict:
 def measure_eval(batch: int) -> dict:
     """The first `batch` English items of the paper's set through xlit-eval's generation stage."""
     import tempfile
-
-    from xlit_jax.evaluate import EvalConfig, Evaluation
 
     model, load_s = load_timed()
     generated = []
@@ -87,12 +89,8 @@ def measure_eval(batch: int) -> dict:
 
 
 def measure_torch(batch: int) -> dict:
-    import numpy as np
-    import torch
+    import torch  # optional (the `torch` extra): only the reference's worker imports it
     from transformers import AutoModelForCausalLM
-
-    import xlit_jax
-    from xlit_jax.io.gguf import smollm2_gguf_path
 
     torch.set_num_threads(FLAGS.torch_threads)
     start = time.perf_counter()
@@ -149,19 +147,20 @@ def main(argv):
     rows = []
     for batch in FLAGS.batch_sizes:
         for engine in FLAGS.engines:
-            cmd = [sys.executable, "-m", "xlit_jax.bench.decode_throughput", f"--worker={engine}:{batch}",
+            cmd = [sys.executable, "-m", "xlit_jax.perf.decode_throughput", f"--worker={engine}:{batch}",
                    f"--model={FLAGS.model}", f"--new_tokens={FLAGS.new_tokens}", f"--data={FLAGS.data}",
                    f"--repetition_penalty={FLAGS.repetition_penalty}", f"--torch_threads={FLAGS.torch_threads}",
                    f"--repeats={FLAGS.repeats}", f"--warmups={FLAGS.warmups}", f"--prompts={FLAGS.prompts}",
                    f"--languages={','.join(FLAGS.languages)}"]
             rows.append(common.read_result(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout))
     print(format_table(rows))
+    common.save_rows(rows)
 
 
 def format_table(rows: list[dict]) -> str:
     torch_rate = {r["batch"]: r["tokens_per_s"] for r in rows if r["engine"] == "torch"}
     header = ["batch", "engine", "load s", "first call s", "tokens", "tokens/s", "vs torch", "peak RSS GiB"]
-    return common.markdown_table(header, [
+    return markdown_table(header, [
         [r["batch"], r["engine"], f"{r['load_s']:.1f}", f"{r['first_call_s']:.1f}" if r["first_call_s"] else "-",
          r["tokens"], f"{r['tokens_per_s']:.1f}",
          f"{r['tokens_per_s'] / torch_rate[r['batch']]:.2f}x" if r["batch"] in torch_rate else "-",

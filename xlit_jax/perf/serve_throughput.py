@@ -1,14 +1,14 @@
 """xlit-serve under 1, 8 and 32 concurrent clients vs the same prompts through xlit-generate, same process.
 
-    python -m xlit_jax.bench.serve_throughput --clients=1,8,32 --requests=32 --new_tokens=32
-    python -m xlit_jax.bench.serve_throughput --clients=16,64 --requests=64 --languages=en,fr,pt,ru \
+    python -m xlit_jax.perf.serve_throughput --clients=1,8,32 --requests=32 --new_tokens=32
+    python -m xlit_jax.perf.serve_throughput --clients=16,64 --requests=64 --languages=en,fr,pt,ru \
         --new_tokens=128,16,64,32   # mixed prompt and answer lengths
 
 The server (the slot engine, uvicorn on loopback) and the `openai` clients run in this process; each
 client thread sends its share of the requests one after another. `xlit-generate` is its generation stage
 (`generate_to_jsonl`: tokenize, decode through --max_batch engine slots, detokenize, append to a JSONL) on the
 same model object. Every configuration runs --warmups times untimed (JAX compiles each shape once),
-then is timed once (bench.common.time_calls). Tokens/s counts completion tokens (up to EOS) over the wall time of all
+then is timed once (perf.common.time_calls). Tokens/s counts completion tokens (up to EOS) over the wall time of all
 requests.
 """
 
@@ -21,9 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from absl import flags
 
-from xlit_jax.bench import common, workloads
+import xlit_jax
 from xlit_jax.cli import run_main
 from xlit_jax.decode.engine import DECODE_STEPS
+from xlit_jax.decode.to_jsonl import generate_to_jsonl
+from xlit_jax.io.files import markdown_table
+from xlit_jax.perf import common, workloads
+from xlit_jax.serve.app import ServeConfig, create_app
+from xlit_jax.serve.server import serve_in_thread
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model to serve")
@@ -37,6 +42,7 @@ flags.DEFINE_integer("steps", DECODE_STEPS, "server --steps: decoding steps per 
 flags.DEFINE_integer("warmups", 2, "untimed runs of each configuration first (batches split differently "
                      "from run to run, so each split's shapes may need compiling)")
 common.define_data_flag()
+common.define_rows_flag("serve_throughput")
 
 
 def budgets(n: int) -> list[int]:
@@ -64,8 +70,6 @@ def through_server(url: str, prompts, clients: int) -> dict:
 
 def through_xlit_generate(model, prompts) -> dict:
     """One xlit-generate call per answer budget, as a user would run it."""
-    from xlit_jax.decode.runner import generate_to_jsonl
-
     tokens, asked = 0, budgets(len(prompts))
     for budget in sorted(set(asked)):
         rows = [{"id": i, "prompt": p} for i, (p, b) in enumerate(zip(prompts, asked)) if b == budget]
@@ -85,10 +89,6 @@ def timed(run, warmups: int) -> dict:
 
 def main(argv):
     del argv
-    import xlit_jax
-    from xlit_jax.serve.app import ServeConfig, create_app
-    from xlit_jax.serve.server import serve_in_thread
-
     model = xlit_jax.load(FLAGS.model)
     prompts = workloads.paper_prompts(FLAGS.data, FLAGS.requests, FLAGS.languages)
     rows = [(f"xlit-generate (batch {FLAGS.max_batch})", timed(lambda: through_xlit_generate(model, prompts), 1))]
@@ -104,9 +104,10 @@ def main(argv):
             rows.append((f"xlit-serve, {clients} clients", timed(lambda: served(clients), FLAGS.warmups)))
     header = [f"engine ({FLAGS.requests} requests, max {'/'.join(FLAGS.new_tokens)} new tokens)", "requests/s",
               "tokens/s", "p50 latency s", "p95 latency s", "engine calls"]
-    print(common.markdown_table(header, [
+    print(markdown_table(header, [
         [name, f"{FLAGS.requests / r['wall_s']:.2f}", f"{r['tokens'] / r['wall_s']:.1f}", f"{r['p50_s']:.2f}",
          f"{r['p95_s']:.2f}", r.get("batches", "-")] for name, r in rows]))
+    common.save_rows([{"engine": name, "requests": FLAGS.requests} | r for name, r in rows])
 
 
 if __name__ == "__main__":

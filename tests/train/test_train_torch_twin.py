@@ -1,11 +1,11 @@
-"""Whole runs against PyTorch (bench/twin.py, the short version of `python -m xlit_jax.bench.torch_twin`):
+"""Whole runs against PyTorch (perf/twin.py, the short version of `python -m xlit_jax.perf.torch_twin`):
 the tiny preset's runs of test_train_loop (8 updates of packed chats, whose step programs that module leaves in
 the session's compilation cache), full fine-tuning and LoRA, from the same weights on the same batches. Every
 update's loss, gradient norm and params' norm, and the final trainable tensors, agree within fp32 rounding."""
 
 import pytest
 
-from xlit_jax.bench import twin
+from xlit_jax.perf import twin
 
 from support import OVERRIDES, tiny_config, write_chats
 

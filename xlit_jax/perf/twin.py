@@ -1,6 +1,6 @@
 """A whole training run twice, side by side: ours (the train step of train.step.build) and the PyTorch
-reference (bench/torch_reference.py), from the same initial weights, on the same batches, update by update.
-Free of flags, for the command (`python -m xlit_jax.bench.torch_twin`) and the test alike.
+reference (perf/torch_reference.py), from the same initial weights, on the same batches, update by update.
+Free of flags, for the command (`python -m xlit_jax.perf.torch_twin`) and the test alike.
 
 The batches are built once, by our data pipeline (train.loop.make_batches / next_batch), and handed to both
 sides. The reference starts from our initial weights as our exports write them (save_hf_dir, and for LoRA
@@ -24,10 +24,9 @@ import optax
 from safetensors.numpy import load_file
 
 from xlit_jax import sharding
-from xlit_jax.bench.common import markdown_table
 from xlit_jax.decode.engine import generate_ids
 from xlit_jax.errors import InputError
-from xlit_jax.io.files import atomic_write_text
+from xlit_jax.io.files import atomic_write_text, markdown_table
 from xlit_jax.io.hf import save_hf_dir
 from xlit_jax.io.peft import save_peft_adapter
 from xlit_jax.train import loop
@@ -97,7 +96,7 @@ def run_jax(cfg, config, params, batches, log_every: int = 1):
 
 
 def run_torch(reference, batches, log_every: int = 1) -> list[dict]:
-    """A row per update of the reference (bench/torch_reference.py)."""
+    """A row per update of the reference (perf/torch_reference.py)."""
     rows = []
     for update, batch in enumerate(batches, 1):
         began = time.perf_counter()
@@ -176,7 +175,7 @@ def run(cfg, steps: int, generation: Generation | None = None, log_every: int = 
     """Both runs of `cfg` for `steps` updates: {"rows": a row per side and update, "diffs": per quantity,
     "params": the final trainable tensors' and the updates' (final - initial) relative differences,
     "answers": greedy answers of both (with `generation`), "settings": what ran}."""
-    from xlit_jax.bench import torch_reference  # torch: an optional extra, imported by the twin alone
+    from xlit_jax.perf import torch_reference  # torch: an optional extra, imported by the twin alone
 
     check(cfg)
     config, params, tokenizer, batches = prepare(cfg, steps)

@@ -1,4 +1,4 @@
-"""The workloads every benchmark measures, free of flags so that several benchmarks can share them: the
+"""The workloads every perf script measures, free of flags so that several scripts can share them: the
 paper's prompts, and one training update of a model (full fine-tuning or LoRA) on a fixed batch, ours
 through train.step.build and the PyTorch reference's with the same optimizer settings and adapters."""
 
@@ -6,9 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
-from xlit_jax.models.lora import LORA_RANK, LORA_TARGETS, LoraConfig
+import xlit_jax
+from xlit_jax import sharding
+from xlit_jax.io.files import read_jsonl
+from xlit_jax.models.lora import LORA_RANK, LORA_TARGETS, LoraConfig, init_adapters, merge_params
+from xlit_jax.train import step as step_lib
 from xlit_jax.train.optim import OptimSettings
 
 SETTINGS = OptimSettings()  # the released configs' AdamW and schedule, for both engines
@@ -17,8 +22,6 @@ SETTINGS = OptimSettings()  # the released configs' AdamW and schedule, for both
 def paper_prompts(data_dir: str, n: int, languages: Sequence[str] = ("en",)) -> list[list[dict]]:
     """The first n of the paper's evaluation instructions as chat messages, taking the languages in turn
     (instruction 1 in each language, then instruction 2, ...; cycled past the 113)."""
-    from xlit_jax.io.files import read_jsonl
-
     sets = [[m for _, m in read_jsonl(f"{data_dir}/chirkova2024_eval/alpacaeval_test_subset.{language}.jsonl")]
             for language in languages]
     return [sets[i % len(sets)][(i // len(sets)) % len(sets[0])] for i in range(n)]
@@ -36,15 +39,12 @@ def train_batch(vocab: int, batch: int, seq_len: int, leading: tuple = ()) -> di
 
 
 def lora_for(method: str, rank: int = LORA_RANK) -> LoraConfig | None:
-    """The benchmarks' adapters (all seven projections, the default alpha) for method 'lora', else None."""
+    """The perf scripts' adapters (all seven projections, the default alpha) for method 'lora', else None."""
     return LoraConfig(rank, targets=LORA_TARGETS) if method == "lora" else None
 
 
 def load_for_training(model: str, method: str, lora_rank: int = LORA_RANK):
     """(config, LoRA or None, params) of `model`, with fresh adapters for method 'lora'."""
-    import xlit_jax
-    from xlit_jax.models.lora import init_adapters, merge_params
-
     loaded = xlit_jax.load(model)
     config, lora, params = loaded.config, lora_for(method, lora_rank), loaded.params
     if lora is not None:
@@ -54,9 +54,6 @@ def load_for_training(model: str, method: str, lora_rank: int = LORA_RANK):
 
 def bench_step(config, lora: LoraConfig | None = None):
     """Our train step of `config` (with `lora`'s adapters) with SETTINGS on all devices."""
-    from xlit_jax import sharding
-    from xlit_jax.train import step as step_lib
-
     return step_lib.build(config, SETTINGS, sharding.make_mesh(), lora=lora)
 
 
@@ -72,10 +69,6 @@ def jax_train_step(model: str, method: str, rows: int, seq_len: int, lora_rank: 
 def repeated_step(train_step, state, batch):
     """A no-argument function running one blocking step of `train_step` (a TrainStep) on `batch`, carrying
     the state along."""
-    import jax
-
-    from xlit_jax import sharding
-
     holder = {"state": state}
 
     def step():
@@ -88,8 +81,6 @@ def repeated_step(train_step, state, batch):
 
 def device_batch(train_step, rows: int, seq_len: int):
     """A fixed random [1, rows, seq_len] batch on the step's mesh."""
-    from xlit_jax import sharding
-
     host = train_batch(train_step.config.vocab_size, rows, seq_len, (1,))
     return sharding.global_batch(host, train_step.batch_sharding)
 
@@ -105,7 +96,7 @@ def torch_lora(model, lora: LoraConfig):
 
 def torch_adamw(trainable, **kwargs):
     """torch.optim.AdamW with SETTINGS' constant learning rate, betas, eps and weight decay."""
-    import torch
+    import torch  # optional (the `torch` extra): only the reference's workers call this
 
     s = SETTINGS
     return torch.optim.AdamW(trainable, lr=s.lr, betas=(s.b1, s.b2), eps=s.eps, weight_decay=s.weight_decay,

@@ -1,6 +1,6 @@
 """The checkpoint layer (xlit_jax/io/checkpoints/) on tiny trees in a tmp dir, without a training run: save
 and restore, a damaged newest step set aside, overwritten bytes caught by the checksums, and how the
-processes of a run agree. tests/test_train_loop.py runs the same through training, on one and two processes."""
+processes of a run agree. tests/train/test_train_loop.py runs the same through training, on one and two processes."""
 
 import os
 import re

@@ -121,11 +121,11 @@ def test_dry_run_names_a_bad_target_in_one_line():
     assert done.stderr.strip().splitlines()[-1].startswith("xlit-train: unknown target 'v9-8'; known: v4-8")
 
 
-def test_accelerator_benchmark_refuses_the_cpu_in_one_line():
+def test_accelerator_perf_refuses_the_cpu_in_one_line():
     done = python("import runpy, sys; sys.argv = ['accelerator']; "
-                  "runpy.run_module('xlit_jax.bench.accelerator', run_name='__main__')")
+                  "runpy.run_module('xlit_jax.perf.accelerator', run_name='__main__')")
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith("xlit_jax.bench.accelerator: no GPU or TPU attached")
+    assert done.stderr.strip().splitlines()[-1].startswith("xlit_jax.perf.accelerator: no GPU or TPU attached")
 
 
 def test_fit_suggestions_go_from_remat_to_smaller_micro_batches_keeping_the_tokens_per_update():

@@ -1,7 +1,7 @@
 """One command for a lent GPU or TPU: training MFU and decoding against the HBM floor, ours and HF's, and
 the compile-only plans against what the device measures.
 
-    python -m xlit_jax.bench.accelerator --out_dir=runs/accelerator
+    python -m xlit_jax.perf.accelerator --out_dir=runs/accelerator
 
 On the attached accelerator(s), with random weights (throughput does not depend on them):
 - training (--train, MODEL:METHOD:ROWS per device): a 1B-shape (TinyLlama) full fine-tune and a 7B-shape
@@ -12,13 +12,13 @@ On the attached accelerator(s), with random weights (throughput does not depend 
   devices (compile-only, the experiment config --experiment with the case's model, batch and dtype): the
   plan's peak memory per device next to the measured one (`device.memory_stats()['peak_bytes_in_use']`,
   so run one training case per process for a clean peak), and its step time at the measured MFU (equal
-  to the measured step when the plan counts the bench's FLOPs) and at the plans' 40%;
+  to the measured step when the plan counts the measured FLOPs) and at the plans' 40%;
 - decoding: the 7B shape (--decode_model) in bf16, greedy, at batch 1 and 16: tokens/s and the share of the
   HBM floor reached (every weight and the KV cache read once per step: xlit_jax.plan.decoding);
 - the same through HF transformers (+ peft) on the same device when torch sees it (fp32 weights under bf16
   autocast with gradient checkpointing for training; bf16 weights for decoding).
-Each time is the median of timed calls after a warm-up (bench.common.time_calls); the optimizer and the
-adapters are the benchmarks' (workloads.SETTINGS, models.lora's paper LoRA defaults). Each row is
+Each time is the median of timed calls after a warm-up (perf.common.time_calls); the optimizer and the
+adapters are the perf scripts' (workloads.SETTINGS, models.lora's paper LoRA defaults). Each row is
 appended to out_dir/accelerator.jsonl as it finishes (a failing row records its error and the others
 run); out_dir/accelerator.json and accelerator.md hold all rows there at the end. --dry_run allows the CPU
 (HF on torch's CPU) for checking the wiring with tiny shapes (scripts/accelerator_check.sh --dry_run).
@@ -32,10 +32,23 @@ import gc
 import sys
 from pathlib import Path
 
+import jax
 from absl import app, flags, logging
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from xlit_jax.bench import common, workloads
-from xlit_jax.bench.workloads import train_batch
+from xlit_jax import hardware, plan
+from xlit_jax.decode.engine import generate_ids
+from xlit_jax.hardware import GiB
+from xlit_jax.io.files import append_jsonl, resume_jsonl
+from xlit_jax.io.hf import config_to_hf
+from xlit_jax.models.llama import init_params
+from xlit_jax.models.lora import LORA_RANK
+from xlit_jax.models.presets import get_preset
+from xlit_jax.perf import accelerator_report, common, workloads
+from xlit_jax.perf.workloads import train_batch
+from xlit_jax.plan import decode_step_bytes
+from xlit_jax.resources import config_file
+from xlit_jax.train.metrics import train_flops_per_token
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "runs/accelerator", "where accelerator.jsonl, .json and .md go")
@@ -43,8 +56,8 @@ flags.DEFINE_list("train", ["llama-1b:ft:8", "llama2-7b:lora:4"], "training case
                   "device per step; METHOD ft or lora)")
 flags.DEFINE_list("train_if_fits", ["llama2-7b:ft:1"], "training cases measured only where their plan fits")
 flags.DEFINE_bool("plan", True, "plan our training cases for the attached devices (compile-only)")
-flags.DEFINE_string("experiment", "configs/experiments/tiny_ft.py", "the experiment config the plans start from "
-                    "(base.py's defaults; the model, batch, dtype and remat are the case's)")
+flags.DEFINE_string("experiment", str(config_file("experiments/tiny_ft.py")), "the experiment config the plans "
+                    "start from (base.py's defaults; the model, batch, dtype and remat are the case's)")
 flags.DEFINE_list("engines", ["xlit_jax", "hf"], "xlit_jax (ours), hf (transformers + peft, when torch sees it)")
 flags.DEFINE_integer("seq_len", 2048, "training sequence length")
 flags.DEFINE_integer("steps", 5, "timed training steps after a warm-up step")
@@ -54,22 +67,18 @@ flags.DEFINE_integer("prompt_len", 128, "decoding prompt tokens (random ids)")
 flags.DEFINE_integer("new_tokens", 256, "decoding new tokens")
 flags.DEFINE_bool("dry_run", False, "allow the CPU (and HF on torch's CPU): the wiring, with tiny shapes given")
 
-PLAN_MFU = 0.4  # the MFU the compile-only plans assume (bench.scaling's default)
+PLAN_MFU = 0.4  # the MFU the compile-only plans assume (perf.scaling's default)
 
 
 def check_accelerator():
-    import jax
-
     device = jax.devices()[0]
     if device.platform == "cpu" and not FLAGS.dry_run:
-        sys.exit("xlit_jax.bench.accelerator: no GPU or TPU attached (jax sees only the CPU); for CPU numbers use "
-                 "xlit_jax.bench.train_throughput and decode_throughput")
+        sys.exit("xlit_jax.perf.accelerator: no GPU or TPU attached (jax sees only the CPU); for CPU numbers use "
+                 "xlit_jax.perf.train_throughput and decode_throughput")
     return device
 
 
 def bench_config(preset: str, **fields):
-    from xlit_jax.models.presets import get_preset
-
     # eos -1: never produced, so decoding runs its full length on random weights
     return get_preset(preset).replace(dtype="bfloat16", eos_token_ids=(-1,), **fields)
 
@@ -84,7 +93,7 @@ def train_ours(config, lora, rows: int) -> float:
 
 def torch_device() -> str | None:
     """Where HF runs: the GPU torch sees; with --dry_run, else the CPU; None: not here."""
-    try:
+    try:  # torch is optional (the `torch` extra): imported only where HF runs, here and below
         import torch
     except ImportError:
         return None
@@ -101,8 +110,6 @@ def synchronize() -> None:
 def hf_model(config, dtype):
     import torch
     import transformers
-
-    from xlit_jax.io.hf import config_to_hf
 
     hf = config_to_hf(config.replace(eos_token_ids=(2,)))
     with torch.device(torch_device()):
@@ -136,9 +143,6 @@ def train_hf(config, lora, rows: int) -> float:
 
 
 def decode_ours(config, batch: int) -> float:
-    from xlit_jax.decode.engine import generate_ids
-    from xlit_jax.models.llama import init_params
-
     params = init_params(config, 0)
     prompts = train_batch(config.vocab_size, batch, FLAGS.prompt_len)["input_ids"].tolist()
 
@@ -190,12 +194,6 @@ def parse_case(case: str) -> tuple[str, str, int]:
 
 def plan_case(model: str, method: str, rows: int):
     """The compile-only plan of the case for the attached devices, from the --experiment config."""
-    import jax
-    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
-
-    from xlit_jax import plan
-    from xlit_jax.models.lora import LORA_RANK
-
     cfg = ConfigFileFlagParser("experiment").parse(FLAGS.experiment)
     cfg.model.update(source=f"preset:{model}", dtype="bfloat16", remat="full", vocab_size=0)
     cfg.lora.rank = LORA_RANK if method == "lora" else 0
@@ -210,10 +208,6 @@ def peak_bytes(device) -> int | None:
 
 
 def train_case(device, devices: int, engine: str, case: str, if_fits: bool) -> dict:
-    from xlit_jax import hardware
-    from xlit_jax.hardware import GiB
-    from xlit_jax.train.metrics import train_flops_per_token
-
     model, method, rows_per_device = parse_case(case)
     chips = devices if engine == "xlit_jax" else 1  # HF runs on one device
     rows = rows_per_device * chips
@@ -253,9 +247,6 @@ def train_case(device, devices: int, engine: str, case: str, if_fits: bool) -> d
 
 
 def decode_case(device, engine: str, batch: int) -> dict:
-    from xlit_jax import hardware
-    from xlit_jax.plan import decode_step_bytes
-
     _, bandwidth = hardware.memory(device)
     measure = decode_ours if engine == "xlit_jax" else decode_hf
     config = bench_config(FLAGS.decode_model, param_dtype="bfloat16")
@@ -289,36 +280,9 @@ def cases(device, devices: int):
             yield lambda engine=engine, batch=batch: decode_case(device, engine, batch)
 
 
-def cell(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def markdown(device_kind: str, rows: list[dict]) -> str:
-    errors = [f"- {r['engine']} {r.get('model', '')} {r.get('method', r.get('batch', ''))}: "
-              f"{r.get('error') or r.get('skipped') or r.get('plan_error')}"
-              for r in rows if r.get("error") or r.get("skipped") or r.get("plan_error")]
-    rows = [r for r in rows if "error" not in r and "skipped" not in r]
-    train = common.markdown_table(["engine", "model", "method", "devices", "rows x seq", "tokens/s", "MFU",
-                                   "peak GiB measured", "plan GiB", "plan s/step at this MFU", "s/step",
-                                   "plan s/step at 40%"], [
-        [r["engine"], r["model"], r["method"], r["devices"], f"{r['rows']} x {r['seq_len']}",
-         f"{r['tokens_per_s']:.0f}", f"{r['mfu']:.1%}", cell(r.get("measured_peak_gib"), ".1f"),
-         cell(r.get("plan_peak_gib"), ".1f"), cell(r.get("plan_step_s_at_measured_mfu"), ".3g"),
-         f"{r['step_s']:.3g}", cell(r.get("plan_step_s_at_40pct"), ".3g")] for r in rows if r["kind"] == "train"])
-    decode = common.markdown_table(["engine", "model", "batch", "new tokens", "tokens/s", "share of HBM floor"], [
-        [r["engine"], r["model"], r["batch"], r["new_tokens"], f"{r['tokens_per_s']:.1f}",
-         cell(r["floor_share"], ".1%")] for r in rows if r["kind"] == "decode"])
-    return "\n\n".join([f"Device: {device_kind}", train, decode] + (["Not measured:\n" + "\n".join(errors)]
-                                                                    if errors else []))
-
-
 def main(argv):
     del argv
     device = check_accelerator()
-    import jax
-
-    from xlit_jax.io.files import append_jsonl, resume_jsonl
-
     out = Path(FLAGS.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for make in cases(device, jax.device_count()):
@@ -326,7 +290,7 @@ def main(argv):
         logging.info("%s", row)
         append_jsonl(out / "accelerator.jsonl", [row])
     rows = resume_jsonl(out / "accelerator.jsonl")  # with those of earlier runs into the same folder
-    table = markdown(device.device_kind, rows)
+    table = accelerator_report.markdown(device.device_kind, rows)
     common.write_rows(out / "accelerator.json", rows, table)
     print(table)
 

@@ -1,6 +1,6 @@
 """The PyTorch reference of our training: transformers' LlamaForCausalLM (peft for LoRA) with
 torch.optim.AdamW, fed our data pipeline's batches and started from our weights. It imports torch at the top
-(the optional `torch` extra): only the twin benchmark (bench/twin.py) and the parity tests import it.
+(the optional `torch` extra): only the twin benchmark (perf/twin.py) and the parity tests import it.
 
 An update here is ours (train/step.py, train/optim.py) written the PyTorch way:
 - the batch: the same [k, B, L] arrays. Each packed example (a segment of a row) runs as its own sequence

@@ -1,6 +1,6 @@
 """MMLU scoring: our log-likelihoods vs lm-evaluation-harness with HF transformers, same questions, same run.
 
-    python -m xlit_jax.bench.mmlu_scoring --languages=en,de --per_subject=10   # needs pip install '.[harness]'
+    python -m xlit_jax.perf.mmlu_scoring --languages=en,de --per_subject=10   # needs pip install '.[harness]'
 
 The first --per_subject rows of every MMLU subject in each language (CrossAlpaca's files, zero-shot, no chat
 template), as xlit-eval --eval_set=mmlu scores them: four requests (context, " A") ... (context, " D") per
@@ -24,8 +24,12 @@ from pathlib import Path
 
 from absl import app, flags
 
-from xlit_jax.bench import common
-from xlit_jax.evaluate.harness.data import LETTERS
+import xlit_jax
+from xlit_jax.decode import loglik
+from xlit_jax.evaluate.harness.data import LETTERS, load_benchmarks
+from xlit_jax.io.files import markdown_table
+from xlit_jax.io.gguf import smollm2_gguf_path
+from xlit_jax.perf import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model for both engines (the harness loads the same GGUF)")
@@ -35,13 +39,12 @@ flags.DEFINE_list("engines", ["jax", "harness"], "of jax, harness")
 flags.DEFINE_integer("batch_size", 8, "batch size of both engines")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
 common.define_data_flag()
+common.define_rows_flag("mmlu_scoring")
 flags.DEFINE_string("worker", None, "internal: score the requests of this JSON file with --engines' engine")
 
 
 def requests(data_dir: str) -> list[list[str]]:
     """[context, continuation] of every answer letter of the chosen questions, in order."""
-    from xlit_jax.evaluate.harness.data import load_benchmarks
-
     taken = collections.Counter()
     pairs = []
     for item in load_benchmarks(("mmlu",), FLAGS.languages, data_dir).items:
@@ -52,9 +55,6 @@ def requests(data_dir: str) -> list[list[str]]:
 
 
 def score_jax(pairs: list[list[str]]) -> dict:
-    import xlit_jax
-    from xlit_jax.decode import loglik
-
     start = time.perf_counter()
     model = xlit_jax.load(FLAGS.model)
     compiled = loglik._score._cache_size()
@@ -64,11 +64,9 @@ def score_jax(pairs: list[list[str]]) -> dict:
 
 
 def score_harness(pairs: list[list[str]]) -> dict:
-    import torch
+    import torch  # optional (the `torch` and `harness` extras): only the reference's worker imports them
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
-
-    from xlit_jax.io.gguf import smollm2_gguf_path
 
     torch.set_num_threads(FLAGS.torch_threads)
     start = time.perf_counter()
@@ -89,8 +87,6 @@ def worker(path: str) -> None:
 
 
 def prompt_tokens(pairs: list[list[str]]) -> int:
-    import xlit_jax
-
     tokenizer = xlit_jax.load(FLAGS.model).tokenizer
     return sum(len(tokenizer(context, add_special_tokens=False).input_ids) for context, _ in pairs[::len(LETTERS)])
 
@@ -104,10 +100,11 @@ def main(argv):
         path = Path(tmp) / "requests.json"
         path.write_text(json.dumps(pairs))
         rows = [common.read_result(subprocess.run(
-            [sys.executable, "-m", "xlit_jax.bench.mmlu_scoring", f"--worker={path}", f"--engines={engine}",
+            [sys.executable, "-m", "xlit_jax.perf.mmlu_scoring", f"--worker={path}", f"--engines={engine}",
              f"--model={FLAGS.model}", f"--batch_size={FLAGS.batch_size}", f"--torch_threads={FLAGS.torch_threads}"],
             capture_output=True, text=True, check=True).stdout) for engine in FLAGS.engines]
     print(format_table(rows, len(pairs) // len(LETTERS), prompt_tokens(pairs)))
+    common.save_rows(rows)
 
 
 def format_table(rows: list[dict], questions: int, tokens: int) -> str:
@@ -124,7 +121,7 @@ def format_table(rows: list[dict], questions: int, tokens: int) -> str:
 
     header = ["engine", "questions", "prompt tokens", "wall s (load included)", "tokens/s", "compilations",
               "peak RSS GiB", "max |loglik - harness|", "answers that differ"]
-    return common.markdown_table(header, [
+    return markdown_table(header, [
         [r["engine"], questions, tokens, f"{r['seconds']:.1f}", f"{tokens / r['seconds']:.0f}",
          "-" if r["compilations"] is None else r["compilations"], f"{r['peak_rss_gib']:.2f}",
          *versus(r["logliks"])] for r in rows])

@@ -1,8 +1,8 @@
 """Where a step's time goes: one traced call of the train step, or --new_tokens decoding steps of the engine,
 their XLA ops grouped by what they compute.
 
-    python -m xlit_jax.bench.profile --what=train --batch=4 --seq_len=256
-    python -m xlit_jax.bench.profile --what=decode --batch=16 --new_tokens=64
+    python -m xlit_jax.perf.profile --what=train --batch=4 --seq_len=256
+    python -m xlit_jax.perf.profile --what=decode --batch=16 --new_tokens=64
 
 The call runs once to compile, then once under `jax.profiler.trace`. Every executed op of the compiled
 program is a trace event named after its HLO instruction; the instruction's `op_name` metadata (the JAX
@@ -21,9 +21,15 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags
 
-from xlit_jax.bench import common
+import xlit_jax
+from xlit_jax.decode.engine import lower_programs
+from xlit_jax.io.files import markdown_table
+from xlit_jax.perf import common
+from xlit_jax.perf.workloads import device_batch, jax_train_step, paper_prompts
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("what", "train", ["train", "decode"], "the train step (full FT or LoRA) or decoding steps")
@@ -95,8 +101,6 @@ def breakdown(call, hlo_text: str) -> tuple[float, list[tuple[str, float, bool]]
 
 def train_call():
     """(a no-argument function running one train step, the compiled program's text)."""
-    from xlit_jax.bench.workloads import device_batch, jax_train_step
-
     train_step, run = jax_train_step(FLAGS.model, FLAGS.method, FLAGS.batch, FLAGS.seq_len)
     return run, train_step.lower(device_batch(train_step, FLAGS.batch, FLAGS.seq_len)).compile().as_text()
 
@@ -104,13 +108,6 @@ def train_call():
 def decode_call():
     """(a no-argument function running --new_tokens decoding calls of the engine's --batch slots, all live, over
     a cache sized for the paper's first --batch prompts, the decoding program's text)."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    import xlit_jax
-    from xlit_jax.bench.workloads import paper_prompts
-    from xlit_jax.decode.engine import lower_programs
-
     model = xlit_jax.load(FLAGS.model)
     longest = max(len(model.encode(p)) for p in paper_prompts(FLAGS.data, FLAGS.batch))
     lowered, shapes = lower_programs(model.params, model.config, FLAGS.batch, longest, FLAGS.new_tokens,
@@ -134,7 +131,7 @@ def main(argv):
     wall, rows = breakdown(call, text)
     total = sum(seconds for _, seconds, _ in rows)
     print(f"{FLAGS.what}: one call {wall:.2f} s wall (traced), ops {total:.2f} s\n")
-    print(common.markdown_table(["group", "pass", "seconds", "share"], [
+    print(markdown_table(["group", "pass", "seconds", "share"], [
         [group, "backward" if backward else "forward", f"{seconds:.3f}", f"{seconds / total:.1%}"]
         for group, seconds, backward in rows]))
 

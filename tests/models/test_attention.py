@@ -4,7 +4,7 @@ On CPU the Pallas kernels (splash, the GPU decode kernel) run in interpret mode,
 through JAX's XLA version of `jax.nn.dot_product_attention` with the same mask and arguments: what is
 tested is everything we build around the kernels (layouts, masks, padding, GQA, slots of the cache).
 On an NVIDIA GPU the tests marked `gpu` run the kernels themselves (cuDNN, the Pallas decode kernel
-compiled by Triton) against the reference: `pytest -m gpu tests/test_attention.py`, as
+compiled by Triton) against the reference: `pytest -m gpu tests/models/test_attention.py`, as
 scripts/accelerator_check.sh does; their fp32 cases are CPU-only (the kernels take bf16/fp16 there).
 
 Tolerances: fp32 kernels differ from the reference by summation order only (online softmax, blocks):
@@ -144,7 +144,7 @@ def test_splash_under_shard_map_on_a_mesh_and_a_length_off_the_block():
     result = run_with_devices(textwrap.dedent("""
         import json, sys
         import jax, numpy as np
-        sys.path.insert(0, "tests")
+        sys.path[:0] = ["tests", "tests/models"]
         from test_attention import packed_segments, random_qkv
         from xlit_jax import sharding
         from xlit_jax.models import attention

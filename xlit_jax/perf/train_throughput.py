@@ -1,12 +1,12 @@
 """Training throughput: our jitted train step vs PyTorch (transformers + AdamW; peft for LoRA), same
 model, same batch shape, same run.
 
-    python -m xlit_jax.bench.train_throughput --batch=4 --seq_len=256 --steps=5
+    python -m xlit_jax.perf.train_throughput --batch=4 --seq_len=256 --steps=5
 
 Each (engine, method) runs in its own subprocess, so peak RSS and threads are its own. Both sides do a
 full update per step (forward, backward over the masked response-token loss, clipping, AdamW with the
 released configs' settings: workloads.SETTINGS) in fp32; one warm-up step (JAX compiles, torch allocates),
-then the median of `steps` timed ones (bench.common.time_calls). Tokens/s counts every position
+then the median of `steps` timed ones (perf.common.time_calls). Tokens/s counts every position
 of the [batch, seq_len] rows; MFU uses the model FLOPs per token of xlit_jax.train.metrics over the peak
 of xlit_jax.train.metrics.peak_flops (on CPU, a measured fp32 matmul rate).
 """
@@ -20,8 +20,11 @@ import sys
 
 from absl import app, flags
 
-from xlit_jax.bench import common, workloads
-from xlit_jax.models.lora import LORA_RANK
+from xlit_jax.io.files import markdown_table
+from xlit_jax.io.hf import save_hf_dir
+from xlit_jax.models.lora import LORA_RANK, split_lora
+from xlit_jax.perf import common, workloads
+from xlit_jax.train import metrics
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model source for both engines")
@@ -32,7 +35,7 @@ flags.DEFINE_integer("steps", 5, "timed steps after one warm-up step")
 flags.DEFINE_integer("lora_rank", LORA_RANK, "LoRA rank (all seven projections)")
 flags.DEFINE_integer("torch_threads", 2, "torch intra-op threads")
 flags.DEFINE_float("peak_flops", 0.0, "peak FLOP/s for MFU; 0: measured once (CPU) or from the device table")
-flags.DEFINE_string("out", None, "also write the results as JSON here")
+common.define_rows_flag("train_throughput")
 flags.DEFINE_string("worker", None, "internal: run one engine:method and print JSON")
 
 
@@ -44,11 +47,8 @@ def measure_jax(method: str) -> dict:
 def measure_torch(method: str) -> dict:
     import tempfile
 
-    import torch
+    import torch  # optional (the `torch` extra): only the reference's worker imports it
     import transformers
-
-    from xlit_jax.io.hf import save_hf_dir
-    from xlit_jax.models.lora import split_lora
 
     torch.set_num_threads(FLAGS.torch_threads)
     config, lora, params = workloads.load_for_training(FLAGS.model, method, FLAGS.lora_rank)
@@ -75,12 +75,10 @@ def measure_torch(method: str) -> dict:
 
 
 def worker(spec: str) -> dict:
-    from xlit_jax.train import metrics
-
     engine, method = spec.split(":")
     result = (measure_jax if engine == "jax" else measure_torch)(method)
     tokens_per_s = FLAGS.batch * FLAGS.seq_len / result["seconds"]
-    peak, _ = metrics.peak_flops(FLAGS.peak_flops)
+    peak, _ = metrics.all_devices_peak_flops(FLAGS.peak_flops)
     flops = metrics.train_flops_per_token(result["config"], FLAGS.seq_len, workloads.lora_for(method, FLAGS.lora_rank))
     return {"engine": engine, "method": method, "batch": FLAGS.batch, "seq_len": FLAGS.seq_len,
             "tokens_per_s": round(tokens_per_s, 1), "mfu": round(flops * tokens_per_s / peak, 4),
@@ -89,7 +87,7 @@ def worker(spec: str) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    return common.markdown_table(["engine", "method", "tokens/s", "MFU", "peak RSS (GiB)"], [
+    return markdown_table(["engine", "method", "tokens/s", "MFU", "peak RSS (GiB)"], [
         [r["engine"], r["method"], r["tokens_per_s"], f"{r['mfu']:.1%}", r["peak_rss_gib"]] for r in results])
 
 
@@ -98,21 +96,18 @@ def main(argv):
     if FLAGS.worker:
         common.print_result(worker(FLAGS.worker))
         return
-    from xlit_jax.train import metrics
-
-    peak, source = metrics.peak_flops(FLAGS.peak_flops)  # once, before any run loads the machine
+    peak, source = metrics.all_devices_peak_flops(FLAGS.peak_flops)  # once, before any run loads the machine
     print(f"peak {peak:.3g} FLOP/s ({source})", flush=True)
     passed = [FLAGS[name].serialize() for name in ("model", "batch", "seq_len", "steps", "lora_rank", "torch_threads")]
     passed.append(f"--peak_flops={peak}")
     results = []
     for spec in FLAGS.runs:
-        done = subprocess.run([sys.executable, "-m", "xlit_jax.bench.train_throughput", f"--worker={spec}", *passed],
+        done = subprocess.run([sys.executable, "-m", "xlit_jax.perf.train_throughput", f"--worker={spec}", *passed],
                               capture_output=True, text=True, check=True)
         results.append(common.read_result(done.stdout))
         print(json.dumps(results[-1]), flush=True)
     print("\n" + table(results))
-    if FLAGS.out:
-        common.write_rows(FLAGS.out, results)
+    common.save_rows(results)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Data pipeline throughput: tokens per second tokenized and packed on one CPU core, and packing efficiency.
 
-    python -m xlit_jax.bench.pipeline --data=lima:../shared/data/lima/lima.en.jsonl --seq_len=2048
+    python -m xlit_jax.perf.pipeline --data=lima:../shared/data/lima/lima.en.jsonl --seq_len=2048
 
 The process pins itself to one core and the Rust tokenizer to one thread before anything runs. Timed per
-template, each the median of --repeats calls after a warm-up (bench.common.time_calls): chat template +
+template, each the median of --repeats calls after a warm-up (perf.common.time_calls): chat template +
 tokenization + truncation (`tokenize`), then one epoch packed into [B, L] micro-batches (`PackedBatches`);
 loading the file is not timed. Tokens/s counts every token of every
 example; efficiency is the share of batch positions holding a token.
@@ -15,7 +15,12 @@ import os
 
 from absl import app, flags
 
-from xlit_jax.bench import common
+from xlit_jax.data.pipeline import PackedBatches, batch_size_for, tokenize
+from xlit_jax.data.records import load_source
+from xlit_jax.data.templates import get_template
+from xlit_jax.io.files import markdown_row, markdown_table
+from xlit_jax.io.tokenizer import load_tokenizer
+from xlit_jax.perf import common
 from xlit_jax.resources import shared_data
 
 FLAGS = flags.FLAGS
@@ -25,12 +30,10 @@ flags.DEFINE_list("templates", ["llama2", "chat", "alpaca"], "templates to measu
 flags.DEFINE_integer("seq_len", 2048, "packed row length L")
 flags.DEFINE_integer("tokens_per_batch", 4096, "token budget of a micro-batch")
 flags.DEFINE_integer("repeats", 3, "timed runs per template after a warm-up; the median is reported")
+common.define_rows_flag("pipeline")
 
 
 def measure(records, tokenizer, template_name: str) -> dict:
-    from xlit_jax.data.pipeline import PackedBatches, batch_size_for, tokenize
-    from xlit_jax.data.templates import get_template
-
     template = get_template(template_name, tokenizer)
     batch_size = batch_size_for(FLAGS.tokens_per_batch, FLAGS.seq_len)
     tokenized = common.time_calls(lambda: tokenize(records, template, tokenizer, FLAGS.seq_len), FLAGS.repeats)
@@ -47,20 +50,20 @@ def measure(records, tokenizer, template_name: str) -> dict:
 
 def main(argv):
     del argv
-    from xlit_jax.data.records import load_source
-    from xlit_jax.io.tokenizer import load_tokenizer
-
     records = load_source(FLAGS.data).records
     tokenizer = load_tokenizer(FLAGS.tokenizer)
     print(f"{FLAGS.data}: {len(records)} records; L={FLAGS.seq_len}, {FLAGS.tokens_per_batch} tokens per "
           f"micro-batch; 1 core ({os.sched_getaffinity(0)}), median of {FLAGS.repeats}\n")
-    print(common.markdown_table(["template", "tokens", "tokenize s", "pack s", "tokens/s", "micro-batches",
+    print(markdown_table(["template", "tokens", "tokenize s", "pack s", "tokens/s", "micro-batches",
                                  "packing efficiency", "truncated"], []))
+    rows = []
     for name in FLAGS.templates:
         r = measure(records, tokenizer, name)
-        print(common.markdown_row([name, r["tokens"], f"{r['tokenize_s']:.2f}", f"{r['pack_s']:.2f}",
+        rows.append({"template": name} | r)
+        print(markdown_row([name, r["tokens"], f"{r['tokenize_s']:.2f}", f"{r['pack_s']:.2f}",
                                    f"{r['tokens_per_s']:,.0f}", r["micro_batches"], f"{r['efficiency']:.1%}",
                                    r["truncated"]]), flush=True)
+    common.save_rows(rows)
 
 
 def run():

@@ -16,6 +16,7 @@ from ml_collections import ConfigDict
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from xlit_jax.errors import InputError, UserError
+from xlit_jax.evaluate.report import MODIFIER_ALL
 from xlit_jax.study import grid, report
 
 from support import REPO
@@ -286,7 +287,7 @@ def test_report_on_synthetic_scores_has_known_means_and_intervals(tmp_path):
     rows = {(r["cell"], r["language"], r["modifier"], r["metric"]): r
             for r in csv.DictReader(written["csv"].open())}
     for (cell, group, metric), values in drawn.items():
-        row = rows[(cell, group, "", metric)]
+        row = rows[(cell, group, MODIFIER_ALL, metric)]
         mean, n = np.mean(values), len(values)
         assert int(row["n"]) == n == (100 if group == "en" else 300)
         assert float(row["mean"]) == pytest.approx(mean, abs=1e-12)

@@ -1,7 +1,7 @@
 """Compiled memory of one attention call at a model's training shapes, per implementation this machine
 can compile (the others are listed with the reason `attention.choose` gives).
 
-    python -m xlit_jax.bench.attention_memory --preset=llama2-7b --rows=2 --seq_len=2048
+    python -m xlit_jax.perf.attention_memory --preset=llama2-7b --rows=2 --seq_len=2048
 
 Nothing runs: each implementation is compiled for the forward pass and for forward + backward (the
 gradients of q, k, v), and XLA's memory analysis is printed (temp = scratch the call needs beyond its
@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from xlit_jax.bench import common
 from xlit_jax.errors import InputError
+from xlit_jax.io.files import markdown_table
 from xlit_jax.models import attention
 from xlit_jax.models.attention import ATTENTIONS
 from xlit_jax.models.presets import get_preset
@@ -61,7 +61,7 @@ def main(argv):
         temp = attention_memory(implementation, FLAGS.rows, FLAGS.seq_len, config.num_heads, config.num_kv_heads,
                                 config.head_dim, jnp.dtype(FLAGS.dtype))
         rows.append([name, f"{temp['forward'] / 2**20:,.0f} MiB", f"{temp['forward+backward'] / 2**20:,.0f} MiB"])
-    print(common.markdown_table(["attention", "forward temp", "forward + backward temp"], rows))
+    print(markdown_table(["attention", "forward temp", "forward + backward temp"], rows))
 
 
 if __name__ == "__main__":

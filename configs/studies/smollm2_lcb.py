@@ -12,15 +12,6 @@ from configs.studies import smollm2_mini
 
 
 def get_config():
-    config = smollm2_mini.get_config()
-    config.name = "smollm2_lcb"
-    config.methods = ("ft",)
-    config.learning_rates = ("1e-4", "1e-3")
-    config.eval = {
-        "eval_set": "lcb",
-        "languages": "en,fr,pt,ru",
-        "limit": 5,  # rows per source and language: 5 x 7 sources (those with en/fr/pt/ru) -> about 120 prompts
-        "seed": 0,
-        "batch_size": 8,
-    }
-    return config
+    # limit: rows per source and language (5 x the 7 sources with en/fr/pt/ru: 85 prompts)
+    lcb = {"eval_set": "lcb", "languages": "en,fr,pt,ru", "limit": 5, "seed": 0, "batch_size": 8}
+    return smollm2_mini.variant("smollm2_lcb", methods=("ft",), learning_rates=("1e-4", "1e-3"), eval=lcb)

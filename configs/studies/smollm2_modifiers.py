@@ -12,10 +12,7 @@ RULE_CHECKED = "num_items_*,cap_template,arrow_template,markdown_template,html_t
 
 
 def get_config():
-    config = smollm2_mini.get_config()
-    config.name = "smollm2_modifiers"
-    config.methods = ("ft",)
-    config.learning_rates = ("1e-4", "1e-3")
-    config.eval = {**config.eval, "eval_set": "chirkova_modifiers", "subset": RULE_CHECKED, "limit": 40,
-                   "metrics": "language,modifiers"}
-    return config
+    eval_settings = {**smollm2_mini.get_config().eval, "eval_set": "chirkova_modifiers", "subset": RULE_CHECKED,
+                     "limit": 40, "metrics": "language,modifiers"}
+    return smollm2_mini.variant("smollm2_modifiers", methods=("ft",), learning_rates=("1e-4", "1e-3"),
+                                eval=eval_settings)

@@ -10,10 +10,5 @@ from configs.studies import smollm2_mini
 
 
 def get_config():
-    config = smollm2_mini.get_config()
-    config.name = "smollm2_small_data"
-    config.experiment = "configs/experiments/smollm2_{method}.py:{lr},{data}"
-    config.datasets = ("lima-en", "lima-20")
-    config.methods = ("ft",)
-    config.learning_rates = ("1e-4", "1e-3")
-    return config
+    return smollm2_mini.variant("smollm2_small_data", experiment="configs/experiments/smollm2_{method}.py:{lr},{data}",
+                                datasets=("lima-en", "lima-20"), methods=("ft",), learning_rates=("1e-4", "1e-3"))

@@ -76,6 +76,23 @@ def pack(lengths: Sequence[int], width: int) -> list[list[int]]:
     return packs
 
 
+def pack_arrays(packs: list[list[int]], sequences, n: int, width: int):
+    """ids, segments and positions [n, width] of `packs` (lists of indices into `sequences`, each pack's
+    sequences one after another as segments 1, 2, ... with positions from 0), and where each one went:
+    (pack, segment - 1, index, first column) in order."""
+    ids, segments, positions = (np.zeros((n, width), np.int32) for _ in range(3))
+    placed = []
+    for b, members in enumerate(packs):
+        offset = 0
+        for r, row in enumerate(members):
+            tokens, end = sequences[row], offset + len(sequences[row])
+            ids[b, offset:end], segments[b, offset:end] = tokens, r + 1
+            positions[b, offset:end] = np.arange(len(tokens))
+            placed.append((b, r, row, offset))
+            offset = end
+    return ids, segments, positions, placed
+
+
 def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                       batch_size: int = 8, on_batch=None, attention: str = "auto") -> list[tuple[float, bool]]:
     """(sum of log p(continuation | context), continuation is greedy) per (context ids, continuation ids),
@@ -110,19 +127,14 @@ def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequenc
     def score(packs: list[list[int]], n: int, width: int, per_pack: int) -> list[int]:
         """One `_score` call on `packs` (lists of row indices) padded to n; fills `results` and returns the
         pairs it finished."""
-        ids, segments, positions = (np.zeros((n, width), np.int32) for _ in range(3))
+        ids, segments, positions, placed = pack_arrays(packs, rows, n, width)
         select = np.zeros((n, per_pack * scored), np.int32)
         targets = np.full((n, per_pack, sharing, scored), -1, np.int32)
-        for b, members in enumerate(packs):
-            offset = 0
-            for r, row in enumerate(members):
-                tokens, end = rows[row], offset + len(rows[row])
-                ids[b, offset:end], segments[b, offset:end] = tokens, r + 1
-                positions[b, offset:end] = np.arange(len(tokens))
-                select[b, r * scored:(r + 1) * scored] = np.maximum(np.arange(end - scored, end), offset)
-                for k, i in enumerate(inputs[tokens]):
-                    targets[b, r, k, scored - len(pairs[i][1]):] = pairs[i][1]
-                offset = end
+        for b, r, row, offset in placed:
+            end = offset + len(rows[row])
+            select[b, r * scored:(r + 1) * scored] = np.maximum(np.arange(end - scored, end), offset)
+            for k, i in enumerate(inputs[rows[row]]):
+                targets[b, r, k, scored - len(pairs[i][1]):] = pairs[i][1]
         total, is_greedy = (np.asarray(a) for a in _score(params, ids, segments, positions, select, targets,
                                                             config=config, attention=attention))
         finished = []
@@ -204,24 +216,14 @@ def token_logprobs_ids(params, config: LlamaConfig, sequences: Sequence[Sequence
         n = min(bucket(len(packs)), 1 << (fits.bit_length() - 1))
         for start in range(0, len(packs), n):
             batch = packs[start:start + n]
-            ids, segments, positions = (np.zeros((n, width), np.int32) for _ in range(3))
+            ids, segments, positions, placed = pack_arrays(batch, sequences, n, width)
             targets = np.full((n, width), -1, np.int32)
-            for b, rows in enumerate(batch):
-                offset = 0
-                for r, row in enumerate(rows):
-                    tokens, end = sequences[row], offset + len(sequences[row])
-                    ids[b, offset:end], segments[b, offset:end] = tokens, r + 1
-                    positions[b, offset:end] = np.arange(len(tokens))
-                    targets[b, offset:end - 1] = tokens[1:]
-                    offset = end
+            for b, _, row, offset in placed:
+                targets[b, offset:offset + len(sequences[row]) - 1] = sequences[row][1:]
             picked, top_logprobs, top_ids = (np.asarray(a) for a in _token_scores(
                 params, ids, segments, positions, targets, config=config, attention=attention, top_k=compiled_k))
-            for b, rows in enumerate(batch):
-                offset = 0
-                for row in rows:
-                    end = offset + len(sequences[row])
-                    results[row] = TokenScores(picked[b, offset:end - 1].copy(),
-                                               top_ids[b, offset:end, :top_k].copy(),
-                                               top_logprobs[b, offset:end, :top_k].copy())
-                    offset = end
+            for b, _, row, offset in placed:
+                end = offset + len(sequences[row])
+                results[row] = TokenScores(picked[b, offset:end - 1].copy(), top_ids[b, offset:end, :top_k].copy(),
+                                           top_logprobs[b, offset:end, :top_k].copy())
     return results

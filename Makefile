@@ -50,7 +50,7 @@ $(AOT_STAMP): $(STAMP)
 	touch $(AOT_STAMP)
 
 test-aot: $(AOT_STAMP)
-	JAX_PLATFORMS=cpu $(AOT_PY) -m pytest -q tests/test_plan.py $(PYTEST_ARGS)
+	JAX_PLATFORMS=cpu $(AOT_PY) -m pytest -q tests/plan/test_plan.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(AOT_VENV) out runs .pytest_cache

@@ -50,6 +50,10 @@ flags.DEFINE_list("metrics", list(evaluation.DEFAULT_METRICS), f"of {', '.join(e
 flags.DEFINE_integer("max_new_tokens", 512, "new tokens per response at most (lcb alone: LCB's 100)")
 flags.DEFINE_float("repetition_penalty", REPETITION_PENALTY,
                    "HF-style repetition penalty (the paper's 1.1; lcb alone: 1.0)")
+flags.DEFINE_float("temperature", 0.0, "0: greedy (the paper's); else nucleus sampling (lcb alone: LCB's 0.3)",
+                   lower_bound=0.0)
+flags.DEFINE_float("top_p", 1.0, "nucleus sampling's top-p (lcb alone: LCB's 0.75)", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_integer("sampling_seed", 0, "seeds each sampled response with its item")
 flags.DEFINE_string("responses", None, "score the responses in this CSV or JSONL instead of generating (columns "
                     "response or completion, language; optional id, model, prompt, source, task); LCB's "
                     "outputs/*.csv as they are")
@@ -97,8 +101,7 @@ def _overrides(pairs: list[str]) -> tuple[tuple[str, str], ...]:
 def _set_defaults() -> dict:
     """Decoding and metrics the flags leave at their defaults, where the run's sets or --responses have
     their own: LCB's decoding for LCB's sets alone; LCB_DEFAULT_METRICS for them or --responses."""
-    defaults = {"max_new_tokens": FLAGS.max_new_tokens, "repetition_penalty": FLAGS.repetition_penalty,
-                "metrics": tuple(FLAGS.metrics)}
+    defaults = {name: FLAGS[name].value for name in LCB_DECODING} | {"metrics": tuple(FLAGS.metrics)}
     lcb_only = all(s == LCB or s in LCB_SETS for s in FLAGS.eval_set)
     if lcb_only and not FLAGS.responses:
         defaults |= {k: v for k, v in LCB_DECODING.items() if not FLAGS[k].present}
@@ -111,7 +114,8 @@ def config_from_flags() -> evaluation.EvalConfig:
     return evaluation.EvalConfig(
         eval_sets=tuple(FLAGS.eval_set), languages=tuple(FLAGS.languages) if FLAGS.languages else None,
         subset=tuple(FLAGS.subset) if FLAGS.subset else None, limit=FLAGS.limit, seed=FLAGS.seed,
-        data_dir=FLAGS.data_dir, **_set_defaults(), batch_size=FLAGS.batch_size, lid_model=FLAGS.lid_model,
+        data_dir=FLAGS.data_dir, **_set_defaults(), sampling_seed=FLAGS.sampling_seed, batch_size=FLAGS.batch_size,
+        lid_model=FLAGS.lid_model,
         dictionary_dir=FLAGS.dictionary_dir, dictionaries=_overrides(FLAGS.dictionaries),
         relevance_judge=FLAGS.relevance_judge, relevance_prompt=FLAGS.relevance_prompt,
         relevance_max_new_tokens=FLAGS.relevance_max_new_tokens, judge_model=FLAGS.judge_model,
@@ -169,7 +173,7 @@ def check_prompt_sizes(plan, source: str) -> None:
     from xlit_jax.io.tokenizer import prompt_too_long
     from xlit_jax.loader import load_config
 
-    positions = load_config(source).max_position_embeddings
+    positions = load_config(source).max_positions
     for item in plan.items:
         problem = prompt_too_long(item.messages, positions)
         if problem:

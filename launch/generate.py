@@ -52,10 +52,10 @@ def read_prompts(path, positions: int) -> list[dict]:
 def main(argv):
     del argv
     import xlit_jax
-    from xlit_jax.decode.runner import generate_to_jsonl
+    from xlit_jax.decode.to_jsonl import generate_to_jsonl
     from xlit_jax.loader import load_config
 
-    rows = read_prompts(FLAGS.prompts, load_config(FLAGS.model).max_position_embeddings)
+    rows = read_prompts(FLAGS.prompts, load_config(FLAGS.model).max_positions)
     if not rows:
         raise InputError(f"{FLAGS.prompts}: no prompts")
     with output_lock(FLAGS.out):  # a second writer of --out is refused before the model loads

@@ -3,7 +3,9 @@
   xlit-serve --model=smollm2-135m [--host=127.0.0.1 --port=8000 --slots=16 --max_len=2304]
   XLIT_SERVE_API_KEY=KEY xlit-serve ...   (or --api_key_file=PATH: clients must send the key)
 
-Then any `openai` client: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything").
+Then any `openai` client: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything"), or
+lm-evaluation-harness: lm_eval --model local-completions \
+  --model_args model=smollm2-135m,base_url=http://127.0.0.1:8000/v1/completions --tasks ...
 See docs/evaluation.md.
 """
 
@@ -30,6 +32,8 @@ flags.DEFINE_integer("max_len", None, "KV-cache columns per slot (default: any p
                      "model's positions; less saves memory, longer requests are answered 400)")
 flags.DEFINE_integer("max_queue", 256, "requests waiting for a slot at most; more are answered 429 with Retry-After")
 flags.DEFINE_integer("max_tokens", 512, "the most new tokens a request may ask for (also the default)")
+flags.DEFINE_integer("max_request_tokens", 1 << 18, "one request's prompt and new tokens over all its choices (prompts "
+                     "x n), at most; more are answered 400")
 flags.DEFINE_integer("max_body_bytes", 4 << 20, "larger request bodies are refused with 413 before being read")
 flags.DEFINE_string("api_key_file", None, "a file holding the key clients must send as 'Authorization: Bearer KEY' "
                     "(default: $XLIT_SERVE_API_KEY; neither: no check)")
@@ -93,12 +97,13 @@ def main(argv):
     from xlit_jax.serve.app import ServeConfig, create_app
     from xlit_jax.serve.server import uvicorn_config
 
-    for flag in ("slots", "max_queue", "max_tokens", "max_body_bytes", "max_len"):
+    for flag in ("slots", "max_queue", "max_tokens", "max_body_bytes", "max_len", "max_request_tokens"):
         if FLAGS[flag].value is not None and FLAGS[flag].value < 1:
             raise InputError(f"--{flag} must be at least 1, not {FLAGS[flag].value}")
     hosts = tuple(dict.fromkeys(map(host_name, (*LOOPBACK_HOSTS, FLAGS.host, *FLAGS.allowed_hosts))))
     config = ServeConfig(slots=FLAGS.slots, max_queue=FLAGS.max_queue, max_tokens=FLAGS.max_tokens,
-                         max_len=FLAGS.max_len, max_body_bytes=FLAGS.max_body_bytes, api_key=api_key(), hosts=hosts)
+                         max_len=FLAGS.max_len, max_body_bytes=FLAGS.max_body_bytes, api_key=api_key(), hosts=hosts,
+                         max_request_tokens=FLAGS.max_request_tokens)
     server_limits = limits()
     listening = listen(FLAGS.host, FLAGS.port)  # a busy port is refused before the model loads
     model = xlit_jax.load(FLAGS.model, **inference_options())

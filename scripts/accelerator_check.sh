@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check in one command, for a short lease of one NVIDIA GPU (docs/benchmarks.md, "On a GPU"):
+# The GPU check in one command, for a short lease of one NVIDIA GPU (docs/performance.md, "On a GPU"):
 # the attention kernels on the GPU, the throughput, the plans against the device, in at most 8 minutes.
 #
 #   scripts/accelerator_check.sh [--out=DIR] [--dry_run]
@@ -23,7 +23,7 @@ for arg in "$@"; do
 done
 
 if [ "$dry" = 1 ]; then
-  exec env JAX_PLATFORMS=cpu "$python" -m xlit_jax.bench.accelerator_check --out_dir="$out" --dry_run
+  exec env JAX_PLATFORMS=cpu "$python" -m xlit_jax.perf.accelerator_check --out_dir="$out" --dry_run
 fi
 
 platform=$(XLA_PYTHON_CLIENT_PREALLOCATE=false "$python" -c 'import jax; print(jax.devices()[0].platform)' 2>/dev/null)
@@ -42,4 +42,4 @@ pip_install "${wheels[@]}" || exit 2
 # the project itself; it runs from this checkout all the same (the working directory comes first on sys.path)
 pip_install --no-build-isolation . || echo "accelerator_check: pip could not build the project offline; running it from the checkout" >&2
 export PYTHONPATH=$site
-exec "$python" -m xlit_jax.bench.accelerator_check --out_dir="$out"
+exec "$python" -m xlit_jax.perf.accelerator_check --out_dir="$out"

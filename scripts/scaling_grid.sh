@@ -6,7 +6,7 @@
 set -e
 export JAX_PLATFORMS=cpu
 OUT_DIR=${1:-runs/scaling}
-PY="nice -n 10 python -m xlit_jax.bench.scaling --out_dir=$OUT_DIR"
+PY="nice -n 10 python -m xlit_jax.perf.scaling --out_dir=$OUT_DIR"
 $PY --kinds=train --targets=v5p-8 --models=llama2-7b --methods=ft --single= --attention=xla
 $PY --kinds=train --targets=8xh100,8xa100 --models=llama2-7b,llama2-13b --attention=xla
 $PY --kinds=train --targets=8xh100 --models=llama2-7b,llama2-13b
@@ -25,5 +25,5 @@ $PY --kinds=train --models=tower-7b --single=
 # stream C (v4 in megacore mode)
 $PY --kinds=train --targets=v4-8 --models=llama2-13b,llama2-7b --methods=ft --single=
 # the tables in docs/scaling.md, from the rows that finished:
-python -m xlit_jax.bench.scaling --out_dir=$OUT_DIR --report_only --attention=auto,xla \
+python -m xlit_jax.perf.scaling --out_dir=$OUT_DIR --report_only --attention=auto,xla \
   --targets=v5p-8,v5e-16,v6e-8,v4-8,8xh100,8xa100 --models=llama2-7b,llama2-13b,tower-7b

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 
 # This process and its subprocesses (training runs, binaries) share one persistent compilation cache, every
 # program in it however fast it compiled, so the same tiny programs compile once per session, not once per
-# process or per jit wrapper (docs/benchmarks.md, the test suite's time). Numerics are unchanged: a cached
+# process or per jit wrapper (docs/performance.md, the test suite's time). Numerics are unchanged: a cached
 # executable is the compiler's output for the same program. Set before jax is imported; removed at exit.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="xlit-tests-jax-cache-")

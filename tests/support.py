@@ -1,5 +1,6 @@
 """Helpers shared by the tests (fixtures live in conftest.py): the repository root, a fresh Python with
-several CPU devices, left padding, a scripted chat model and a local OpenAI-API server.
+several CPU devices, left padding, a scripted chat model, a local OpenAI-API server, and one training step
+against PyTorch.
 Test modules import from here, never from each other."""
 
 from __future__ import annotations
@@ -12,7 +13,18 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import jax
 import numpy as np
+import torch
+
+from xlit_jax import sharding
+from xlit_jax.io.hf import save_hf_dir, tensors_from_params
+from xlit_jax.io.peft import adapter_tensors, save_peft_adapter
+from xlit_jax.models.lora import LoraConfig, init_adapters, merge_params
+from xlit_jax.perf.torch_reference import Reference, load_model
+from xlit_jax.perf.twin import relative
+from xlit_jax.train import optim
+from xlit_jax.train import step as step_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +62,7 @@ class ScriptedModel:
         self.prompts_seen = []
         self.calls = []
 
-    def generate(self, prompts, max_new_tokens=256, repetition_penalty=1.0, slots=8, on_finished=None):
+    def generate(self, prompts, max_new_tokens=256, repetition_penalty=1.0, slots=8, on_finished=None, sampling=None):
         self.calls.append({"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty})
         texts = [self.reply(p[-1]["content"] if isinstance(p, list) else p) for p in prompts]
         for index, text in enumerate(texts):
@@ -132,8 +144,6 @@ def paper_prompts(shared_data, per_language=2):
 
 
 def hf_generate(model, prompts):
-    import torch
-
     ids, mask = left_padded(prompts, HF_PAD)
     with torch.no_grad():
         out = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=NEW_TOKENS,
@@ -176,3 +186,114 @@ def tiny_config(data: Path, **changes):
         section, field = key.split(".")
         cfg[section][field] = value
     return cfg
+
+
+# One optimizer step in JAX against PyTorch (test_train_torch_parity, test_model_families): both sides start
+# from the same weights (ours exported with save_hf_dir, the adapter with save_peft_adapter) and see the same
+# packed batch; the PyTorch side (transformers + torch.optim.AdamW, peft for LoRA) runs every packed example
+# as its own sequence, so it also checks that packing (segment ids, restarting positions) isolates them.
+STEPS = 10  # schedule length: the step uses its first value
+ADAMW = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0)
+
+
+def packed_batch(vocab, rows=2, length=24, seed=0):
+    """Rows packed with 2-3 examples each plus padding; the loss mask covers the later part of each."""
+    rng = np.random.default_rng(seed)
+    out = {k: np.zeros((rows, length), np.int32) for k in ("input_ids", "targets", "segment_ids", "positions")}
+    out["loss_mask"] = np.zeros((rows, length), np.float32)
+    for r in range(rows):
+        col = 0
+        for seg, n in enumerate((9, 7, 5)[: 2 + r % 2], 1):
+            tokens = rng.integers(3, vocab, n + 1)
+            span = slice(col, col + n)
+            out["input_ids"][r, span], out["targets"][r, span] = tokens[:-1], tokens[1:]
+            out["loss_mask"][r, span] = np.arange(n) >= n // 2
+            out["segment_ids"][r, span], out["positions"][r, span] = seg, np.arange(n)
+            col += n
+    return out
+
+
+def settings(lr):
+    return optim.OptimSettings(lr=lr, min_lr=lr / 10, max_steps=STEPS, **ADAMW)
+
+
+def jax_step(config, params, batch, lr, lora=None):
+    """(loss, gradients, state after one step) from our train step on one micro-batch."""
+    schedule, tx = settings(lr).build()
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    trainable, frozen = step_lib.split_trainable(params, lora)
+
+    def mean_loss(p):
+        total, count = step_lib.token_losses(config, merge_params(frozen, p), batch, lora)
+        return total / count
+
+    grads = merge_params(frozen, jax.jit(jax.grad(mean_loss))(trainable))
+    state, shardings = step_lib.init_state(config, params, tx, mesh, lora)
+    train_step = step_lib.make_train_step(config, tx, schedule, mesh, shardings, lora=lora)
+    with sharding.activate(mesh):
+        state, metrics = train_step(state, {k: v[None] for k, v in batch.items()})
+    return float(metrics["loss"]), grads, state.full_params()
+
+
+def torch_step(model, batch, lr):
+    """(loss, gradients by name) of the reference's update (perf/torch_reference.py: each packed example
+    run alone, then clipping and AdamW with the same schedule)."""
+    reference = Reference(model, settings(lr))
+    loss, _ = reference.backward({k: v[None] for k, v in batch.items()})
+    grads = {name: p.grad.numpy().copy() for name, p in reference.params.items()}
+    reference.update()
+    return loss, grads
+
+
+# Tensors whose gradient is of the order of Adam's eps: a key bias b adds q.R(j)b to the scores of a query,
+# nearly the same for every key j (RoPE's rotation R(j) is all that varies it), and the softmax ignores what
+# is the same (Qwen2's k_proj.bias: gradients ~1e-6). Adam's first update lr * g / (|g| + eps) is then most
+# sensitive to the relative rounding error of g's smallest elements: their gradients are compared, not the
+# updated weights.
+SMALL_GRADIENT = ("k_proj.bias",)
+
+
+def check_step(config, params, model, named, lr, update_tol=None, lora=None):
+    """Same loss (1e-5), gradients (1e-3) and updated tensors (1e-5), relative. With `update_tol`, the
+    updates (after - before) too, which keeps the weight check meaningful when lr is small next to the
+    weights. Adam's first update is about lr * sign(g), so on a real 30-layer model the few elements whose
+    gradient is at rounding level can flip: there we compare gradients instead (as for SMALL_GRADIENT
+    tensors)."""
+    batch = packed_batch(config.vocab_size)
+    before = named(params)
+    ours_loss, ours_grads, ours_params = jax_step(config, params, batch, lr, lora)
+    theirs_loss, theirs_grads = torch_step(model, batch, lr)
+    assert abs(ours_loss - theirs_loss) <= 1e-5 * abs(theirs_loss)
+    ours_grads, ours = named(ours_grads), named(ours_params)
+    theirs = {k.replace(".default", ""): v.detach().numpy() for k, v in model.state_dict().items()}
+    assert ours.keys() == ours_grads.keys() == theirs_grads.keys() and ours
+    for name in ours:
+        assert relative(ours_grads[name], theirs_grads[name]) <= 1e-3, name
+        if name.endswith(SMALL_GRADIENT):
+            continue
+        assert relative(ours[name], theirs[name]) <= 1e-5, name
+        if update_tol is not None:
+            assert relative(ours[name] - before[name], theirs[name] - before[name]) <= update_tol, name
+    return ours_params
+
+
+def full_ft_parity(config, params, tmp_path, lr, update_tol=None):
+    model = load_model(save_hf_dir(config, params, tmp_path / "hf"))
+    named = lambda tree: {k: np.asarray(v) for k, v in tensors_from_params(config, tree)}  # noqa: E731
+    check_step(config, params, model, named, lr, update_tol)
+
+
+def lora_parity(config, base, tmp_path, lr, update_tol=None):
+    """LoRA with B made non-zero (as after some training), so both adapters get gradients; the base must
+    stay as it was."""
+    lora = LoraConfig(rank=4, alpha=8.0, targets=("q", "k", "v", "o", "gate", "up", "down"))
+    rng = np.random.default_rng(1)
+    adapters = jax.tree_util.tree_map(lambda x: np.asarray(x) + 0.1 * rng.standard_normal(x.shape).astype(np.float32),
+                                      init_adapters(config, lora, 0))
+    params = merge_params(base, adapters)
+    model = load_model(save_hf_dir(config, base, tmp_path / "hf"),
+                       save_peft_adapter(config, lora, params, tmp_path / "adapter"))
+    after = check_step(config, params, model, lambda tree: adapter_tensors(config, lora, tree), lr, update_tol, lora)
+    base_before = dict(tensors_from_params(config, base))
+    for name, value in tensors_from_params(config, after):  # the base did not move
+        np.testing.assert_array_equal(np.asarray(value), base_before[name])

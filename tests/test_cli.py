@@ -155,7 +155,8 @@ def test_help_version_and_refusals_a_newcomer_meets_are_one_line_before_any_load
             f"xlit-generate: {empty}: no prompts",
         ("convert", "--src=preset:llama9", f"--dst={tmp_path / 'hf'}"):
             "xlit-convert: unknown model preset 'llama9' (did you mean 'llama-1b'? known: llama-1b, llama2-13b, "
-            "llama2-7b, smollm2-135m, tiny, tiny-tied, tower-7b)",
+            "llama2-7b, llama3.1-8b, llama3.2-1b, llama3.2-3b, mistral-7b, qwen2.5-0.5b, qwen2.5-7b, smollm2-135m, "
+            "tiny, tiny-tied, tower-7b)",
         ("convert", "--src=preset:tiny", "--dts=x"):
             "xlit-convert: Unknown command line flag 'dts'. Did you mean: dst, dtype ?",
         ("serve", "--model=preset:tiny", f"--port={port}"):

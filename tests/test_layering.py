@@ -62,7 +62,7 @@ def test_layers_are_ordered_as_the_code_needs():
     assert layer_of("xlit_jax.evaluate.instructions.run", rank) > layer_of("xlit_jax.evaluate.report", rank)
     assert layer_of("xlit_jax.evaluate.instructions.judge", rank) < layer_of("xlit_jax.evaluate.report", rank)
     assert layer_of("xlit_jax", rank) < layer_of("xlit_jax.train.loop", rank)
-    assert layer_of("xlit_jax.bench.scaling", rank) < layer_of("configs.experiments.paper", rank)
+    assert layer_of("xlit_jax.perf.scaling", rank) < layer_of("configs.experiments.paper", rank)
 
 
 def test_every_data_file_of_the_library_ships_as_package_data():

@@ -1,4 +1,4 @@
-"""The one error surface of the binaries (launch/ and the benchmark scripts), their --help and --version, and
+"""The one error surface of the binaries (launch/ and the perf scripts), their --help and --version, and
 the quieting of Orbax's logging that they install for their process."""
 
 import difflib

@@ -1,6 +1,6 @@
 """What each accelerator can do: peak dense bf16 FLOP/s, memory and memory bandwidth per device, with the
 source of each number. MFU (train.metrics), the compile-only plans (plan/) and the decoding HBM floor
-(bench.accelerator) all read this one table. On CPU the peak is a measured fp32 matmul rate instead."""
+(perf.accelerator) all read this one table. On CPU the peak is a measured fp32 matmul rate instead."""
 
 from __future__ import annotations
 

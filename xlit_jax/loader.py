@@ -16,6 +16,11 @@ import numpy as np
 from xlit_jax.decode.engine import generate_ids
 from xlit_jax.decode.loglik import encode_pair, loglikelihood_ids
 from xlit_jax.errors import WeightsError
+from xlit_jax.io.checkpoints import load_for_inference, read_config
+from xlit_jax.io.files import read_json
+from xlit_jax.io.gguf import GGUFFile, load_gguf, smollm2_gguf_path
+from xlit_jax.io.hf import config_from_hf, load_hf_dir
+from xlit_jax.io.tokenizer import TOKENIZER_FILES, load_hf_tokenizer
 from xlit_jax.models.attention import choose
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_params
@@ -107,8 +112,6 @@ def load(src: str | os.PathLike, seed: int = 0, attention: str = "auto", quantiz
     (int8, nf4, int4: models/quantize.py) stores the projections' kernels quantized, to decode with;
     `config_overrides` (e.g. dtype="bfloat16") replace fields of the loaded config;
     `models.config.inference_dtypes()` gives bfloat16 weights and compute on accelerators."""
-    from xlit_jax.io.gguf import smollm2_gguf_path
-
     src = str(src)
     check_quantization(quantize, "quantize")
     if src.startswith("preset:"):
@@ -118,21 +121,14 @@ def load(src: str | os.PathLike, seed: int = 0, attention: str = "auto", quantiz
     path = smollm2_gguf_path() if src == "smollm2-135m" else Path(src)
     name = model_name(src)
     if path.suffix == ".gguf":
-        from xlit_jax.io.gguf import load_gguf
-
         config, params, tokenizer = load_gguf(path, **config_overrides)
     elif (path / "config.json").is_file():
-        from xlit_jax.io.hf import load_hf_dir
-        from xlit_jax.io.tokenizer import load_hf_tokenizer
-
         # the config, then the tokenizer (which reads the config too), before the weights: a damaged file is
         # named before gigabytes are read
         load_config(path, **config_overrides)
         tokenizer = load_hf_tokenizer(path) if _has_tokenizer(path) else None
         config, params = load_hf_dir(path, **config_overrides)
     elif path.is_dir():
-        from xlit_jax.io.checkpoints import load_for_inference
-
         workdir, step = _workdir_and_step(path)
         config, params, tokenizer = load_for_inference(workdir, step, **config_overrides)
     else:
@@ -174,10 +170,6 @@ def _check(attention: str, config: LlamaConfig) -> None:
 
 def load_config(src: str | os.PathLike, **config_overrides) -> LlamaConfig:
     """The config of what `load(src)` would load, reading no weights (for plans and dry runs)."""
-    from xlit_jax.io.files import read_json
-    from xlit_jax.io.gguf import GGUFFile, smollm2_gguf_path
-    from xlit_jax.io.hf import config_from_hf
-
     src = str(src)
     if src.startswith("preset:"):
         return get_preset(src[len("preset:"):]).replace(**config_overrides)
@@ -187,8 +179,6 @@ def load_config(src: str | os.PathLike, **config_overrides) -> LlamaConfig:
     if (path / "config.json").is_file():
         return config_from_hf(read_json(path / "config.json"), str(path / "config.json"), **config_overrides)
     if path.is_dir():
-        from xlit_jax.io.checkpoints import read_config
-
         return read_config(path).replace(**config_overrides)
     raise _unknown_source(src)
 
@@ -217,6 +207,4 @@ def _to_device(tree: dict, dtype) -> dict:
 
 
 def _has_tokenizer(path: Path) -> bool:
-    from xlit_jax.io.tokenizer import TOKENIZER_FILES
-
     return any((path / f).exists() for f in TOKENIZER_FILES)

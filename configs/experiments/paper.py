@@ -21,6 +21,8 @@ from xlit_jax.resources import shared_data
 # Presets (xlit_jax/models/presets.py). model.source must point at a local copy of the preset's hub name (e.g.
 # huggingface-cli download meta-llama/Llama-2-7b-hf); preset:NAME trains the same shapes from random weights.
 MODELS = ("llama2-13b", "llama2-7b", "tower-7b")
+# Today's bases, on the same recipe (the paper's llama2 template too): configs/studies/bases.py runs the grid on one.
+BASES = ("llama3.1-8b", "llama3.2-1b", "llama3.2-3b", "qwen2.5-0.5b", "qwen2.5-7b", "mistral-7b")
 DOLLY = "dolly:databricks/databricks-dolly-15k"
 # Data sets as data-pipeline sources (docs/data.md). Dolly comes from the hub; Dolly-DT adds its NLLB
 # translations, made beforehand with `xlit-translate --input=dolly:databricks/databricks-dolly-15k
@@ -38,7 +40,7 @@ DEFAULT = "llama2-7b,dolly-en,ft,1e-5"
 
 def get_config(arg: str | None = None):
     model, data, method, lr = (arg or DEFAULT).split(",")
-    for value, allowed, what in ((model, MODELS, "model"), (data, DATASETS, "data set"),
+    for value, allowed, what in ((model, MODELS + BASES, "model"), (data, DATASETS, "data set"),
                                  (method, METHODS, "method"), (lr, LEARNING_RATES, "learning rate")):
         if value not in allowed:
             raise ValueError(f"paper.py: {what} {value!r} is not one of {list(allowed)}")

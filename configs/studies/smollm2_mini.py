@@ -44,3 +44,11 @@ def get_config():
         },
         "baselines": {"smollm2-135m": "smollm2-135m"},
     })
+
+
+def variant(name: str, **fields) -> ConfigDict:
+    """This study under another name with some fields replaced: the findings' studies (docs/results.md)."""
+    config = get_config()
+    for key, value in {"name": name, **fields}.items():
+        config[key] = value  # replaced whole, not merged (ConfigDict.update merges sections)
+    return config

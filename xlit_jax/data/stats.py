@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xlit_jax.data.langid import LanguageIdentifier
 from xlit_jax.data.pipeline import PackedBatches, batch_size_for, load_mix, tokenize
 from xlit_jax.data.records import Record, Source
 from xlit_jax.data.templates import get_template
@@ -24,8 +25,6 @@ PERCENTILES = (0, 50, 90, 99, 100)
 
 def detect_languages(texts: list[str], lid_model: str | None = None) -> list[str | None]:
     """fastText lid.176's language per text (None for a text without words)."""
-    from xlit_jax.data.langid import LanguageIdentifier
-
     return [lang for lang, _ in LanguageIdentifier(lid_model).predict(texts)]
 
 

@@ -5,14 +5,15 @@ Templates (`get_template(name, tokenizer)`):
           the first user turn as `<<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user}`. The space after [/INST] opens
           the assistant piece, so a generation prompt ends with "[/INST]", as in LLaMA-2-chat's own
           inference code, and the model emits that space with the answer's first token.
-  chat    the tokenizer's own chat template (ChatML for SmolLM2), rendered one turn at a time to find
-          where each answer starts and ends; it must render a conversation's prefix as a prefix of the
-          whole (every common template does).
+  chat    the tokenizer's own chat template (ChatML for SmolLM2 and Qwen2.5, Llama 3's headers), rendered
+          one turn at a time to find where each answer starts and ends (at the first EOS or other special
+          token after it: <|im_end|>, <|eot_id|>); it must render a conversation's prefix as a prefix of
+          the whole (every common template does).
   alpaca  the Stanford Alpaca prompt: a header (or the system turn), then per exchange
           "### Instruction:\\n{user}\\n\\n### Response:\\n{assistant}</s>"; a BOS first when the tokenizer
           adds one by default (LLaMA).
 
-Targets: the assistant's text and the end-of-turn token that closes it (`</s>`, `<|im_end|>`); in `chat`
+Targets: the assistant's text and the end-of-turn token that closes it (`</s>`, `<|im_end|>`, `<|eot_id|>`); in `chat`
 whatever the template writes after that token (ChatML's newline) belongs to the next prompt. Everything
 else (system, user, role headers) is context only.
 
@@ -80,7 +81,11 @@ class TokenizerChatTemplate:
     def __init__(self, tokenizer):
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("template 'chat' needs a tokenizer with a chat_template; use llama2 or alpaca")
-        self.tokenizer, self.eos = tokenizer, tokenizer.eos_token
+        self.tokenizer = tokenizer
+        # what closes an answer: the EOS, or another special token of the template (a base model's EOS is
+        # its end of text, while its template closes turns with <|im_end|> (Qwen2.5) or <|eot_id|> (Llama 3))
+        added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+        self.ends = tuple(dict.fromkeys([tokenizer.eos_token, *(t.content for t in added if t.special)]))
 
     def _render(self, messages: list[dict], generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
@@ -95,8 +100,8 @@ class TokenizerChatTemplate:
             full = self._render(messages[:i + 1], False)
             out.append(Piece(_after(done, head), False))
             answer = _after(head, full)
-            cut = answer.find(self.eos)
-            cut = len(answer) if cut < 0 else cut + len(self.eos)
+            cut = min(((i, end) for end in self.ends if end and (i := answer.find(end)) >= 0), default=None)
+            cut = len(answer) if cut is None else cut[0] + len(cut[1])
             out += [Piece(answer[:cut], True), Piece(answer[cut:], False)]
             done = full
         if turns[-1].role != "assistant":

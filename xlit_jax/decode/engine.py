@@ -18,7 +18,7 @@ programs update it in place (the state is donated):
 Neither reads the whole cache: a decoding step attends over its first W columns, W the length bucket
 (256, 384, 512, 768, ...) of the longest live slot, and a prefill reads and writes its slot's columns up to
 its chunk's end, bucketed the same way. A step's cost grows with the columns it reads (on CPU ~0.13 ms
-per column at 16 slots, docs/benchmarks.md), so short slots do not pay for the cache's full width.
+per column at 16 slots, docs/performance.md), so short slots do not pay for the cache's full width.
 
 Between calls the host loop (`Engine.run_once`) frees the slots of finished or cancelled requests and
 admits waiting prompts into them, first slots first. A slot's columns before its query are all rewritten
@@ -27,7 +27,7 @@ causality, so nothing of a slot's previous request is ever read. Compilations: o
 width read, one decoding program per rows and width read (twice that when some request samples), all
 bounded by the buckets (decode/buckets.py).
 
-Greedy output equals HF's `generate` (tests/test_generate.py); a sampled request draws from its own key
+Greedy output equals HF's `generate` (tests/decode/test_generate.py); a sampled request draws from its own key
 folded with its own step (decode/sampling.py), so a seed gives the same tokens whatever else runs.
 """
 
@@ -44,13 +44,14 @@ import numpy as np
 
 from xlit_jax.decode.buckets import bucket, prompt_bucket
 from xlit_jax.decode.sampling import Sampling, apply_repetition_penalty, choose_next
+from xlit_jax.errors import InputError
 from xlit_jax.models import attention as kernels  # `attention` names the kernel setting here
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_cache
 from xlit_jax.models.lora import LoraConfig, adapted
 
 PREFILL_CHUNK = 256  # prompt tokens per prefill call at most
-DECODE_STEPS = 1  # decoding steps per call: the fastest on CPU of 1, 4 and 8 (docs/benchmarks.md)
+DECODE_STEPS = 1  # decoding steps per call: the fastest on CPU of 1, 4 and 8 (docs/performance.md)
 MIN_READ = 256  # cache columns a call reads at least: narrower reads save little and each compiles
 
 
@@ -67,6 +68,7 @@ class Request:
     on_update: Callable[[Request], None] | None = None
     output: list[int] = dataclasses.field(default_factory=list)  # generated ids, EOS stripped
     finish_reason: str | None = None  # "stop" (EOS) or "length" once finished; None while running
+    stop_token: int | None = None  # the EOS id that ended it (stripped from `output`)
     cancelled: bool = False
 
 
@@ -211,7 +213,7 @@ class Engine:
 
     def problem(self, prompt_len: int, max_new_tokens: int) -> str | None:
         """Why a request cannot run here ("exceeds ..." or "does not fit ..."), or None."""
-        positions = self.config.max_position_embeddings
+        positions = self.config.max_positions
         if prompt_len + max_new_tokens > positions:
             return f"exceeds the model's {positions} positions"
         if columns(prompt_len, self.chunk) + max_new_tokens > self.max_len:
@@ -281,6 +283,7 @@ class Engine:
             self.slots[i].filled += len(new)
             if not still[i]:
                 request.finish_reason = "stop" if new and new[-1] in self._eos else "length"
+                request.stop_token = new[-1] if request.finish_reason == "stop" else None
                 new = new[:-1] if request.finish_reason == "stop" else new
                 self.slots[i] = None
             request.output.extend(new)
@@ -315,7 +318,22 @@ class Engine:
 def default_max_len(config: LlamaConfig, prefill_chunk: int = PREFILL_CHUNK) -> int:
     """Cache columns per slot for any request the model's positions allow: its positions plus the most
     padding a first chunk can add."""
-    return config.max_position_embeddings + max(columns(n, prefill_chunk) - n for n in range(1, prefill_chunk + 1))
+    return config.max_positions + max(columns(n, prefill_chunk) - n for n in range(1, prefill_chunk + 1))
+
+
+class PromptTooLong(InputError):
+    """Prompts that do not fit the model with max_new_tokens, found before any decoding: `index` is the first
+    one's, so that a caller can name it (`named`)."""
+
+    def __init__(self, index: int, tokens: int, max_new_tokens: int, positions: int, count: int = 1):
+        self.index = index
+        more = f" ({count - 1} more prompts too)" if count > 1 else ""
+        self.detail = (f"{tokens} tokens plus max_new_tokens={max_new_tokens} exceed the model's {positions} "
+                       f"positions{more}")
+        super().__init__(f"prompt {index}: {self.detail}")
+
+    def named(self, name: str) -> InputError:
+        return InputError(f"{name}: {self.detail}")
 
 
 def generate_ids(params, config: LlamaConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -324,10 +342,10 @@ def generate_ids(params, config: LlamaConfig, prompts: Sequence[Sequence[int]], 
     """Continuations (EOS stripped) of tokenized prompts through an engine of `slots` slots sized for them,
     in the order given; `sampling`, one per prompt, samples those whose temperature is > 0.
     `on_finished(index, output)` is called as each sequence finishes, e.g. to write it at once."""
-    too_long = [i for i, p in enumerate(prompts) if len(p) + max_new_tokens > config.max_position_embeddings]
+    too_long = [i for i, p in enumerate(prompts) if len(p) + max_new_tokens > config.max_positions]
     if too_long:
-        raise ValueError(f"prompts {too_long[:5]} plus max_new_tokens={max_new_tokens} exceed the model's "
-                         f"{config.max_position_embeddings} positions")
+        first = too_long[0]
+        raise PromptTooLong(first, len(prompts[first]), max_new_tokens, config.max_positions, len(too_long))
     if not prompts:
         return []
     chunk = engine_options.get("prefill_chunk", PREFILL_CHUNK)

@@ -6,11 +6,12 @@ share that input (e.g. one MMLU question with the one-token continuations " A" .
 as lm-evaluation-harness's request grouping does. Inputs are packed into rows of a few widths (see
 `loglikelihood_ids`), so an evaluation compiles one program per width. Only the continuation's positions are
 projected to the vocabulary (the LM head and a 49k-way log-softmax at every position were half of a
-batch's time on CPU, docs/benchmarks.md). No decoding, no KV cache.
+batch's time on CPU, docs/performance.md). No decoding, no KV cache.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -75,6 +76,23 @@ def pack(lengths: Sequence[int], width: int) -> list[list[int]]:
     return packs
 
 
+def pack_arrays(packs: list[list[int]], sequences, n: int, width: int):
+    """ids, segments and positions [n, width] of `packs` (lists of indices into `sequences`, each pack's
+    sequences one after another as segments 1, 2, ... with positions from 0), and where each one went:
+    (pack, segment - 1, index, first column) in order."""
+    ids, segments, positions = (np.zeros((n, width), np.int32) for _ in range(3))
+    placed = []
+    for b, members in enumerate(packs):
+        offset = 0
+        for r, row in enumerate(members):
+            tokens, end = sequences[row], offset + len(sequences[row])
+            ids[b, offset:end], segments[b, offset:end] = tokens, r + 1
+            positions[b, offset:end] = np.arange(len(tokens))
+            placed.append((b, r, row, offset))
+            offset = end
+    return ids, segments, positions, placed
+
+
 def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                       batch_size: int = 8, on_batch=None, attention: str = "auto") -> list[tuple[float, bool]]:
     """(sum of log p(continuation | context), continuation is greedy) per (context ids, continuation ids),
@@ -93,9 +111,9 @@ def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequenc
     inputs: dict[tuple[int, ...], list[int]] = {}  # shared input ids -> indices of the pairs scored on it
     for i, (context, continuation) in enumerate(pairs):
         whole = list(context or prefix) + list(continuation)
-        if len(whole) - 1 > config.max_position_embeddings:
+        if len(whole) - 1 > config.max_positions:
             raise ValueError(f"pair {i}: {len(whole) - 1} tokens exceed the model's "
-                             f"{config.max_position_embeddings} positions")
+                             f"{config.max_positions} positions")
         inputs.setdefault(tuple(whole[:-1]), []).append(i)
     rows = list(inputs)
     results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
@@ -109,19 +127,14 @@ def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequenc
     def score(packs: list[list[int]], n: int, width: int, per_pack: int) -> list[int]:
         """One `_score` call on `packs` (lists of row indices) padded to n; fills `results` and returns the
         pairs it finished."""
-        ids, segments, positions = (np.zeros((n, width), np.int32) for _ in range(3))
+        ids, segments, positions, placed = pack_arrays(packs, rows, n, width)
         select = np.zeros((n, per_pack * scored), np.int32)
         targets = np.full((n, per_pack, sharing, scored), -1, np.int32)
-        for b, members in enumerate(packs):
-            offset = 0
-            for r, row in enumerate(members):
-                tokens, end = rows[row], offset + len(rows[row])
-                ids[b, offset:end], segments[b, offset:end] = tokens, r + 1
-                positions[b, offset:end] = np.arange(len(tokens))
-                select[b, r * scored:(r + 1) * scored] = np.maximum(np.arange(end - scored, end), offset)
-                for k, i in enumerate(inputs[tokens]):
-                    targets[b, r, k, scored - len(pairs[i][1]):] = pairs[i][1]
-                offset = end
+        for b, r, row, offset in placed:
+            end = offset + len(rows[row])
+            select[b, r * scored:(r + 1) * scored] = np.maximum(np.arange(end - scored, end), offset)
+            for k, i in enumerate(inputs[rows[row]]):
+                targets[b, r, k, scored - len(pairs[i][1]):] = pairs[i][1]
         total, is_greedy = (np.asarray(a) for a in _score(params, ids, segments, positions, select, targets,
                                                             config=config, attention=attention))
         finished = []
@@ -140,4 +153,77 @@ def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequenc
             finished = score(packs[start:start + n], n, width, per_pack)
             if on_batch is not None:
                 on_batch(finished, [results[i] for i in finished])
+    return results
+
+
+# Logits of every position of a call, at most (4 bytes each): token_logprobs_ids projects whole packs to the
+# vocabulary, so a call takes fewer packs than loglikelihood_ids's (256 MiB: 2 packs of 512 tokens at 49k tokens).
+SCORE_LOGIT_BYTES = 256 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenScores:
+    """One sequence of n tokens scored position by position: `logprobs` [n - 1], log p(token i | tokens before
+    it) for i = 1..n-1; `top_ids`, `top_logprobs` [n, k]: at each position the k likeliest next tokens, most
+    likely first (at the last position: the tokens that would follow the sequence)."""
+
+    logprobs: np.ndarray
+    top_ids: np.ndarray
+    top_logprobs: np.ndarray
+
+
+@functools.partial(jax.jit, static_argnames=("config", "attention", "top_k"))
+def _token_scores(params, input_ids, segments, positions, targets, *, config: LlamaConfig, attention: str,
+                  top_k: int):
+    """Packs input_ids/segments/positions [B, L] as in `_score`; targets [B, L]: the token that follows each
+    position in its segment (-1: none). The log-softmax of `_score` at every position: the targets' log-probs
+    [B, L] (0 where none) and the top_k log-probs and ids [B, L, top_k], from the same array (a target that is
+    the argmax has exactly the top log-prob)."""
+    logits, _ = Llama(config, attention).apply({"params": params}, input_ids, positions, segments)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
+    top_logprobs, top_ids = jax.lax.top_k(logp, top_k)
+    return jnp.where(targets >= 0, picked, 0.0), top_logprobs, top_ids
+
+
+def token_logprobs_ids(params, config: LlamaConfig, sequences: Sequence[Sequence[int]], top_k: int = 1,
+                       attention: str = "auto", logit_bytes: int = SCORE_LOGIT_BYTES) -> list[TokenScores]:
+    """Every token's log-prob given the tokens before it, and the `top_k` likeliest tokens at every position,
+    per sequence (in order): the prompt log-probs of an OpenAI `echo` request, one forward pass, no decoding.
+
+    The same computation as `loglikelihood_ids` (fp32 log-softmax over the model's logits, inputs packed
+    several to a row of PACK_WIDTH tokens, each its own segment with positions from 0, longer ones at their
+    power-of-two width), so the sum of a continuation's token log-probs here is its log-likelihood there, up
+    to float rounding. Every position is projected to the vocabulary: a call takes as many packs as
+    `logit_bytes` of logits allow. `top_k` is rounded up to a power of two for the compiled program (a few
+    programs), and cut back in the result."""
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k}: at least 1")
+    for i, tokens in enumerate(sequences):
+        if not tokens:
+            raise ValueError(f"sequence {i} is empty")
+        if len(tokens) > config.max_positions:
+            raise ValueError(f"sequence {i}: {len(tokens)} tokens exceed the model's "
+                             f"{config.max_positions} positions")
+    results: list[TokenScores | None] = [None] * len(sequences)
+    compiled_k = min(bucket(top_k), config.vocab_size)
+    classes: dict[int, list[int]] = {}
+    for i, tokens in enumerate(sequences):
+        classes.setdefault(max(PACK_WIDTH, bucket(len(tokens))), []).append(i)
+    for width, members in sorted(classes.items()):
+        packs = [[members[i] for i in p] for p in pack([len(sequences[r]) for r in members], width)]
+        fits = max(1, logit_bytes // (width * config.vocab_size * 4))
+        n = min(bucket(len(packs)), 1 << (fits.bit_length() - 1))
+        for start in range(0, len(packs), n):
+            batch = packs[start:start + n]
+            ids, segments, positions, placed = pack_arrays(batch, sequences, n, width)
+            targets = np.full((n, width), -1, np.int32)
+            for b, _, row, offset in placed:
+                targets[b, offset:offset + len(sequences[row]) - 1] = sequences[row][1:]
+            picked, top_logprobs, top_ids = (np.asarray(a) for a in _token_scores(
+                params, ids, segments, positions, targets, config=config, attention=attention, top_k=compiled_k))
+            for b, _, row, offset in placed:
+                end = offset + len(sequences[row])
+                results[row] = TokenScores(picked[b, offset:end - 1].copy(), top_ids[b, offset:end, :top_k].copy(),
+                                           top_logprobs[b, offset:end, :top_k].copy())
     return results

@@ -19,10 +19,10 @@ from xlit_jax.evaluate.instructions import confusion
 from xlit_jax.evaluate.instructions.judge import CRITERIA
 from xlit_jax.evaluate.instructions.modifiers import family
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
-from xlit_jax.io.files import atomic_write_text, csv_text, reported_write
+from xlit_jax.io.files import atomic_write_text, csv_text, markdown_table, reported_write
 
 SCORES_FILE = "scores.jsonl"
-MODIFIER_ALL = "all"  # the modifier column of aggregates over every item (the study report leaves it blank)
+MODIFIER_ALL = "all"  # the modifier column of aggregates over every item: scores.csv and the study's summary.csv
 SURFACE_METRICS = ("language_correct", "spelling", "relevance")
 JUDGE_METRICS = tuple(f"judge_{c}" for c in CRITERIA)
 # The score table's columns: LCB's line-level verdicts beside the whole-response language, code switching
@@ -73,11 +73,6 @@ def _cell(row: dict | None) -> str:
     mean = 100 * row["mean"] if row["metric"] in FRACTION_METRICS else row["mean"]
     digits = 1 if row["metric"] in FRACTION_METRICS else 2
     return f"{mean:.{digits}f} ({row['n']})"
-
-
-def markdown_table(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
 
 
 def ordered(values) -> list:

@@ -188,6 +188,16 @@ def csv_text(rows, fields) -> str:
     return buffer.getvalue()
 
 
+def markdown_row(cells: list) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table of `rows` (cells formatted by the caller, str() of anything else); with no rows, its
+    head, to print rows one by one under (markdown_row)."""
+    return "\n".join([markdown_row(header), "|" + "---|" * len(header)] + [markdown_row(row) for row in rows])
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     with reported_write(path):

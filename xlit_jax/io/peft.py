@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from xlit_jax.io.files import atomic_directory
 from xlit_jax.io.hf import LAYER_TENSORS, save_hf_dir
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.lora import LoraConfig, merge_lora, split_lora
@@ -45,8 +46,6 @@ def save_peft_adapter(config: LlamaConfig, lora: LoraConfig, params, directory: 
                       base_model_name_or_path: str | None = None, overwrite: bool = False) -> Path:
     """Write adapter_config.json + adapter_model.safetensors (float32) of `params`' `lora` adapters atomically
     into `directory` (an existing folder only as io.files.check_replaceable allows)."""
-    from xlit_jax.io.files import atomic_directory
-
     if lora is None:
         raise ValueError("save_peft_adapter: no LoRA (lora is None)")
     adapter_config = {

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from xlit_jax.errors import WeightsError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")  # the first present is named
 CONTROL_TOKEN_TYPES = (3, 4)  # GGUF token types CONTROL and USER_DEFINED: never split, kept whole
@@ -21,6 +23,10 @@ CONTROL_TOKEN_TYPES = (3, 4)  # GGUF token types CONTROL and USER_DEFINED: never
 def load_hf_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerBase:
     """The tokenizer of an HF directory; one that cannot be read (a truncated or edited tokenizer.json) is a
     WeightsError naming its file."""
+    # transformers (and torch with it, ~3 s) is imported only when a tokenizer is read, here and in
+    # tokenizer_from_gguf: `import xlit_jax` and the modules that import this one stay light
+    from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(str(directory))
     except Exception as e:  # noqa: BLE001 - JSON, tokenizers and sentencepiece errors alike
@@ -33,7 +39,7 @@ def load_hf_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerBase:
 
 def load_tokenizer(src: str) -> PreTrainedTokenizerBase:
     """A tokenizer without its model: `smollm2-135m`, a .gguf file, or an HF directory or hub name."""
-    from xlit_jax.io.gguf import GGUFFile, smollm2_gguf_path
+    from xlit_jax.io.gguf import GGUFFile, smollm2_gguf_path  # here: io.gguf imports this module
 
     if src == "smollm2-135m" or str(src).endswith(".gguf"):
         return tokenizer_from_gguf(GGUFFile(smollm2_gguf_path() if src == "smollm2-135m" else src))
@@ -42,6 +48,8 @@ def load_tokenizer(src: str) -> PreTrainedTokenizerBase:
 
 def tokenizer_from_gguf(f) -> PreTrainedTokenizerBase:
     """`f` is an io.gguf.GGUFFile."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # deferred: see load_hf_tokenizer
+
     if f.value("tokenizer.ggml.model") != "gpt2":
         return AutoTokenizer.from_pretrained(str(f.path.parent), gguf_file=f.path.name)
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers

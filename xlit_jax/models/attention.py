@@ -34,6 +34,7 @@ import numpy as np
 from absl import logging
 
 from xlit_jax.errors import InputError
+from xlit_jax.sharding import BATCH_AXES
 
 ATTENTIONS = ("auto", "xla", "cudnn", "splash")
 FUSED_DTYPES = ("bfloat16", "float16")
@@ -290,8 +291,6 @@ def splash_attention(q, k, v, segments, *, block: int = SPLASH_BLOCK, interpret:
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty:
         from jax.sharding import PartitionSpec as P
-
-        from xlit_jax.sharding import BATCH_AXES
 
         batch_axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
         tensor = mesh.shape.get("tensor", 1)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT_POLICIES = ("none", "full", "dots")
+ROPE_TYPES = ("default", "llama3")  # plain RoPE; Llama 3.x's frequency scaling (models/llama.py: rope_frequencies)
 
 
 def resolve_dtype(name: str, platform: str | None = None) -> str:
@@ -36,6 +37,11 @@ def inference_dtypes(name: str = "auto") -> dict[str, str]:
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
+    """One decoder for the LLaMA family and its close relatives, which differ from LLaMA-2 in a few fields:
+    Llama 3.x's RoPE frequency scaling (rope_type="llama3" and the rope_* fields), Qwen2's bias on the q/k/v
+    projections (qkv_bias) and tied embeddings (tie_embeddings, also SmolLM2's), Mistral's sliding window
+    (sliding_window: sequences longer than the window are refused, see `max_positions`)."""
+
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -44,6 +50,16 @@ class LlamaConfig:
     num_kv_heads: int
     head_dim: int | None = None  # None: hidden_size // num_heads
     rope_theta: float = 10000.0
+    # rope_type="llama3" (HF rope_scaling/rope_parameters): the frequencies of wavelength above
+    # original/low_freq_factor are divided by rope_factor, those below original/high_freq_factor kept, and
+    # the ones between interpolated (the rope_* fields are ignored for "default").
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_positions: int = 8192
+    qkv_bias: bool = False  # Qwen2: a bias on the q, k and v projections (not o)
+    sliding_window: int | None = None  # Mistral: keys at most this many positions back; None: no window
     rms_norm_eps: float = 1e-5
     tie_embeddings: bool = False
     max_position_embeddings: int = 4096
@@ -70,6 +86,13 @@ class LlamaConfig:
             problems.append(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.dtype not in DTYPES or self.param_dtype not in DTYPES:
             problems.append(f"dtype/param_dtype must be one of {sorted(DTYPES)}")
+        if self.rope_type not in ROPE_TYPES:
+            problems.append(f"rope_type={self.rope_type!r} is not one of {ROPE_TYPES}")
+        elif self.rope_type == "llama3" and not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
+            problems.append(f"rope_low_freq_factor={self.rope_low_freq_factor} and rope_high_freq_factor="
+                            f"{self.rope_high_freq_factor}: llama3 scaling needs 0 < low < high")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            problems.append(f"sliding_window={self.sliding_window!r} is not positive (None: no window)")
         if self.remat not in REMAT_POLICIES:
             problems.append(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
         if problems:
@@ -83,12 +106,25 @@ class LlamaConfig:
     def weights_dtype(self):
         return DTYPES[self.param_dtype]
 
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence this model runs: its positions, and no more than its sliding window (attention
+        over a window is not implemented; it changes nothing while sequences fit in the window)."""
+        return min(self.max_position_embeddings, self.sliding_window or self.max_position_embeddings)
+
+    @property
+    def family(self) -> str:
+        """The HF model type whose architecture this config needs (the export's model_type): qwen2 for
+        q/k/v biases, mistral for a sliding window, llama otherwise (Llama 3.x's rope scaling included)."""
+        return "qwen2" if self.qkv_bias else "mistral" if self.sliding_window else "llama"
+
     def replace(self, **changes: Any) -> "LlamaConfig":
         return dataclasses.replace(self, **changes)
 
     def num_params(self, include_embeddings: bool = True) -> int:
         d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
         attn = d * hd * (2 * self.num_heads + 2 * self.num_kv_heads)
+        attn += hd * (self.num_heads + 2 * self.num_kv_heads) if self.qkv_bias else 0
         per_layer = attn + 3 * d * f + 2 * d
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.num_layers * per_layer + d + (emb if include_embeddings else 0)

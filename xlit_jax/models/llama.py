@@ -1,4 +1,4 @@
-"""The LLaMA family in Flax: one definition for training, decoding, benchmarks and conversion.
+"""The LLaMA family in Flax: one definition for training, decoding, perf scripts and conversion.
 
 Shapes: B batch, T query length, S key length (T, or the KV-cache length when decoding), H query heads,
 K key/value heads (grouped-query attention: H = K * G), D head dim, E embed, F mlp, V vocab, L layers.
@@ -19,7 +19,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from xlit_jax.errors import InputError
 from xlit_jax.models import attention, quantize
 from xlit_jax.models.config import LlamaConfig
 
@@ -34,22 +36,28 @@ def matmul(x, kernel):
 
 
 class Linear(nn.Module):
-    """x [..., in] @ kernel [in, out]: every projection of the model, named after its role (q, k, v, o, gate,
-    up, down, lm_head), which is what a LoRA targets (models/lora.py). A kernel the params hold quantized
-    (models/quantize.py) is multiplied as stored."""
+    """x [..., in] @ kernel [in, out] (+ bias [out] with `use_bias`: Qwen2's q, k, v): every projection of the
+    model, named after its role (q, k, v, o, gate, up, down, lm_head), which is what a LoRA targets
+    (models/lora.py). A kernel the params hold quantized (models/quantize.py) is multiplied as stored."""
 
     features: int
     kernel_axes: tuple[str, str]
     dtype: Any
     param_dtype: Any
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x):
         if quantize.format_of(self.variables.get("params", {})):
-            return quantize.matmul(x, self.variables["params"], self.dtype)
-        init = nn.with_logical_partitioning(nn.initializers.normal(0.02), self.kernel_axes)
-        kernel = self.param("kernel", init, (x.shape[-1], self.features), self.param_dtype)
-        return matmul(x.astype(self.dtype), kernel.astype(self.dtype))
+            y = quantize.matmul(x, self.variables["params"], self.dtype)
+        else:
+            init = nn.with_logical_partitioning(nn.initializers.normal(0.02), self.kernel_axes)
+            kernel = self.param("kernel", init, (x.shape[-1], self.features), self.param_dtype)
+            y = matmul(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), self.kernel_axes[1:])
+            y = y + self.param("bias", bias_init, (self.features,), self.param_dtype).astype(self.dtype)
+        return y
 
 
 class RMSNorm(nn.Module):
@@ -66,14 +74,32 @@ class RMSNorm(nn.Module):
         return (scale * normed.astype(self.dtype)).astype(self.dtype)
 
 
-def rotary_tables(positions, dim: int, theta: float, dtype):
-    """(cos, sin) [B, T, 1, D] of the angles position * theta^(-2i/D), as HF LLaMA computes them. Computed
-    once per forward pass and shared by every layer (per layer, the trigonometry cost as much as a matmul
-    when decoding on CPU)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
-    angles = positions.astype(jnp.float32)[:, :, None] * inv_freq  # [B, T, D/2]
+def rope_frequencies(c: LlamaConfig):
+    """The D/2 inverse frequencies theta^(-2i/D), float32, with Llama 3.x's scaling for rope_type="llama3"
+    as HF computes it (modeling_rope_utils._compute_llama3_parameters): wavelengths past the original
+    context / low_freq_factor are stretched by `rope_factor`, those under original / high_freq_factor kept,
+    those between interpolated smoothly."""
+    dim = c.head_dim
+    inv_freq = 1.0 / (c.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    if c.rope_type == "default":
+        return inv_freq
+    factor, low, high, original = (c.rope_factor, c.rope_low_freq_factor, c.rope_high_freq_factor,
+                                   c.rope_original_max_positions)
+    wavelen = 2 * np.pi / inv_freq
+    scaled = jnp.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def rotary_tables(positions, c: LlamaConfig):
+    """(cos, sin) [B, T, 1, D] of the angles position * rope_frequencies(c), as HF LLaMA computes them.
+    Computed once per forward pass and shared by every layer (per layer, the trigonometry cost as much as a
+    matmul when decoding on CPU)."""
+    angles = positions.astype(jnp.float32)[:, :, None] * rope_frequencies(c)  # [B, T, D/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-    return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+    return jnp.cos(angles).astype(c.compute_dtype), jnp.sin(angles).astype(c.compute_dtype)
 
 
 def rotary_embedding(x, rope):
@@ -83,9 +109,9 @@ def rotary_embedding(x, rope):
     return x * cos + jnp.concatenate([-second, first], axis=-1) * sin
 
 
-def projection(c: LlamaConfig, features: int, axes: tuple[str, str], name: str) -> Linear:
+def projection(c: LlamaConfig, features: int, axes: tuple[str, str], name: str, use_bias: bool = False) -> Linear:
     """A projection named after its role (q, k, v, o, gate, up, down)."""
-    return Linear(features, axes, c.compute_dtype, c.weights_dtype, name=name)
+    return Linear(features, axes, c.compute_dtype, c.weights_dtype, use_bias, name=name)
 
 
 class Attention(nn.Module):
@@ -98,9 +124,9 @@ class Attention(nn.Module):
         c = self.config
         b, t, _ = x.shape
         h, k_heads, d = c.num_heads, c.num_kv_heads, c.head_dim
-        q = projection(c, h * d, ("embed", "heads"), "q")(x).reshape(b, t, h, d)
-        k = projection(c, k_heads * d, ("embed", "kv_heads"), "k")(x).reshape(b, t, k_heads, d)
-        v = projection(c, k_heads * d, ("embed", "kv_heads"), "v")(x).reshape(b, t, k_heads, d)
+        q = projection(c, h * d, ("embed", "heads"), "q", c.qkv_bias)(x).reshape(b, t, h, d)
+        k = projection(c, k_heads * d, ("embed", "kv_heads"), "k", c.qkv_bias)(x).reshape(b, t, k_heads, d)
+        v = projection(c, k_heads * d, ("embed", "kv_heads"), "v", c.qkv_bias)(x).reshape(b, t, k_heads, d)
         q = rotary_embedding(q, rope)
         k = rotary_embedding(k, rope).transpose(0, 2, 1, 3)  # [B, K, T, D]
         v = v.transpose(0, 2, 1, 3)
@@ -188,6 +214,9 @@ class Llama(nn.Module):
                  last_only: bool = False, select=None):
         c = self.config
         b, t = input_ids.shape
+        if cache is None and c.sliding_window is not None and t > c.sliding_window:
+            raise InputError(f"a sequence of {t} tokens is longer than the model's sliding_window="
+                             f"{c.sliding_window}: attention over a sliding window is not implemented")
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
         if positions is None:
@@ -217,7 +246,7 @@ class Llama(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(c, self.attention, self.read_columns, name="layers")
         layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
-        rope = rotary_tables(positions, c.head_dim, c.rope_theta, c.compute_dtype)
+        rope = rotary_tables(positions, c)
         read_segments = k_segments if cache is None else k_segments[:, :self.read_columns]
         (h, kv), _ = layers((h, kv), layer_ids, rope, q_slots, segment_ids, read_segments, cache_index)
 

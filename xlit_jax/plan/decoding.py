@@ -10,8 +10,11 @@ import jax
 import jax.numpy as jnp
 
 from xlit_jax import hardware
+from xlit_jax.decode import engine
 from xlit_jax.hardware import GiB
+from xlit_jax.loader import load_config
 from xlit_jax.models.config import LlamaConfig
+from xlit_jax.models.llama import param_shapes
 from xlit_jax.plan.compiled import Compiled, fits_memory
 
 
@@ -65,10 +68,6 @@ class DecodePlan:
 def plan_decoding(source: str, device, batch: int, prompt_len: int, new_tokens: int, target: str = "attached",
                   attention: str = "auto") -> DecodePlan:
     """Compile the engine's prefill and decoding step for `batch` slots on one device, weights in bf16."""
-    from xlit_jax.decode import engine
-    from xlit_jax.loader import load_config
-    from xlit_jax.models.llama import param_shapes
-
     config = load_config(source, dtype="bfloat16", param_dtype="bfloat16")
     where = jax.sharding.SingleDeviceSharding(device)
     on_device = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=where)  # noqa: E731

@@ -20,10 +20,14 @@ from xlit_jax import hardware
 from xlit_jax.data import pipeline
 from xlit_jax.errors import PlanError
 from xlit_jax.hardware import GiB
+from xlit_jax.loader import load_config
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.lora import LoraConfig
 from xlit_jax.plan.compiled import HEADROOM, Compiled, fits_memory, size
 from xlit_jax.train import metrics
+from xlit_jax.train import step as step_lib
+from xlit_jax.train.loop import lora_config, mesh_for, model_overrides
+from xlit_jax.train.optim import OptimSettings
 
 
 @dataclasses.dataclass
@@ -95,9 +99,6 @@ class TrainPlan:
 
 def model_config(cfg, platform: str) -> LlamaConfig:
     """The experiment's model config for `platform`, reading no weights."""
-    from xlit_jax.loader import load_config
-    from xlit_jax.train.loop import model_overrides
-
     if not cfg.model.source:
         raise PlanError(f"set --config.model.source (for shapes alone: preset:NAME, e.g. preset:llama2-7b"
                         f"{' for ' + cfg.model.hub_name if cfg.model.hub_name else ''})")
@@ -115,10 +116,6 @@ def abstract_batch(cfg, train_step) -> dict:
 def plan_training(cfg, devices, target: str = "attached", attention: str | None = None) -> TrainPlan:
     """Compile the experiment's train step for `devices` (attached or compile-only) without allocating;
     `attention` overrides the experiment's kernel setting (models/attention.py)."""
-    from xlit_jax.train import step as step_lib
-    from xlit_jax.train.loop import lora_config, mesh_for
-    from xlit_jax.train.optim import OptimSettings
-
     device = devices[0]
     config, lora = model_config(cfg, device.platform), lora_config(cfg)
     attention = attention or cfg.model.attention

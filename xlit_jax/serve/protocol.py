@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 MAX_STOPS = 4  # as OpenAI's API
+MAX_LOGPROBS = 20  # `logprobs` (completions) and `top_logprobs` (chat) at most: OpenAI's chat cap, vLLM's default
+MAX_CHOICES = 256  # prompts x n in one request at most
 
 
 class APIError(Exception):
@@ -42,7 +44,7 @@ class RequestBody(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: int = 1
+    n: int = Field(1, ge=1, le=MAX_CHOICES)  # choices per prompt (differing only when sampled)
     stream: bool = False  # server-sent events; the last chunk carries the usage
     repetition_penalty: float = Field(1.0, gt=0)  # an extension (as vLLM's): HF's rule, 1 = off
 
@@ -50,10 +52,75 @@ class RequestBody(BaseModel):
 class ChatRequest(RequestBody):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = None  # the newer name of max_tokens
+    logprobs: StrictBool = False  # the generated tokens' log-probs
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # and the likeliest tokens at each (needs logprobs)
 
 
 class CompletionRequest(RequestBody):
-    prompt: str
+    prompt: StrictStr | list  # a string, strings, token ids, or lists of token ids: see `prompts`
+    echo: StrictBool = False  # the prompt before the completion (and with logprobs, its tokens' log-probs)
+    logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)  # each token's log-prob and the k likeliest at each
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's POST /tokenize: a prompt's ids (or chat messages', through the chat template)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    prompt: StrictStr | None = None
+    messages: list[Message] | None = Field(None, min_length=1)
+    add_special_tokens: StrictBool = True
+    add_generation_prompt: StrictBool = True
+
+
+class DetokenizeRequest(BaseModel):
+    """vLLM's POST /detokenize: the text of token ids."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    tokens: list[StrictInt] = Field(max_length=1 << 20)
+
+
+def prompts(prompt) -> list[str | list[int]]:
+    """A completion request's prompts, each a string or a list of token ids, from OpenAI's four forms: a string,
+    a list of strings, a list of token ids, a list of lists of token ids (not mixed). The number of prompts is
+    bounded by MAX_CHOICES; ids are checked against the vocabulary later."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise APIError(400, "prompt: an empty list", param="prompt")
+    if len(prompt) > MAX_CHOICES and not _token_ids(prompt):
+        raise APIError(400, f"prompt: {len(prompt)} prompts; at most {MAX_CHOICES} in one request", param="prompt")
+    if all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    if _token_ids(prompt):
+        return [prompt]
+    if all(isinstance(p, list) for p in prompt):
+        for i, ids in enumerate(prompt):
+            if not ids or not _token_ids(ids):
+                raise APIError(400, f"prompt[{i}]: not a non-empty list of token ids (integers)", param="prompt")
+        return list(prompt)
+    raise APIError(400, "prompt: a string, a list of strings, a list of token ids or a list of lists of token ids "
+                   "(one kind, not mixed)", param="prompt")
+
+
+def _token_ids(values: list) -> bool:
+    return all(type(v) is int for v in values)  # not bool, a subclass of int
+
+
+def completion_logprobs(tokens: list[str], logprobs: list[float | None], top: list[dict | None],
+                        offsets: list[int]) -> dict:
+    """A completion choice's `logprobs`, OpenAI's legacy shape: per token its text, its log-prob (null for the
+    prompt's first token, which nothing predicts), {token: log-prob} of the likeliest, and where it starts."""
+    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": top, "text_offset": offsets}
+
+
+def chat_logprob(token: str, logprob: float, top: list[tuple[str, float]] | None = None) -> dict:
+    """One entry of a chat choice's `logprobs.content` (OpenAI's shape; `bytes`: the token text's UTF-8)."""
+    entry = {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+    if top is not None:
+        entry["top_logprobs"] = [chat_logprob(t, lp) for t, lp in top]
+    return entry
 
 
 def describe_validation_error(errors) -> str:
@@ -72,18 +139,21 @@ def error_param(errors) -> str | None:
     return ".".join(location) or None
 
 
-def choice(chat: bool, text: str, finish_reason: str | None, *, delta: bool = False, role: bool = True) -> dict:
+def choice(chat: bool, text: str, finish_reason: str | None, *, delta: bool = False, role: bool = True,
+           index: int = 0, logprobs: dict | None = None) -> dict:
     """One choice of a response, or of a streamed chunk (`delta`; the role only in a chat stream's first)."""
     if not chat:
-        return {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+        return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}
     message = {"role": "assistant", "content": text} if role else {"content": text}
-    return {"index": 0, "delta" if delta else "message": message, "finish_reason": finish_reason, "logprobs": None}
+    return {"index": index, "delta" if delta else "message": message, "finish_reason": finish_reason,
+            "logprobs": logprobs}
 
 
-def response_body(chat: bool, response_id: str, created: int, model: str, choice_: dict, usage: dict | None,
-                  *, chunk: bool = False) -> dict:
+def response_body(chat: bool, response_id: str, created: int, model: str, choices: dict | list[dict],
+                  usage: dict | None, *, chunk: bool = False) -> dict:
     kind = ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
-    body = {"id": response_id, "object": kind, "created": created, "model": model, "choices": [choice_]}
+    choices = [choices] if isinstance(choices, dict) else choices
+    body = {"id": response_id, "object": kind, "created": created, "model": model, "choices": choices}
     return {**body, "usage": usage} if usage is not None or not chunk else body
 
 

@@ -1,5 +1,5 @@
 """Running the app under uvicorn with limits on connections (every client, xlit-serve's and the tests' alike),
-and on a free loopback port in a background thread (tests, benchmarks).
+and on a free loopback port in a background thread (tests, perf scripts).
 
 uvicorn holds a connection that sends nothing forever, answers headers sent at a byte a second, and accepts
 connections until the process runs out of file descriptors (then even /health fails, with nothing logged).

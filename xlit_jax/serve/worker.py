@@ -58,12 +58,17 @@ class Worker:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
+        self.submit_all([job])
+
+    def submit_all(self, jobs: list[Job]) -> None:
+        """The jobs of one request (its choices) enter the queue together, or none does."""
         if self.failure:
             raise self._unavailable()
         if self.queued() >= self._max_queue:  # only the event loop's thread submits: no race between two
             raise APIError(429, f"{self._max_queue} requests are already waiting for a slot; retry shortly",
                            kind="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
-        self._jobs.put_nowait(job)
+        for job in jobs:
+            self._jobs.put_nowait(job)
 
     def queued(self) -> int:
         """Jobs waiting for a slot: those submitted beyond the engine's free slots. (Counting every job not yet

@@ -34,9 +34,8 @@ from xlit_jax.evaluate.instructions.evalsets import CHIRKOVA_DIR, instruction_te
 from xlit_jax.evaluate.instructions.judge import CRITERIA, kept_criteria
 from xlit_jax.evaluate.instructions.run import GENERATIONS_FILE
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, read_item_scores
-from xlit_jax.evaluate.report import markdown_table
 from xlit_jax.io import files
-from xlit_jax.io.files import atomic_write_text, read_jsonl, read_output_jsonl, read_text
+from xlit_jax.io.files import atomic_write_text, markdown_table, read_jsonl, read_output_jsonl, read_text
 from xlit_jax.resources import package_file
 
 KEY_FILE = "key.jsonl"

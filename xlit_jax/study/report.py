@@ -36,14 +36,14 @@ from xlit_jax.evaluate.report import (
     BENCHMARK_PLOTTED,
     FRACTION_METRICS,
     JUDGE_METRICS,
+    MODIFIER_ALL,
     SURFACE_METRICS,
     TABLE_METRICS,
-    markdown_table,
     ordered,
     save_figure,
     type_average,
 )
-from xlit_jax.io.files import atomic_write_text, csv_text
+from xlit_jax.io.files import atomic_write_text, csv_text, markdown_table
 from xlit_jax.study import grid
 from xlit_jax.train.probes import read_rounds
 
@@ -57,7 +57,6 @@ FIG2_METRICS = ("language_correct", "line_pass", *SURFACE_METRICS[1:], *JUDGE_ME
 FIG3_MAX_CELLS = 12  # more bars than this are unreadable: pick cells with the config's report.fig3
 FIELDS = ("cell", "model", "data", "method", "lr", "set", "language", "modifier", "metric", "mean", "ci_low",
           "ci_high", "n")
-MODIFIER_BLANK = ""  # the modifier column of aggregates over every item (xlit-eval's scores.csv writes "all")
 DIFFERENCE_FIELDS = ("cell", "against", "set", "language", "modifier", "metric", "difference", "ci_low", "ci_high",
                      "n")
 
@@ -97,11 +96,11 @@ class Stat:
 
 
 def cell_values(item_scores: Path) -> dict[tuple, dict[tuple, float]]:
-    """{(set, language, modifier family or MODIFIER_BLANK, metric): {(language, id): value per response}} of one
+    """{(set, language, modifier family or MODIFIER_ALL, metric): {(language, id): value per response}} of one
     cell."""
     values = collections.defaultdict(dict)
     for row in read_item_scores(item_scores):
-        modifiers = (MODIFIER_BLANK,) + ((family(row["modifier"]),) if row.get("modifier") else ())
+        modifiers = (MODIFIER_ALL,) + ((family(row["modifier"]),) if row.get("modifier") else ())
         for metric, value in row.get("scores", {}).items():
             for modifier in modifiers:
                 for language in (row["language"],) + ((OTHERS,) if row["language"] != ENGLISH else ()):
@@ -163,7 +162,7 @@ def differences(cells: list[grid.Cell], by_cell: dict[str, dict]) -> list[dict]:
         mine, theirs = by_cell[cell.name], by_cell[reference.name]
         for metric in TABLE_METRICS + JUDGE_METRICS:
             for group in (ENGLISH, OTHERS):
-                key = (MAIN_SET, group, MODIFIER_BLANK, metric)
+                key = (MAIN_SET, group, MODIFIER_ALL, metric)
                 if key in mine and key in theirs:
                     rows.append(dict(zip(DIFFERENCE_FIELDS, (cell.name, reference.name, *key,
                                                              *paired_difference(theirs[key], mine[key])))))
@@ -219,8 +218,8 @@ def metric_tables(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
     present = {s.metric for s in stats if s.set == MAIN_SET}
     parts = []
     for metric in [m for m in TABLE_METRICS + JUDGE_METRICS if m in present]:
-        body = [[c.name, cell_text(index.get((c.name, MAIN_SET, ENGLISH, MODIFIER_BLANK, metric))),
-                 cell_text(index.get((c.name, MAIN_SET, OTHERS, MODIFIER_BLANK, metric)))]
+        body = [[c.name, cell_text(index.get((c.name, MAIN_SET, ENGLISH, MODIFIER_ALL, metric))),
+                 cell_text(index.get((c.name, MAIN_SET, OTHERS, MODIFIER_ALL, metric)))]
                 for c in cells if (c.name, metric) in cell_metrics]
         unit = "%" if metric in FRACTION_METRICS else "0-2"
         parts += [f"### {metric} ({unit})", "", markdown_table(["cell", ENGLISH, "fr/pt/ru"], body), ""]
@@ -230,7 +229,7 @@ def metric_tables(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
 def modifier_table(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
     """Table 1: per cell and modifier type, fulfilment and the judge's helpfulness in each language (the
     paper shows en and ru apart) and fr/pt/ru pooled, with each cell's Average over the types."""
-    mine = [s for s in stats if s.set == MODIFIER_SET and s.modifier != MODIFIER_BLANK]
+    mine = [s for s in stats if s.set == MODIFIER_SET and s.modifier != MODIFIER_ALL]
     if not mine:
         return []
     index = _index(mine)
@@ -255,7 +254,7 @@ def modifier_table(stats: list[Stat], cells: list[grid.Cell]) -> list[str]:
 
 
 def benchmark_table(stats: list[Stat]) -> list[str]:
-    mine = [s for s in stats if s.set not in (MAIN_SET, MODIFIER_SET) and s.modifier == MODIFIER_BLANK]
+    mine = [s for s in stats if s.set not in (MAIN_SET, MODIFIER_SET) and s.modifier == MODIFIER_ALL]
     if not mine:
         return []
     languages = ordered(s.language for s in mine if s.language != OTHERS)
@@ -269,7 +268,7 @@ def benchmark_differences(stats: list[Stat], cells: list[grid.Cell], reference: 
     """CrossAlpaca's comparison: each cell's main benchmark scores (F1, accuracy, flexible exact match)
     minus the reference cell's (default: the first cell with benchmark scores), per language, in points."""
     mine = [s for s in stats
-            if (s.set, s.metric) in BENCHMARK_PLOTTED and s.modifier == MODIFIER_BLANK and s.language != OTHERS]
+            if (s.set, s.metric) in BENCHMARK_PLOTTED and s.modifier == MODIFIER_ALL and s.language != OTHERS]
     scored = [c.name for c in cells if any(s.labels["cell"] == c.name for s in mine)]
     reference = reference or (scored[0] if scored else None)
     if len(scored) < 2 or reference not in scored:
@@ -305,7 +304,7 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
     """Fig. 2 for one model: a row per metric, en | non-en columns, value vs lr with 95% intervals."""
     index = _index(stats)
     mine = [c for c in cells if c.model == model and c.trains]
-    metrics = [m for m in FIG2_METRICS if any((c.name, MAIN_SET, ENGLISH, MODIFIER_BLANK, m) in index for c in mine)]
+    metrics = [m for m in FIG2_METRICS if any((c.name, MAIN_SET, ENGLISH, MODIFIER_ALL, m) in index for c in mine)]
     if not metrics:
         return False
     baselines = [c for c in cells if not c.trains]
@@ -319,7 +318,7 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
                 m = methods.index(method) % len(STYLES)
                 style = {"color": f"C{lines.index((data, method)) % 10}", "linestyle": STYLES[m], "marker": MARKERS[m]}
                 points = sorted((_lr_value(c.lr), index[key]) for c in mine if (c.data, c.method) == (data, method)
-                                and (key := (c.name, MAIN_SET, group, MODIFIER_BLANK, metric)) in index)
+                                and (key := (c.name, MAIN_SET, group, MODIFIER_ALL, metric)) in index)
                 if not points:
                     continue
                 x = [p[0] for p in points]
@@ -330,7 +329,7 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
                     ax.annotate(f"n={stat.n}", (xi, yi), textcoords="offset points", fontsize=7, color=style["color"],
                                 xytext=(5, 3 - 9 * lines.index((data, method))))  # lines apart where they meet
             for base in baselines:
-                stat = index.get((base.name, MAIN_SET, group, MODIFIER_BLANK, metric))
+                stat = index.get((base.name, MAIN_SET, group, MODIFIER_ALL, metric))
                 if stat is not None:
                     ax.axhline(k * stat.mean, linestyle=":", color="gray", label=f"{base.name} (untrained)")
                     ax.annotate(f"n={stat.n}", (1, k * stat.mean), xycoords=("axes fraction", "data"), ha="right",
@@ -351,7 +350,7 @@ def plot_learning_rates(stats: list[Stat], cells: list[grid.Cell], model: str, p
 
 def judged_cells(stats: list[Stat], cells: list[grid.Cell]) -> list[grid.Cell]:
     index = _index(stats)
-    return [c for c in cells if any((c.name, MAIN_SET, ENGLISH, MODIFIER_BLANK, m) in index for m in JUDGE_METRICS)]
+    return [c for c in cells if any((c.name, MAIN_SET, ENGLISH, MODIFIER_ALL, m) in index for m in JUDGE_METRICS)]
 
 
 def plot_criteria(stats: list[Stat], judged: list[grid.Cell], path: Path, groups=((ENGLISH, "English"),
@@ -361,7 +360,7 @@ def plot_criteria(stats: list[Stat], judged: list[grid.Cell], path: Path, groups
     index = _index(stats)
     if not judged:
         return False
-    criteria = [m for m in JUDGE_METRICS if any((c.name, MAIN_SET, g, MODIFIER_BLANK, m) in index
+    criteria = [m for m in JUDGE_METRICS if any((c.name, MAIN_SET, g, MODIFIER_ALL, m) in index
                                                 for c in judged for g, _ in groups)]
     columns = min(len(groups), 2)
     plt, fig, axes = _figure(math.ceil(len(groups) / columns), columns, legend_rows=math.ceil(len(judged) / 3))
@@ -370,7 +369,7 @@ def plot_criteria(stats: list[Stat], judged: list[grid.Cell], path: Path, groups
         for j, cell in enumerate(judged):
             x, y, err = [], [], []
             for i, metric in enumerate(criteria):
-                stat = index.get((cell.name, MAIN_SET, group, MODIFIER_BLANK, metric))
+                stat = index.get((cell.name, MAIN_SET, group, MODIFIER_ALL, metric))
                 if stat is not None:
                     x.append(i + (j - (len(judged) - 1) / 2) * width)
                     y.append(stat.mean)
@@ -433,8 +432,9 @@ def plot_agreement(rows: list[dict], path: Path) -> bool:
 
 
 def plot_probe_curves(cells: list[grid.Cell], workdir: Path, path: Path) -> bool:
-    """The drift curves logged while training (train.eval_every): probe language correctness vs step, a row
-    per model / data / method, a column per probe language, a line per learning rate."""
+    """The drift curves logged while training (train.eval_every): probe language correctness vs step (solid)
+    and LCB's line-level pass rate (dashed, the same colour), a row per model / data / method, a column per
+    probe language, a line per learning rate."""
     rounds = {c: read_rounds(grid.cell_paths(workdir, c).train) for c in cells if c.trains}
     rounds = {c: rows for c, rows in rounds.items() if rows}
     suffix = "/language_correct"
@@ -447,14 +447,18 @@ def plot_probe_curves(cells: list[grid.Cell], workdir: Path, path: Path) -> bool
         mine = sorted((c for c in rounds if (c.model, c.data, c.method) == group), key=lambda c: _lr_value(c.lr))
         for ax, lang in zip(row, langs):
             for c in mine:
-                points = [(r["step"], 100 * r[key]) for r in rounds[c] if (key := f"probe/{lang}{suffix}") in r]
-                if points:
-                    ax.plot(*zip(*points), marker="o", markersize=3, label=f"lr {c.lr}")
+                colour = {}
+                for metric, style, label in (("language_correct", "-", ""), ("line_pass", "--", " LPR")):
+                    points = [(r["step"], 100 * r[key]) for r in rounds[c] if (key := f"probe/{lang}/{metric}") in r]
+                    if points:
+                        (line,) = ax.plot(*zip(*points), style, marker="o", markersize=3, label=f"lr {c.lr}{label}",
+                                          **colour)
+                        colour = {"color": line.get_color()}
             ax.set_ylim(-5, 105)
             ax.xaxis.get_major_locator().set_params(integer=True)  # steps, not 2.5
             ax.set_title(f"{' / '.join(group)}: {lang}", fontsize="medium")
             ax.set_xlabel("step")
-            ax.set_ylabel("% answers in the prompt's language")
+            ax.set_ylabel("% in the prompt's language")
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
     fig.suptitle("Language correctness of the probe prompts while training")

@@ -15,10 +15,13 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+import xlit_jax
 from xlit_jax import sharding
 from xlit_jax.data import pipeline
 from xlit_jax.errors import InputError, NonFiniteError, UserError
 from xlit_jax.io import checkpoints as ckpt
+from xlit_jax.io.peft import save_merged_hf, save_peft_adapter
+from xlit_jax.io.tokenizer import load_tokenizer
 from xlit_jax.models.config import LlamaConfig, resolve_dtype
 from xlit_jax.models.lora import LoraConfig, init_adapters, merge_params
 from xlit_jax.models.quantize import check
@@ -49,9 +52,6 @@ def lora_config(cfg) -> LoraConfig | None:
 def load_source(cfg) -> tuple[LlamaConfig, dict, object]:
     """(config, host params with fresh adapters for the experiment's LoRA, tokenizer) from cfg.model.source;
     a model without a tokenizer (a preset) takes cfg.data.tokenizer's."""
-    import xlit_jax
-    from xlit_jax.io.tokenizer import load_tokenizer
-
     lora = lora_config(cfg)
     cpu = jax.local_devices(backend="cpu")[0]
     with jax.default_device(cpu):  # keep the weights in host memory until they are sharded
@@ -112,6 +112,7 @@ class _Run:
         latest = self.checkpoints.latest_step()
         if latest is None:
             config, params, tokenizer = load_source(self.cfg)
+            data = make_batches(self.cfg, tokenizer)  # bad data stops the run before anything is compiled or saved
             lora = lora_config(self.cfg)
             train_step = self._build(config, lora)
             state = train_step.init(params)
@@ -119,7 +120,7 @@ class _Run:
                 ckpt.save_model_info(self.workdir, config, tokenizer, source_of(self.cfg), lora)
             if lora is not None and not ckpt.has_frozen(self.workdir):
                 ckpt.save_frozen(self.workdir, state.frozen)
-            return train_step, state, tokenizer, make_batches(self.cfg, tokenizer)
+            return train_step, state, tokenizer, data
         # the run's own model and LoRA: config changes to them do not apply (the attention kernel, the
         # machine's choice, is the config's)
         config, lora = ckpt.read_config(self.workdir), ckpt.read_lora(self.workdir)
@@ -177,7 +178,7 @@ class _Monitor:
         self.tokens_per_step = (cfg.data.grad_accum * cfg.data.seq_len
                                 * pipeline.batch_size_for(cfg.data.tokens_per_batch, cfg.data.seq_len))
         self.flops_per_token = metrics.train_flops_per_token(train_step.config, cfg.data.seq_len, train_step.lora)
-        self.peak, source = metrics.peak_flops(cfg.train.peak_flops)
+        self.peak, source = metrics.all_devices_peak_flops(cfg.train.peak_flops)
         logging.info("peak %.3g FLOP/s (%s)", self.peak, source)
         self.pending, self.last_row, self.clock = None, {}, (start, time.perf_counter())
 
@@ -272,8 +273,6 @@ def _stop_message(run: _Run, step: int, t, language: str, fell_at: int, before: 
 
 def export(cfg, workdir: Path, train_step: step_lib.TrainStep, state, tokenizer) -> None:
     """Merged HF weights to workdir/export/hf and, for LoRA, the PEFT adapter to workdir/export/peft."""
-    from xlit_jax.io.peft import save_merged_hf, save_peft_adapter
-
     params = multihost_utils.process_allgather(state.full_params(), tiled=True)  # every process takes part
     if jax.process_index() != 0:
         return

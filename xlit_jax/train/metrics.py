@@ -29,8 +29,9 @@ def train_flops_per_token(config: LlamaConfig, seq_len: int, lora: LoraConfig | 
     return flops
 
 
-def peak_flops(override: float = 0.0) -> tuple[float, str]:
-    """(peak FLOP/s of all devices, where the number comes from)."""
+def all_devices_peak_flops(override: float = 0.0) -> tuple[float, str]:
+    """(peak FLOP/s of all attached devices together, where the number comes from); hardware.peak_flops is
+    one device's."""
     if override > 0:
         return override, "flag"
     device = jax.devices()[0]

@@ -29,7 +29,7 @@ SCHEDULES = ("pasero", "inverse_sqrt")
 @dataclasses.dataclass(frozen=True)
 class OptimSettings:
     """The optimizer and its schedule. Defaults: the paper's released configs (as configs/experiments/base.py's
-    `optim` section), which every benchmark uses."""
+    `optim` section), which every perf script uses."""
 
     schedule: str = "pasero"
     lr: float = 1e-5

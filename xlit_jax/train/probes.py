@@ -6,6 +6,9 @@ being trained, as it is on the mesh:
                                data.sources), its first train.eval_batches micro-batches, fixed for the run
   probe/{lang}/language_correct  greedy answers to a fixed probe set (train.probe_prompts, one JSONL per
                                language) identified by fastText lid.176 as the prompt's language: the share
+  probe/{lang}/line_pass       LCB's line-level pass rate (LPR, data/confusion.py) of those answers: the share
+                               whose every line of 5 tokens or more fastText identifies as the prompt's
+                               language (answers with no such line are left out, as LCB leaves them out)
   probe/{lang}/spelling        Hunspell's share of correctly spelled words, averaged over the answers in
                                the right language that have words to check (as xlit-eval's spelling scorer)
   probe/{lang}/response_tokens the mean number of new tokens (EOS not counted)
@@ -28,6 +31,7 @@ import numpy as np
 
 from xlit_jax import sharding
 from xlit_jax.data import pipeline
+from xlit_jax.data.confusion import Detector
 from xlit_jax.data.langid import LanguageIdentifier
 from xlit_jax.data.records import Turn, parse_source
 from xlit_jax.data.spelling import SpellChecker
@@ -50,11 +54,13 @@ class Probe:
 
 @dataclasses.dataclass
 class Tools:
-    """What a round needs that is read before training starts: the probe prompts, fastText and Hunspell."""
+    """What a round needs that is read before training starts: the probe prompts, fastText, Hunspell and
+    LCB's line-level detector (on the same fastText)."""
 
     probes: list[Probe]
     lid: LanguageIdentifier | None
     speller: SpellChecker | None
+    lines: Detector | None
 
 
 def read_rounds(workdir: str | Path) -> list[dict]:
@@ -107,14 +113,14 @@ def check(cfg) -> Tools | None:
             raise InputError("train.stop_below needs probes: set train.probe_prompts and train.probe_languages")
         if not cfg.data.eval_sources:
             raise InputError("train.eval_every: nothing to evaluate; set data.eval_sources or train.probe_prompts")
-        return Tools([], None, None)
+        return Tools([], None, None, None)
     lid = LanguageIdentifier()
     try:
         lid.check_languages(langs)
         speller = SpellChecker(langs)
     except InputError as e:
         raise InputError(f"train.probe_languages={t.probe_languages}: {e}") from None
-    return Tools(read_probes(t.probe_prompts, langs), lid, speller)
+    return Tools(read_probes(t.probe_prompts, langs), lid, speller, Detector(lid))
 
 
 def check_cadence(cfg) -> bool:
@@ -195,14 +201,18 @@ def respond(params, config, mesh, prompt_ids, max_new_tokens: int, repetition_pe
                             lora=lora, shrink=False)
 
 
-def score(probes: list[Probe], texts: list[str], lid: LanguageIdentifier, speller: SpellChecker):
-    """Per answer: the language fastText detects, language_correct, and spelling (answers in the right language
-    with words to check)."""
+def score(probes: list[Probe], texts: list[str], tools: Tools):
+    """Per answer: the language fastText detects, language_correct, LCB's line_pass (answers with a line to
+    count) and spelling (answers in the right language with words to check)."""
     details = []
-    for probe, text, (detected, _) in zip(probes, texts, lid.predict(texts)):
+    wanted = [p.language for p in probes]
+    verdicts = tools.lines.verdicts(texts, wanted)
+    for probe, text, (detected, _), verdict in zip(probes, texts, tools.lid.predict(texts), verdicts):
         row = {"detected": detected, "language_correct": float(detected == probe.language)}
+        if verdict is not None:
+            row["line_pass"] = float(not verdict["wrong"])
         if detected == probe.language:
-            checked, bad = speller.misspelled(text, probe.language)
+            checked, bad = tools.speller.misspelled(text, probe.language)
             if checked:
                 row["spelling"] = 1.0 - len(bad) / checked
         details.append(row)
@@ -257,7 +267,7 @@ class Evaluator:
         outputs = respond(state.full_params(), t.config, t.mesh, self.prompt_ids, **self.decoding, lora=t.lora,
                           attention=t.attention)
         texts = [self.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
-        details = score(self.probes, texts, self.tools.lid, self.tools.speller)
+        details = score(self.probes, texts, self.tools)
         if self.writer.enabled:
             append_jsonl(self.path, [{"step": step, "language": p.language, "id": p.id, "prompt": p.prompt,
                                       "response": text, "new_tokens": len(o), **d}
@@ -266,9 +276,10 @@ class Evaluator:
         for lang in dict.fromkeys(p.language for p in self.probes):
             mine = [(d, len(o)) for p, d, o in zip(self.probes, details, outputs) if p.language == lang]
             row[f"probe/{lang}/language_correct"] = float(np.mean([d["language_correct"] for d, _ in mine]))
-            spelled = [d["spelling"] for d, _ in mine if "spelling" in d]
-            if spelled:
-                row[f"probe/{lang}/spelling"] = float(np.mean(spelled))
+            for name in ("line_pass", "spelling"):
+                values = [d[name] for d, _ in mine if name in d]
+                if values:
+                    row[f"probe/{lang}/{name}"] = float(np.mean(values))
             row[f"probe/{lang}/response_tokens"] = float(np.mean([n for _, n in mine]))
         logging.info("step %d: %s", step, {k: round(v, 3) for k, v in row.items()})
         return row

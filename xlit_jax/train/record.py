@@ -16,8 +16,11 @@ import logging
 from pathlib import Path
 
 from xlit_jax.errors import UserError
+from xlit_jax.io.checkpoints import CHECKPOINTS_DIR, CONFIG_FILE, FROZEN_DIR, LORA_FILE, MODEL_DIR, read_lora
 from xlit_jax.io.files import atomic_write_text
+from xlit_jax.models.lora import LoraConfig
 from xlit_jax.train import optim
+from xlit_jax.train.loop import lora_config
 
 EXPERIMENT_FILE = "experiment.json"
 # Settings a resumed run may change (section.field globs): they do not change the weights of any step, only
@@ -54,9 +57,6 @@ def save_experiment(cfg, workdir: str | Path) -> None:
 
 
 def latest_checkpoint(workdir: str | Path) -> int | None:
-    # imported here, as below: xlit-study uses this module and need not load Orbax
-    from xlit_jax.io.checkpoints import CHECKPOINTS_DIR
-
     return max((int(p.name) for p in (Path(workdir) / CHECKPOINTS_DIR).glob("*") if p.name.isdigit()), default=None)
 
 
@@ -65,8 +65,6 @@ def check_resume(cfg, workdir: str | Path) -> None:
     resume (a checkpoint, or the LoRA base a run saves before its first one) and `cfg` differs from that
     run's record in a field that determines the result. A workdir without experiment.json (made by older
     code, or by train() from Python) has only its model record: the LoRA settings are checked against it."""
-    from xlit_jax.io.checkpoints import FROZEN_DIR
-
     workdir = Path(workdir)
     step = latest_checkpoint(workdir)
     if step is None and not (workdir / FROZEN_DIR).is_dir():
@@ -121,10 +119,6 @@ def _max_steps_problem(before: int, after: int, step: int | None, schedule: str,
 def _lora_differences(cfg, workdir: Path) -> tuple[Path, list[str]]:
     """(the model record, its LoRA fields that `cfg` changes): all a workdir without experiment.json says. The
     record is model/lora.json, or llama_config.json where there is none (full fine-tuning, or older code)."""
-    from xlit_jax.io.checkpoints import CONFIG_FILE, LORA_FILE, MODEL_DIR, read_lora
-    from xlit_jax.models.lora import LoraConfig
-    from xlit_jax.train.loop import lora_config
-
     record = workdir / MODEL_DIR / LORA_FILE
     record = record if record.is_file() else workdir / MODEL_DIR / CONFIG_FILE
     logging.warning("%s: no %s (made by older code, or by train() from Python): only the LoRA settings are "

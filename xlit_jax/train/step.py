@@ -8,7 +8,7 @@ dtype anyway. A 7B LoRA base takes 12.6 GiB instead of 25.1; what changes numeri
 (and a tied embedding), rounded to bf16 as HF's bf16 models do.
 
 `build` is the one place a train step (and its held-out loss, `evaluate`) is made: the loop, the compile-only
-plans and the benchmarks all take a `TrainStep` from it (the functions below it are its parts; tests use
+plans and the perf scripts all take a `TrainStep` from it (the functions below it are its parts; tests use
 them to swap the optimizer). Its `attention` is the kernel this machine runs (models/attention.py).
 """
 
@@ -231,7 +231,7 @@ class TrainStep:
         return _place(self.config, self.lora, params, self.tx, self.shardings)
 
     def init_on_device(self, seed: int = 0) -> TrainState:
-        """The state at step 0 from random params made on the devices, nothing through the host (benchmarks
+        """The state at step 0 from random params made on the devices, nothing through the host (perf scripts
         of models too big for one device)."""
         config, lora, tx = self.config, self.lora, self.tx
 

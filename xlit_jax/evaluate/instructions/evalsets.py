@@ -31,9 +31,9 @@ LCB_DIR = "language_confusion"
 LCB_SETS = ("lcb_monolingual", "lcb_crosslingual")
 LCB = "lcb"
 LCB_LANGUAGES = ("en", "fr", "pt", "ru", "de", "es", "it", "ar", "zh", "tr", "vi", "id", "hi", "ja", "ko")
-# LCB's decoding: at most 100 new tokens, no repetition penalty (it also sampled: top-p 0.75, temperature
-# 0.3, which Model.generate does not offer; ours is greedy).
-LCB_DECODING = {"max_new_tokens": 100, "repetition_penalty": 1.0}
+# LCB's decoding: at most 100 new tokens, no repetition penalty, nucleus sampling at top-p 0.75 and
+# temperature 0.3 (each response seeded by its item, run.item_seed).
+LCB_DECODING = {"max_new_tokens": 100, "repetition_penalty": 1.0, "temperature": 0.3, "top_p": 0.75}
 EVAL_SETS = (*PAPER_SETS, "alpaca_farm", LCB, *LCB_SETS)  # and jsonl:PATH
 
 

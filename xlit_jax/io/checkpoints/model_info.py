@@ -14,6 +14,7 @@ from pathlib import Path
 
 from xlit_jax.errors import WeightsError
 from xlit_jax.io.files import atomic_write_text, read_json
+from xlit_jax.io.tokenizer import load_hf_tokenizer
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.lora import LoraConfig
 
@@ -79,8 +80,6 @@ def read_tokenizer(workdir: str | os.PathLike):
     directory = Path(workdir) / MODEL_DIR
     if not (directory / "tokenizer_config.json").is_file():
         return None
-    from xlit_jax.io.tokenizer import load_hf_tokenizer
-
     try:
         return load_hf_tokenizer(directory)
     except Exception as e:  # JSON, OS, or the tokenizers library's own errors (plain Exceptions)

@@ -1,0 +1,167 @@
+"""Compile-only plans: a small config compiled for a TPU slice and a GPU node (when their compile stacks are
+installed: `pip install -e '.[aot-tpu,aot-gpu]'`, `make test-aot`), and `xlit-train --dry_run` on 8 CPU devices.
+
+Each compile runs in a subprocess with JAX_PLATFORMS=cpu, as compile-only targets need.
+"""
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from support import REPO
+
+
+def installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="libtpu not installed (pip install -e '.[aot-tpu]')")
+needs_cuda_plugin = pytest.mark.skipif(not installed("jax-cuda12-pjrt"),
+                                       reason="jax-cuda12-plugin/pjrt not installed (pip install -e '.[aot-gpu]')")
+
+# A 6.3M-parameter shape whose dims split evenly into TPU tiles over 4 devices, and one whose embeddings
+# alone (2.1B params, 25 GiB of weights and Adam state) cannot fit one 16 GiB v5e chip.
+PLAN = r"""
+import json, sys
+from configs.experiments import tiny_ft
+from xlit_jax import plan
+from xlit_jax.models import presets
+from xlit_jax.models.config import LlamaConfig
+
+SHAPES = {"small": LlamaConfig(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_layers=2,
+                               num_heads=4, num_kv_heads=4),
+          "huge": LlamaConfig(vocab_size=262144, hidden_size=4096, intermediate_size=1024, num_layers=1,
+                              num_heads=32, num_kv_heads=32)}
+out = {}
+for case in sys.argv[1:]:
+    shape, target, tokens = case.split(":")
+    presets.PRESETS[f"plan-{shape}"] = SHAPES[shape]
+    cfg = tiny_ft.get_config()
+    cfg.model.update(source=f"preset:plan-{shape}", vocab_size=0)
+    cfg.data.update(tokens_per_batch=int(tokens))
+    result = plan.plan_training(cfg, plan.topology_devices(target), target)
+    c = result.compiled
+    out[case] = {"params": SHAPES[shape].num_params(), "devices": result.devices, "argument_bytes": c.argument_bytes,
+                 "batch_bytes": 5 * 4 * cfg.data.grad_accum * int(tokens), "fits": result.fits,
+                 "attention": c.attention, "text": result.describe(0.4, 1000)}
+print(json.dumps(out))
+"""
+
+
+def python(code: str, *args: str, devices: int = 1) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python on the CPU platform (with `devices` CPU devices)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def plan_cases(*cases: str) -> dict:
+    done = python(PLAN, *cases)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def check_arguments_are_sharded_state(result: dict) -> None:
+    """fp32 params + Adam's two moments, split over every device, plus the batch shard: to 3% (TPU tiles pad
+    the small norm vectors)."""
+    expected = (3 * 4 * result["params"] + result["batch_bytes"]) / result["devices"]
+    assert result["argument_bytes"] == pytest.approx(expected, rel=0.03)
+
+
+@needs_libtpu
+def test_tpu_plan_shards_the_state_and_reports_what_does_not_fit():
+    out = plan_cases("small:v5e-4:1024", "huge:v5e-1:256")
+    small, huge = out["small:v5e-4:1024"], out["huge:v5e-1:256"]
+    check_arguments_are_sharded_state(small)
+    assert small["fits"] is True and "splash" in small["attention"]  # attention=auto takes the fused kernel
+    assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 1}" in small["text"] and ": fits" in small["text"]
+    assert huge["fits"] is False and huge["argument_bytes"] > 16 * 2**30
+    assert "does NOT fit" in huge["text"]
+
+
+@needs_cuda_plugin
+def test_gpu_plan_shards_the_state_over_8_h100():
+    small = plan_cases("small:8xh100:2048")["small:8xh100:2048"]
+    check_arguments_are_sharded_state(small)
+    assert small["fits"] is True and "8 x NVIDIA H100 80GB HBM3" in small["text"]
+    assert "__cudnn$fmha" in small["attention"]  # attention=auto takes cuDNN's fused kernel
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    """xlit-train --dry_run on 8 CPU devices: the plan for the attached devices, no workdir, status 0."""
+    workdir = tmp_path / "run"
+    code = (f"import sys; sys.argv = ['xlit-train', '--config=configs/experiments/tiny_lora.py', '--dry_run', "
+            f"'--workdir={workdir}', '--config.data.tokens_per_batch=2048']\n"
+            "from launch.train import run\nrun()")
+    done = python(code, devices=8)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "plan: tiny lora on 8 attached cpu devices" in done.stdout
+    assert "mesh {'data': 1, 'fsdp': 8, 'tensor': 1}" in done.stdout
+    assert "2 micro-batches x 8 rows x 256 tokens" in done.stdout
+    assert "FLOPs per step" in done.stdout and "step time at 40% MFU" in done.stdout
+    assert not workdir.exists()
+
+
+def test_dry_run_names_a_bad_target_in_one_line():
+    code = ("import sys; sys.argv = ['xlit-train', '--config=configs/experiments/tiny_ft.py', '--dry_run', "
+            "'--config.mesh.target=v9-8']\nfrom launch.train import run\nrun()")
+    done = python(code)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("xlit-train: unknown target 'v9-8'; known: v4-8")
+
+
+def test_accelerator_perf_refuses_the_cpu_in_one_line():
+    done = python("import runpy, sys; sys.argv = ['accelerator']; "
+                  "runpy.run_module('xlit_jax.perf.accelerator', run_name='__main__')")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("xlit_jax.perf.accelerator: no GPU or TPU attached")
+
+
+def test_fit_suggestions_go_from_remat_to_smaller_micro_batches_keeping_the_tokens_per_update():
+    from configs.experiments import paper
+    from xlit_jax.plan import fit_suggestions
+
+    cfg = paper.get_config("llama2-7b,lima-en,ft,1e-5")  # 4 micro-batches x 2 rows of 2048
+    with cfg.unlocked():
+        cfg.model.remat = "none"
+        cfg.mesh.data = 2
+    flags = [flag for flag, _ in fit_suggestions(cfg)]
+    assert flags == ["--config.model.remat=dots", "--config.model.remat=full",
+                     "--config.data.tokens_per_batch=2048 --config.data.grad_accum=8",
+                     "--config.mesh.data=1 --config.mesh.fsdp=-1"]
+
+
+def test_load_config_reads_the_shapes_without_the_weights():
+    from xlit_jax.loader import load_config
+    from xlit_jax.models.presets import get_preset
+
+    assert load_config("preset:llama2-13b", dtype="bfloat16") == get_preset("llama2-13b").replace(dtype="bfloat16")
+    smollm2 = load_config("smollm2-135m")  # the GGUF header only
+    assert (smollm2.num_layers, smollm2.num_heads, smollm2.num_kv_heads, smollm2.tie_embeddings) == (30, 9, 3, True)
+
+
+def test_decoding_plan_compiles_the_engines_programs_each_holding_its_state():
+    """plan_decoding on this CPU: the engine's prefill and decoding call, each with the weights and the
+    engine's state (the KV cache for prompt + new tokens in every slot) as arguments; the peak is the
+    larger program's."""
+    import jax
+
+    from xlit_jax.plan import plan_decoding
+
+    result = plan_decoding("preset:tiny", jax.devices()[0], 4, 64, 32)
+    for compiled in (result.prefill, result.step):
+        assert compiled.argument_bytes >= result.weight_bytes + result.cache_bytes and compiled.attention == "xla"
+    row = result.row()
+    assert row["peak_gib"] * 2**30 == max(result.prefill.peak_bytes, result.step.peak_bytes)
+    assert (row["batch"], row["attention"]) == (4, "xla") and row["compile_s"] > 0

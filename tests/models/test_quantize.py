@@ -75,6 +75,19 @@ def test_the_model_on_quantized_kernels_is_the_model_on_their_dequantized_values
     q = quantized.params["layers"]["attn"]["q"]
     assert set(q) == {f"kernel_{fmt}", "kernel_scale"} and "kernel" in quantized.params["lm_head"]
     dequantized = xlit_jax.load("preset:tiny")
+    same_model(quantized, dequantized, fmt)
+
+
+def test_a_projection_with_a_bias_keeps_it_beside_its_codes():
+    """Qwen2's q, k, v biases: the bias stays as it was, added to the quantized product."""
+    quantized = xlit_jax.load("preset:tiny", quantize="nf4", qkv_bias=True)
+    assert set(quantized.params["layers"]["attn"]["k"]) == {"kernel_nf4", "kernel_scale", "bias"}
+    quantized.params["layers"]["attn"]["k"]["bias"] += 0.5  # zero at init: make it count
+    same_model(quantized, xlit_jax.load("preset:tiny", qkv_bias=True), "nf4")
+
+
+def same_model(quantized, dequantized, fmt):
+    """`quantized`'s logits and greedy tokens are those of `dequantized` given its kernels dequantized."""
     dequantized.params = quantize.dequantize_params(quantized.params)
     assert quantize.nbytes(quantized.params) < quantize.nbytes(dequantized.params)
     ours, theirs = quantized.logits(IDS), dequantized.logits(IDS)

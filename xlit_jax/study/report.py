@@ -23,6 +23,7 @@ import csv
 import dataclasses
 import fnmatch
 import functools
+import itertools
 import math
 from pathlib import Path
 
@@ -154,18 +155,19 @@ def comparisons(cells: list[grid.Cell]) -> list[tuple[grid.Cell, grid.Cell]]:
 
 
 def differences(cells: list[grid.Cell], by_cell: dict[str, dict]) -> list[dict]:
-    """Paired differences (cell - reference) on the main set, per metric, in English and fr/pt/ru."""
+    """Paired differences (cell - reference) on every instruction set both scored, per metric, in English and
+    fr/pt/ru."""
     rows = []
     for cell, reference in comparisons(cells):
         if cell.name not in by_cell or reference.name not in by_cell:
             continue
         mine, theirs = by_cell[cell.name], by_cell[reference.name]
-        for metric in TABLE_METRICS + JUDGE_METRICS:
-            for group in (ENGLISH, OTHERS):
-                key = (MAIN_SET, group, MODIFIER_ALL, metric)
-                if key in mine and key in theirs:
-                    rows.append(dict(zip(DIFFERENCE_FIELDS, (cell.name, reference.name, *key,
-                                                             *paired_difference(theirs[key], mine[key])))))
+        for metric, group, eval_set in itertools.product(TABLE_METRICS + JUDGE_METRICS, (ENGLISH, OTHERS),
+                                                         sorted({key[0] for key in mine})):
+            key = (eval_set, group, MODIFIER_ALL, metric)
+            if key in mine and key in theirs:
+                rows.append(dict(zip(DIFFERENCE_FIELDS, (cell.name, reference.name, *key,
+                                                         *paired_difference(theirs[key], mine[key])))))
     return rows
 
 
@@ -176,14 +178,16 @@ def difference_table(rows: list[dict]) -> list[str]:
     for r in rows:
         k, digits = _scale(r["metric"]), 1 if r["metric"] in FRACTION_METRICS else 2
         holds = "yes" if r["ci_low"] > 0 or r["ci_high"] < 0 else "no"
-        body.append([r["cell"], r["against"], r["metric"], "fr/pt/ru" if r["language"] == OTHERS else r["language"],
+        languages = "fr/pt/ru" if r["language"] == OTHERS else r["language"]
+        body.append([r["cell"], r["against"], r["set"], r["metric"], languages,
                      f"{k * r['difference']:+.{digits}f} "
                      f"[{k * r['ci_low']:+.{digits}f}, {k * r['ci_high']:+.{digits}f}] "
                      f"n={r['n']}", holds])
     return ["## Differences between cells (paired bootstrap over items)", "",
             "cell minus the cell it is compared with, on the items both scored (n), 95% percentile-bootstrap "
             "interval of 1,000 resamples of those items; holds: the interval excludes 0. Percentage points for "
-            "fractions.", "", markdown_table(["cell", "against", "metric", "languages", "difference", "holds"], body),
+            "fractions.", "", markdown_table(["cell", "against", "set", "metric", "languages", "difference", "holds"],
+                                        body),
             ""]
 
 

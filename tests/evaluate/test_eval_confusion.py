@@ -168,6 +168,7 @@ def test_lcb_eval_set_sources_limit_and_decoding(tmp_path, shared_data):
     assert written["language_confusion"].read_text().count("scripted,crosslingual,") == 8  # 3 sources, averages
 
 
+@pytest.mark.slow  # ~10 s of SmolLM2 sampling: CI runs it; the engine's own seeding tests are in make test
 def test_lcb_sampling_is_seeded_by_the_item(tmp_path, shared_data, smollm2):
     """LCB's decoding samples (temperature 0.3, top-p 0.75) through the engine; each response is seeded by its
     item, so it is the same decoded alone or beside others, and another --sampling_seed changes the draws."""

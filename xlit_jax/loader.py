@@ -17,9 +17,8 @@ from xlit_jax.decode.engine import generate_ids
 from xlit_jax.decode.loglik import encode_pair, loglikelihood_ids
 from xlit_jax.errors import WeightsError
 from xlit_jax.io.checkpoints import load_for_inference, read_config
-from xlit_jax.io.files import read_json
 from xlit_jax.io.gguf import GGUFFile, load_gguf, smollm2_gguf_path
-from xlit_jax.io.hf import config_from_hf, load_hf_dir
+from xlit_jax.io.hf import config_from_hf_dir, load_hf_dir
 from xlit_jax.io.tokenizer import TOKENIZER_FILES, load_hf_tokenizer
 from xlit_jax.models.attention import choose
 from xlit_jax.models.config import LlamaConfig
@@ -177,7 +176,7 @@ def load_config(src: str | os.PathLike, **config_overrides) -> LlamaConfig:
     if path.suffix == ".gguf":
         return GGUFFile(path).config().replace(**config_overrides)
     if (path / "config.json").is_file():
-        return config_from_hf(read_json(path / "config.json"), str(path / "config.json"), **config_overrides)
+        return config_from_hf_dir(path, **config_overrides)
     if path.is_dir():
         return read_config(path).replace(**config_overrides)
     raise _unknown_source(src)

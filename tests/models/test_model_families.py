@@ -7,6 +7,8 @@ and LoRA through a PEFT adapter that peft loads; support.check_step's tolerances
 `gguf` package.
 Plus the presets' shapes against the published configs of their hub names."""
 
+import json
+
 import flax.linen as nn
 import gguf
 import numpy as np
@@ -24,9 +26,10 @@ from xlit_jax.data.templates import encode, get_template, prompt_text
 from xlit_jax.errors import InputError, WeightsError
 from xlit_jax.io.checkpoints.model_info import read_config, save_model_info
 from xlit_jax.io.gguf import GGUFFile
-from xlit_jax.io.hf import config_from_hf, save_hf_dir, tensors_from_params
+from xlit_jax.io.hf import GENERATION_CONFIG, config_from_hf, save_hf_dir, tensors_from_params
+from xlit_jax.loader import load_config
 from xlit_jax.models.llama import init_boxed
-from xlit_jax.models.presets import HUB_NAMES, PRESETS
+from xlit_jax.models.presets import HUB_NAMES, PRESETS, get_preset
 from xlit_jax.study import grid
 
 from support import full_ft_parity, hf_generate, left_padded, lora_parity
@@ -327,3 +330,16 @@ def test_biases_have_logical_axes_and_the_new_fields_survive_a_workdir(tmp_path)
         PartitionSpec("layers", "kv_heads")] * 2
     save_model_info(tmp_path, config)
     assert read_config(tmp_path) == config
+
+
+def test_generation_configs_end_of_turn_ids_join_the_models_eos(tmp_path):
+    """An instruct model's generation_config.json names its end-of-turn token (Llama 3's <|eot_id|>, Qwen2.5's
+    <|im_end|>) beside config.json's EOS, and transformers' generate stops at both: so does ours."""
+    config = get_preset("tiny")
+    directory = save_hf_dir(config, xlit_jax.load("preset:tiny").params, tmp_path / "hf")
+    (directory / GENERATION_CONFIG).write_text(json.dumps({"eos_token_id": [config.eos_token_ids[0], 7]}))
+    assert xlit_jax.load(directory).config.eos_token_ids == (*config.eos_token_ids, 7)
+    assert load_config(directory).eos_token_ids == (*config.eos_token_ids, 7)
+    (directory / GENERATION_CONFIG).write_text(json.dumps({"eos_token_id": "<|im_end|>"}))
+    with pytest.raises(WeightsError, match="generation_config.json: eos_token_id '<|im_end|>' is not a token id"):
+        load_config(directory)

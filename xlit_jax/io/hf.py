@@ -20,6 +20,8 @@ from xlit_jax.io.files import atomic_directory, read_json
 from xlit_jax.models.config import ROPE_TYPES, LlamaConfig
 from xlit_jax.models.llama import param_shapes
 
+GENERATION_CONFIG = "generation_config.json"  # its eos_token_id joins config.json's (config_from_hf_dir)
+
 # Our path inside a layer -> the HF name under `model.layers.{i}.`; kernels are transposed.
 LAYER_TENSORS = {
     ("attn", "q", "kernel"): "self_attn.q_proj.weight",
@@ -65,6 +67,23 @@ def _hf_tensor_name(path: tuple[str, ...], layer: int | None) -> str:
 
 def _is_kernel(path: tuple[str, ...]) -> bool:
     return path[-1] == "kernel"
+
+
+def config_from_hf_dir(directory: str | os.PathLike, **overrides) -> LlamaConfig:
+    """The config of an HF directory: its config.json, with the end-of-sequence ids of its
+    generation_config.json too (an instruct model ends its turns with a token config.json may not name: Llama 3's
+    <|eot_id|>, Qwen2.5's <|im_end|>; transformers' generate stops at those)."""
+    directory = Path(directory)
+    hf = read_json(directory / "config.json")
+    generation = directory / GENERATION_CONFIG
+    extra = read_json(generation).get("eos_token_id") if generation.is_file() else None
+    if extra is not None:
+        ids = [i for value in (hf.get("eos_token_id"), extra) if value is not None
+               for i in (value if isinstance(value, list) else [value])]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            raise WeightsError(f"{generation}: eos_token_id {extra!r} is not a token id or a list of them")
+        hf = {**hf, "eos_token_id": list(dict.fromkeys(ids))}
+    return config_from_hf(hf, str(directory / "config.json"), **overrides)
 
 
 def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> LlamaConfig:
@@ -319,8 +338,7 @@ def _open_safetensors(path: Path):
 def load_hf_dir(directory: str | os.PathLike, **config_overrides):
     """(config, params) from an HF LLaMA directory. bf16 files are widened to float32 on read."""
     directory = Path(directory)
-    config = config_from_hf(read_json(directory / "config.json"), str(directory / "config.json"),
-                            **config_overrides)
+    config = config_from_hf_dir(directory, **config_overrides)
     reader = SafetensorsReader(directory)
     expected = check_shapes(config, reader.shape, lambda name: f"{reader.file(name)}: tensor {name!r}",
                             str(directory / "config.json"))

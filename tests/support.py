@@ -281,6 +281,7 @@ def full_ft_parity(config, params, tmp_path, lr, update_tol=None):
     model = load_model(save_hf_dir(config, params, tmp_path / "hf"))
     named = lambda tree: {k: np.asarray(v) for k, v in tensors_from_params(config, tree)}  # noqa: E731
     check_step(config, params, model, named, lr, update_tol)
+    return sorted(named(params))  # the tensors compared
 
 
 def lora_parity(config, base, tmp_path, lr, update_tol=None):
@@ -297,3 +298,4 @@ def lora_parity(config, base, tmp_path, lr, update_tol=None):
     base_before = dict(tensors_from_params(config, base))
     for name, value in tensors_from_params(config, after):  # the base did not move
         np.testing.assert_array_equal(np.asarray(value), base_before[name])
+    return sorted(adapter_tensors(config, lora, params))  # the tensors compared

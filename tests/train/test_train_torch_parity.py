@@ -15,12 +15,14 @@ from support import full_ft_parity, lora_parity
 
 def test_tiny_full_ft_step_matches_pytorch(tmp_path):
     config = get_preset("tiny")
-    full_ft_parity(config, init_params(config, 0), tmp_path, lr=1e-3, update_tol=1e-3)
+    compared = full_ft_parity(config, init_params(config, 0), tmp_path, lr=1e-3, update_tol=1e-3)
+    assert "model.embed_tokens.weight" in compared and len(compared) > 9 * config.num_layers  # every tensor
 
 
 def test_tiny_lora_step_matches_peft(tmp_path):
     config = get_preset("tiny-tied")
-    lora_parity(config, init_params(config, 0), tmp_path, lr=1e-3, update_tol=1e-3)
+    compared = lora_parity(config, init_params(config, 0), tmp_path, lr=1e-3, update_tol=1e-3)
+    assert len(compared) == 2 * 7 * config.num_layers  # A and B of all seven projections in every layer
 
 
 @pytest.mark.manual

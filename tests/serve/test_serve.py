@@ -1,6 +1,7 @@
 """xlit-serve through the real `openai` client on loopback: schema, the engine's slots, streaming, sampling,
 stops, bad and huge requests, disconnects, and the evaluation's judges pointed at it."""
 
+import asyncio
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from fastapi import FastAPI
 
 import xlit_jax
 from xlit_jax.decode import loglik
-from xlit_jax.serve.app import ServeConfig, create_app
+from xlit_jax.serve.app import BodyLimit, ServeConfig, create_app
 from xlit_jax.serve.limits import Limits
 from xlit_jax.serve.server import serve_in_thread
 
@@ -310,6 +311,52 @@ def test_huge_bodies_are_refused_413_and_huge_prompts_before_they_are_tokenized(
         assert status == 400 and error["error"]["code"] == "context_length_exceeded", error
         assert "the prompt has 1000000 characters: more than the model's 512 positions" in error["error"]["message"]
     assert worker.queued() == 0
+
+
+def test_large_bodies_that_arrive_together_are_parsed_in_separate_turns_of_the_event_loop():
+    """8 bodies of 1 MB complete at once: each app step after its last read (where FastAPI parses the JSON) runs
+    in its own turn of the loop, so a /health waits behind one parse at most; small bodies are not held."""
+
+    async def scenario():
+        turn, arrived, parsed = 0, asyncio.Event(), []
+
+        async def ticker():
+            nonlocal turn
+            while True:
+                turn += 1
+                await asyncio.sleep(0)
+
+        async def app(scope, receive, send):
+            while (await receive()).get("more_body"):
+                pass
+            parsed.append((scope["size"], turn))  # the parse, in the step that read the last chunk
+
+        def request(size):
+            chunks = [{"type": "http.request", "body": b"x" * (size // 2), "more_body": more} for more in (True, False)]
+
+            async def receive():
+                if not chunks[0]["more_body"]:
+                    await arrived.wait()
+                return chunks.pop(0)
+
+            headers = [(b"content-length", str(size).encode())]
+            return {"type": "http", "headers": headers, "size": size}, receive
+
+        ticking = asyncio.create_task(ticker())
+        limit = BodyLimit(app, limit=4 << 20)
+        requests = [request(1 << 20) for _ in range(8)] + [request(1 << 10) for _ in range(8)]
+        tasks = [asyncio.create_task(limit(scope, receive, None)) for scope, receive in requests]
+        await asyncio.sleep(0)
+        arrived.set()
+        await asyncio.gather(*tasks)
+        ticking.cancel()
+        return parsed
+
+    parsed = asyncio.run(scenario())
+    large = [turn for size, turn in parsed if size == 1 << 20]
+    small = [turn for size, turn in parsed if size == 1 << 10]
+    assert len(large) == 8 and len(set(large)) == 8, parsed  # one parse per turn
+    assert len(set(small)) == 1 and min(small) <= min(large), parsed  # the small ones all in the first turn
 
 
 def test_the_queue_limit_counts_only_requests_waiting_for_a_slot(served, monkeypatch):

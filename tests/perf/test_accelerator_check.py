@@ -35,7 +35,8 @@ def test_dry_run_writes_every_part_and_needs_nothing_the_gpu_machine_lacks(tmp_p
     assert not [r for r in bench if "error" in r or "skipped" in r or "plan_error" in r], bench
     train = {(r["engine"], r["method"]) for r in bench if r["kind"] == "train"}
     assert train == {("xlit_jax", "lora"), ("hf", "lora"), ("xlit_jax", "ft")}
-    assert {r["engine"] for r in bench if r["kind"] == "decode"} == {"xlit_jax", "hf"}
+    decode = {(r["engine"], r["format"]) for r in bench if r["kind"] == "decode"}
+    assert decode == {("xlit_jax", "none"), ("xlit_jax", "int8"), ("hf", "none")}
     ours = [r for r in bench if r["kind"] == "train" and r["engine"] == "xlit_jax"]
     for r in ours:  # the plan's step at the measured MFU is the measured step: both count the same FLOPs
         assert r["plan_peak_gib"] > 0 and abs(r["plan_step_s_at_measured_mfu"] - r["step_s"]) <= 1e-6 * r["step_s"]

@@ -13,8 +13,9 @@ On the attached accelerator(s), with random weights (throughput does not depend 
   plan's peak memory per device next to the measured one (`device.memory_stats()['peak_bytes_in_use']`,
   so run one training case per process for a clean peak), and its step time at the measured MFU (equal
   to the measured step when the plan counts the measured FLOPs) and at the plans' 40%;
-- decoding: the 7B shape (--decode_model) in bf16, greedy, at batch 1 and 16: tokens/s and the share of the
-  HBM floor reached (every weight and the KV cache read once per step: xlit_jax.plan.decoding);
+- decoding: the 7B shape (--decode_model) in bf16 and with int8 weights (--decode_formats), greedy, at batch 1
+  and 16: tokens/s and the share of the HBM floor reached (every weight, codes and scales for int8, and the
+  KV cache read once per step: xlit_jax.plan.decoding);
 - the same through HF transformers (+ peft) on the same device when torch sees it (fp32 weights under bf16
   autocast with gradient checkpointing for training; bf16 weights for decoding).
 Each time is the median of timed calls after a warm-up (perf.common.time_calls); the optimizer and the
@@ -41,6 +42,7 @@ from xlit_jax.decode.engine import generate_ids
 from xlit_jax.hardware import GiB
 from xlit_jax.io.files import append_jsonl, resume_jsonl
 from xlit_jax.io.hf import config_to_hf
+from xlit_jax.models import quantize
 from xlit_jax.models.llama import init_params
 from xlit_jax.models.lora import LORA_RANK
 from xlit_jax.models.presets import get_preset
@@ -63,6 +65,8 @@ flags.DEFINE_integer("seq_len", 2048, "training sequence length")
 flags.DEFINE_integer("steps", 5, "timed training steps after a warm-up step")
 flags.DEFINE_string("decode_model", "llama2-7b", "decoding model (a preset)")
 flags.DEFINE_list("decode_batches", ["1", "16"], "decoding batch sizes (one device)")
+flags.DEFINE_list("decode_formats", ["none", "int8"], "our decoding's weight formats (models.quantize; none: "
+                  "the config's bf16); HF decodes in bf16 only")
 flags.DEFINE_integer("prompt_len", 128, "decoding prompt tokens (random ids)")
 flags.DEFINE_integer("new_tokens", 256, "decoding new tokens")
 flags.DEFINE_bool("dry_run", False, "allow the CPU (and HF on torch's CPU): the wiring, with tiny shapes given")
@@ -142,8 +146,7 @@ def train_hf(config, lora, rows: int) -> float:
     return common.time_calls(run, FLAGS.steps).seconds
 
 
-def decode_ours(config, batch: int) -> float:
-    params = init_params(config, 0)
+def decode_ours(params, config, batch: int) -> float:
     prompts = train_batch(config.vocab_size, batch, FLAGS.prompt_len)["input_ids"].tolist()
 
     def run():  # the engine's slots, one per prompt; it returns host lists, so the time is the device's too
@@ -246,17 +249,21 @@ def train_case(device, devices: int, engine: str, case: str, if_fits: bool) -> d
     return guarded(row, measured)
 
 
-def decode_case(device, engine: str, batch: int) -> dict:
+def decode_case(device, engine: str, batch: int, fmt: str = "none") -> dict:
     _, bandwidth = hardware.memory(device)
-    measure = decode_ours if engine == "xlit_jax" else decode_hf
     config = bench_config(FLAGS.decode_model, param_dtype="bfloat16")
     weights, cache = decode_step_bytes(config, batch, FLAGS.prompt_len + FLAGS.new_tokens)
-    floor_tokens_per_s = batch * bandwidth / (weights + cache) if bandwidth else None
-    row = {"kind": "decode", "engine": engine, "model": FLAGS.decode_model, "batch": batch,
+    row = {"kind": "decode", "engine": engine, "model": FLAGS.decode_model, "batch": batch, "format": fmt,
            "new_tokens": FLAGS.new_tokens}
 
     def measured():
-        seconds = measure(config, batch)
+        if engine == "xlit_jax":
+            params = quantize.quantize_params(init_params(config, 0), fmt)
+            step_bytes = quantize.nbytes(params) + cache  # a quantized model reads its codes and scales
+            seconds = decode_ours(params, config, batch)
+        else:
+            step_bytes, seconds = weights + cache, decode_hf(config, batch)
+        floor_tokens_per_s = batch * bandwidth / step_bytes if bandwidth else None
         tokens_per_s = batch * FLAGS.new_tokens / seconds  # the prefill of a short prompt included
         return {"seconds": seconds, "tokens_per_s": tokens_per_s,
                 "floor_share": tokens_per_s / floor_tokens_per_s if floor_tokens_per_s else None}
@@ -276,8 +283,9 @@ def cases(device, devices: int):
             yield lambda engine=engine, case=case: train_case(device, devices, engine, case, False)
         for case in FLAGS.train_if_fits if engine == "xlit_jax" else ():
             yield lambda engine=engine, case=case: train_case(device, devices, engine, case, True)
-        for batch in map(int, FLAGS.decode_batches):
-            yield lambda engine=engine, batch=batch: decode_case(device, engine, batch)
+        for fmt in FLAGS.decode_formats if engine == "xlit_jax" else ("none",):
+            for batch in map(int, FLAGS.decode_batches):
+                yield lambda engine=engine, batch=batch, fmt=fmt: decode_case(device, engine, batch, fmt)
 
 
 def main(argv):

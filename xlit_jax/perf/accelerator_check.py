@@ -69,7 +69,7 @@ def parts() -> list[tuple[str, list[str], dict, int]]:
                *(["-k", DRY_KERNELS] if dry else [])]
     return ([("kernels", kernels, small | {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}, 150)]
             + [(f"train {case}", accelerator_run(train=[case]), whole, 150) for case in train]
-            + [("decode", accelerator_run(decode=decode), whole, 120),
+            + [("decode", accelerator_run(decode=decode), whole, 180),  # bf16 and int8 weights
                ("hf", accelerator_run(engines="hf", train=train, decode=decode), small, 150),
                (f"train {if_fits} if it fits", accelerator_run(if_fits=if_fits), whole, 240)])
 

@@ -22,8 +22,8 @@ def markdown(device_kind: str, rows: list[dict]) -> str:
          f"{r['tokens_per_s']:.0f}", f"{r['mfu']:.1%}", cell(r.get("measured_peak_gib"), ".1f"),
          cell(r.get("plan_peak_gib"), ".1f"), cell(r.get("plan_step_s_at_measured_mfu"), ".3g"),
          f"{r['step_s']:.3g}", cell(r.get("plan_step_s_at_40pct"), ".3g")] for r in rows if r["kind"] == "train"])
-    decode = markdown_table(["engine", "model", "batch", "new tokens", "tokens/s", "share of HBM floor"], [
-        [r["engine"], r["model"], r["batch"], r["new_tokens"], f"{r['tokens_per_s']:.1f}",
+    decode = markdown_table(["engine", "model", "weights", "batch", "new tokens", "tokens/s", "share of HBM floor"], [
+        [r["engine"], r["model"], r.get("format", "none"), r["batch"], r["new_tokens"], f"{r['tokens_per_s']:.1f}",
          cell(r["floor_share"], ".1%")] for r in rows if r["kind"] == "decode"])
     return "\n\n".join([f"Device: {device_kind}", train, decode] + (["Not measured:\n" + "\n".join(errors)]
                                                                     if errors else []))

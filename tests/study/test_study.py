@@ -357,6 +357,15 @@ def test_report_compares_each_cell_with_its_baseline_and_the_next_lower_learning
     assert "## Differences between cells (paired bootstrap over items)" in written["markdown"].read_text()
 
 
+def test_a_findings_study_compares_each_data_set_with_the_first_at_the_same_learning_rate():
+    from configs.studies import smollm2_multilingual
+
+    pairs = {(c.name, r.name) for c, r in report.comparisons(grid.expand(smollm2_multilingual.get_config()))}
+    for lr in ("1e-4", "1e-3"):
+        assert (f"smollm2-135m.lima-fr-ru.ft.lr{lr}", f"smollm2-135m.lima-en.ft.lr{lr}") in pairs
+    assert len(pairs) == 4 + 2 + 2  # vs the baseline, vs the lower lr, vs LIMA
+
+
 def test_table1_has_each_language_and_the_average_over_types(tmp_path):
     from configs.studies import chirkova2024
 

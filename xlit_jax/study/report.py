@@ -142,11 +142,16 @@ def paired_difference(a: dict[tuple, float], b: dict[tuple, float]) -> tuple[flo
 
 
 def comparisons(cells: list[grid.Cell]) -> list[tuple[grid.Cell, grid.Cell]]:
-    """(cell, reference) pairs: each trained cell against its model's baselines and against the same model,
-    data and method at the next lower learning rate."""
+    """(cell, reference) pairs: each trained cell against its model's baselines, against the same model,
+    data and method at the next lower learning rate, and against the same model, method and learning rate on
+    the study's first data set (the data set is what a findings study varies)."""
     pairs = []
     for cell in (c for c in cells if c.trains):
         pairs += [(cell, base) for base in cells if not base.trains and base.model == cell.model]
+        setting = (cell.model, cell.method, cell.lr)
+        first_data = next(c for c in cells if c.trains and (c.model, c.method, c.lr) == setting)
+        if first_data is not cell:
+            pairs.append((cell, first_data))
         lower = [c for c in cells if c.trains and (c.model, c.data, c.method) == (cell.model, cell.data, cell.method)
                  and _lr_value(c.lr) < _lr_value(cell.lr)]
         if lower:

@@ -22,7 +22,7 @@ import xlit_jax
 from configs.experiments import paper
 from configs.studies import bases
 from xlit_jax.data.records import Turn
-from xlit_jax.data.templates import encode, get_template, prompt_text
+from xlit_jax.data.templates import encode, end_of_turn_id, get_template, prompt_text
 from xlit_jax.errors import InputError, WeightsError
 from xlit_jax.io.checkpoints.model_info import read_config, save_model_info
 from xlit_jax.io.gguf import GGUFFile
@@ -31,8 +31,9 @@ from xlit_jax.loader import load_config
 from xlit_jax.models.llama import init_boxed
 from xlit_jax.models.presets import HUB_NAMES, PRESETS, get_preset
 from xlit_jax.study import grid
+from xlit_jax.train.loop import train
 
-from support import full_ft_parity, hf_generate, left_padded, lora_parity
+from support import full_ft_parity, hf_generate, left_padded, lora_parity, tiny_config
 
 SHAPES = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.05, bos_token_id=1,
@@ -306,6 +307,34 @@ def test_each_familys_chat_template_gives_answer_only_targets_closed_by_its_end_
     for turns in (2, 4):  # a generation prompt tokenizes to the start of the training sequence
         prompt = tok(prompt_text(template, conversation[:turns - 1]), add_special_tokens=False).input_ids
         assert list(ids[:len(prompt)]) == prompt and target[len(prompt)] and not target[len(prompt) - 1]
+    assert tok.convert_ids_to_tokens(end_of_turn_id(template, tok)) == end
+
+
+def test_a_run_tuned_with_qwen2_5s_template_stops_its_answers_at_im_end(tmp_path):
+    """The base's EOS is <|endoftext|>, the template closes turns with <|im_end|>: the tuned model learns to end
+    answers with the latter, so the run saves it among the EOS ids, and decoding from the workdir and from the
+    HF export (transformers' generate) stops there, not at the token budget."""
+    template_text, specials, bos, eos, end = TEMPLATES["qwen2.5"]
+    tok = byte_level_tokenizer(template_text, specials, bos, eos)
+    tok.save_pretrained(tmp_path / "tokenizer")
+    data = tmp_path / "chats.en.jsonl"
+    words = "the a cat dog sat ran on mat".split()
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": " ".join(words[i % 8:i % 8 + 3])},
+                                                     {"role": "assistant", "content": "ok"}]}) + "\n"
+                            for i in range(40)))
+    workdir = tmp_path / "run"
+    train(tiny_config(data, **{"model.vocab_size": 320, "data.tokenizer": str(tmp_path / "tokenizer"),
+                               "data.template": "chat", "data.seq_len": 256, "data.tokens_per_batch": 512,
+                               "optim.lr": 3e-3, "optim.min_lr": 1e-3, "train.max_steps": 30, "train.save_every": 30,
+                               "train.export_hf": True}), str(workdir))
+    end_id = tok.convert_tokens_to_ids(end)
+    assert read_config(workdir).eos_token_ids == (2, end_id)  # the preset's, then the template's end of turn
+    prompt = tok(prompt_text(get_template("chat", tok), [Turn("user", "a dog ran")]), add_special_tokens=False)
+    ours = xlit_jax.load(workdir).generate_ids([prompt.input_ids], 64, repetition_penalty=1.1)
+    assert tok.decode(ours[0]) == "ok"
+    exported = transformers.AutoModelForCausalLM.from_pretrained(workdir / "export" / "hf", dtype=torch.float32)
+    assert end_id in exported.generation_config.eos_token_id
+    assert hf_generate(exported.eval(), [prompt.input_ids]) == ours
 
 
 # ---- the study on these bases --------------------------------------------------------------------------

@@ -354,10 +354,14 @@ def _to_numpy(x) -> np.ndarray:
 
 def save_hf_dir(config: LlamaConfig, params: dict, directory: str | os.PathLike, tokenizer=None,
                 overwrite: bool = False) -> Path:
-    """Write config.json + safetensors (sharded past 4 GiB, with an index) atomically into `directory`; an
-    existing folder only as io.files.check_replaceable allows."""
+    """Write config.json, generation_config.json and safetensors (sharded past 4 GiB, with an index) atomically
+    into `directory`; an existing folder only as io.files.check_replaceable allows."""
     with atomic_directory(directory, overwrite) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
+        hf = config_to_hf(config)
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2))
+        # what generate stops at, where servers and transformers look first (a tuned model's end of turn too)
+        generation = {key: hf[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        (tmp / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2))
         weight_map, shard, shard_bytes, total = {}, {}, 0, 0
 
         def flush():

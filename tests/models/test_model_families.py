@@ -8,6 +8,7 @@ and LoRA through a PEFT adapter that peft loads; support.check_step's tolerances
 Plus the presets' shapes against the published configs of their hub names."""
 
 import json
+import math
 
 import flax.linen as nn
 import gguf
@@ -147,6 +148,20 @@ def llama_cpp_rows(w, heads):
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def llama_cpp_rope_divisors(config):
+    """convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors for rope_type llama3: per frequency, 1 (short
+    wavelengths), the factor (long ones) or 1 / ((1 - smooth) / factor + smooth), in Python floats."""
+    factor, low, high, original = (config.rope_factor, config.rope_low_freq_factor, config.rope_high_freq_factor,
+                                   config.rope_original_max_positions)
+    out = []
+    for i in range(0, config.head_dim, 2):
+        wavelength = 2 * math.pi * config.rope_theta ** (i / config.head_dim)
+        smooth = (original / wavelength - low) / (high - low)
+        out.append(1.0 if wavelength < original / high else factor if wavelength > original / low else
+                   1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, np.float32)
+
+
 def write_gguf(path, config, params, arch):
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_context_length(config.max_position_embeddings)
@@ -180,13 +195,15 @@ def write_gguf(path, config, params, arch):
         else:
             name = names[name]
         writer.add_tensor(name, value)
+    if config.rope_type == "llama3":
+        writer.add_tensor("rope_freqs.weight", llama_cpp_rope_divisors(config))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
 
 
-@pytest.mark.parametrize("name, arch", [("qwen2", "qwen2"), ("mistral", "llama")])
+@pytest.mark.parametrize("name, arch", [("qwen2", "qwen2"), ("mistral", "llama"), ("llama3", "llama")])
 def test_gguf_written_by_the_gguf_package_loads_with_the_same_logits(name, arch, tmp_path):
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(FAMILIES[name](), dtype=torch.float32)
@@ -200,19 +217,33 @@ def test_gguf_written_by_the_gguf_package_loads_with_the_same_logits(name, arch,
     loaded = xlit_jax.load(tmp_path / "m.gguf")
     assert loaded.config.qkv_bias == (arch == "qwen2")
     assert loaded.config.tie_embeddings == model.config.tie_embeddings
+    rope = ("rope_type", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_positions")
+    assert [getattr(loaded.config, f) for f in rope] == [getattr(model.config, f) for f in rope]
     ids, mask = left_padded(sequences([10, 4]))
     np.testing.assert_allclose(loaded.logits(ids, mask), model.logits(ids, mask), atol=1e-5)
+    assert max_diff_on_tokens(loaded.logits(ids, mask), hf_logits(hf.eval(), ids, mask), mask) <= 1e-4
     assert loaded.tokenizer.decode(loaded.tokenizer("Olá").input_ids) == "Olá"
 
 
-def test_gguf_with_llama3_rope_factors_is_refused_by_name(tmp_path):
-    model = xlit_jax.load("preset:tiny")
-    path = tmp_path / "llama3.gguf"
-    write_gguf(path, model.config, model.params, "llama")
-    f = GGUFFile(path)
-    f.tensors["rope_freqs.weight"] = ([8], 0, 0)
-    with pytest.raises(WeightsError, match="rope_freqs.weight"):
-        f.config()
+def test_gguf_rope_freqs_other_than_llama3_scaling_are_refused_by_name(tmp_path):
+    """A Llama 3 GGUF's divisors at another position, or of another length, are no llama3 scaling we can
+    write as a config: refused, naming the tensor."""
+    config = PRESETS["tiny"].replace(rope_type="llama3", rope_factor=8.0, rope_original_max_positions=64)
+    params = xlit_jax.load("preset:tiny").params
+    for divisors in (llama_cpp_rope_divisors(config)[::-1], llama_cpp_rope_divisors(config)[:4]):
+        writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+        writer.add_block_count(config.num_layers)
+        writer.add_embedding_length(config.hidden_size)
+        writer.add_feed_forward_length(config.intermediate_size)
+        writer.add_head_count(config.num_heads)
+        writer.add_tensor("token_embd.weight", np.asarray(params["embed"]))
+        writer.add_tensor("rope_freqs.weight", np.ascontiguousarray(divisors))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        with pytest.raises(WeightsError, match="rope_freqs.weight.*is not Llama 3's rope scaling"):
+            GGUFFile(tmp_path / "m.gguf").config()
 
 
 # ---- presets against the published configs --------------------------------------------------------------

@@ -24,7 +24,7 @@ from configs.experiments import paper
 from configs.studies import bases
 from xlit_jax.data.records import Turn
 from xlit_jax.data.templates import encode, end_of_turn_id, get_template, prompt_text
-from xlit_jax.errors import InputError, WeightsError
+from xlit_jax.errors import WeightsError
 from xlit_jax.io.checkpoints.model_info import read_config, save_model_info
 from xlit_jax.io.gguf import GGUFFile
 from xlit_jax.io.hf import GENERATION_CONFIG, config_from_hf, save_hf_dir, tensors_from_params
@@ -122,13 +122,26 @@ def test_one_training_step_matches_pytorch_full_and_lora_through_peft(family, tm
     lora_parity(model.config, model.params, tmp_path / "lora", lr=1e-3, update_tol=1e-3)
 
 
-def test_mistral_sequences_longer_than_the_window_are_refused_by_name(tmp_path):
-    model = xlit_jax.load("preset:tiny", sliding_window=16)
-    with pytest.raises(InputError, match="sliding_window=16"):
-        model.logits([list(range(3, 20))])
-    with pytest.raises(ValueError, match="16 positions"):
-        model.generate_ids([[5] * 10], 8)
-    assert model.logits([list(range(3, 19))]).shape == (1, 16, 256)
+def test_mistral_past_its_sliding_window_matches_transformers(tmp_path):
+    """Sequences of 24 tokens over a window of 8 (left-padded), against transformers' Mistral with eager
+    attention (its mask: masking_utils' sliding-window causal mask): logits within the family tolerance, and
+    greedy decoding through the slot engine 64 tokens past the window equals HF generate."""
+    torch.manual_seed(0)
+    reference = transformers.AutoModelForCausalLM.from_config(
+        transformers.MistralConfig(**SHAPES, sliding_window=8), dtype=torch.float32, attn_implementation="eager")
+    reference.eval()
+    reference.save_pretrained(tmp_path / "hf")
+    model = xlit_jax.load(tmp_path / "hf")
+    assert (model.config.sliding_window, model.config.max_positions) == (8, SHAPES["max_position_embeddings"])
+    ids, mask = left_padded(sequences([24, 17, 9]))
+    theirs = hf_logits(reference, ids, mask)
+    assert max_diff_on_tokens(model.logits(ids, mask), theirs, mask) <= 1e-4
+    unwindowed = xlit_jax.Model(model.config.replace(sliding_window=None), model.params, None, "no window")
+    assert max_diff_on_tokens(unwindowed.logits(ids, mask), theirs, mask) > 1e-2  # the window is what matches
+    prompts = sequences([11, 4, 23, 7], seed=2)
+    ours = model.generate_ids(prompts, 64, repetition_penalty=1.1, slots=4)
+    assert ours == hf_generate(reference, prompts)
+    assert max(map(len, ours)) > 8
 
 
 def test_what_is_not_implemented_is_refused_in_one_line_naming_the_field():
@@ -139,6 +152,12 @@ def test_what_is_not_implemented_is_refused_in_one_line_naming_the_field():
         config_from_hf({**hf, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}})
     with pytest.raises(WeightsError, match="'low_freq_factor'"):
         config_from_hf({**hf, "rope_parameters": {"rope_type": "llama3", "factor": 8.0}})
+    qwen2 = dict(SHAPES, use_sliding_window=True, sliding_window=8)
+    with pytest.raises(WeightsError, match="sliding window on some layers only"):  # layer 1 slides, layer 0 not
+        config_from_hf(transformers.Qwen2Config(**qwen2, max_window_layers=1).to_dict())
+    assert config_from_hf(transformers.Qwen2Config(**qwen2, max_window_layers=0).to_dict()).sliding_window == 8
+    assert config_from_hf(transformers.Qwen2Config(**dict(qwen2, use_sliding_window=False)).to_dict()).sliding_window \
+        is None
 
 
 # ---- GGUF: written by the `gguf` package with llama.cpp's tensor names -----------------------------------

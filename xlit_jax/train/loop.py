@@ -79,6 +79,8 @@ def with_end_of_turn(config: LlamaConfig, template: str, tokenizer) -> LlamaConf
     end = end_of_turn_id(get_template(template, tokenizer), tokenizer)
     if end is None or end in config.eos_token_ids:
         return config
+    logging.info("EOS ids %s and the template's end of turn %r (id %d)", config.eos_token_ids,
+                 tokenizer.convert_ids_to_tokens(end), end)
     return config.replace(eos_token_ids=(*config.eos_token_ids, end))
 
 

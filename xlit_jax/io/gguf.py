@@ -144,8 +144,8 @@ class GGUFFile:
         count = int(np.prod(dims)) // block * block_bytes
         if start + count > len(self.buffer):
             raise WeightsError(f"{self.path}: tensor {name!r} runs past the end of the file (truncated?)")
-        raw = self.buffer[start:start + count].reshape(-1, dims[0] // block * block_bytes)
-        try:
+        try:  # (an empty tensor fails here too)
+            raw = self.buffer[start:start + count].reshape(-1, dims[0] // block * block_bytes)
             values = dequantize(np.asarray(raw), qtype)
         except Exception as e:
             raise WeightsError(f"{self.path}: cannot dequantize {name!r} ({qtype.name}): {e}") from e

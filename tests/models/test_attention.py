@@ -100,41 +100,50 @@ class Kernel(NamedTuple):
     reference: Callable  # (q, k, v) -> out by xla_attention
 
 
-def no_cache(fn, segments):
+def no_cache(fn, segments, window=None):
     """A kernel and the reference over a batch without cache (T = S, slots 0..T-1)."""
     slots, segs = jnp.arange(segments.shape[1]), jnp.asarray(segments)
     return Kernel(lambda q, k, v: fn(q, k, v, slots, segs),
-                  lambda q, k, v: attention.xla_attention(q, k, v, slots, segs, segs))
+                  lambda q, k, v: attention.xla_attention(q, k, v, slots, segs, segs, window=window))
+
+
+def test_the_sliding_window_shows_a_query_itself_and_the_window_minus_one_keys_before_it():
+    """transformers' Mistral mask (masking_utils.sliding_window_overlay: kv_idx > q_idx - sliding_window),
+    within a segment."""
+    mask = np.asarray(attention.attention_mask(jnp.arange(6), jnp.ones((1, 6), int), jnp.ones((1, 6), int), 3))[0]
+    np.testing.assert_array_equal(mask, [[k <= q and q - k < 3 for k in range(6)] for q in range(6)])
 
 
 # GQA (6 heads over 2) and plain multi-head (6 over 6) in fp32, bf16 and fp16; an odd length, which
-# cuDNN's backward pass cannot take with a mask, is padded by one slot.
+# cuDNN's backward pass cannot take with a mask, is padded by one slot; a sliding window of 5.
 @pytest.mark.gpu
-@pytest.mark.parametrize("kv_heads, dtype, length", [
-    cpu_only(2, jnp.float32, 24), (2, jnp.bfloat16, 24), gpu_only(2, jnp.float16, 24), (6, jnp.bfloat16, 24),
-    cpu_only(6, jnp.float32, 25), gpu_only(6, jnp.float16, 25)])
-def test_cudnn_packed_rows_match_reference(kv_heads, dtype, length):
+@pytest.mark.parametrize("kv_heads, dtype, length, window", [
+    cpu_only(2, jnp.float32, 24, None), (2, jnp.bfloat16, 24, None), gpu_only(2, jnp.float16, 24, None),
+    (6, jnp.bfloat16, 24, None), cpu_only(6, jnp.float32, 25, None), gpu_only(6, jnp.float16, 25, None),
+    cpu_only(2, jnp.float32, 25, 5), (2, jnp.bfloat16, 24, 5)])
+def test_cudnn_packed_rows_match_reference(kv_heads, dtype, length, window):
     segments = packed_segments(length)
     kernel = no_cache(lambda q, k, v, slots, segs: attention.cudnn_attention(
-        q, k, v, slots, segs, segs, cached=False, implementation=CUDNN), segments)
+        q, k, v, slots, segs, segs, cached=False, window=window, implementation=CUDNN), segments, window)
     compare(kernel, *random_qkv(6, kv_heads, length, length), segments, dtype, grads=True)
 
 
-@pytest.mark.parametrize("kv_heads, dtype", [(2, jnp.float32), (6, jnp.bfloat16)])
-def test_splash_packed_rows_match_reference(kv_heads, dtype):
+@pytest.mark.parametrize("kv_heads, dtype, window", [(2, jnp.float32, None), (6, jnp.bfloat16, None),
+                                                     (2, jnp.float32, 20)])
+def test_splash_packed_rows_match_reference(kv_heads, dtype, window):
     segments = packed_segments(128)
     kernel = no_cache(lambda q, k, v, slots, segs: attention.splash_attention(
-        q, k, v, segs, block=128, interpret=True), segments)
+        q, k, v, segs, block=128, window=window, interpret=True), segments, window)
     compare(kernel, *random_qkv(6, kv_heads, 128, 128, seed=1), segments, dtype, grads=True)
 
 
-@pytest.mark.parametrize("blocks, length", [(4, 200), (3, 130)])
-def test_causal_query_blocks_change_no_output_or_gradient(blocks, length):
+@pytest.mark.parametrize("blocks, length, window", [(4, 200, None), (3, 130, None), (4, 200, 30)])
+def test_causal_query_blocks_change_no_output_or_gradient(blocks, length, window):
     """The reference split into query blocks that skip the keys after them (uneven blocks at 130 and 200)
-    against the reference in one piece, over packed segments and padding, GQA."""
+    against the reference in one piece, over packed segments and padding, GQA; and with a sliding window."""
     segments = packed_segments(length)
     blocked = no_cache(lambda q, k, v, slots, segs: attention.xla_attention(
-        q, k, v, slots, segs, segs, causal_blocks=blocks), segments)
+        q, k, v, slots, segs, segs, causal_blocks=blocks, window=window), segments, window)
     assert attention.query_blocks(length) == min(4, length // 64) > 1
     compare(blocked, *random_qkv(6, 2, length, length, seed=3), segments, jnp.float32, grads=True)
 
@@ -171,23 +180,26 @@ def decoding_cache(prompt: int, filled: int, length: int):
 
 # a decoding step and a prefill (T != S, queries not at slot 0)
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype, t", [(jnp.bfloat16, 1), cpu_only(jnp.float32, 16), gpu_only(jnp.float16, 16),
-                                      (jnp.bfloat16, 16)])
-def test_cudnn_with_cache_matches_reference(dtype, t):
+@pytest.mark.parametrize("dtype, t, window", [(jnp.bfloat16, 1, None), cpu_only(jnp.float32, 16, None),
+                                              gpu_only(jnp.float16, 16, None), (jnp.bfloat16, 16, None),
+                                              cpu_only(jnp.float32, 16, 8), (jnp.bfloat16, 1, 8)])
+def test_cudnn_with_cache_matches_reference(dtype, t, window):
     length, filled = 64, 40
     k_segments = jnp.asarray(decoding_cache(32, filled, length))
     slots = filled - t + jnp.arange(t)
     q_segments = k_segments[:, filled - t:filled]
     kernel = Kernel(
         lambda q, k, v: attention.cudnn_attention(q, k, v, slots, q_segments, k_segments, cached=True,
-                                                  implementation=CUDNN),
-        lambda q, k, v: attention.xla_attention(q, k, v, slots, q_segments, k_segments))
+                                                  window=window, implementation=CUDNN),
+        lambda q, k, v: attention.xla_attention(q, k, v, slots, q_segments, k_segments, window=window))
     compare(kernel, *random_qkv(6, 2, t, length, seed=3), np.asarray(q_segments), dtype, grads=False)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kv_heads, dtype", [cpu_only(2, jnp.float32), (2, jnp.bfloat16), (6, jnp.float16)])
-def test_gpu_decode_kernel_reads_the_filled_slots_like_the_reference(kv_heads, dtype):
+@pytest.mark.parametrize("kv_heads, dtype, window", [cpu_only(2, jnp.float32, None), (2, jnp.bfloat16, None),
+                                                     (6, jnp.float16, None), cpu_only(2, jnp.float32, 8),
+                                                     (2, jnp.bfloat16, 8)])
+def test_gpu_decode_kernel_reads_the_filled_slots_like_the_reference(kv_heads, dtype, window):
     length = attention.cache_length(40, "cudnn")
     filled = 40
     k_segments = jnp.asarray(decoding_cache(32, filled, length))
@@ -196,13 +208,13 @@ def test_gpu_decode_kernel_reads_the_filled_slots_like_the_reference(kv_heads, d
     q, k, v = random_qkv(6, kv_heads, 1, length, seed=4)
     k = k.at[:, :, filled:].set(1e4)  # garbage in unfilled slots must not matter
     kernel = Kernel(
-        lambda q, k, v: attention.decode_attention(q, k, v, slots, k_segments, interpret=INTERPRET),
-        lambda q, k, v: attention.xla_attention(q, k, v, slots, q_segments, k_segments))
+        lambda q, k, v: attention.decode_attention(q, k, v, slots, k_segments, window=window, interpret=INTERPRET),
+        lambda q, k, v: attention.xla_attention(q, k, v, slots, q_segments, k_segments, window=window))
     compare(kernel, q, k, v, np.asarray(q_segments), dtype, grads=False)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_length_aware_xla_decoding_matches_reference(dtype):
+@pytest.mark.parametrize("dtype, window", [(jnp.float32, None), (jnp.bfloat16, None), (jnp.float32, 100)])
+def test_length_aware_xla_decoding_matches_reference(dtype, window):
     filled, length = 200, attention.cache_length(300, "splash")  # 2 chunks of 256, the second unfilled
     k_segments = jnp.asarray(decoding_cache(190, filled, length))
     slots = jnp.array([filled - 1])
@@ -211,8 +223,8 @@ def test_length_aware_xla_decoding_matches_reference(dtype):
     k = k.at[:, :, filled:].set(1e4)  # garbage in unfilled slots of a chunk that is read must not matter
     unread = v.at[:, :, 256:].set(jnp.nan)  # a chunk that is read would turn the output into NaN
     kernel = Kernel(
-        lambda q, k, v: attention.chunked_decode_attention(q, k, unread.astype(v.dtype), slots, k_segments),
-        lambda q, k, v: attention.xla_attention(q, k, v, slots, q_segments, k_segments))
+        lambda q, k, v: attention.chunked_decode_attention(q, k, unread.astype(v.dtype), slots, k_segments, window),
+        lambda q, k, v: attention.xla_attention(q, k, v, slots, q_segments, k_segments, window=window))
     compare(kernel, q, k, v, np.asarray(q_segments), dtype, grads=False)
 
 
@@ -302,12 +314,12 @@ def run_on_cpu_as(monkeypatch, kernel: str):
     jax.clear_caches()
 
 
-@pytest.mark.parametrize("kernel", ["cudnn", "splash"])
-def test_decoding_through_the_accelerator_paths_gives_the_reference_tokens(monkeypatch, kernel):
+@pytest.mark.parametrize("kernel, window", [("cudnn", None), ("splash", None), ("cudnn", 8), ("splash", 8)])
+def test_decoding_through_the_accelerator_paths_gives_the_reference_tokens(monkeypatch, kernel, window):
     """The wiring of each accelerator path through a real decoding loop. cudnn: prefill with an explicit
     mask, decoding steps through the Pallas kernel over a cache rounded up for it. splash: prefill by the
-    reference, decoding steps by the length-aware XLA loop."""
-    model = xlit_jax.load("preset:tiny", seed=3)
+    reference, decoding steps by the length-aware XLA loop. With a sliding window shorter than the prompts."""
+    model = xlit_jax.load("preset:tiny", seed=3, sliding_window=window)
     prompts = tiny_prompts(3)
     want = model.generate_ids(prompts, NEW_TOKENS, repetition_penalty=1.1, slots=4)
     run_on_cpu_as(monkeypatch, kernel)

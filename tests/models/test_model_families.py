@@ -8,6 +8,7 @@ and LoRA through a PEFT adapter that peft loads; support.check_step's tolerances
 Plus the presets' shapes against the published configs of their hub names."""
 
 import json
+import math
 
 import flax.linen as nn
 import gguf
@@ -22,8 +23,8 @@ import xlit_jax
 from configs.experiments import paper
 from configs.studies import bases
 from xlit_jax.data.records import Turn
-from xlit_jax.data.templates import encode, get_template, prompt_text
-from xlit_jax.errors import InputError, WeightsError
+from xlit_jax.data.templates import encode, end_of_turn_id, get_template, prompt_text
+from xlit_jax.errors import WeightsError
 from xlit_jax.io.checkpoints.model_info import read_config, save_model_info
 from xlit_jax.io.gguf import GGUFFile
 from xlit_jax.io.hf import GENERATION_CONFIG, config_from_hf, save_hf_dir, tensors_from_params
@@ -31,8 +32,9 @@ from xlit_jax.loader import load_config
 from xlit_jax.models.llama import init_boxed
 from xlit_jax.models.presets import HUB_NAMES, PRESETS, get_preset
 from xlit_jax.study import grid
+from xlit_jax.train.loop import train
 
-from support import full_ft_parity, hf_generate, left_padded, lora_parity
+from support import full_ft_parity, hf_generate, left_padded, lora_parity, tiny_config
 
 SHAPES = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.05, bos_token_id=1,
@@ -120,13 +122,26 @@ def test_one_training_step_matches_pytorch_full_and_lora_through_peft(family, tm
     lora_parity(model.config, model.params, tmp_path / "lora", lr=1e-3, update_tol=1e-3)
 
 
-def test_mistral_sequences_longer_than_the_window_are_refused_by_name(tmp_path):
-    model = xlit_jax.load("preset:tiny", sliding_window=16)
-    with pytest.raises(InputError, match="sliding_window=16"):
-        model.logits([list(range(3, 20))])
-    with pytest.raises(ValueError, match="16 positions"):
-        model.generate_ids([[5] * 10], 8)
-    assert model.logits([list(range(3, 19))]).shape == (1, 16, 256)
+def test_mistral_past_its_sliding_window_matches_transformers(tmp_path):
+    """Sequences of 24 tokens over a window of 8 (left-padded), against transformers' Mistral with eager
+    attention (its mask: masking_utils' sliding-window causal mask): logits within the family tolerance, and
+    greedy decoding through the slot engine 64 tokens past the window equals HF generate."""
+    torch.manual_seed(0)
+    reference = transformers.AutoModelForCausalLM.from_config(
+        transformers.MistralConfig(**SHAPES, sliding_window=8), dtype=torch.float32, attn_implementation="eager")
+    reference.eval()
+    reference.save_pretrained(tmp_path / "hf")
+    model = xlit_jax.load(tmp_path / "hf")
+    assert (model.config.sliding_window, model.config.max_positions) == (8, SHAPES["max_position_embeddings"])
+    ids, mask = left_padded(sequences([24, 17, 9]))
+    theirs = hf_logits(reference, ids, mask)
+    assert max_diff_on_tokens(model.logits(ids, mask), theirs, mask) <= 1e-4
+    unwindowed = xlit_jax.Model(model.config.replace(sliding_window=None), model.params, None, "no window")
+    assert max_diff_on_tokens(unwindowed.logits(ids, mask), theirs, mask) > 1e-2  # the window is what matches
+    prompts = sequences([11, 4, 23, 7], seed=2)
+    ours = model.generate_ids(prompts, 64, repetition_penalty=1.1, slots=4)
+    assert ours == hf_generate(reference, prompts)
+    assert max(map(len, ours)) > 8
 
 
 def test_what_is_not_implemented_is_refused_in_one_line_naming_the_field():
@@ -137,6 +152,12 @@ def test_what_is_not_implemented_is_refused_in_one_line_naming_the_field():
         config_from_hf({**hf, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}})
     with pytest.raises(WeightsError, match="'low_freq_factor'"):
         config_from_hf({**hf, "rope_parameters": {"rope_type": "llama3", "factor": 8.0}})
+    qwen2 = dict(SHAPES, use_sliding_window=True, sliding_window=8)
+    with pytest.raises(WeightsError, match="sliding window on some layers only"):  # layer 1 slides, layer 0 not
+        config_from_hf(transformers.Qwen2Config(**qwen2, max_window_layers=1).to_dict())
+    assert config_from_hf(transformers.Qwen2Config(**qwen2, max_window_layers=0).to_dict()).sliding_window == 8
+    assert config_from_hf(transformers.Qwen2Config(**dict(qwen2, use_sliding_window=False)).to_dict()).sliding_window \
+        is None
 
 
 # ---- GGUF: written by the `gguf` package with llama.cpp's tensor names -----------------------------------
@@ -144,6 +165,20 @@ def test_what_is_not_implemented_is_refused_in_one_line_naming_the_field():
 def llama_cpp_rows(w, heads):
     """convert_hf_to_gguf.py's LlamaModel.permute: each head's two rotary halves interleaved."""
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama_cpp_rope_divisors(config):
+    """convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors for rope_type llama3: per frequency, 1 (short
+    wavelengths), the factor (long ones) or 1 / ((1 - smooth) / factor + smooth), in Python floats."""
+    factor, low, high, original = (config.rope_factor, config.rope_low_freq_factor, config.rope_high_freq_factor,
+                                   config.rope_original_max_positions)
+    out = []
+    for i in range(0, config.head_dim, 2):
+        wavelength = 2 * math.pi * config.rope_theta ** (i / config.head_dim)
+        smooth = (original / wavelength - low) / (high - low)
+        out.append(1.0 if wavelength < original / high else factor if wavelength > original / low else
+                   1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, np.float32)
 
 
 def write_gguf(path, config, params, arch):
@@ -179,13 +214,15 @@ def write_gguf(path, config, params, arch):
         else:
             name = names[name]
         writer.add_tensor(name, value)
+    if config.rope_type == "llama3":
+        writer.add_tensor("rope_freqs.weight", llama_cpp_rope_divisors(config))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
 
 
-@pytest.mark.parametrize("name, arch", [("qwen2", "qwen2"), ("mistral", "llama")])
+@pytest.mark.parametrize("name, arch", [("qwen2", "qwen2"), ("mistral", "llama"), ("llama3", "llama")])
 def test_gguf_written_by_the_gguf_package_loads_with_the_same_logits(name, arch, tmp_path):
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(FAMILIES[name](), dtype=torch.float32)
@@ -199,19 +236,33 @@ def test_gguf_written_by_the_gguf_package_loads_with_the_same_logits(name, arch,
     loaded = xlit_jax.load(tmp_path / "m.gguf")
     assert loaded.config.qkv_bias == (arch == "qwen2")
     assert loaded.config.tie_embeddings == model.config.tie_embeddings
+    rope = ("rope_type", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_positions")
+    assert [getattr(loaded.config, f) for f in rope] == [getattr(model.config, f) for f in rope]
     ids, mask = left_padded(sequences([10, 4]))
     np.testing.assert_allclose(loaded.logits(ids, mask), model.logits(ids, mask), atol=1e-5)
+    assert max_diff_on_tokens(loaded.logits(ids, mask), hf_logits(hf.eval(), ids, mask), mask) <= 1e-4
     assert loaded.tokenizer.decode(loaded.tokenizer("Olá").input_ids) == "Olá"
 
 
-def test_gguf_with_llama3_rope_factors_is_refused_by_name(tmp_path):
-    model = xlit_jax.load("preset:tiny")
-    path = tmp_path / "llama3.gguf"
-    write_gguf(path, model.config, model.params, "llama")
-    f = GGUFFile(path)
-    f.tensors["rope_freqs.weight"] = ([8], 0, 0)
-    with pytest.raises(WeightsError, match="rope_freqs.weight"):
-        f.config()
+def test_gguf_rope_freqs_other_than_llama3_scaling_are_refused_by_name(tmp_path):
+    """A Llama 3 GGUF's divisors at another position, or of another length, are no llama3 scaling we can
+    write as a config: refused, naming the tensor."""
+    config = PRESETS["tiny"].replace(rope_type="llama3", rope_factor=8.0, rope_original_max_positions=64)
+    params = xlit_jax.load("preset:tiny").params
+    for divisors in (llama_cpp_rope_divisors(config)[::-1], llama_cpp_rope_divisors(config)[:4]):
+        writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+        writer.add_block_count(config.num_layers)
+        writer.add_embedding_length(config.hidden_size)
+        writer.add_feed_forward_length(config.intermediate_size)
+        writer.add_head_count(config.num_heads)
+        writer.add_tensor("token_embd.weight", np.asarray(params["embed"]))
+        writer.add_tensor("rope_freqs.weight", np.ascontiguousarray(divisors))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        with pytest.raises(WeightsError, match="rope_freqs.weight.*is not Llama 3's rope scaling"):
+            GGUFFile(tmp_path / "m.gguf").config()
 
 
 # ---- presets against the published configs --------------------------------------------------------------
@@ -306,6 +357,34 @@ def test_each_familys_chat_template_gives_answer_only_targets_closed_by_its_end_
     for turns in (2, 4):  # a generation prompt tokenizes to the start of the training sequence
         prompt = tok(prompt_text(template, conversation[:turns - 1]), add_special_tokens=False).input_ids
         assert list(ids[:len(prompt)]) == prompt and target[len(prompt)] and not target[len(prompt) - 1]
+    assert tok.convert_ids_to_tokens(end_of_turn_id(template, tok)) == end
+
+
+def test_a_run_tuned_with_qwen2_5s_template_stops_its_answers_at_im_end(tmp_path):
+    """The base's EOS is <|endoftext|>, the template closes turns with <|im_end|>: the tuned model learns to end
+    answers with the latter, so the run saves it among the EOS ids, and decoding from the workdir and from the
+    HF export (transformers' generate) stops there, not at the token budget."""
+    template_text, specials, bos, eos, end = TEMPLATES["qwen2.5"]
+    tok = byte_level_tokenizer(template_text, specials, bos, eos)
+    tok.save_pretrained(tmp_path / "tokenizer")
+    data = tmp_path / "chats.en.jsonl"
+    words = "the a cat dog sat ran on mat".split()
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": " ".join(words[i % 8:i % 8 + 3])},
+                                                     {"role": "assistant", "content": "ok"}]}) + "\n"
+                            for i in range(40)))
+    workdir = tmp_path / "run"
+    train(tiny_config(data, **{"model.vocab_size": 320, "data.tokenizer": str(tmp_path / "tokenizer"),
+                               "data.template": "chat", "data.seq_len": 256, "data.tokens_per_batch": 512,
+                               "optim.lr": 3e-3, "optim.min_lr": 1e-3, "train.max_steps": 30, "train.save_every": 30,
+                               "train.export_hf": True}), str(workdir))
+    end_id = tok.convert_tokens_to_ids(end)
+    assert read_config(workdir).eos_token_ids == (2, end_id)  # the preset's, then the template's end of turn
+    prompt = tok(prompt_text(get_template("chat", tok), [Turn("user", "a dog ran")]), add_special_tokens=False)
+    ours = xlit_jax.load(workdir).generate_ids([prompt.input_ids], 64, repetition_penalty=1.1)
+    assert tok.decode(ours[0]) == "ok"
+    exported = transformers.AutoModelForCausalLM.from_pretrained(workdir / "export" / "hf", dtype=torch.float32)
+    assert end_id in exported.generation_config.eos_token_id
+    assert hf_generate(exported.eval(), [prompt.input_ids]) == ours
 
 
 # ---- the study on these bases --------------------------------------------------------------------------

@@ -15,7 +15,8 @@ Templates (`get_template(name, tokenizer)`):
 
 Targets: the assistant's text and the end-of-turn token that closes it (`</s>`, `<|im_end|>`, `<|eot_id|>`); in `chat`
 whatever the template writes after that token (ChatML's newline) belongs to the next prompt. Everything
-else (system, user, role headers) is context only.
+else (system, user, role headers) is context only. A model tuned on a template learns to end its answers with
+that token (`end_of_turn_id`), so the run adds it to the model's EOS ids (train/loop.py).
 
 Tokenization is piece by piece (adjacent pieces of the same kind are joined first): the tokens of a
 generation prompt are then exactly the first tokens of the training sequence that continues it.
@@ -44,6 +45,7 @@ class Piece:
 class Llama2Template:
     def __init__(self, tokenizer):
         self.bos, self.eos = tokenizer.bos_token or "", tokenizer.eos_token
+        self.end_token = self.eos
 
     def pieces(self, turns: Sequence[Turn]) -> list[Piece]:
         system, turns = _split_system(turns)
@@ -60,7 +62,7 @@ class Llama2Template:
 
 class AlpacaTemplate:
     def __init__(self, tokenizer):
-        self.eos = tokenizer.eos_token
+        self.eos = self.end_token = tokenizer.eos_token
         adds_bos = tokenizer.bos_token_id is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
         self.bos = tokenizer.bos_token if adds_bos else ""
 
@@ -86,6 +88,13 @@ class TokenizerChatTemplate:
         # its end of text, while its template closes turns with <|im_end|> (Qwen2.5) or <|eot_id|> (Llama 3))
         added = getattr(tokenizer, "added_tokens_decoder", {}).values()
         self.ends = tuple(dict.fromkeys([tokenizer.eos_token, *(t.content for t in added if t.special)]))
+        exchange = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+        closing = self._closing(_after(self._render(exchange[:1], True), self._render(exchange, False)))
+        self.end_token = closing and closing[1]
+
+    def _closing(self, answer: str) -> tuple[int, str] | None:
+        """(where, which) of the first token in a rendered answer that closes it, or None."""
+        return min(((i, end) for end in self.ends if end and (i := answer.find(end)) >= 0), default=None)
 
     def _render(self, messages: list[dict], generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
@@ -100,7 +109,7 @@ class TokenizerChatTemplate:
             full = self._render(messages[:i + 1], False)
             out.append(Piece(_after(done, head), False))
             answer = _after(head, full)
-            cut = min(((i, end) for end in self.ends if end and (i := answer.find(end)) >= 0), default=None)
+            cut = self._closing(answer)
             cut = len(answer) if cut is None else cut[0] + len(cut[1])
             out += [Piece(answer[:cut], True), Piece(answer[cut:], False)]
             done = full
@@ -127,6 +136,13 @@ def get_template(name: str, tokenizer):
     if name not in classes:
         raise ValueError(f"unknown template {name!r}: one of {', '.join(TEMPLATES)}")
     return classes[name](tokenizer)
+
+
+def end_of_turn_id(template, tokenizer) -> int | None:
+    """The id of the token that closes an answer in `template` (`</s>`, `<|im_end|>`, `<|eot_id|>`), which a
+    model tuned with it emits to end its turn; None when that is not a single token."""
+    ids = tokenizer(template.end_token, add_special_tokens=False).input_ids if template.end_token else []
+    return ids[0] if len(ids) == 1 else None
 
 
 def prompt_text(template, turns: Sequence[Turn]) -> str:

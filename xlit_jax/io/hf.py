@@ -117,7 +117,7 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> LlamaC
         head_dim=hf.get("head_dim"),
         rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
         qkv_bias=model_type == "qwen2",
-        sliding_window=_sliding_window(hf, model_type),
+        sliding_window=_sliding_window(hf, model_type, source),
         rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         max_position_embeddings=hf.get("max_position_embeddings", 4096),
@@ -134,15 +134,23 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> LlamaC
     return checked_config(fields, source)
 
 
-def _sliding_window(hf: dict, model_type: str) -> int | None:
-    """Mistral's window (null in its later versions); Qwen2's only where a layer uses it (use_sliding_window,
-    or a 'sliding_attention' in layer_types: the one model then applies the window to every layer, which is
-    the same while sequences fit in it, and longer ones are refused)."""
+def _sliding_window(hf: dict, model_type: str, source: str) -> int | None:
+    """Mistral's window (null in its later versions, and for every layer); Qwen2's where its layers use one
+    (use_sliding_window from max_window_layers on, or layer_types): all of them, as the one model applies the
+    window to every layer (some only is refused)."""
     if model_type == "mistral":
         return hf.get("sliding_window")
-    if model_type == "qwen2" and (hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or [])):
-        return hf.get("sliding_window")
-    return None
+    if model_type != "qwen2" or not hf.get("sliding_window"):
+        return None
+    kinds = hf.get("layer_types") or [
+        "sliding_attention" if hf.get("use_sliding_window") and i >= hf.get("max_window_layers", 28) else
+        "full_attention" for i in range(hf["num_hidden_layers"])]  # Qwen2Config's default
+    if "sliding_attention" not in kinds:
+        return None
+    if "full_attention" in kinds:
+        raise WeightsError(f"{source}: a sliding window on some layers only (layer_types, max_window_layers) is not "
+                           "implemented (the one model slides every layer or none)")
+    return hf["sliding_window"]
 
 
 def checked_config(fields: dict, source: str) -> LlamaConfig:
@@ -354,10 +362,14 @@ def _to_numpy(x) -> np.ndarray:
 
 def save_hf_dir(config: LlamaConfig, params: dict, directory: str | os.PathLike, tokenizer=None,
                 overwrite: bool = False) -> Path:
-    """Write config.json + safetensors (sharded past 4 GiB, with an index) atomically into `directory`; an
-    existing folder only as io.files.check_replaceable allows."""
+    """Write config.json, generation_config.json and safetensors (sharded past 4 GiB, with an index) atomically
+    into `directory`; an existing folder only as io.files.check_replaceable allows."""
     with atomic_directory(directory, overwrite) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=2))
+        hf = config_to_hf(config)
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2))
+        # what generate stops at, where servers and transformers look first (a tuned model's end of turn too)
+        generation = {key: hf[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        (tmp / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2))
         weight_map, shard, shard_bytes, total = {}, {}, 0, 0
 
         def flush():

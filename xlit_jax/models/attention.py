@@ -16,6 +16,9 @@ attention=...)`), of the train step and of the decoding functions, never a field
 Shapes: q [B, T, H, D]; k, v [B, K, S, D] (the KV-cache layout); q_slots [T] (cache slots of the queries;
 [B, T] when each row decodes at its own slot, as in the decoding engine);
 q_segments [B, T]; k_segments [B, S]. Masking follows segment ids (0 = padding), see models/llama.py.
+`window` (Mistral's sliding window, LlamaConfig.sliding_window) masks keys `window` or more slots before the
+query, as transformers' Mistral does (a query sees itself and the window - 1 keys before it); every
+implementation applies it (cuDNN in its mask, splash with a local mask, the decode kernels from a later start).
 
 The fused kernels treat padding (segment 0) as one more segment: a padding query attends to earlier
 padding keys instead of to nothing (a row with no visible key is NaN-prone in fused kernels). No real
@@ -113,15 +116,17 @@ def _auto(dtype: str, head_dim: int, platform: str) -> str:
 
 # ---- masks ----------------------------------------------------------------------------------------------
 
-def attention_mask(q_slots, q_segments, k_segments):
-    """[B, T, S] booleans of the reference: causal by slot, same segment, key not padding."""
+def attention_mask(q_slots, q_segments, k_segments, window: int | None = None):
+    """[B, T, S] booleans of the reference: causal by slot (within `window`), same segment, key not padding."""
     same = q_segments[:, :, None] == k_segments[:, None, :]
-    return causal_mask(q_slots, k_segments.shape[1]) & same & (k_segments != 0)[:, None, :]
+    return causal_mask(q_slots, k_segments.shape[1], window) & same & (k_segments != 0)[:, None, :]
 
 
-def causal_mask(q_slots, length: int):
-    """[1 or B, T, S]: key slot <= query slot, for q_slots [T] or [B, T]."""
-    causal = jnp.arange(length) <= q_slots[..., None]
+def causal_mask(q_slots, length: int, window: int | None = None):
+    """[1 or B, T, S]: key slot <= query slot, and with a `window` > query slot - window, for q_slots [T] or
+    [B, T]. Slots count tokens: a packed row's segments and a decoding row's tokens are contiguous."""
+    slots, q = jnp.arange(length), q_slots[..., None]
+    causal = (slots <= q) & (slots > q - window) if window else slots <= q
     return causal if causal.ndim == 3 else causal[None]
 
 
@@ -138,7 +143,7 @@ def query_blocks(length: int) -> int:
     return max(1, min(CAUSAL_BLOCKS, length // 64))
 
 
-def xla_attention(q, k, v, q_slots, q_segments, k_segments, *, causal_blocks: int = 1):
+def xla_attention(q, k, v, q_slots, q_segments, k_segments, *, causal_blocks: int = 1, window: int | None = None):
     """The reference: fp32 scores and softmax, masked with the most negative fp32 (not -inf, so a row with
     no visible key averages instead of producing NaN).
 
@@ -150,14 +155,14 @@ def xla_attention(q, k, v, q_slots, q_segments, k_segments, *, causal_blocks: in
         bounds = np.linspace(0, q.shape[1], causal_blocks + 1).astype(int)
         return jnp.concatenate([
             xla_attention(q[:, start:end], k[:, :, :end], v[:, :, :end], q_slots[start:end],
-                          q_segments[:, start:end], k_segments[:, :end])
+                          q_segments[:, start:end], k_segments[:, :end], window=window)
             for start, end in zip(bounds[:-1], bounds[1:])], axis=1)
     b, t, h, d = q.shape
     k_heads = k.shape[1]
     q = q.reshape(b, t, k_heads, h // k_heads, d)
     scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
     scores = scores / np.sqrt(d).astype(np.float32)
-    mask = attention_mask(q_slots, q_segments, k_segments)[:, None, None]
+    mask = attention_mask(q_slots, q_segments, k_segments, window)[:, None, None]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     # Output in [B, K, G, T, D], a plain batched matmul: asking for [B, T, K, G, D] directly made XLA:CPU
@@ -172,7 +177,8 @@ def _pad_length(x, length: int, axis: int):
     return jnp.pad(x, pad)
 
 
-def cudnn_attention(q, k, v, q_slots, q_segments, k_segments, *, cached: bool, implementation: str = "cudnn"):
+def cudnn_attention(q, k, v, q_slots, q_segments, k_segments, *, cached: bool, window: int | None = None,
+                    implementation: str = "cudnn"):
     """cuDNN flash attention; GQA is native. `implementation='xla'` runs the same call through JAX's XLA
     version (tests on CPU).
 
@@ -181,45 +187,49 @@ def cudnn_attention(q, k, v, q_slots, q_segments, k_segments, *, cached: bool, i
     row, per layer call; small next to the reference's fp32 scores, 32 MiB per head). Without a cache the
     causal part is cuDNN's own (`is_causal`, which skips masked blocks); with a cache the queries sit at
     slots q_slots, not at 0, and cuDNN's causal mask is aligned top-left, so causality goes into the
-    explicit mask instead."""
+    explicit mask instead; so does a sliding window, in both cases (the mask is dense anyway)."""
     t = q.shape[1]
     k, v = k.swapaxes(1, 2).astype(q.dtype), v.swapaxes(1, 2).astype(q.dtype)  # [B, S, K, D]
     if cached:
-        mask = segment_mask(q_segments, k_segments) & causal_mask(q_slots, k.shape[1])
+        mask = segment_mask(q_segments, k_segments) & causal_mask(q_slots, k.shape[1], window)
         return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=implementation)
     if t % 2:  # cuDNN's backward pass with a bias needs even lengths: add one padding slot at the end
         q, k, v = (_pad_length(x, t + 1, 1) for x in (q, k, v))
         q_segments = k_segments = _pad_length(q_segments, t + 1, 1)
-    mask = segment_mask(q_segments, k_segments)[:, None]
+    mask = segment_mask(q_segments, k_segments)
+    if window:
+        mask &= causal_mask(jnp.arange(mask.shape[1]), mask.shape[2], window)
+    mask = mask[:, None]
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation=implementation)
     return out[:, :t]
 
 
-def _filled_slots(q_slots, k_segments):
+def _filled_slots(q_slots, k_segments, window: int | None = None):
     """[start, end) of each row's keys for a one-token decoding step: decoding rows are left-padded, so a
-    row's keys are one contiguous run from its first filled slot to the query's slot."""
+    row's keys are one contiguous run from its first filled slot (or the window's first) to the query's slot."""
     start = jnp.argmax(k_segments != 0, axis=1).astype(jnp.int32)
-    return start, jnp.broadcast_to(q_slots[..., 0] + 1, start.shape).astype(jnp.int32)
+    end = jnp.broadcast_to(q_slots[..., 0] + 1, start.shape).astype(jnp.int32)
+    return (jnp.maximum(start, end - window) if window else start), end
 
 
-def decode_attention(q, k, v, q_slots, k_segments, *, interpret: bool = False):
+def decode_attention(q, k, v, q_slots, k_segments, *, window: int | None = None, interpret: bool = False):
     """One query per row over a KV cache with the Pallas GPU split-K kernel, which reads only the filled
     slots. The cache length must be one `cache_length` returns."""
     from jax.experimental.pallas.ops.gpu import decode_attention as kernel
 
-    start, end = _filled_slots(q_slots, k_segments)
+    start, end = _filled_slots(q_slots, k_segments, window)
     out = kernel.gqa(q[:, 0], k.swapaxes(1, 2), v.swapaxes(1, 2), start_idx=start, kv_seq_len=end,
                      k_splits=DECODE_SPLITS, interpret=interpret)
     return out[:, None]
 
 
-def chunked_decode_attention(q, k, v, q_slots, k_segments):
+def chunked_decode_attention(q, k, v, q_slots, k_segments, window: int | None = None):
     """The same in XLA: an online softmax over DECODE_CHUNK-slot chunks of the cache, in a loop that stops
     after the chunk holding the query, so a step reads only the filled part of the cache. fp32 inside."""
     b, _, h, d = q.shape
     k_heads, dtype = k.shape[1], q.dtype
     q = q.reshape(b, k_heads, h // k_heads, d).astype(jnp.float32) / np.sqrt(d).astype(np.float32)
-    start, end = _filled_slots(q_slots, k_segments)
+    start, end = _filled_slots(q_slots, k_segments, window)
 
     def step(i, carry):
         top, total, acc = carry  # running max, sum of exp, weighted values: [B, K, G], [B, K, G], [B, K, G, D]
@@ -254,9 +264,10 @@ def cache_length(needed: int, attention: str) -> int:
     return -(-needed // step) * step
 
 
-def _splash_kernel(heads: int, length: int, block: int, interpret: bool):
-    """The kernel for one shape. Built anew in each trace: its mask tables become values of the trace that
-    builds them, so a kernel kept across traces would leak them."""
+def _splash_kernel(heads: int, length: int, block: int, interpret: bool, window: int | None):
+    """The kernel for one shape: causal, or local over the query and the window - 1 keys before it. Built anew
+    in each trace: its mask tables become values of the trace that builds them, so a kernel kept across traces
+    would leak them."""
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as splash,
     )
@@ -264,13 +275,16 @@ def _splash_kernel(heads: int, length: int, block: int, interpret: bool):
         splash_attention_mask as masks,
     )
 
-    mask = masks.MultiHeadMask([masks.CausalMask((length, length)) for _ in range(heads)])
+    shape = (length, length)
+    one = masks.LocalMask(shape, (window - 1, 0), 0) if window else masks.CausalMask(shape)
+    mask = masks.MultiHeadMask([one for _ in range(heads)])
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
     return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
-def splash_attention(q, k, v, segments, *, block: int = SPLASH_BLOCK, interpret: bool = False):
+def splash_attention(q, k, v, segments, *, block: int = SPLASH_BLOCK, window: int | None = None,
+                     interpret: bool = False):
     """Causal splash attention over packed rows (no cache: T = S). The length is padded to a multiple of
     the block (at most `block`, at least 128) with padding slots at the end, which no query before them
     sees. On a mesh it runs per device under shard_map: batch over the mesh's batch axes, heads over
@@ -285,7 +299,7 @@ def splash_attention(q, k, v, segments, *, block: int = SPLASH_BLOCK, interpret:
     segments = _pad_length(segments, length, 1)
 
     def local(q, k, v, segments):
-        kernel = _splash_kernel(q.shape[1], length, block, interpret)
+        kernel = _splash_kernel(q.shape[1], length, block, interpret, window)
         return jax.vmap(kernel)(q, k, v, segment_ids=splash.SegmentIds(q=segments, kv=segments))
 
     mesh = jax.sharding.get_abstract_mesh()
@@ -302,20 +316,20 @@ def splash_attention(q, k, v, segments, *, block: int = SPLASH_BLOCK, interpret:
 
 # ---- the entry point ------------------------------------------------------------------------------------
 
-def attend(q, k, v, q_slots, q_segments, k_segments, *, attention: str, cached: bool):
+def attend(q, k, v, q_slots, q_segments, k_segments, *, attention: str, cached: bool, window: int | None = None):
     """Attention output [B, T, H, D] by the implementation `choose` returned. `cached`: k/v are a KV cache
-    (decoding), so slots after the queries are unfilled."""
+    (decoding), so slots after the queries are unfilled. `window`: a sliding window (None: none)."""
     if cached and q.shape[1] == 1 and cache_length(k.shape[2], attention) == k.shape[2]:  # a decoding step
         if attention == "cudnn" and _is_power_of_two(q.shape[-1]):  # (Triton blocks are powers of two)
-            return decode_attention(q, k, v, q_slots, k_segments)
+            return decode_attention(q, k, v, q_slots, k_segments, window=window)
         if attention == "splash":
-            return chunked_decode_attention(q, k, v, q_slots, k_segments)
+            return chunked_decode_attention(q, k, v, q_slots, k_segments, window)
     if attention == "cudnn":
-        return cudnn_attention(q, k, v, q_slots, q_segments, k_segments, cached=cached)
+        return cudnn_attention(q, k, v, q_slots, q_segments, k_segments, cached=cached, window=window)
     if attention == "splash" and not cached:
-        return splash_attention(q, k, v, q_segments)
+        return splash_attention(q, k, v, q_segments, window=window)
     blocks = 1 if cached else query_blocks(q.shape[1])
-    return xla_attention(q, k, v, q_slots, q_segments, k_segments, causal_blocks=blocks)
+    return xla_attention(q, k, v, q_slots, q_segments, k_segments, causal_blocks=blocks, window=window)
 
 
 def _is_power_of_two(n: int) -> bool:

@@ -40,7 +40,7 @@ class LlamaConfig:
     """One decoder for the LLaMA family and its close relatives, which differ from LLaMA-2 in a few fields:
     Llama 3.x's RoPE frequency scaling (rope_type="llama3" and the rope_* fields), Qwen2's bias on the q/k/v
     projections (qkv_bias) and tied embeddings (tie_embeddings, also SmolLM2's), Mistral's sliding window
-    (sliding_window: sequences longer than the window are refused, see `max_positions`)."""
+    (sliding_window: each query sees itself and the sliding_window - 1 tokens before it)."""
 
     vocab_size: int
     hidden_size: int
@@ -59,7 +59,7 @@ class LlamaConfig:
     rope_high_freq_factor: float = 4.0
     rope_original_max_positions: int = 8192
     qkv_bias: bool = False  # Qwen2: a bias on the q, k and v projections (not o)
-    sliding_window: int | None = None  # Mistral: keys at most this many positions back; None: no window
+    sliding_window: int | None = None  # Mistral: keys fewer than this many positions back; None: no window
     rms_norm_eps: float = 1e-5
     tie_embeddings: bool = False
     max_position_embeddings: int = 4096
@@ -108,9 +108,9 @@ class LlamaConfig:
 
     @property
     def max_positions(self) -> int:
-        """The longest sequence this model runs: its positions, and no more than its sliding window (attention
-        over a window is not implemented; it changes nothing while sequences fit in the window)."""
-        return min(self.max_position_embeddings, self.sliding_window or self.max_position_embeddings)
+        """The longest sequence this model runs: its positions (a sliding window limits what a token sees, not
+        how long a sequence is)."""
+        return self.max_position_embeddings
 
     @property
     def family(self) -> str:

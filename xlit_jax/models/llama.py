@@ -4,8 +4,9 @@ Shapes: B batch, T query length, S key length (T, or the KV-cache length when de
 K key/value heads (grouped-query attention: H = K * G), D head dim, E embed, F mlp, V vocab, L layers.
 
 Attention masking is driven by segment ids: a query attends to a key when the key's slot is not later
-than the query's, both carry the same segment id, and that id is not 0 (0 marks padding). Packed
-training sequences use ids 1, 2, 3...; a left-padded decoding batch uses 0 for padding and 1 for text.
+than the query's (nor, with a sliding window, `sliding_window` or more slots earlier), both carry the same
+segment id, and that id is not 0 (0 marks padding). Packed training sequences use ids 1, 2, 3...; a
+left-padded decoding batch uses 0 for padding and 1 for text.
 
 The model knows its shapes only: the attention kernel is the caller's choice (`Llama(config, attention=...)`,
 models/attention.py), and a LoRA is applied to the model from outside (models/lora.py).
@@ -21,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlit_jax.errors import InputError
 from xlit_jax.models import attention, quantize
 from xlit_jax.models.config import LlamaConfig
 
@@ -135,7 +135,7 @@ class Attention(nn.Module):
             k, v = (cache[name][layer, :b, :, :self.read_columns] for name in ("k", "v"))
         implementation = attention.choose(self.attention, c.dtype, d)
         out = attention.attend(q, k, v, q_slots, q_segments, k_segments, attention=implementation,
-                               cached=cache is not None).reshape(b, t, h * d)
+                               cached=cache is not None, window=c.sliding_window).reshape(b, t, h * d)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads"))
         return projection(c, c.hidden_size, ("heads", "embed"), "o")(out), cache
 
@@ -214,9 +214,6 @@ class Llama(nn.Module):
                  last_only: bool = False, select=None):
         c = self.config
         b, t = input_ids.shape
-        if cache is None and c.sliding_window is not None and t > c.sliding_window:
-            raise InputError(f"a sequence of {t} tokens is longer than the model's sliding_window="
-                             f"{c.sliding_window}: attention over a sliding window is not implemented")
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
         if positions is None:

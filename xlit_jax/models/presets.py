@@ -50,7 +50,7 @@ PRESETS = {
     "qwen2.5-7b": LlamaConfig(
         vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
         num_kv_heads=4, max_position_embeddings=131072, **QWEN2_5),
-    # Mistral-7B-v0.1: a 4096-token sliding window (longer sequences are refused: LlamaConfig.max_positions).
+    # Mistral-7B-v0.1: a 4096-token sliding window.
     "mistral-7b": LlamaConfig(
         vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
         num_kv_heads=8, sliding_window=4096, max_position_embeddings=32768),

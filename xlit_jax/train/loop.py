@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 import xlit_jax
 from xlit_jax import sharding
 from xlit_jax.data import pipeline
+from xlit_jax.data.templates import end_of_turn_id, get_template
 from xlit_jax.errors import InputError, NonFiniteError, UserError
 from xlit_jax.io import checkpoints as ckpt
 from xlit_jax.io.peft import save_merged_hf, save_peft_adapter
@@ -68,7 +69,19 @@ def load_source(cfg) -> tuple[LlamaConfig, dict, object]:
     if len(tokenizer) > config.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but {cfg.model.source} only "
                          f"{config.vocab_size} embeddings (presets: set model.vocab_size)")
-    return config, params, tokenizer
+    return with_end_of_turn(config, cfg.data.template, tokenizer), params, tokenizer
+
+
+def with_end_of_turn(config: LlamaConfig, template: str, tokenizer) -> LlamaConfig:
+    """`config` whose EOS ids include the token that closes an answer in `template`: the tuned model ends its
+    turns with it (a base's EOS is its end of text, while Qwen2.5's template closes turns with <|im_end|> and
+    Llama 3's with <|eot_id|>), and decoding from the run, its workdir or its export stops there."""
+    end = end_of_turn_id(get_template(template, tokenizer), tokenizer)
+    if end is None or end in config.eos_token_ids:
+        return config
+    logging.info("EOS ids %s and the template's end of turn %r (id %d)", config.eos_token_ids,
+                 tokenizer.convert_ids_to_tokens(end), end)
+    return config.replace(eos_token_ids=(*config.eos_token_ids, end))
 
 
 def source_of(cfg) -> dict:

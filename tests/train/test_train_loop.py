@@ -19,6 +19,7 @@ import pytest
 
 import xlit_jax
 from xlit_jax.errors import NonFiniteError, UserError, WeightsError
+from xlit_jax.io import checkpoints as ckpt
 from xlit_jax.io.checkpoints import load_for_inference, read_lora
 from xlit_jax.loader import load_config
 from xlit_jax.models.lora import LORA_TARGETS
@@ -234,6 +235,8 @@ def test_a_damaged_lora_base_is_named_when_loading_and_rebuilt_when_training_res
                                         r"this config names .*'seed': 1\}$"):
         train(lora_config(chats, **{"model.seed": 1}), str(workdir))
     shutil.rmtree(workdir / "checkpoints" / "8")  # so the resumed run trains steps 7 and 8 on the rebuilt base
+    saved = workdir / ckpt.MODEL_DIR / ckpt.CONFIG_FILE  # a run saved before EOS ids gained the template's turn end
+    saved.write_text(json.dumps(json.loads(saved.read_text()) | {"eos_token_ids": [0]}))  # rebuilds all the same
     with caplog.at_level("WARNING"):
         train(lora_config(chats), str(workdir))
     assert rows(workdir) == rows(lora_reference)

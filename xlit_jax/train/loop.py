@@ -170,6 +170,7 @@ class _Run:
             raise UserError(f"{damage}, and it cannot be rebuilt: the run started from {started} "
                             f"({ckpt.MODEL_DIR}/{ckpt.SOURCE_FILE}), this config names {source}")
         config, params, _ = load_source(self.cfg)
+        config = config.replace(eos_token_ids=train_step.config.eos_token_ids)  # they do not touch the weights
         if (config, lora_config(self.cfg)) != (train_step.config, train_step.lora):
             raise UserError(f"{damage}, and it cannot be rebuilt: {self.cfg.model.source} with this config is "
                             f"not the run's model ({ckpt.CONFIG_FILE}, {ckpt.LORA_FILE}): rerun with the settings "

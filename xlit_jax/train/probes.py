@@ -273,10 +273,10 @@ class Evaluator:
 
     def _harness(self, step: int, state) -> dict:
         """The harness tasks' scores of the state: a Model over its params as they lie on the mesh."""
-        t = self.train_step
+        t, began = self.train_step, time.perf_counter()
         row = self.harness(Model(t.config, state.full_params(), self.tokenizer, self.name, t.attention, t.lora))
         logging.info("step %d: %s", step, {k: round(v, 4) for k, v in row.items()})
-        return row
+        return row | {"eval/harness_seconds": time.perf_counter() - began}
 
     def _probe(self, step: int, state) -> dict:
         t = self.train_step

@@ -87,7 +87,7 @@ def run(setup, tmp_path_factory):
     return workdir
 
 
-@pytest.mark.slow  # ~50 s on 2 cores: a LoRA run with three rounds, then lm-eval on two checkpoints
+@pytest.mark.slow  # ~110 s on 2 busy cores: a LoRA run with three rounds, then lm-eval on two checkpoints
 def test_round_scores_are_xlit_lms_on_the_checkpoint_of_that_step(run, setup):
     """The row of each round holds every task's metrics, equal to lm-eval's simple_evaluate with XlitLM on the
     checkpoint of that step (LoRA merged there, unmerged in training: perplexity to 1e-5, accuracies equal)."""
@@ -113,7 +113,7 @@ def test_round_scores_are_xlit_lms_on_the_checkpoint_of_that_step(run, setup):
     assert abs(rows[8]["harness/xlit_tiny_ll/perplexity"] / rows[0]["harness/xlit_tiny_ll/perplexity"] - 1) > 1e-3
 
 
-@pytest.mark.slow  # ~60 s on 2 cores: two xlit-train processes, each compiling its rounds
+@pytest.mark.slow  # ~4 min on 2 busy cores: two xlit-train processes, each compiling its rounds
 def test_two_processes_evaluate_like_one(run, setup, tmp_path):
     """xlit-train in two processes with one CPU device each (fsdp over both): every round's held-out loss,
     probe scores and harness scores are the single-process run's (1e-5), and so are the probe answers; process
@@ -152,7 +152,7 @@ def test_bad_harness_settings_are_one_line(setup, monkeypatch):
         training.harness_round(lora_config(setup))
 
 
-@pytest.mark.slow  # ~30 s on 2 cores: lm-eval indexes its own ~15k task configs to look the name up
+@pytest.mark.slow  # ~80 s on 2 busy cores: lm-eval indexes its own ~15k task configs to look the name up
 def test_an_unknown_task_is_one_line_before_anything_is_compiled(setup, tmp_path):
     """A misspelt task: exit status 2, one line naming it and the close matches, no checkpoint or metrics."""
     workdir = tmp_path / "run"

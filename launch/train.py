@@ -58,6 +58,7 @@ def main(argv):
     check_config(cfg)
     import jax
 
+    from xlit_jax.evaluate.harness.training import harness_round
     from xlit_jax.io.files import output_lock
     from xlit_jax.train.loop import train
     from xlit_jax.train.record import check_resume, save_experiment
@@ -66,9 +67,10 @@ def main(argv):
     # their checkpoint shards there).
     with output_lock(FLAGS.workdir, folder=True) if jax.process_index() == 0 else contextlib.nullcontext():
         check_resume(cfg, FLAGS.workdir)  # a workdir made with other settings: one line, nothing read or rewritten
+        harness = harness_round(cfg)  # lm-eval's tasks loaded (unknown names refused) before anything is compiled
         if jax.process_index() == 0:
             save_experiment(cfg, FLAGS.workdir)
-        row = train(cfg, FLAGS.workdir)  # an InputError (e.g. model.attention=cudnn without a GPU) is one line
+        row = train(cfg, FLAGS.workdir, harness)  # an InputError (e.g. model.attention=cudnn without a GPU) is one line
     logging.info("done: %s", row)
 
 

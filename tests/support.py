@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +38,38 @@ def run_with_devices(code: str, devices: int = 8, timeout: int = 300) -> dict:
                           timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# xlit-train as a user runs it: its own processes (tests/train/test_train_loop.py, test_train_harness.py)
+def launch(args: list[str], cache: Path, devices: int = 1, code: str | None = None,
+           env: dict | None = None) -> subprocess.Popen:
+    """xlit-train (or `code` given the same argv) in a fresh process, sharing a compilation cache; `env` adds
+    variables."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}") | (env or {})
+    command = ["-c", code] if code else ["-m", "launch.train"]
+    return subprocess.Popen([sys.executable, *command, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    """Its stderr, once it exited with status 0."""
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    return err
+
+
+def train_in_two_processes(args: list[str], cache: Path, env: dict | None = None) -> list[str]:
+    """xlit-train in two processes with one CPU device each (jax.distributed on localhost); their stderr."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    distributed = ["--config.distributed.initialize=True", f"--config.distributed.coordinator=localhost:{port}",
+                   "--config.distributed.num_processes=2"]
+    processes = [launch([*args, *distributed, f"--config.distributed.process_id={i}"], cache, env=env)
+                 for i in range(2)]
+    return [finish(process) for process in processes]
 
 
 def left_padded(sequences, pad_id=0):

@@ -23,6 +23,7 @@ from xlit_jax.io.tokenizer import TOKENIZER_FILES, load_hf_tokenizer
 from xlit_jax.models.attention import choose
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_params
+from xlit_jax.models.lora import LoraConfig, adapted
 from xlit_jax.models.presets import get_preset
 from xlit_jax.models.quantize import check as check_quantization
 from xlit_jax.models.quantize import quantize_params
@@ -36,10 +37,11 @@ def _one_prompt(prompts) -> bool:
     return isinstance(prompts, str) or (bool(prompts) and all(isinstance(m, dict) for m in prompts))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "attention"))
-def _forward(params, input_ids, attention_mask, *, config: LlamaConfig, attention: str):
+@functools.partial(jax.jit, static_argnames=("config", "attention", "lora"))
+def _forward(params, input_ids, attention_mask, *, config: LlamaConfig, attention: str, lora: LoraConfig | None):
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
-    logits, _ = Llama(config, attention).apply({"params": params}, input_ids, positions, attention_mask)
+    with adapted(lora):
+        logits, _ = Llama(config, attention).apply({"params": params}, input_ids, positions, attention_mask)
     return logits
 
 
@@ -50,12 +52,14 @@ class Model:
     tokenizer: Any  # a transformers tokenizer, or None for presets without one
     name: str
     attention: str = "auto"  # the kernel it runs with on this machine (models/attention.py)
+    lora: LoraConfig | None = None  # the params hold these adapters, unmerged (a training run's state)
 
     def logits(self, input_ids, attention_mask=None) -> np.ndarray:
         """float32 [B, T, V] logits; `attention_mask` (1 = token, 0 = padding) allows left padding."""
         ids = jnp.asarray(input_ids, jnp.int32)
         mask = jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
-        return np.asarray(_forward(self.params, ids, mask, config=self.config, attention=self.attention))
+        return np.asarray(_forward(self.params, ids, mask, config=self.config, attention=self.attention,
+                                   lora=self.lora))
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt; chat messages go through the tokenizer's chat template."""
@@ -91,7 +95,7 @@ class Model:
         `on_finished(index, output)` sees each sequence as it finishes."""
         return generate_ids(self.params, self.config, prompts, max_new_tokens=max_new_tokens,
                             repetition_penalty=repetition_penalty, slots=slots, on_finished=on_finished,
-                            sampling=sampling, attention=self.attention)
+                            sampling=sampling, attention=self.attention, lora=self.lora)
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
                       on_batch=None) -> list[tuple[float, bool]]:
@@ -100,7 +104,8 @@ class Model:
         if self.tokenizer is None:
             raise ValueError(f"{self.name} has no tokenizer; use decode.loglik.loglikelihood_ids instead")
         ids = [encode_pair(self.tokenizer, context, continuation) for context, continuation in pairs]
-        return loglikelihood_ids(self.params, self.config, ids, batch_size, on_batch, attention=self.attention)
+        return loglikelihood_ids(self.params, self.config, ids, batch_size, on_batch, attention=self.attention,
+                                 lora=self.lora)
 
 
 def load(src: str | os.PathLike, seed: int = 0, attention: str = "auto", quantize: str = "none",

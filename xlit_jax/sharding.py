@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -134,3 +135,11 @@ def host_to_mesh(x, sharding: NamedSharding) -> jax.Array:
 
 def global_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     return {k: host_to_mesh(v, sharding) for k, v in batch.items()}
+
+
+def to_host(x) -> np.ndarray:
+    """A jax.Array's whole value on every process: one that spans other processes' devices (a multi-process
+    mesh) is gathered, every process taking part."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)

@@ -88,6 +88,11 @@ def base_config() -> ConfigDict:
             "probe_repetition_penalty": 1.1,  # xlit-eval's default
             "stop_below": 0.0,  # > 0: stop when a probe language's language_correct stays below this ...
             "stop_rounds": 3,  # ... for this many rounds in a row (train.keep must outlive them)
+            # lm-evaluation-harness tasks scored at every round (needs the harness extra): comma-separated names,
+            # e.g. "xnli_fr,belebele_fra_Latn"; "" = none. Local task YAMLs: harness_include_path (a folder)
+            "eval_harness": "",
+            "harness_include_path": "",
+            "harness_limit": 16,  # documents per task (the first ones): a cheap round
         },
         # -1: the devices left over. target: plan (--dry_run) for a compile-only pod instead of the attached
         # devices: v4-8, v5p-8, v5e-1/4/16, v6e-8, 1xh100, 8xh100, 1xa100, 8xa100 (xlit_jax/plan/targets.py)

@@ -7,9 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,29 +23,12 @@ from xlit_jax.models.lora import LORA_TARGETS
 from xlit_jax.train.loop import train
 from xlit_jax.train.record import save_experiment
 
-from support import COMPARED, OVERRIDES, REPO, tiny_config, write_chats
+from support import COMPARED, OVERRIDES, finish, launch, tiny_config, train_in_two_processes, write_chats
 
 
 def flags(data: Path, workdir: Path) -> list[str]:
     return ["--config=configs/experiments/tiny_ft.py", f"--workdir={workdir}",
             f"--config.data.sources=('chat:{data}',)", *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
-
-
-def launch(args: list[str], cache: Path, devices: int = 1, code: str | None = None) -> subprocess.Popen:
-    """xlit-train (or `code` given the same argv) in a fresh process, sharing a compilation cache."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    command = ["-c", code] if code else ["-m", "launch.train"]
-    return subprocess.Popen([sys.executable, *command, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def finish(process: subprocess.Popen) -> str:
-    """Its stderr, once it exited with status 0."""
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err[-3000:]
-    return err
 
 
 def rows(workdir: Path) -> list[dict]:
@@ -121,17 +101,6 @@ def test_sigkill_then_restart_logs_the_losses_of_an_uninterrupted_run(reference,
     assert steps(workdir)[-1] < 8
     finish(launch(flags(chats, workdir), tmp_path / "cache"))
     assert rows(workdir) == rows(reference[0])
-
-
-def train_in_two_processes(args: list[str], cache: Path) -> list[str]:
-    """xlit-train in two processes with one CPU device each (jax.distributed on localhost); their stderr."""
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    distributed = ["--config.distributed.initialize=True", f"--config.distributed.coordinator=localhost:{port}",
-                   "--config.distributed.num_processes=2"]
-    processes = [launch([*args, *distributed, f"--config.distributed.process_id={i}"], cache) for i in range(2)]
-    return [finish(process) for process in processes]
 
 
 @pytest.mark.slow  # ~20 s: CI runs it (.ci/run), make test does not, to stay under 10 minutes

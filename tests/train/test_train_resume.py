@@ -37,7 +37,8 @@ def test_the_same_settings_and_those_that_may_change_resume(tmp_path):
     check_resume(config(workdir), workdir)
     check_resume(config(workdir, **{"train.log_every": 4, "train.save_every": 4, "train.eval_every": 2,
                                     "train.eval_batches": 1, "train.export_hf": True, "model.attention": "xla",
-                                    "mesh.fsdp": 1}), workdir)
+                                    "mesh.fsdp": 1, "train.eval_harness": "xnli_fr", "train.harness_limit": 4,
+                                    "train.harness_include_path": "tasks"}), workdir)
 
 
 def test_settings_that_change_the_result_are_one_line_naming_each(tmp_path):

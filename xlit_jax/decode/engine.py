@@ -49,6 +49,7 @@ from xlit_jax.models import attention as kernels  # `attention` names the kernel
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_cache
 from xlit_jax.models.lora import LoraConfig, adapted
+from xlit_jax.sharding import to_host
 
 PREFILL_CHUNK = 256  # prompt tokens per prefill call at most
 DECODE_STEPS = 1  # decoding steps per call: the fastest on CPU of 1, 4 and 8 (docs/performance.md)
@@ -276,7 +277,7 @@ class Engine:
         self.state, tokens, still = _decode(self.params, self.state, live[:rows], self.eos, config=self.config,
                                             attention=self.implementation, lora=self.lora, steps=self.steps,
                                             sampled=sampled, width=width, rows=rows)
-        tokens, still = np.asarray(tokens), np.asarray(still)
+        tokens, still = to_host(tokens), to_host(still)  # a multi-process mesh's (a pod's probes) gathered
         for i in np.flatnonzero(live):
             request = self.slots[i].request
             new = [int(t) for t in tokens[i] if t >= 0]

@@ -22,6 +22,8 @@ import numpy as np
 from xlit_jax.decode.buckets import bucket
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama
+from xlit_jax.models.lora import LoraConfig, adapted
+from xlit_jax.sharding import to_host
 
 PACK_WIDTH = 512  # tokens per packed row, for inputs up to that long: wider packs attend over more masked keys
 
@@ -42,15 +44,17 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return context_ids, whole[len(context_ids):]
 
 
-@functools.partial(jax.jit, static_argnames=("config", "attention"))
-def _score(params, input_ids, segments, positions, select, targets, *, config: LlamaConfig, attention: str):
+@functools.partial(jax.jit, static_argnames=("config", "attention", "lora"))
+def _score(params, input_ids, segments, positions, select, targets, *, config: LlamaConfig, attention: str,
+           lora: LoraConfig | None = None):
     """Packs input_ids/segments/positions [B, L] (segment r + 1 = the pack's row r, 0 = padding);
     select [B, R * C]: the positions whose next token is scored, the last C of each of R rows; targets
     [B, R, K, C]: for each of K continuations sharing a row, the token expected at each selected position
     (-1 where not scored). Only the selected positions are projected to the vocabulary. Returns summed
-    log-probs and greedy flags [B, R, K]."""
+    log-probs and greedy flags [B, R, K]. `lora`: the params hold these adapters, unmerged."""
     b, rows, k, c = targets.shape
-    logits, _ = Llama(config, attention).apply({"params": params}, input_ids, positions, segments, select=select)
+    with adapted(lora):
+        logits, _ = Llama(config, attention).apply({"params": params}, input_ids, positions, segments, select=select)
     logp = jax.nn.log_softmax(logits, axis=-1).reshape(b, rows, c, -1)  # [B, R, C, V]
     greedy = jnp.argmax(logp, axis=-1)  # [B, R, C]
     scored = targets >= 0
@@ -94,11 +98,12 @@ def pack_arrays(packs: list[list[int]], sequences, n: int, width: int):
 
 
 def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-                      batch_size: int = 8, on_batch=None, attention: str = "auto") -> list[tuple[float, bool]]:
+                      batch_size: int = 8, on_batch=None, attention: str = "auto",
+                      lora: LoraConfig | None = None) -> list[tuple[float, bool]]:
     """(sum of log p(continuation | context), continuation is greedy) per (context ids, continuation ids),
     in the order given. An empty context is conditioned on the first EOS id, as the harness does with its
     end-of-text token. `on_batch(indices, results)` sees the pairs of each finished batch; `attention` is the
-    kernel setting (models/attention.py).
+    kernel setting (models/attention.py); `lora`: the params hold these adapters, unmerged (a LoRA run's state).
 
     Inputs are packed several to a row of PACK_WIDTH tokens, each its own segment with positions from 0, so
     an input attends only to itself and nothing is padded but the packs' ends; `batch_size` packs a call.
@@ -135,8 +140,9 @@ def loglikelihood_ids(params, config: LlamaConfig, pairs: Sequence[tuple[Sequenc
             select[b, r * scored:(r + 1) * scored] = np.maximum(np.arange(end - scored, end), offset)
             for k, i in enumerate(inputs[rows[row]]):
                 targets[b, r, k, scored - len(pairs[i][1]):] = pairs[i][1]
-        total, is_greedy = (np.asarray(a) for a in _score(params, ids, segments, positions, select, targets,
-                                                            config=config, attention=attention))
+        # to_host: params on a multi-process mesh (a pod's training state) give arrays spanning the processes
+        total, is_greedy = (to_host(a) for a in _score(params, ids, segments, positions, select, targets,
+                                                         config=config, attention=attention, lora=lora))
         finished = []
         for b, members in enumerate(packs):
             for r, row in enumerate(members):

@@ -229,11 +229,13 @@ class _Monitor:
         self.clock = (step, now)
 
 
-def train(cfg, workdir: str) -> dict:
+def train(cfg, workdir: str, harness=None) -> dict:
     """Run (or resume) training to cfg.train.max_steps, evaluating every cfg.train.eval_every steps; returns the
-    last logged metrics row (with "stopped", the message, when the stop rule ended the run)."""
+    last logged metrics row (with "stopped", the message, when the stop rule ended the run). `harness` scores
+    cfg.train.eval_harness's lm-eval tasks in each round: xlit_jax.evaluate.harness.training.harness_round(cfg),
+    made by the caller (the evaluation layers sit above this one)."""
     workdir = Path(workdir)
-    tools = probes.check(cfg)  # bad evaluation settings fail before any weights are read
+    tools = probes.check(cfg, harness)  # bad evaluation settings fail before any weights are read
     run = _Run(cfg, workdir)
     train_step, state, tokenizer, data = run.start()
     start, t = int(jax.device_get(state.step)), cfg.train
@@ -241,7 +243,8 @@ def train(cfg, workdir: str) -> dict:
                  sum(x.size for x in jax.tree_util.tree_leaves(state.params)), dict(run.mesh.shape))
     writer = metrics.MetricsWriter(workdir, start, t.max_steps, t.tensorboard)
     monitor = _Monitor(run, train_step, writer, start)
-    evaluator = None if tools is None else probes.Evaluator(cfg, tools, train_step, tokenizer, writer, workdir, start)
+    evaluator = None if tools is None else probes.Evaluator(cfg, tools, train_step, tokenizer, writer, workdir, start,
+                                                            harness)
 
     def evaluate(step: int, state) -> str | None:
         """A round when one is due at `step` (step 0 gives each curve its start); the stop rule's message."""

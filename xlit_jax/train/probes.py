@@ -12,9 +12,12 @@ being trained, as it is on the mesh:
   probe/{lang}/spelling        Hunspell's share of correctly spelled words, averaged over the answers in
                                the right language that have words to check (as xlit-eval's spelling scorer)
   probe/{lang}/response_tokens the mean number of new tokens (EOS not counted)
-The row goes to metrics.jsonl and TensorBoard; the answers to workdir/probes.jsonl, one line per prompt,
-keyed by step. A resumed run drops the rows after its checkpoint and redoes a round missing at its step, so
-each curve has every round once. The optional stop rule ends a run whose language correctness in some
+  harness/{task}/{metric}      lm-evaluation-harness's score of train.eval_harness's tasks, their first
+                               train.harness_limit documents (evaluate/harness/training.py, handed to train())
+Every process of a multi-process run takes part in each round (the sharded forward passes need every host);
+process 0 writes. The row goes to metrics.jsonl and TensorBoard; the answers to workdir/probes.jsonl, one line
+per prompt, keyed by step. A resumed run drops the rows after its checkpoint and redoes a round missing at its
+step, so each curve has every round once. The optional stop rule ends a run whose language correctness in some
 probe language stays below train.stop_below for train.stop_rounds rounds in a row.
 """
 
@@ -39,6 +42,7 @@ from xlit_jax.data.templates import get_template, prompt_text
 from xlit_jax.decode.engine import generate_ids
 from xlit_jax.errors import InputError
 from xlit_jax.io.files import append_jsonl, read_jsonl
+from xlit_jax.loader import Model
 from xlit_jax.train import metrics
 
 PROBES_FILE = "probes.jsonl"
@@ -95,14 +99,15 @@ def read_probes(pattern: str, langs: list[str]) -> list[Probe]:
     return [Probe(lang, i, by_language[lang][i]) for i in common for lang in langs]
 
 
-def check(cfg) -> Tools | None:
+def check(cfg, harness=None) -> Tools | None:
     """The settings checked, and the probe tools loaded, before any weights are: a bad one is a one-line
-    InputError naming it. None when evaluation is off."""
+    InputError naming it. None when evaluation is off. `harness`: the lm-eval round of train.eval_harness."""
     t = cfg.train
     if not check_cadence(cfg):
         return None
-    if jax.process_count() > 1:
-        raise InputError("train.eval_every: evaluation while training runs in single-process runs only")
+    if t.eval_harness.strip() and harness is None:
+        raise InputError("train.eval_harness: pass train() its tasks, harness=harness_round(cfg) "
+                         "(xlit_jax.evaluate.harness.training), as xlit-train does")
     overlap = {parse_source(s).path for s in cfg.data.eval_sources} & {parse_source(s).path for s in cfg.data.sources}
     if overlap:
         raise InputError(f"data.eval_sources: {', '.join(sorted(overlap))} is also in data.sources; held-out "
@@ -111,8 +116,9 @@ def check(cfg) -> Tools | None:
     if not t.probe_prompts or not langs:
         if t.stop_below > 0:
             raise InputError("train.stop_below needs probes: set train.probe_prompts and train.probe_languages")
-        if not cfg.data.eval_sources:
-            raise InputError("train.eval_every: nothing to evaluate; set data.eval_sources or train.probe_prompts")
+        if not cfg.data.eval_sources and harness is None:
+            raise InputError("train.eval_every: nothing to evaluate; set data.eval_sources, train.probe_prompts "
+                             "or train.eval_harness")
         return Tools([], None, None, None)
     lid = LanguageIdentifier()
     try:
@@ -223,8 +229,9 @@ class Evaluator:
     """Runs the rounds of one training run (see the module docstring)."""
 
     def __init__(self, cfg, tools: Tools, train_step, tokenizer, writer: metrics.MetricsWriter, workdir: Path,
-                 start: int):
+                 start: int, harness=None):
         t = cfg.train
+        self.harness, self.name = harness, cfg.model.hub_name or cfg.model.source
         self.every, self.max_steps, self.threshold, self.stop_rounds = t.eval_every, t.max_steps, t.stop_below, \
             t.stop_rounds
         self.train_step, self.writer, self.tools, self.tokenizer = train_step, writer, tools, tokenizer
@@ -256,11 +263,20 @@ class Evaluator:
             row |= {"eval/loss": float(values["loss"]), "eval/target_tokens": float(values["target_tokens"])}
         if self.probes:
             row |= self._probe(step, state)
+        if self.harness is not None:
+            row |= self._harness(step, state)
         row["eval/seconds"] = time.perf_counter() - began
         self.writer.write(row)
         self.done.add(step)
         self.rounds.append((step, self._correct(row)))
         return fall(self.rounds, self.threshold, self.stop_rounds)
+
+    def _harness(self, step: int, state) -> dict:
+        """The harness tasks' scores of the state: a Model over its params as they lie on the mesh."""
+        t, began = self.train_step, time.perf_counter()
+        row = self.harness(Model(t.config, state.full_params(), self.tokenizer, self.name, t.attention, t.lora))
+        logging.info("step %d: %s", step, {k: round(v, 4) for k, v in row.items()})
+        return row | {"eval/harness_seconds": time.perf_counter() - began}
 
     def _probe(self, step: int, state) -> dict:
         t = self.train_step

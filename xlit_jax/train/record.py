@@ -30,7 +30,7 @@ EXPERIMENT_FILE = "experiment.json"
 RESUMABLE = ("model.hub_name", "model.attention", "data.eval_sources", "train.log_every", "train.save_every",
              "train.keep", "train.async_checkpoint", "train.peak_flops", "train.tensorboard", "train.export_hf",
              "train.export_peft", "train.eval_every", "train.eval_batches", "train.probe_*", "train.stop_below",
-             "train.stop_rounds", "mesh.*", "distributed.*")
+             "train.stop_rounds", "train.eval_harness", "train.harness_*", "mesh.*", "distributed.*")
 
 
 def may_change(field: str) -> bool:

@@ -60,7 +60,7 @@ class XlitLM(TemplateLM):
             keep = max(1, self.max_length + 1 - len(continuation))  # left-truncated as the harness's HF backend
             pairs.append((list(context)[-keep:], list(continuation)))
         results = loglikelihood_ids(self.model.params, self.model.config, pairs, self.batch_size,
-                                    attention=self.model.attention)
+                                    attention=self.model.attention, lora=self.model.lora)
         for (key, _, _), result in zip(requests, results):
             self.cache_hook.add_partial("loglikelihood", key, result)
         return results
@@ -74,7 +74,7 @@ class XlitLM(TemplateLM):
                 windows.append(make_disjoint_window(window))
                 owners.append(i)
         scores = loglikelihood_ids(self.model.params, self.model.config, windows, self.batch_size,
-                                   attention=self.model.attention)
+                                   attention=self.model.attention, lora=self.model.lora)
         totals = [0.0] * len(requests)
         for owner, (logp, _) in zip(owners, scores):
             totals[owner] += logp

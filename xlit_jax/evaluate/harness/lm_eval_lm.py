@@ -20,6 +20,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from xlit_jax.decode.loglik import loglikelihood_ids
 from xlit_jax.decode.sampling import Sampling
+from xlit_jax.errors import InputError
 from xlit_jax.serve.text import stop_at
 
 
@@ -33,7 +34,7 @@ class XlitLM(TemplateLM):
 
             model = xlit_jax.load(pretrained)
         if model.tokenizer is None:
-            raise ValueError(f"{model.name} has no tokenizer: lm-eval's tasks are text")
+            raise InputError(f"{model.name} has no tokenizer: lm-eval's tasks are text")
         self.model, self.tokenizer = model, model.tokenizer
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         self.max_gen_toks, self.slots, self.seed = int(max_gen_toks), int(slots), int(seed)

@@ -47,9 +47,9 @@ def test_mixed_kinds_are_refused_before_lm_eval_loads(tmp_path):
 
 @pytest.mark.slow  # ~2 min on 2 cores: indexing lm-eval's tasks, SmolLM2 on 4 + 3 docs, then 1 doc again
 def test_smollm2_lm_eval_tasks_score_per_doc_and_resume(tmp_path, tasks, smollm2):
-    """Each doc's row holds lm-eval's per-doc metric, which is its own verdict on Model.loglikelihood (MMLU-style)
-    and the engine's greedy text (XQuAD-style); the report's means are lm-eval's aggregates; a rerun after a lost
-    row scores that doc alone; other settings are refused."""
+    """Each doc's row holds lm-eval's per-doc metric, which is its own verdict on Model.loglikelihood (to 1e-4:
+    the same fp32 math in another pack; MMLU-style) and on the engine's greedy text (XQuAD-style); the report's
+    means are lm-eval's aggregates; a rerun after a lost row scores that doc alone; other settings are refused."""
     out = tmp_path / "out"
     evaluation = LmEvalEvaluation(out, LmEvalConfig(tasks=("xlit_mmlu_tiny", "xlit_xquad_tiny"),
                                                     include_path=str(tasks), limit=4, batch_size=4))
@@ -64,7 +64,7 @@ def test_smollm2_lm_eval_tasks_score_per_doc_and_resume(tmp_path, tasks, smollm2
         prompt = (f"{doc['question'].strip()}\nA. {doc['choices'][0]}\nB. {doc['choices'][1]}\nC. "
                   f"{doc['choices'][2]}\nD. {doc['choices'][3]}\nAnswer:")
         logliks = [v for v, _ in smollm2.loglikelihood([(prompt, f" {c}") for c in "ABCD"])]
-        np.testing.assert_allclose([v for v, _ in row["responses"]["none"]], logliks, atol=1e-5)
+        np.testing.assert_allclose([v for v, _ in row["responses"]["none"]], logliks, atol=1e-4)
         assert row["scores"] == {"acc": float(np.argmax(logliks) == doc["answer"])} and row["target"] == doc["answer"]
     for row in xquad:
         text = row["responses"]["none"][0]
@@ -79,10 +79,10 @@ def test_smollm2_lm_eval_tasks_score_per_doc_and_resume(tmp_path, tasks, smollm2
     evaluation.run(smollm2)
     again = rows(written["item_scores"])
     assert again[:-1] == first[:-1] and len(again) == len(first)
-    redone, lost = again[-1], first[-1]  # scored again in another pack: the same verdict, the same values to 1e-5
+    redone, lost = again[-1], first[-1]  # scored again in another pack: the same verdict, the same values to 1e-4
     assert {k: v for k, v in redone.items() if k != "responses"} == {k: v for k, v in lost.items() if k != "responses"}
     np.testing.assert_allclose(np.array(redone["responses"]["none"], float), np.array(lost["responses"]["none"], float),
-                               atol=1e-5)
+                               atol=1e-4)
     assert sorted(r["docs"] for r in rows(out / "lm_eval_results.jsonl")) == [1, 3, 4]
     evaluation.config = dataclasses.replace(evaluation.config, num_fewshot=1)
     with pytest.raises(InputError, match="scored with"):

@@ -14,6 +14,7 @@ slot engine (greedy, or sampled with `temperature` > 0), cut at the request's `u
 
 from __future__ import annotations
 
+import lm_eval.models  # noqa: F401  lm-eval's own models (hf, local-completions, ...): it registers them
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -24,6 +25,7 @@ from xlit_jax.errors import InputError
 from xlit_jax.serve.text import stop_at
 
 
+# lm-eval registers its own models only while its registry is empty: they are in (the import above) before ours.
 @register_model("xlit")
 class XlitLM(TemplateLM):
     def __init__(self, model=None, pretrained: str | None = None, batch_size: int | str = 8, max_gen_toks: int = 256,

@@ -5,6 +5,8 @@
     xlit-eval --model=PATH --out_dir=runs/bench/NAME --eval_set=xquad,mlqa,mmlu,bbh
               [--languages=ar,de,en,es,it,zh] [--limit=100 --seed=0] [--num_fewshot=5] [--chat_template]
               [--bench_max_new_tokens=256] [--xquad_normalization=squad|mlqa]
+    xlit-eval --model=PATH --out_dir=runs/bench/NAME --eval_set=lm_eval:TASK[,TASK...] [--include_path=DIR]
+              [--limit=100 --seed=0] [--num_fewshot=5] [--chat_template]      (needs pip install -e '.[harness]')
     xlit-eval --responses=outputs/llama-2-instruct.csv --out_dir=runs/eval/NAME [--metrics=language,language_confusion]
     xlit-eval --compare=runs/eval/a,runs/eval/b --out_dir=runs/eval/compare
 
@@ -20,7 +22,7 @@ from absl import app, flags, logging
 from launch import define_inference_flags, inference_options, run_main
 from xlit_jax.errors import InputError
 from xlit_jax.evaluate.harness import run as bench_run
-from xlit_jax.evaluate.harness.data import BENCHMARKS
+from xlit_jax.evaluate.harness.data import BENCHMARKS, LM_EVAL_PREFIX
 from xlit_jax.evaluate.instructions import run as evaluation
 from xlit_jax.evaluate.instructions.evalsets import EVAL_SETS, JSONL_PREFIX, LCB, LCB_DECODING, LCB_SETS
 from xlit_jax.evaluate.instructions.responses import read_responses
@@ -37,7 +39,8 @@ flags.DEFINE_bool("list", False, "list the model presets, eval sets, benchmarks 
 flags.DEFINE_list("eval_set", ["chirkova"], "chirkova, chirkova_modifiers, alpaca_farm, lcb (lcb_monolingual, "
                   "lcb_crosslingual) or jsonl:PATH (PATH may contain {lang}); or benchmarks scored as "
                   "lm-evaluation-harness does: "
-                  f"{', '.join(BENCHMARKS)}")
+                  f"{', '.join(BENCHMARKS)}; or lm-evaluation-harness's own tasks through our engine: "
+                  "lm_eval:TASK[,TASK...] (a group runs its tasks)")
 flags.DEFINE_list("languages", None, "language codes (default: every language of the set)")
 flags.DEFINE_list("subset", None, "glob patterns on the modifier type or AlpacaFarm's or LCB's source, e.g. "
                   "num_items_*, okapi")
@@ -75,8 +78,11 @@ flags.DEFINE_string("judge_prompt", None, "judge template with %%%TASK%%% and %%
                     "(default: the paper's eval_prompt_gpt.txt)")
 flags.DEFINE_integer("judge_attempts", 3, "tries per response before an error is recorded")
 flags.DEFINE_integer("judge_workers", 4, "judge requests in flight")
-flags.DEFINE_integer("num_fewshot", 0, "benchmarks: MMLU examples from each subject's first rows (not scored)")
-flags.DEFINE_bool("chat_template", False, "benchmarks: wrap each prompt in the model's chat template")
+flags.DEFINE_integer("num_fewshot", 0, "benchmarks: MMLU examples from each subject's first rows (not scored); "
+                     "lm_eval tasks: examples per prompt (default: each task's own)")
+flags.DEFINE_string("include_path", None, "lm_eval tasks: a folder of task YAMLs beside the harness's own")
+flags.DEFINE_bool("chat_template", False, "benchmarks and lm_eval tasks: wrap each prompt in the model's chat "
+                  "template")
 flags.DEFINE_bool("native_labels", False, "benchmarks: XQuAD/MLQA prompt labels in the prompt's language "
                   "(the harness's XQuAD tasks) instead of English (its MLQA tasks)")
 flags.DEFINE_integer("bench_max_new_tokens", bench_run.HARNESS_MAX_NEW_TOKENS, "benchmarks: new tokens at most "
@@ -139,6 +145,7 @@ def listing() -> str:
         f"model presets (--model=preset:NAME, random weights): {', '.join(sorted(PRESETS))}; real: smollm2-135m",
         f"eval sets (--eval_set): {', '.join(EVAL_SETS)}, jsonl:PATH (PATH may contain {{lang}})",
         f"benchmarks (--eval_set, scored as lm-evaluation-harness does): {', '.join(BENCHMARKS)}",
+        "lm-evaluation-harness tasks (--eval_set, needs lm-eval): lm_eval:TASK (`lm_eval ls tasks` lists them)",
         f"metrics (--metrics; default {', '.join(evaluation.DEFAULT_METRICS)}): {', '.join(evaluation.METRICS)}"])
 
 
@@ -146,23 +153,49 @@ def check_eval_sets(names: list[str]) -> None:
     """An unknown --eval_set name is one line naming the closest known one and listing all of them."""
     known = EVAL_SETS + tuple(BENCHMARKS)
     for name in names:
-        if name not in known and not name.startswith(JSONL_PREFIX):
+        if name not in known and not name.startswith((JSONL_PREFIX, LM_EVAL_PREFIX)):
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise InputError(f"--eval_set: unknown set {name!r} ({hint}known: {', '.join(known)}, "
-                             f"{JSONL_PREFIX}PATH)")
+                             f"{JSONL_PREFIX}PATH, {LM_EVAL_PREFIX}TASK)")
 
 
 def _plan():
     """The benchmark or the eval-set evaluation the flags ask for, with every input checked."""
-    check_eval_sets(FLAGS.eval_set)
-    benchmarks = [s for s in FLAGS.eval_set if s in BENCHMARKS]
-    if not benchmarks:
-        return evaluation.Evaluation(FLAGS.out_dir, config_from_flags())
-    if len(benchmarks) != len(FLAGS.eval_set):
-        raise InputError(f"--eval_set: benchmarks ({', '.join(BENCHMARKS)}) and eval sets go to different "
-                         "--out_dir runs; name only one kind")
-    return bench_run.BenchmarkEvaluation(FLAGS.out_dir, bench_config_from_flags())
+    names = eval_sets(FLAGS.eval_set)
+    check_eval_sets(names)
+    kinds = {"lm_eval" if s.startswith(LM_EVAL_PREFIX) else "benchmark" if s in BENCHMARKS else "set" for s in names}
+    if len(kinds) > 1:
+        raise InputError(f"--eval_set: benchmarks ({', '.join(BENCHMARKS)}), {LM_EVAL_PREFIX}TASK and eval sets "
+                         "go to different --out_dir runs; name only one kind")
+    if kinds == {"lm_eval"}:
+        return lm_eval_plan([s[len(LM_EVAL_PREFIX):] for s in names])
+    if kinds == {"benchmark"}:
+        return bench_run.BenchmarkEvaluation(FLAGS.out_dir, bench_config_from_flags())
+    return evaluation.Evaluation(FLAGS.out_dir, config_from_flags())
+
+
+def eval_sets(names: list[str]) -> list[str]:
+    """--eval_set with the lm_eval: prefix on every name after one that has it: absl splits lm_eval:A,B into
+    lm_eval:A and B."""
+    prefixed, found = False, []
+    for name in names:
+        prefixed = prefixed or name.startswith(LM_EVAL_PREFIX)
+        found.append(LM_EVAL_PREFIX + name if prefixed and not name.startswith(LM_EVAL_PREFIX) else name)
+    return found
+
+
+def lm_eval_plan(tasks: list[str]):
+    """lm-eval's tasks by name; lm-eval (an optional extra, with torch) is imported only for them."""
+    try:
+        from xlit_jax.evaluate.harness import lm_eval_tasks
+    except ImportError as error:
+        raise InputError(f"--eval_set={LM_EVAL_PREFIX}...: needs lm-evaluation-harness (pip install -e "
+                         f"'.[harness]'): {error}") from error
+    return lm_eval_tasks.LmEvalEvaluation(FLAGS.out_dir, lm_eval_tasks.LmEvalConfig(
+        tasks=tuple(tasks), include_path=FLAGS.include_path, limit=FLAGS.limit, seed=FLAGS.seed,
+        num_fewshot=FLAGS.num_fewshot if FLAGS["num_fewshot"].present else None,
+        chat_template=FLAGS.chat_template, batch_size=FLAGS.batch_size))
 
 
 def check_prompt_sizes(plan, source: str) -> None:

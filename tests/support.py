@@ -1,10 +1,12 @@
 """Helpers shared by the tests (fixtures live in conftest.py): the repository root, a fresh Python with
-several CPU devices, left padding, a scripted chat model, a local OpenAI-API server, and one training step
-against PyTorch.
+several CPU devices, left padding, a scripted chat model, a local OpenAI-API server, one training step
+against PyTorch, and two tiny lm-evaluation-harness tasks on local files.
 Test modules import from here, never from each other."""
 
 from __future__ import annotations
 
+import ast
+import csv
 import json
 import os
 import socket
@@ -332,3 +334,52 @@ def lora_parity(config, base, tmp_path, lr, update_tol=None):
     for name, value in tensors_from_params(config, after):  # the base did not move
         np.testing.assert_array_equal(np.asarray(value), base_before[name])
     return sorted(adapter_tensors(config, lora, params))  # the tensors compared
+
+
+MMLU_TASK = """task: xlit_mmlu_tiny
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{choices[0]}}}}\\nB. {{{{choices[1]}}}}\\
+  \\nC. {{{{choices[2]}}}}\\nD. {{{{choices[3]}}}}\\nAnswer:"
+doc_to_choice: ["A", "B", "C", "D"]
+doc_to_target: answer
+metric_list:
+  - metric: acc
+"""
+XQUAD_TASK = """task: xlit_xquad_tiny
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "Context: {{{{context}}}}\\n\\nQuestion: {{{{question}}}}\\n\\nAnswer:"
+doc_to_target: "{{{{answers[0]}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 24
+metric_list:
+  - metric: exact_match
+"""
+
+
+def harness_tasks(folder, shared_data, items: int):
+    """Two tiny lm-eval tasks on local files: MMLU-style multiple choice (log-likelihoods) from the first rows of
+    CrossAlpaca's English abstract algebra, and XQuAD-style generation with a stop sequence."""
+    folder.mkdir()
+    bench = shared_data / "crossalpaca_bench" / "English"
+    with open(bench / "MMLU" / "abstract_algebra_test.csv", newline="") as f:
+        mmlu = [{"question": q, "choices": [a, b, c, d], "answer": "ABCD".index(gold)}
+                for q, a, b, c, d, gold in list(csv.reader(f))[:items]]
+    with open(bench / "XQUAD" / "xquad_EN.csv", newline="") as f:
+        xquad = [{"context": r["context"], "question": r["question"],
+                  "answers": ast.literal_eval(r["answers"])["text"]} for r in list(csv.DictReader(f))[:items // 2]]
+    for name, rows, task in (("mmlu", mmlu, MMLU_TASK), ("xquad", xquad, XQUAD_TASK)):
+        data = folder / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / f"{name}.yaml").write_text(task.format(data=data))
+    return folder

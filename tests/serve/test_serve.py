@@ -24,7 +24,7 @@ from xlit_jax.serve.app import BodyLimit, ServeConfig, create_app
 from xlit_jax.serve.limits import Limits
 from xlit_jax.serve.server import serve_in_thread
 
-from support import REPO
+from support import REPO, harness_tasks
 
 KEY = "sk-serve-test-2b7d-do-not-log"
 CHAT = [{"role": "user", "content": "Name three colours."}]
@@ -604,58 +604,6 @@ def test_vllm_tokenizer_endpoints_serve_lm_evals_remote_tokenizer(served, tiny):
     with urllib.request.urlopen(f"{base}/tokenizer_info", timeout=10) as reply:
         info = json.loads(reply.read())
     assert info["eos_token"] == tiny.tokenizer.eos_token and "im_start" in info["chat_template"]
-
-
-MMLU_TASK = """task: xlit_mmlu_tiny
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{choices[0]}}}}\\nB. {{{{choices[1]}}}}\\
-  \\nC. {{{{choices[2]}}}}\\nD. {{{{choices[3]}}}}\\nAnswer:"
-doc_to_choice: ["A", "B", "C", "D"]
-doc_to_target: answer
-metric_list:
-  - metric: acc
-"""
-XQUAD_TASK = """task: xlit_xquad_tiny
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "Context: {{{{context}}}}\\n\\nQuestion: {{{{question}}}}\\n\\nAnswer:"
-doc_to_target: "{{{{answers[0]}}}}"
-generation_kwargs:
-  until: ["\\n"]
-  max_gen_toks: 24
-metric_list:
-  - metric: exact_match
-"""
-
-
-def harness_tasks(folder, shared_data, items: int):
-    """Two tiny lm-eval tasks on local files: MMLU-style multiple choice (log-likelihoods) from the first rows of
-    CrossAlpaca's English abstract algebra, and XQuAD-style generation with a stop sequence."""
-    import ast
-    import csv
-
-    folder.mkdir()
-    bench = shared_data / "crossalpaca_bench" / "English"
-    with open(bench / "MMLU" / "abstract_algebra_test.csv", newline="") as f:
-        mmlu = [{"question": q, "choices": [a, b, c, d], "answer": "ABCD".index(gold)}
-                for q, a, b, c, d, gold in list(csv.reader(f))[:items]]
-    with open(bench / "XQUAD" / "xquad_EN.csv", newline="") as f:
-        xquad = [{"context": r["context"], "question": r["question"],
-                  "answers": ast.literal_eval(r["answers"])["text"]} for r in list(csv.DictReader(f))[:items // 2]]
-    for name, rows, task in (("mmlu", mmlu, MMLU_TASK), ("xquad", xquad, XQUAD_TASK)):
-        data = folder / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (folder / f"{name}.yaml").write_text(task.format(data=data))
-    return folder
 
 
 def free_port() -> int:

@@ -40,6 +40,9 @@ BENCHMARK_COLUMNS = (("xquad", "exact_match"), ("xquad", "f1"), ("mlqa", "exact_
                      ("bbh", "exact_match_flexible"))
 BENCHMARK_PLOTTED = (("xquad", "f1"), ("mlqa", "f1"), ("mmlu", "acc"), ("bbh", "exact_match_flexible"))
 BENCHMARK_METRICS = frozenset(m for _, m in BENCHMARK_COLUMNS)
+# lm-evaluation-harness's own tasks (xlit_jax.evaluate.harness.lm_eval_tasks): set = task, any metric it averages.
+LM_EVAL_SCORER = "lm_eval"
+NATIVE_SCORERS = (BENCHMARK_SCORER, LM_EVAL_SCORER)  # not instruction sets: no per-set table of their own
 DEFECTS_FILE = "data_defects.csv"
 FRACTION_METRICS = frozenset(TABLE_METRICS + ("fulfilled",)) | BENCHMARK_METRICS  # shown as percentages
 AGGREGATE_FIELDS = ("model", "set", "language", "modifier", "scorer", "metric", "mean", "n", "items", "errors")
@@ -131,7 +134,10 @@ def markdown(rows: list[dict]) -> str:
     table = benchmark_markdown(rows)
     if table:
         parts += ["", "## Benchmarks (lm-evaluation-harness 0.4 scoring)", "", table]
-    for eval_set in ordered(r["set"] for r in rows if r["scorer"] != BENCHMARK_SCORER):
+    table = lm_eval_markdown(rows)
+    if table:
+        parts += ["", "## lm-evaluation-harness tasks (their own configs, through our engine)", "", table]
+    for eval_set in ordered(r["set"] for r in rows if r["scorer"] not in NATIVE_SCORERS):
         parts += ["", f"## {eval_set}", "", _metric_table(rows, eval_set)]
         for metric, title in (("fulfilled", "Modifier fulfilment (rules, length against the base prompt's "
                                              "answer, LLM judge for styles), %"),
@@ -246,6 +252,18 @@ def benchmark_markdown(rows: list[dict]) -> str:
                    for model, lang in keys]) if columns else ""
 
 
+def lm_eval_markdown(rows: list[dict]) -> str:
+    """Rows model x task, a column per metric: the mean of its per-doc values as lm-eval prints it (4 digits;
+    docs scored in brackets)."""
+    mine = [r for r in rows if r["scorer"] == LM_EVAL_SCORER and r["modifier"] == MODIFIER_ALL]
+    metrics = ordered(r["metric"] for r in mine)
+    cells = {(r["model"], r["set"], r["metric"]): r for r in mine}
+    body = [[model, task] + [f"{cells[key]['mean']:.4f} ({cells[key]['n']})" if (key := (model, task, m)) in cells
+                             else "" for m in metrics]
+            for model, task in ordered((r["model"], r["set"]) for r in mine)]
+    return markdown_table(["model", "task"] + metrics, body) if mine else ""
+
+
 def benchmark_csv(rows: list[dict]) -> str:
     columns, cells = _benchmark_cells(rows)
     benchmarks = ordered(b for b, _ in columns)
@@ -310,7 +328,7 @@ def write_report(run_dirs, out_dir) -> dict[str, Path]:
         atomic_write_text(written["benchmarks_csv"], benchmark_csv(aggregates))
         if plot_benchmarks(aggregates, out_dir / "benchmarks.png"):
             written["benchmarks_png"] = out_dir / "benchmarks.png"
-    for eval_set in ordered(r["set"] for r in aggregates if r["scorer"] != BENCHMARK_SCORER):
+    for eval_set in ordered(r["set"] for r in aggregates if r["scorer"] not in NATIVE_SCORERS):
         for stem, metrics, ylabel, scale, top in FIGURES:
             path = out_dir / f"{stem}.{eval_set}.png"
             if plot(aggregates, eval_set, metrics, path, ylabel, scale, top):

@@ -13,7 +13,6 @@ how often the two pick a different answer.
 
 from __future__ import annotations
 
-import collections
 import json
 import resource
 import subprocess
@@ -26,10 +25,10 @@ from absl import app, flags
 
 import xlit_jax
 from xlit_jax.decode import loglik
-from xlit_jax.evaluate.harness.data import LETTERS, load_benchmarks
+from xlit_jax.evaluate.harness.data import LETTERS
 from xlit_jax.io.files import markdown_table
 from xlit_jax.io.gguf import smollm2_gguf_path
-from xlit_jax.perf import common
+from xlit_jax.perf import common, workloads
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "model for both engines (the harness loads the same GGUF)")
@@ -45,13 +44,9 @@ flags.DEFINE_string("worker", None, "internal: score the requests of this JSON f
 
 def requests(data_dir: str) -> list[list[str]]:
     """[context, continuation] of every answer letter of the chosen questions, in order."""
-    taken = collections.Counter()
-    pairs = []
-    for item in load_benchmarks(("mmlu",), FLAGS.languages, data_dir).items:
-        taken[item.language, item.task] += 1
-        if not FLAGS.per_subject or taken[item.language, item.task] <= FLAGS.per_subject:
-            pairs += [[item.prompt, f" {letter}"] for letter in LETTERS]
-    return pairs
+    return [[item.prompt, f" {letter}"] for item in workloads.mmlu_questions(data_dir, FLAGS.languages,
+                                                                              FLAGS.per_subject)
+            for letter in LETTERS]
 
 
 def score_jax(pairs: list[list[str]]) -> dict:

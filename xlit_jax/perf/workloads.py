@@ -1,9 +1,11 @@
 """The workloads every perf script measures, free of flags so that several scripts can share them: the
-paper's prompts, and one training update of a model (full fine-tuning or LoRA) on a fixed batch, ours
-through train.step.build and the PyTorch reference's with the same optimizer settings and adapters."""
+paper's prompts, the MMLU questions of docs/performance.md, and one training update of a model (full
+fine-tuning or LoRA) on a fixed batch, ours through train.step.build and the PyTorch reference's with the same
+optimizer settings and adapters."""
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 
 import jax
@@ -11,6 +13,7 @@ import numpy as np
 
 import xlit_jax
 from xlit_jax import sharding
+from xlit_jax.evaluate.harness.data import BenchItem, load_benchmarks
 from xlit_jax.io.files import read_jsonl
 from xlit_jax.models.lora import LORA_RANK, LORA_TARGETS, LoraConfig, init_adapters, merge_params
 from xlit_jax.train import step as step_lib
@@ -25,6 +28,18 @@ def paper_prompts(data_dir: str, n: int, languages: Sequence[str] = ("en",)) -> 
     sets = [[m for _, m in read_jsonl(f"{data_dir}/chirkova2024_eval/alpacaeval_test_subset.{language}.jsonl")]
             for language in languages]
     return [sets[i % len(sets)][(i // len(sets)) % len(sets[0])] for i in range(n)]
+
+
+def mmlu_questions(data_dir: str, languages: Sequence[str], per_subject: int) -> list[BenchItem]:
+    """The first `per_subject` rows (0: all) of every MMLU subject in each language (CrossAlpaca's files, zero-shot,
+    no chat template): docs/performance.md's MMLU questions (en, de, 10 each: 200)."""
+    taken: collections.Counter = collections.Counter()
+    chosen = []
+    for item in load_benchmarks(("mmlu",), languages, data_dir).items:
+        taken[item.language, item.task] += 1
+        if not per_subject or taken[item.language, item.task] <= per_subject:
+            chosen.append(item)
+    return chosen
 
 
 def train_batch(vocab: int, batch: int, seq_len: int, leading: tuple = ()) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ BENCH_DIR = "crossalpaca_bench"
 LANGUAGE_DIRS = {"ar": "Arabic", "de": "German", "en": "English", "es": "Spanish", "it": "Italian", "zh": "Chinese"}
 BENCHMARKS = ("xquad", "mlqa", "mmlu", "bbh")
 GENERATIVE = frozenset({"xquad", "mlqa", "bbh"})
+LM_EVAL_PREFIX = "lm_eval:"  # --eval_set=lm_eval:TASK: the harness's own task (lm_eval_tasks.py), not ours
 # Question-answering labels: English for every language (the harness's MLQA tasks), or the language's own
 # (its XQuAD tasks), chosen with native_labels.
 QA_LABELS = {"en": ("Context", "Question", "Answer"), "de": ("Kontext", "Frage", "Antwort"),

@@ -14,15 +14,18 @@ slot engine (greedy, or sampled with `temperature` > 0), cut at the request's `u
 
 from __future__ import annotations
 
+import lm_eval.models  # noqa: F401  lm-eval's own models (hf, local-completions, ...): it registers them
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from xlit_jax.decode.loglik import loglikelihood_ids
 from xlit_jax.decode.sampling import Sampling
+from xlit_jax.errors import InputError
 from xlit_jax.serve.text import stop_at
 
 
+# lm-eval registers its own models only while its registry is empty: they are in (the import above) before ours.
 @register_model("xlit")
 class XlitLM(TemplateLM):
     def __init__(self, model=None, pretrained: str | None = None, batch_size: int | str = 8, max_gen_toks: int = 256,
@@ -33,7 +36,7 @@ class XlitLM(TemplateLM):
 
             model = xlit_jax.load(pretrained)
         if model.tokenizer is None:
-            raise ValueError(f"{model.name} has no tokenizer: lm-eval's tasks are text")
+            raise InputError(f"{model.name} has no tokenizer: lm-eval's tasks are text")
         self.model, self.tokenizer = model, model.tokenizer
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         self.max_gen_toks, self.slots, self.seed = int(max_gen_toks), int(slots), int(seed)

@@ -61,6 +61,21 @@ class BenchConfig:
         return {**budget, "native_labels": self.native_labels, **scoring}
 
 
+def finished_keys(path: Path, model_name: str, scorer: str, settings) -> set[tuple]:
+    """The score keys in `path`, refusing another model's rows and `scorer`'s rows of a set made with other
+    settings than `settings(set)` (shared by our benchmarks and lm-eval's tasks)."""
+    done = set()
+    for number, row in enumerate(resume_jsonl(path), 1):
+        where = f"{path}:{number}"
+        check_model(where, row, model_name)
+        wanted = settings(row.get("set")) if row.get("scorer") == scorer else None
+        if wanted is not None and row.get("settings") != wanted:
+            raise InputError(f"{where}: scored with {row.get('settings')}, but this run asks for {wanted}; "
+                             "use another --out_dir or the same settings")
+        done.add(score_key(row))
+    return done
+
+
 def defects_csv(loaded) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -94,16 +109,7 @@ class BenchmarkEvaluation:
         return self.out_dir / ITEM_SCORES_FILE
 
     def _done(self, model_name: str) -> set[tuple]:
-        done = set()
-        for number, row in enumerate(resume_jsonl(self.scores_path), 1):
-            where = f"{self.scores_path}:{number}"
-            check_model(where, row, model_name)
-            wanted = self.config.settings(row.get("set")) if row.get("scorer") == BENCHMARK_SCORER else None
-            if wanted is not None and row.get("settings") != wanted:
-                raise InputError(f"{where}: scored with {row.get('settings')}, but this run asks for {wanted}; "
-                                 "use another --out_dir or the same settings")
-            done.add(score_key(row))
-        return done
+        return finished_keys(self.scores_path, model_name, BENCHMARK_SCORER, self.config.settings)
 
     def check(self, model_name: str) -> None:
         """Refuse, before a model loads, an out_dir that holds another model's results or other settings'."""

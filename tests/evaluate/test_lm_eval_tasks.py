@@ -99,8 +99,8 @@ def test_binaries_name_a_typo_and_run_lm_evals_cli_with_model_xlit(tmp_path, tas
     assert typo.returncode == 2 and not (tmp_path / "out").exists()
     [line] = [line for line in typo.stderr.splitlines() if line.startswith("xlit-eval: ")]  # lm-eval logs too
     assert "Traceback" not in typo.stderr
-    assert line.startswith("xlit-eval: --eval_set: lm-eval has no task 'xlit_xquad_tny' (did you mean "
-                           "lm_eval:xlit_xquad_tiny?")
+    assert line.startswith("xlit-eval: --eval_set: no lm-eval task, group or tag 'xlit_xquad_tny' (did you mean "
+                           "lm_eval:xlit_xquad_tiny")
     done = subprocess.run([sys.executable, "-m", "launch.lm_eval_cli", "--model", "xlit", "--model_args",
                            "pretrained=smollm2-135m", "--tasks", "xlit_mmlu_tiny", "--include_path", str(tasks),
                            "--limit", "2", "--batch_size", "4", "--output_path", str(tmp_path / "cli")],

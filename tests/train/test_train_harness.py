@@ -165,5 +165,5 @@ def test_an_unknown_task_is_one_line_before_anything_is_compiled(setup, tmp_path
     assert err.strip().splitlines()[-1] == (
         "xlit-train: train.eval_harness: no lm-eval task, group or tag 'xlit_tiny_mcq' (did you mean xlit_tiny_mc, "
         "xlit_tiny_ll?): "
-        f"not among lm-eval's own tasks or in train.harness_include_path={setup[2]}")
+        f"not among lm-eval's own tasks or in {setup[2]}")
     assert not (workdir / "checkpoints").exists() and not (workdir / "metrics.jsonl").exists()

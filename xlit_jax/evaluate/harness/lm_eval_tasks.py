@@ -19,7 +19,7 @@ from pathlib import Path
 
 import lm_eval
 from lm_eval.api.metrics import mean
-from lm_eval.tasks import TaskManager, get_task_dict
+from lm_eval.tasks import TaskManager
 
 from xlit_jax.errors import InputError
 from xlit_jax.evaluate.harness.data import LM_EVAL_PREFIX
@@ -50,12 +50,32 @@ class LmEvalConfig:
         return {"num_fewshot": self.num_fewshot, "chat_template": self.chat_template}
 
 
-def _leaves(task_dict: dict) -> dict:
-    """{task name: Task} of a (nested) task dict as get_task_dict returns it: a group's tasks, not the group."""
-    found = {}
-    for name, value in task_dict.items():
-        found.update(_leaves(value) if isinstance(value, dict) else {name: value})
-    return found
+def load_tasks(names, include: str | None, setting: str, prefix: str = "") -> tuple[TaskManager, dict]:
+    """lm-eval's task manager and its TaskManager.load of `names` (the dict lm-eval's `evaluate` takes: "tasks" has
+    {task name: Task}, a group's or tag's tasks in its place).
+    With an include folder that names them all, only that folder is indexed (indexing lm-eval's own ~15k task
+    configs takes some 20 s); otherwise, or when that fails (a local group of lm-eval's tasks), both are. An
+    unknown name (the closest ones named, with `prefix`) or a task lm-eval cannot build is a one-line InputError
+    starting with `setting`."""
+    if include:
+        local = TaskManager(include_path=include, include_defaults=False)
+        if all(name in local.all_tasks for name in names):
+            try:
+                return local, local.load(list(names))
+            except (OSError, ValueError, KeyError):
+                pass
+    manager = TaskManager(include_path=include or None)
+    for name in names:
+        if name not in manager.all_tasks:
+            close = difflib.get_close_matches(name, manager.all_tasks, n=3)
+            hint = f" (did you mean {', '.join(prefix + c for c in close)}?)" if close else ""
+            where = f" or in {include}" if include else ""
+            raise InputError(f"{setting}: no lm-eval task, group or tag {name!r}{hint}: not among lm-eval's own "
+                             f"tasks{where}")
+    try:
+        return manager, manager.load(list(names))
+    except Exception as e:  # noqa: BLE001  a task's data or config, in whatever way lm-eval fails on it
+        raise InputError(f"{setting}: lm-eval cannot load {', '.join(names)}: {e}") from None
 
 
 def _plain(value):
@@ -78,19 +98,13 @@ class LmEvalEvaluation:
         if config.include_path and not Path(config.include_path).is_dir():
             raise InputError(f"--include_path: {config.include_path} is not a folder")
         self.config, self.out_dir = config, Path(out_dir)
-        self.manager = TaskManager(include_path=config.include_path)
-        known = self.manager.all_tasks
-        for name in config.tasks:
-            if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f"did you mean {LM_EVAL_PREFIX}{close[0]}? " if close else ""
-                raise InputError(f"--eval_set: lm-eval has no task {name!r} ({hint}`lm_eval ls tasks` lists them; "
-                                 "--include_path adds a folder of task YAMLs)")
+        self.manager, loaded = load_tasks(config.tasks, config.include_path, "--eval_set", LM_EVAL_PREFIX)
+        self.tasks = loaded["tasks"]
         try:
-            self.tasks = _leaves(get_task_dict(list(config.tasks), self.manager))
             self.docs = {name: len(task.eval_docs) for name, task in self.tasks.items()}
-        except Exception as error:  # noqa: BLE001  a task's data or config, in whatever way lm-eval fails on it
-            raise InputError(f"--eval_set: lm-eval cannot load {', '.join(config.tasks)}: {error}") from error
+        except Exception as error:  # noqa: BLE001  a task's data, in whatever way lm-eval fails on it
+            raise InputError(f"--eval_set: lm-eval cannot read the documents of {', '.join(config.tasks)}: "
+                             f"{error}") from error
 
     @property
     def scores_path(self) -> Path:

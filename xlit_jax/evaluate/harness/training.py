@@ -11,7 +11,6 @@ in the same order, so every host takes part in each sharded call; process 0 writ
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 from pathlib import Path
 
@@ -39,34 +38,10 @@ def harness_round(cfg) -> HarnessRound | None:
         raise InputError(f"train.harness_include_path: {t.harness_include_path} is not a folder")
     if importlib.util.find_spec("lm_eval") is None:
         raise InputError(f"train.eval_harness needs lm-evaluation-harness, not installed here: {HARNESS_EXTRA}")
-    return HarnessRound(load_tasks(names, t.harness_include_path), t.harness_limit)
+    from xlit_jax.evaluate.harness.lm_eval_tasks import load_tasks  # needs lm-eval: imported only when it is set
 
-
-def load_tasks(names: list[str], include: str) -> dict:
-    """lm-eval's task dict of `names`. With an include folder that names them all, only that folder is indexed
-    (indexing lm-eval's own ~15k task configs takes some 20 s); otherwise, or when that fails (a local group of
-    lm-eval's tasks), both are."""
-    from lm_eval.tasks import TaskManager
-
-    if include:
-        local = TaskManager(include_path=include, include_defaults=False)
-        if all(name in local.all_tasks for name in names):
-            try:
-                return local.load(names)
-            except (OSError, ValueError, KeyError):
-                pass
-    manager = TaskManager(include_path=include or None)
-    for name in names:
-        if name not in manager.all_tasks:
-            close = difflib.get_close_matches(name, manager.all_tasks, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            where = f" or in train.harness_include_path={include}" if include else ""
-            raise InputError(f"train.eval_harness: no lm-eval task, group or tag {name!r}{hint}: not among "
-                             f"lm-eval's own tasks{where}")
-    try:
-        return manager.load(names)
-    except (OSError, ValueError, KeyError) as e:  # a task config lm-eval cannot build: its data, its template
-        raise InputError(f"train.eval_harness: lm-eval cannot load {', '.join(names)}: {e}") from None
+    _, tasks = load_tasks(names, t.harness_include_path, "train.eval_harness")
+    return HarnessRound(tasks, t.harness_limit)
 
 
 def scores(results: dict) -> dict[str, float]:

@@ -315,7 +315,8 @@ def test_huge_bodies_are_refused_413_and_huge_prompts_before_they_are_tokenized(
 
 def test_large_bodies_that_arrive_together_are_parsed_in_separate_turns_of_the_event_loop():
     """8 bodies of 1 MB complete at once: each app step after its last read (where FastAPI parses the JSON) runs
-    in its own turn of the loop, so a /health waits behind one parse at most; small bodies are not held."""
+    in its own turn of the loop and is followed by a pause as long, so a /health waits behind one parse at most
+    and the flood takes half the loop at most; small bodies are not held."""
 
     async def scenario():
         turn, arrived, parsed = 0, asyncio.Event(), []
@@ -329,7 +330,8 @@ def test_large_bodies_that_arrive_together_are_parsed_in_separate_turns_of_the_e
         async def app(scope, receive, send):
             while (await receive()).get("more_body"):
                 pass
-            parsed.append((scope["size"], turn))  # the parse, in the step that read the last chunk
+            parsed.append((scope["size"], turn, time.perf_counter()))  # the parse, in the step of the last read
+            time.sleep(0.01 if scope["size"] > 1 << 10 else 0)
 
         def request(size):
             chunks = [{"type": "http.request", "body": b"x" * (size // 2), "more_body": more} for more in (True, False)]
@@ -353,10 +355,12 @@ def test_large_bodies_that_arrive_together_are_parsed_in_separate_turns_of_the_e
         return parsed
 
     parsed = asyncio.run(scenario())
-    large = [turn for size, turn in parsed if size == 1 << 20]
-    small = [turn for size, turn in parsed if size == 1 << 10]
+    large = [turn for size, turn, _ in parsed if size == 1 << 20]
+    small = [turn for size, turn, _ in parsed if size == 1 << 10]
     assert len(large) == 8 and len(set(large)) == 8, parsed  # one parse per turn
     assert len(set(small)) == 1 and min(small) <= min(large), parsed  # the small ones all in the first turn
+    starts = [start for size, _, start in parsed if size == 1 << 20]
+    assert min(np.diff(starts)) >= 0.02, starts  # each 10 ms parse followed by as long a pause: half the loop
 
 
 def test_the_queue_limit_counts_only_requests_waiting_for_a_slot(served, monkeypatch):

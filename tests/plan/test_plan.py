@@ -7,11 +7,18 @@ Each compile runs in a subprocess with JAX_PLATFORMS=cpu, as compile-only target
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
+from flax import traverse_util
+
+from xlit_jax.models.llama import param_shapes
+from xlit_jax.models.lora import LoraConfig
+from xlit_jax.models.presets import get_preset
+from xlit_jax.train.metrics import train_flops_per_token
 
 from support import REPO
 
@@ -165,3 +172,26 @@ def test_decoding_plan_compiles_the_engines_programs_each_holding_its_state():
     row = result.row()
     assert row["peak_gib"] * 2**30 == max(result.prefill.peak_bytes, result.step.peak_bytes)
     assert (row["batch"], row["attention"]) == (4, "xla") and row["compile_s"] > 0
+
+
+# Parameters of each hub name (models/presets.py: HUB_NAMES), as the Hugging Face hub counts them from the
+# safetensors (for the sharded ones, model.safetensors.index.json's total_size / 2 bytes of bf16). Qwen's model
+# cards agree to their rounding: 0.49B (0.36B without embeddings) and 7.61B (6.53B).
+PUBLISHED_PARAMS = {"llama2-7b": 6_738_415_616, "llama2-13b": 13_015_864_320, "llama3.1-8b": 8_030_261_248,
+                    "llama3.2-1b": 1_235_814_400, "llama3.2-3b": 3_212_749_824, "qwen2.5-0.5b": 494_032_768,
+                    "qwen2.5-7b": 7_615_616_512, "mistral-7b": 7_241_732_096}
+
+
+@pytest.mark.parametrize("name", PUBLISHED_PARAMS)
+def test_model_flops_count_each_familys_matmul_weights(name):
+    """The plans' model FLOPs (6 x matmul weights + attention; LoRA without the frozen weights' gradients)
+    count the model's own kernels: k and v at the KV heads' width (GQA), the LM head once whether or not it
+    is tied to the embedding, and not Qwen2's q/k/v biases or the norms."""
+    config = get_preset(name)
+    shapes = traverse_util.flatten_dict(param_shapes(config))
+    assert sum(math.prod(x.shape) for x in shapes.values()) == config.num_params() == PUBLISHED_PARAMS[name]
+    kernels = sum(math.prod(x.shape) for path, x in shapes.items() if path[-1] == "kernel")
+    matmuls = kernels + (config.vocab_size * config.hidden_size if config.tie_embeddings else 0)
+    attention = 12 * config.num_layers * config.num_heads * config.head_dim * 2048
+    assert train_flops_per_token(config, 2048) == 6 * matmuls + attention
+    assert train_flops_per_token(config, 2048, LoraConfig()) == 4 * matmuls + attention

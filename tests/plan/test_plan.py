@@ -41,6 +41,7 @@ needs_cuda_plugin = pytest.mark.skipif(not installed("jax-cuda12-pjrt"),
 PLAN = r"""
 import json, sys
 from configs.experiments import tiny_ft
+from configs.experiments.base import with_lora
 from xlit_jax import plan
 from xlit_jax.models import presets
 from xlit_jax.models.config import LlamaConfig
@@ -51,9 +52,11 @@ SHAPES = {"small": LlamaConfig(vocab_size=1024, hidden_size=512, intermediate_si
                               num_heads=32, num_kv_heads=32)}
 out = {}
 for case in sys.argv[1:]:
-    shape, target, tokens = case.split(":")
+    shape, target, tokens, *quantized = case.split(":")  # a 4th field: LoRA on a base quantized so
     presets.PRESETS[f"plan-{shape}"] = SHAPES[shape]
-    cfg = tiny_ft.get_config()
+    cfg = with_lora(tiny_ft.get_config()) if quantized else tiny_ft.get_config()
+    if quantized:
+        cfg.lora.base_quantization = quantized[0]
     cfg.model.update(source=f"preset:plan-{shape}", vocab_size=0)
     cfg.data.update(tokens_per_batch=int(tokens))
     result = plan.plan_training(cfg, plan.topology_devices(target), target)
@@ -103,6 +106,18 @@ def test_gpu_plan_shards_the_state_over_8_h100():
     check_arguments_are_sharded_state(small)
     assert small["fits"] is True and "8 x NVIDIA H100 80GB HBM3" in small["text"]
     assert "__cudnn$fmha" in small["attention"]  # attention=auto takes cuDNN's fused kernel
+
+
+@needs_cuda_plugin
+def test_a_quantized_lora_base_shrinks_the_arguments_by_its_kernels_bytes_on_a_24gb_gpu():
+    """LoRA on the small shape on one L4 (1xl4), its base in bf16 and in nf4: the compiled step's arguments
+    differ by exactly the projections' bytes, 2 a weight against half a byte plus a bf16 scale per 64."""
+    out = plan_cases("small:1xl4:1024:none", "small:1xl4:1024:nf4")
+    bf16, nf4 = out["small:1xl4:1024:none"], out["small:1xl4:1024:nf4"]
+    kernels = 2 * (4 * 512 * 512 + 3 * 512 * 1024)  # q, k, v, o and gate, up, down of the 2 layers
+    assert bf16["argument_bytes"] - nf4["argument_bytes"] == kernels * 2 - kernels // 2 - kernels // 64 * 2
+    assert "plan: plan-small lora-nf4 on 1xl4 (1 x NVIDIA L4)" in nf4["text"] and "of 22.5 GiB: fits" in nf4["text"]
+    assert "__cudnn$fmha" in nf4["attention"]  # Ada (compute capability 8.9) takes cuDNN's fused kernel
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):

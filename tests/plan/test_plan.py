@@ -62,6 +62,7 @@ for case in sys.argv[1:]:
     result = plan.plan_training(cfg, plan.topology_devices(target), target)
     c = result.compiled
     out[case] = {"params": SHAPES[shape].num_params(), "devices": result.devices, "argument_bytes": c.argument_bytes,
+                 "peak_bytes": c.peak_bytes,
                  "batch_bytes": 5 * 4 * cfg.data.grad_accum * int(tokens), "fits": result.fits,
                  "attention": c.attention, "text": result.describe(0.4, 1000)}
 print(json.dumps(out))
@@ -98,6 +99,19 @@ def test_tpu_plan_shards_the_state_and_reports_what_does_not_fit():
     assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 1}" in small["text"] and ": fits" in small["text"]
     assert huge["fits"] is False and huge["argument_bytes"] > 16 * 2**30
     assert "does NOT fit" in huge["text"]
+
+
+@needs_libtpu
+@needs_cuda_plugin
+def test_a_tpu_refusal_names_the_whole_peak_as_a_gpu_compiles_it():
+    """The TPU compiler refuses the huge shape on one v5e chip, naming the "memory required for HLO
+    temporaries": that is the step's whole peak, its arguments (25 GiB of weights and Adam state) included,
+    as the GPU compiler's peak for the same step on one L4 (no fit either) shows, to 10%."""
+    out = plan_cases("huge:v5e-1:256", "huge:1xl4:256")
+    tpu, gpu = out["huge:v5e-1:256"], out["huge:1xl4:256"]
+    assert tpu["fits"] is False and gpu["fits"] is False and "RESOURCE_EXHAUSTED" in tpu["text"]
+    assert tpu["argument_bytes"] == pytest.approx(gpu["argument_bytes"], rel=0.01)
+    assert tpu["peak_bytes"] == pytest.approx(gpu["peak_bytes"], rel=0.1)
 
 
 @needs_cuda_plugin

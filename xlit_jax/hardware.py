@@ -25,7 +25,8 @@ class DeviceSpec:
 
 CLOUD_TPU = "cloud.google.com/tpu/docs/system-architecture-tpu-vm"
 # TPU v4 and v5p count one device per chip (megacore); memory is per chip. H100/A100 memory is the
-# totalGlobalMem CUDA reports for the 80 GB parts (the figure in plan/gpu_targets/*.txtpb).
+# totalGlobalMem CUDA reports for the 80 GB parts, L4's what nvidia-smi reports (the figures in
+# plan/gpu_targets/*.txtpb).
 DEVICES = (
     DeviceSpec("TPU v6 lite", 918e12, 32 * GiB, 1640e9, f"{CLOUD_TPU} (v6e)"),
     DeviceSpec("TPU v5 lite", 197e12, 16 * GiB, 819e9, f"{CLOUD_TPU} (v5e)"),
@@ -36,7 +37,8 @@ DEVICES = (
     DeviceSpec("H100 PCIe", 756e12, 84_978_434_048, 2.0e12, "NVIDIA H100 Tensor Core GPU datasheet (PCIe)"),
     DeviceSpec("H100", 989e12, 84_978_434_048, 3.35e12, "NVIDIA H100 Tensor Core GPU datasheet (SXM)"),
     DeviceSpec("A100", 312e12, 85_100_068_864, 2.039e12, "NVIDIA A100 Tensor Core GPU datasheet (SXM 80 GB)"),
-    DeviceSpec("L4", 121e12, None, 300e9, "NVIDIA L4 Tensor Core GPU datasheet"),
+    DeviceSpec("L4", 121e12, 24_152_899_584, 300e9, "NVIDIA L4 Tensor Core GPU datasheet; memory: the 23,034 MiB "
+               "nvidia-smi reports"),
 )
 
 

@@ -95,7 +95,7 @@ def base_config() -> ConfigDict:
             "harness_limit": 16,  # documents per task (the first ones): a cheap round
         },
         # -1: the devices left over. target: plan (--dry_run) for a compile-only pod instead of the attached
-        # devices: v4-8, v5p-8, v5e-1/4/16, v6e-8, 1xh100, 8xh100, 1xa100, 8xa100 (xlit_jax/plan/targets.py)
+        # devices: v4-8, v5p-8, v5e-1/4/16, v6e-8, 1xh100, 8xh100, 1xa100, 8xa100, 1xl4 (xlit_jax/plan/targets.py)
         "mesh": {"data": 1, "fsdp": -1, "tensor": 1, "target": ""},
         "distributed": {
             "initialize": False,  # join a multi-process run (TPU pod, SLURM, or the fields below)

@@ -129,8 +129,15 @@ class LlamaConfig:
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.num_layers * per_layer + d + (emb if include_embeddings else 0)
 
+    def matmul_params(self) -> int:
+        """The weights a token is multiplied by: the projections (k and v at the KV heads' width) and the LM
+        head, which is a matmul whether or not it is tied to the embedding; not the embedding lookup, the
+        norms or Qwen2's q/k/v biases, which are additions."""
+        d, hd = self.hidden_size, self.head_dim
+        attn = d * hd * (2 * self.num_heads + 2 * self.num_kv_heads)
+        return self.num_layers * (attn + 3 * d * self.intermediate_size) + self.vocab_size * d
+
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token as in PaLM's MFU: 6N for the matmuls plus 12*L*H*D*T for attention."""
-        matmul_params = self.num_params(include_embeddings=False) + self.vocab_size * self.hidden_size
         attention = 2 * self.num_layers * seq_len * self.num_heads * self.head_dim
-        return 6.0 * matmul_params + 6.0 * attention
+        return 6.0 * self.matmul_params() + 6.0 * attention

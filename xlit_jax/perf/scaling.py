@@ -21,6 +21,7 @@ from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from xlit_jax import plan
 from xlit_jax.io.files import append_jsonl, atomic_write_text, markdown_table, resume_jsonl
+from xlit_jax.models.quantize import FORMATS
 from xlit_jax.resources import config_file
 
 FLAGS = flags.FLAGS
@@ -29,8 +30,10 @@ flags.DEFINE_list("targets", ["v5p-8", "v5e-16", "v6e-8", "v4-8", "8xh100", "8xa
 flags.DEFINE_string("experiment", str(config_file("experiments/paper.py")), "the paper's grid: a config file "
                     "taking MODEL,DATA,METHOD,LR")
 flags.DEFINE_list("models", ["llama2-7b", "llama2-13b", "tower-7b"], "paper models (MODEL of --experiment)")
-flags.DEFINE_list("methods", ["ft", "lora"], "ft, lora")
-flags.DEFINE_list("single", ["1xh100:llama2-7b:lora"], "extra target:model:method training rows")
+flags.DEFINE_list("methods", ["ft", "lora"], "ft, lora, or lora-FORMAT: LoRA on a base quantized to FORMAT "
+                  "(lora.base_quantization: int8, nf4, int4; docs/quantization.md)")
+flags.DEFINE_list("single", ["1xh100:llama2-7b:lora"], "extra target:model:method training rows (method as "
+                  "in --methods)")
 flags.DEFINE_list("decode_targets", ["1xh100", "v5e-1"], "one-device targets for the decoding rows")
 flags.DEFINE_list("decode_models", ["llama2-7b", "llama2-13b"], "decoding models (presets)")
 flags.DEFINE_list("decode_batches", ["1", "16", "64"], "decoding batch sizes (the engine's slots)")
@@ -43,12 +46,16 @@ flags.DEFINE_bool("report_only", False, "compile nothing: tables of the rows alr
 flags.DEFINE_list("attention", ["auto"], "LlamaConfig.attention settings to plan each row with: auto (the fused "
                   "kernel of the target: cudnn on GPUs, splash on TPUs), xla (the reference)")
 
+METHODS = ("ft", "lora", *(f"lora-{fmt}" for fmt in FORMATS))  # lora-FORMAT: LoRA on a quantized base
 PAPER_ROWS = 8  # rows of 2,048 tokens per update: 4 micro-batches of 4,096 tokens
 
 
 def paper_config(model: str, method: str, devices: int):
+    method, _, quantization = method.partition("-")
     cfg = ConfigFileFlagParser("experiment").parse(f"{FLAGS.experiment}:{model},lima-en,{method},1e-5")
     cfg.model.source = f"preset:{model}"
+    if quantization:
+        cfg.lora.base_quantization = quantization
     fsdp = min(devices, PAPER_ROWS)
     rows = max(fsdp, 2)
     cfg.mesh.update(data=1, fsdp=fsdp, tensor=devices // fsdp)
@@ -116,6 +123,14 @@ def decode_table(rows: list[dict]) -> str:
          f"{r['floor_tokens_per_s']:.0f}", f"{r['compile_s']:.0f}"] for r in rows])
 
 
+def check_train_keys(keys: list[tuple]) -> None:
+    """Refuse a malformed --single or an unknown method before the first (minutes-long) compilation."""
+    for key in keys:
+        if len(key) != 4 or key[2] not in METHODS:
+            raise app.UsageError(f"training row {':'.join(key[:-1])!r}: want TARGET:MODEL:METHOD with METHOD one "
+                                 f"of {', '.join(METHODS)}")
+
+
 def main(argv):
     del argv
     if os.environ.get("JAX_PLATFORMS") != "cpu":
@@ -126,6 +141,7 @@ def main(argv):
         keys = [(t, m, k, a) for t in FLAGS.targets for m in FLAGS.models for k in FLAGS.methods
                 for a in FLAGS.attention]
         keys += [(*s.split(":"), a) for s in FLAGS.single for a in FLAGS.attention]
+        check_train_keys(keys)
         fields = ("target", "model", "method", "attention_setting")
         tables.append(train_table(run_rows(out / "train.jsonl", keys, train_row, fields)))
     if "decode" in FLAGS.kinds:

@@ -23,6 +23,7 @@ TARGETS = {
     "8xh100": ("cuda", "1x1x8", "h100_sxm_80gb"),
     "1xa100": ("cuda", "1x1x1", "a100_sxm_80gb"),
     "8xa100": ("cuda", "1x1x8", "a100_sxm_80gb"),
+    "1xl4": ("cuda", "1x1x1", "l4_24gb"),  # the 24 GB class of GPU (RTX 4090, A10 and L4 alike in memory)
 }
 
 

@@ -36,7 +36,7 @@ class TrainPlan:
     devices: int
     device_kind: str
     model: str
-    method: str  # ft | lora
+    method: str  # ft | lora | lora-FORMAT (a quantized base: lora.base_quantization)
     attention_setting: str  # the attention kernel setting: what was asked for
     mesh: dict
     remat: str
@@ -129,13 +129,19 @@ def plan_training(cfg, devices, target: str = "attached", attention: str | None 
     memory, bandwidth = hardware.memory(device)
     return TrainPlan(
         target=target, devices=len(devices), device_kind=device.device_kind,
-        model=cfg.model.source.removeprefix("preset:"), method="ft" if lora is None else "lora",
+        model=cfg.model.source.removeprefix("preset:"), method=method_name(lora),
         attention_setting=attention,
         mesh=dict(mesh.shape), remat=config.remat, seq_len=d.seq_len, rows=rows, grad_accum=d.grad_accum,
         compiled=compiled, memory_bytes=memory, bandwidth=bandwidth, peak_flops=hardware.peak_flops(device),
         model_flops=flops_per_token * rows * d.grad_accum * d.seq_len,
         hardware_flops=scaled_compiler_flops(compiled.compiler_flops, config, lora, mesh, rows, d.seq_len,
                                              d.grad_accum))
+
+
+def method_name(lora: LoraConfig | None) -> str:
+    if lora is None:
+        return "ft"
+    return "lora" if lora.base_quantization == "none" else f"lora-{lora.base_quantization}"
 
 
 def scaled_compiler_flops(flops: float | None, config: LlamaConfig, lora: LoraConfig | None, mesh, rows: int,

@@ -25,7 +25,7 @@ METRICS_FILE = "metrics.jsonl"
 def train_flops_per_token(config: LlamaConfig, seq_len: int, lora: LoraConfig | None = None) -> float:
     flops = config.flops_per_token(seq_len)
     if lora is not None:
-        flops -= 2.0 * (config.num_params(include_embeddings=False) + config.vocab_size * config.hidden_size)
+        flops -= 2.0 * config.matmul_params()
     return flops
 
 

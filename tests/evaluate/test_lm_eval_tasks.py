@@ -81,8 +81,11 @@ def test_smollm2_lm_eval_tasks_score_per_doc_and_resume(tmp_path, tasks, smollm2
     assert again[:-1] == first[:-1] and len(again) == len(first)
     redone, lost = again[-1], first[-1]  # scored again in another pack: the same verdict, the same values to 1e-4
     assert {k: v for k, v in redone.items() if k != "responses"} == {k: v for k, v in lost.items() if k != "responses"}
-    np.testing.assert_allclose(np.array(redone["responses"]["none"], float), np.array(lost["responses"]["none"], float),
-                               atol=1e-4)
+    if xquad[-1] is lost:  # (lm-eval's task order) a greedy text is the same text
+        assert redone["responses"] == lost["responses"]
+    else:
+        np.testing.assert_allclose(np.array(redone["responses"]["none"], float),
+                                   np.array(lost["responses"]["none"], float), atol=1e-4)
     assert sorted(r["docs"] for r in rows(out / "lm_eval_results.jsonl")) == [1, 3, 4]
     evaluation.config = dataclasses.replace(evaluation.config, num_fewshot=1)
     with pytest.raises(InputError, match="scored with"):

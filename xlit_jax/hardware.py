@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import time
 
 import jax
@@ -16,7 +17,7 @@ GiB = 1 << 30
 
 @dataclasses.dataclass(frozen=True)
 class DeviceSpec:
-    kind: str  # a substring of jax's device_kind; the first matching row of DEVICES wins
+    kind: str  # words of jax's device_kind ("L4" is not "L40S"); the first matching row of DEVICES wins
     peak_flops: float  # dense bf16 FLOP/s per device
     memory_bytes: float | None  # per device
     bandwidth: float | None  # memory bytes/s per device
@@ -43,7 +44,7 @@ DEVICES = (
 
 
 def spec(device_kind: str) -> DeviceSpec | None:
-    return next((s for s in DEVICES if s.kind in device_kind), None)
+    return next((s for s in DEVICES if re.search(rf"\b{re.escape(s.kind)}\b", device_kind)), None)
 
 
 def peak_flops(device) -> float:

@@ -164,7 +164,7 @@ def test_help_version_and_refusals_a_newcomer_meets_are_one_line_before_any_load
         ("evaluate", "--model=preset:tiny", "--eval_set=chirkov", f"--out_dir={tmp_path / 'e'}"):
             "xlit-eval: --eval_set: unknown set 'chirkov' (did you mean 'chirkova'? known: chirkova, "
             "chirkova_modifiers, alpaca_farm, lcb, lcb_monolingual, lcb_crosslingual, xquad, mlqa, mmlu, bbh, "
-            "jsonl:PATH)",
+            "jsonl:PATH, lm_eval:TASK)",
         ("evaluate", "--model=preset:tiny", "--languages=en", "--limit=1", f"--data_dir={shared_data}",
          f"--out_dir={other}"):
             f"xlit-eval: {other / 'generations.jsonl'}:1: holds results of model 'someone_else', but this run "

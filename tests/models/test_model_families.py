@@ -115,6 +115,7 @@ def test_greedy_tokens_through_the_engine_match_hf_generate(family):
     assert max(map(len, ours)) > 5
 
 
+@pytest.mark.slow  # ~40 s for both families: CI runs it; make test keeps LLaMA's (test_train_torch_parity.py)
 def test_one_training_step_matches_pytorch_full_and_lora_through_peft(family, tmp_path):
     _, _, directory = family
     model = xlit_jax.load(directory)

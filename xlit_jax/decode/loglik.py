@@ -6,7 +6,8 @@ share that input (e.g. one MMLU question with the one-token continuations " A" .
 as lm-evaluation-harness's request grouping does. Inputs are packed into rows of a few widths (see
 `loglikelihood_ids`), so an evaluation compiles one program per width. Only the continuation's positions are
 projected to the vocabulary (the LM head and a 49k-way log-softmax at every position were half of a
-batch's time on CPU, docs/performance.md). No decoding, no KV cache.
+batch's time on CPU, docs/performance.md). No decoding, no KV cache (`token_logprobs_ids`, the server's
+echo scoring, keeps one for the last tokens of sequences that share the rest).
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def _token_scores(params, input_ids, segments, positions, targets, last_ids, las
 def token_logprobs_ids(params, config: LlamaConfig, sequences: Sequence[Sequence[int]], top_k: int = 1,
                        attention: str = "auto", logit_bytes: int = SCORE_LOGIT_BYTES) -> list[TokenScores]:
     """Every token's log-prob given the tokens before it, and the `top_k` likeliest tokens at every position,
-    per sequence (in order): the prompt log-probs of an OpenAI `echo` request, one forward pass, no decoding.
+    per sequence (in order): the prompt log-probs of an OpenAI `echo` request, one forward pass, no sampling.
 
     The same computation as `loglikelihood_ids` (fp32 log-softmax over the model's logits, inputs packed
     several to a row of PACK_WIDTH tokens, each its own segment with positions from 0, longer ones at their

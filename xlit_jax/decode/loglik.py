@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlit_jax.decode.buckets import bucket
+from xlit_jax.decode.buckets import MIN_PROMPT_BUCKET, bucket
 from xlit_jax.models.config import LlamaConfig
 from xlit_jax.models.llama import Llama, init_cache
 from xlit_jax.models.lora import LoraConfig, adapted
@@ -241,6 +241,8 @@ def token_logprobs_ids(params, config: LlamaConfig, sequences: Sequence[Sequence
         classes.setdefault(max(PACK_WIDTH, bucket(len(tokens))), []).append(r)
     results: list[TokenScores | None] = [None] * len(sequences)
     for width, members in sorted(classes.items()):
+        # a server's request holds a few prompts: fewer tokens than a pack are packed at their power of two
+        width = min(width, bucket(sum(len(rows[r]) for r in members), MIN_PROMPT_BUCKET))
         packs = [[members[i] for i in p] for p in pack([len(rows[r]) for r in members], width)]
         per_pack = bucket(max(map(len, packs)))
         fits = max(1, logit_bytes // (width * config.vocab_size * 4))

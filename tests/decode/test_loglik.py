@@ -101,6 +101,8 @@ def test_token_logprobs_are_the_loglikelihoods_position_by_position_with_transfo
     rng = np.random.default_rng(2)
     vocab = model.config.vocab_size
     sequences = [rng.integers(3, vocab, n).tolist() for n in (1, 2, 17, 300, 40, 500)]
+    # sharing all but the last token (a multiple-choice question's choices), the empty prefix, a repeat
+    sequences += [sequences[4][:-1] + [t] for t in (3, 4, 5)] + [[7], sequences[1]]
     scores = loglik.token_logprobs_ids(model.params, model.config, sequences, top_k=3, logit_bytes=1 << 20)
     for tokens, score in zip(sequences, scores):
         assert score.logprobs.shape == (len(tokens) - 1,) and score.top_ids.shape == (len(tokens), 3)
@@ -119,3 +121,24 @@ def test_token_logprobs_are_the_loglikelihoods_position_by_position_with_transfo
     assert again.logprobs[-1] == again.top_logprobs[-2, 0]
     with pytest.raises(ValueError, match="sequence 1 is empty"):
         loglik.token_logprobs_ids(model.params, model.config, [[1], []])
+
+
+def test_token_logprobs_pass_a_shared_prefix_through_the_model_once(monkeypatch):
+    """Sequences that differ only in their last token (lm-eval's local-completions sends an MMLU question's
+    context once per choice) put their common prefix in the packs once, in one pack of the tokens' power of
+    two (not PACK_WIDTH: a request's few prompts), and score as each does alone."""
+    model = xlit_jax.load("preset:tiny", seed=5)
+    rng = np.random.default_rng(3)
+    context = rng.integers(3, model.config.vocab_size, 60).tolist()
+    sequences = [context + [t] for t in (3, 4, 5, 6)] + [context[:20]]
+    packed = []
+    score = loglik._token_scores
+    monkeypatch.setattr(loglik, "_token_scores",
+                        lambda *a, **k: packed.append((int((a[2] > 0).sum()), a[1].shape)) or score(*a, **k))
+    together = loglik.token_logprobs_ids(model.params, model.config, sequences, top_k=2)
+    assert packed == [(len(context) + 19, (1, 128))]
+    for tokens, shared in zip(sequences, together):
+        [alone] = loglik.token_logprobs_ids(model.params, model.config, [tokens], top_k=2)
+        np.testing.assert_allclose(shared.logprobs, alone.logprobs, atol=1e-5)
+        np.testing.assert_allclose(shared.top_logprobs, alone.top_logprobs, atol=1e-5)
+        assert (shared.top_ids == alone.top_ids).all()

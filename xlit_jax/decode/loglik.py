@@ -6,7 +6,8 @@ share that input (e.g. one MMLU question with the one-token continuations " A" .
 as lm-evaluation-harness's request grouping does. Inputs are packed into rows of a few widths (see
 `loglikelihood_ids`), so an evaluation compiles one program per width. Only the continuation's positions are
 projected to the vocabulary (the LM head and a 49k-way log-softmax at every position were half of a
-batch's time on CPU, docs/performance.md). No decoding, no KV cache.
+batch's time on CPU, docs/performance.md). No decoding, no KV cache (`token_logprobs_ids`, the server's
+echo scoring, keeps one for the last tokens of sequences that share the rest).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlit_jax.decode.buckets import bucket
+from xlit_jax.decode.buckets import MIN_PROMPT_BUCKET, bucket
 from xlit_jax.models.config import LlamaConfig
-from xlit_jax.models.llama import Llama
+from xlit_jax.models.llama import Llama, init_cache
 from xlit_jax.models.lora import LoraConfig, adapted
 from xlit_jax.sharding import to_host
 
@@ -179,30 +180,48 @@ class TokenScores:
 
 
 @functools.partial(jax.jit, static_argnames=("config", "attention", "top_k"))
-def _token_scores(params, input_ids, segments, positions, targets, *, config: LlamaConfig, attention: str,
-                  top_k: int):
-    """Packs input_ids/segments/positions [B, L] as in `_score`; targets [B, L]: the token that follows each
-    position in its segment (-1: none). The log-softmax of `_score` at every position: the targets' log-probs
-    [B, L] (0 where none) and the top_k log-probs and ids [B, L, top_k], from the same array (a target that is
-    the argmax has exactly the top log-prob)."""
-    logits, _ = Llama(config, attention).apply({"params": params}, input_ids, positions, segments)
+def _token_scores(params, input_ids, segments, positions, targets, last_ids, last_segments, last_positions, *,
+                  config: LlamaConfig, attention: str, top_k: int):
+    """Packs input_ids/segments/positions [B, L] as in `_score`, of the sequences' prefixes (all but their last
+    token); targets [B, L, S]: the tokens that follow each position in its segment (-1: none), several at a
+    prefix's last position (the last tokens of the S sequences sharing it). last_ids/_segments/_positions
+    [S, B, R]: those last tokens, the s-th of each prefix of a pack (segment r + 1, 0: none). The prefixes go
+    through the model once, filling a KV cache; then each s-th last token goes in one step at the same cache
+    slots (each attending to its own prefix only, overwriting the step before). Returns the targets' log-probs
+    [B, L, S] (0 where none), the top_k log-probs and ids at every prefix position [B, L, top_k] (from the
+    same array: a target that is the argmax has exactly the top log-prob) and after each last token
+    [S, B, R, top_k]."""
+    b, width = input_ids.shape
+    model = Llama(config, attention)
+    cache = init_cache(config, b, width + last_ids.shape[-1])
+    logits, cache = model.apply({"params": params}, input_ids, positions, segments, cache=cache)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
+    picked = jnp.take_along_axis(logp, jnp.maximum(targets, 0), axis=-1)
     top_logprobs, top_ids = jax.lax.top_k(logp, top_k)
-    return jnp.where(targets >= 0, picked, 0.0), top_logprobs, top_ids
+
+    def after(step):  # one last token per prefix, written at slots width.. over the previous step's
+        ids, step_segments, step_positions = step
+        step_logits, _ = model.apply({"params": params}, ids, step_positions, step_segments,
+                                     cache={**cache, "index": jnp.asarray(width, jnp.int32)})
+        return jax.lax.top_k(jax.nn.log_softmax(step_logits.astype(jnp.float32), axis=-1), top_k)
+
+    after_logprobs, after_ids = jax.lax.map(after, (last_ids, last_segments, last_positions))
+    return jnp.where(targets >= 0, picked, 0.0), top_logprobs, top_ids, after_logprobs, after_ids
 
 
 def token_logprobs_ids(params, config: LlamaConfig, sequences: Sequence[Sequence[int]], top_k: int = 1,
                        attention: str = "auto", logit_bytes: int = SCORE_LOGIT_BYTES) -> list[TokenScores]:
     """Every token's log-prob given the tokens before it, and the `top_k` likeliest tokens at every position,
-    per sequence (in order): the prompt log-probs of an OpenAI `echo` request, one forward pass, no decoding.
+    per sequence (in order): the prompt log-probs of an OpenAI `echo` request, one forward pass, no sampling.
 
     The same computation as `loglikelihood_ids` (fp32 log-softmax over the model's logits, inputs packed
     several to a row of PACK_WIDTH tokens, each its own segment with positions from 0, longer ones at their
     power-of-two width), so the sum of a continuation's token log-probs here is its log-likelihood there, up
-    to float rounding. Every position is projected to the vocabulary: a call takes as many packs as
-    `logit_bytes` of logits allow. `top_k` is rounded up to a power of two for the compiled program (a few
-    programs), and cut back in the result."""
+    to float rounding. Sequences that differ only in their last token share one pass over the rest (the
+    harness sends a multiple-choice question's context once per choice): only their last tokens go through
+    the model one by one, over its KV cache. Every prefix position is projected to the vocabulary: a call
+    takes as many packs as `logit_bytes` of logits allow. `top_k` is rounded up to a power of two for the
+    compiled program (a few programs), and cut back in the result."""
     if top_k < 1:
         raise ValueError(f"top_k={top_k}: at least 1")
     for i, tokens in enumerate(sequences):
@@ -211,25 +230,49 @@ def token_logprobs_ids(params, config: LlamaConfig, sequences: Sequence[Sequence
         if len(tokens) > config.max_positions:
             raise ValueError(f"sequence {i}: {len(tokens)} tokens exceed the model's "
                              f"{config.max_positions} positions")
-    results: list[TokenScores | None] = [None] * len(sequences)
+    prefixes: dict[tuple[int, ...], list[int]] = {}  # all but the last token -> the sequences ending it
+    for i, tokens in enumerate(sequences):
+        prefixes.setdefault(tuple(tokens[:-1]), []).append(i)
+    rows = list(prefixes)
+    sharing = bucket(max(map(len, prefixes.values())))
     compiled_k = min(bucket(top_k), config.vocab_size)
     classes: dict[int, list[int]] = {}
-    for i, tokens in enumerate(sequences):
-        classes.setdefault(max(PACK_WIDTH, bucket(len(tokens))), []).append(i)
+    for r, tokens in enumerate(rows):
+        classes.setdefault(max(PACK_WIDTH, bucket(len(tokens))), []).append(r)
+    results: list[TokenScores | None] = [None] * len(sequences)
     for width, members in sorted(classes.items()):
-        packs = [[members[i] for i in p] for p in pack([len(sequences[r]) for r in members], width)]
+        # a server's request holds a few prompts: fewer tokens than a pack are packed at their power of two
+        width = min(width, bucket(sum(len(rows[r]) for r in members), MIN_PROMPT_BUCKET))
+        packs = [[members[i] for i in p] for p in pack([len(rows[r]) for r in members], width)]
+        per_pack = bucket(max(map(len, packs)))
         fits = max(1, logit_bytes // (width * config.vocab_size * 4))
         n = min(bucket(len(packs)), 1 << (fits.bit_length() - 1))
         for start in range(0, len(packs), n):
-            batch = packs[start:start + n]
-            ids, segments, positions, placed = pack_arrays(batch, sequences, n, width)
-            targets = np.full((n, width), -1, np.int32)
-            for b, _, row, offset in placed:
-                targets[b, offset:offset + len(sequences[row]) - 1] = sequences[row][1:]
-            picked, top_logprobs, top_ids = (np.asarray(a) for a in _token_scores(
-                params, ids, segments, positions, targets, config=config, attention=attention, top_k=compiled_k))
-            for b, _, row, offset in placed:
-                end = offset + len(sequences[row])
-                results[row] = TokenScores(picked[b, offset:end - 1].copy(), top_ids[b, offset:end, :top_k].copy(),
-                                           top_logprobs[b, offset:end, :top_k].copy())
+            _score_prefixes(params, config, sequences, rows, prefixes, packs[start:start + n],
+                            (n, width, per_pack, sharing, compiled_k), attention, top_k, results)
     return results
+
+
+def _score_prefixes(params, config, sequences, rows, prefixes, batch, shape, attention, top_k, results) -> None:
+    """One `_token_scores` call on `batch` (packs of indices into `rows`, the prefixes) of `shape` (packs,
+    width, prefixes a pack, sequences a prefix, compiled top k); fills `results` for their sequences."""
+    n, width, per_pack, sharing, compiled_k = shape
+    ids, segments, positions, placed = pack_arrays(batch, rows, n, width)
+    targets = np.full((n, width, sharing), -1, np.int32)
+    last = np.zeros((3, sharing, n, per_pack), np.int32)  # ids, segments, positions of the last tokens
+    for b, r, row, offset in placed:
+        prefix, end = rows[row], offset + len(rows[row])
+        if prefix:  # an empty one (a one-token sequence) has no position: its token is scored in the step only
+            targets[b, offset:end - 1, 0] = prefix[1:]
+            targets[b, end - 1, :len(prefixes[prefix])] = [sequences[i][-1] for i in prefixes[prefix]]
+        for s, i in enumerate(prefixes[prefix]):
+            last[:, s, b, r] = sequences[i][-1], r + 1, len(prefix)
+    picked, top_logprobs, top_ids, after_logprobs, after_ids = (np.asarray(a) for a in _token_scores(
+        params, ids, segments, positions, targets, *last, config=config, attention=attention, top_k=compiled_k))
+    for b, r, row, offset in placed:
+        end = offset + len(rows[row])
+        for s, i in enumerate(prefixes[rows[row]]):
+            logprobs = np.concatenate([picked[b, offset:end - 1, 0], picked[b, end - 1:end, s]])[:end - offset]
+            results[i] = TokenScores(
+                logprobs, np.concatenate([top_ids[b, offset:end, :top_k], after_ids[s, b, r:r + 1, :top_k]]),
+                np.concatenate([top_logprobs[b, offset:end, :top_k], after_logprobs[s, b, r:r + 1, :top_k]]))

@@ -1,5 +1,5 @@
 """Log-probs for the server's `echo` and `logprobs`: token sequences scored on a thread of their own by
-decode/loglik.py's `token_logprobs_ids` (one fp32 forward pass over packed sequences, no decoding), the
+decode/loglik.py's `token_logprobs_ids` (one fp32 forward pass over packed sequences, a shared prefix once), the
 computation behind `Model.loglikelihood`. Every job waiting when the thread is free goes into the same call,
 up to a token budget, so concurrent requests' prompts share packs."""
 

@@ -22,6 +22,7 @@ def prompt_ids(smollm2, shared_data):
     return [smollm2.encode(p) for p in paper_prompts(shared_data)]
 
 
+@pytest.mark.slow  # ~35 s: CI runs it; make test keeps the families' engine-vs-HF greedy tests
 def test_batched_greedy_matches_hf_batched(smollm2, hf_smollm2, prompt_ids):
     ours = smollm2.generate_ids(prompt_ids, NEW_TOKENS, repetition_penalty=1.1, slots=8)
     assert ours == hf_generate(hf_smollm2, prompt_ids)

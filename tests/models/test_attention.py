@@ -148,6 +148,7 @@ def test_causal_query_blocks_change_no_output_or_gradient(blocks, length, window
     compare(blocked, *random_qkv(6, 2, length, length, seed=3), segments, jnp.float32, grads=True)
 
 
+@pytest.mark.slow  # ~15 s: CI runs it, make test stays under 10 minutes
 def test_splash_under_shard_map_on_a_mesh_and_a_length_off_the_block():
     """4 CPU devices, batch over data=2 and heads over tensor=2; length 100 is padded to the 128 block."""
     result = run_with_devices(textwrap.dedent("""
@@ -330,6 +331,7 @@ def test_decoding_through_the_accelerator_paths_gives_the_reference_tokens(monke
 
 
 @pytest.mark.gpu
+@pytest.mark.slow  # its CPU stand-in ~20 s: CI runs it (and the GPU check, -m gpu)
 def test_bfloat16_greedy_decoding_through_cudnn_agrees_with_xla(monkeypatch, record_property):
     """A small random LLaMA in bf16 (weights and compute), greedy, attention=cudnn (prefill by cuDNN,
     steps by the Pallas kernel) against attention=xla: the tokens each row shares before the first

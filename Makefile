@@ -3,6 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-slow test-manual test-aot lint lock clean
 
@@ -21,8 +22,10 @@ $(STAMP): pyproject.toml requirements.lock scripts/install_system_packages.sh
 demo: $(STAMP)
 	$(PY) -m launch.demo $(DEMO_ARGS)
 
+# Two pytest-xdist workers (about 20% faster on 2 cores: one compiles while the other runs); TEST_WORKERS=0 for
+# one process. The slow set stays in one process (its multi-process and timing-bound cases).
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)

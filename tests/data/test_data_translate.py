@@ -130,6 +130,7 @@ def run_cli(module, *args):
     return done.stdout
 
 
+@pytest.mark.slow  # ~7 s (a binary loading the tiny NLLB): CI runs it; the translators' own tests are in make test
 def test_translate_cli_with_the_tiny_model(tiny_nllb, tmp_path):
     data = tmp_path / "mini.en.jsonl"
     data.write_text(json.dumps({"instruction": "Say hi.", "context": "", "response": "Hi!", "category": "x"})

@@ -168,6 +168,7 @@ def test_generate_cli_rejects_malformed_line_before_any_work(tmp_path):
     assert not (tmp_path / "o.jsonl").exists()
 
 
+@pytest.mark.slow  # ~20 s (two binaries, a model load each): CI runs it; eval's second-writer test is in make test
 def test_generate_refuses_a_second_writer_and_goes_on_after_ctrl_c_with_every_id_once(tmp_path, smollm2):
     """Two xlit-generate runs on one --out: the second is refused in one line before its model loads. Ctrl-C
     stops the first in one line (exit 130); the rerun finishes with each id written exactly once."""

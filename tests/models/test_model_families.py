@@ -361,6 +361,7 @@ def test_each_familys_chat_template_gives_answer_only_targets_closed_by_its_end_
     assert tok.convert_ids_to_tokens(end_of_turn_id(template, tok)) == end
 
 
+@pytest.mark.slow  # ~12 s of training: CI runs it; make test keeps each template's end-of-turn and mask tests
 def test_a_run_tuned_with_qwen2_5s_template_stops_its_answers_at_im_end(tmp_path):
     """The base's EOS is <|endoftext|>, the template closes turns with <|im_end|>: the tuned model learns to end
     answers with the latter, so the run saves it among the EOS ids, and decoding from the workdir and from the

@@ -51,6 +51,10 @@ def eval_config(data, **changes):
     return cfg
 
 
+# the tests of `runs` (two training runs, ~17 s): CI runs them; make test keeps the stop rule's and the settings'
+SLOW_RUNS = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def runs(data, tmp_path_factory, shared_data):
     """The same run without and with evaluation; the second counts backend compilations per round."""
@@ -81,11 +85,13 @@ def runs(data, tmp_path_factory, shared_data):
     return plain, evaluated, per_round
 
 
+@SLOW_RUNS
 def test_training_losses_are_bitwise_the_same_with_evaluation(runs):
     plain, evaluated, _ = runs
     assert train_rows(evaluated) == train_rows(plain) and len(train_rows(plain)) == 8
 
 
+@SLOW_RUNS
 def test_rounds_log_loss_and_probes_and_compile_only_once(runs):
     _, evaluated, per_round = runs
     rows = eval_rows(evaluated)
@@ -123,6 +129,7 @@ def test_line_level_pass_rate_of_probe_answers(shared_data):
     assert [d.get("line_pass") for d in details] == [1.0, 0.0, None]
 
 
+@SLOW_RUNS
 def test_resume_mid_run_keeps_the_curves_whole(runs, data, tmp_path):
     """Resume from step 4 after losing checkpoints 6 and 8, and the metrics row of the round at 4 (killed
     between its answers and its row): every round once, with the values of the uninterrupted run."""

@@ -47,7 +47,7 @@ IF_FITS = "llama2-7b:ft:1"  # about 110 GiB of weights, gradients and Adam state
 DECODE = "1,16"
 DRY_TRAIN, DRY_IF_FITS, DRY_DECODE = ("tiny:lora:2",), "tiny:ft:1", "1"
 DRY_BENCH = ["--dry_run", "--seq_len=32", "--steps=1", "--prompt_len=8", "--new_tokens=4", "--decode_model=tiny"]
-DRY_KERNELS = "packed_rows and 6-bfloat16-24 or gpu_decode and 2-bfloat16"
+DRY_KERNELS = "packed_rows and 6-bfloat16-24 or gpu_decode and 2-bfloat16-None"
 PACKAGES = ("jax", "jaxlib", "jax-cuda13-plugin", "flax", "optax", "transformers", "peft", "torch")
 
 

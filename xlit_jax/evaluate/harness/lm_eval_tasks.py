@@ -24,8 +24,8 @@ from lm_eval.tasks import TaskManager
 from xlit_jax.errors import InputError
 from xlit_jax.evaluate.harness.data import LM_EVAL_PREFIX
 from xlit_jax.evaluate.harness.lm_eval_lm import XlitLM
-from xlit_jax.evaluate.harness.run import TIMINGS_FILE, finished_keys
-from xlit_jax.evaluate.items import ITEM_SCORES_FILE, choose_ids
+from xlit_jax.evaluate.harness.run import TIMINGS_FILE, ScoredOutDir
+from xlit_jax.evaluate.items import choose_ids
 from xlit_jax.evaluate.report import LM_EVAL_SCORER, write_report
 from xlit_jax.io.files import append_jsonl, output_lock
 
@@ -83,9 +83,10 @@ def _plain(value):
     return json.loads(json.dumps(value, default=str))
 
 
-class LmEvalEvaluation:
+class LmEvalEvaluation(ScoredOutDir):
     """One model's lm-eval task scores in `out_dir`. Construction indexes the harness's tasks (tens of seconds),
     checks the names and reads every task's docs; `run` scores."""
+    scorer = LM_EVAL_SCORER
 
     def __init__(self, out_dir, config: LmEvalConfig):
         if not config.tasks or not all(config.tasks):
@@ -105,17 +106,6 @@ class LmEvalEvaluation:
         except Exception as error:  # noqa: BLE001  a task's data, in whatever way lm-eval fails on it
             raise InputError(f"--eval_set: lm-eval cannot read the documents of {', '.join(config.tasks)}: "
                              f"{error}") from error
-
-    @property
-    def scores_path(self) -> Path:
-        return self.out_dir / ITEM_SCORES_FILE
-
-    def _done(self, model_name: str) -> set[tuple]:
-        return finished_keys(self.scores_path, model_name, LM_EVAL_SCORER, self.config.settings)
-
-    def check(self, model_name: str) -> None:
-        """Refuse, before a model loads, an out_dir that holds another model's results or other settings'."""
-        self._done(model_name)
 
     def _wanted(self, name: str, done: set[tuple], model_name: str) -> list[int]:
         ids = choose_ids([str(i) for i in range(self.docs[name])], self.config.limit, self.config.seed)

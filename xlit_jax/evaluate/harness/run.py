@@ -61,19 +61,31 @@ class BenchConfig:
         return {**budget, "native_labels": self.native_labels, **scoring}
 
 
-def finished_keys(path: Path, model_name: str, scorer: str, settings) -> set[tuple]:
-    """The score keys in `path`, refusing another model's rows and `scorer`'s rows of a set made with other
-    settings than `settings(set)` (shared by our benchmarks and lm-eval's tasks)."""
-    done = set()
-    for number, row in enumerate(resume_jsonl(path), 1):
-        where = f"{path}:{number}"
-        check_model(where, row, model_name)
-        wanted = settings(row.get("set")) if row.get("scorer") == scorer else None
-        if wanted is not None and row.get("settings") != wanted:
-            raise InputError(f"{where}: scored with {row.get('settings')}, but this run asks for {wanted}; "
-                             "use another --out_dir or the same settings")
-        done.add(score_key(row))
-    return done
+class ScoredOutDir:
+    """An out_dir's item-score file, as our benchmarks and lm-eval's tasks share it: rows of another model are
+    refused, and `scorer`'s rows of a set count as done only under this run's settings (`config.settings`)."""
+    scorer: str
+    out_dir: Path
+
+    @property
+    def scores_path(self) -> Path:
+        return self.out_dir / ITEM_SCORES_FILE
+
+    def _done(self, model_name: str) -> set[tuple]:
+        done = set()
+        for number, row in enumerate(resume_jsonl(self.scores_path), 1):
+            where = f"{self.scores_path}:{number}"
+            check_model(where, row, model_name)
+            wanted = self.config.settings(row.get("set")) if row.get("scorer") == self.scorer else None
+            if wanted is not None and row.get("settings") != wanted:
+                raise InputError(f"{where}: scored with {row.get('settings')}, but this run asks for {wanted}; "
+                                 "use another --out_dir or the same settings")
+            done.add(score_key(row))
+        return done
+
+    def check(self, model_name: str) -> None:
+        """Refuse, before a model loads, an out_dir that holds another model's results or other settings'."""
+        self._done(model_name)
 
 
 def defects_csv(loaded) -> str:
@@ -85,8 +97,9 @@ def defects_csv(loaded) -> str:
     return buffer.getvalue()
 
 
-class BenchmarkEvaluation:
+class BenchmarkEvaluation(ScoredOutDir):
     """One model's benchmark scores in `out_dir`. Construction reads and checks all data; `run` scores."""
+    scorer = BENCHMARK_SCORER
 
     def __init__(self, out_dir, config: BenchConfig = BenchConfig()):
         if config.batch_size < 1:
@@ -103,17 +116,6 @@ class BenchmarkEvaluation:
                                       config.seed, config.num_fewshot, config.native_labels)
         if not self.loaded.items:
             raise InputError(f"no items selected from {', '.join(config.benchmarks)}")
-
-    @property
-    def scores_path(self) -> Path:
-        return self.out_dir / ITEM_SCORES_FILE
-
-    def _done(self, model_name: str) -> set[tuple]:
-        return finished_keys(self.scores_path, model_name, BENCHMARK_SCORER, self.config.settings)
-
-    def check(self, model_name: str) -> None:
-        """Refuse, before a model loads, an out_dir that holds another model's results or other settings'."""
-        self._done(model_name)
 
     def _text(self, model, item: BenchItem) -> str:
         """The harness's prompt, or it as a user turn in the model's chat template."""

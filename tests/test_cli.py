@@ -183,7 +183,7 @@ def test_help_version_and_refusals_a_newcomer_meets_are_one_line_before_any_load
     }
     running = {args: subprocess.Popen([sys.executable, "-m", f"launch.{args[0]}", *args[1:]], cwd=REPO, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in refusals}
-    helps = {module: run_binary(module, "--help") for module in ("convert", "serve")}
+    helps = {module: run_binary(module, "--help") for module in ("convert", "serve", "lm_eval_cli")}
     for args, process in running.items():
         _, err = process.communicate(timeout=300)
         assert (process.returncode, err.strip().splitlines()[-1]) == (2, refusals[args]), (args, err[-2000:])
@@ -193,6 +193,9 @@ def test_help_version_and_refusals_a_newcomer_meets_are_one_line_before_any_load
     assert helps["convert"].returncode == 0 and helps["convert"].stdout.startswith("xlit-convert: any weights")
     assert "--[no]overwrite: replace an existing" in helps["convert"].stdout and "--src:" in helps["convert"].stdout
     assert "--slots:" in helps["serve"].stdout and "--attention:" in helps["serve"].stdout
+    lm_eval_help = helps["lm_eval_cli"].stdout  # ours first: lm-eval's own help names none of our models
+    assert lm_eval_help.startswith("xlit-lm-eval: lm-evaluation-harness's own command line, with xlit_jax's "
+                                   "models as `--model xlit`") and "usage: lm-eval" in lm_eval_help
     version = run_binary("convert", "--version")
     assert (version.returncode, version.stdout.strip()) == (0, "xlit-convert (xlit_jax) 0.1.0")
 

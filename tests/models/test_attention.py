@@ -294,6 +294,7 @@ def tiny_prompts(n: int):
     return [rng.integers(3, 256, rng.integers(1, 32)).tolist() for _ in range(n)]
 
 
+@pytest.mark.slow  # ~6 s: CI runs it; make test keeps the engine's slot tests (tests/decode/test_engine.py)
 def test_same_tokens_with_1_3_and_16_slots():
     model = xlit_jax.load("preset:tiny", seed=2)
     prompts = tiny_prompts(16)

@@ -164,6 +164,7 @@ def test_an_unknown_format_and_a_quantized_full_fine_tune_are_one_line():
         LoraConfig(base_quantization="x")
 
 
+@pytest.mark.slow  # ~9 s: CI runs it; make test keeps the tiny model's (the model on its dequantized kernels)
 def test_smollm2_quantized_logits_stay_near_float32(smollm2):
     """SmolLM2-135M's real weights (logits of magnitude ~30): int8 moves them by 0.19 on average and keeps
     the argmax at 94% of positions (measured: max 1.30); nf4 moves them ten times more (docs/quantization.md)."""

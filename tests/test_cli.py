@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from absl import logging as absl_logging
 
 from xlit_jax.cli import quiet_orbax
@@ -20,6 +21,7 @@ BINARIES = {target.split(":")[0].removeprefix("launch."): name for name, target 
             tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"].items()}
 
 
+@pytest.mark.slow  # ~15 s (ten binaries): CI runs it; make test keeps the newcomer's refusals below
 def test_every_binary_reports_bad_input_in_one_line(tmp_path, shared_data):
     bad_utf8 = tmp_path / "prompts.jsonl"
     bad_utf8.write_bytes(b'{"id": 1, "prompt": "ok"}\n{"id": 2, "prompt": "caf\xe9"}\n')
@@ -88,6 +90,7 @@ def run_binary(module: str, *args, timeout=300) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # ~11 s: CI runs it; make test keeps each binary's own output-folder tests
 def test_no_binary_replaces_a_folder_it_was_not_asked_to(tmp_path):
     """xlit-convert and xlit-data-stats refuse, before any work, a non-empty output folder without --overwrite,
     and a training run, an evaluation, a study or the source itself even with it; nothing is touched."""

@@ -44,6 +44,7 @@ def test_truncation_shows_in_the_counts(tok, shared_data):
     assert stats["sources"][f"{shared_data}/lima/lima.en.jsonl"] == {"loaded": 1030, "kept": 200, "skipped": 0}
 
 
+@pytest.mark.slow  # ~6 s (the binary): CI runs it; make test keeps the statistics' own tests above
 def test_cli(shared_data, tmp_path):
     done = subprocess.run([sys.executable, "-m", "launch.data_stats",
                            f"--data=lima:{shared_data}/lima/lima.en.jsonl,n=50",

@@ -53,6 +53,7 @@ def test_random_tiny_model_matches_transformers(tmp_path):
     assert ours[-1][1]
 
 
+@pytest.mark.slow  # see test_model_parity.py's SmolLM2 case: CI runs it; make test keeps the random tiny model's
 def test_smollm2_matches_transformers_with_harness_tokenization(smollm2, hf_smollm2):
     tok = smollm2.tokenizer
     question = "The following are multiple choice questions (with answers) about anatomy.\n\nWhat is 2+2?\n" \

@@ -316,8 +316,8 @@ def run_on_cpu_as(monkeypatch, kernel: str):
     jax.clear_caches()
 
 
-@pytest.mark.parametrize("kernel, window", [  # (two in CI only)
-    pytest.param("cudnn", None, marks=pytest.mark.slow), ("splash", None), ("cudnn", 8),
+@pytest.mark.parametrize("kernel, window", [  # (three in CI only)
+    *(pytest.param(*case, marks=pytest.mark.slow) for case in [("cudnn", None), ("splash", None)]), ("cudnn", 8),
     pytest.param("splash", 8, marks=pytest.mark.slow)])
 def test_decoding_through_the_accelerator_paths_gives_the_reference_tokens(monkeypatch, kernel, window):
     """The wiring of each accelerator path through a real decoding loop. cudnn: prefill with an explicit

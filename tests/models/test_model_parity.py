@@ -41,6 +41,9 @@ def test_random_tiny_gqa_matches_transformers_after_export(preset, tmp_path):
     assert max_diff_on_tokens(ours, hf_logits(reference, ids, mask), mask) <= 1e-4
 
 
+# With its twin in test_loglik.py ~20 s (transformers reads the GGUF): CI runs them; make test keeps every
+# family's random-weight parity with transformers.
+@pytest.mark.slow
 def test_smollm2_logits_match_transformers_on_left_padded_batch(smollm2, hf_smollm2):
     prompts = ["The capital of France is", "Bonjour, je m'appelle",
                "Привет! Как дела?", "O Brasil é um país"]

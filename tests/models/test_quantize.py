@@ -201,6 +201,7 @@ def rows(workdir):
     return [{k: r[k] for k in COMPARED} for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
 
 
+@pytest.mark.slow  # ~13 s: CI runs it; make test keeps the bf16 base's (test_train_loop.py)
 def test_a_quantized_base_is_saved_once_resumes_bitwise_and_exports_dequantized(quantized_run, chats, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(quantized_run, workdir)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 import torch
 
 from xlit_jax import sharding
@@ -30,6 +31,11 @@ from xlit_jax.train import optim
 from xlit_jax.train import step as step_lib
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def in_ci_only(*cases: tuple) -> list:
+    """`cases` of a parametrized test marked `slow`: CI runs them (make test-slow); make test keeps the others."""
+    return [pytest.param(*case, marks=pytest.mark.slow) for case in cases]
 
 
 def run_with_devices(code: str, devices: int = 8, timeout: int = 300) -> dict:

@@ -16,7 +16,7 @@ from xlit_jax.decode.engine import Engine, Request, chunk_plan, columns, lower_p
 from xlit_jax.decode.sampling import Sampling, apply_repetition_penalty, choose_next
 from xlit_jax.models.llama import Llama, init_cache, init_params
 
-from support import NEW_TOKENS, hf_generate, paper_prompts
+from support import NEW_TOKENS, hf_generate, in_ci_only, paper_prompts
 
 LENGTHS = (300, 3, 41, 1, 129, 7)  # very different lengths: long prompts over several chunks, tiny ones
 MAX_NEW = (5, 30, 12, 30, 3, 20)  # slots free at different times and are taken by the next prompt
@@ -79,9 +79,8 @@ def test_chunk_plan_left_pads_the_first_chunk_only():
     assert columns(70, 32) == 96 and columns(5, 256) == 32 and columns(200, 256) == 256
 
 
-@pytest.mark.parametrize("slots,chunk,order", [  # (the first two: CI)
-    *(pytest.param(*case, marks=pytest.mark.slow) for case in [(1, 64, "given"), (2, 32, "reversed")]),
-    (4, 256, "shuffled")])
+@pytest.mark.parametrize("slots,chunk,order", [
+    *in_ci_only((1, 64, "given"), (2, 32, "reversed")), (4, 256, "shuffled")])
 def test_greedy_equals_decoding_without_a_cache_in_every_slot_and_order(tiny, prompts, slots, chunk, order):
     """One slot: every prompt reuses the slot a longer or shorter one left (no stale cache read). Two and
     four: neighbours of every length, admitted as slots free up, long prompts prefilled over chunks."""

@@ -29,7 +29,7 @@ import xlit_jax
 from xlit_jax.errors import InputError
 from xlit_jax.models import attention
 
-from support import REPO, run_with_devices
+from support import REPO, in_ci_only, run_with_devices
 
 HEAD_DIM = 16
 FP32_TOL = 1e-5
@@ -316,9 +316,8 @@ def run_on_cpu_as(monkeypatch, kernel: str):
     jax.clear_caches()
 
 
-@pytest.mark.parametrize("kernel, window", [  # (three in CI only)
-    *(pytest.param(*case, marks=pytest.mark.slow) for case in [("cudnn", None), ("splash", None)]), ("cudnn", 8),
-    pytest.param("splash", 8, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kernel, window", [
+    ("cudnn", 8), *in_ci_only(("cudnn", None), ("splash", None), ("splash", 8))])
 def test_decoding_through_the_accelerator_paths_gives_the_reference_tokens(monkeypatch, kernel, window):
     """The wiring of each accelerator path through a real decoding loop. cudnn: prefill with an explicit
     mask, decoding steps through the Pallas kernel over a cache rounded up for it. splash: prefill by the

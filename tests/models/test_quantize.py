@@ -26,7 +26,7 @@ from xlit_jax.train import step as step_lib
 from xlit_jax.train.loop import lora_config, train
 from xlit_jax.train.record import check_resume, save_experiment
 
-from support import COMPARED, left_padded, run_with_devices, tiny_config, write_chats
+from support import COMPARED, in_ci_only, left_padded, run_with_devices, tiny_config, write_chats
 
 CONFIG = get_preset("tiny")
 IDS = np.array([[5, 17, 3, 99, 42, 7, 200, 1], [9, 9, 130, 4, 66, 250, 31, 2]])
@@ -39,8 +39,8 @@ def gaussian(shape, seed=0):
 # The largest gap between neighbouring codes of each 4-bit codebook, over 2: the most a weight can move, in
 # units of its group's absmax
 HALF_GAP = {fmt: float(np.max(np.diff(codes))) / 2 for fmt, codes in quantize.CODEBOOKS.items()}
-# whole-model cases: the 4-bit formats' in CI only (slow); every format's round trip is in make test
-MODEL_FORMATS = ["int8", *(pytest.param(fmt, marks=pytest.mark.slow) for fmt in quantize.FORMATS[1:])]
+# whole-model cases: the 4-bit formats' in CI only; every format's round trip is in make test
+MODEL_FORMATS = ["int8", *in_ci_only(*[(fmt,) for fmt in quantize.FORMATS[1:]])]
 
 
 @pytest.mark.parametrize("fmt", quantize.FORMATS)

@@ -66,6 +66,7 @@ class ScoredOutDir:
     refused, and `scorer`'s rows of a set count as done only under this run's settings (`config.settings`)."""
     scorer: str
     out_dir: Path
+    config: BenchConfig  # or lm-eval's config: whatever has `settings(set)`
 
     @property
     def scores_path(self) -> Path:

@@ -23,10 +23,10 @@ from xlit_jax.io.files import read_jsonl
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "out/demo", "where the run, generations, scores and figures go")
 flags.DEFINE_enum("data", "lima", ["lima", "dolly"], "English instruction data: LIMA (local) or Dolly (hub)")
-flags.DEFINE_integer("steps", 12, "LoRA training steps (each 4 micro-batches of 1024 tokens)")
-flags.DEFINE_integer("limit", 12, "instructions per language (the paper's set has 113)")
-flags.DEFINE_integer("max_new_tokens", 96, "response length at most (the paper: 512)")
-flags.DEFINE_integer("batch_size", 16, "prompts decoded together")
+flags.DEFINE_integer("steps", 12, "LoRA training steps (each 4 micro-batches of 1024 tokens)", lower_bound=1)
+flags.DEFINE_integer("limit", 12, "instructions per language (the paper's set has 113)", lower_bound=1)
+flags.DEFINE_integer("max_new_tokens", 96, "response length at most (the paper: 512)", lower_bound=1)
+flags.DEFINE_integer("batch_size", 16, "prompts decoded together", lower_bound=1)
 flags.DEFINE_bool("relevance", True, "score relevance with SmolLM2 as the judge (slower)")
 flags.DEFINE_bool("full", False, "all 113 instructions x 4 languages, 512 new tokens, 200 steps")
 

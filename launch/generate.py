@@ -16,9 +16,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m", "HF dir, .gguf file, checkpoint dir, smollm2-135m or preset:NAME")
 flags.DEFINE_string("prompts", None, "input JSONL", required=True)
 flags.DEFINE_string("out", None, "output JSONL (appended; existing ids are skipped)", required=True)
-flags.DEFINE_integer("max_new_tokens", 256, "new tokens per prompt at most")
+flags.DEFINE_integer("max_new_tokens", 256, "new tokens per prompt at most", lower_bound=1)
 flags.DEFINE_float("repetition_penalty", REPETITION_PENALTY, "HF-style repetition penalty (1 = off)")
-flags.DEFINE_integer("batch_size", 8, "prompts decoded together (the decoding engine's slots)")
+flags.DEFINE_integer("batch_size", 8, "prompts decoded together (the decoding engine's slots)", lower_bound=1)
 define_inference_flags()
 
 

@@ -3,7 +3,7 @@
   xlit-human-eval export --eval_dirs='runs/studies/NAME/cells/*/eval' --out_dir=out/human
       [--ids=my30.txt | --limit=30 --seed=0] [--all_items_model=CELL]
       -> sheet.LANG.csv and sheet.LANG.html (send these to annotators), key.jsonl (keep it)
-  xlit-human-eval import --sheets=ratings.fr.anna.csv,ratings.fr.ben.csv --key=out/human/key.jsonl \
+  xlit-human-eval import --sheets=ratings.fr.anna.csv,ratings.fr.ben.csv --key=out/human/key.jsonl \\
       --out_dir=out/human/results
       -> human_scores.jsonl, agreement.md, agreement.csv
 """
@@ -23,7 +23,7 @@ flags.DEFINE_list("eval_dirs", None, "export: evaluated out_dirs (globs allowed)
 flags.DEFINE_list("languages", None, "export: languages (default: every language of the generations)")
 flags.DEFINE_string("ids", None, "export: a file of the instruction ids to rate, one a line (the paper rated 30 "
                     "balanced over tasks; the released data has no task labels, so you choose them)")
-flags.DEFINE_integer("limit", None, "export: without --ids, a seeded sample of this many instructions")
+flags.DEFINE_integer("limit", None, "export: without --ids, a seeded sample of this many instructions", lower_bound=1)
 flags.DEFINE_string("all_items_model", None, "export: this model's responses to every other instruction are rated "
                     "too (the paper's default model; it rated it on \"the remaining 85\")")
 flags.DEFINE_integer("seed", 0, "export: seed of the sample and of the shuffling")

@@ -4,7 +4,7 @@
   XLIT_SERVE_API_KEY=KEY xlit-serve ...   (or --api_key_file=PATH: clients must send the key)
 
 Then any `openai` client: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything"), or
-lm-evaluation-harness: lm_eval --model local-completions \
+lm-evaluation-harness: lm_eval --model local-completions \\
   --model_args model=smollm2-135m,base_url=http://127.0.0.1:8000/v1/completions --tasks ...
 See docs/evaluation.md.
 """
@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "HF dir, .gguf file, checkpoint dir, smollm2-135m", required=True)
 flags.DEFINE_string("model_name", None, "the name clients send as `model` (default: the loader's)")
 flags.DEFINE_string("host", "127.0.0.1", "interface to listen on (loopback by default; 0.0.0.0 for all)")
-flags.DEFINE_integer("port", 8000, "TCP port")
+flags.DEFINE_integer("port", 8000, "TCP port", lower_bound=0, upper_bound=65535)
 flags.DEFINE_integer("slots", 16, "requests decoded at once (the decoding engine's slots)")
 flags.DEFINE_integer("max_len", None, "KV-cache columns per slot (default: any prompt and answer that fit the "
                      "model's positions; less saves memory, longer requests are answered 400)")

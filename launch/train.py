@@ -6,7 +6,7 @@
 --config.mesh.target (v5p-8, 8xh100, ...: xlit_jax/plan/targets.py; run with JAX_PLATFORMS=cpu), prints the plan and
 exits without loading weights or writing anything: status 0, or 1 when the config does not fit.
 
-  JAX_PLATFORMS=cpu xlit-train --config=configs/experiments/paper.py:llama2-13b,dolly-en,ft,1e-5 --dry_run \
+  JAX_PLATFORMS=cpu xlit-train --config=configs/experiments/paper.py:llama2-13b,dolly-en,ft,1e-5 --dry_run \\
       --config.model.source=preset:llama2-13b --config.mesh.target=v5p-8 \\
       --config.data.tokens_per_batch=8192 --config.data.grad_accum=2
 """

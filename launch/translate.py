@@ -20,13 +20,14 @@ flags.DEFINE_enum("engine", "seq2seq", ["seq2seq", "llm"], "seq2seq: an NLLB mod
                   "one of our models prompted to translate")
 flags.DEFINE_string("model", None, "seq2seq: hub name or directory (default facebook/nllb-200-3.3B); llm: "
                     "anything xlit_jax.load takes (default smollm2-135m)")
-flags.DEFINE_integer("batch_size", 16, "seq2seq: sentences per generate call; llm: the decoding engine's slots")
-flags.DEFINE_integer("num_beams", 4, "seq2seq beam size")
-flags.DEFINE_integer("max_new_tokens", 256, "new tokens per sentence at most")
+flags.DEFINE_integer("batch_size", 16, "seq2seq: sentences per generate call; llm: the decoding engine's slots",
+                     lower_bound=1)
+flags.DEFINE_integer("num_beams", 4, "seq2seq beam size", lower_bound=1)
+flags.DEFINE_integer("max_new_tokens", 256, "new tokens per sentence at most", lower_bound=1)
 flags.DEFINE_float("repetition_penalty", 1.0, "llm engine: HF-style repetition penalty")
 flags.DEFINE_string("device", None, "seq2seq: torch device (default cuda if available, else cpu)")
-flags.DEFINE_integer("limit", None, "translate only the first N records")
-flags.DEFINE_integer("chunk_size", 64, "records translated and appended together")
+flags.DEFINE_integer("limit", None, "translate only the first N records", lower_bound=1)
+flags.DEFINE_integer("chunk_size", 64, "records translated and appended together", lower_bound=1)
 flags.DEFINE_bool("skip_invalid", False, "skip (and count) invalid input rows instead of stopping")
 
 

@@ -27,7 +27,8 @@ flags.DEFINE_string("src_lang", None, "with --src_file/--hf_dataset: the source 
 flags.DEFINE_string("tgt_lang", None, "with --src_file/--hf_dataset: the target language code")
 flags.DEFINE_list("directions", ["forward", "backward"], "forward (source->target), backward, or both")
 flags.DEFINE_string("instruction_lang", "target", "language of the instruction: source, target, or a code")
-flags.DEFINE_integer("max_pairs", None, "use a random subset of this many sentence pairs per language pair")
+flags.DEFINE_integer("max_pairs", None, "use a random subset of this many sentence pairs per language pair",
+                     lower_bound=1)
 flags.DEFINE_multi_string("mix_with", [], "instruction data source(s) FORMAT:PATH[,...] to mix the demos into")
 flags.DEFINE_float("ratio", 0.1, "with --mix_with: share of demonstrations in the output")
 flags.DEFINE_integer("seed", 0, "phrasing choice and sampling")

@@ -1,5 +1,6 @@
 """Every binary reports a user's input error as one line `xlit-NAME: message`, exit status 2, no traceback."""
 
+import ast
 import json
 import logging
 import socket
@@ -201,6 +202,14 @@ def test_help_version_and_refusals_a_newcomer_meets_are_one_line_before_any_load
                                    "models as `--model xlit`") and "usage: lm-eval" in lm_eval_help
     version = run_binary("convert", "--version")
     assert (version.returncode, version.stdout.strip()) == (0, "xlit-convert (xlit_jax) 0.1.0")
+
+def test_every_binarys_help_keeps_the_line_breaks_of_its_examples():
+    """In a docstring, a backslash ending a line joins the next one: an example's shell continuation is `\\\\`."""
+    for module in [*BINARIES, "../xlit_jax/perf/serve_throughput"]:
+        source = (REPO / "launch" / f"{module}.py").read_text()
+        docstring = ast.parse(source).body[0]
+        assert ast.get_source_segment(source, docstring).count("\n") == docstring.value.value.count("\n"), module
+
 
 def test_quiet_orbax_drops_orbax_noise_only_and_installs_once(monkeypatch):
     """What run_main installs for the process: Orbax's INFO lines and its cancelled work's tracebacks go;

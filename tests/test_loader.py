@@ -3,6 +3,7 @@
 import pytest
 
 import xlit_jax
+from xlit_jax.errors import InputError
 from xlit_jax.loader import REPETITION_PENALTY
 
 
@@ -23,3 +24,11 @@ def test_a_bare_prompt_is_one_prompt_and_the_defaults_are_the_clis(tiny, monkeyp
                         [[] for _ in ids])
     tiny.generate("Say hello")
     assert seen == [REPETITION_PENALTY] == [1.1]  # xlit-generate's and xlit-eval's --repetition_penalty default
+
+
+def test_text_without_a_tokenizer_is_one_line_that_names_the_model():
+    bare = xlit_jax.load("preset:tiny")
+    for use in (lambda: bare.generate("Hi"), lambda: bare.loglikelihood([("Hi", " there")])):
+        with pytest.raises(InputError, match=r"^preset:tiny has no tokenizer to read text with: use a model that"):
+            use()
+    assert len(bare.generate_ids([[1, 2, 3]], max_new_tokens=2)[0]) <= 2  # token ids need none

@@ -15,7 +15,7 @@ import numpy as np
 
 from xlit_jax.decode.engine import generate_ids
 from xlit_jax.decode.loglik import encode_pair, loglikelihood_ids
-from xlit_jax.errors import WeightsError
+from xlit_jax.errors import InputError, WeightsError
 from xlit_jax.io.checkpoints import load_for_inference, read_config
 from xlit_jax.io.gguf import GGUFFile, load_gguf, smollm2_gguf_path
 from xlit_jax.io.hf import config_from_hf_dir, load_hf_dir
@@ -63,12 +63,17 @@ class Model:
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt; chat messages go through the tokenizer's chat template."""
-        if self.tokenizer is None:
-            raise ValueError(f"{self.name} has no tokenizer; pass token ids to generate_ids instead")
+        self._need_tokenizer("generate_ids")
         if isinstance(prompt, str):
             return self.tokenizer(prompt).input_ids
         text = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def _need_tokenizer(self, ids_api: str) -> None:
+        if self.tokenizer is None:  # a preset's random weights, or an HF directory without tokenizer files
+            raise InputError(f"{self.name} has no tokenizer to read text with: use a model that has one (an HF "
+                             f"directory with its tokenizer files, a .gguf file, smollm2-135m), or, from Python, "
+                             f"token ids ({ids_api})")
 
     def generate(self, prompts: Prompt | Sequence[Prompt], max_new_tokens: int = 256,
                  repetition_penalty: float = REPETITION_PENALTY, slots: int = 8, on_finished=None,
@@ -101,8 +106,7 @@ class Model:
                       on_batch=None) -> list[tuple[float, bool]]:
         """(log p(continuation | context), is it the greedy continuation) per (context, continuation) text
         pair, tokenized with the harness's boundary rule (see decode/loglik.py)."""
-        if self.tokenizer is None:
-            raise ValueError(f"{self.name} has no tokenizer; use decode.loglik.loglikelihood_ids instead")
+        self._need_tokenizer("decode.loglik.loglikelihood_ids")
         ids = [encode_pair(self.tokenizer, context, continuation) for context, continuation in pairs]
         return loglikelihood_ids(self.params, self.config, ids, batch_size, on_batch, attention=self.attention,
                                  lora=self.lora)

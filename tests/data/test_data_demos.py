@@ -63,9 +63,9 @@ def test_bad_parallel_input(tmp_path):
         load_parallel(tmp_path / "a.txt", tmp_path / "b.txt")
     with pytest.raises(InputError, match=r"c.txt:2: empty line"):
         load_parallel(tmp_path / "a.txt", tmp_path / "c.txt")
-    with pytest.raises(ValueError, match="no translation instructions written in 'ja'"):
+    with pytest.raises(InputError, match="no translation instructions written in 'ja'"):
         make_demos(PAIRS, "en", "ru", instruction_lang="ja")
-    with pytest.raises(ValueError, match="directions"):
+    with pytest.raises(InputError, match="directions"):
         make_demos(PAIRS, "en", "ru", directions=["sideways"])
 
 
@@ -75,7 +75,7 @@ def test_mix_ratio():
     mixed = mix(instructions, demos, 0.1, seed=0)
     assert mixed[:90] == instructions and len(mixed) == 100
     assert len({d.id for d in mixed[90:]}) == 10 and all(d.source.startswith("demos/") for d in mixed[90:])
-    with pytest.raises(ValueError, match="needs 90 demonstrations"):
+    with pytest.raises(InputError, match="needs 90 demonstrations"):
         mix(instructions, demos[:20], 0.5)
 
 

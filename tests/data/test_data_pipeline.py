@@ -12,12 +12,15 @@ from xlit_jax.data.pipeline import (
     PackedBatches,
     batch_size_for,
     build,
+    check_settings,
     downsample,
+    load_mix,
     parse_weights,
     tokenize,
 )
 from xlit_jax.data.records import Record, Turn
 from xlit_jax.data.templates import get_template
+from xlit_jax.errors import InputError
 
 L, B = 64, 3
 
@@ -155,10 +158,12 @@ def test_truncation_policy(tok):
     assert len(examples[0].ids) == 51 and examples[0].target[1:].any()
     examples, counts = tokenize([long_answer, long_prompt, short], template, tok, seq_len=50, truncation="drop")
     assert [ex.id for ex in examples] == ["c"] and counts == {"truncated": 0, "dropped": 2}
+    with pytest.raises(InputError, match=r"^all 3 examples dropped at seq_len=4 \(truncation=truncate\)"):
+        tokenize([long_answer, long_prompt, short], template, tok, seq_len=4)
 
 
 def test_lima_packs_densely(tok, shared_data):
-    data, report = build([f"lima:{shared_data}/lima/lima.en.jsonl"], tok, "llama2", seq_len=2048,
+    data, report = build(load_mix([f"lima:{shared_data}/lima/lima.en.jsonl"]), tok, "llama2", seq_len=2048,
                          tokens_per_batch=4096, epochs=1)
     assert report["examples"] + report["dropped"] == 1030 and report["truncated"] > 0
     batches = list(data)
@@ -174,6 +179,23 @@ def test_downsample_to_limas_size_keeps_order():
     assert kept == downsample(items, 1030, seed=0) != downsample(items, 1030, seed=1)
     with pytest.raises(ValueError):
         downsample(items[:10], 11, seed=0)
+
+
+def test_a_source_cannot_keep_more_records_than_it_holds(shared_data):
+    lima = f"{shared_data}/lima/lima.en.jsonl"
+    assert len(load_mix([f"lima:{lima},n=1030"])[0]) == 1030
+    with pytest.raises(InputError, match=f"^{lima}: n=1031, but it holds 1030 records$"):
+        load_mix([f"lima:{lima},n=1031"])
+
+
+def test_bad_settings_are_one_line_before_anything_is_read():
+    check_settings("llama2", "weights", "drop", "en=1,fr=2")
+    for args, message in [(("llama3", "none", "truncate", ""), "template='llama3' is not one of llama2, chat, alpaca"),
+                          (("chat", "uniformly", "truncate", ""), "mixing='uniformly' is not one of none, uniform, "),
+                          (("chat", "none", "cut", ""), "truncation='cut' is not one of truncate, drop"),
+                          (("chat", "weights", "drop", "en:1"), "weights 'en:1': expected LANG=NUMBER items")]:
+        with pytest.raises(InputError, match=f"^{message}"):
+            check_settings(*args)
 
 
 def test_small_helpers():

@@ -78,6 +78,17 @@ def test_malformed_line_is_an_error_or_skipped_and_counted(tmp_path):
     assert len(loaded.records) == 2 and len(loaded.skipped) == 1
 
 
+def test_a_file_without_records_is_an_error(tmp_path):
+    empty = tmp_path / "dolly.en.jsonl"
+    empty.write_text("")
+    with pytest.raises(InputError, match=r"^\S*dolly.en.jsonl: no records$"):
+        load_dolly(str(empty))
+    write_jsonl(empty, [{"instruction": 5}, {"instruction": "a"}])
+    with pytest.raises(InputError, match=r"dolly.en.jsonl: no records \(2 rows skipped as invalid, the first: "
+                                         r"\S*dolly.en.jsonl:1:instruction: expected a string, got int\)$"):
+        load_dolly(str(empty), skip_invalid=True)
+
+
 def test_json_array_errors_name_the_line_of_the_item(tmp_path):
     rows = [{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "input": "", "output": 5}]
     path = tmp_path / "set.json"

@@ -12,7 +12,7 @@ import pytest
 
 import xlit_jax
 from xlit_jax.decode import engine as engine_lib
-from xlit_jax.decode.engine import Engine, Request, chunk_plan, columns, lower_programs
+from xlit_jax.decode.engine import Engine, Request, chunk_plan, columns, generate_ids, lower_programs
 from xlit_jax.decode.sampling import Sampling, apply_repetition_penalty, choose_next
 from xlit_jax.models.llama import Llama, init_cache, init_params
 
@@ -172,6 +172,8 @@ def test_requests_that_do_not_fit_are_refused(tiny):
     with pytest.raises(ValueError, match="does not fit a slot of 128 cache columns"):
         engine.submit(Request([5] * 100, 40))
     assert not engine.busy()
+    with pytest.raises(ValueError, match="an engine needs at least 1 slot, not 0"):
+        generate_ids(tiny.params, tiny.config, [[5, 6]], max_new_tokens=2, slots=0)
 
 
 @pytest.mark.slow  # fast: the tiny model's reuse/chunk cases without a cache, and test_generate's HF parity

@@ -106,6 +106,16 @@ def test_any_experiment_field_can_be_overridden_and_a_bad_cadence_is_refused_bef
     assert not (tmp_path / "w").exists()
 
 
+def test_a_bad_data_setting_is_refused_for_the_training_cells_before_any_stage():
+    from configs.studies import smollm2_mini
+
+    config = smollm2_mini.get_config()
+    config.train.data.mixing = "bogus"
+    with pytest.raises(InputError, match=r"^cell smollm2-135m\.lima-en\.\S+: mixing='bogus' is not one of none, "
+                                         r"uniform, weights$"):
+        grid.check_training_settings(grid.expand(config))
+
+
 def test_a_cell_another_runner_holds_is_left_alone(tmp_path):
     import fcntl
 

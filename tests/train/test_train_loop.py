@@ -253,6 +253,21 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(chat
         train(cfg, str(tmp_path / "nan_early"))
 
 
+def test_bad_data_is_refused_before_the_weights_load_and_writes_nothing(chats, tmp_path):
+    """A 7B's weights take minutes to load: the settings are checked and the data files read first (a missing
+    weights file is not reached)."""
+    empty = tmp_path / "chats.en.jsonl"
+    empty.write_text("")
+    absent = {"model.source": str(tmp_path / "absent.gguf")}
+    with pytest.raises(UserError, match=f"^{re.escape(str(empty))}: no records$"):
+        train(tiny_config(empty, **absent), str(tmp_path / "run"))
+    assert [p.name for p in (tmp_path / "run").rglob("*")] == ["checkpoints"]  # an empty folder: nothing saved
+    for setting, message in [("data.mixing", "mixing='x' is not one of"), ("optim.schedule", "unknown schedule 'x'")]:
+        with pytest.raises(UserError, match=f"^{message}"):
+            train(tiny_config(chats, **absent, **{setting: "x"}), str(tmp_path / "run2"))
+    assert not (tmp_path / "run2").exists()
+
+
 def one_liners(err: str) -> list[str]:
     """The `xlit-train: ...` lines of stderr (tqdm's progress bar ends its lines in carriage returns)."""
     return [line for line in re.split(r"[\r\n]", err) if line.startswith("xlit-train: ")]

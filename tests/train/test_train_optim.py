@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+from xlit_jax.errors import InputError
 from xlit_jax.train.optim import make_optimizer, make_schedule
 
 
@@ -55,9 +56,9 @@ def test_pasero_without_warmup_starts_at_lr_and_is_floored_at_min_lr():
 
 
 def test_bad_schedule_arguments_are_refused():
-    with pytest.raises(ValueError, match="unknown schedule"):
+    with pytest.raises(InputError, match="unknown schedule"):
         make_schedule("linear", 1e-3, 10)
-    with pytest.raises(ValueError, match="max_steps=0 must be at least 1"):
+    with pytest.raises(InputError, match="max_steps=0 must be at least 1"):
         make_schedule("pasero", 1e-3, max_steps=0)
 
 

@@ -131,11 +131,11 @@ def load_parallel_hf(name: str, src_field: str, tgt_field: str, split: str = "tr
 def instruction(rng: random.Random, phrasing_lang: str, src: str, tgt: str) -> str:
     lang = base(phrasing_lang)
     if lang not in PHRASINGS:
-        raise ValueError(f"no translation instructions written in {phrasing_lang!r}: one of {', '.join(PHRASINGS)}")
+        raise InputError(f"no translation instructions written in {phrasing_lang!r}: one of {', '.join(PHRASINGS)}")
     names = NAMES[lang]
     missing = [x for x in (src, tgt) if base(x) not in names]
     if missing:
-        raise ValueError(f"no name for {missing[0]!r} in {lang} phrasings: one of {', '.join(names)}")
+        raise InputError(f"no name for {missing[0]!r} in {lang} phrasings: one of {', '.join(names)}")
     return rng.choice(PHRASINGS[lang]).format(src=names[base(src)], tgt=names[base(tgt)])
 
 
@@ -146,7 +146,7 @@ def make_demos(pairs: Sequence[tuple[str, str]], src: str, tgt: str, corpus: str
     given; ids name the pair's line in the corpus: `{corpus}-{line index}-{from}-{to}`."""
     unknown = set(directions) - set(DIRECTIONS)
     if unknown or not directions:
-        raise ValueError(f"directions must be some of {DIRECTIONS}, got {list(directions)}")
+        raise InputError(f"directions must be some of {DIRECTIONS}, got {list(directions)}")
     chosen = range(len(pairs))
     if max_pairs is not None and max_pairs < len(pairs):
         chosen = downsample(chosen, max_pairs, seed)
@@ -164,9 +164,9 @@ def make_demos(pairs: Sequence[tuple[str, str]], src: str, tgt: str, corpus: str
 def mix(instructions: Sequence[Record], demos: Sequence[Record], ratio: float, seed: int = 0) -> list[Record]:
     """Instruction records plus demonstrations drawn so that they make up `ratio` of the result."""
     if not 0 <= ratio < 1:
-        raise ValueError(f"the demonstration ratio must be in [0, 1), got {ratio}")
+        raise InputError(f"the demonstration ratio must be in [0, 1), got {ratio}")
     n = round(ratio / (1 - ratio) * len(instructions))
     if n > len(demos):
-        raise ValueError(f"ratio {ratio} with {len(instructions)} instruction records needs {n} demonstrations; "
-                         f"only {len(demos)} were made")
+        raise InputError(f"ratio {ratio} with {len(instructions)} instruction records needs {n} demonstrations; "
+                         f"only {len(demos)} were made: lower the ratio or give more parallel pairs")
     return [*instructions, *downsample(list(demos), n, seed)]

@@ -1,6 +1,6 @@
 """Records -> token ids with target masks -> packed, fixed-shape training batches.
 
-`build(sources, tokenizer, ...)` does it all and returns `(PackedBatches, report)`. Each batch is a dict of
+`build(load_mix(sources), tokenizer, ...)` does it all and returns `(PackedBatches, report)`. Each batch is a dict of
 numpy arrays of shape [B, L] (L = `seq_len`, B = `tokens_per_batch // seq_len`, so B*L is the token
 budget of a micro-batch; the paper used about 4000 tokens):
 
@@ -38,7 +38,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from xlit_jax.data.records import Record, Source, load_source, parse_source
-from xlit_jax.data.templates import encode, get_template
+from xlit_jax.data.templates import TEMPLATES, encode, get_template
+from xlit_jax.errors import InputError
 
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
 MIXINGS = ("none", "uniform", "weights")
@@ -72,6 +73,8 @@ def load_mix(sources: Sequence[Source | str], seed: int = 0, skip_invalid: bool 
     for source in sources:
         source = parse_source(source) if isinstance(source, str) else source
         loaded = load_source(source, skip_invalid=skip_invalid)
+        if source.n is not None and source.n > len(loaded.records):
+            raise InputError(f"{source.path}: n={source.n}, but it holds {len(loaded.records)} records")
         kept = downsample(loaded.records, source.n, seed) if source.n is not None else loaded.records
         records += kept
         counts[source.path] = {"loaded": len(loaded.records), "kept": len(kept), "skipped": len(loaded.skipped)}
@@ -81,8 +84,7 @@ def load_mix(sources: Sequence[Source | str], seed: int = 0, skip_invalid: bool 
 def tokenize(records: Sequence[Record], template, tokenizer, seq_len: int,
              truncation: str = "truncate") -> tuple[list[Example], dict[str, int]]:
     """Examples within seq_len positions, and counts of `truncated` and `dropped` ones."""
-    if truncation not in TRUNCATIONS:
-        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+    _check_choice("truncation", truncation, TRUNCATIONS)
     examples, counts = [], {"truncated": 0, "dropped": 0}
     for record, (ids, target) in zip(records, encode(template, tokenizer, [r.turns for r in records])):
         too_long = len(ids) > seq_len + 1
@@ -92,6 +94,9 @@ def tokenize(records: Sequence[Record], template, tokenizer, seq_len: int,
             continue
         counts["truncated"] += too_long
         examples.append(Example(ids, target, record.lang, record.id))
+    if not examples:
+        raise InputError(f"all {len(records)} examples dropped at seq_len={seq_len} (truncation={truncation}): "
+                         f"each too long, or with no answer token in its first {seq_len + 1} tokens")
     return examples, counts
 
 
@@ -135,8 +140,7 @@ class PackedBatches:
     def __init__(self, examples: Sequence[Example], seq_len: int, batch_size: int, seed: int = 0,
                  mixing: str = "none", weights: dict[str, float] | None = None, lookahead: int = 64,
                  epochs: int | None = None):
-        if mixing not in MIXINGS:
-            raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
+        _check_choice("mixing", mixing, MIXINGS)
         if not examples:
             raise ValueError("no examples to batch")
         self.seq_len, self.batch_size, self.seed, self.lookahead = seq_len, batch_size, seed, lookahead
@@ -157,7 +161,7 @@ class PackedBatches:
 
     def restore(self, state: dict) -> None:
         if state["fingerprint"] != self.fingerprint():
-            raise ValueError(f"data state was saved for {state['fingerprint']}, but this pipeline is "
+            raise InputError(f"data state was saved for {state['fingerprint']}, but this pipeline is "
                              f"{self.fingerprint()}: resume with the same data and settings")
         self.batch = int(state["batch"])
         for pool, pool_state in zip(self.pools, state["pools"]):
@@ -217,11 +221,11 @@ class PackedBatches:
 def _weights(names: list[str], mixing: str, weights: dict[str, float] | None) -> list[float]:
     if mixing != "weights":
         if weights:
-            raise ValueError(f"weights are only used with mixing='weights', not {mixing!r}")
+            raise InputError(f"weights are only used with mixing='weights', not {mixing!r}")
         return [1.0] * len(names)
     weights = weights or {}
     if set(weights) != set(names) or any(w < 0 for w in weights.values()) or not sum(weights.values()):
-        raise ValueError(f"weights must give each language of the data ({', '.join(names)}) a weight >= 0, "
+        raise InputError(f"weights must give each language of the data ({', '.join(names)}) a weight >= 0, "
                          f"not all 0; got {weights}")
     return [float(weights[n]) for n in names]
 
@@ -236,22 +240,38 @@ def parse_weights(spec: str) -> dict[str, float]:
         except ValueError:
             sep = ""
         if not sep:
-            raise ValueError(f"weights {spec!r}: expected LANG=NUMBER items separated by commas, got {item!r}")
+            raise InputError(f"weights {spec!r}: expected LANG=NUMBER items separated by commas, got {item!r}")
     return weights
+
+
+def check_settings(template: str, mixing: str, truncation: str, weights: str) -> None:
+    """The data settings that can be refused without reading anything: xlit-train checks them before the data and
+    the weights load, xlit-study for every training cell before its first stage."""
+    _check_choice("template", template, TEMPLATES)
+    _check_choice("mixing", mixing, MIXINGS)
+    _check_choice("truncation", truncation, TRUNCATIONS)
+    if weights:
+        parse_weights(weights)
+
+
+def _check_choice(setting: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise InputError(f"{setting}={value!r} is not one of {', '.join(choices)}")
 
 
 def batch_size_for(tokens_per_batch: int, seq_len: int) -> int:
     if tokens_per_batch < seq_len:
-        raise ValueError(f"tokens_per_batch ({tokens_per_batch}) must be at least seq_len ({seq_len})")
+        raise InputError(f"tokens_per_batch ({tokens_per_batch}) must be at least seq_len ({seq_len})")
     return tokens_per_batch // seq_len
 
 
-def build(sources: Sequence[Source | str], tokenizer, template: str = "llama2", seq_len: int = 2048,
+def build(mix: tuple[list[Record], dict], tokenizer, template: str = "llama2", seq_len: int = 2048,
           tokens_per_batch: int = 4096, seed: int = 0, mixing: str = "none",
-          weights: dict[str, float] | None = None, truncation: str = "truncate", skip_invalid: bool = False,
+          weights: dict[str, float] | None = None, truncation: str = "truncate",
           epochs: int | None = None) -> tuple[PackedBatches, dict]:
-    """The training iterator for a data mix, and a report of what went in (counts per source, truncation)."""
-    records, per_source = load_mix(sources, seed, skip_invalid)
+    """The training iterator for a data mix (`load_mix`'s records and counts), and a report of what went in
+    (counts per source, truncation)."""
+    records, per_source = mix
     examples, counts = tokenize(records, get_template(template, tokenizer), tokenizer, seq_len, truncation)
     batches = PackedBatches(examples, seq_len, batch_size_for(tokens_per_batch, seq_len), seed, mixing, weights,
                             epochs=epochs)

@@ -135,6 +135,9 @@ def load_source(source: Source | str, skip_invalid: bool = False, require_respon
             if not skip_invalid:
                 raise
             skipped.append(str(e))
+    if not records:  # an empty file, or every row skipped: nothing downstream could train on or translate it
+        left_out = f" ({len(skipped)} rows skipped as invalid, the first: {skipped[0]})" if skipped else ""
+        raise InputError(f"{source.path}: no records{left_out}")
     return Loaded(records, skipped)
 
 

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from xlit_jax.data.records import Turn
+from xlit_jax.errors import InputError
 
 TEMPLATES = ("llama2", "chat", "alpaca")
 ALPACA_HEADER = ("Below is an instruction that describes a task. "
@@ -134,7 +135,7 @@ def _split_system(turns: Sequence[Turn]) -> tuple[str | None, Sequence[Turn]]:
 def get_template(name: str, tokenizer):
     classes = {"llama2": Llama2Template, "chat": TokenizerChatTemplate, "alpaca": AlpacaTemplate}
     if name not in classes:
-        raise ValueError(f"unknown template {name!r}: one of {', '.join(TEMPLATES)}")
+        raise InputError(f"unknown template {name!r}: one of {', '.join(TEMPLATES)}")
     return classes[name](tokenizer)
 
 

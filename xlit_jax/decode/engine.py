@@ -201,6 +201,8 @@ class Engine:
                  steps: int = DECODE_STEPS, shrink: bool = True):
         if not config.eos_token_ids:
             raise ValueError("the model config names no EOS token; generation would never stop early")
+        if slots < 1:  # no slot would ever take a request: run() would wait forever
+            raise ValueError(f"an engine needs at least 1 slot, not {slots}")
         self.params, self.config, self.lora, self.chunk, self.steps = params, config, lora, prefill_chunk, steps
         self.shrink = shrink
         self.implementation = kernels.choose(attention, config.dtype, config.head_dim)

@@ -60,7 +60,8 @@ def mmlu_pairs(n: int) -> list[tuple[str, str]]:
 
 def lima_batches(tokenizer) -> list[dict]:
     """The first --lima [4, 512] batches of LIMA in the tokenizer's chat template."""
-    batches, _ = pipeline.build([f"lima:{FLAGS.data}/lima/lima.en.jsonl"], tokenizer, "chat", 512, 2048, epochs=1)
+    mix = pipeline.load_mix([f"lima:{FLAGS.data}/lima/lima.en.jsonl"])
+    batches, _ = pipeline.build(mix, tokenizer, "chat", 512, 2048, epochs=1)
     return [{k: v for k, v in next(batches).items() if k in pipeline.BATCH_KEYS} for _ in range(FLAGS.lima)]
 
 

@@ -1,7 +1,7 @@
 """xlit-serve under 1, 8 and 32 concurrent clients vs the same prompts through xlit-generate, same process.
 
     python -m xlit_jax.perf.serve_throughput --clients=1,8,32 --requests=32 --new_tokens=32
-    python -m xlit_jax.perf.serve_throughput --clients=16,64 --requests=64 --languages=en,fr,pt,ru \
+    python -m xlit_jax.perf.serve_throughput --clients=16,64 --requests=64 --languages=en,fr,pt,ru \\
         --new_tokens=128,16,64,32   # mixed prompt and answer lengths
 
 The server (the slot engine, uvicorn on loopback) and the `openai` clients run in this process; each

@@ -66,8 +66,9 @@ def prepare(cfg, steps: int):
     """(config, initial params, tokenizer, the `steps` batches of [k, B, L] arrays), cfg.train.max_steps set to
     `steps` so that the schedule runs its whole course."""
     cfg.train.max_steps = steps
+    mix = loop.load_data(cfg)
     config, params, tokenizer = loop.load_source(cfg)
-    data = loop.make_batches(cfg, tokenizer)
+    data = loop.make_batches(cfg, tokenizer, mix)
     return config, params, tokenizer, [loop.next_batch(data, cfg.data.grad_accum) for _ in range(steps)]
 
 

@@ -35,7 +35,7 @@ from ml_collections import ConfigDict
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from xlit_jax.errors import InputError
-from xlit_jax.train import probes
+from xlit_jax.train import loop, probes
 
 AXES = ("models", "datasets", "methods", "learning_rates")
 BASELINE = "base"  # the method of a baseline cell: evaluated without training
@@ -274,6 +274,8 @@ def check_training_settings(cells: list[Cell]) -> None:
     for cell in cells:
         if cell.trains:
             try:
-                probes.check_cadence(experiment_config(cell))
+                config = experiment_config(cell)
+                probes.check_cadence(config)
+                loop.check_settings(config)
             except InputError as e:
                 raise InputError(f"cell {cell.name}: {e}") from None

@@ -64,10 +64,10 @@ def load_source(cfg) -> tuple[LlamaConfig, dict, object]:
     tokenizer = model.tokenizer
     if tokenizer is None:
         if not cfg.data.tokenizer:
-            raise ValueError(f"{cfg.model.source} has no tokenizer: set data.tokenizer (e.g. smollm2-135m)")
+            raise InputError(f"{cfg.model.source} has no tokenizer: set data.tokenizer (e.g. smollm2-135m)")
         tokenizer = load_tokenizer(cfg.data.tokenizer)
     if len(tokenizer) > config.vocab_size:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but {cfg.model.source} only "
+        raise InputError(f"the tokenizer has {len(tokenizer)} tokens but {cfg.model.source} only "
                          f"{config.vocab_size} embeddings (presets: set model.vocab_size)")
     return with_end_of_turn(config, cfg.data.template, tokenizer), params, tokenizer
 
@@ -89,12 +89,27 @@ def source_of(cfg) -> dict:
     return {"source": cfg.model.source, "seed": cfg.model.seed}
 
 
-def make_batches(cfg, tokenizer):
-    """The one link to the data pipeline: an iterator of [B, L] numpy batches with state()/restore()."""
+def check_settings(cfg) -> None:
+    """The data and optimizer settings refused without reading anything: train() checks them first, xlit-study
+    for every training cell before its first stage."""
+    d = cfg.data
+    pipeline.check_settings(d.template, d.mixing, d.truncation, d.weights)
+    pipeline.batch_size_for(d.tokens_per_batch, d.seq_len)
+    optim.OptimSettings.from_config(cfg)
+
+
+def load_data(cfg) -> tuple[list, dict]:
+    """The records of data.sources (and a count per source), read, and bad files refused, before the weights load."""
+    return pipeline.load_mix(list(cfg.data.sources), cfg.data.seed, cfg.data.skip_invalid)
+
+
+def make_batches(cfg, tokenizer, mix: tuple[list, dict]):
+    """The one link to the data pipeline: an iterator of [B, L] numpy batches with state()/restore(), from
+    load_data's records."""
     d = cfg.data
     weights = pipeline.parse_weights(d.weights) if d.weights else None
-    batches, report = pipeline.build(list(d.sources), tokenizer, d.template, d.seq_len, d.tokens_per_batch, d.seed,
-                                     d.mixing, weights, d.truncation, d.skip_invalid)
+    batches, report = pipeline.build(mix, tokenizer, d.template, d.seq_len, d.tokens_per_batch, d.seed,
+                                     d.mixing, weights, d.truncation)
     logging.info("data: %s", report)
     return batches
 
@@ -123,9 +138,10 @@ class _Run:
     def start(self):
         """(train step, state, tokenizer, data iterator): fresh from the source, or resumed."""
         latest = self.checkpoints.latest_step()
+        mix = load_data(self.cfg)
         if latest is None:
             config, params, tokenizer = load_source(self.cfg)
-            data = make_batches(self.cfg, tokenizer)  # bad data stops the run before anything is compiled or saved
+            data = make_batches(self.cfg, tokenizer, mix)  # bad data stops the run before anything is compiled or saved
             lora = lora_config(self.cfg)
             train_step = self._build(config, lora)
             state = train_step.init(params)
@@ -140,7 +156,7 @@ class _Run:
         tokenizer = ckpt.read_tokenizer(self.workdir)
         train_step = self._build(config, lora)
         state, data_state, step = self._restore(train_step)
-        data = make_batches(self.cfg, tokenizer)
+        data = make_batches(self.cfg, tokenizer, mix)
         data.restore(data_state)
         logging.info("resumed from step %d", step)
         return train_step, state, tokenizer, data
@@ -235,6 +251,7 @@ def train(cfg, workdir: str, harness=None) -> dict:
     cfg.train.eval_harness's lm-eval tasks in each round: xlit_jax.evaluate.harness.training.harness_round(cfg),
     made by the caller (the evaluation layers sit above this one)."""
     workdir = Path(workdir)
+    check_settings(cfg)
     tools = probes.check(cfg, harness)  # bad evaluation settings fail before any weights are read
     run = _Run(cfg, workdir)
     train_step, state, tokenizer, data = run.start()

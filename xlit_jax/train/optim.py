@@ -23,6 +23,8 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import optax
 
+from xlit_jax.errors import InputError
+
 SCHEDULES = ("pasero", "inverse_sqrt")
 
 
@@ -83,9 +85,9 @@ def depends_on_max_steps(name: str, warmup_steps: int) -> bool:
 
 def _check_schedule(name: str, max_steps: int, warmup_steps: int) -> None:
     if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose from {SCHEDULES}")
+        raise InputError(f"unknown schedule {name!r}; choose from {SCHEDULES}")
     if max_steps < 1 or warmup_steps < 0:
-        raise ValueError(f"schedule: max_steps={max_steps} must be at least 1 and warmup_steps={warmup_steps} "
+        raise InputError(f"schedule: max_steps={max_steps} must be at least 1 and warmup_steps={warmup_steps} "
                          "at least 0")
 
 

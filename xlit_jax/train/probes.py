@@ -174,8 +174,9 @@ def eval_batches(cfg, tokenizer) -> dict[str, np.ndarray] | None:
     d = cfg.data
     if not d.eval_sources:
         return None
-    batches, _ = pipeline.build(list(d.eval_sources), tokenizer, d.template, d.seq_len, d.tokens_per_batch, d.seed,
-                                truncation=d.truncation, skip_invalid=d.skip_invalid, epochs=1)
+    mix = pipeline.load_mix(list(d.eval_sources), d.seed, d.skip_invalid)
+    batches, _ = pipeline.build(mix, tokenizer, d.template, d.seq_len, d.tokens_per_batch, d.seed,
+                                truncation=d.truncation, epochs=1)
     micro = [b for b, _ in zip(batches, range(cfg.train.eval_batches))]
     if not micro:
         raise InputError(f"data.eval_sources: {', '.join(d.eval_sources)} gave no examples")

@@ -47,6 +47,7 @@ def main(argv):
     del argv
     from pathlib import Path
 
+    from xlit_jax.data.languages import english_name, nllb_code
     from xlit_jax.data.records import dataset_name, load_source, parse_source
     from xlit_jax.data.translate import translate_file
 
@@ -57,6 +58,10 @@ def main(argv):
     if len(languages) != 1:
         raise app.UsageError(f"the input mixes languages {sorted(languages)}; translate one language at a time")
     src = languages.pop()
+    if not FLAGS.target_langs:
+        raise app.UsageError("--target_langs is empty: name the languages to translate into, e.g. fr,pt,ru")
+    for lang in [src, *FLAGS.target_langs]:  # an unknown language is refused before the model loads
+        (nllb_code if FLAGS.engine == "seq2seq" else english_name)(lang)
     print(f"{len(records)} records in {src}; {len(loaded.skipped)} invalid rows skipped")
     translator = make_translator()
     for tgt in FLAGS.target_langs:

@@ -9,6 +9,7 @@ import pytest
 
 from xlit_jax.data.records import Record, Turn, load_source
 from xlit_jax.data.translate import LLMTranslator, Seq2SeqTranslator, split_units, translate_file, translate_records
+from xlit_jax.errors import InputError
 from xlit_jax.io.files import read_jsonl
 
 from support import REPO
@@ -118,8 +119,22 @@ def test_seq2seq_translator_plumbing(tiny_nllb):
     assert [len(k["input_ids"]) for k in seen] == [2, 1]  # batched, longest first
     assert all(k["forced_bos_token_id"] == tok.convert_tokens_to_ids("fra_Latn") for k in seen)
     assert seen[0]["input_ids"][0, 0] == tok.convert_tokens_to_ids("eng_Latn")  # the source language tag
-    with pytest.raises(ValueError, match="no NLLB code known"):
+    with pytest.raises(InputError, match="no NLLB code known"):
         translator(texts, "en", "xx")
+    with pytest.raises(InputError, match=r"^\./absent: cannot load the MT model: no such directory$"):
+        Seq2SeqTranslator("./absent")
+
+
+def test_an_unknown_language_is_one_line_before_the_model_loads(tmp_path):
+    data = tmp_path / "mini.en.jsonl"
+    data.write_text(json.dumps({"instruction": "Say hi.", "context": "", "response": "Hi!"}) + "\n")
+    for flag, message in [("--target_langs=fr,xx", "no NLLB code known for 'xx'"),
+                          ("--target_langs=", "--target_langs is empty")]:
+        done = subprocess.run([sys.executable, "-m", "launch.translate", f"--input=dolly:{data}", flag,
+                               f"--output_dir={tmp_path}/out", "--model=./absent"], capture_output=True, text=True,
+                              timeout=300, cwd=REPO)
+        assert (done.returncode, done.stderr.splitlines()[-1].startswith(f"xlit-translate: {message}")) == (2, True)
+    assert not (tmp_path / "out").exists()
 
 
 def run_cli(module, *args):

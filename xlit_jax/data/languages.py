@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from xlit_jax.errors import InputError
+
 # FLORES-200 codes, as NLLB-200's tokenizer names its languages.
 NLLB_CODES = {"en": "eng_Latn", "fr": "fra_Latn", "pt": "por_Latn", "ru": "rus_Cyrl", "de": "deu_Latn",
               "es": "spa_Latn", "it": "ita_Latn", "zh": "zho_Hans", "ar": "arb_Arab", "fi": "fin_Latn",
@@ -25,7 +27,7 @@ def english_name(lang: str) -> str:
     try:
         return ENGLISH_NAMES[base(lang)]
     except KeyError:
-        raise ValueError(f"no English name known for language {lang!r}: one of {', '.join(ENGLISH_NAMES)}") from None
+        raise InputError(f"no English name known for language {lang!r}: one of {', '.join(ENGLISH_NAMES)}") from None
 
 
 def nllb_code(lang: str) -> str:
@@ -35,4 +37,4 @@ def nllb_code(lang: str) -> str:
     try:
         return NLLB_CODES[base(lang)]
     except KeyError:
-        raise ValueError(f"no NLLB code known for {lang!r}: pass it in NLLB's form (e.g. fra_Latn)") from None
+        raise InputError(f"no NLLB code known for {lang!r}: pass it in NLLB's form (e.g. fra_Latn)") from None

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from xlit_jax.data.languages import english_name, nllb_code
 from xlit_jax.data.records import Record, Turn
+from xlit_jax.errors import InputError
 from xlit_jax.io.files import append_jsonl, output_lock, resume_jsonl
 
 DEFAULT_MT_MODEL = "facebook/nllb-200-3.3B"
@@ -120,8 +121,12 @@ class Seq2SeqTranslator:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.model = AutoModelForSeq2SeqLM.from_pretrained(model).to(self.device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModelForSeq2SeqLM.from_pretrained(model).to(self.device).eval()
+        except OSError as e:  # not on the hub, no network (transformers says which), or a path that is not there
+            reason = "no such directory" if model.startswith(("/", ".", "~")) else str(e).splitlines()[0]
+            raise InputError(f"{model}: cannot load the MT model: {reason}") from None
         self.batch_size, self.num_beams = batch_size, num_beams
         self.max_new_tokens, self.max_input_tokens = max_new_tokens, max_input_tokens
 

@@ -284,6 +284,27 @@ def test_atomic_outputs_honour_the_umask(tmp_path):
     assert umask() == int(Path("/proc/self/status").read_text().split("Umask:")[1].split()[0], 8)
 
 
+def test_the_current_folder_its_parents_home_and_root_are_never_replaced(tmp_path, monkeypatch):
+    """An empty or mistyped output path ("", ".", "..") resolves to a folder the user stands in: replacing it
+    emptied that folder before the rename failed. Now refused, --overwrite or not; a sibling is still replaced."""
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "notes.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    for path, what in [("", "the current folder or one above it"), (".", "the current folder or one above it"),
+                       ("..", "the current folder or one above it"), ("/", "the filesystem's root"),
+                       (str(Path.home()), "the home folder")]:
+        with pytest.raises(UserError, match=f"is {what}; it is never replaced"):
+            with atomic_directory(path, overwrite=True) as tmp:
+                (tmp / "config.json").write_text("{}")
+    assert [p.name for p in here.iterdir()] == ["notes.txt"]
+    (tmp_path / "sibling").mkdir()
+    (tmp_path / "sibling" / "old").write_text("x")
+    with atomic_directory("../sibling", overwrite=True) as tmp:
+        (tmp / "new").write_text("y")
+    assert [p.name for p in (tmp_path / "sibling").iterdir()] == ["new"]
+
+
 def test_damaged_weights_as_downloaded_are_one_line_naming_file_and_tensor(tmp_path, monkeypatch):
     """Every tensor's shape is checked against the config before any is read; a config that makes no model,
     one without vocab_size, a damaged tokenizer.json and a tokenizer larger than the embedding are refused by

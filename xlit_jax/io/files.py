@@ -146,11 +146,14 @@ def check_replaceable(directory: str | os.PathLike, overwrite: bool, flag: str =
     """A UserError unless `directory` may be written whole: it does not exist, is empty, or `overwrite` is
     given and it holds no training run, evaluation or study (those are never replaced). Cheap: binaries call
     it before any slow work."""
-    target = Path(directory)
+    target = Path(os.path.abspath(directory))  # "" and "." are the current folder, ".." the one above it
     if not target.exists():
         return
     if not target.is_dir():
         raise UserError(f"{target}: exists and is not a folder; choose another output folder")
+    around = _surrounding(target.resolve())
+    if around:
+        raise UserError(f"{target}: is {around}; it is never replaced: choose another output folder")
     marker = next((name for name in WORK_MARKERS if (target / name).exists()), None)
     if marker:
         raise UserError(f"{target}: holds {WORK_MARKERS[marker]} ({marker}); it is never replaced: "
@@ -159,11 +162,23 @@ def check_replaceable(directory: str | os.PathLike, overwrite: bool, flag: str =
         raise UserError(f"{target}: exists and is not empty; pass {flag} to replace it, or choose another folder")
 
 
+def _surrounding(folder: Path) -> str | None:
+    """What `folder` is, when replacing it would take more than an output: the root, a home folder, or a folder
+    the current one is in (a mistyped or empty output path resolves there)."""
+    if folder == Path(folder.anchor):
+        return "the filesystem's root"
+    if folder == Path.home().resolve():
+        return "the home folder"
+    if Path.cwd().is_relative_to(folder):
+        return "the current folder or one above it"
+    return None
+
+
 @contextlib.contextmanager
 def atomic_directory(directory: str | os.PathLike, overwrite: bool = False):
     """Yield a temp dir beside `directory`; on success it replaces `directory` in one rename. An existing
     folder is replaced only as check_replaceable allows."""
-    target = Path(directory)
+    target = Path(os.path.abspath(directory))  # a name and a parent even for "." or ".."
     check_replaceable(target, overwrite)
     with reported_write(target):
         make_folder(target.parent)

@@ -4,13 +4,18 @@ errors in OpenAI's shape, so every `openai` client reads them as it reads OpenAI
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 MAX_STOPS = 4  # as OpenAI's API
 MAX_LOGPROBS = 20  # `logprobs` (completions) and `top_logprobs` (chat) at most: OpenAI's chat cap, vLLM's default
 MAX_CHOICES = 256  # prompts x n in one request at most
+# OpenAI's fields that would change the answer and that this server does not implement, with their neutral
+# values: any other value is refused (400) rather than ignored, which would answer something else than asked
+UNSUPPORTED = {"logit_bias": {}, "presence_penalty": 0, "frequency_penalty": 0, "best_of": 1, "suffix": ""}
 
 
 class APIError(Exception):
@@ -47,6 +52,20 @@ class RequestBody(BaseModel):
     n: int = Field(1, ge=1, le=MAX_CHOICES)  # choices per prompt (differing only when sampled)
     stream: bool = False  # server-sent events; the last chunk carries the usage
     repetition_penalty: float = Field(1.0, gt=0)  # an extension (as vLLM's): HF's rule, 1 = off
+    logit_bias: Any = None  # the UNSUPPORTED fields: accepted at their neutral values only
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    best_of: Any = None
+    suffix: Any = None
+
+    @field_validator(*UNSUPPORTED)
+    @classmethod
+    def _neutral_only(cls, value, info: ValidationInfo):
+        neutral = UNSUPPORTED[info.field_name]
+        if value is not None and value != neutral:
+            raise PydanticCustomError("unsupported", "not supported by this server: leave it out or send {neutral}",
+                                      {"neutral": json.dumps(neutral)})
+        return value
 
 
 class ChatRequest(RequestBody):

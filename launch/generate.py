@@ -1,7 +1,9 @@
 """xlit-generate: greedy responses for a JSONL of prompts, each appended as it finishes, resumed on rerun.
 
 Input lines: {"id": ..., "prompt": "text" | [{"role": ..., "content": ...}, ...]}.
-Output lines: {"id": ..., "output": "...", "model": ..., "prompt_tokens": N, "new_tokens": N}.
+Output lines: {"id": ..., "output": "...", "model": ..., "decoding": {...}, "prompt_tokens": N, "new_tokens": N}.
+A rerun on the same --out generates only the ids not there yet, with the same model and settings (else it
+refuses, before the model loads).
 """
 
 from absl import flags
@@ -52,13 +54,15 @@ def read_prompts(path, positions: int) -> list[dict]:
 def main(argv):
     del argv
     import xlit_jax
-    from xlit_jax.decode.to_jsonl import generate_to_jsonl
-    from xlit_jax.loader import load_config
+    from xlit_jax.decode.to_jsonl import finished_rows, generate_to_jsonl
+    from xlit_jax.loader import load_config, model_name
 
     rows = read_prompts(FLAGS.prompts, load_config(FLAGS.model).max_positions)
     if not rows:
         raise InputError(f"{FLAGS.prompts}: no prompts")
-    with output_lock(FLAGS.out):  # a second writer of --out is refused before the model loads
+    with output_lock(FLAGS.out):  # a second writer of --out, or another model's or setting's, is refused
+        decoding = {"max_new_tokens": FLAGS.max_new_tokens, "repetition_penalty": FLAGS.repetition_penalty}
+        finished_rows(FLAGS.out, model_name(FLAGS.model), decoding)  # before the model loads
         model = xlit_jax.load(FLAGS.model, **inference_options())
         generate_to_jsonl(model, rows, FLAGS.out, max_new_tokens=FLAGS.max_new_tokens,
                           repetition_penalty=FLAGS.repetition_penalty, slots=FLAGS.batch_size)

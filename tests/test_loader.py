@@ -32,3 +32,19 @@ def test_text_without_a_tokenizer_is_one_line_that_names_the_model():
         with pytest.raises(InputError, match=r"^preset:tiny has no tokenizer to read text with: use a model that"):
             use()
     assert len(bare.generate_ids([[1, 2, 3]], max_new_tokens=2)[0]) <= 2  # token ids need none
+
+
+def test_generate_to_jsonl_resumes_one_model_under_one_setting(tiny, tmp_path):
+    """A rerun adds the missing ids; another model's or another max_new_tokens' rerun is refused, line named."""
+    from xlit_jax.decode.to_jsonl import generate_to_jsonl
+
+    out = tmp_path / "out.jsonl"
+    rows = [{"id": i, "prompt": f"Say {i}"} for i in range(3)]
+    first = generate_to_jsonl(tiny, rows[:2], out, max_new_tokens=3, repetition_penalty=1.1, slots=2)
+    assert [r["decoding"] for r in first] == [{"max_new_tokens": 3, "repetition_penalty": 1.1}] * 2
+    assert generate_to_jsonl(tiny, rows, out, max_new_tokens=3, repetition_penalty=1.1, slots=2)[:2] == first
+    with pytest.raises(InputError, match=r"out.jsonl:1: made by model 'preset:tiny' with \{'max_new_tokens': 3, "
+                                         r"'repetition_penalty': 1.1\}, but this run uses 'preset:tiny' with "
+                                         r"\{'max_new_tokens': 4, "):
+        generate_to_jsonl(tiny, rows, out, max_new_tokens=4, repetition_penalty=1.1, slots=2)
+    assert len(out.read_text().splitlines()) == 3

@@ -4,8 +4,8 @@
   xlit-translate --input=lima:../shared/data/lima/lima.en.jsonl --engine=llm --model=smollm2-135m \\
       --target_langs=fr --output_dir=out/lima
 
-Writes OUTPUT_DIR/NAME.LANG.jsonl per target language ({id, lang, source, messages}); a rerun skips the
-ids already there. See docs/data.md.
+Writes OUTPUT_DIR/NAME.LANG.jsonl per target language ({id, lang, source, messages, translated_by}); a rerun
+skips the ids already there, and is refused with another engine, model or settings. See docs/data.md.
 """
 
 from absl import app, flags
@@ -31,16 +31,27 @@ flags.DEFINE_integer("chunk_size", 64, "records translated and appended together
 flags.DEFINE_bool("skip_invalid", False, "skip (and count) invalid input rows instead of stopping")
 
 
-def make_translator():
+def made_by() -> dict:
+    """The engine and the settings that change a translation, as each output row records them."""
     from xlit_jax.data import translate
 
     if FLAGS.engine == "seq2seq":
-        return translate.Seq2SeqTranslator(FLAGS.model or translate.DEFAULT_MT_MODEL, FLAGS.device,
-                                           FLAGS.batch_size, FLAGS.num_beams, FLAGS.max_new_tokens)
+        return {"engine": "seq2seq", "model": FLAGS.model or translate.DEFAULT_MT_MODEL, "num_beams": FLAGS.num_beams,
+                "max_new_tokens": FLAGS.max_new_tokens}
+    return {"engine": "llm", "model": FLAGS.model or "smollm2-135m", "max_new_tokens": FLAGS.max_new_tokens,
+            "repetition_penalty": FLAGS.repetition_penalty}
+
+
+def make_translator(settings: dict):
+    from xlit_jax.data import translate
+
+    if FLAGS.engine == "seq2seq":
+        return translate.Seq2SeqTranslator(settings["model"], FLAGS.device, FLAGS.batch_size, FLAGS.num_beams,
+                                           FLAGS.max_new_tokens)
     import xlit_jax
 
-    return translate.LLMTranslator(xlit_jax.load(FLAGS.model or "smollm2-135m"), FLAGS.batch_size,
-                                   FLAGS.max_new_tokens, FLAGS.repetition_penalty)
+    return translate.LLMTranslator(xlit_jax.load(settings["model"]), FLAGS.batch_size, FLAGS.max_new_tokens,
+                                   FLAGS.repetition_penalty)
 
 
 def main(argv):
@@ -49,7 +60,7 @@ def main(argv):
 
     from xlit_jax.data.languages import english_name, nllb_code
     from xlit_jax.data.records import dataset_name, load_source, parse_source
-    from xlit_jax.data.translate import translate_file
+    from xlit_jax.data.translate import translate_file, translated_ids
 
     source = parse_source(FLAGS.input)
     loaded = load_source(source, skip_invalid=FLAGS.skip_invalid)
@@ -63,10 +74,13 @@ def main(argv):
     for lang in [src, *FLAGS.target_langs]:  # an unknown language is refused before the model loads
         (nllb_code if FLAGS.engine == "seq2seq" else english_name)(lang)
     print(f"{len(records)} records in {src}; {len(loaded.skipped)} invalid rows skipped")
-    translator = make_translator()
-    for tgt in FLAGS.target_langs:
-        output = Path(FLAGS.output_dir) / f"{dataset_name(source.path)}.{tgt}.jsonl"
-        counts = translate_file(records, translator, src, tgt, output, FLAGS.chunk_size)
+    settings = made_by()
+    outputs = {tgt: Path(FLAGS.output_dir) / f"{dataset_name(source.path)}.{tgt}.jsonl" for tgt in FLAGS.target_langs}
+    for output in outputs.values():  # another translator's file is refused before the model loads
+        translated_ids(output, settings)
+    translator = make_translator(settings)
+    for tgt, output in outputs.items():
+        counts = translate_file(records, translator, src, tgt, output, FLAGS.chunk_size, made_by=settings)
         print(f"{output}: {counts['translated']} records translated now, {counts['done_before']} before; "
               f"{counts['failed']} left out for an empty translation (a rerun retries them)")
 

@@ -75,6 +75,20 @@ def test_empty_translations_are_left_out_and_retried(tmp_path):
     assert [r.id for r in load_source(f"chat:{out}").records] == ["r0", "r2", "r1"]
 
 
+def test_a_rerun_with_another_translator_is_refused_and_rows_record_theirs(tmp_path):
+    records = [Record(f"r{i}", (Turn("user", f"Question {i}?"), Turn("assistant", f"Answer {i}.")), "en", "t")
+               for i in range(3)]
+    out = tmp_path / "set.fr.jsonl"
+    nllb = {"engine": "seq2seq", "model": "nllb", "num_beams": 4, "max_new_tokens": 256}
+    translate_file(records[:2], shouting(), "en", "fr", out, progress=False, made_by=nllb)
+    assert [row["translated_by"] for _, row in read_jsonl(out)] == [nllb, nllb]
+    assert load_source(f"chat:{out}").records == translate_records(records[:2], shouting(), "en", "fr")
+    with pytest.raises(InputError, match=r"set.fr.jsonl:1: translated by \{'engine': 'seq2seq', .* but this run "
+                                         r"translates with \{'engine': 'seq2seq', 'model': 'nllb', 'num_beams': 1"):
+        translate_file(records, shouting(), "en", "fr", out, progress=False, made_by={**nllb, "num_beams": 1})
+    assert translate_file(records, shouting(), "en", "fr", out, progress=False, made_by=nllb)["translated"] == 1
+
+
 @pytest.fixture(scope="module")
 def tiny_nllb(tmp_path_factory):
     """An NLLB-shaped model (M2M100 architecture, NLLB tokenizer and language codes) with random weights,

@@ -90,14 +90,29 @@ def translate_records(records: Sequence[Record], translator: Translator, src: st
             for r, turns in zip(records, split)]
 
 
+def translated_ids(output: str | Path, made_by: dict | None = None) -> set:
+    """The ids already in `output`, after checking, given `made_by` (the engine and its settings), that each was
+    translated so: a rerun never mixes translators in one file (rows of older versions, which recorded none,
+    are taken as this run's)."""
+    done = set()
+    for number, row in enumerate(resume_jsonl(output), 1):  # our rows are one per line
+        theirs = row.get("translated_by", made_by)
+        if made_by is not None and theirs != made_by:
+            raise InputError(f"{output}:{number}: translated by {theirs}, but this run translates with {made_by}; "
+                             "use another output folder or the same settings")
+        done.add(row.get("id"))
+    return done
+
+
 def translate_file(records: Sequence[Record], translator: Translator, src: str, tgt: str, output: str | Path,
-                   chunk_size: int = 64, progress: bool = True) -> dict[str, int]:
-    """Translates the records not yet in `output` (by id), appending chunk by chunk. A record with a turn
-    that translated to nothing is left out and counted as `failed` (a rerun tries it again)."""
+                   chunk_size: int = 64, progress: bool = True, made_by: dict | None = None) -> dict[str, int]:
+    """Translates the records not yet in `output` (by id), appending chunk by chunk, each row recording
+    `made_by` as "translated_by" when given (translated_ids). A record with a turn that translated to nothing
+    is left out and counted as `failed` (a rerun tries it again)."""
     output = Path(output)
     with output_lock(output):  # a second translator of the same file is refused while this one writes
         output.parent.mkdir(parents=True, exist_ok=True)
-        done = {row.get("id") for row in resume_jsonl(output)}
+        done = translated_ids(output, made_by)
         todo = [r for r in records if r.id not in done]
         counts = {"translated": 0, "failed": 0, "done_before": len(records) - len(todo)}
         with tqdm(total=len(records), initial=counts["done_before"], desc=f"{src}->{tgt}", unit="record",
@@ -105,7 +120,7 @@ def translate_file(records: Sequence[Record], translator: Translator, src: str, 
             for i in range(0, len(todo), chunk_size):
                 chunk = translate_records(todo[i:i + chunk_size], translator, src, tgt)
                 good = [r for r in chunk if all(t.content.strip() for t in r.turns)]
-                append_jsonl(output, [r.to_json() for r in good])
+                append_jsonl(output, [r.to_json() | ({"translated_by": made_by} if made_by else {}) for r in good])
                 counts["translated"] += len(good)
                 counts["failed"] += len(chunk) - len(good)
                 bar.update(len(chunk))

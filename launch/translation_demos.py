@@ -5,7 +5,8 @@ instruction data.
   xlit-demos --src_file=a.en.txt --tgt_file=a.de.txt --src_lang=en --tgt_lang=de --instruction_lang=source \\
       --mix_with=lima:../shared/data/lima/lima.en.jsonl --ratio=0.2 --output=data/lima_demos.jsonl
 
-Writes chat records ({id, lang, source, messages}) in one JSONL, atomically. See docs/data.md.
+Writes chat records ({id, lang, source, messages}) in one JSONL, atomically; an existing, non-empty --output is
+replaced only with --overwrite. See docs/data.md.
 """
 
 from absl import app, flags
@@ -34,6 +35,7 @@ flags.DEFINE_float("ratio", 0.1, "with --mix_with: share of demonstrations in th
 flags.DEFINE_integer("seed", 0, "phrasing choice and sampling")
 flags.DEFINE_bool("skip_invalid", False, "skip (and count) invalid rows of --mix_with data")
 flags.DEFINE_string("output", None, "output JSONL", required=True)
+flags.DEFINE_bool("overwrite", False, "replace an existing, non-empty --output")
 
 
 def corpora():
@@ -64,8 +66,15 @@ def main(argv):
 
     from xlit_jax.data import demos
     from xlit_jax.data.pipeline import load_mix
-    from xlit_jax.io.files import atomic_write_text
+    from pathlib import Path
 
+    from xlit_jax.io.files import atomic_write_text, check_writable
+
+    output = Path(FLAGS.output)
+    if output.is_file() and output.stat().st_size and not FLAGS.overwrite:  # before any work
+        raise app.UsageError(f"--output={output}: exists and is not empty; pass --overwrite to replace it, or "
+                             "choose another file")
+    check_writable(output)
     records = []
     for pairs, src, tgt, name in corpora():
         records += demos.make_demos(pairs, src, tgt, name, FLAGS.directions, FLAGS.instruction_lang, FLAGS.seed,

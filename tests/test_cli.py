@@ -94,7 +94,8 @@ def run_binary(module: str, *args, timeout=300) -> subprocess.CompletedProcess:
 @pytest.mark.slow  # ~11 s: CI runs it; make test keeps each binary's own output-folder tests
 def test_no_binary_replaces_a_folder_it_was_not_asked_to(tmp_path):
     """xlit-convert and xlit-data-stats refuse, before any work, a non-empty output folder without --overwrite,
-    and a training run, an evaluation, a study or the source itself even with it; nothing is touched."""
+    and a training run, an evaluation, a study or the source itself even with it; xlit-demos a non-empty output
+    file without --overwrite; nothing is touched."""
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "notes.txt").write_text("mine")
@@ -114,6 +115,9 @@ def test_no_binary_replaces_a_folder_it_was_not_asked_to(tmp_path):
          f"{notes / 'notes.txt'}: exists and is not a folder"),
         ("data_stats", ["--data=lima:absent.jsonl", f"--output_dir={run}", "--overwrite"],
          f"{run}: holds a training run (experiment.json)"),
+        ("translation_demos", [f"--src_file={notes / 'notes.txt'}", f"--tgt_file={notes / 'notes.txt'}",
+                               "--src_lang=en", "--tgt_lang=fr", f"--output={notes / 'notes.txt'}"],
+         f"--output={notes / 'notes.txt'}: exists and is not empty; pass --overwrite"),
     ]
     before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
     running = [(module, args, message, subprocess.Popen([sys.executable, "-m", f"launch.{module}", *args], cwd=REPO,

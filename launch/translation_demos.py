@@ -63,11 +63,10 @@ def corpora():
 def main(argv):
     del argv
     import json
+    from pathlib import Path
 
     from xlit_jax.data import demos
     from xlit_jax.data.pipeline import load_mix
-    from pathlib import Path
-
     from xlit_jax.io.files import atomic_write_text, check_writable
 
     output = Path(FLAGS.output)

@@ -54,14 +54,14 @@ def read_prompts(path, positions: int) -> list[dict]:
 def main(argv):
     del argv
     import xlit_jax
-    from xlit_jax.decode.to_jsonl import finished_rows, generate_to_jsonl
+    from xlit_jax.decode.to_jsonl import decoding_record, finished_rows, generate_to_jsonl
     from xlit_jax.loader import load_config, model_name
 
     rows = read_prompts(FLAGS.prompts, load_config(FLAGS.model).max_positions)
     if not rows:
         raise InputError(f"{FLAGS.prompts}: no prompts")
     with output_lock(FLAGS.out):  # a second writer of --out, or another model's or setting's, is refused
-        decoding = {"max_new_tokens": FLAGS.max_new_tokens, "repetition_penalty": FLAGS.repetition_penalty}
+        decoding = decoding_record(FLAGS.max_new_tokens, FLAGS.repetition_penalty)
         finished_rows(FLAGS.out, model_name(FLAGS.model), decoding)  # before the model loads
         model = xlit_jax.load(FLAGS.model, **inference_options())
         generate_to_jsonl(model, rows, FLAGS.out, max_new_tokens=FLAGS.max_new_tokens,

@@ -27,14 +27,16 @@ flags.DEFINE_string("model", None, "HF dir, .gguf file, checkpoint dir, smollm2-
 flags.DEFINE_string("model_name", None, "the name clients send as `model` (default: the loader's)")
 flags.DEFINE_string("host", "127.0.0.1", "interface to listen on (loopback by default; 0.0.0.0 for all)")
 flags.DEFINE_integer("port", 8000, "TCP port", lower_bound=0, upper_bound=65535)
-flags.DEFINE_integer("slots", 16, "requests decoded at once (the decoding engine's slots)")
+flags.DEFINE_integer("slots", 16, "requests decoded at once (the decoding engine's slots)", lower_bound=1)
 flags.DEFINE_integer("max_len", None, "KV-cache columns per slot (default: any prompt and answer that fit the "
-                     "model's positions; less saves memory, longer requests are answered 400)")
-flags.DEFINE_integer("max_queue", 256, "requests waiting for a slot at most; more are answered 429 with Retry-After")
-flags.DEFINE_integer("max_tokens", 512, "the most new tokens a request may ask for (also the default)")
+                     "model's positions; less saves memory, longer requests are answered 400)", lower_bound=1)
+flags.DEFINE_integer("max_queue", 256, "requests waiting for a slot at most; more are answered 429 with Retry-After",
+                     lower_bound=1)
+flags.DEFINE_integer("max_tokens", 512, "the most new tokens a request may ask for (also the default)", lower_bound=1)
 flags.DEFINE_integer("max_request_tokens", 1 << 18, "one request's prompt and new tokens over all its choices (prompts "
-                     "x n), at most; more are answered 400")
-flags.DEFINE_integer("max_body_bytes", 4 << 20, "larger request bodies are refused with 413 before being read")
+                     "x n), at most; more are answered 400", lower_bound=1)
+flags.DEFINE_integer("max_body_bytes", 4 << 20, "larger request bodies are refused with 413 before being read",
+                     lower_bound=1)
 flags.DEFINE_string("api_key_file", None, "a file holding the key clients must send as 'Authorization: Bearer KEY' "
                     "(default: $XLIT_SERVE_API_KEY; neither: no check)")
 flags.DEFINE_string("api_key", None, "refused: a key on the command line is in every user's process list; use "
@@ -42,7 +44,7 @@ flags.DEFINE_string("api_key", None, "refused: a key on the command line is in e
 flags.DEFINE_list("allowed_hosts", [], "Host header names answered besides localhost, 127.0.0.1, [::1] and --host "
                   "(others get 421, against DNS rebinding); * answers any")
 flags.DEFINE_integer("max_connections", Limits.max_connections, "open connections at most (fewer if the open files "
-                     "limit is lower); more are answered 503 and closed")
+                     "limit is lower); more are answered 503 and closed", lower_bound=1)
 flags.DEFINE_float("idle_timeout", Limits.idle_timeout, "seconds a connection stays open with no request under way")
 flags.DEFINE_float("request_timeout", Limits.request_timeout, "seconds for a request's headers and body to arrive "
                    "(else 408)")
@@ -80,7 +82,7 @@ def api_key() -> str | None:
 
 
 def limits() -> Limits:
-    for flag in ("max_connections", "idle_timeout", "request_timeout"):
+    for flag in ("idle_timeout", "request_timeout"):  # absl's float bounds are inclusive: 0 would pass them
         if FLAGS[flag].value <= 0:
             raise InputError(f"--{flag} must be positive, not {FLAGS[flag].value}")
     from xlit_jax.serve.server import connection_cap, raise_open_files_limit
@@ -97,9 +99,6 @@ def main(argv):
     from xlit_jax.serve.app import ServeConfig, create_app
     from xlit_jax.serve.server import uvicorn_config
 
-    for flag in ("slots", "max_queue", "max_tokens", "max_body_bytes", "max_len", "max_request_tokens"):
-        if FLAGS[flag].value is not None and FLAGS[flag].value < 1:
-            raise InputError(f"--{flag} must be at least 1, not {FLAGS[flag].value}")
     hosts = tuple(dict.fromkeys(map(host_name, (*LOOPBACK_HOSTS, FLAGS.host, *FLAGS.allowed_hosts))))
     config = ServeConfig(slots=FLAGS.slots, max_queue=FLAGS.max_queue, max_tokens=FLAGS.max_tokens,
                          max_len=FLAGS.max_len, max_body_bytes=FLAGS.max_body_bytes, api_key=api_key(), hosts=hosts,

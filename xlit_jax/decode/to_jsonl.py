@@ -20,8 +20,12 @@ def generate_to_jsonl(model, rows: list[dict], out: str | os.PathLike, *, max_ne
     (at most `slots`, the decoding engine's); a second run on the same `out` is refused while this one
     writes (io.files.output_lock). Returns all output rows in the order of `rows`."""
     with output_lock(out):
-        decoding = {"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty}
-        return _generate_to_jsonl(model, rows, out, decoding, slots)
+        return _generate_to_jsonl(model, rows, out, decoding_record(max_new_tokens, repetition_penalty), slots)
+
+
+def decoding_record(max_new_tokens: int, repetition_penalty: float) -> dict:
+    """The settings each output row records as "decoding", and a rerun must match (as xlit-eval's generations)."""
+    return {"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty}
 
 
 def finished_rows(out: str | os.PathLike, model_name: str, decoding: dict) -> dict[str, dict]:
